@@ -1,0 +1,1 @@
+"""voipclient.audio"""
