@@ -56,7 +56,7 @@ def _hash(name: str) -> hashes.HashAlgorithm:
 
 
 def hkdf_extract(salt: bytes, ikm: bytes, hash_name: str = "sha512") -> bytes:
-    """RFC 5869 HKDF-Extract. An empty salt equals HashLen zero bytes (HMAC pads keys with zeros)."""
+    """RFC 5869 HKDF-Extract. An empty salt equals HashLen zero bytes (HMAC zero-pads keys)."""
     return hmac.new(salt, ikm, getattr(hashlib, hash_name)).digest()
 
 

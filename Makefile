@@ -1,0 +1,43 @@
+# The two commands: `make run` and `make test` (see README). Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest bench sysdeps-run sysdeps-test clean
+
+## make run: install what is missing, then start the app (on an embedded local server).
+run: sysdeps-run $(STAMP)
+	$(PY) -m voipclient
+
+## make test: install what is missing, start PulseAudio null sinks + Xvfb + Secret Service in a
+## private runtime dir, run lint, type checks and the whole pytest suite, stop what was started.
+test: sysdeps-test $(STAMP) lint typecheck
+	scripts/with-test-env.sh $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy voipclient
+
+bench: sysdeps-test $(STAMP)
+	scripts/with-test-env.sh $(PY) benchmarks/run_all.py
+
+sysdeps-run:
+	@PYTHON=$(PYTHON) scripts/sysdeps.sh run
+
+sysdeps-test:
+	@PYTHON=$(PYTHON) scripts/sysdeps.sh test
+
+# The venv is created once and reinstalled only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Run a command inside the private test environment, then stop what was started (by PID), also when
+# the command fails or is interrupted:
+#   * XDG_RUNTIME_DIR: a fresh private directory (mode 700) under .run/
+#   * PulseAudio with two 48 kHz mono null sinks (vsink, vsink2): real PortAudio devices, one per
+#     simulated machine; vsink is the default sink and vsink.monitor the default source
+#   * Xvfb (-noreset so xmodmap mappings survive) on a free display, F13..F24 mapped
+#   * a D-Bus session bus with gnome-keyring's Secret Service, unlocked with an empty test password
+# Exports VOIPCLIENT_TEST_ENV=1 so tests know the real parts are there and fail (not skip) without them.
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$root/.run"
+rt=$(mktemp -d "$root/.run/rt.XXXXXX")
+chmod 700 "$rt"
+export XDG_RUNTIME_DIR=$rt
+# Keyrings, Qt settings and app data of the tests stay in the private directory too.
+export XDG_DATA_HOME=$rt/data XDG_CONFIG_HOME=$rt/config XDG_CACHE_HOME=$rt/cache
+mkdir -p "$XDG_DATA_HOME" "$XDG_CONFIG_HOME" "$XDG_CACHE_HOME"
+pids=()
+
+cleanup() {
+  local rc=$?
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  rm -rf "$rt"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "test-env: $*" >&2; }
+
+# --- PulseAudio null sinks -------------------------------------------------------------------
+export PULSE_RUNTIME_PATH=$rt/pulse
+pulseaudio -D --exit-idle-time=-1 --system=false --disallow-exit --disable-shm=true \
+  -n --load="module-native-protocol-unix" --load="module-always-sink" \
+  --log-target="file:$rt/pulseaudio.log" 2>>"$rt/pulseaudio.log"
+for _ in $(seq 50); do pactl info >/dev/null 2>&1 && break; sleep 0.1; done
+if ! pactl info >/dev/null 2>&1; then
+  log "PulseAudio did not start; its log:"; cat "$rt/pulseaudio.log" >&2; exit 1
+fi
+[ -f "$rt/pulse/pid" ] && pids+=("$(cat "$rt/pulse/pid")")
+pactl load-module module-null-sink sink_name=vsink rate=48000 channels=1 >/dev/null
+pactl load-module module-null-sink sink_name=vsink2 rate=48000 channels=1 >/dev/null
+pactl set-default-sink vsink
+pactl set-default-source vsink.monitor
+log "PulseAudio up (sinks: vsink, vsink2)"
+
+# --- Xvfb --------------------------------------------------------------------------------------
+exec 9<> "$rt/displayfd"
+Xvfb -displayfd 9 -screen 0 1280x800x24 -nolisten tcp -noreset >"$rt/xvfb.log" 2>&1 &
+pids+=($!)
+display=""
+for _ in $(seq 100); do
+  display=$(head -n 1 "$rt/displayfd" 2>/dev/null | tr -d '[:space:]')
+  [ -n "$display" ] && break
+  sleep 0.05
+done
+exec 9>&-
+if [ -z "$display" ]; then log "Xvfb did not start:"; cat "$rt/xvfb.log" >&2; exit 1; fi
+export DISPLAY=":$display"
+# Most X11 keymaps leave F13..F24 unmapped; map them so they can be bound as PTT keys.
+for i in $(seq 13 24); do xmodmap -e "keycode $((178 + i)) = F$i" 2>/dev/null; done
+log "Xvfb up on $DISPLAY"
+
+# --- D-Bus session bus + Secret Service (gnome-keyring) ------------------------------------
+if command -v dbus-daemon >/dev/null && command -v gnome-keyring-daemon >/dev/null; then
+  bus_info=$(dbus-daemon --session --fork --print-address=1 --print-pid=1 --nopidfile)
+  export DBUS_SESSION_BUS_ADDRESS=$(echo "$bus_info" | sed -n 1p)
+  pids+=("$(echo "$bus_info" | sed -n 2p)")
+  gk=$(printf 'voipclient-test' | gnome-keyring-daemon --unlock --components=secrets --daemonize 2>/dev/null)
+  gk_pid=$(pgrep -n -f "gnome-keyring-daemon --unlock" || true)
+  [ -n "$gk_pid" ] && pids+=("$gk_pid")
+  export VOIPCLIENT_TEST_SECRET_SERVICE=1
+  log "Secret Service up (gnome-keyring pid ${gk_pid:-?})"
+fi
+
+export VOIPCLIENT_TEST_ENV=1
+"$@"

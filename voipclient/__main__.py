@@ -1,0 +1,37 @@
+"""``voipclient`` / ``python -m voipclient``: the desktop client's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from voipclient import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="voipclient",
+        description="Multi-channel push-to-talk voice with end-to-end encryption.",
+    )
+    parser.add_argument("--version", action="version", version=f"voipclient {__version__}")
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check the crypto core against the protocol's test vectors, one line per check",
+    )
+    args = parser.parse_args(argv)
+
+    from voipclient import selfcheck
+
+    ok = selfcheck.run(print)
+    if args.self_test:
+        return 0 if ok else 1
+    print()
+    print("Not there yet: the relay server (voipclient-server), the audio engine, the client")
+    print("connection and the desktop window come with the next issues. `make run` will then open")
+    print("the window on an embedded local server.")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Key log for debugging, like SSLKEYLOGFILE (PROTOCOL §7).
+
+When ``VOIPCLIENT_KEYLOGFILE`` names a file, the client appends one line per media base key it
+creates or accepts (ratchet steps included) and one per session hop secret::
+
+    VC1_MEDIA <channel_id> <sender_id> <gen> <step> <base_key hex>
+    VC1_HOP <sender_id> <hop_secret hex>
+
+so an outside tool can decrypt a capture. Never otherwise: the pure core only ever calls a
+:class:`KeyLogSink` it was handed, and :func:`keylog_from_environment` is the one adapter that
+writes a file, and only when the variable is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Final, Protocol
+
+KEYLOG_ENV: Final = "VOIPCLIENT_KEYLOGFILE"
+
+_log = logging.getLogger("voipclient.crypto.keylog")
+
+
+class KeyLogSink(Protocol):
+    """Receives one key-log line (no trailing newline). Must not raise."""
+
+    def __call__(self, line: str, /) -> None: ...
+
+
+def media_key_line(channel_id: int, sender_id: int, gen: int, step: int, base_key: bytes) -> str:
+    """``VC1_MEDIA <channel_id> <sender_id> <gen> <step> <base_key hex>``, integers in decimal."""
+    return f"VC1_MEDIA {channel_id} {sender_id} {gen} {step} {base_key.hex()}"
+
+
+def hop_key_line(sender_id: int, hop_secret: bytes) -> str:
+    """``VC1_HOP <sender_id> <hop_secret hex>``."""
+    return f"VC1_HOP {sender_id} {hop_secret.hex()}"
+
+
+class FileKeyLog:
+    """Appends lines to a file, opened per line with ``O_APPEND`` (mode 0600: it holds keys).
+
+    Opening per line keeps no descriptor to leak or close, and one ``write`` per line under
+    ``O_APPEND`` keeps lines from the sending and receiving threads whole. Keys are created a few
+    times per minute, never per packet, so the cost does not matter. A write error is logged once
+    and otherwise ignored: a debugging aid must never break the voice path.
+    """
+
+    __slots__ = ("_failed", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._failed = False
+
+    def __repr__(self) -> str:
+        return f"FileKeyLog({self.path!r})"
+
+    def __call__(self, line: str, /) -> None:
+        data = (line + "\n").encode("ascii")
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if not self._failed:
+                self._failed = True
+                _log.error("cannot write key log %s: %s", self.path, exc)
+
+
+def keylog_from_environment(environ: Mapping[str, str]) -> KeyLogSink | None:
+    """A file-appending sink when ``VOIPCLIENT_KEYLOGFILE`` is set and non-empty, else ``None``.
+
+    Pass ``os.environ``. The composition root should log a warning when this returns a sink: every
+    key the client touches is then on disk in the clear.
+    """
+    path = environ.get(KEYLOG_ENV, "")
+    if not path:
+        return None
+    return FileKeyLog(path)

@@ -1,0 +1,545 @@
+"""The client side of the control session, sans-IO (h11/aioquic style).
+
+The adapter owns the TLS socket and a clock and drives the session::
+
+    session = ClientSession(name, ik_pub, sign)
+    session.start(now)                       # queues Hello
+    send(session.data_to_send())
+    ...
+    events = session.receive_data(data, now) # bytes from the socket → events
+    events += session.handle_timer(now)      # when get_timer() is due
+    send(session.data_to_send())             # after every call above and every intent
+
+The handshake (Hello → ServerHello → Login → LoginOk [→ RosterPage…]) runs by itself; ``LoggedIn``
+marks the end of it. Intents (``join``, ``send_text``, …) are only allowed once READY and raise
+:class:`~voipclient.errors.LocalProtocolError` otherwise (or when their arguments break the
+schema bounds). A server that breaks the protocol costs only this connection: the session queues a
+fatal Error frame, returns :class:`~voipclient.net.events.ConnectionClosed` carrying the
+:class:`~voipclient.errors.RemoteProtocolError`, and ignores anything that arrives later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from voipclient import __version__
+from voipclient.errors import LocalProtocolError, RemoteProtocolError
+from voipclient.net import events as ev
+from voipclient.net import messages as m
+from voipclient.net.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from voipclient.net.roster import ChannelView, Roster, RosterError, RosterSnapshot, UserView
+from voipclient.net.states import ClientState, Direction, Trigger, next_client_state
+
+__all__ = ["ClientSession"]
+
+#: Seconds between Pings once READY.
+DEFAULT_PING_INTERVAL: Final = 5.0
+#: Seconds without any data (before READY) or without a Pong (READY) before we give up.
+DEFAULT_TIMEOUT: Final = 30.0
+#: Seconds we wait for the server's Bye after our own before calling the close done.
+DEFAULT_CLOSE_TIMEOUT: Final = 5.0
+
+_RECV: Final = Direction.RECV
+_SEND: Final = Direction.SEND
+
+
+@dataclass(frozen=True, slots=True)
+class _Counters:
+    """UDP counters at one point in time, to compute loss over the interval between Pongs."""
+
+    sent: int = 0
+    server_received: int = 0
+    received: int = 0
+    lost: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingPing:
+    sent_at: float  # our clock, seconds
+    stats: m.UdpStats  # what the Ping reported
+
+
+class ClientSession:
+    """One control connection to a server, from ``start`` to ``ConnectionClosed``.
+
+    Args:
+        name: the user name to log in with (schema: 1..32 visible characters).
+        ik_pub: our Ed25519 identity public key, raw 32 bytes.
+        sign: signs bytes with the identity private key (Ed25519, 64-byte signature); called
+            once, for the login transcript.
+        password: the server password, if the server has one.
+        rng: randomness source (bytes of the requested length); injected for tests.
+        ping_interval: seconds between Pings when READY.
+        timeout: seconds without data (handshake) or Pong (READY) before closing as timed out.
+        close_timeout: seconds to wait for the server's Bye after ``close()``.
+        max_frame_size: the largest frame payload we accept, bytes (at least 64 KiB).
+        versions: protocol versions to offer, best first (tests use this to force a mismatch).
+        client_name, client_version: announced in Hello, for the server's logs.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ik_pub: bytes,
+        sign: Callable[[bytes], bytes],
+        password: str | None = None,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        versions: Iterable[str] = (m.PROTOCOL_VERSION,),
+        client_name: str = "voipclient",
+        client_version: str = __version__,
+    ) -> None:
+        if ping_interval <= 0 or timeout <= 0 or close_timeout <= 0:
+            raise LocalProtocolError("ping_interval, timeout and close_timeout must be > 0")
+        if max_frame_size < DEFAULT_MAX_FRAME_SIZE:
+            raise LocalProtocolError(f"max_frame_size must be at least {DEFAULT_MAX_FRAME_SIZE}")
+        self._hello = m.Hello(
+            versions=tuple(versions), client_name=client_name, client_version=client_version
+        )
+        # Check our own inputs now, not at the first message that would carry them.
+        m.encode_checked(self._hello)
+        m.encode_checked(m.Login(name=name, ik_pub=ik_pub, signature=bytes(64), password=password))
+        self.name: Final = name
+        self.ik_pub: Final = ik_pub
+        self._sign = sign
+        self._password = password
+        self._ping_interval = ping_interval
+        self._timeout = timeout
+        self._close_timeout = close_timeout
+
+        self._state = ClientState.IDLE
+        self._decoder = FrameDecoder(max_frame_size)
+        self._out = bytearray()
+        self._roster = Roster()
+        self._roster_dirty = False
+
+        self._version: str | None = None
+        self._server_name = ""
+        self._limits: m.Limits | None = None
+        self._sender_id: int | None = None
+        self._hop_secret: bytes | None = None
+        self._udp_port = 0
+
+        # Clocks, all in seconds on the adapter's monotonic clock.
+        self._last_rx = 0.0
+        self._last_pong = 0.0
+        self._next_ping = 0.0
+        self._close_deadline = 0.0
+
+        # Pings: a random start makes sessions distinguishable in logs and captures.
+        self._ping_seq = int.from_bytes(rng(4), "big")
+        self._pending: dict[int, _PendingPing] = {}
+        self._pings_sent = 0
+        self._pongs_received = 0
+        self._srtt_ms: float | None = None
+        self._rttvar_ms = 0.0
+        self._udp = m.UdpStats()
+        self._at_last_pong = _Counters()
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def roster(self) -> RosterSnapshot:
+        """The roster as we know it (complete once READY)."""
+        return self._roster.snapshot()
+
+    @property
+    def sender_id(self) -> int | None:
+        """Our sender id, from LoginOk on."""
+        return self._sender_id
+
+    @property
+    def hop_secret(self) -> bytes | None:
+        return self._hop_secret
+
+    @property
+    def udp_port(self) -> int:
+        return self._udp_port
+
+    @property
+    def limits(self) -> m.Limits | None:
+        """The server's limits, from ServerHello on."""
+        return self._limits
+
+    @property
+    def version(self) -> str | None:
+        return self._version
+
+    # -- I/O -------------------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """The transport is connected: queue Hello and start the handshake clock."""
+        self._send(self._hello)
+        self._last_rx = now
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the transport, in order (empties the buffer)."""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def receive_data(self, data: bytes, now: float) -> list[ev.ClientEvent]:
+        """Feed bytes read from the transport (any chunking) and return the resulting events."""
+        if self._state is ClientState.IDLE:
+            raise LocalProtocolError("receive_data() before start()")
+        if self._state is ClientState.CLOSED or not data:
+            return []
+        self._last_rx = now
+        events: list[ev.ClientEvent] = []
+        try:
+            for payload in self._decoder.feed(data):
+                self._handle(m.decode(payload), now, events)
+                if self._is_closed():
+                    break
+        except RemoteProtocolError as exc:
+            self._fail(exc, events)
+        if self._roster_dirty and self._state is ClientState.READY:
+            self._roster_dirty = False
+            events.append(ev.RosterChanged(self._roster.snapshot()))
+        return events
+
+    def connection_lost(self, now: float) -> list[ev.ClientEvent]:
+        """The transport closed (EOF or error)."""
+        if self._state in (ClientState.IDLE, ClientState.CLOSED):
+            self._state = ClientState.CLOSED
+            return []
+        reason = (
+            ev.CloseReason.LOCAL_CLOSE
+            if self._state is ClientState.CLOSING
+            else ev.CloseReason.CONNECTION_LOST
+        )
+        self._state = next_client_state(self._state, Trigger.ABORT)
+        return [ev.ConnectionClosed(reason, message="transport closed")]
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must next be called (adapter clock, seconds), or None."""
+        state = self._state
+        if state in (ClientState.IDLE, ClientState.CLOSED):
+            return None
+        if state is ClientState.CLOSING:
+            return min(self._close_deadline, self._last_rx + self._timeout)
+        if state is ClientState.READY:
+            return min(self._next_ping, self._last_pong + self._timeout)
+        return self._last_rx + self._timeout
+
+    def handle_timer(self, now: float) -> list[ev.ClientEvent]:
+        """Send a due Ping, or close a connection that went silent. Safe to call early."""
+        state = self._state
+        if state in (ClientState.IDLE, ClientState.CLOSED):
+            return []
+        if state is ClientState.CLOSING:
+            if now >= self._close_deadline or now >= self._last_rx + self._timeout:
+                self._state = next_client_state(state, Trigger.ABORT)
+                return [ev.ConnectionClosed(ev.CloseReason.LOCAL_CLOSE, message="no Bye")]
+            return []
+        silent_since = self._last_pong if state is ClientState.READY else self._last_rx
+        if now >= silent_since + self._timeout:
+            message = f"nothing from the server for {now - silent_since:.1f} s"
+            self._send(m.Error(code=m.ErrorCode.TIMEOUT, message=message, fatal=True))
+            return [ev.ConnectionClosed(ev.CloseReason.TIMEOUT, m.ErrorCode.TIMEOUT, message)]
+        if state is ClientState.READY and now >= self._next_ping:
+            self._send_ping(now)
+        return []
+
+    # -- intents (READY only) --------------------------------------------------------------------
+
+    def join(self, channel_id: int, password: str | None = None) -> None:
+        """Ask to become a member of ``channel_id`` (in addition to current memberships).
+
+        Success arrives as a MembershipChanged event about us; failure as a ServerError
+        with ``channel_id`` set.
+        """
+        self._send(m.JoinChannel(channel_id=channel_id, password=password))
+
+    def leave(self, channel_id: int) -> None:
+        """Ask to stop being a member of ``channel_id`` (answered like :meth:`join`)."""
+        self._send(m.LeaveChannel(channel_id=channel_id))
+
+    def publish_session_key(self, sk_pub: bytes, skc: bytes) -> None:
+        """Publish our session KEM key and its certificate; everyone (us too) gets UserUpdated."""
+        self._send(m.PublishSessionKey(sk_pub=sk_pub, skc=skc))
+
+    def send_keydist(self, channel_id: int, recipients: Iterable[int], blob: bytes) -> None:
+        """Send a KeyDist batch; the server hands it to the named recipients that are members
+        of ``channel_id`` and connected (1..64 recipients, blob ≤ 63 KiB)."""
+        self._send(m.KeyDist(channel_id=channel_id, recipients=tuple(recipients), blob=blob))
+
+    def send_text(self, channel_id: int, blob: bytes) -> None:
+        """Send an encrypted text message to the other members of ``channel_id``."""
+        self._send(m.Text(channel_id=channel_id, blob=blob))
+
+    def send_voice_tunnel(self, datagram: bytes) -> None:
+        """Send one voice datagram over TLS (when UDP is blocked); ≤ 1200 bytes."""
+        self._send(m.VoiceTunnel(datagram=datagram))
+
+    def set_voice_transport(self, tunnel: bool) -> None:
+        """Tell the relay to send our incoming voice through the tunnel (True) or UDP."""
+        self._send(m.SetVoiceTransport(tunnel=tunnel))
+
+    def set_self_state(self, muted: bool, deafened: bool) -> None:
+        """Announce self-mute/deafen (a deafened user gets no voice from the relay)."""
+        self._send(m.SetSelfState(muted=muted, deafened=deafened))
+
+    def report_udp_stats(
+        self, sent: int, received: int, lost: int, rtt_ms: float = 0.0, jitter_ms: float = 0.0
+    ) -> None:
+        """Record the UDP path's cumulative counters since login; the next Ping carries them
+        and PingStats derives loss from them. Allowed in any state."""
+        self._udp = m.UdpStats(
+            sent=sent, received=received, lost=lost, rtt_ms=rtt_ms, jitter_ms=jitter_ms
+        )
+
+    def close(self, reason: str = "", now: float | None = None) -> None:
+        """Say Bye. ConnectionClosed follows when the server's Bye arrives, the transport
+        closes, or ``close_timeout`` seconds pass after ``now`` (default: the last time data
+        arrived). Idempotent; before ``start`` it just ends the session."""
+        if self._state is ClientState.IDLE:
+            self._state = next_client_state(self._state, Trigger.ABORT)
+            return
+        if self._state in (ClientState.CLOSING, ClientState.CLOSED):
+            return
+        self._send(m.Bye(reason=m.clean_text(reason, m.MAX_REASON_LEN)))
+        self._close_deadline = (self._last_rx if now is None else now) + self._close_timeout
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _send(self, msg: m.ClientMessage) -> None:
+        nxt = next_client_state(self._state, (_SEND, type(msg)))
+        self._out += encode_frame(m.encode_checked(msg))
+        self._state = nxt
+
+    def _is_closed(self) -> bool:
+        # A method, so type checkers don't narrow the state across calls that change it.
+        return self._state is ClientState.CLOSED
+
+    def _fail(self, exc: RemoteProtocolError, events: list[ev.ClientEvent]) -> None:
+        """The server broke the protocol: tell it why (fatal Error) and close."""
+        code = exc.code or m.ErrorCode.PROTOCOL_ERROR
+        if self._state is not ClientState.CLOSED:
+            self._send(m.Error(code=code, message=m.clean_text(exc.message), fatal=True))
+        events.append(
+            ev.ConnectionClosed(ev.CloseReason.PROTOCOL_ERROR, code, exc.message, error=exc)
+        )
+
+    def _handle(self, msg: m.Message, now: float, events: list[ev.ClientEvent]) -> None:
+        prev = self._state
+        nxt = next_client_state(prev, (_RECV, type(msg)))
+        if prev is ClientState.CLOSING:
+            # After our Bye only the end matters; everything else is discarded.
+            self._state = nxt
+            if isinstance(msg, m.Error) and msg.fatal:
+                self._state = next_client_state(self._state, Trigger.ABORT)
+            if self._state is ClientState.CLOSED:
+                reason = (
+                    ev.CloseReason.SHUTDOWN
+                    if isinstance(msg, m.ServerShutdown)
+                    else ev.CloseReason.LOCAL_CLOSE
+                )
+                events.append(ev.ConnectionClosed(reason))
+            return
+        self._state = nxt
+        try:
+            self._dispatch(msg, now, events)
+        except RosterError as exc:
+            raise RemoteProtocolError(
+                f"roster update rejected: {exc}", code=m.ErrorCode.ROSTER_INCONSISTENT
+            ) from exc
+
+    def _dispatch(self, msg: m.Message, now: float, events: list[ev.ClientEvent]) -> None:
+        roster = self._roster
+        match msg:
+            case m.ServerHello():
+                self._on_server_hello(msg, events)
+            case m.LoginOk():
+                self._sender_id = msg.sender_id
+                self._hop_secret = msg.hop_secret
+                self._udp_port = msg.udp_port
+                roster.load_page(msg.channels, msg.users)
+                if not msg.more:
+                    self._roster_complete(now, events)
+            case m.RosterPage():
+                roster.load_page(msg.channels, msg.users)
+                if not msg.more:
+                    self._roster_complete(now, events)
+            case m.UserJoined():
+                roster.apply(msg)
+                events.append(
+                    ev.UserJoined(
+                        UserView.from_wire(msg.user),
+                        frozenset(mb.channel_id for mb in msg.user.channels),
+                    )
+                )
+                self._roster_dirty = True
+            case m.UserLeft():
+                if msg.sender_id == self._sender_id:
+                    raise RosterError("the server announced our own departure")
+                user = roster.user(msg.sender_id)
+                channels = roster.channels_of(msg.sender_id)
+                roster.apply(msg)
+                assert user is not None  # apply() raised otherwise
+                events.append(ev.UserLeft(user, channels, int(msg.reason)))
+                self._roster_dirty = True
+            case m.UserUpdated():
+                previous = roster.user(msg.user.sender_id)
+                roster.apply(msg)
+                assert previous is not None
+                user = UserView.from_wire(msg.user)
+                events.append(ev.UserUpdated(user, previous))
+                if (
+                    user.sk_pub is not None
+                    and user.skc is not None
+                    and ((user.sk_pub, user.skc) != (previous.sk_pub, previous.skc))
+                ):
+                    events.append(ev.SessionKeyPublished(user.sender_id, user.sk_pub, user.skc))
+                self._roster_dirty = True
+            case m.MembershipChanged():
+                roster.apply(msg)
+                events.append(
+                    ev.MembershipChanged(msg.sender_id, msg.channel_id, msg.joined, msg.may_speak)
+                )
+                self._roster_dirty = True
+            case m.ChannelAdded():
+                channel = ChannelView.from_wire(msg.channel)
+                roster.add_channel(channel)
+                events.append(ev.ChannelAdded(channel))
+                self._roster_dirty = True
+            case m.ChannelUpdated():
+                channel = ChannelView.from_wire(msg.channel)
+                events.append(ev.ChannelUpdated(channel, roster.update_channel(channel)))
+                self._roster_dirty = True
+            case m.ChannelRemoved():
+                members = roster.members(msg.channel_id)
+                removed = roster.remove_channel(msg.channel_id)
+                events.append(ev.ChannelRemoved(removed, members))
+                self._roster_dirty = True
+            case m.KeyDistDelivery():
+                events.append(ev.KeyDistReceived(msg.sender_id, msg.channel_id, msg.blob))
+            case m.TextDelivery():
+                events.append(ev.TextReceived(msg.sender_id, msg.channel_id, msg.blob))
+            case m.VoiceTunnel():
+                events.append(ev.VoiceTunnelReceived(msg.datagram))
+            case m.Pong():
+                self._on_pong(msg, now, events)
+            case m.Error():
+                events.append(ev.ServerError(msg.code, msg.message, msg.fatal, msg.channel_id))
+                if msg.fatal:
+                    self._state = next_client_state(self._state, Trigger.ABORT)
+                    events.append(
+                        ev.ConnectionClosed(ev.CloseReason.PEER_ERROR, msg.code, msg.message)
+                    )
+            case m.ServerShutdown():
+                events.append(ev.ServerShuttingDown(msg.reason, msg.reconnect_after_ms))
+                events.append(ev.ConnectionClosed(ev.CloseReason.SHUTDOWN, message=msg.reason))
+            case m.Bye():
+                events.append(ev.ConnectionClosed(ev.CloseReason.PEER_BYE, message=msg.reason))
+            case _:  # pragma: no cover - the transition table admits nothing else
+                raise LocalProtocolError(f"no handler for {type(msg).__name__}")
+
+    def _on_server_hello(self, msg: m.ServerHello, events: list[ev.ClientEvent]) -> None:
+        if msg.version not in self._hello.versions:
+            raise RemoteProtocolError(
+                f"server chose version {msg.version!r}, we offered {list(self._hello.versions)}",
+                code=m.ErrorCode.UNSUPPORTED_VERSION,
+                field="version",
+            )
+        self._version = msg.version
+        self._server_name = msg.server_name
+        self._limits = msg.limits
+        events.append(
+            ev.Negotiated(msg.version, msg.server_name, msg.limits, msg.password_required)
+        )
+        signature = self._sign(m.login_transcript(msg.challenge, self.name, self.ik_pub))
+        if len(signature) != m.ED25519_SIG_LEN:
+            raise LocalProtocolError(f"sign() returned {len(signature)} bytes, expected 64")
+        self._send(
+            m.Login(
+                name=self.name, ik_pub=self.ik_pub, signature=signature, password=self._password
+            )
+        )
+
+    def _roster_complete(self, now: float, events: list[ev.ClientEvent]) -> None:
+        me = self._roster.user(self._sender_id or 0)
+        if me is None or me.name != self.name or me.ik_pub != self.ik_pub:
+            raise RosterError("our own user is missing from the roster or differs")
+        self._state = next_client_state(self._state, Trigger.ROSTER_COMPLETE)
+        self._last_pong = now
+        self._next_ping = now + self._ping_interval
+        self._roster_dirty = False
+        assert self._sender_id is not None and self._hop_secret is not None
+        events.append(
+            ev.LoggedIn(self._sender_id, self._hop_secret, self._udp_port, self._roster.snapshot())
+        )
+
+    def _send_ping(self, now: float) -> None:
+        seq = self._ping_seq
+        self._ping_seq = (seq + 1) & m.U32_MAX
+        # Forget pings that can no longer be answered in time: they count as lost.
+        for old in [s for s, p in self._pending.items() if now - p.sent_at >= self._timeout]:
+            del self._pending[old]
+        self._pending[seq] = _PendingPing(now, self._udp)
+        self._pings_sent += 1
+        self._next_ping = now + self._ping_interval
+        self._send(m.Ping(seq=seq, client_time_ms=max(0, int(now * 1000)), udp=self._udp))
+
+    def _on_pong(self, msg: m.Pong, now: float, events: list[ev.ClientEvent]) -> None:
+        ping = self._pending.pop(msg.seq, None)
+        if ping is None:
+            # A Pong we gave up on, or one for a Ping we never sent: either way no sample.
+            return
+        self._last_pong = now
+        self._pongs_received += 1
+        # Our own send time, not the echoed client_time_ms: a server cannot skew our RTT.
+        rtt_ms = max(0.0, (now - ping.sent_at) * 1000.0)
+        if self._srtt_ms is None:  # RFC 6298 §2.2: first sample
+            self._srtt_ms = rtt_ms
+            self._rttvar_ms = rtt_ms / 2
+        else:  # RFC 6298 §2.3 with alpha = 1/8, beta = 1/4
+            self._rttvar_ms = 0.75 * self._rttvar_ms + 0.25 * abs(self._srtt_ms - rtt_ms)
+            self._srtt_ms = 0.875 * self._srtt_ms + 0.125 * rtt_ms
+        before = self._at_last_pong
+        now_counters = _Counters(
+            sent=ping.stats.sent,
+            server_received=msg.udp_received,
+            received=ping.stats.received,
+            lost=ping.stats.lost,
+        )
+        self._at_last_pong = now_counters
+        events.append(
+            ev.PingStats(
+                seq=msg.seq,
+                rtt_ms=rtt_ms,
+                srtt_ms=self._srtt_ms,
+                rttvar_ms=self._rttvar_ms,
+                pings_sent=self._pings_sent,
+                pongs_received=self._pongs_received,
+                udp_received_by_server=msg.udp_received,
+                udp_loss_up=_loss(
+                    now_counters.sent - before.sent,
+                    now_counters.server_received - before.server_received,
+                ),
+                udp_loss_down=_loss(
+                    (now_counters.received - before.received) + (now_counters.lost - before.lost),
+                    now_counters.received - before.received,
+                ),
+            )
+        )
+
+
+def _loss(expected: int, arrived: int) -> float | None:
+    """Lost fraction of ``expected`` packets, clamped to 0..1 (counters race by a few packets)."""
+    if expected <= 0:
+        return None
+    return min(1.0, max(0.0, 1.0 - arrived / expected))

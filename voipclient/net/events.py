@@ -1,0 +1,377 @@
+"""Every event the sans-IO sessions return, as frozen dataclasses documented field by field.
+
+:class:`~voipclient.net.client.ClientSession` returns :class:`ClientEvent` instances from
+``receive_data``, ``handle_timer`` and ``connection_lost``;
+:class:`~voipclient.net.server.ServerCore` queues :class:`ServerEvent` instances for its adapter
+(``events()``). Events carry plain Python values (ints, bytes, strings, roster views) and never a
+wire Struct, except :class:`Negotiated` which passes the server's announced limits on as they are.
+
+Integer ``code`` fields hold :class:`~voipclient.net.messages.ErrorCode` values and ``reason``
+fields of user departures hold :class:`~voipclient.net.messages.LeaveReason` values; both are
+IntEnums, so ``event.code == ErrorCode.NAME_TAKEN`` works, and unknown future codes stay ints.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from voipclient.errors import ProtocolError
+from voipclient.net.messages import Limits
+from voipclient.net.roster import ChannelView, RosterSnapshot, UserView
+
+__all__ = [
+    "ChannelAdded",
+    "ChannelRemoved",
+    "ChannelUpdated",
+    "ClientEvent",
+    "CloseReason",
+    "ConnectionClosed",
+    "KeyDistReceived",
+    "LoggedIn",
+    "MembershipChanged",
+    "Negotiated",
+    "PingStats",
+    "RosterChanged",
+    "ServerError",
+    "ServerEvent",
+    "ServerShuttingDown",
+    "SessionAuthenticated",
+    "SessionClosed",
+    "SessionKeyPublished",
+    "TextReceived",
+    "UserJoined",
+    "UserLeft",
+    "UserUpdated",
+    "VoiceFromTunnel",
+    "VoiceTransportChanged",
+    "VoiceTunnelReceived",
+]
+
+
+class CloseReason(enum.Enum):
+    """Why a connection (client side) or a session (server side) ended."""
+
+    #: We asked for it (client ``close()``; server ``kick``) and the close completed.
+    LOCAL_CLOSE = "local_close"
+    #: The peer said Bye.
+    PEER_BYE = "peer_bye"
+    #: The peer sent a fatal Error (see ``code``/``message``).
+    PEER_ERROR = "peer_error"
+    #: The peer violated the protocol (bad frame, malformed or unexpected message).
+    PROTOCOL_ERROR = "protocol_error"
+    #: No data / no Pong (client), login deadline or idle timeout (server).
+    TIMEOUT = "timeout"
+    #: The transport went away without a goodbye.
+    CONNECTION_LOST = "connection_lost"
+    #: The server is shutting down.
+    SHUTDOWN = "shutdown"
+    #: Server side: the login was refused (password, signature, name, capacity, version).
+    LOGIN_FAILED = "login_failed"
+    #: Server side: the control-message token bucket ran dry.
+    RATE_LIMITED = "rate_limited"
+    #: Server side: the same identity logged in again with the same name.
+    REPLACED = "replaced"
+
+
+# =============================================================================================
+# Client events
+# =============================================================================================
+
+
+class ClientEvent:
+    """Base class of the events a ClientSession returns."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated(ClientEvent):
+    """The server answered Hello; Login has been queued."""
+
+    #: The protocol version both sides speak (``"vc1"``).
+    version: str
+    #: The server's software name as it announced it.
+    server_name: str
+    #: The server's limits (frame size, membership cap, rates, idle timeout).
+    limits: Limits
+    #: The server requires a password (Login carries the one we were given, if any).
+    password_required: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedIn(ClientEvent):
+    """Login succeeded and the whole roster has arrived: the session is READY."""
+
+    #: Our session id and voice sender id (PROTOCOL.md §3); also the hop session id.
+    sender_id: int
+    #: 32-byte secret from which the hop MAC keys K_c2s/K_s2c are derived.
+    hop_secret: bytes
+    #: The relay's UDP port on the server host; 0 means no UDP, tunnel voice over TLS.
+    udp_port: int
+    #: The complete roster, ourselves included (in the Lobby).
+    roster: RosterSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class RosterChanged(ClientEvent):
+    """The roster changed. Emitted once per ``receive_data`` call, after the detailed events."""
+
+    #: The roster after every change of the batch.
+    roster: RosterSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class UserJoined(ClientEvent):
+    """A user logged in."""
+
+    #: The new user.
+    user: UserView
+    #: Channel ids it is a member of (normally the Lobby).
+    channels: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class UserLeft(ClientEvent):
+    """A user's session ended: rotate sender keys of the channels it shared with us (§2)."""
+
+    #: The user as it was just before it left.
+    user: UserView
+    #: The channel ids it was a member of when it left.
+    channels: frozenset[int]
+    #: A LeaveReason value.
+    reason: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserUpdated(ClientEvent):
+    """A user's record changed (mute/deafen, session key)."""
+
+    #: The new record.
+    user: UserView
+    #: The record before the change.
+    previous: UserView
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeyPublished(ClientEvent):
+    """A user published (or replaced) its session KEM key: check the SKC, then send KeyDists."""
+
+    #: Who published it.
+    sender_id: int
+    #: The KEM public key.
+    sk_pub: bytes
+    #: The session key certificate (verify it against the user's identity key).
+    skc: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChanged(ClientEvent):
+    """A user joined or left one channel (possibly us: that is how a join/leave succeeds)."""
+
+    #: The user.
+    sender_id: int
+    #: The channel.
+    channel_id: int
+    #: True for a join, False for a leave.
+    joined: bool
+    #: After a join: the channel's ACL lets the user transmit there.
+    may_speak: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAdded(ClientEvent):
+    """A channel was created."""
+
+    #: The new channel.
+    channel: ChannelView
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelUpdated(ClientEvent):
+    """A channel's attributes changed."""
+
+    #: The new record.
+    channel: ChannelView
+    #: The record before the change.
+    previous: ChannelView
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRemoved(ClientEvent):
+    """A channel was removed; memberships of it ended with it (no MembershipChanged follows)."""
+
+    #: The channel as it was.
+    channel: ChannelView
+    #: Sender ids that were members of it.
+    members: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDistReceived(ClientEvent):
+    """A KeyDist batch (§2) addressed to us; verify and open it in the crypto layer."""
+
+    #: The sender's session id, as the server saw it (the blob's signature must agree).
+    sender_id: int
+    #: The channel the keys are for.
+    channel_id: int
+    #: The opaque signed batch.
+    blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TextReceived(ClientEvent):
+    """An end-to-end encrypted text message (§4) for a channel we are a member of."""
+
+    #: The author's session id, as the server saw it.
+    sender_id: int
+    #: The channel.
+    channel_id: int
+    #: The opaque encrypted, signed message.
+    blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceTunnelReceived(ClientEvent):
+    """A voice datagram that came through the TLS tunnel; treat it exactly like a UDP one."""
+
+    #: The datagram, 1..1200 bytes.
+    datagram: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PingStats(ClientEvent):
+    """A Pong arrived: control-path RTT and UDP loss figures."""
+
+    #: Sequence number of the answered Ping.
+    seq: int
+    #: This round trip, in milliseconds.
+    rtt_ms: float
+    #: Smoothed RTT (RFC 6298, alpha 1/8), in milliseconds.
+    srtt_ms: float
+    #: RTT variation (RFC 6298, beta 1/4), in milliseconds.
+    rttvar_ms: float
+    #: Pings sent so far.
+    pings_sent: int
+    #: Pongs received so far (a Ping without Pong after the timeout counts as lost).
+    pongs_received: int
+    #: UDP datagrams the server received from us since login (its count, from the Pong).
+    udp_received_by_server: int
+    #: Fraction of our UDP datagrams lost on the way up over the last ping interval, 0..1;
+    #: None when we sent nothing in that interval.
+    udp_loss_up: float | None
+    #: Fraction of datagrams lost on the way down over the last ping interval, 0..1 (from our
+    #: own counters as reported with ``report_udp_stats``); None when nothing was expected.
+    udp_loss_down: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError(ClientEvent):
+    """The server reported an error (a failed join/leave, or the reason it closes us)."""
+
+    #: An ErrorCode value.
+    code: int
+    #: Human-readable text from the server.
+    message: str
+    #: The server closes the connection after this error.
+    fatal: bool
+    #: The channel the failed request concerned, if any.
+    channel_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerShuttingDown(ClientEvent):
+    """The server is going away; a ConnectionClosed follows."""
+
+    #: Text from the server.
+    reason: str
+    #: Suggested delay before reconnecting, in milliseconds; None: don't reconnect by itself.
+    reconnect_after_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(ClientEvent):
+    """The session is over (state CLOSED). The last event a session returns.
+
+    Anything still in ``data_to_send()`` (a Bye or a fatal Error) should be flushed before the
+    adapter closes the transport.
+    """
+
+    #: Why.
+    reason: CloseReason
+    #: An ErrorCode value when an error caused it, else 0.
+    code: int = 0
+    #: Human-readable detail.
+    message: str = ""
+    #: The protocol error that caused it (the server's violation), if any.
+    error: ProtocolError | None = None
+
+
+# =============================================================================================
+# Server events
+# =============================================================================================
+
+
+class ServerEvent:
+    """Base class of the events ServerCore queues for its adapter."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAuthenticated(ServerEvent):
+    """A connection logged in: key the UDP relay's hop MACs for it."""
+
+    #: The adapter's connection id.
+    conn_id: int
+    #: The session's sender id (unique for the server run, never reused).
+    sender_id: int
+    #: The user name.
+    name: str
+    #: The user's Ed25519 identity public key (32 bytes).
+    ik_pub: bytes
+    #: The 32-byte hop secret sent to the client in LoginOk.
+    hop_secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(ServerEvent):
+    """A connection's session is over. Flush ``data_to_send(conn_id)`` (it may hold a final
+    Error/Bye/ServerShutdown), close the transport, then call ``connection_lost``. Forget the
+    sender id in the UDP relay."""
+
+    #: The adapter's connection id.
+    conn_id: int
+    #: The sender id if the session had logged in, else None.
+    sender_id: int | None
+    #: Why.
+    reason: CloseReason
+    #: ErrorCode of the fatal Error we sent (or the peer sent), else 0.
+    code: int = 0
+    #: Human-readable detail.
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceFromTunnel(ServerEvent):
+    """A client sent a voice datagram over TLS: relay it like a UDP datagram from that session
+    (the relay still checks hop MAC, ACL, replay window)."""
+
+    #: The adapter's connection id.
+    conn_id: int
+    #: The session's sender id.
+    sender_id: int
+    #: The datagram, 1..1200 bytes, untouched.
+    datagram: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceTransportChanged(ServerEvent):
+    """A client switched where it wants voice: the TLS tunnel (True) or UDP (False)."""
+
+    #: The adapter's connection id.
+    conn_id: int
+    #: The session's sender id.
+    sender_id: int
+    #: True: send this listener's voice with ``send_voice_tunnel``.
+    tunnel: bool

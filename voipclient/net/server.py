@@ -1,0 +1,929 @@
+"""The relay server's control plane, sans-IO: every connection's session plus the shared roster.
+
+The asyncio adapter (``voipclient.server``) owns the listening TLS socket, the UDP socket and the
+clock. It numbers connections itself and drives the core::
+
+    core.connection_made(conn_id, now)
+    core.receive_data(conn_id, data, now)
+    core.connection_lost(conn_id, now)
+    core.handle_timer(now)                     # when get_timer() is due
+    for conn_id, data in core.outgoing(): write(conn_id, data)
+    for event in core.events(): ...            # SessionAuthenticated, SessionClosed, ...
+
+after each of which it writes what ``outgoing()`` returns and handles ``events()``. The UDP relay
+asks the core :meth:`ServerCore.session_by_sender_id`, :meth:`ServerCore.may_speak` and
+:meth:`ServerCore.listeners`, and reports valid datagrams with
+:meth:`ServerCore.note_udp_received` (the count goes back to clients in Pong).
+
+Policies (documented in docs/protocol.md):
+
+* **Lobby.** Channel 1, "Lobby" by default, is the root of the tree. Every user is a member of
+  it right after login (announced inside UserJoined, not as a MembershipChanged); a user may leave
+  it like any channel. It has no password and no member limit.
+* **Names.** A name (compared case-insensitively) is bound to the identity key that first logged
+  in with it, for the life of the server run (``name_bindings``, a dict the adapter may persist and
+  pass back in). Another key → NAME_TAKEN. The same key while a session with that name is
+  connected → the old session gets a fatal SESSION_REPLACED error and leaves (UserLeft reason
+  REPLACED) and the new login proceeds: that is how a client reconnects over a dead connection.
+* **Sender ids** count up from 1 and are never reused within a run; the hop secret is 32 bytes
+  from ``rng``.
+* **Memberships.** A user may be a member of up to ``max_memberships`` channels at once and
+  hears all of them; it may speak in those whose ACL (``ChannelConfig.speakers``) names it, or in
+  all of them when the ACL is None.
+* **Relaying.** KeyDist goes only to the named recipients that are connected and members of the
+  channel; Text to the channel's members except the sender; both require the sender to be a
+  member. Voice from the tunnel is handed to the adapter (``VoiceFromTunnel``): fan-out is the
+  UDP relay's job, with the same checks as for UDP.
+* **Abuse.** Malformed input, a message not allowed in the session's state, or a control message
+  beyond the token bucket (``rate_per_s``/``rate_burst``) → a fatal Error frame to that session and
+  it is closed; other sessions are unaffected. Tunnelled voice has its own bucket
+  (``tunnel_rate_per_s``) and excess datagrams are dropped, not punished (voice is bursty).
+* **Timeouts.** ``login_timeout`` seconds from connection to LoginOk; ``idle_timeout`` seconds
+  without any byte from a logged-in client (it pings every 5 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, TypeAlias
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from voipclient.errors import LocalProtocolError, RemoteProtocolError
+from voipclient.net import events as ev
+from voipclient.net import messages as m
+from voipclient.net.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from voipclient.net.roster import ChannelView, Roster, RosterSnapshot, UserView
+from voipclient.net.states import Direction, ServerState, Trigger, next_server_state
+
+__all__ = [
+    "LOBBY_ID",
+    "ChannelConfig",
+    "ServerConfig",
+    "ServerCore",
+    "SessionInfo",
+    "TokenBucket",
+]
+
+#: The channel every user joins at login.
+LOBBY_ID: Final = 1
+#: Room left in a 64 KiB frame for LoginOk's own fields when paging the roster, bytes.
+_PAGE_HEADROOM: Final = 1024
+
+_RECV: Final = Direction.RECV
+_SEND: Final = Direction.SEND
+_Reason = ev.CloseReason
+_Leave = m.LeaveReason
+_Code = m.ErrorCode
+
+ChannelPassword: TypeAlias = str | Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """A channel the server offers."""
+
+    #: Channel id: 1 is the Lobby, others must be >= 2 and unique.
+    id: int
+    #: Display name (1..64 visible characters).
+    name: str
+    #: Parent channel id; None only for the Lobby.
+    parent: int | None = LOBBY_ID
+    #: Free text shown with the channel.
+    description: str = ""
+    #: None: open channel. A str is compared in constant time; a callable is a verifier
+    #: (e.g. checking a stored hash) returning True for the right password.
+    password: ChannelPassword | None = None
+    #: Member limit; 0 means unlimited.
+    max_members: int = 0
+    #: Names (case-insensitive) allowed to transmit voice here; None: every member may.
+    speakers: frozenset[str] | None = None
+
+    def to_view(self) -> ChannelView:
+        return ChannelView(
+            id=self.id,
+            parent=self.parent,
+            name=self.name,
+            description=self.description,
+            password_protected=self.password is not None,
+            max_members=self.max_members,
+        )
+
+    def allows_speaker(self, name: str) -> bool:
+        if self.speakers is None:
+            return True
+        folded = name.casefold()
+        return any(s.casefold() == folded for s in self.speakers)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the core needs to know; validated on construction (LocalProtocolError)."""
+
+    #: Announced in ServerHello.
+    server_name: str = "voipclient-server"
+    #: Server password required in Login; None: no password.
+    password: str | None = None
+    #: The Lobby (id 1, no parent, no password, no member limit).
+    lobby: ChannelConfig = ChannelConfig(id=LOBBY_ID, name="Lobby", parent=None)
+    #: The other channels, in any order.
+    channels: tuple[ChannelConfig, ...] = ()
+    #: The UDP relay port announced in LoginOk; 0: no UDP, clients tunnel.
+    udp_port: int = 0
+    #: Channels one user may be a member of at once (the Lobby counts).
+    max_memberships: int = 8
+    #: Open connections (logged in or not) the core accepts.
+    max_sessions: int = 256
+    #: Seconds from connection to LoginOk.
+    login_timeout: float = 10.0
+    #: Seconds without data from a logged-in client.
+    idle_timeout: float = 30.0
+    #: Control messages per second per session (token bucket refill).
+    rate_per_s: float = 20.0
+    #: Token bucket size (messages that may arrive back to back).
+    rate_burst: int = 40
+    #: Tunnelled voice datagrams per second per session; the excess is dropped.
+    tunnel_rate_per_s: float = 100.0
+    #: Tunnel bucket size, datagrams.
+    tunnel_burst: int = 50
+    #: Largest frame payload accepted, bytes (>= 64 KiB).
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+
+    def __post_init__(self) -> None:
+        lobby = self.lobby
+        if lobby.id != LOBBY_ID or lobby.parent is not None:
+            raise LocalProtocolError("the lobby must have id 1 and no parent")
+        if lobby.password is not None or lobby.max_members:
+            raise LocalProtocolError("the lobby cannot have a password or a member limit")
+        ids = {LOBBY_ID}
+        for ch in self.channels:
+            if ch.id < 2 or ch.id > m.U32_MAX or ch.id in ids:
+                raise LocalProtocolError(f"channel id {ch.id} is invalid or duplicated")
+            ids.add(ch.id)
+        parents = {ch.id: ch.parent for ch in (lobby, *self.channels)}
+        for ch in self.channels:
+            if ch.parent is None or ch.parent not in ids:
+                raise LocalProtocolError(f"channel {ch.id} has an unknown parent {ch.parent}")
+            seen = {ch.id}
+            cursor: int | None = ch.parent
+            while cursor is not None:  # walk up; the lobby ends every walk
+                if cursor in seen:
+                    raise LocalProtocolError(f"channel {ch.id} is part of a parent cycle")
+                seen.add(cursor)
+                cursor = parents[cursor]
+        for ch in (lobby, *self.channels):
+            _check_channel_schema(ch)
+        m.encode_checked(
+            m.ServerHello(m.PROTOCOL_VERSION, bytes(32), self.server_name, _limits(self))
+        )
+        if not 1 <= self.max_memberships <= m.MAX_MEMBERSHIPS:
+            raise LocalProtocolError(f"max_memberships must be 1..{m.MAX_MEMBERSHIPS}")
+        if self.max_sessions < 1 or self.login_timeout <= 0 or self.idle_timeout <= 0:
+            raise LocalProtocolError("max_sessions, login_timeout, idle_timeout must be > 0")
+        if not 0 <= self.udp_port <= m.U16_MAX:
+            raise LocalProtocolError("udp_port must be 0..65535")
+
+
+def _limits(config: ServerConfig) -> m.Limits:
+    return m.Limits(
+        max_frame_size=config.max_frame_size,
+        max_memberships=config.max_memberships,
+        rate_per_s=config.rate_per_s,
+        rate_burst=config.rate_burst,
+        idle_timeout_ms=int(config.idle_timeout * 1000),
+        tunnel_rate_per_s=config.tunnel_rate_per_s,
+    )
+
+
+def _check_channel_schema(ch: ChannelConfig) -> None:
+    if ch.max_members < 0:
+        raise LocalProtocolError(f"channel {ch.id}: max_members must be >= 0")
+    m.encode_checked(m.ChannelAdded(channel=ch.to_view().to_wire()))
+
+
+class TokenBucket:
+    """Classic token bucket: ``rate`` tokens per second, at most ``burst`` stored."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last = now
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        """Spend ``n`` tokens if available. A clock going backwards adds nothing."""
+        if now > self._last:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+        if self._tokens >= n:
+            self._tokens -= n
+            return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A logged-in session as the UDP relay and the admin see it."""
+
+    #: The adapter's connection id.
+    conn_id: int
+    #: Session / voice sender id.
+    sender_id: int
+    #: User name.
+    name: str
+    #: Ed25519 identity public key.
+    ik_pub: bytes
+    #: 32-byte hop secret (derive K_c2s/K_s2c from it).
+    hop_secret: bytes
+    #: The client wants its voice through the TLS tunnel.
+    voice_tunnel: bool
+    #: The user deafened itself (``listeners`` leaves it out).
+    deafened: bool
+    #: UDP datagrams the relay counted for this session (``note_udp_received``).
+    udp_received: int
+    #: The client's own UDP counters from its last Ping.
+    udp_stats: m.UdpStats
+    #: Tunnelled datagrams dropped by the tunnel rate limit.
+    tunnel_dropped: int
+
+
+@dataclass(eq=False)
+class _Session:
+    conn_id: int
+    decoder: FrameDecoder
+    opened_at: float  # seconds, adapter clock
+    last_rx: float  # seconds, adapter clock
+    bucket: TokenBucket
+    tunnel_bucket: TokenBucket
+    state: ServerState = ServerState.AWAIT_HELLO
+    out: bytearray = field(default_factory=bytearray)
+    challenge: bytes = b""
+    sender_id: int | None = None
+    name: str = ""
+    ik_pub: bytes = b""
+    hop_secret: bytes = b""
+    in_roster: bool = False
+    voice_tunnel: bool = False
+    udp_received: int = 0
+    udp_stats: m.UdpStats = field(default_factory=m.UdpStats)
+    tunnel_dropped: int = 0
+
+
+class ServerCore:
+    """All control sessions of one server and the roster they share.
+
+    Args:
+        config: the server's configuration.
+        rng: randomness source for login challenges and hop secrets (os.urandom in production).
+        name_bindings: casefolded user name → identity public key, mutated in place as new names
+            are registered (persist it and pass it back to keep bindings across restarts).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        name_bindings: dict[str, bytes] | None = None,
+    ) -> None:
+        self.config: Final = config
+        self._rng = rng
+        self._bindings: dict[str, bytes] = {} if name_bindings is None else name_bindings
+        self._conns: dict[int, _Session] = {}
+        self._by_sender: dict[int, _Session] = {}
+        self._by_name: dict[str, _Session] = {}  # casefolded name → logged-in session
+        self._events: list[ev.ServerEvent] = []
+        self._next_sender_id = 1
+        self._shutting_down = False
+        self._channel_cfg: dict[int, ChannelConfig] = {}
+        self._roster = Roster()
+        for ch in (config.lobby, *_parents_first(config.channels)):
+            self._roster.add_channel(ch.to_view())
+            self._channel_cfg[ch.id] = ch
+
+    # -- adapter interface -----------------------------------------------------------------------
+
+    def connection_made(self, conn_id: int, now: float) -> None:
+        """A TLS connection was accepted (after the handshake). ``conn_id`` must be new."""
+        if conn_id in self._conns:
+            raise LocalProtocolError(f"connection {conn_id} already exists")
+        cfg = self.config
+        open_count = sum(1 for s in self._conns.values() if s.state is not ServerState.CLOSED)
+        sess = _Session(
+            conn_id=conn_id,
+            decoder=FrameDecoder(cfg.max_frame_size),
+            opened_at=now,
+            last_rx=now,
+            bucket=TokenBucket(cfg.rate_per_s, cfg.rate_burst, now),
+            tunnel_bucket=TokenBucket(cfg.tunnel_rate_per_s, cfg.tunnel_burst, now),
+        )
+        self._conns[conn_id] = sess
+        if self._shutting_down:
+            self._close(sess, _Reason.SHUTDOWN, _Code.SHUTTING_DOWN, "server is shutting down")
+        elif open_count >= cfg.max_sessions:
+            self._close(sess, _Reason.LOGIN_FAILED, _Code.SERVER_FULL, "server is full")
+
+    def receive_data(self, conn_id: int, data: bytes, now: float) -> None:
+        """Bytes arrived on a connection (any chunking)."""
+        sess = self._require_conn(conn_id)
+        if sess.state is ServerState.CLOSED or not data:
+            return
+        sess.last_rx = now
+        try:
+            for payload in sess.decoder.feed(data):
+                msg = m.decode(payload)
+                if not isinstance(msg, m.VoiceTunnel) and not sess.bucket.take(now):
+                    self._close(
+                        sess,
+                        _Reason.RATE_LIMITED,
+                        _Code.RATE_LIMITED,
+                        f"more than {self.config.rate_per_s:g} messages/s",
+                        _Leave.PROTOCOL_ERROR,
+                    )
+                    return
+                self._handle(sess, msg, now)
+                if _is_closed(sess):
+                    return
+        except RemoteProtocolError as exc:
+            self._close(
+                sess,
+                _Reason.PROTOCOL_ERROR,
+                exc.code or _Code.PROTOCOL_ERROR,
+                exc.message if exc.field is None else f"{exc.message} (field {exc.field})",
+                _Leave.PROTOCOL_ERROR,
+            )
+
+    def connection_lost(self, conn_id: int, now: float) -> None:
+        """The transport is gone; forget the connection. Idempotent."""
+        sess = self._conns.pop(conn_id, None)
+        if sess is None:
+            return
+        if sess.state is not ServerState.CLOSED:
+            sess.state = next_server_state(sess.state, Trigger.ABORT)
+            self._finish(sess, _Reason.CONNECTION_LOST, 0, "transport closed", _Leave.DISCONNECTED)
+
+    def data_to_send(self, conn_id: int) -> bytes:
+        """Bytes to write to ``conn_id`` (empties its buffer; b"" for unknown connections)."""
+        sess = self._conns.get(conn_id)
+        if sess is None or not sess.out:
+            return b""
+        data = bytes(sess.out)
+        sess.out.clear()
+        return data
+
+    def outgoing(self) -> list[tuple[int, bytes]]:
+        """``(conn_id, bytes)`` for every connection with something to write."""
+        return [(cid, self.data_to_send(cid)) for cid, s in self._conns.items() if s.out]
+
+    def events(self) -> list[ev.ServerEvent]:
+        """Events since the last call, in order."""
+        out, self._events = self._events, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """The earliest login/idle deadline of any open session (adapter clock), or None."""
+        deadlines = [d for s in self._conns.values() if (d := self._deadline(s)) is not None]
+        return min(deadlines, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Close every session whose login or idle deadline has passed."""
+        for sess in list(self._conns.values()):
+            deadline = self._deadline(sess)
+            if deadline is None or now < deadline:
+                continue
+            what = "login" if sess.state is not ServerState.READY else "idle"
+            self._close(sess, _Reason.TIMEOUT, _Code.TIMEOUT, f"{what} timeout", _Leave.TIMEOUT)
+
+    # -- queries for the UDP relay ---------------------------------------------------------------
+
+    @property
+    def roster(self) -> RosterSnapshot:
+        return self._roster.snapshot()
+
+    @property
+    def name_bindings(self) -> dict[str, bytes]:
+        """Casefolded name → identity key: the live dict (persist it; don't mutate it)."""
+        return self._bindings
+
+    def session_by_sender_id(self, sender_id: int) -> SessionInfo | None:
+        sess = self._by_sender.get(sender_id)
+        if sess is None:
+            return None
+        user = self._roster.user(sender_id)
+        return SessionInfo(
+            conn_id=sess.conn_id,
+            sender_id=sender_id,
+            name=sess.name,
+            ik_pub=sess.ik_pub,
+            hop_secret=sess.hop_secret,
+            voice_tunnel=sess.voice_tunnel,
+            deafened=user is not None and user.deafened,
+            udp_received=sess.udp_received,
+            udp_stats=sess.udp_stats,
+            tunnel_dropped=sess.tunnel_dropped,
+        )
+
+    def may_speak(self, sender_id: int, channel_id: int) -> bool:
+        """``sender_id`` is a member of ``channel_id`` and the channel's ACL lets it speak."""
+        return self._roster.may_speak(sender_id, channel_id)
+
+    def listeners(self, channel_id: int, exclude: int | None = None) -> frozenset[int]:
+        """Sender ids that should receive voice for ``channel_id``: its members except
+        ``exclude`` (the speaker) and except deafened users."""
+        out = set()
+        for uid in self._roster.members(channel_id):
+            user = self._roster.user(uid)
+            if uid != exclude and user is not None and not user.deafened:
+                out.add(uid)
+        return frozenset(out)
+
+    def note_udp_received(self, sender_id: int, count: int = 1) -> None:
+        """The relay accepted ``count`` datagrams from ``sender_id`` (reported back in Pong)."""
+        sess = self._by_sender.get(sender_id)
+        if sess is not None:
+            sess.udp_received += count
+
+    # -- server-initiated actions ----------------------------------------------------------------
+
+    def send_voice_tunnel(self, conn_id: int, datagram: bytes) -> bool:
+        """Queue a voice datagram to a tunnelling listener. False if the connection is gone or
+        closed (the relay may race with a closing session)."""
+        sess = self._conns.get(conn_id)
+        if sess is None or sess.state is ServerState.CLOSED:
+            return False
+        self._send(sess, m.VoiceTunnel(datagram=datagram))
+        return True
+
+    def shutdown(self, reason: str, now: float, reconnect_after_ms: int | None = None) -> None:
+        """Send ServerShutdown to every open session and close them all; later connections are
+        refused with SHUTTING_DOWN."""
+        self._shutting_down = True
+        notice = m.ServerShutdown(
+            reason=m.clean_text(reason, m.MAX_REASON_LEN), reconnect_after_ms=reconnect_after_ms
+        )
+        frame = encode_frame(m.encode_checked(notice))
+        for sess in list(self._conns.values()):
+            if sess.state is ServerState.CLOSED:
+                continue
+            sess.state = next_server_state(sess.state, (_SEND, m.ServerShutdown))
+            sess.out += frame
+            self._finish(sess, _Reason.SHUTDOWN, _Code.SHUTTING_DOWN, reason, _Leave.SHUTDOWN)
+
+    def kick(self, sender_id: int, reason: str = "") -> None:
+        """Remove a logged-in user (fatal KICKED error, UserLeft reason KICKED)."""
+        sess = self._by_sender.get(sender_id)
+        if sess is None:
+            raise LocalProtocolError(f"no session with sender id {sender_id}")
+        self._close(sess, _Reason.LOCAL_CLOSE, _Code.KICKED, reason or "kicked", _Leave.KICKED)
+
+    def add_channel(self, channel: ChannelConfig) -> None:
+        """Create a channel (its parent must exist) and announce it."""
+        if channel.id < 2 or channel.id > m.U32_MAX or channel.id in self._channel_cfg:
+            raise LocalProtocolError(f"channel id {channel.id} is invalid or taken")
+        if channel.parent is None or channel.parent not in self._channel_cfg:
+            raise LocalProtocolError(f"parent {channel.parent} does not exist")
+        _check_channel_schema(channel)
+        self._roster.add_channel(channel.to_view())
+        self._channel_cfg[channel.id] = channel
+        self._broadcast(m.ChannelAdded(channel=channel.to_view().to_wire()))
+
+    def update_channel(self, channel: ChannelConfig) -> None:
+        """Replace a channel's configuration; announces ChannelUpdated, and MembershipChanged
+        for every member whose right to speak changed with the ACL."""
+        old = self._channel_cfg.get(channel.id)
+        if old is None:
+            raise LocalProtocolError(f"no channel {channel.id}")
+        if channel.id == LOBBY_ID and (
+            channel.parent is not None or channel.password is not None or channel.max_members
+        ):
+            raise LocalProtocolError("the lobby cannot have a parent, password or member limit")
+        _check_channel_schema(channel)
+        try:
+            self._roster.update_channel(channel.to_view())
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc)) from exc
+        self._channel_cfg[channel.id] = channel
+        self._broadcast(m.ChannelUpdated(channel=channel.to_view().to_wire()))
+        for uid in sorted(self._roster.members(channel.id)):
+            user = self._roster.user(uid)
+            assert user is not None
+            speak = channel.allows_speaker(user.name)
+            if speak != self._roster.may_speak(uid, channel.id):
+                self._roster.set_membership(uid, channel.id, True, speak)
+                self._broadcast(
+                    m.MembershipChanged(
+                        sender_id=uid, channel_id=channel.id, joined=True, may_speak=speak
+                    )
+                )
+
+    def remove_channel(self, channel_id: int) -> None:
+        """Remove a channel and its sub-channels (deepest first), announcing each removal.
+        The Lobby cannot be removed."""
+        if channel_id == LOBBY_ID:
+            raise LocalProtocolError("the lobby cannot be removed")
+        if channel_id not in self._channel_cfg:
+            raise LocalProtocolError(f"no channel {channel_id}")
+        for child in self._roster.children_of(channel_id):
+            self.remove_channel(child)
+        self._roster.remove_channel(channel_id)
+        del self._channel_cfg[channel_id]
+        self._broadcast(m.ChannelRemoved(channel_id=channel_id))
+
+    # -- message handling ------------------------------------------------------------------------
+
+    def _handle(self, sess: _Session, msg: m.Message, now: float) -> None:
+        sess.state = next_server_state(sess.state, (_RECV, type(msg)))
+        match msg:
+            case m.Hello():
+                self._on_hello(sess, msg)
+            case m.Login():
+                self._on_login(sess, msg)
+            case m.JoinChannel():
+                self._on_join(sess, msg)
+            case m.LeaveChannel():
+                self._on_leave(sess, msg)
+            case m.PublishSessionKey():
+                self._update_user(sess, sk_pub=msg.sk_pub, skc=msg.skc)
+            case m.SetSelfState():
+                self._update_user(sess, muted=msg.muted, deafened=msg.deafened)
+            case m.SetVoiceTransport():
+                if msg.tunnel != sess.voice_tunnel:
+                    sess.voice_tunnel = msg.tunnel
+                    assert sess.sender_id is not None
+                    self._events.append(
+                        ev.VoiceTransportChanged(sess.conn_id, sess.sender_id, msg.tunnel)
+                    )
+            case m.KeyDist():
+                self._on_keydist(sess, msg)
+            case m.Text():
+                self._on_text(sess, msg)
+            case m.VoiceTunnel():
+                assert sess.sender_id is not None
+                if sess.tunnel_bucket.take(now):
+                    self._events.append(
+                        ev.VoiceFromTunnel(sess.conn_id, sess.sender_id, msg.datagram)
+                    )
+                else:
+                    sess.tunnel_dropped += 1
+            case m.Ping():
+                sess.udp_stats = msg.udp
+                self._send(
+                    sess,
+                    m.Pong(
+                        seq=msg.seq,
+                        client_time_ms=msg.client_time_ms,
+                        udp_received=min(sess.udp_received, m.U64_MAX),
+                    ),
+                )
+            case m.Bye():
+                self._send(sess, m.Bye())
+                self._finish(sess, _Reason.PEER_BYE, 0, msg.reason, _Leave.QUIT)
+            case m.Error():
+                # The table moved us to CLOSED already: a client's Error always ends it.
+                self._finish(sess, _Reason.PEER_ERROR, msg.code, msg.message, _Leave.DISCONNECTED)
+            case _:  # pragma: no cover - the transition table admits nothing else
+                raise LocalProtocolError(f"no handler for {type(msg).__name__}")
+
+    def _on_hello(self, sess: _Session, msg: m.Hello) -> None:
+        if m.PROTOCOL_VERSION not in msg.versions:
+            self._close(
+                sess,
+                _Reason.LOGIN_FAILED,
+                _Code.UNSUPPORTED_VERSION,
+                f"this server speaks {m.PROTOCOL_VERSION} only",
+            )
+            return
+        sess.challenge = self._rng(m.CHALLENGE_LEN)
+        self._send(
+            sess,
+            m.ServerHello(
+                version=m.PROTOCOL_VERSION,
+                challenge=sess.challenge,
+                server_name=self.config.server_name,
+                limits=_limits(self.config),
+                password_required=self.config.password is not None,
+            ),
+        )
+
+    def _on_login(self, sess: _Session, msg: m.Login) -> None:
+        cfg = self.config
+        if cfg.password is not None and (
+            msg.password is None or not _secret_equal(msg.password, cfg.password)
+        ):
+            self._close(sess, _Reason.LOGIN_FAILED, _Code.WRONG_PASSWORD, "wrong server password")
+            return
+        transcript = m.login_transcript(sess.challenge, msg.name, msg.ik_pub)
+        if not _verify_ed25519(msg.ik_pub, msg.signature, transcript):
+            self._close(sess, _Reason.LOGIN_FAILED, _Code.BAD_SIGNATURE, "bad login signature")
+            return
+        key = msg.name.casefold()
+        bound = self._bindings.get(key)
+        if bound is not None and not hmac.compare_digest(bound, msg.ik_pub):
+            self._close(sess, _Reason.LOGIN_FAILED, _Code.NAME_TAKEN, f"name {msg.name!r} is taken")
+            return
+        if self._next_sender_id > m.U32_MAX:
+            self._close(sess, _Reason.LOGIN_FAILED, _Code.SERVER_FULL, "out of sender ids")
+            return
+        old = self._by_name.get(key)
+        if old is not None:
+            self._close(
+                old,
+                _Reason.REPLACED,
+                _Code.SESSION_REPLACED,
+                "replaced by a new login of the same identity",
+                _Leave.REPLACED,
+            )
+        self._bindings.setdefault(key, msg.ik_pub)
+        sid = self._next_sender_id
+        self._next_sender_id += 1
+        sess.sender_id = sid
+        sess.name = msg.name
+        sess.ik_pub = msg.ik_pub
+        sess.hop_secret = self._rng(m.HOP_SECRET_LEN)
+        lobby = self._channel_cfg[LOBBY_ID]
+        self._roster.add_user(
+            UserView(sender_id=sid, name=msg.name, ik_pub=msg.ik_pub),
+            {LOBBY_ID: lobby.allows_speaker(msg.name)},
+        )
+        sess.in_roster = True
+        self._by_sender[sid] = sess
+        self._by_name[key] = sess
+        # Everyone else first (they are READY; the newcomer is not yet), then the newcomer.
+        self._broadcast(m.UserJoined(user=self._roster.to_wire_user(sid)))
+        self._send_login_ok(sess)
+        self._events.append(
+            ev.SessionAuthenticated(sess.conn_id, sid, msg.name, msg.ik_pub, sess.hop_secret)
+        )
+
+    def _send_login_ok(self, sess: _Session) -> None:
+        """LoginOk plus as many RosterPages as the roster needs to fit 64 KiB frames."""
+        roster = self._roster
+        channels = [roster.channel(cid) for cid in roster.channel_ids()]
+        records: list[m.ChannelInfo | m.UserInfo] = [c.to_wire() for c in channels if c]
+        records += [roster.to_wire_user(uid) for uid in roster.user_ids()]
+        budget = DEFAULT_MAX_FRAME_SIZE - _PAGE_HEADROOM
+        pages: list[tuple[list[m.ChannelInfo], list[m.UserInfo]]] = [([], [])]
+        used = 0
+        for rec in records:
+            size = len(msgspec.msgpack.encode(rec))
+            chans, users = pages[-1]
+            full = used + size > budget or max(len(chans), len(users)) >= m.MAX_PAGE_ITEMS
+            if full and (chans or users):
+                pages.append(([], []))
+                chans, users = pages[-1]
+                used = 0
+            used += size
+            if isinstance(rec, m.ChannelInfo):
+                chans.append(rec)
+            else:
+                users.append(rec)
+        assert sess.sender_id is not None
+        first_ch, first_users = pages[0]
+        self._send(
+            sess,
+            m.LoginOk(
+                sender_id=sess.sender_id,
+                hop_secret=sess.hop_secret,
+                udp_port=self.config.udp_port,
+                channels=tuple(first_ch),
+                users=tuple(first_users),
+                more=len(pages) > 1,
+            ),
+        )
+        for i, (chans, users) in enumerate(pages[1:], start=2):
+            self._send(
+                sess,
+                m.RosterPage(channels=tuple(chans), users=tuple(users), more=i < len(pages)),
+            )
+
+    def _on_join(self, sess: _Session, msg: m.JoinChannel) -> None:
+        sid = sess.sender_id
+        assert sid is not None
+        ch = msg.channel_id
+        cfg = self._channel_cfg.get(ch)
+        if cfg is None:
+            self._refuse(sess, _Code.NO_SUCH_CHANNEL, "no such channel", ch)
+        elif self._roster.is_member(sid, ch):
+            self._refuse(sess, _Code.ALREADY_MEMBER, "already a member", ch)
+        elif len(self._roster.channels_of(sid)) >= self.config.max_memberships:
+            self._refuse(
+                sess,
+                _Code.TOO_MANY_MEMBERSHIPS,
+                f"at most {self.config.max_memberships} channels at once",
+                ch,
+            )
+        elif cfg.password is not None and not _check_channel_password(cfg.password, msg.password):
+            self._refuse(sess, _Code.WRONG_CHANNEL_PASSWORD, "wrong channel password", ch)
+        elif cfg.max_members and self._roster.member_count(ch) >= cfg.max_members:
+            self._refuse(sess, _Code.CHANNEL_FULL, "channel is full", ch)
+        else:
+            speak = cfg.allows_speaker(sess.name)
+            self._roster.set_membership(sid, ch, True, speak)
+            self._broadcast(
+                m.MembershipChanged(sender_id=sid, channel_id=ch, joined=True, may_speak=speak)
+            )
+
+    def _on_leave(self, sess: _Session, msg: m.LeaveChannel) -> None:
+        sid = sess.sender_id
+        assert sid is not None
+        ch = msg.channel_id
+        if ch not in self._channel_cfg:
+            self._refuse(sess, _Code.NO_SUCH_CHANNEL, "no such channel", ch)
+        elif not self._roster.is_member(sid, ch):
+            self._refuse(sess, _Code.NOT_MEMBER, "not a member", ch)
+        else:
+            self._roster.set_membership(sid, ch, False)
+            self._broadcast(
+                m.MembershipChanged(sender_id=sid, channel_id=ch, joined=False, may_speak=False)
+            )
+
+    def _check_member(self, sess: _Session, channel_id: int) -> bool:
+        """The sender may address ``channel_id``; otherwise refuse (non-fatal) and say False."""
+        assert sess.sender_id is not None
+        if channel_id not in self._channel_cfg:
+            self._refuse(sess, _Code.NO_SUCH_CHANNEL, "no such channel", channel_id)
+            return False
+        if not self._roster.is_member(sess.sender_id, channel_id):
+            self._refuse(sess, _Code.NOT_MEMBER, "not a member", channel_id)
+            return False
+        return True
+
+    def _on_keydist(self, sess: _Session, msg: m.KeyDist) -> None:
+        if not self._check_member(sess, msg.channel_id):
+            return
+        sid = sess.sender_id
+        assert sid is not None
+        members = self._roster.members(msg.channel_id)
+        # dict.fromkeys: drop duplicates, keep the sender's order.
+        targets = [
+            self._by_sender[r]
+            for r in dict.fromkeys(msg.recipients)
+            if r != sid and r in members and r in self._by_sender
+        ]
+        self._send_many(
+            targets, m.KeyDistDelivery(sender_id=sid, channel_id=msg.channel_id, blob=msg.blob)
+        )
+
+    def _on_text(self, sess: _Session, msg: m.Text) -> None:
+        if not self._check_member(sess, msg.channel_id):
+            return
+        sid = sess.sender_id
+        assert sid is not None
+        targets = [
+            self._by_sender[uid]
+            for uid in sorted(self._roster.members(msg.channel_id))
+            if uid != sid
+        ]
+        self._send_many(
+            targets, m.TextDelivery(sender_id=sid, channel_id=msg.channel_id, blob=msg.blob)
+        )
+
+    def _update_user(
+        self,
+        sess: _Session,
+        *,
+        sk_pub: bytes | None = None,
+        skc: bytes | None = None,
+        muted: bool | None = None,
+        deafened: bool | None = None,
+    ) -> None:
+        assert sess.sender_id is not None
+        old = self._roster.user(sess.sender_id)
+        assert old is not None
+        new = UserView(
+            sender_id=old.sender_id,
+            name=old.name,
+            ik_pub=old.ik_pub,
+            sk_pub=old.sk_pub if sk_pub is None else sk_pub,
+            skc=old.skc if skc is None else skc,
+            muted=old.muted if muted is None else muted,
+            deafened=old.deafened if deafened is None else deafened,
+        )
+        if new == old:
+            return
+        self._roster.update_user(new)
+        self._broadcast(m.UserUpdated(user=self._roster.to_wire_user(sess.sender_id)))
+
+    # -- sending and closing ---------------------------------------------------------------------
+
+    def _send(self, sess: _Session, msg: m.ServerMessage) -> None:
+        nxt = next_server_state(sess.state, (_SEND, type(msg)))
+        sess.out += encode_frame(m.encode_checked(msg))
+        sess.state = nxt
+
+    def _send_many(self, targets: Iterable[_Session], msg: m.ServerMessage) -> None:
+        """Send one message to several sessions, encoding and checking it once."""
+        frame: bytes | None = None
+        for sess in targets:
+            if sess.state is not ServerState.READY:
+                continue
+            if frame is None:
+                frame = encode_frame(m.encode_checked(msg))
+            next_server_state(sess.state, (_SEND, type(msg)))  # a check: READY keeps READY
+            sess.out += frame
+
+    def _broadcast(self, msg: m.ServerMessage) -> None:
+        """Send to every logged-in session (READY ones; a newcomer gets LoginOk instead)."""
+        self._send_many(list(self._by_sender.values()), msg)
+
+    def _refuse(self, sess: _Session, code: int, message: str, channel_id: int | None) -> None:
+        """A non-fatal Error answering one request."""
+        self._send(sess, m.Error(code=code, message=message, fatal=False, channel_id=channel_id))
+
+    def _close(
+        self,
+        sess: _Session,
+        reason: ev.CloseReason,
+        code: int,
+        message: str,
+        leave: m.LeaveReason = _Leave.PROTOCOL_ERROR,
+    ) -> None:
+        """Send a fatal Error to ``sess`` and close it."""
+        if sess.state is ServerState.CLOSED:
+            return
+        text = m.clean_text(message)
+        self._send(sess, m.Error(code=code, message=text, fatal=True))
+        sess.state = next_server_state(sess.state, Trigger.ABORT)
+        self._finish(sess, reason, code, text, leave)
+
+    def _finish(
+        self, sess: _Session, reason: ev.CloseReason, code: int, message: str, leave: int
+    ) -> None:
+        """Bookkeeping once ``sess`` is CLOSED: leave the roster, tell the others and the
+        adapter."""
+        sid = sess.sender_id
+        if sess.in_roster and sid is not None:
+            sess.in_roster = False
+            del self._by_sender[sid]
+            if self._by_name.get(sess.name.casefold()) is sess:
+                del self._by_name[sess.name.casefold()]
+            self._roster.remove_user(sid)
+            if not self._shutting_down:
+                self._broadcast(m.UserLeft(sender_id=sid, reason=leave))
+        self._events.append(ev.SessionClosed(sess.conn_id, sid, reason, int(code), message))
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _require_conn(self, conn_id: int) -> _Session:
+        try:
+            return self._conns[conn_id]
+        except KeyError:
+            raise LocalProtocolError(f"unknown connection {conn_id}") from None
+
+    def _deadline(self, sess: _Session) -> float | None:
+        if sess.state is ServerState.CLOSED:
+            return None
+        if sess.state is ServerState.READY:
+            return sess.last_rx + self.config.idle_timeout
+        return sess.opened_at + self.config.login_timeout
+
+
+def _is_closed(sess: _Session) -> bool:
+    # A function, not an inline test, so type checkers don't narrow the state across calls
+    # that change it.
+    return sess.state is ServerState.CLOSED
+
+
+def _parents_first(channels: Iterable[ChannelConfig]) -> list[ChannelConfig]:
+    """Order channels so every parent precedes its children (config order is free)."""
+    pending = list(channels)
+    placed = {LOBBY_ID}
+    ordered: list[ChannelConfig] = []
+    while pending:
+        ready = [c for c in pending if c.parent in placed]
+        if not ready:  # pragma: no cover - ServerConfig validation rules this out
+            raise LocalProtocolError("channel tree is not connected to the lobby")
+        for c in ready:
+            ordered.append(c)
+            placed.add(c.id)
+        pending = [c for c in pending if c.id not in placed]
+    return ordered
+
+
+def _secret_equal(given: str, expected: str) -> bool:
+    """Constant-time comparison that also hides the lengths (both sides hashed first)."""
+    a = hashlib.sha256(given.encode("utf-8")).digest()
+    b = hashlib.sha256(expected.encode("utf-8")).digest()
+    return hmac.compare_digest(a, b)
+
+
+def _check_channel_password(expected: ChannelPassword, given: str | None) -> bool:
+    if given is None:
+        return False
+    if isinstance(expected, str):
+        return _secret_equal(given, expected)
+    return bool(expected(given))
+
+
+def _verify_ed25519(ik_pub: bytes, signature: bytes, data: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(ik_pub).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
