@@ -84,6 +84,7 @@ class HopMac:
         if n < 0:
             return False
         h = self._base.copy()
-        # memoryview: MAC the body in place instead of copying up to 1190 bytes.
-        h.update(memoryview(datagram)[:n])
+        # A bytes slice, not a memoryview: copying <= 1190 bytes is faster than building a view
+        # (measured 1.0 vs 1.25 µs for a 110-byte datagram).
+        h.update(datagram[:n])
         return _stdlib_hmac.compare_digest(h.finalize()[:HOP_MAC_LEN], datagram[n:])

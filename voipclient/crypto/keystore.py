@@ -138,8 +138,8 @@ class KeyringStore:
         return f"ik:{quote(account, safe='')}@{quote(server, safe='')}"
 
     def _backend(self) -> object:
-        import keyring  # noqa: PLC0415 -- only this adapter needs keyring, and only when used
-        import keyring.backends.fail  # noqa: PLC0415
+        import keyring  # lazily: only this adapter needs keyring, and only when used
+        import keyring.backends.fail
 
         try:
             backend: object = keyring.get_keyring()
@@ -165,8 +165,8 @@ class KeyringStore:
 
     def load(self, server: str, account: str) -> IdentityKey | None:
         _check_names(server, account)
-        import keyring  # noqa: PLC0415
-        import keyring.errors  # noqa: PLC0415
+        import keyring
+        import keyring.errors
 
         self._backend()
         try:
@@ -187,8 +187,8 @@ class KeyringStore:
 
     def save(self, server: str, account: str, key: IdentityKey) -> None:
         _check_names(server, account)
-        import keyring  # noqa: PLC0415
-        import keyring.errors  # noqa: PLC0415
+        import keyring
+        import keyring.errors
 
         self._backend()
         secret = SECRET_PREFIX + base64.b64encode(key.private_bytes()).decode("ascii")
@@ -199,8 +199,8 @@ class KeyringStore:
 
     def delete(self, server: str, account: str) -> None:
         _check_names(server, account)
-        import keyring  # noqa: PLC0415
-        import keyring.errors  # noqa: PLC0415
+        import keyring
+        import keyring.errors
 
         self._backend()
         with contextlib.suppress(keyring.errors.PasswordDeleteError):

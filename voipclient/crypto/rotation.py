@@ -20,8 +20,10 @@ Inputs (``now`` is seconds on any monotonic clock):
   ctr or step get near their limits.
 
 Outputs: :meth:`~SenderKeyScheduler.take_actions` drains the queue of :data:`KeyAction` (aioquic's
-``next_event()`` pattern: inputs only change state, so the audio thread's ``seal`` can trigger a
-rotation that the network thread carries out). The KeyDist builder
+``next_event()`` pattern: inputs only change state, so a rotation that ``seal`` triggers is queued
+like any other). Not thread-safe: one thread (the capture worker, which seals) owns the scheduler;
+membership events reach it through that thread's mailbox, and the actions it drains go to the
+network thread the same way. The KeyDist builder
 (:mod:`voipclient.crypto.keydist`) turns a :class:`NewGeneration` or :class:`StepForJoiners` into a
 signed KeyDist; filtering recipients by TOFU state is its job, not this module's.
 

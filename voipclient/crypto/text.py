@@ -164,7 +164,7 @@ class TextSealer:
 
     __slots__ = ("_channel", "_gen", "_keys", "_sender", "_signing", "_tctr")
 
-    def __init__(  # noqa: PLR0917 -- the positional order mirrors the header fields
+    def __init__(
         self,
         channel_id: int,
         sender_id: int,

@@ -618,7 +618,7 @@ def test_arbitrary_bytes_with_a_valid_hop_mac_never_raise(body: bytes) -> None:
     body=st.binary(min_size=16, max_size=200),
     now=st.floats(0.0, 30.0),
 )
-def test_well_formed_forgeries_never_open_or_raise(  # noqa: PLR0917  (hypothesis)
+def test_well_formed_forgeries_never_open_or_raise(
     ptype: int,
     step: int,
     channel_id: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -78,7 +79,7 @@ def test_round_trip_any_chunking(payloads: list[bytes], cuts: list[int]) -> None
     points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
     dec = FrameDecoder()
     out: list[bytes] = []
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         out += dec.feed(wire[a:b])
     assert out == payloads
     assert dec.buffered == 0

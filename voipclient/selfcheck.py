@@ -1,0 +1,144 @@
+"""Self-check of the crypto core against the protocol's published vectors.
+
+``voipclient --self-test`` (and, until the window exists, ``make run``) prints one line per check.
+The vectors are shipped as package data (``voipclient/data``) so the check also runs from an
+installed package or a bundle; ``tests/unit/test_selfcheck.py`` keeps them identical to the copies
+in ``tests/data``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from voipclient.crypto import fingerprint, hop, keydist, sframe, text
+from voipclient.crypto.identity import IdentityKey
+from voipclient.crypto.media import PTYPE_VOICE, PTYPE_VOICE_LAST, SenderKey, VoiceReceiver
+from voipclient.crypto.session import SessionKemKey
+
+
+def _vectors(name: str) -> Any:
+    return json.loads(resources.files("voipclient.data").joinpath(name).read_text("utf-8"))
+
+
+def _check_sframe() -> str:
+    cases = _vectors("rfc9605-sframe-gcm-vectors.json")["sframe"]
+    for c in cases:
+        suite = int(c["cipher_suite"])
+        key, salt = sframe.derive_key_salt(int(c["kid"]), bytes.fromhex(c["base_key"]), suite)
+        ct = sframe.encrypt(
+            int(c["kid"]),
+            int(c["ctr"]),
+            bytes.fromhex(c["base_key"]),
+            bytes.fromhex(c["metadata"]),
+            bytes.fromhex(c["pt"]),
+            suite,
+        )
+        if (key.hex(), salt.hex(), ct.hex()) != (c["sframe_key"], c["sframe_salt"], c["ct"]):
+            raise AssertionError(f"suite {suite} case differs")
+    return f"{len(cases)} AES-GCM cases (suites 0x0004, 0x0005) reproduce"
+
+
+def _check_datagrams() -> str:
+    v = _vectors("vc1-datagram-vectors.json")
+    s0 = bytes.fromhex(v["base_key_step0"])
+    if sframe.ratchet(s0).hex() != v["base_key_step1"]:
+        raise AssertionError("ratchet S0 -> S1 differs")
+    k_c2s, k_s2c = hop.derive_hop_keys(bytes.fromhex(v["hop_secret"]))
+    if (k_c2s.hex(), k_s2c.hex()) != (v["k_c2s"], v["k_s2c"]):
+        raise AssertionError("hop keys differ")
+    sender = SenderKey(v["channel_id"], v["sender_id"])
+    sender.new_generation(v["gen"], s0)
+    c2s, s2c = hop.HopMac(k_c2s), hop.HopMac(k_s2c)
+    opus = bytes.fromhex(v["opus"])
+    sealed = [c2s.append(sender.seal(PTYPE_VOICE, opus)) for _ in range(2)]
+    sender.advance_step()
+    sealed.append(c2s.append(sender.seal(PTYPE_VOICE_LAST, opus)))
+    expected = [v["pkt_step0_ctr0"], v["pkt_step0_ctr1"], v["pkt_step1_ctr2_last"]]
+    if [p.hex() for p in sealed] != expected:
+        raise AssertionError("sealed datagrams differ from the vectors")
+    receiver = VoiceReceiver(k_s2c)
+    receiver.add_key(v["channel_id"], v["sender_id"], v["gen"], 0, s0, 0.0)
+    for raw in expected:
+        relayed = s2c.append(bytes.fromhex(raw)[: -hop.HOP_MAC_LEN])  # the relay re-MACs
+        frame = receiver.receive(relayed, 0.0)
+        if frame is None or frame.payload != opus:
+            raise AssertionError("a vector datagram did not open")
+        if receiver.receive(relayed, 0.0) is not None:
+            raise AssertionError("a replayed datagram opened")
+    return "3 datagrams seal byte for byte, open, and refuse replay"
+
+
+def _check_fingerprint() -> str:
+    v = _vectors("libsignal-fingerprint.json")
+    number = fingerprint.numeric_fingerprint(
+        bytes.fromhex(v["local_key"]),
+        v["local_id"].encode(),
+        bytes.fromhex(v["remote_key"]),
+        v["remote_id"].encode(),
+    )
+    if number != v["displayable"]:
+        raise AssertionError("safety number differs from libsignal's vector")
+    return "libsignal NumericFingerprint v1 vector reproduces"
+
+
+def _check_keydist_and_text() -> str:
+    alice = IdentityKey.generate()
+    bob_session = SessionKemKey.generate()
+    base = bytes(range(64))
+    text_key = IdentityKey.generate()
+    blobs = keydist.build_keydists(
+        alice,
+        kind=keydist.KeyDistKind.NEW_GENERATION,
+        channel_id=1,
+        sender_id=10,
+        gen=1,
+        step=0,
+        created_ms=0,
+        base_key=base,
+        text_signing_pub=text_key.public_bytes(),
+        recipients=[keydist.KeyDistRecipient(20, bob_session.public_bytes())],
+    )
+    accepted = keydist.open_keydist(
+        blobs[0],
+        sender_ik_pub=alice.public_bytes(),
+        my_sender_id=20,
+        my_session_key=bob_session,
+        last_accepted=None,
+        now_ms=0,
+    )
+    if accepted.base_key != base:
+        raise AssertionError("KeyDist did not carry the base key")
+    sealed = text.TextSealer(1, 10, 1, 0, base, text_key).seal("self-check", 0)
+    opener = text.TextOpener()
+    opener.add_accepted(accepted)
+    if opener.open(sealed).text != "self-check":
+        raise AssertionError("text did not round-trip")
+    return f"ML-KEM-768+X25519 KeyDist ({len(blobs[0])} bytes) and signed text round-trip"
+
+
+CHECKS: tuple[tuple[str, Callable[[], str]], ...] = (
+    ("sframe", _check_sframe),
+    ("datagram", _check_datagrams),
+    ("safety-number", _check_fingerprint),
+    ("keydist+text", _check_keydist_and_text),
+)
+
+
+def run(out: Callable[[str], object]) -> bool:
+    """Run every check, print ``ok``/``FAIL`` lines through ``out``; True when all pass."""
+    all_ok = True
+    for name, check in CHECKS:
+        start = time.perf_counter()
+        try:
+            detail = check()
+        except Exception as exc:  # a self-check reports every failure, whatever its type
+            all_ok = False
+            out(f"FAIL {name:<14} {type(exc).__name__}: {exc}")
+        else:
+            ms = (time.perf_counter() - start) * 1000.0
+            out(f"ok   {name:<14} {detail} ({ms:.1f} ms)")
+    return all_ok
