@@ -220,6 +220,10 @@ class SenderKeyScheduler:
             generation_started=st.first_sent,
         )
 
+    def base_key(self, channel_id: int) -> bytes:
+        """``S`` at the channel's current (gen, step): for the text sealer that follows steps."""
+        return self._channel(channel_id).key.base_key
+
     # -- inputs: channels ------------------------------------------------------------------------
     def open_channel(self, channel_id: int, members: Iterable[int], now: float) -> None:
         """I may now transmit to ``channel_id``, whose members (besides me) are ``members``.

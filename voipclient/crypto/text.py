@@ -196,6 +196,10 @@ class TextSealer:
         return self._tctr
 
     @property
+    def gen(self) -> int:
+        return self._gen
+
+    @property
     def step(self) -> int:
         return self._keys.step
 

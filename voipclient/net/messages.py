@@ -189,8 +189,9 @@ MAX_TEXT_BLOB: Final = 16 * 1024
 MAX_VOICE_DATAGRAM: Final = 1200
 #: SK public key: an MLKEM768_X25519 public key is 1,216 bytes; leave room for other suites.
 MAX_SK_PUB: Final = 2048
-#: Session key certificate (signature plus its not_after and any framing).
-MAX_SKC: Final = 512
+#: Session key certificate: it embeds the SK public key, the account id (<= 256 bytes), the
+#: sender id, not_after and a signature: 1,551 bytes at most for MLKEM768_X25519.
+MAX_SKC: Final = 2048
 ED25519_PUB_LEN: Final = 32
 ED25519_SIG_LEN: Final = 64
 CHALLENGE_LEN: Final = 32
@@ -404,7 +405,7 @@ class UserLeft(_Message, frozen=True, tag="user_left"):
 
     sender_id: SenderId
     #: A :class:`LeaveReason` value.
-    reason: U8 = LeaveReason.DISCONNECTED
+    reason: U8 = int(LeaveReason.DISCONNECTED)
 
 
 class UserUpdated(_Message, frozen=True, tag="user_updated"):

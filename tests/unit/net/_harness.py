@@ -54,7 +54,7 @@ class Peer:
 
     def take(self, kind: type[E]) -> list[E]:
         """Events of ``kind`` so far, removing them from the log."""
-        found = [e for e in self.events if isinstance(e, kind)]
+        found: list[E] = [e for e in self.events if isinstance(e, kind)]
         self.events = [e for e in self.events if not isinstance(e, kind)]
         return found
 

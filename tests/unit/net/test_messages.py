@@ -4,8 +4,6 @@ definitions), bounds, field-naming decode errors, and hostile input."""
 from __future__ import annotations
 
 import contextlib
-import re
-from functools import cache
 from typing import Any, get_args
 
 import msgspec
@@ -18,74 +16,9 @@ from voipclient.errors import LocalProtocolError, RemoteProtocolError
 from voipclient.net import messages as m
 from voipclient.net.frames import DEFAULT_MAX_FRAME_SIZE
 
+from ._strategies import struct_strategy
+
 ALL_MESSAGES: tuple[type[m.Message], ...] = get_args(m.Message)
-
-# Keep generated containers small so examples stay fast; the size limits themselves are tested
-# separately with explicit maxima.
-_MAX_ITEMS = 3
-_MAX_BLOB = 64
-
-
-def _build_valid(cls: type[msgspec.Struct], **fields: Any) -> msgspec.Struct | None:
-    """``cls(**fields)`` if it passes decode-time validation (bounds, __post_init__), else None."""
-    try:
-        obj = cls(**fields)  # __post_init__ runs here too
-        msgspec.convert(msgspec.to_builtins(obj), cls)
-    except (ValueError, msgspec.ValidationError):
-        return None
-    return obj
-
-
-def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
-    """A hypothesis strategy for one msgspec type description."""
-    if isinstance(t, mi.StructType):
-        return struct_strategy(t.cls)
-    if isinstance(t, mi.IntType):
-        lo = t.ge if t.ge is not None else (t.gt + 1 if t.gt is not None else -(2**63))
-        hi = t.le if t.le is not None else (t.lt - 1 if t.lt is not None else 2**63 - 1)
-        return st.integers(lo, hi)
-    if isinstance(t, mi.FloatType):
-        lo = t.ge if t.ge is not None else t.gt
-        hi = t.le if t.le is not None else t.lt
-        return st.floats(
-            lo,
-            hi,
-            exclude_min=t.gt is not None,
-            exclude_max=t.lt is not None,
-            allow_nan=False,
-            allow_infinity=False,
-        )
-    if isinstance(t, mi.BoolType):
-        return st.booleans()
-    if isinstance(t, mi.NoneType):
-        return st.none()
-    if isinstance(t, mi.StrType):
-        lo = t.min_length or 0
-        hi = min(t.max_length if t.max_length is not None else 40, lo + 40)
-        text = st.text(st.characters(codec="utf-8"), min_size=lo, max_size=hi)
-        if t.pattern is not None:
-            pattern = re.compile(t.pattern)
-            text = text.filter(lambda s: pattern.search(s) is not None)
-        return text
-    if isinstance(t, mi.BytesType):
-        lo = t.min_length or 0
-        hi = min(t.max_length if t.max_length is not None else _MAX_BLOB, lo + _MAX_BLOB)
-        return st.binary(min_size=lo, max_size=hi)
-    if isinstance(t, mi.VarTupleType):
-        lo = t.min_length or 0
-        hi = min(t.max_length if t.max_length is not None else _MAX_ITEMS, lo + _MAX_ITEMS)
-        return st.lists(strategy_for(t.item_type), min_size=lo, max_size=hi).map(tuple)
-    if isinstance(t, mi.UnionType):
-        return st.one_of(*(strategy_for(x) for x in t.types))
-    raise NotImplementedError(f"no strategy for {t!r}")
-
-
-@cache
-def struct_strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
-    info = mi.type_info(cls)
-    assert isinstance(info, mi.StructType)
-    fields = {f.name: strategy_for(f.type) for f in info.fields}
-    return st.builds(_build_valid, st.just(cls), **fields).filter(lambda obj: obj is not None)
 
 
 def _all_types(t: mi.Type) -> set[type[mi.Type]]:
@@ -150,7 +83,7 @@ def test_wire_form_is_a_tagged_map() -> None:
 def test_largest_messages_fit_a_frame() -> None:
     blob = b"\xff" * m.MAX_KEYDIST_BLOB
     recipients = tuple(range(m.U32_MAX - m.MAX_RECIPIENTS + 1, m.U32_MAX + 1))
-    biggest = [
+    biggest: list[m.Message] = [
         m.KeyDist(channel_id=m.U32_MAX, recipients=recipients, blob=blob),
         m.KeyDistDelivery(sender_id=m.U32_MAX, channel_id=m.U32_MAX, blob=blob),
         m.Text(channel_id=m.U32_MAX, blob=b"\xff" * m.MAX_TEXT_BLOB),

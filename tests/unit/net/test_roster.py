@@ -114,9 +114,10 @@ def test_wire_round_trip_and_deltas() -> None:
         m.Membership(3, True),
     )
     mirror = Roster()
+    channels = [r.channel(c) for c in r.channel_ids()]
     mirror.load_page(
-        [r.channel(c).to_wire() for c in r.channel_ids()], [r.to_wire_user(u) for u in r.user_ids()]
-    )  # type: ignore[union-attr]
+        [c.to_wire() for c in channels if c is not None], [r.to_wire_user(u) for u in r.user_ids()]
+    )
     assert mirror.snapshot() == r.snapshot()
 
     deltas: list[m.Message] = [

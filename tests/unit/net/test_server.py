@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import get_args
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from voipclient.errors import LocalProtocolError
 from voipclient.net import events as ev
@@ -11,6 +16,7 @@ from voipclient.net.frames import FrameDecoder, encode_frame
 from voipclient.net.server import ChannelConfig, ServerConfig, ServerCore, TokenBucket
 
 from ._harness import identity, seeded_rng
+from ._strategies import struct_strategy
 
 T0 = 100.0
 
@@ -126,7 +132,8 @@ def test_login_refused(setup: dict[str, str | None], code: int) -> None:
     a = Raw(c, 1)
     sh = a.hello()
     key, pub = identity("alice")
-    signer = identity(setup["key_label"])[0] if setup.get("key_label") else key
+    label = setup.get("key_label")
+    signer = identity(label)[0] if label else key
     sig = signer.sign(m.login_transcript(sh.challenge, "alice", pub))
     [err] = a.send(m.Login("alice", pub, sig, setup.get("password", "pw")))
     assert isinstance(err, m.Error) and err.code == code and err.fatal
@@ -297,7 +304,9 @@ def test_join_rules() -> None:
 
     def refused(raw: Raw, msg: m.Message, code: int) -> None:
         [err] = raw.send(msg)
-        assert err == m.Error(code, err.message, fatal=False, channel_id=msg.channel_id)  # type: ignore[attr-defined,union-attr]
+        assert isinstance(err, m.Error)
+        assert isinstance(msg, m.JoinChannel | m.LeaveChannel)
+        assert err == m.Error(code, err.message, fatal=False, channel_id=msg.channel_id)
 
     refused(a, m.JoinChannel(77), m.ErrorCode.NO_SUCH_CHANNEL)
     refused(a, m.JoinChannel(1), m.ErrorCode.ALREADY_MEMBER)
@@ -496,14 +505,15 @@ def test_channel_admin() -> None:
     c.remove_channel(2)  # takes 6 and 10 with it, deepest first
     assert a.recv() == [m.ChannelRemoved(10), m.ChannelRemoved(6), m.ChannelRemoved(2)]
     assert c.roster.channels_of(1) == {1}
-    for bad in (
+    misuses: list[Callable[[], None]] = [
         lambda: c.remove_channel(1),
         lambda: c.remove_channel(2),
         lambda: c.add_channel(ChannelConfig(3, "dup")),
         lambda: c.add_channel(ChannelConfig(11, "orphan", parent=2)),
         lambda: c.update_channel(ChannelConfig(1, "Lobby", password="x")),
         lambda: c.update_channel(ChannelConfig(99, "nope")),
-    ):
+    ]
+    for bad in misuses:
         with pytest.raises(LocalProtocolError):
             bad()
 
@@ -565,3 +575,32 @@ def test_token_bucket() -> None:
     assert not bucket.take(0.1)  # the clock going backwards refills nothing
     assert bucket.take(10.0) and bucket.take(10.0) and bucket.take(10.0)
     assert not bucket.take(10.0)  # capped at burst
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=120), max_size=6), st.booleans())
+def test_arbitrary_bytes_never_escape_the_core(chunks: list[bytes], logged_in: bool) -> None:
+    c = core()
+    bystander = Raw(c, 1)
+    bystander.login("bob")
+    a = Raw(c, 2)
+    if logged_in:
+        a.login("alice")
+    for chunk in chunks:
+        a.send_bytes(chunk)  # may close the session, must never raise
+    assert bystander.send(m.Ping(1, 0))[-1] == m.Pong(1, 0, 0)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(st.data())
+def test_random_valid_messages_never_escape_the_core(data: st.DataObject) -> None:
+    c = core()
+    bystander = Raw(c, 1)
+    bystander.login("bob")
+    a = Raw(c, 2)
+    a.login("alice")
+    kinds = st.sampled_from(get_args(m.ClientMessage)).flatmap(struct_strategy)
+    for msg in data.draw(st.lists(kinds, max_size=8)):
+        a.send(msg)  # refused, relayed or closed, but never an exception
+    bystander.recv()
+    assert bystander.send(m.Ping(1, 0)) == [m.Pong(1, 0, 0)]

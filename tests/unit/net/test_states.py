@@ -14,6 +14,7 @@ from voipclient.net.states import (
     ClientState,
     Direction,
     ServerState,
+    TransitionKey,
     Trigger,
     describe,
     next_client_state,
@@ -25,7 +26,7 @@ C, S = ClientState, ServerState
 
 
 def test_client_happy_path() -> None:
-    path = [
+    path: list[tuple[ClientState, TransitionKey, ClientState]] = [
         (C.IDLE, (SEND, m.Hello), C.HELLO_SENT),
         (C.HELLO_SENT, (RECV, m.ServerHello), C.HELLO_SENT),
         (C.HELLO_SENT, (SEND, m.Login), C.LOGIN_SENT),
@@ -43,7 +44,7 @@ def test_client_happy_path() -> None:
 
 
 def test_server_happy_path() -> None:
-    path = [
+    path: list[tuple[ServerState, TransitionKey, ServerState]] = [
         (S.AWAIT_HELLO, (RECV, m.Hello), S.AWAIT_HELLO),
         (S.AWAIT_HELLO, (SEND, m.ServerHello), S.AWAIT_LOGIN),
         (S.AWAIT_LOGIN, (RECV, m.Login), S.AWAIT_LOGIN),

@@ -1,0 +1,55 @@
+"""The pure core imports and works with PySide6, sounddevice and pynput made unimportable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+BLOCKED = ("PySide6", "sounddevice", "pynput", "shiboken6", "opuslib_next", "opuslib")
+
+SCRIPT = textwrap.dedent(
+    f"""
+    import importlib, pkgutil, sys
+
+    BLOCKED = {BLOCKED!r}
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{{name}} is blocked for this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    for name in BLOCKED:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+        else:
+            raise SystemExit(f"{{name}} was importable")
+
+    import voipclient.crypto, voipclient.net
+    names = ["voipclient.errors", "voipclient.selfcheck"]
+    for pkg in (voipclient.crypto, voipclient.net):
+        names += [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".")]
+    for name in names:
+        importlib.import_module(name)
+    from voipclient import selfcheck
+    assert selfcheck.run(lambda line: None), "self-check failed without the adapters"
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    assert not leaked, leaked
+    print(len(names))
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_pure_core_needs_no_qt_audio_or_hotkeys() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert int(result.stdout.strip()) >= 20  # every module of crypto/ and net/ was imported
