@@ -204,7 +204,11 @@ def _limits(config: ServerConfig) -> m.Limits:
 def _check_channel_schema(ch: ChannelConfig) -> None:
     if ch.max_members < 0:
         raise LocalProtocolError(f"channel {ch.id}: max_members must be >= 0")
-    m.encode_checked(m.ChannelAdded(channel=ch.to_view().to_wire()))
+    try:
+        info = ch.to_view().to_wire()  # ChannelInfo's own cross-field checks run here
+    except ValueError as exc:
+        raise LocalProtocolError(f"channel {ch.id}: {exc}") from None
+    m.encode_checked(m.ChannelAdded(channel=info))
 
 
 class TokenBucket:
@@ -503,6 +507,8 @@ class ServerCore:
             channel.parent is not None or channel.password is not None or channel.max_members
         ):
             raise LocalProtocolError("the lobby cannot have a parent, password or member limit")
+        if channel.id != LOBBY_ID and channel.parent is None:
+            raise LocalProtocolError("only the lobby is a root channel")
         _check_channel_schema(channel)
         try:
             self._roster.update_channel(channel.to_view())

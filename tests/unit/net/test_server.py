@@ -512,6 +512,8 @@ def test_channel_admin() -> None:
         lambda: c.add_channel(ChannelConfig(11, "orphan", parent=2)),
         lambda: c.update_channel(ChannelConfig(1, "Lobby", password="x")),
         lambda: c.update_channel(ChannelConfig(99, "nope")),
+        lambda: c.update_channel(ChannelConfig(3, "rootless", parent=None)),
+        lambda: c.update_channel(ChannelConfig(3, "loop", parent=3)),
     ]
     for bad in misuses:
         with pytest.raises(LocalProtocolError):
