@@ -80,4 +80,5 @@ if command -v dbus-daemon >/dev/null && command -v gnome-keyring-daemon >/dev/nu
 fi
 
 export VOIPCLIENT_TEST_ENV=1
+log "started pids: ${pids[*]}"
 "$@"

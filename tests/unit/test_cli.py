@@ -1,0 +1,46 @@
+"""The console scripts and ``python -m voipclient`` from the installed venv."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voipclient import __version__
+
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=50, check=False)
+
+
+def test_module_version() -> None:
+    result = run(sys.executable, "-m", "voipclient", "--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"voipclient {__version__}")
+
+
+def test_self_test_prints_one_ok_line_per_check() -> None:
+    result = run(str(BIN / "voipclient"), "--self-test")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 4
+    assert all(line.startswith("ok ") for line in lines)
+
+
+def test_run_without_arguments_says_what_is_not_there_yet() -> None:
+    result = run(sys.executable, "-m", "voipclient")
+    assert result.returncode == 0
+    assert "Not there yet" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["voipclient-server", "voipclient-bot"])
+def test_later_entry_points_exist_and_say_so(script: str) -> None:
+    assert run(str(BIN / script), "--version").stdout.strip() == f"{script} {__version__}"
+    result = run(str(BIN / script))
+    assert result.returncode == 2
+    assert "not available yet" in result.stderr
