@@ -161,8 +161,19 @@ class Roster:
         # channel id → member sender ids (the reverse index, for O(members) fan-out queries)
         self._members: dict[int, set[int]] = {}
         self._snapshot: RosterSnapshot | None = None
+        self._version = 0
+
+    def _changed(self) -> None:
+        self._snapshot = None
+        self._version += 1
 
     # -- reads -----------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """Grows by at least one on every change: a cheap "did anything change?" for caches
+        (the relay's per-channel fan-out lists)."""
+        return self._version
 
     def snapshot(self) -> RosterSnapshot:
         """The current roster as an immutable snapshot (cached until the next change)."""
@@ -253,7 +264,7 @@ class Roster:
             raise RosterError(f"parent {channel.parent} of channel {channel.id} does not exist")
         self._channels[channel.id] = channel
         self._members[channel.id] = set()
-        self._snapshot = None
+        self._changed()
 
     def update_channel(self, channel: ChannelView) -> ChannelView:
         """Replace a channel's record (it may move to another parent); returns the old one."""
@@ -268,7 +279,7 @@ class Roster:
                     raise RosterError(f"moving channel {channel.id} would create a cycle")
                 cursor = self._channels[cursor].parent
         self._channels[channel.id] = channel
-        self._snapshot = None
+        self._changed()
         return old
 
     def remove_channel(self, channel_id: int) -> ChannelView:
@@ -279,7 +290,7 @@ class Roster:
         for uid in self._members.pop(channel_id):
             del self._memberships[uid][channel_id]
         del self._channels[channel_id]
-        self._snapshot = None
+        self._changed()
         return old
 
     # -- user changes ----------------------------------------------------------------------------
@@ -294,7 +305,7 @@ class Roster:
         self._memberships[user.sender_id] = chans
         for ch in chans:
             self._members[ch].add(user.sender_id)
-        self._snapshot = None
+        self._changed()
 
     def update_user(
         self, user: UserView, memberships: Mapping[int, bool] | None = None
@@ -310,7 +321,7 @@ class Roster:
             for ch in chans:
                 self._members[ch].add(user.sender_id)
         self._users[user.sender_id] = user
-        self._snapshot = None
+        self._changed()
         return old
 
     def remove_user(self, sender_id: int) -> UserView:
@@ -318,7 +329,7 @@ class Roster:
         for ch in self._memberships.pop(sender_id):
             self._members[ch].discard(sender_id)
         del self._users[sender_id]
-        self._snapshot = None
+        self._changed()
         return old
 
     def set_membership(
@@ -337,7 +348,7 @@ class Roster:
                 raise RosterError(f"user {sender_id} is not a member of channel {channel_id}")
             del chans[channel_id]
             self._members[channel_id].discard(sender_id)
-        self._snapshot = None
+        self._changed()
 
     # -- wire input (client side) ----------------------------------------------------------------
 

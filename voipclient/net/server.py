@@ -411,6 +411,11 @@ class ServerCore:
         return self._roster.snapshot()
 
     @property
+    def roster_version(self) -> int:
+        """Changes whenever the roster does (memberships, users, channels, deafen state)."""
+        return self._roster.version
+
+    @property
     def name_bindings(self) -> dict[str, bytes]:
         """Casefolded name → identity key: the live dict (persist it; don't mutate it)."""
         return self._bindings

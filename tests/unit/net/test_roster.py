@@ -148,3 +148,19 @@ def test_empty_snapshot() -> None:
     snap = RosterSnapshot()
     assert snap.members(1) == frozenset()
     assert Roster().snapshot() == snap
+
+
+def test_version_grows_on_every_change_and_only_then() -> None:
+    r = _roster()
+    v = r.version
+    r.snapshot()
+    assert r.members(2) == frozenset({10, 11})
+    assert r.version == v  # reads change nothing
+    r.set_membership(10, 3, True)
+    assert r.version > v
+    v = r.version
+    r.update_user(UserView(10, "ann", IK, deafened=True))
+    assert r.version > v
+    v = r.version
+    r.remove_user(11)
+    assert r.version > v
