@@ -72,9 +72,17 @@ if command -v dbus-daemon >/dev/null && command -v gnome-keyring-daemon >/dev/nu
   bus_info=$(dbus-daemon --session --fork --print-address=1 --print-pid=1 --nopidfile)
   export DBUS_SESSION_BUS_ADDRESS=$(echo "$bus_info" | sed -n 1p)
   pids+=("$(echo "$bus_info" | sed -n 2p)")
-  gk=$(printf 'voipclient-test' | gnome-keyring-daemon --unlock --components=secrets --daemonize 2>/dev/null)
-  gk_pid=$(pgrep -n -f "gnome-keyring-daemon --unlock" || true)
-  [ -n "$gk_pid" ] && pids+=("$gk_pid")
+  # --foreground + $!: the PID is ours for sure (no lookup by name that could match another run).
+  printf 'voipclient-test' | gnome-keyring-daemon --foreground --unlock --components=secrets \
+    >"$rt/gnome-keyring.log" 2>&1 &
+  gk_pid=$!
+  pids+=("$gk_pid")
+  for _ in $(seq 50); do
+    dbus-send --session --print-reply --dest=org.freedesktop.DBus / \
+      org.freedesktop.DBus.NameHasOwner string:org.freedesktop.secrets 2>/dev/null \
+      | grep -q "boolean true" && break
+    sleep 0.1
+  done
   export VOIPCLIENT_TEST_SECRET_SERVICE=1
   log "Secret Service up (gnome-keyring pid ${gk_pid:-?})"
 fi

@@ -422,8 +422,9 @@ class VoiceReceiver:
     at :meth:`next_deadline` to free memory when no traffic comes; :meth:`receive` also expires
     lazily.
 
-    Not thread-safe: the playback worker owns it, and accepted keys reach it through that worker's
-    mailbox (so :meth:`add_key` and :meth:`receive` never run at the same time).
+    Not thread-safe: one thread owns it (in the client, the network thread that owns
+    :class:`~voipclient.net.e2ee.SecureSession`), so :meth:`add_key` and :meth:`receive` never run
+    at the same time; other threads reach it through that thread's mailbox.
     """
 
     def __init__(

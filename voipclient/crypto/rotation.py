@@ -21,9 +21,9 @@ Inputs (``now`` is seconds on any monotonic clock):
 
 Outputs: :meth:`~SenderKeyScheduler.take_actions` drains the queue of :data:`KeyAction` (aioquic's
 ``next_event()`` pattern: inputs only change state, so a rotation that ``seal`` triggers is queued
-like any other). Not thread-safe: one thread (the capture worker, which seals) owns the scheduler;
-membership events reach it through that thread's mailbox, and the actions it drains go to the
-network thread the same way. The KeyDist builder
+like any other). Not thread-safe: one thread owns the scheduler (in the client, the network
+thread that owns :class:`~voipclient.net.e2ee.SecureSession`; the capture worker hands it encoded
+frames to seal through its mailbox). The KeyDist builder
 (:mod:`voipclient.crypto.keydist`) turns a :class:`NewGeneration` or :class:`StepForJoiners` into a
 signed KeyDist; filtering recipients by TOFU state is its job, not this module's.
 
@@ -145,11 +145,14 @@ class ChannelKeyState:
 
 
 class _Channel:
-    __slots__ = ("first_sent", "join_deadline", "key", "members", "pending")
+    __slots__ = ("first_sent", "join_deadline", "key", "members", "pending", "text_used_at")
 
     def __init__(self, key: SenderKey, members: set[int]) -> None:
         self.key = key
         self.members = members
+        # (gen, step) under which a text message was sealed: text keys derive from the same S,
+        # so a step that carried text is "used" for joiners exactly like one that carried voice.
+        self.text_used_at: tuple[int, int] | None = None
         self.pending: set[int] = set()  # joiners waiting for the coalesced step
         self.join_deadline: float | None = None
         self.first_sent: float | None = None  # first packet sealed in the current generation
@@ -224,6 +227,16 @@ class SenderKeyScheduler:
         """``S`` at the channel's current (gen, step): for the text sealer that follows steps."""
         return self._channel(channel_id).key.base_key
 
+    def text_sealed(self, channel_id: int) -> None:
+        """A text message was sealed under the channel's current step (its key derives from S):
+        a later joiner must get a newer step, as after voice."""
+        st = self._channel(channel_id)
+        st.text_used_at = (st.key.gen, st.key.step)
+
+    def is_open(self, channel_id: int) -> bool:
+        """Whether I hold a sender key for ``channel_id`` (cheap: for the per-frame path)."""
+        return channel_id in self._channels
+
     # -- inputs: channels ------------------------------------------------------------------------
     def open_channel(self, channel_id: int, members: Iterable[int], now: float) -> None:
         """I may now transmit to ``channel_id``, whose members (besides me) are ``members``.
@@ -251,7 +264,7 @@ class SenderKeyScheduler:
         if st is None or member_id == self._sender_id or member_id in st.members:
             return
         st.members.add(member_id)
-        if not st.pending and st.key.packets_in_step == 0:
+        if not st.pending and not _step_used(st):
             self._queue_catch_up(channel_id, st, (member_id,), now)
             return
         st.pending.add(member_id)
@@ -401,7 +414,7 @@ class SenderKeyScheduler:
         st.join_deadline = None
         if not joiners:
             return
-        if st.key.packets_in_step > 0:
+        if _step_used(st):
             if st.key.step >= STEP_LIMIT - 1:
                 # No step left: a new generation covers the joiners (they are members already).
                 self._new_generation(channel_id, st, now, RotationReason.LIMIT)
@@ -424,3 +437,8 @@ class SenderKeyScheduler:
                 created_at=now,
             )
         )
+
+
+def _step_used(st: _Channel) -> bool:
+    """Whether anything (voice or text) was sealed under the channel's current step."""
+    return st.key.packets_in_step > 0 or st.text_used_at == (st.key.gen, st.key.step)

@@ -245,6 +245,9 @@ class TextSealer:
 class _GenState:
     keys: _StepKeys
     verify_key: Ed25519PublicKey
+    #: When a newer generation of the same sender superseded this one: it is dropped
+    #: KEY_RETENTION_S later (and its S is dropped at once; only the step's AEAD key stays).
+    expires_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -253,12 +256,19 @@ class _SenderState:
     last: tuple[int, int] | None = None  # last accepted (gen, tctr)
 
 
+#: Seconds a superseded generation's text key stays usable (as for voice, PROTOCOL §2).
+KEY_RETENTION_S = 10.0
+
+
 class TextOpener:
     """Opens text messages from other members. Not thread-safe.
 
     Keys come from accepted KeyDists (:meth:`add_key` / :meth:`add_accepted`). Per
     (channel, sender) it keeps the keys of the ``keep_generations`` newest generations, ratchets
-    forward at most 16 steps on its own, and remembers the last accepted ``(gen, tctr)``.
+    forward at most 16 steps on its own, and remembers the last accepted ``(gen, tctr)``. A
+    generation superseded by a newer one loses its base key S at once (only the current step's
+    AEAD key remains, for messages still in flight) and is forgotten :data:`KEY_RETENTION_S`
+    later (:meth:`expire`).
     """
 
     __slots__ = ("_keep", "_senders")
@@ -278,8 +288,14 @@ class TextOpener:
         step: int,
         base_key: bytes,
         text_signing_pub: bytes,
-    ) -> None:
-        """Install S at ``step`` for (channel, sender, gen) and that generation's signing key."""
+        now: float = 0.0,
+    ) -> bool:
+        """Install S at ``step`` for (channel, sender, gen) and that generation's signing key.
+
+        Returns False (and changes nothing) when the key is not newer than what is held: the
+        opener may already have ratcheted past it (as ``media.VoiceReceiver`` does).
+        ``now`` (seconds, monotonic) starts the retention of superseded generations.
+        """
         _check_int("channel_id", channel_id, 32)
         _check_int("sender_id", sender_id, 32)
         _check_int("gen", gen, 32)
@@ -292,20 +308,39 @@ class TextOpener:
         state = self._senders.setdefault((channel_id, sender_id), _SenderState({}))
         current = state.gens.get(gen)
         if current is not None and step < current.keys.step:
-            raise LocalProtocolError(f"step {step} is older than the held step")
+            return False
+        if state.gens and gen < max(state.gens) and current is None:
+            return False  # an older generation than the newest held: never needed again
         state.gens[gen] = _GenState(_step_keys(channel_id, sender_id, step, base_key), verify_key)
-        for old in sorted(state.gens)[: -self._keep]:
-            del state.gens[old]
+        for old_gen, old in state.gens.items():
+            if old_gen < gen and old.expires_at is None:
+                old.expires_at = now + KEY_RETENTION_S
+                old.keys = _StepKeys(old.keys.step, b"", old.keys.aead, old.keys.salt)
+        for old_gen in sorted(state.gens)[: -self._keep]:
+            del state.gens[old_gen]
+        return True
 
-    def add_accepted(self, key: AcceptedKey) -> None:
+    def expire(self, now: float) -> None:
+        """Forget superseded generations whose retention ran out."""
+        for state in self._senders.values():
+            for gen in [g for g, st in state.gens.items() if st.expires_at is not None]:
+                if state.gens[gen].expires_at <= now:  # type: ignore[operator]
+                    del state.gens[gen]
+
+    def clear(self) -> None:
+        """Forget every key (disconnect)."""
+        self._senders.clear()
+
+    def add_accepted(self, key: AcceptedKey, now: float = 0.0) -> bool:
         """:meth:`add_key` from an :class:`~voipclient.crypto.keydist.AcceptedKey`."""
-        self.add_key(
+        return self.add_key(
             channel_id=key.channel_id,
             sender_id=key.sender_id,
             gen=key.gen,
             step=key.step,
             base_key=key.base_key,
             text_signing_pub=key.text_signing_pub,
+            now=now,
         )
 
     def remove_sender(self, channel_id: int, sender_id: int) -> None:
@@ -337,6 +372,8 @@ class TextOpener:
 
         keys = held
         if step != held.step:
+            if not held.base_key:  # superseded generation: its S is gone, no ratcheting
+                raise TextRejected(TextRejectReason.STEP_OUT_OF_RANGE, "superseded generation")
             base = held.base_key
             for _ in range(step - held.step):
                 base = ratchet(base)

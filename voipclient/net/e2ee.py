@@ -8,10 +8,12 @@ members who should have them, accepts the KeyDists sent to us, and seals/opens v
 text messages. It never touches a socket: KeyDists and text go out through the ClientSession's
 intents, voice datagrams are returned to the caller, which sends them over UDP or the tunnel.
 
-Time: ``now`` is wall-clock seconds (``time.time()`` in the adapters) because session
-certificates expire at an absolute time that other machines check; the core only compares it.
+Time: ``now`` is the adapter's monotonic clock in seconds (key retention, join coalescing,
+rotation age). Absolute times that other machines check (session certificate expiry, KeyDist and
+text timestamps, TOFU first-seen) come from ``wall_clock()``, a callable the adapter injects
+(``time.time`` in production, a fake in tests): a clock step never stretches key retention.
 
-Threading: one owner thread (the network thread). The capture worker hands it frames to seal.
+Threading: one owner thread (the network thread); the capture worker hands it encoded frames.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from voipclient.net.client import ClientSession
 from voipclient.net.messages import LeaveReason
 from voipclient.net.roster import UserView
 
-#: How long our session certificate is valid, in milliseconds. A session outliving it would need a
-#: new certificate; a day is far longer than the reconnect cycle that renews it.
+#: How long our session certificate is valid, in milliseconds.
 SKC_LIFETIME_MS = 24 * 3600 * 1000
+#: A new certificate for the same SK is published this long before the old one expires, so
+#: peers joining late in a long session can still verify it.
+SKC_RENEW_BEFORE_MS = 3600 * 1000
 
 
 # -- events ---------------------------------------------------------------------------------------
@@ -142,6 +146,7 @@ class SecureSession:
         tofu: TofuStore,
         server_pin: str,
         *,
+        wall_clock: Callable[[], float],
         rng: Callable[[int], bytes] = os.urandom,
         keylog: KeyLogSink | None = None,
         first_gen: int = 0,
@@ -151,6 +156,8 @@ class SecureSession:
         self._account = account
         self._tofu = tofu
         self._pin = server_pin
+        self._wall = wall_clock
+        self._skc_not_after_ms = 0
         self._rng = rng
         self._keylog = keylog
         self._first_gen = first_gen
@@ -163,6 +170,8 @@ class SecureSession:
         self._sealers: dict[int, TextSealer] = {}
         self._text_keys: dict[tuple[int, int], SigningKey] = {}  # (channel, gen) -> signing key
         self._peers: dict[int, _Peer] = {}
+        # Last (gen, step) accepted per (channel, sender) for the whole connection: sender ids are
+        # never reused, so keeping it after a member leaves stops a relay replaying old KeyDists.
         self._last_accepted: dict[tuple[int, int], tuple[int, int]] = {}
         # Newest key action per (recipient, channel) held until the recipient's SK is known.
         self._held: dict[tuple[int, int], KeyAction] = {}
@@ -195,7 +204,10 @@ class SecureSession:
         """Feed the control session's events; returns what the UI should hear about."""
         out: list[SecureEvent] = []
         for event in events:
-            self._handle(event, now, out)
+            try:
+                self._handle(event, now, out)
+            except RemoteProtocolError as exc:  # one peer's bad input never aborts the batch
+                out.append(KeyRejected(getattr(event, "sender_id", 0), None, exc.message))
         self._flush_actions(now, out)
         return out
 
@@ -206,6 +218,13 @@ class SecureSession:
             self._scheduler.tick(now)
         if self._receiver is not None:
             self._receiver.expire(now)
+        self._texts.expire(now)
+        if (
+            self._kem is not None
+            and self._sender_id is not None
+            and self._wall_ms() >= self._skc_not_after_ms - SKC_RENEW_BEFORE_MS
+        ):
+            self._publish_certificate(self._sender_id)
         self._flush_actions(now, out)
         return out
 
@@ -219,7 +238,15 @@ class SecureSession:
             )
             if t is not None
         ]
+        # Text-key expiry and certificate renewal are coarse: a tick every few seconds is enough.
         return min(times) if times else None
+
+    def _wall_ms(self) -> int:
+        return int(self._wall() * 1000)
+
+    def _tofu_account(self, name: str) -> str:
+        # The server binds names case-insensitively, so "Bob" and "bob" are one account.
+        return name.casefold()
 
     def _handle(self, event: ev.ClientEvent, now: float, out: list[SecureEvent]) -> None:
         if isinstance(event, ev.LoggedIn):
@@ -237,10 +264,7 @@ class SecureSession:
         elif isinstance(event, ev.UserLeft):
             self._user_left(event, now)
         elif isinstance(event, ev.ChannelRemoved):
-            for member in event.members:
-                self._forget_member(event.channel.id, member)
-            if self._scheduler is not None and event.channel.id in self._scheduler.channels():
-                self._scheduler.close_channel(event.channel.id)
+            self._leave_channel(event.channel.id, event.members)
         elif isinstance(event, ev.KeyDistReceived):
             self._keydist(event, now, out)
         elif isinstance(event, ev.TextReceived):
@@ -263,11 +287,7 @@ class SecureSession:
             first_gen=self._first_gen,
         )
         self._kem = SessionKemKey.generate()
-        not_after = int(now * 1000) + SKC_LIFETIME_MS
-        skc = SessionCertificate.build(
-            self._identity, self._account, event.sender_id, self._kem.public_bytes(), not_after
-        )
-        self._session.publish_session_key(self._kem.public_bytes(), skc.to_bytes())
+        self._publish_certificate(event.sender_id)
         for user in event.roster.users.values():
             self._see_user(user, now, out)
             if user.sk_pub is not None and user.skc is not None:
@@ -275,17 +295,32 @@ class SecureSession:
         for channel_id in event.roster.channels_of(event.sender_id):
             self._open_channel(channel_id, event.roster.may_speak(me, channel_id), now)
 
+    def _publish_certificate(self, sender_id: int) -> None:
+        assert self._kem is not None
+        self._skc_not_after_ms = self._wall_ms() + SKC_LIFETIME_MS
+        skc = SessionCertificate.build(
+            self._identity,
+            self._account,
+            sender_id,
+            self._kem.public_bytes(),
+            self._skc_not_after_ms,
+        )
+        self._session.publish_session_key(self._kem.public_bytes(), skc.to_bytes())
+
     def _see_user(self, user: UserView, now: float, out: list[SecureEvent]) -> None:
         if user.sender_id == self._sender_id or user.sender_id in self._peers:
             return
-        status = self._tofu.observe(self._pin, user.name, user.ik_pub, int(now * 1000))
+        account = self._tofu_account(user.name)
+        status = self._tofu.observe(self._pin, account, user.ik_pub, self._wall_ms())
         self._peers[user.sender_id] = _Peer(user.sender_id, user.name, user.ik_pub)
         out.append(PeerTrust(user.sender_id, user.name, status))
 
     def _trusted_ik(self, sender_id: int) -> bytes | None:
         """The peer's identity key, or None when unknown or blocked by TOFU."""
         peer = self._peers.get(sender_id)
-        if peer is None or self._tofu.is_blocked(self._pin, peer.name, peer.ik_pub):
+        if peer is None or self._tofu.is_blocked(
+            self._pin, self._tofu_account(peer.name), peer.ik_pub
+        ):
             return None
         return peer.ik_pub
 
@@ -303,20 +338,27 @@ class SecureSession:
             return
         try:
             skc = SessionCertificate.from_bytes(skc_bytes)
-            skc.verify(peer.ik_pub, int(now * 1000), account=peer.name, sender_id=sender_id)
+            skc.verify(peer.ik_pub, self._wall_ms(), account=peer.name, sender_id=sender_id)
             if skc.sk_pub != sk_pub:
                 raise RemoteProtocolError("published SK differs from its certificate")
         except RemoteProtocolError as exc:
             out.append(KeyRejected(sender_id, None, f"session certificate: {exc.message}"))
             return
         peer.recipient = keydist.KeyDistRecipient.from_certificate(skc)
+        self._release_held(sender_id, now)
+
+    def _release_held(self, sender_id: int, now: float) -> None:
+        """Send the keys held for ``sender_id`` (the newest per channel), if we may."""
         if self._trusted_ik(sender_id) is None:
             return  # blocked by TOFU: its keys stay held until the user re-verifies
-        # Keys that waited for this peer's SK go out now (the newest per channel).
-        for (recipient, _channel), action in list(self._held.items()):
+        for (recipient, channel_id), action in list(self._held.items()):
             if recipient == sender_id:
-                del self._held[(recipient, _channel)]
+                del self._held[(recipient, channel_id)]
                 self._send_keydist(action, [sender_id], now)
+
+    def peer_reverified(self, sender_id: int, now: float) -> None:
+        """The user verified a peer's (changed) key in the TOFU store: send it what was held."""
+        self._release_held(sender_id, now)
 
     # -- memberships -------------------------------------------------------------------------------
     def _open_channel(self, channel_id: int, may_speak: bool, now: float) -> None:
@@ -325,7 +367,7 @@ class SecureSession:
             return
         if not may_speak:
             return  # listen-only: no sender key needed
-        if channel_id in self._scheduler.channels():
+        if self._scheduler.is_open(channel_id):
             return
         # The session's roster already holds the whole batch this event came in.
         members = self._session.roster.members(channel_id) - {me}
@@ -335,27 +377,27 @@ class SecureSession:
         if self._scheduler is None:
             return
         if event.sender_id == self._sender_id:
-            if event.joined:
-                self._open_channel(event.channel_id, event.may_speak, now)
+            if event.joined and event.may_speak:
+                self._open_channel(event.channel_id, True, now)
+            elif event.joined:  # still a member, but the ACL no longer lets us speak
+                self._close_sender_key(event.channel_id)
             else:
-                if event.channel_id in self._scheduler.channels():
-                    self._scheduler.close_channel(event.channel_id)
-                self._sealers.pop(event.channel_id, None)
-                if self._receiver is not None:
-                    self._receiver.forget_channel(event.channel_id)
+                self._leave_channel(
+                    event.channel_id, self._session.roster.members(event.channel_id)
+                )
             return
         if event.joined:
-            if event.channel_id in self._scheduler.channels():
+            if self._scheduler.is_open(event.channel_id):
                 self._scheduler.member_joined(event.channel_id, event.sender_id, now)
         else:
-            if event.channel_id in self._scheduler.channels():
+            if self._scheduler.is_open(event.channel_id):
                 self._scheduler.member_left(event.channel_id, event.sender_id, now)
             self._forget_member(event.channel_id, event.sender_id)
 
     def _user_left(self, event: ev.UserLeft, now: float) -> None:
         sender = event.user.sender_id
         for channel_id in event.channels:
-            if self._scheduler is not None and channel_id in self._scheduler.channels():
+            if self._scheduler is not None and self._scheduler.is_open(channel_id):
                 if event.reason == LeaveReason.TIMEOUT:
                     self._scheduler.member_timed_out(channel_id, sender, now)
                 elif event.reason == LeaveReason.KICKED:
@@ -368,11 +410,27 @@ class SecureSession:
             del self._held[key]
 
     def _forget_member(self, channel_id: int, sender_id: int) -> None:
+        # _last_accepted stays: see its comment in __init__.
         if self._receiver is not None:
             self._receiver.forget_sender(channel_id, sender_id)
         self._texts.remove_sender(channel_id, sender_id)
-        self._last_accepted.pop((channel_id, sender_id), None)
         self._held.pop((sender_id, channel_id), None)
+
+    def _close_sender_key(self, channel_id: int) -> None:
+        if self._scheduler is not None and self._scheduler.is_open(channel_id):
+            self._scheduler.close_channel(channel_id)
+        self._sealers.pop(channel_id, None)
+        self._text_keys = {k: v for k, v in self._text_keys.items() if k[0] != channel_id}
+        for key in [k for k in self._held if k[1] == channel_id]:
+            del self._held[key]
+
+    def _leave_channel(self, channel_id: int, members: Iterable[int]) -> None:
+        """We left (or the channel is gone): drop our key and every key of that channel."""
+        self._close_sender_key(channel_id)
+        for member in members:
+            self._forget_member(channel_id, member)
+        if self._receiver is not None:
+            self._receiver.forget_channel(channel_id)
 
     # -- our keys out ------------------------------------------------------------------------------
     def _flush_actions(self, now: float, out: list[SecureEvent]) -> None:
@@ -451,7 +509,7 @@ class SecureSession:
             sender_id=action.sender_id,
             gen=action.gen,
             step=action.step,
-            created_ms=int(now * 1000),
+            created_ms=self._wall_ms(),
             base_key=action.base_key,
             text_signing_pub=signing.public_bytes(),
             recipients=targets,
@@ -474,14 +532,14 @@ class SecureSession:
                 my_sender_id=self._sender_id,
                 my_session_key=self._kem,
                 last_accepted=self._last_accepted.get(key),
-                now_ms=int(now * 1000),
+                now_ms=self._wall_ms(),
             )
         except RemoteProtocolError as exc:
             self.keydists_rejected += 1
             out.append(KeyRejected(event.sender_id, event.channel_id, exc.message))
             return
         self._last_accepted[key] = (accepted.gen, accepted.step)
-        self._texts.add_accepted(accepted)
+        self._texts.add_accepted(accepted, now)
         released = self._receiver.add_key(
             accepted.channel_id,
             accepted.sender_id,
@@ -526,13 +584,11 @@ class SecureSession:
         if scheduler is None or c2s is None:
             raise LocalProtocolError("not logged in")
         ptype = PTYPE_VOICE_LAST if last else PTYPE_VOICE
-        open_channels = scheduler.channels()
-        datagrams = [
+        return [
             c2s.append(scheduler.seal(channel_id, ptype, payload, now))
             for channel_id in channel_ids
-            if channel_id in open_channels
+            if scheduler.is_open(channel_id)
         ]
-        return datagrams
 
     def open_voice(self, datagram: bytes, now: float) -> VoiceFrame | None:
         """Open a datagram from the relay (UDP or tunnel); None when it was dropped (counted)."""
@@ -545,7 +601,10 @@ class SecureSession:
         sealer = self._sealers.get(channel_id)
         if sealer is None:
             raise LocalProtocolError(f"no sender key for channel {channel_id}", field="channel_id")
-        self._session.send_text(channel_id, sealer.seal(text, int(now * 1000)))
+        blob = sealer.seal(text, self._wall_ms())
+        if self._scheduler is not None:
+            self._scheduler.text_sealed(channel_id)  # a later joiner gets a newer step
+        self._session.send_text(channel_id, blob)
 
     def flush(self, now: float) -> list[SecureEvent]:
         """Send KeyDists for rotations that sealing triggered (call after :meth:`seal_voice`)."""
@@ -560,6 +619,10 @@ class SecureSession:
         self._kem = None
         self._scheduler = None
         self._receiver = None
+        self._c2s = None
         self._sealers.clear()
         self._text_keys.clear()
         self._held.clear()
+        self._texts.clear()
+        self._peers.clear()
+        self._last_accepted.clear()

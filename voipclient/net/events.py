@@ -14,7 +14,7 @@ IntEnums, so ``event.code == ErrorCode.NAME_TAKEN`` works, and unknown future co
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from voipclient.errors import ProtocolError
 from voipclient.net.messages import Limits
@@ -106,7 +106,7 @@ class LoggedIn(ClientEvent):
     #: Our session id and voice sender id (PROTOCOL.md §3); also the hop session id.
     sender_id: int
     #: 32-byte secret from which the hop MAC keys K_c2s/K_s2c are derived.
-    hop_secret: bytes
+    hop_secret: bytes = field(repr=False)
     #: The relay's UDP port on the server host; 0 means no UDP, tunnel voice over TLS.
     udp_port: int
     #: The complete roster, ourselves included (in the Lobby).
@@ -331,7 +331,7 @@ class SessionAuthenticated(ServerEvent):
     #: The user's Ed25519 identity public key (32 bytes).
     ik_pub: bytes
     #: The 32-byte hop secret sent to the client in LoginOk.
-    hop_secret: bytes
+    hop_secret: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -365,6 +365,19 @@ class Login(_Message, frozen=True, tag="login"):
     signature: Signature
     password: Password | None = None
 
+    def __repr__(self) -> str:
+        return _redacted_repr(self, ("password",))
+
+
+def _redacted_repr(msg: msgspec.Struct, secrets: tuple[str, ...]) -> str:
+    """repr with secret fields (hop secret, passwords) shown as <hidden>: never log secrets."""
+    parts = []
+    for name in msg.__struct_fields__:
+        value = getattr(msg, name)
+        shown = "<hidden>" if name in secrets and value is not None else repr(value)
+        parts.append(f"{name}={shown}")
+    return f"{type(msg).__name__}({', '.join(parts)})"
+
 
 class LoginOk(_Message, frozen=True, tag="login_ok"):
     """S→C: the session parameters and the first page of the roster.
@@ -381,6 +394,9 @@ class LoginOk(_Message, frozen=True, tag="login_ok"):
     channels: Annotated[tuple[ChannelInfo, ...], Meta(max_length=MAX_PAGE_ITEMS)] = ()
     users: Annotated[tuple[UserInfo, ...], Meta(max_length=MAX_PAGE_ITEMS)] = ()
     more: bool = False
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self, ("hop_secret",))
 
 
 class RosterPage(_Message, frozen=True, tag="roster_page"):
@@ -470,6 +486,9 @@ class JoinChannel(_Message, frozen=True, tag="join"):
 
     channel_id: ChannelId
     password: Password | None = None
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self, ("password",))
 
 
 class LeaveChannel(_Message, frozen=True, tag="leave"):

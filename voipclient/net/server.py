@@ -55,6 +55,7 @@ import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from voipclient.crypto import keydist
 from voipclient.errors import LocalProtocolError, RemoteProtocolError
 from voipclient.net import events as ev
 from voipclient.net import messages as m
@@ -244,7 +245,7 @@ class SessionInfo:
     #: Ed25519 identity public key.
     ik_pub: bytes
     #: 32-byte hop secret (derive K_c2s/K_s2c from it).
-    hop_secret: bytes
+    hop_secret: bytes = field(repr=False)
     #: The client wants its voice through the TLS tunnel.
     voice_tunnel: bool
     #: The user deafened itself (``listeners`` leaves it out).
@@ -271,7 +272,7 @@ class _Session:
     sender_id: int | None = None
     name: str = ""
     ik_pub: bytes = b""
-    hop_secret: bytes = b""
+    hop_secret: bytes = field(default=b"", repr=False)
     in_roster: bool = False
     voice_tunnel: bool = False
     udp_received: int = 0
@@ -770,16 +771,34 @@ class ServerCore:
             return
         sid = sess.sender_id
         assert sid is not None
+        # Each envelope goes only to its recipient (PROTOCOL §2): the blob is split into one
+        # message per envelope (signed body + that envelope). The signature is not checked here
+        # (recipients do); a blob that does not even parse, or names another sender or channel,
+        # is a protocol violation.
+        try:
+            header = keydist.parse_keydist_header(msg.blob)
+            parts = keydist.split_for_recipients(msg.blob)
+        except RemoteProtocolError as exc:
+            self._close(sess, _Reason.PROTOCOL_ERROR, _Code.MALFORMED_MESSAGE, exc.message)
+            return
+        if header.sender_id != sid or header.channel_id != msg.channel_id:
+            self._close(
+                sess,
+                _Reason.PROTOCOL_ERROR,
+                _Code.MALFORMED_MESSAGE,
+                "KeyDist names another sender or channel",
+            )
+            return
         members = self._roster.members(msg.channel_id)
         # dict.fromkeys: drop duplicates, keep the sender's order.
-        targets = [
-            self._by_sender[r]
-            for r in dict.fromkeys(msg.recipients)
-            if r != sid and r in members and r in self._by_sender
-        ]
-        self._send_many(
-            targets, m.KeyDistDelivery(sender_id=sid, channel_id=msg.channel_id, blob=msg.blob)
-        )
+        for r in dict.fromkeys(msg.recipients):
+            part = parts.get(r)
+            target = self._by_sender.get(r)
+            if part is None or target is None or r == sid or r not in members:
+                continue
+            self._send_many(
+                (target,), m.KeyDistDelivery(sender_id=sid, channel_id=msg.channel_id, blob=part)
+            )
 
     def _on_text(self, sess: _Session, msg: m.Text) -> None:
         if not self._check_member(sess, msg.channel_id):

@@ -313,15 +313,15 @@ def test_local_misuse(sign_key: SigningKey) -> None:
         base_key=S0,
         text_signing_pub=sign_key.public_bytes(),
     )
-    with pytest.raises(LocalProtocolError):
-        o.add_key(
-            channel_id=CH,
-            sender_id=SND,
-            gen=GEN,
-            step=4,
-            base_key=S0,
-            text_signing_pub=sign_key.public_bytes(),
-        )
+    # A lower step than the held one is ignored (a peer's stale KeyDist must not raise).
+    assert not o.add_key(
+        channel_id=CH,
+        sender_id=SND,
+        gen=GEN,
+        step=4,
+        base_key=S0,
+        text_signing_pub=sign_key.public_bytes(),
+    )
     assert S0.hex() not in repr(TextSealer(CH, SND, GEN, 0, S0, sign_key))
 
 
@@ -405,3 +405,35 @@ def test_mutations_rejected_and_state_unchanged(data: st.DataObject) -> None:
     with pytest.raises(TextRejected):
         o.open(bytes(blob))
     assert o.open(_VALID).text == "fuzz me"
+
+
+def test_superseded_generation_loses_s_at_once_and_expires_after_10_s(
+    sign_key: SigningKey,
+) -> None:
+    o = TextOpener()
+    pub = sign_key.public_bytes()
+    old = TextSealer(CH, SND, GEN, 0, S0, sign_key)
+    in_flight = old.seal("sent just before the rotation", 1)
+    o.add_key(channel_id=CH, sender_id=SND, gen=GEN, step=0, base_key=S0, text_signing_pub=pub)
+    s_new = bytes(range(64, 128))
+    assert o.add_key(
+        channel_id=CH,
+        sender_id=SND,
+        gen=GEN + 1,
+        step=0,
+        base_key=s_new,
+        text_signing_pub=pub,
+        now=100.0,
+    )
+    held = [st.keys.base_key for state in o._senders.values() for st in state.gens.values()]
+    assert S0 not in held and s_new in held
+    # An older generation arriving late is ignored.
+    assert not o.add_key(
+        channel_id=CH, sender_id=SND, gen=GEN - 1, step=0, base_key=S0, text_signing_pub=pub
+    )
+    o.expire(109.9)
+    assert o.open(in_flight).text == "sent just before the rotation"  # within 10 s: still opens
+    late = old.seal("after the retention", 2)
+    o.expire(110.0)
+    with pytest.raises(TextRejected):
+        o.open(late)

@@ -174,3 +174,25 @@ class Net:
 
     def server_of(self, kind: type[E]) -> list[E]:
         return [e for e in self.server_events if isinstance(e, kind)]
+
+
+def real_keydist(sender_id: int, channel_id: int, recipients: list[int]) -> bytes:
+    """A genuine KeyDist batch (real HPKE envelopes and signature) for relay-routing tests."""
+    from voipclient.crypto import keydist
+    from voipclient.crypto.identity import IdentityKey
+    from voipclient.crypto.session import SessionKemKey
+
+    return keydist.build_keydists(
+        IdentityKey.generate(),
+        kind=keydist.KeyDistKind.NEW_GENERATION,
+        channel_id=channel_id,
+        sender_id=sender_id,
+        gen=1,
+        step=0,
+        created_ms=0,
+        base_key=bytes(64),
+        text_signing_pub=IdentityKey.generate().public_bytes(),
+        recipients=[
+            keydist.KeyDistRecipient(r, SessionKemKey.generate().public_bytes()) for r in recipients
+        ],
+    )[0]

@@ -17,7 +17,9 @@ from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.media import VoiceFrame, VoiceReceiver, parse_header
 from voipclient.crypto.tofu import TofuStore, TrustStatus
+from voipclient.errors import LocalProtocolError
 from voipclient.net import e2ee
+from voipclient.net import events as ev
 from voipclient.net.client import ClientSession
 from voipclient.net.server import ChannelConfig, ServerConfig
 
@@ -41,6 +43,7 @@ class User:
     keylog: list[str]
     events: list[e2ee.SecureEvent] = field(default_factory=list)
     heard: list[VoiceFrame] = field(default_factory=list)
+    raw: list[ev.ClientEvent] = field(default_factory=list)  # every control event it received
 
     @property
     def sid(self) -> int:
@@ -55,14 +58,20 @@ class World:
         self.net = Net(CONFIG)
         self.users: dict[str, User] = {}
         self.tofu: dict[str, TofuStore] = {}
-        self.net.now = 1_700_000_000.0  # wall-clock seconds: certificates expire in real time
+        self.net.now = 5_000.0  # the adapters' monotonic clock
+        self.wall_offset = 1_700_000_000.0 - self.net.now  # a fake wall clock, moving with it
+
+    def wall(self) -> float:
+        return self.net.now + self.wall_offset
 
     def login(self, name: str, identity: IdentityKey | None = None) -> User:
         identity = identity or IdentityKey.generate()
         client = ClientSession(name, identity.public_bytes(), identity.sign)
         keylog: list[str] = []
         tofu = self.tofu.setdefault(name, TofuStore())
-        secure = e2ee.SecureSession(client, identity, name, tofu, PIN, keylog=keylog.append)
+        secure = e2ee.SecureSession(
+            client, identity, name, tofu, PIN, wall_clock=self.wall, keylog=keylog.append
+        )
         peer = self.net.attach(client, login=False)
         client.start(self.net.now)
         user = User(name, identity, secure, peer, keylog)
@@ -77,13 +86,16 @@ class World:
             moved = False
             for user in self.users.values():
                 batch, user.peer.events = user.peer.events, []
+                user.raw += batch
                 new = user.secure.handle_events(batch, self.net.now)
                 new += user.secure.tick(self.net.now)
                 moved = moved or bool(batch)
                 user.events += new
                 user.heard += [e.frame for e in new if isinstance(e, e2ee.VoiceReleased)]
             if not moved:
-                return
+                self.net.pump()  # what tick() queued (renewed certificates, KeyDists)
+                if not any(u.peer.events for u in self.users.values()):
+                    return
         raise AssertionError("world did not settle")
 
     def advance(self, seconds: float) -> None:
@@ -311,3 +323,65 @@ def test_changed_identity_key_is_reported(world: World) -> None:
         if isinstance(e, e2ee.KeyAccepted) and e.sender_id == ann2.sid
     ]
     assert cat2.sid != bob2.sid
+
+
+def test_joiner_cannot_read_text_sent_before_it_joined(world: World) -> None:
+    ann, bob, cat = (world.users[n] for n in ("ann", "bob", "cat"))
+    ann.secure.send_text(A, "before bob joined", world.net.now)  # text only, no voice
+    world.settle()
+    (early,) = [e for e in cat.raw if isinstance(e, ev.TextReceived) and e.channel_id == A]
+    world.join(bob, A)
+    world.advance(0.6)
+    assert [e for e in bob.of(e2ee.KeyAccepted) if getattr(e, "channel_id", 0) == A]
+    # The relay hands bob the stored text: the step he was given does not open it.
+    out = bob.secure.handle_events([early], world.net.now)
+    assert [type(e) for e in out] == [e2ee.TextDropped]
+    ann.secure.send_text(A, "after", world.net.now)
+    world.settle()
+    got = [e for e in bob.of(e2ee.TextMessageReceived) if isinstance(e, e2ee.TextMessageReceived)]
+    assert [e.message.text for e in got] == ["after"]
+
+
+def test_relay_cannot_replay_a_leavers_old_keys_or_voice(world: World) -> None:
+    ann, bob = world.users["ann"], world.users["bob"]
+    relay = FakeRelay(world)
+    old_voice = relay.send(ann, [B], b"\x00\x00\x00\x01old")
+    old_kd = [
+        e
+        for e in bob.raw
+        if isinstance(e, ev.KeyDistReceived) and e.sender_id == ann.sid and e.channel_id == B
+    ]
+    assert old_kd
+    world.leave(ann, B)
+    out = bob.secure.handle_events(old_kd, world.net.now)
+    assert not [e for e in out if isinstance(e, e2ee.KeyAccepted)]
+    assert [e for e in out if isinstance(e, e2ee.KeyRejected)]
+    for datagram in old_voice:
+        assert bob.secure.open_voice(relay.for_listener(datagram, bob), world.net.now) is None
+
+
+def test_session_certificate_is_renewed_before_it_expires(world: World) -> None:
+    ann, bob = world.users["ann"], world.users["bob"]
+    before = len([e for e in bob.raw if isinstance(e, ev.SessionKeyPublished)])
+    world.wall_offset += e2ee.SKC_LIFETIME_MS / 1000 - e2ee.SKC_RENEW_BEFORE_MS / 1000 + 1
+    world.advance(1.0)
+    published = [e for e in bob.raw if isinstance(e, ev.SessionKeyPublished)]
+    assert len(published) > before
+    assert not bob.of(e2ee.KeyRejected)  # the renewed certificates verify
+    # A user joining after the first certificate expired still gets everyone's keys.
+    world.wall_offset += e2ee.SKC_RENEW_BEFORE_MS / 1000
+    dan = world.login("dan")
+    world.advance(0.6)
+    senders = {e.sender_id for e in dan.of(e2ee.KeyAccepted) if isinstance(e, e2ee.KeyAccepted)}
+    assert {ann.sid, bob.sid} <= senders
+    assert not dan.of(e2ee.KeyRejected)
+
+
+def test_close_forgets_every_key(world: World) -> None:
+    ann = world.users["ann"]
+    ann.secure.close()
+    assert ann.secure.receiver is None and ann.secure.scheduler is None
+    assert ann.secure.transmit_channels() == ()
+    assert "senders=0" in repr(ann.secure._texts)
+    with pytest.raises(LocalProtocolError):
+        ann.secure.seal_voice([A], b"x", world.net.now)

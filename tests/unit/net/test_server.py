@@ -9,13 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from voipclient.crypto import keydist
 from voipclient.errors import LocalProtocolError
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import FrameDecoder, encode_frame
 from voipclient.net.server import ChannelConfig, ServerConfig, ServerCore, TokenBucket
 
-from ._harness import identity, seeded_rng
+from ._harness import identity, real_keydist, seeded_rng
 from ._strategies import struct_strategy
 
 T0 = 100.0
@@ -366,10 +367,14 @@ def test_keydist_and_text_relay_rules() -> None:
     for raw in (a, b, d):
         raw.recv()
     # Recipients: bob (member), dora (not a member of 2), 99 (unknown), alice herself, bob again.
-    assert a.send(m.KeyDist(2, (2, 3, 99, 1, 2), b"kd")) == []
-    assert b.recv() == [m.KeyDistDelivery(1, 2, b"kd")]
+    blob = real_keydist(1, 2, [2, 3, 99, 1])
+    parts = keydist.split_for_recipients(blob)
+    assert a.send(m.KeyDist(2, (2, 3, 99, 1, 2), blob)) == []
+    # Bob gets the signed body and only his own envelope, once.
+    assert b.recv() == [m.KeyDistDelivery(1, 2, parts[2])]
+    assert keydist.recipients_of(parts[2]) == (2,)
     assert d.recv() == []
-    [err] = d.send(m.KeyDist(2, (1,), b"kd"))
+    [err] = d.send(m.KeyDist(2, (1,), real_keydist(3, 2, [1])))
     assert isinstance(err, m.Error) and err.code == m.ErrorCode.NOT_MEMBER and not err.fatal
     assert a.recv() == []
     # Text: every member but the sender; not a member → refused.
@@ -606,3 +611,24 @@ def test_random_valid_messages_never_escape_the_core(data: st.DataObject) -> Non
         a.send(msg)  # refused, relayed or closed, but never an exception
     bystander.recv()
     assert bystander.send(m.Ping(1, 0)) == [m.Pong(1, 0, 0)]
+
+
+def test_keydist_that_does_not_parse_or_lies_about_its_sender_closes_only_that_session() -> None:
+    c = core()
+    a, b, d = Raw(c, 1), Raw(c, 2), Raw(c, 3)
+    for raw, name in ((a, "alice"), (b, "bob"), (d, "dora")):
+        raw.login(name)
+    for raw in (a, b, d):
+        raw.send(m.JoinChannel(2))
+    for raw in (a, b, d):
+        raw.recv()
+    [err] = a.send(m.KeyDist(2, (2,), b"not a keydist"))
+    assert isinstance(err, m.Error) and err.fatal and err.code == m.ErrorCode.MALFORMED_MESSAGE
+    # Bob sends a blob claiming to come from dora (sender 3): refused, bob is closed.
+    errors = [
+        x for x in b.send(m.KeyDist(2, (1,), real_keydist(3, 2, [1]))) if isinstance(x, m.Error)
+    ]
+    assert [e.fatal for e in errors] == [True]
+    assert d.recv() != []  # dora saw alice and bob leave...
+    # ...and still works: her real KeyDist reaches nobody else (no members left) without error.
+    assert d.send(m.KeyDist(2, (1, 2), real_keydist(3, 2, [1, 2]))) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from voipclient.crypto import keydist
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.client import ClientSession
@@ -12,7 +13,7 @@ from voipclient.net.frames import encode_frame
 from voipclient.net.server import ChannelConfig, ServerConfig
 from voipclient.net.states import ClientState
 
-from ._harness import Net, Peer, identity
+from ._harness import Net, Peer, identity, real_keydist
 
 A, B, C = 2, 3, 4
 CONFIG = ServerConfig(
@@ -163,10 +164,12 @@ def test_keydist_only_to_named_recipients(net: Net) -> None:
     for p in (p1, p2, p3, p4):
         p.client.join(A)
     net.pump()
-    p1.client.send_keydist(A, [p2.sender_id, p4.sender_id], b"envelopes")
+    blob = real_keydist(p1.sender_id, A, [p2.sender_id, p4.sender_id])
+    parts = keydist.split_for_recipients(blob)
+    p1.client.send_keydist(A, [p2.sender_id, p4.sender_id], blob)
     net.pump()
-    assert p2.of(ev.KeyDistReceived) == [ev.KeyDistReceived(p1.sender_id, A, b"envelopes")]
-    assert p4.of(ev.KeyDistReceived) == [ev.KeyDistReceived(p1.sender_id, A, b"envelopes")]
+    assert p2.of(ev.KeyDistReceived) == [ev.KeyDistReceived(p1.sender_id, A, parts[p2.sender_id])]
+    assert p4.of(ev.KeyDistReceived) == [ev.KeyDistReceived(p1.sender_id, A, parts[p4.sender_id])]
     assert p3.of(ev.KeyDistReceived) == []
     assert p1.of(ev.KeyDistReceived) == []
 
