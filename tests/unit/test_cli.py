@@ -38,9 +38,15 @@ def test_run_without_arguments_says_what_is_not_there_yet() -> None:
     assert "Not there yet" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["voipclient-server", "voipclient-bot"])
-def test_later_entry_points_exist_and_say_so(script: str) -> None:
-    assert run(str(BIN / script), "--version").stdout.strip() == f"{script} {__version__}"
-    result = run(str(BIN / script))
+def test_bot_entry_point_exists_and_says_it_is_not_there_yet() -> None:
+    assert run(str(BIN / "voipclient-bot"), "--version").stdout.strip() == (
+        f"voipclient-bot {__version__}"
+    )
+    result = run(str(BIN / "voipclient-bot"))
     assert result.returncode == 2
     assert "not available yet" in result.stderr
+
+
+def test_server_entry_point_version() -> None:
+    result = run(str(BIN / "voipclient-server"), "--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"voipclient-server {__version__}")

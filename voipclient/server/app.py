@@ -1,0 +1,847 @@
+"""The relay server's asyncio adapter: TLS control connections and the UDP relay on one port.
+
+It owns the sockets and the clock (``loop.time()``, seconds) and drives two pure cores:
+
+* :class:`~voipclient.net.server.ServerCore` — every control session (login, roster, KeyDist and
+  text relay, rate limits, login/idle timeouts);
+* :class:`~voipclient.server.relay.RelayCore` — hop MACs, address validation, ACL, replay window,
+  rate limit and fan-out of voice datagrams.
+
+Control path, per TCP connection::
+
+    accept ── caps on handshakes in flight (total, per IP) ── TLS 1.3 handshake (our own
+    MemoryBIO layer, with a timeout) ── caps on sessions (total, per IP; a polite fatal
+    SERVER_FULL frame) ──
+    core.connection_made(conn_id) ── data → core.receive_data ── core.outgoing() → write
+
+After every call into a core, :meth:`RelayServer._pump` handles ``core.events()``
+(SessionAuthenticated → relay.add_session, SessionClosed → relay.remove_session and close the
+transport once its last frame is written, VoiceFromTunnel → relay.tunnel_received,
+VoiceTransportChanged → relay.set_tunnel), drains ``relay.take_tunnel()`` into
+``core.send_voice_tunnel`` and writes what the core queued. ``core.handle_timer`` runs from a
+``loop.call_at`` at ``core.get_timer()``.
+
+UDP path: the socket is read with ``loop.add_reader`` and drained in batches of non-blocking
+``recvfrom`` calls (one wakeup serves many datagrams); each datagram goes through
+``relay.datagram_received`` and its results are sent at once with a non-blocking ``sendto``
+(voice that cannot be sent now is dropped and counted, never queued).
+
+What is logged: connection counts, logins (sender id, name), session ends (reason), refusals.
+Never hop secrets, passwords or keys; client IP addresses only at DEBUG level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import socket
+import sqlite3
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TextIO, cast
+
+from voipclient.net import events as ev
+from voipclient.net import messages as m
+from voipclient.net.frames import encode_frame
+from voipclient.net.server import ServerCore, TokenBucket
+from voipclient.server.config import PasswordHash, Settings
+from voipclient.server.relay import Addr, RelayCore
+from voipclient.server.store import Store
+from voipclient.server.tls import TlsIdentity, make_server_context
+
+__all__ = ["RelayServer", "bind_sockets", "format_start_line"]
+
+log = logging.getLogger("voipclient.server")
+log_ctl = logging.getLogger("voipclient.server.control")
+log_udp = logging.getLogger("voipclient.server.udp")
+
+#: Datagrams read per wakeup of the UDP socket before yielding to the loop.
+UDP_BATCH: Final = 256
+#: Receive buffer per datagram: anything longer than 1200 bytes is dropped by the relay anyway.
+UDP_RECV_SIZE: Final = 2048
+#: Kernel socket buffers asked for (the kernel may cap them: net.core.rmem_max / wmem_max).
+UDP_SOCKET_BUFFER: Final = 4 * 1024 * 1024
+#: A control connection whose unsent output grows past this is a reader that does not read.
+MAX_WRITE_BUFFER: Final = 4 * 1024 * 1024
+#: Seconds a closing connection gets to flush its last frames before it is aborted.
+CLOSE_GRACE: Final = 5.0
+#: Seconds the shutdown waits for clients to receive the notice.
+SHUTDOWN_GRACE: Final = 2.0
+#: Seconds between checks of the store for new bans (added by ``voipclient-server --ban``).
+BAN_SWEEP_INTERVAL: Final = 1.0
+#: Seconds between pushes of the relay's UDP counters to the core (reported in Pong).
+RECEIVED_SYNC_INTERVAL: Final = 0.5
+
+
+def format_start_line(host: str, port: int, pin: str) -> str:
+    """The one line a script can parse: ``voipclient-server listening on HOST:PORT (tcp+udp)
+    pin=sha256/...``. IPv6 hosts are bracketed."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"voipclient-server listening on {shown}:{port} (tcp+udp) pin={pin}"
+
+
+def bind_sockets(
+    host: str, port: int, *, attempts: int = 50
+) -> tuple[socket.socket, socket.socket]:
+    """A listening TCP socket and a UDP socket bound to the same port number on ``host``.
+
+    ``port`` 0 lets the OS pick a free TCP port; the UDP socket then takes the same number, and
+    when that UDP port is taken both are closed and another pair is tried.
+    """
+    infos = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )
+    if not infos:  # pragma: no cover - getaddrinfo raises instead
+        raise OSError(f"cannot resolve {host!r}")
+    family, _, _, _, sockaddr = infos[0]
+    last: OSError | None = None
+    for _ in range(attempts if port == 0 else 1):
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if sys.platform != "win32":
+                # Restart at once after a stop (TIME_WAIT); not on Windows, where it means
+                # something else (port stealing).
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((sockaddr[0], port, *sockaddr[2:]))
+            actual = tcp.getsockname()[1]
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                udp.bind((sockaddr[0], actual, *sockaddr[2:]))
+            except OSError as exc:
+                udp.close()
+                if port == 0 and exc.errno == errno.EADDRINUSE:
+                    last = exc
+                    tcp.close()
+                    continue
+                raise
+        except BaseException:
+            tcp.close()
+            raise
+        tcp.listen(128)
+        tcp.setblocking(False)
+        udp.setblocking(False)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                udp.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCKET_BUFFER)
+        return tcp, udp
+    raise OSError(errno.EADDRINUSE, f"no port free for both TCP and UDP on {host} ({last})")
+
+
+class ThrottledVerifier:
+    """A channel password check that runs scrypt at most ``rate`` times a second server-wide
+    (beyond that a guess simply fails), so password guessing cannot eat the event loop. A
+    password that verified recently is remembered (by its SHA-256) and costs nothing."""
+
+    def __init__(self, check: PasswordHash, bucket: TokenBucket, clock: Callable[[], float]):
+        self._check = check
+        self._bucket = bucket
+        self._clock = clock
+        self._good: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+
+    def __call__(self, password: str) -> bool:
+        digest = hashlib.sha256(password.encode("utf-8")).digest()
+        if digest in self._good:
+            self._good.move_to_end(digest)
+            return True
+        if not self._bucket.take(self._clock()):
+            log_ctl.warning("channel password check throttled")
+            return False
+        ok = self._check(password)
+        if ok:
+            self._good[digest] = None
+            while len(self._good) > 16:
+                self._good.popitem(last=False)
+        return ok
+
+
+@dataclass(eq=False)
+class _Counters:
+    tcp_accepted: int = 0
+    tls_failed: int = 0
+    refused_handshakes: int = 0
+    refused_sessions: int = 0
+    refused_per_ip: int = 0
+    slow_readers: int = 0
+    control_bytes_in: int = 0
+    control_bytes_out: int = 0
+    udp_send_dropped: int = 0
+    udp_send_errors: int = 0
+    udp_recv_errors: int = 0
+    logins: int = 0
+    bans_enforced: int = 0
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection with its own TLS layer (``ssl.MemoryBIO``), then a control session.
+
+    TLS runs here rather than in the event loop (``create_server(ssl=...)`` or ``start_tls``) so
+    that the adapter sees every connection before its handshake (caps on handshakes in flight,
+    with the peer's address known), owns the handshake timeout, and behaves the same on asyncio
+    and uvloop (uvloop starts reading right after ``connection_made``, so bytes can arrive before
+    a ``start_tls`` could take over).
+    """
+
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+        self.ip = ""
+        self.conn_id: int | None = None
+        self.sender_id: int | None = None
+        self.transport: asyncio.Transport | None = None
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._tls = server._ssl.wrap_bio(self._in, self._out, server_side=True)
+        self.handshaking = True
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        self.lost = False
+        self.closing = False
+        self.counted_handshake = False
+        self.counted_established = False
+
+    # -- transport callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        self.server._tcp_accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lost or self.transport is None or self.transport.is_closing():
+            return
+        self._in.write(data)
+        if self.handshaking:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush_tls()
+                return
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                self._flush_tls()  # the TLS alert, if any
+                self.server._handshake_failed(self, exc)
+                return
+            self._flush_tls()
+            self.handshaking = False
+            self.server._handshake_done(self)
+            if self.conn_id is None:
+                return  # refused
+        chunks: list[bytes] = []
+        eof = False
+        while True:
+            try:
+                chunk = self._tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify
+                eof = True
+                break
+            except ssl.SSLError as exc:
+                log_ctl.debug("tls error conn=%s error=%r", self.conn_id, exc)
+                self.abort()
+                return
+            if not chunk:
+                eof = True
+                break
+            chunks.append(chunk)
+        self._flush_tls()
+        if chunks and self.conn_id is not None:
+            self.server._control_data(self, b"".join(chunks))
+        if eof:
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        self.server._connection_lost(self)
+
+    # -- writing and closing ---------------------------------------------------------------------
+
+    def _flush_tls(self) -> None:
+        data = self._out.read()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def write(self, data: bytes) -> None:
+        """Encrypt and send application bytes."""
+        view = memoryview(data)
+        try:
+            while view:
+                n = self._tls.write(view)
+                view = view[n:]
+        except ssl.SSLError as exc:
+            log_ctl.debug("tls write failed conn=%s error=%r", self.conn_id, exc)
+            self.abort()
+            return
+        self._flush_tls()
+
+    def write_buffer_size(self) -> int:
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+
+    def close(self) -> None:
+        """close_notify, then close once the buffered bytes are out (aborted after a grace)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self.handshaking:
+            with contextlib.suppress(ssl.SSLError, ValueError):
+                self._tls.unwrap()  # queues close_notify; the peer's may never come
+            self._flush_tls()
+        transport.close()
+        loop = self.server._loop
+        if loop is not None:
+            loop.call_later(CLOSE_GRACE, transport.abort)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class RelayServer:
+    """The running server. ``await start()``, then ``await serve_until(stop_event)``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        identity: TlsIdentity,
+        store: Store,
+        *,
+        stats_out: TextIO | None = None,
+    ) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.store = store
+        self._stats_out = stats_out if stats_out is not None else sys.stdout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ssl = make_server_context(identity)
+        self._core: ServerCore | None = None
+        self._relay: RelayCore | None = None
+        self._tcp_sock: socket.socket | None = None
+        self._udp_sock: socket.socket | None = None
+        self._tcp_server: asyncio.AbstractServer | None = None
+        self._udp_transport: asyncio.DatagramTransport | None = None
+        self._reader_added = False
+        self.port = 0
+        self.host = settings.host
+        self._conns: dict[int, _Connection] = {}
+        self._by_sender: dict[int, int] = {}  # sender_id -> conn_id
+        self._next_conn_id = 1
+        self._handshaking: set[_Connection] = set()
+        self._ip_handshaking: collections.Counter[str] = collections.Counter()
+        self._ip_established: collections.Counter[str] = collections.Counter()
+        self._to_close: list[_Connection] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._stats_handle: asyncio.TimerHandle | None = None
+        self._persisted_names: set[str] = set()
+        self._ik_of: dict[int, bytes] = {}  # sender_id -> identity key, for the ban sweep
+        self._ban_handle: asyncio.TimerHandle | None = None
+        self._last_received_sync = 0.0
+        self._started_at = 0.0
+        self._stopping = False
+        self._all_closed: asyncio.Event | None = None
+        self.counters = _Counters()
+
+    # -- start and stop --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind both sockets, build the cores, start serving."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._started_at = loop.time()
+        s = self.settings
+        self._tcp_sock, self._udp_sock = bind_sockets(s.host, s.port)
+        self.port = self._tcp_sock.getsockname()[1]
+        bindings = self.store.load_bindings()
+        self._persisted_names = set(bindings)
+        bucket = TokenBucket(
+            s.limits.channel_password_checks_per_s,
+            max(1.0, s.limits.channel_password_checks_per_s),
+            loop.time(),
+        )
+        config = s.server_config(
+            udp_port=self.port,
+            verifier=lambda h: ThrottledVerifier(h, bucket, loop.time),
+        )
+        self._core = ServerCore(config, name_bindings=bindings)
+        self._relay = RelayCore(self._core, limits=s.limits.relay_limits())
+        log.info(
+            "cores ready channels=%d name_bindings=%d bans=%d admins=%d password=%s",
+            1 + len(s.channels),
+            len(bindings),
+            len(self.store.bans()),
+            len(s.admins),
+            "yes" if s.password else "no",
+        )
+        self._tcp_server = await loop.create_server(
+            lambda: _Connection(self), sock=self._tcp_sock, start_serving=True
+        )
+        try:
+            loop.add_reader(self._udp_sock.fileno(), self._udp_readable)
+            self._reader_added = True
+        except NotImplementedError:  # e.g. the Windows proactor loop: a transport instead
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpFallback(self), sock=self._udp_sock
+            )
+            self._udp_transport = transport
+        log_udp.info("udp relay bound port=%d", self.port)
+        if s.stats_interval > 0:
+            self._stats_handle = loop.call_later(s.stats_interval, self._emit_stats)
+        self._ban_handle = loop.call_later(BAN_SWEEP_INTERVAL, self._ban_sweep)
+
+    async def serve_until(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down cleanly."""
+        await stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self, reason: str = "server shutting down") -> None:
+        """Tell every client (ServerShutdown), flush, close everything."""
+        if self._stopping:
+            return
+        self._stopping = True
+        loop = self._loop
+        assert loop is not None and self._core is not None
+        log.info("shutting down sessions=%d", len(self._conns))
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for conn in list(self._handshaking):
+            conn.abort()
+        self._core.shutdown(reason, loop.time())
+        self._pump()
+        if self._conns:
+            self._all_closed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), SHUTDOWN_GRACE)
+        for conn in list(self._conns.values()):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self._close_udp()
+        for handle in (self._timer, self._stats_handle, self._ban_handle):
+            if handle is not None:
+                handle.cancel()
+        if self._tcp_server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tcp_server.wait_closed(), SHUTDOWN_GRACE)
+        log.info("stopped")
+
+    def _close_udp(self) -> None:
+        loop = self._loop
+        if self._reader_added and loop is not None and self._udp_sock is not None:
+            loop.remove_reader(self._udp_sock.fileno())
+            self._reader_added = False
+        if self._udp_transport is not None:
+            self._udp_transport.close()
+            self._udp_transport = None
+        elif self._udp_sock is not None:
+            self._udp_sock.close()
+        self._udp_sock = None
+
+    # -- TCP accept and TLS ----------------------------------------------------------------------
+
+    def _tcp_accepted(self, conn: _Connection) -> None:
+        transport, loop = conn.transport, self._loop
+        assert transport is not None and loop is not None
+        peer = transport.get_extra_info("peername")
+        conn.ip = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        self.counters.tcp_accepted += 1
+        lim = self.settings.limits
+        if self._stopping:
+            transport.abort()
+            return
+        if (
+            len(self._handshaking) >= lim.max_handshakes
+            or self._ip_handshaking[conn.ip] >= lim.max_sessions_per_ip
+        ):
+            # Too many handshakes in flight: no TLS yet, so nothing polite can be said.
+            self.counters.refused_handshakes += 1
+            log_ctl.info("refused a connection: too many TLS handshakes in progress")
+            transport.abort()
+            return
+        self._handshaking.add(conn)
+        self._ip_handshaking[conn.ip] += 1
+        conn.counted_handshake = True
+        conn.handshake_timer = loop.call_later(
+            lim.handshake_timeout, self._handshake_timed_out, conn
+        )
+
+    def _end_handshake(self, conn: _Connection) -> None:
+        if conn.handshake_timer is not None:
+            conn.handshake_timer.cancel()
+            conn.handshake_timer = None
+        if conn.counted_handshake:
+            conn.counted_handshake = False
+            self._handshaking.discard(conn)
+            self._ip_handshaking[conn.ip] -= 1
+            if self._ip_handshaking[conn.ip] <= 0:
+                del self._ip_handshaking[conn.ip]
+
+    def _handshake_timed_out(self, conn: _Connection) -> None:
+        conn.handshake_timer = None
+        if conn.handshaking and not conn.lost:
+            self.counters.tls_failed += 1
+            log_ctl.debug("tls handshake timed out ip=%s", conn.ip)
+            self._end_handshake(conn)
+            conn.abort()
+
+    def _handshake_failed(self, conn: _Connection, exc: Exception) -> None:
+        self.counters.tls_failed += 1
+        log_ctl.debug("tls handshake failed ip=%s error=%r", conn.ip, exc)
+        self._end_handshake(conn)
+        conn.close()  # sends the TLS alert, if any, then closes (aborted after a grace)
+
+    def _handshake_done(self, conn: _Connection) -> None:
+        self._end_handshake(conn)
+        self._attach(conn)
+
+    def _attach(self, conn: _Connection) -> None:
+        """A TLS session is up: apply the session caps, then hand it to the core."""
+        core, loop = self._core, self._loop
+        assert core is not None and loop is not None
+        lim = self.settings.limits
+        full = len(self._conns) >= lim.max_sessions
+        per_ip = self._ip_established[conn.ip] >= lim.max_sessions_per_ip
+        if (full or per_ip) and not self._stopping:
+            if full:
+                self.counters.refused_sessions += 1
+                message = "server is full"
+            else:
+                self.counters.refused_per_ip += 1
+                message = "too many connections from your address"
+            log_ctl.info("refused a session reason=%r", message)
+            error = m.Error(code=m.ErrorCode.SERVER_FULL, message=message, fatal=True)
+            conn.write(encode_frame(m.encode(error)))
+            conn.closing = True
+            conn.close()
+            return
+        conn_id = self._next_conn_id
+        self._next_conn_id += 1
+        conn.conn_id = conn_id
+        conn.counted_established = True
+        self._ip_established[conn.ip] += 1
+        self._conns[conn_id] = conn
+        log_ctl.debug("connection conn=%d ip=%s", conn_id, conn.ip)
+        core.connection_made(conn_id, loop.time())
+        self._pump()
+
+    # -- control data ----------------------------------------------------------------------------
+
+    def _control_data(self, conn: _Connection, data: bytes) -> None:
+        core, loop = self._core, self._loop
+        assert core is not None and loop is not None and conn.conn_id is not None
+        if conn.closing:
+            return
+        now = loop.time()
+        self.counters.control_bytes_in += len(data)
+        if now - self._last_received_sync >= RECEIVED_SYNC_INTERVAL:
+            self._sync_received(now)
+        core.receive_data(conn.conn_id, data, now)
+        self._pump()
+
+    def _connection_lost(self, conn: _Connection) -> None:
+        core, loop = self._core, self._loop
+        self._end_handshake(conn)
+        if conn.conn_id is None or core is None or loop is None:
+            return
+        if conn.counted_established:
+            conn.counted_established = False
+            self._ip_established[conn.ip] -= 1
+            if self._ip_established[conn.ip] <= 0:
+                del self._ip_established[conn.ip]
+        if self._conns.pop(conn.conn_id, None) is None:
+            return
+        core.connection_lost(conn.conn_id, loop.time())
+        self._pump()
+        if self._all_closed is not None and not self._conns:
+            self._all_closed.set()
+
+    def _sync_received(self, now: float) -> None:
+        """Hand the relay's per-session UDP counts to the core (it reports them in Pong)."""
+        core, relay = self._core, self._relay
+        assert core is not None and relay is not None
+        self._last_received_sync = now
+        for sender_id, count in relay.take_received():
+            core.note_udp_received(sender_id, count)
+
+    def _pump(self) -> None:
+        """Carry out what the cores decided: events, tunnelled voice, output, closes, timer."""
+        core, relay, loop = self._core, self._relay, self._loop
+        assert core is not None and relay is not None and loop is not None
+        for _ in range(64):  # each round can only produce output of the next; a few suffice
+            events = core.events()
+            for event in events:
+                self._on_event(event, loop.time())
+            tunnel = relay.take_tunnel()
+            for sender_id, datagram in tunnel:
+                conn_id = self._by_sender.get(sender_id)
+                if conn_id is not None:
+                    core.send_voice_tunnel(conn_id, datagram)
+            for conn_id, data in core.outgoing():
+                self._write(conn_id, data)
+            if not events and not tunnel:
+                break
+        if self._to_close:
+            closing, self._to_close = self._to_close, []
+            for conn in closing:
+                if not conn.lost:
+                    conn.close()
+        self._schedule_timer()
+
+    def _write(self, conn_id: int, data: bytes) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.transport is None or conn.lost or conn.transport.is_closing():
+            return
+        conn.write(data)
+        self.counters.control_bytes_out += len(data)
+        if conn.write_buffer_size() > MAX_WRITE_BUFFER:
+            self.counters.slow_readers += 1
+            log_ctl.info("closing a connection that does not read conn=%d", conn_id)
+            conn.abort()
+
+    def _on_event(self, event: ev.ServerEvent, now: float) -> None:
+        core, relay = self._core, self._relay
+        assert core is not None and relay is not None
+        if isinstance(event, ev.VoiceFromTunnel):
+            self._send_udp(relay.tunnel_received(event.sender_id, event.datagram, now))
+        elif isinstance(event, ev.SessionAuthenticated):
+            self._on_login(event)
+        elif isinstance(event, ev.SessionClosed):
+            if event.sender_id is not None:
+                relay.remove_session(event.sender_id)
+                self._by_sender.pop(event.sender_id, None)
+                self._ik_of.pop(event.sender_id, None)
+            conn = self._conns.get(event.conn_id)
+            if conn is not None:
+                conn.closing = True
+                self._to_close.append(conn)
+            log_ctl.info(
+                "session closed conn=%d sender=%s reason=%s code=%d message=%r",
+                event.conn_id,
+                event.sender_id,
+                event.reason.value,
+                event.code,
+                event.message,
+            )
+        elif isinstance(event, ev.VoiceTransportChanged):
+            relay.set_tunnel(event.sender_id, event.tunnel)
+            log_ctl.debug("voice transport sender=%d tunnel=%s", event.sender_id, event.tunnel)
+
+    def _on_login(self, event: ev.SessionAuthenticated) -> None:
+        core, relay = self._core, self._relay
+        assert core is not None and relay is not None
+        self.counters.logins += 1
+        relay.add_session(event.sender_id, event.hop_secret)
+        self._by_sender[event.sender_id] = event.conn_id
+        conn = self._conns.get(event.conn_id)
+        if conn is not None:
+            conn.sender_id = event.sender_id
+        log_ctl.info("login conn=%d sender=%d name=%r", event.conn_id, event.sender_id, event.name)
+        key = event.name.casefold()
+        if key not in self._persisted_names and core.name_bindings.get(key) == event.ik_pub:
+            self.store.add_binding(key, event.ik_pub)
+            self._persisted_names.add(key)
+            log_ctl.info("name bound name=%r", event.name)
+        self._ik_of[event.sender_id] = event.ik_pub
+        if self.store.is_banned(event.ik_pub):
+            self._kick_banned(event.sender_id)
+
+    def _kick_banned(self, sender_id: int) -> None:
+        core = self._core
+        assert core is not None
+        self.counters.bans_enforced += 1
+        log_ctl.info("banned identity removed sender=%d", sender_id)
+        core.kick(sender_id, "banned from this server")
+
+    def _ban_sweep(self) -> None:
+        """Bans are written to the store by ``voipclient-server --ban`` (another process):
+        remove connected users whose identity key is banned now."""
+        loop = self._loop
+        assert loop is not None
+        if self._stopping:
+            return
+        try:
+            banned = {ban.ik_pub for ban in self.store.bans()}
+        except sqlite3.Error as exc:  # a locked or broken database must not stop the relay
+            log.warning("cannot read bans error=%r", exc)
+            banned = set()
+        hits = [sid for sid, ik in self._ik_of.items() if ik in banned]
+        for sender_id in hits:
+            self._kick_banned(sender_id)
+        if hits:
+            self._pump()
+        self._ban_handle = loop.call_later(BAN_SWEEP_INTERVAL, self._ban_sweep)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def _schedule_timer(self) -> None:
+        core, loop = self._core, self._loop
+        assert core is not None and loop is not None
+        when = core.get_timer()
+        if when is None:
+            return  # a pending timer may fire early: handle_timer is safe to call early
+        if self._timer is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        core, loop = self._core, self._loop
+        assert core is not None and loop is not None
+        self._timer = None
+        self._timer_at = float("inf")
+        core.handle_timer(loop.time())
+        self._pump()
+
+    # -- UDP -------------------------------------------------------------------------------------
+
+    def _udp_readable(self) -> None:
+        sock, relay, loop = self._udp_sock, self._relay, self._loop
+        assert relay is not None and loop is not None
+        if sock is None:
+            return
+        now = loop.time()
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        received = relay.datagram_received
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = recvfrom(UDP_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP errors reported on the socket
+                self.counters.udp_recv_errors += 1
+                log_udp.debug("recvfrom failed error=%r", exc)
+                continue
+            if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
+                addr = (addr[0], addr[1])
+            for dst, out in received(data, addr, now):
+                try:
+                    sendto(out, dst)
+                except (BlockingIOError, InterruptedError):
+                    self.counters.udp_send_dropped += 1
+                except OSError:
+                    self.counters.udp_send_errors += 1
+        self._deliver_tunnel()
+
+    def _send_udp(self, datagrams: list[tuple[Addr, bytes]]) -> None:
+        if not datagrams:
+            return
+        if self._udp_transport is not None:
+            for dst, out in datagrams:
+                self._udp_transport.sendto(out, dst)
+            return
+        sock = self._udp_sock
+        if sock is None:
+            return
+        for dst, out in datagrams:
+            try:
+                sock.sendto(out, dst)
+            except (BlockingIOError, InterruptedError):
+                self.counters.udp_send_dropped += 1
+            except OSError:
+                self.counters.udp_send_errors += 1
+
+    def _deliver_tunnel(self) -> None:
+        """Voice that UDP speakers sent to tunnel-mode listeners: write just those connections."""
+        core, relay = self._core, self._relay
+        assert core is not None and relay is not None
+        tunnel = relay.take_tunnel()
+        if not tunnel:
+            return
+        touched: set[int] = set()
+        for sender_id, datagram in tunnel:
+            conn_id = self._by_sender.get(sender_id)
+            if conn_id is not None and core.send_voice_tunnel(conn_id, datagram):
+                touched.add(conn_id)
+        for conn_id in touched:
+            self._write(conn_id, core.data_to_send(conn_id))
+
+    # -- stats -----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        """The counters of the JSON stats line (documented in docs/server.md)."""
+        core, relay, loop = self._core, self._relay, self._loop
+        assert core is not None and relay is not None and loop is not None
+        r = relay.stats()
+        c = self.counters
+        return {
+            "type": "stats",
+            "time": round(time.time(), 3),
+            "uptime_s": round(loop.time() - self._started_at, 3),
+            "connections": len(self._conns),
+            "handshaking": len(self._handshaking),
+            "sessions": r["sessions"],
+            "udp_validated": r["validated"],
+            "channels": len(core.roster.channels),
+            "packets_in": r["packets_in"],
+            "packets_out": r["packets_out"],
+            "bytes_in": r["bytes_in"],
+            "bytes_out": r["bytes_out"],
+            "forwarded": r["forwarded"],
+            "copies_udp": r["copies_udp"],
+            "copies_tunnel": r["copies_tunnel"],
+            "unreachable": r["unreachable"],
+            "hop_replies": r["hop_replies"],
+            "drops": {reason.name.lower(): n for reason, n in relay.drops().items()},
+            "udp_send_dropped": c.udp_send_dropped,
+            "udp_send_errors": c.udp_send_errors,
+            "control_bytes_in": c.control_bytes_in,
+            "control_bytes_out": c.control_bytes_out,
+            "tcp_accepted": c.tcp_accepted,
+            "tls_failed": c.tls_failed,
+            "logins": c.logins,
+            "refused": {
+                "handshakes": c.refused_handshakes,
+                "server_full": c.refused_sessions,
+                "per_ip": c.refused_per_ip,
+                "slow_readers": c.slow_readers,
+                "banned": c.bans_enforced,
+            },
+        }
+
+    def _emit_stats(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        if self._stopping:
+            return
+        try:
+            self._stats_out.write(json.dumps(self.stats(), separators=(",", ":")) + "\n")
+            self._stats_out.flush()
+        except (OSError, ValueError) as exc:  # stdout closed: keep serving
+            log.warning("cannot write stats error=%r", exc)
+        self._stats_handle = loop.call_later(self.settings.stats_interval, self._emit_stats)
+
+
+class _UdpFallback(asyncio.DatagramProtocol):
+    """For event loops without ``add_reader``: one callback per datagram."""
+
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        server = self.server
+        relay, loop = server._relay, server._loop
+        if relay is None or loop is None or self.transport is None:
+            return
+        peer: Addr = (str(addr[0]), int(addr[1]))
+        for dst, out in relay.datagram_received(data, peer, loop.time()):
+            self.transport.sendto(out, dst)
+        server._deliver_tunnel()
+
+    def error_received(self, exc: Exception) -> None:
+        self.server.counters.udp_recv_errors += 1

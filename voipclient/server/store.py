@@ -1,0 +1,146 @@
+"""What the server keeps on disk besides its certificate: name bindings and bans (SQLite).
+
+* **Name bindings**: casefolded user name → the Ed25519 identity key that first logged in with
+  it. Loaded into ``ServerCore.name_bindings`` at start, a row added when a new name binds, so
+  nobody can take over a name across restarts.
+* **Bans**: identity keys refused at login, with an optional label and reason.
+
+Nothing else: no voice, no text, no IP addresses, no session history. The file is created with
+mode 0600 in the data directory. All calls are short synchronous statements on one connection,
+made from the event loop thread (a binding is written once per new name, so this never weighs on
+the relay's hot path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+__all__ = ["DB_FILE", "Ban", "Store", "StoreError"]
+
+log = logging.getLogger("voipclient.server.store")
+
+DB_FILE: Final = "server.sqlite3"
+SCHEMA_VERSION: Final = 1
+_IK_LEN: Final = 32  # bytes, raw Ed25519 public key
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS name_bindings (
+    name TEXT PRIMARY KEY,          -- casefolded user name
+    ik_pub BLOB NOT NULL CHECK (length(ik_pub) = 32)
+);
+CREATE TABLE IF NOT EXISTS bans (
+    ik_pub BLOB PRIMARY KEY CHECK (length(ik_pub) = 32),
+    label TEXT NOT NULL DEFAULT '', -- who it was, for the operator (a user name)
+    reason TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The database cannot be opened or has a schema this version does not know."""
+
+
+@dataclass(frozen=True)
+class Ban:
+    """One banned identity key."""
+
+    ik_pub: bytes
+    label: str
+    reason: str
+    created_ms: int
+
+
+class Store:
+    """The server's SQLite database. Use :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path: Final = path
+
+    @classmethod
+    def open(cls, data_dir: Path) -> Store:
+        """Open (creating if needed) ``data_dir/server.sqlite3``."""
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = data_dir / DB_FILE
+        if not path.exists():
+            # Create the file ourselves so it never exists with a wider mode.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit txns
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif row[0] != str(SCHEMA_VERSION):
+                conn.close()
+                raise StoreError(f"{path}: schema version {row[0]}, this server knows 1")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: {exc}") from None
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- name bindings ---------------------------------------------------------------------------
+
+    def load_bindings(self) -> dict[str, bytes]:
+        """Every binding: casefolded name → identity key."""
+        rows = self._conn.execute("SELECT name, ik_pub FROM name_bindings").fetchall()
+        return {str(name): bytes(key) for name, key in rows}
+
+    def add_binding(self, name: str, ik_pub: bytes) -> bool:
+        """Bind ``name`` (casefolded here) to ``ik_pub`` unless it is bound already.
+        True when a row was added."""
+        if len(ik_pub) != _IK_LEN:
+            raise ValueError("an identity key is 32 bytes")
+        cur = self._conn.execute(
+            "INSERT OR IGNORE INTO name_bindings (name, ik_pub) VALUES (?, ?)",
+            (name.casefold(), ik_pub),
+        )
+        return cur.rowcount == 1
+
+    def remove_binding(self, name: str) -> bool:
+        """Free a name (an operator action). True when it was bound."""
+        cur = self._conn.execute("DELETE FROM name_bindings WHERE name = ?", (name.casefold(),))
+        return cur.rowcount == 1
+
+    # -- bans ------------------------------------------------------------------------------------
+
+    def ban(self, ik_pub: bytes, label: str = "", reason: str = "") -> None:
+        """Ban an identity key (replacing an earlier ban's label and reason)."""
+        if len(ik_pub) != _IK_LEN:
+            raise ValueError("an identity key is 32 bytes")
+        self._conn.execute(
+            "INSERT OR REPLACE INTO bans (ik_pub, label, reason, created_ms) VALUES (?, ?, ?, ?)",
+            (ik_pub, label, reason, int(time.time() * 1000)),
+        )
+
+    def unban(self, ik_pub: bytes) -> bool:
+        """Lift a ban. True when there was one."""
+        cur = self._conn.execute("DELETE FROM bans WHERE ik_pub = ?", (ik_pub,))
+        return cur.rowcount == 1
+
+    def is_banned(self, ik_pub: bytes) -> bool:
+        row = self._conn.execute("SELECT 1 FROM bans WHERE ik_pub = ?", (ik_pub,)).fetchone()
+        return row is not None
+
+    def bans(self) -> list[Ban]:
+        rows = self._conn.execute(
+            "SELECT ik_pub, label, reason, created_ms FROM bans ORDER BY created_ms"
+        ).fetchall()
+        return [Ban(bytes(k), str(lbl), str(r), int(t)) for k, lbl, r, t in rows]
