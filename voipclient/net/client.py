@@ -293,6 +293,37 @@ class ClientSession:
         """Announce self-mute/deafen (a deafened user gets no voice from the relay)."""
         self._send(m.SetSelfState(muted=muted, deafened=deafened))
 
+    def admin(
+        self,
+        action: m.AdminOp | str,
+        target: int,
+        channel_id: int | None = None,
+        reason: str = "",
+    ) -> None:
+        """Ask the server to kick, ban or move (into ``channel_id``, required for a move and
+        only for it) the user with sender id ``target``; ``action`` is an AdminOp or its name
+        (``"kick"``, ``"ban"``, ``"move"``). Only works when our identity key is one of the
+        server's administrators.
+
+        Success arrives as an AdminNoticeReceived event (plus UserLeft or MembershipChanged);
+        failure as a non-fatal ServerError (NOT_ADMIN, NO_SUCH_USER, NO_SUCH_CHANNEL,
+        ALREADY_MEMBER).
+        """
+        try:
+            op = m.AdminOp[action.upper()] if isinstance(action, str) else m.AdminOp(action)
+        except (KeyError, ValueError):
+            raise LocalProtocolError(f"unknown admin action {action!r}") from None
+        try:
+            msg = m.AdminAction(
+                action=op,
+                target=target,
+                channel_id=channel_id,
+                reason=m.clean_text(reason, m.MAX_REASON_LEN),
+            )
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc), code=m.ErrorCode.MALFORMED_MESSAGE) from None
+        self._send(msg)
+
     def report_udp_stats(
         self, sent: int, received: int, lost: int, rtt_ms: float = 0.0, jitter_ms: float = 0.0
     ) -> None:
@@ -431,6 +462,12 @@ class ClientSession:
                 events.append(ev.TextReceived(msg.sender_id, msg.channel_id, msg.blob))
             case m.VoiceTunnel():
                 events.append(ev.VoiceTunnelReceived(msg.datagram))
+            case m.AdminNotice():
+                events.append(
+                    ev.AdminNoticeReceived(
+                        msg.action, msg.by, msg.target, msg.channel_id, msg.reason
+                    )
+                )
             case m.Pong():
                 self._on_pong(msg, now, events)
             case m.Error():

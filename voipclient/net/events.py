@@ -17,10 +17,13 @@ import enum
 from dataclasses import dataclass, field
 
 from voipclient.errors import ProtocolError
-from voipclient.net.messages import Limits
+from voipclient.net.messages import AdminOp, Limits
 from voipclient.net.roster import ChannelView, RosterSnapshot, UserView
 
 __all__ = [
+    "AdminActionHandled",
+    "AdminNoticeReceived",
+    "BanRequested",
     "ChannelAdded",
     "ChannelRemoved",
     "ChannelUpdated",
@@ -266,6 +269,23 @@ class PingStats(ClientEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class AdminNoticeReceived(ClientEvent):
+    """An administrator acted on a user: on us (``target`` is our sender id; a kick or ban is
+    followed by a fatal ServerError KICKED) or, as confirmation, on the user we named."""
+
+    #: KICK, BAN or MOVE.
+    action: AdminOp
+    #: The administrator's sender id.
+    by: int
+    #: The user acted on.
+    target: int
+    #: MOVE: the channel the target was made a member of; else None.
+    channel_id: int | None
+    #: The administrator's reason (may be empty).
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ServerError(ClientEvent):
     """The server reported an error (a failed join/leave, or the reason it closes us)."""
 
@@ -375,3 +395,43 @@ class VoiceTransportChanged(ServerEvent):
     sender_id: int
     #: True: send this listener's voice with ``send_voice_tunnel``.
     tunnel: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AdminActionHandled(ServerEvent):
+    """A logged-in session sent an AdminAction; ``code`` says whether it was carried out (0)
+    or refused (the ErrorCode of the non-fatal Error sent back). For the adapter's log."""
+
+    #: The requester's connection id.
+    conn_id: int
+    #: The requester's sender id.
+    sender_id: int
+    #: The requester's user name.
+    name: str
+    #: KICK, BAN or MOVE.
+    action: AdminOp
+    #: The target's sender id, as requested.
+    target: int
+    #: The target's user name; "" when there is no such user.
+    target_name: str
+    #: MOVE: the destination channel; else None.
+    channel_id: int | None
+    #: The requester's reason.
+    reason: str
+    #: 0: done; otherwise the ErrorCode of the refusal (NOT_ADMIN, NO_SUCH_USER, ...).
+    code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BanRequested(ServerEvent):
+    """An administrator banned an identity key: persist it so that every later login with this
+    key is refused. The core has already removed every session of the key."""
+
+    #: The banned Ed25519 identity key (32 bytes).
+    ik_pub: bytes
+    #: The target's user name when it was banned (a label for the operator).
+    name: str
+    #: The administrator's reason (may be empty).
+    reason: str
+    #: The administrator's user name.
+    by: str

@@ -32,6 +32,9 @@ __all__ = [
     "MAX_TEXT_BLOB",
     "MAX_VOICE_DATAGRAM",
     "PROTOCOL_VERSION",
+    "AdminAction",
+    "AdminNotice",
+    "AdminOp",
     "Bye",
     "ChannelAdded",
     "ChannelInfo",
@@ -132,6 +135,10 @@ class ErrorCode(enum.IntEnum):
     ROSTER_INCONSISTENT = 30
     #: The server is shutting down.
     SHUTTING_DOWN = 40
+    #: An admin action from an identity key that is not one of the server's administrators.
+    NOT_ADMIN = 50
+    #: An admin action names a sender id that is not logged in.
+    NO_SUCH_USER = 51
     #: A bug on the sender's side.
     INTERNAL_ERROR = 99
 
@@ -153,6 +160,18 @@ class LeaveReason(enum.IntEnum):
     KICKED = 5
     #: The server is shutting down.
     SHUTDOWN = 6
+
+
+class AdminOp(enum.IntEnum):
+    """What an :class:`AdminAction` does. A u8 on the wire; any other value is a malformed
+    message."""
+
+    #: End the target's session (fatal KICKED error, UserLeft reason KICKED).
+    KICK = 1
+    #: Kick, and refuse the target's identity key at every later login.
+    BAN = 2
+    #: Make the target a member of ``channel_id`` (see docs/protocol.md for the exact rule).
+    MOVE = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,6 +553,47 @@ class VoiceTunnel(_Message, frozen=True, tag="voice"):
     datagram: Datagram
 
 
+# -- administration ---------------------------------------------------------------------------
+
+
+class AdminAction(_Message, frozen=True, tag="admin"):
+    """C→S: an administrator (its identity key is in the server's admin list) acts on a user.
+
+    ``channel_id`` is required for MOVE and absent otherwise. Success is announced with
+    :class:`AdminNotice` to the target and to the requester, plus the usual roster deltas;
+    failure is a non-fatal Error (NOT_ADMIN, NO_SUCH_USER, NO_SUCH_CHANNEL, ALREADY_MEMBER).
+    """
+
+    action: AdminOp
+    #: The user acted on.
+    target: SenderId
+    #: MOVE only: the channel the target is made a member of.
+    channel_id: ChannelId | None = None
+    #: Shown to the target and recorded with a ban.
+    reason: Reason = ""
+
+    def __post_init__(self) -> None:
+        if (self.action is AdminOp.MOVE) != (self.channel_id is not None):
+            raise ValueError("channel_id is required for move and only for move")
+
+
+class AdminNotice(_Message, frozen=True, tag="admin_notice"):
+    """S→C: an administrator acted on ``target``; sent to the target (before the fatal KICKED
+    error of a kick or ban) and, as confirmation, to the requesting administrator."""
+
+    action: AdminOp
+    #: The administrator's sender id.
+    by: SenderId
+    target: SenderId
+    #: MOVE: the channel the target was made a member of.
+    channel_id: ChannelId | None = None
+    reason: Reason = ""
+
+    def __post_init__(self) -> None:
+        if (self.action is AdminOp.MOVE) != (self.channel_id is not None):
+            raise ValueError("channel_id is required for move and only for move")
+
+
 # -- liveness ---------------------------------------------------------------------------------
 
 
@@ -595,6 +655,7 @@ ClientMessage: TypeAlias = Union[  # noqa: UP007
     KeyDist,
     Text,
     VoiceTunnel,
+    AdminAction,
     Ping,
     Error,
     Bye,
@@ -614,6 +675,7 @@ ServerMessage: TypeAlias = Union[  # noqa: UP007
     KeyDistDelivery,
     TextDelivery,
     VoiceTunnel,
+    AdminNotice,
     Pong,
     Error,
     ServerShutdown,

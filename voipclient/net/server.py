@@ -38,6 +38,19 @@ Policies (documented in docs/protocol.md):
   beyond the token bucket (``rate_per_s``/``rate_burst``) → a fatal Error frame to that session and
   it is closed; other sessions are unaffected. Tunnelled voice has its own bucket
   (``tunnel_rate_per_s``) and excess datagrams are dropped, not punished (voice is bursty).
+* **Administration.** A session whose identity key is in ``ServerConfig.admins`` may send
+  AdminAction. Checks, in order: the requester is an admin (else NOT_ADMIN), the target sender
+  id is logged in (else NO_SUCH_USER), and for a move the channel exists (NO_SUCH_CHANNEL) and
+  the target is not already a member of it (ALREADY_MEMBER); every refusal is a non-fatal Error
+  and costs nothing else. On success an AdminNotice goes to the target and to the requester,
+  then: *kick* closes the target with a fatal KICKED error (UserLeft reason KICKED); *ban* does
+  the same to every session of the target's identity key and queues ``BanRequested`` for the
+  adapter to persist; *move* makes the target a member of the channel regardless of its password
+  and member limit: when the target is already at ``max_memberships``, it first leaves every
+  channel but the Lobby (ascending ids), and the Lobby too if it is still at the cap (only
+  possible with ``max_memberships`` 1); each change is a MembershipChanged broadcast, exactly as
+  for a normal leave and join. Every request, done or refused, is reported with
+  ``AdminActionHandled``.
 * **Timeouts.** ``login_timeout`` seconds from connection to LoginOk; ``idle_timeout`` seconds
   without any byte from a logged-in client (it pings every 5 s).
 """
@@ -155,6 +168,8 @@ class ServerConfig:
     tunnel_burst: int = 50
     #: Largest frame payload accepted, bytes (>= 64 KiB).
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    #: Ed25519 identity keys (raw 32 bytes) allowed to send AdminAction.
+    admins: frozenset[bytes] = frozenset()
 
     def __post_init__(self) -> None:
         lobby = self.lobby
@@ -189,6 +204,8 @@ class ServerConfig:
             raise LocalProtocolError("max_sessions, login_timeout, idle_timeout must be > 0")
         if not 0 <= self.udp_port <= m.U16_MAX:
             raise LocalProtocolError("udp_port must be 0..65535")
+        if any(len(k) != m.ED25519_PUB_LEN for k in self.admins):
+            raise LocalProtocolError("an admin key is a raw 32-byte Ed25519 public key")
 
 
 def _limits(config: ServerConfig) -> m.Limits:
@@ -571,6 +588,8 @@ class ServerCore:
                     self._events.append(
                         ev.VoiceTransportChanged(sess.conn_id, sess.sender_id, msg.tunnel)
                     )
+            case m.AdminAction():
+                self._on_admin(sess, msg)
             case m.KeyDist():
                 self._on_keydist(sess, msg)
             case m.Text():
@@ -754,6 +773,80 @@ class ServerCore:
             self._broadcast(
                 m.MembershipChanged(sender_id=sid, channel_id=ch, joined=False, may_speak=False)
             )
+
+    def _on_admin(self, sess: _Session, msg: m.AdminAction) -> None:
+        sid = sess.sender_id
+        assert sid is not None
+        target = self._by_sender.get(msg.target)
+        ch = msg.channel_id
+        code, text = 0, ""
+        if sess.ik_pub not in self.config.admins:
+            code, text = _Code.NOT_ADMIN, "not an administrator of this server"
+        elif target is None:
+            code, text = _Code.NO_SUCH_USER, f"no user with sender id {msg.target}"
+        elif ch is not None and ch not in self._channel_cfg:
+            code, text = _Code.NO_SUCH_CHANNEL, "no such channel"
+        elif ch is not None and self._roster.is_member(msg.target, ch):
+            code, text = _Code.ALREADY_MEMBER, "the user is already a member"
+        self._events.append(
+            ev.AdminActionHandled(
+                sess.conn_id,
+                sid,
+                sess.name,
+                msg.action,
+                msg.target,
+                "" if target is None else target.name,
+                ch,
+                msg.reason,
+                int(code),
+            )
+        )
+        if code:
+            self._refuse(sess, code, text, ch)
+            return
+        assert target is not None
+        notice = m.AdminNotice(
+            action=msg.action, by=sid, target=msg.target, channel_id=ch, reason=msg.reason
+        )
+        done = "banned" if msg.action is m.AdminOp.BAN else "kicked"
+        why = f"{done} by {sess.name}" + (f": {msg.reason}" if msg.reason else "")
+        if msg.action is m.AdminOp.MOVE:
+            assert ch is not None
+            self._move(msg.target, ch)
+            self._send_many(dict.fromkeys((target, sess)), notice)
+        elif msg.action is m.AdminOp.KICK:
+            self._send_many(dict.fromkeys((target, sess)), notice)
+            self._close(target, _Reason.LOCAL_CLOSE, _Code.KICKED, why, _Leave.KICKED)
+        else:  # BAN
+            self._events.append(ev.BanRequested(target.ik_pub, target.name, msg.reason, sess.name))
+            self._send_many(dict.fromkeys((target, sess)), notice)
+            victims = [s for s in self._by_sender.values() if s.ik_pub == target.ik_pub]
+            for victim in victims:
+                self._close(victim, _Reason.LOCAL_CLOSE, _Code.KICKED, why, _Leave.KICKED)
+
+    def _move(self, sid: int, channel_id: int) -> None:
+        """Make ``sid`` a member of ``channel_id`` ignoring password and member limit. At the
+        membership cap it first leaves every channel but the Lobby (ascending ids), then the
+        Lobby if it is still at the cap (``max_memberships`` 1)."""
+        if len(self._roster.channels_of(sid)) >= self.config.max_memberships:
+            current = self._roster.channels_of(sid)
+            leaving = sorted(current - {LOBBY_ID})
+            if len(current) - len(leaving) >= self.config.max_memberships:
+                leaving.append(LOBBY_ID)
+            for old in leaving:
+                self._roster.set_membership(sid, old, False)
+                self._broadcast(
+                    m.MembershipChanged(
+                        sender_id=sid, channel_id=old, joined=False, may_speak=False
+                    )
+                )
+        user = self._roster.user(sid)
+        assert user is not None
+        speak = self._channel_cfg[channel_id].allows_speaker(user.name)
+        self._roster.set_membership(sid, channel_id, True, speak)
+        self._broadcast(
+            m.MembershipChanged(sender_id=sid, channel_id=channel_id, joined=True, may_speak=speak)
+        )
 
     def _check_member(self, sess: _Session, channel_id: int) -> bool:
         """The sender may address ``channel_id``; otherwise refuse (non-fatal) and say False."""

@@ -123,6 +123,7 @@ _C_READY_RECV: Final[tuple[MessageType, ...]] = (
     m.KeyDistDelivery,
     m.TextDelivery,
     m.VoiceTunnel,
+    m.AdminNotice,
     m.Pong,
 )
 #: Intents a READY client may send.
@@ -135,6 +136,7 @@ _C_READY_SEND: Final[tuple[MessageType, ...]] = (
     m.KeyDist,
     m.Text,
     m.VoiceTunnel,
+    m.AdminAction,
     m.Ping,
 )
 #: Every message a server may send; CLOSING discards whatever still arrives.
@@ -180,6 +182,7 @@ _S_READY_RECV: Final[tuple[MessageType, ...]] = (
     m.KeyDist,
     m.Text,
     m.VoiceTunnel,
+    m.AdminAction,
     m.Ping,
 )
 #: What a READY server session may send.
@@ -195,6 +198,7 @@ _S_READY_SEND: Final[tuple[MessageType, ...]] = (
     m.KeyDistDelivery,
     m.TextDelivery,
     m.VoiceTunnel,
+    m.AdminNotice,
     m.Pong,
 )
 

@@ -26,7 +26,12 @@ UDP path: the socket is read with ``loop.add_reader`` and drained in batches of 
 ``relay.datagram_received`` and its results are sent at once with a non-blocking ``sendto``
 (voice that cannot be sent now is dropped and counted, never queued).
 
-What is logged: connection counts, logins (sender id, name), session ends (reason), refusals.
+Admin actions (AdminAction from a key in ``[admins] keys``, checked by the core): the adapter logs
+each request and its outcome (``AdminActionHandled``) and writes an admin's ban to the store
+(``BanRequested``), where the login check and the ban sweep below enforce it like a ``--ban``.
+
+What is logged: connection counts, logins (sender id, name), session ends (reason), refusals,
+admin requests (who, action, target, channel, reason, outcome).
 Never hop secrets, passwords or keys; client IP addresses only at DEBUG level.
 """
 
@@ -45,7 +50,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, TextIO, cast
 
 from voipclient.net import events as ev
@@ -369,9 +374,12 @@ class RelayServer:
             max(1.0, s.limits.channel_password_checks_per_s),
             loop.time(),
         )
-        config = s.server_config(
-            udp_port=self.port,
-            verifier=lambda h: ThrottledVerifier(h, bucket, loop.time),
+        config = replace(
+            s.server_config(
+                udp_port=self.port,
+                verifier=lambda h: ThrottledVerifier(h, bucket, loop.time),
+            ),
+            admins=frozenset(s.admins),
         )
         self._core = ServerCore(config, name_bindings=bindings)
         self._relay = RelayCore(self._core, limits=s.limits.relay_limits())
@@ -634,6 +642,36 @@ class RelayServer:
         elif isinstance(event, ev.VoiceTransportChanged):
             relay.set_tunnel(event.sender_id, event.tunnel)
             log_ctl.debug("voice transport sender=%d tunnel=%s", event.sender_id, event.tunnel)
+        elif isinstance(event, ev.AdminActionHandled):
+            self._log_admin(event)
+        elif isinstance(event, ev.BanRequested):
+            self._persist_ban(event)
+
+    def _log_admin(self, event: ev.AdminActionHandled) -> None:
+        """One line per admin request: who, what, on whom; the outcome (never keys)."""
+        outcome = "done" if event.code == 0 else f"refused code={event.code}"
+        log_ctl.info(
+            "admin %s by sender=%d name=%r target=%d target_name=%r channel=%s reason=%r: %s",
+            event.action.name.lower(),
+            event.sender_id,
+            event.name,
+            event.target,
+            event.target_name,
+            event.channel_id,
+            event.reason,
+            outcome,
+        )
+
+    def _persist_ban(self, event: ev.BanRequested) -> None:
+        """An admin's ban: into the store, so later logins (also after a restart) are refused
+        like those banned with ``--ban``. The core has already removed the sessions."""
+        reason = f"by {event.by}: {event.reason}" if event.reason else f"by {event.by}"
+        try:
+            self.store.ban(event.ik_pub, label=event.name, reason=reason)
+        except sqlite3.Error as exc:
+            log.error("cannot store a ban name=%r error=%r", event.name, exc)
+            return
+        log_ctl.info("ban stored name=%r by=%r", event.name, event.by)
 
     def _on_login(self, event: ev.SessionAuthenticated) -> None:
         core, relay = self._core, self._relay

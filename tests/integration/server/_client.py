@@ -255,6 +255,12 @@ class TestClient:
         self.session.leave(channel_id)
         self._flush()
 
+    def admin(
+        self, action: str, target: int, channel_id: int | None = None, reason: str = ""
+    ) -> None:
+        self.session.admin(action, target, channel_id, reason)
+        self._flush()
+
     def send_text(self, channel_id: int, text: str) -> None:
         self.secure.send_text(channel_id, text, self._loop.time())
         self._flush()

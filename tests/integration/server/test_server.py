@@ -624,3 +624,112 @@ def test_ban_kicks_at_once_and_bindings_and_pin_survive_a_restart(start_server: 
         await ann.close()
 
     run(second_run)
+
+
+# -- admin actions from a client -----------------------------------------------------------------
+
+
+def test_admin_kicks_bans_and_moves_and_the_ban_survives_a_restart(start_server: Starter) -> None:
+    root_key, ann_key, bob_key = (IdentityKey.generate() for _ in range(3))
+    root_b64 = base64.b64encode(root_key.public_bytes()).decode()
+    config = f"""
+[[channels]]
+name = "Vault"
+password = "{hash_password("open sesame", log2_n=10)}"
+max_members = 1
+
+[admins]
+keys = ["{root_b64}"]
+"""
+    vault = 2  # channels of the file come before --channel ones
+    server = start_server(config=config)
+    connect = functools.partial(TestClient.connect, server.host, server.port, server.pin)
+
+    def notices(client: TestClient) -> list[ev.AdminNoticeReceived]:
+        return client.of(ev.AdminNoticeReceived)
+
+    async def first_run() -> None:
+        root = await connect("root", identity=root_key)
+        ann = await connect("ann", identity=ann_key)
+        bob = await connect("bob", identity=bob_key)
+        carol = await connect("carol")
+        dave = await connect("dave")
+        everyone = (root, ann, bob, carol, dave)
+        try:
+            for u in everyone:
+                await u.wait_for(lambda u=u: len(u.session.roster.users) == 5, what="roster")
+            dave.join(vault, "open sesame")  # the Vault is full now
+            await root.wait_for(lambda: dave.sid in root.session.roster.members(vault))
+            # A non-admin is refused, and stays connected.
+            dave.admin("kick", ann.sid or 0)
+            await dave.wait_for(lambda: bool(dave.of(ev.ServerError)), what="refusal")
+            [err] = dave.of(ev.ServerError)
+            assert (err.code, err.fatal) == (m.ErrorCode.NOT_ADMIN, False)
+            assert dave.closed is None and ann.closed is None
+            # Kick.
+            root.admin("kick", ann.sid or 0, reason="calm down")
+            await ann.wait_for(lambda: ann.closed is not None, what="kick")
+            assert ann.closed is not None and ann.closed.code == m.ErrorCode.KICKED
+            assert "kicked by root: calm down" in ann.closed.message
+            assert [(n.action, n.by, n.reason) for n in notices(ann)] == [
+                (m.AdminOp.KICK, root.sid, "calm down")
+            ]
+            await carol.wait_for(lambda: bool(carol.of(ev.UserLeft)), what="ann left")
+            assert carol.of(ev.UserLeft)[0].reason == m.LeaveReason.KICKED
+            # Ban.
+            bob_sid = bob.sid
+            root.admin("ban", bob_sid or 0, reason="spam")
+            await bob.wait_for(lambda: bob.closed is not None, what="ban")
+            assert bob.closed is not None and bob.closed.code == m.ErrorCode.KICKED
+            await root.wait_for(lambda: len(notices(root)) == 2, what="confirmation")
+            assert notices(root)[1].action == m.AdminOp.BAN
+            assert notices(root)[1].target == bob_sid
+            listed = await operator(server, "--list-bans")
+            assert base64.b64encode(bob_key.public_bytes()).decode() in listed
+            assert "bob" in listed and "spam" in listed
+            await bob.close()
+            bob = await connect("bob", identity=bob_key, login=False)
+            await bob.wait_for(lambda: bob.closed is not None, what="refused again")
+            assert bob.closed is not None and bob.closed.code == m.ErrorCode.KICKED
+            # Move: into a password-protected, full channel; everyone sees the membership.
+            root.admin("move", carol.sid or 0, vault, reason="meeting")
+            await carol.wait_for(lambda: carol.is_member(vault), what="moved")
+            assert [(n.action, n.channel_id, n.reason) for n in notices(carol)] == [
+                (m.AdminOp.MOVE, vault, "meeting")
+            ]
+            for watcher in (root, dave):
+                await watcher.wait_for(
+                    lambda w=watcher: carol.sid in w.session.roster.members(vault),
+                    what="carol in the vault",
+                )
+            assert carol.closed is None and carol.is_member(LOBBY)
+        finally:
+            for u in (root, ann, bob, carol, dave):
+                await u.close()
+
+    run(first_run)
+    assert server.stop() == 0
+    log = server.stderr_text()
+    assert "admin kick by sender=" in log and "admin ban by sender=" in log
+    assert "admin move by sender=" in log and "refused code=50" in log
+    for key in (root_key, bob_key):
+        assert base64.b64encode(key.public_bytes()).decode() not in log
+        assert key.public_bytes().hex() not in log
+
+    again = start_server(config=config, data_dir=server.data_dir)
+
+    async def second_run() -> None:
+        bob = await TestClient.connect(
+            again.host, again.port, again.pin, "bob", identity=bob_key, login=False
+        )
+        await bob.wait_for(lambda: bob.closed is not None, what="still banned")
+        assert bob.closed is not None and bob.closed.code == m.ErrorCode.KICKED
+        await bob.close()
+        ann = await TestClient.connect(  # only kicked: welcome back
+            again.host, again.port, again.pin, "ann", identity=ann_key
+        )
+        await asyncio.sleep(1.5)  # longer than the ban sweep
+        assert ann.closed is None
+        await ann.close()
+
+    run(second_run)

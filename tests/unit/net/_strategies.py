@@ -45,6 +45,8 @@ def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
             allow_nan=False,
             allow_infinity=False,
         )
+    if isinstance(t, mi.EnumType):
+        return st.sampled_from(list(t.cls))
     if isinstance(t, mi.BoolType):
         return st.booleans()
     if isinstance(t, mi.NoneType):

@@ -439,3 +439,34 @@ def test_random_valid_messages_never_escape_the_client(data: st.DataObject) -> N
         closed = [e for e in events if isinstance(e, ev.ConnectionClosed)]
         assert len(closed) <= 1
         assert (client.state is ClientState.CLOSED) == bool(closed) or not events
+
+
+def test_admin_intent_and_notice() -> None:
+    client = ready_client()
+    client.admin("kick", 8, reason="spam")
+    client.admin(m.AdminOp.BAN, 8)
+    client.admin("Move", 8, channel_id=2)
+    client.admin(3, 8, 2)  # a plain int is taken as an AdminOp value
+    assert parse(client.data_to_send()) == [
+        m.AdminAction(m.AdminOp.KICK, 8, reason="spam"),
+        m.AdminAction(m.AdminOp.BAN, 8),
+        m.AdminAction(m.AdminOp.MOVE, 8, 2),
+        m.AdminAction(m.AdminOp.MOVE, 8, 2),
+    ]
+    for bad in (
+        lambda: client.admin("promote", 8),
+        lambda: client.admin(9, 8),
+        lambda: client.admin("move", 8),  # a move needs a channel
+        lambda: client.admin("kick", 8, channel_id=2),  # and only a move has one
+        lambda: client.admin("kick", 0),
+    ):
+        with pytest.raises(LocalProtocolError):
+            bad()
+    assert client.data_to_send() == b""
+    events = client.receive_data(
+        frames(m.AdminNotice(m.AdminOp.MOVE, by=8, target=7, channel_id=2, reason="here")), T0
+    )
+    assert events == [ev.AdminNoticeReceived(m.AdminOp.MOVE, 8, 7, 2, "here")]
+    assert client.state is ClientState.READY
+    with pytest.raises(LocalProtocolError):
+        make_client("bob").admin("kick", 8)  # not READY

@@ -65,6 +65,7 @@ def test_strategies_cover_every_field_kind() -> None:
     assert kinds <= {
         mi.StructType,
         mi.IntType,
+        mi.EnumType,
         mi.FloatType,
         mi.BoolType,
         mi.NoneType,

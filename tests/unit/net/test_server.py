@@ -632,3 +632,178 @@ def test_keydist_that_does_not_parse_or_lies_about_its_sender_closes_only_that_s
     assert d.recv() != []  # dora saw alice and bob leave...
     # ...and still works: her real KeyDist reaches nobody else (no members left) without error.
     assert d.send(m.KeyDist(2, (1, 2), real_keydist(3, 2, [1, 2]))) == []
+
+
+# -- admin actions --------------------------------------------------------------------------------
+
+ROOT_KEY = identity("root")[1]
+KICK, BAN, MOVE = m.AdminOp.KICK, m.AdminOp.BAN, m.AdminOp.MOVE
+
+
+def admin_core(**kwargs: object) -> tuple[ServerCore, Raw, Raw, Raw]:
+    """A core whose admin is "root" (sender 1), with bob (2) and carol (3) logged in."""
+    c = core(admins=frozenset({ROOT_KEY}), **kwargs)
+    root, bob, carol = Raw(c, 1), Raw(c, 2), Raw(c, 3)
+    for raw, name in ((root, "root"), (bob, "bob"), (carol, "carol")):
+        raw.login(name)
+    for raw in (root, bob, carol):
+        raw.recv()
+    c.events()
+    return c, root, bob, carol
+
+
+def handled(c: ServerCore) -> list[ev.AdminActionHandled]:
+    return [e for e in c.events() if isinstance(e, ev.AdminActionHandled)]
+
+
+def test_admin_action_from_a_non_admin_is_refused_without_disconnecting() -> None:
+    c, root, bob, carol = admin_core()
+    for msg in (m.AdminAction(KICK, 3), m.AdminAction(BAN, 1), m.AdminAction(MOVE, 3, 2)):
+        [err] = bob.send(msg)
+        assert err == m.Error(m.ErrorCode.NOT_ADMIN, err.message, False, msg.channel_id)
+    assert carol.recv() == [] and root.recv() == []
+    events = c.events()
+    assert not any(isinstance(e, ev.SessionClosed | ev.BanRequested) for e in events)
+    admin = [e for e in events if isinstance(e, ev.AdminActionHandled)]
+    assert len(admin) == len(events)
+    assert [(e.sender_id, e.name, e.action, e.code) for e in admin] == [
+        (2, "bob", KICK, m.ErrorCode.NOT_ADMIN),
+        (2, "bob", BAN, m.ErrorCode.NOT_ADMIN),
+        (2, "bob", MOVE, m.ErrorCode.NOT_ADMIN),
+    ]
+    assert c.roster.channels_of(3) == {1}
+    assert bob.send(m.Ping(1, 0)) == [m.Pong(1, 0, 0)]  # still logged in
+
+
+def test_admin_action_on_unknown_target_or_channel() -> None:
+    c, root, bob, _ = admin_core()
+    refusals = [
+        (m.AdminAction(KICK, 99), m.ErrorCode.NO_SUCH_USER),
+        (m.AdminAction(MOVE, 99, 2), m.ErrorCode.NO_SUCH_USER),
+        (m.AdminAction(MOVE, 2, 77), m.ErrorCode.NO_SUCH_CHANNEL),
+        (m.AdminAction(MOVE, 2, 1), m.ErrorCode.ALREADY_MEMBER),
+    ]
+    for msg, code in refusals:
+        [err] = root.send(msg)
+        assert err == m.Error(code, err.message, False, msg.channel_id)
+    assert [e.code for e in handled(c)] == [code for _, code in refusals]
+    assert bob.recv() == []
+    # A target that left is unknown too (sender ids are never reused).
+    bob.send(m.Bye())
+    root.recv()
+    [err] = root.send(m.AdminAction(KICK, 2))
+    assert isinstance(err, m.Error) and err.code == m.ErrorCode.NO_SUCH_USER
+
+
+def test_admin_kick() -> None:
+    c, root, bob, carol = admin_core()
+    notice = m.AdminNotice(KICK, by=1, target=2, reason="spam")
+    assert root.send(m.AdminAction(KICK, 2, reason="spam")) == [
+        notice,
+        m.UserLeft(2, m.LeaveReason.KICKED),
+    ]
+    assert bob.recv() == [notice, m.Error(m.ErrorCode.KICKED, "kicked by root: spam", True)]
+    assert carol.recv() == [m.UserLeft(2, m.LeaveReason.KICKED)]
+    events = c.events()
+    assert events[0] == ev.AdminActionHandled(1, 1, "root", KICK, 2, "bob", None, "spam", 0)
+    [closed] = [e for e in events if isinstance(e, ev.SessionClosed)]
+    assert (closed.conn_id, closed.code) == (2, m.ErrorCode.KICKED)
+    assert not any(isinstance(e, ev.BanRequested) for e in events)
+    assert c.session_by_sender_id(2) is None
+    # The kicked user may come back (a kick is not a ban).
+    again = Raw(c, 4)
+    [ok] = again.login("bob")
+    assert isinstance(ok, m.LoginOk)
+
+
+def test_admin_ban_removes_every_session_of_the_key_and_asks_to_persist() -> None:
+    c, root, bob, carol = admin_core()
+    alt = Raw(c, 4)
+    alt.login("bobby", key_label="bob")  # the same identity key under another name
+    for raw in (root, bob, carol):
+        raw.recv()
+    c.events()
+    notice = m.AdminNotice(BAN, by=1, target=2)
+    assert root.send(m.AdminAction(BAN, 2)) == [
+        notice,
+        m.UserLeft(2, m.LeaveReason.KICKED),
+        m.UserLeft(4, m.LeaveReason.KICKED),
+    ]
+    assert bob.recv() == [notice, m.Error(m.ErrorCode.KICKED, "banned by root", True)]
+    assert alt.recv() == [
+        m.UserLeft(2, m.LeaveReason.KICKED),
+        m.Error(m.ErrorCode.KICKED, "banned by root", True),
+    ]
+    events = c.events()
+    assert ev.BanRequested(identity("bob")[1], "bob", "", "root") in events
+    assert {e.conn_id for e in events if isinstance(e, ev.SessionClosed)} == {2, 4}
+    assert set(c.roster.users) == {1, 3}
+    assert carol.send(m.Ping(1, 0)) == [
+        m.UserLeft(2, m.LeaveReason.KICKED),
+        m.UserLeft(4, m.LeaveReason.KICKED),
+        m.Pong(1, 0, 0),
+    ]
+
+
+def test_admin_move_ignores_password_and_member_limit() -> None:
+    c, root, bob, carol = admin_core()
+    carol.send(m.JoinChannel(4))  # "Small": max_members 1, now full
+    root.recv()
+    bob.recv()
+    for channel in (3, 4):  # "Secret" has a password, "Small" is full
+        notice = m.AdminNotice(MOVE, by=1, target=2, channel_id=channel, reason="over there")
+        joined = m.MembershipChanged(2, channel, True, True)
+        assert root.send(m.AdminAction(MOVE, 2, channel, "over there")) == [joined, notice]
+        assert bob.recv() == [joined, notice]
+        assert carol.recv() == [joined]
+    assert c.roster.channels_of(2) == {1, 3, 4}
+    assert c.roster.members(4) == {2, 3}
+    assert handled(c) == [
+        ev.AdminActionHandled(1, 1, "root", MOVE, 2, "bob", ch, "over there", 0) for ch in (3, 4)
+    ]
+    # The speak ACL still applies: "Stage" lets only Alice speak.
+    assert root.send(m.AdminAction(MOVE, 2, 5))[0] == m.MembershipChanged(2, 5, True, False)
+    assert not c.may_speak(2, 5)
+
+
+def test_admin_move_at_the_membership_cap_leaves_the_other_channels_first() -> None:
+    c, root, bob, carol = admin_core(max_memberships=3)
+    bob.send(m.JoinChannel(5))
+    bob.send(m.JoinChannel(2))
+    root.recv()
+    carol.recv()
+    assert c.roster.channels_of(2) == {1, 2, 5}
+    got = root.send(m.AdminAction(MOVE, 2, 3))
+    assert got == [
+        m.MembershipChanged(2, 2, False, False),
+        m.MembershipChanged(2, 5, False, False),
+        m.MembershipChanged(2, 3, True, True),
+        m.AdminNotice(MOVE, by=1, target=2, channel_id=3),
+    ]
+    assert bob.recv() == got
+    assert carol.recv() == got[:3]
+    assert c.roster.channels_of(2) == {1, 3}
+    # Below the cap nothing is left.
+    assert root.send(m.AdminAction(MOVE, 2, 2))[0] == m.MembershipChanged(2, 2, True, True)
+    assert c.roster.channels_of(2) == {1, 2, 3}
+
+
+def test_admin_move_with_a_cap_of_one_leaves_the_lobby_too() -> None:
+    c, root, _, _ = admin_core(max_memberships=1)
+    assert root.send(m.AdminAction(MOVE, 2, 2))[:2] == [
+        m.MembershipChanged(2, 1, False, False),
+        m.MembershipChanged(2, 2, True, True),
+    ]
+    assert c.roster.channels_of(2) == {2}
+    # Back to the Lobby: the non-Lobby channel is left.
+    root.send(m.AdminAction(MOVE, 2, 1))
+    assert c.roster.channels_of(2) == {1}
+    # The admin may move itself.
+    assert root.send(m.AdminAction(MOVE, 1, 2))[-1] == m.AdminNotice(MOVE, 1, 1, 2)
+    assert c.roster.channels_of(1) == {2}
+
+
+def test_admin_keys_are_validated() -> None:
+    with pytest.raises(LocalProtocolError):
+        ServerConfig(admins=frozenset({b"short"}))
+    assert ServerConfig(admins=frozenset({ROOT_KEY})).admins == {ROOT_KEY}
