@@ -1,0 +1,1287 @@
+"""Relay load: many simulated clients over real TLS and UDP through a real server process.
+
+The server (``python -m voipclient.server``) runs as a subprocess pinned to one core; this load
+generator runs on the other. Every client logs in over real TLS 1.3 (the server's key checked
+against the pin of its start line, a real Ed25519-signed login), joins its channel (so the
+server's roster holds real memberships), and validates its UDP address with the hop-control
+handshake (BIND -> CHALLENGE -> BIND_CONFIRM -> BIND_OK, real hop MACs). Talkers send real voice
+datagrams: a real :class:`SenderKey` per talker (AES-256-GCM sealing of an 84-byte payload, the
+size of a 20 ms Opus frame at 32 kb/s) plus the real c2s hop MAC, 50 packets/s each, staggered
+over the 20 ms frame. The relay runs every check on them (hop MAC, validated address, ACL,
+replay window, rate limit) and re-MACs every copy per listener. The end-to-end key exchange
+(KeyDists) is left out: the relay is blind, it only needs valid hop MACs, and listeners do not
+decrypt here (a sample of received copies is checked against each listener's s2c hop key).
+
+Datagrams are sealed before the measuring window and sent in paced batches from each talker's
+own validated UDP socket; every listener socket is read with non-blocking reads driven by one
+epoll. The header (sender_id, ctr) that the relay never changes identifies each copy, so the
+time through the relay is receive time minus send time (both this process's monotonic clock;
+it includes the loopback hops and this generator's own reaction time).
+
+Per run (0.5 s of warm-up, then the measuring window): loss % = 1 - received copies / expected
+copies, where expected = datagrams sent x (validated members of the channel - 1);
+``in_pps`` = datagrams sent per second; ``forwarded_pps`` = copies the relay sent per second
+(its stats line: with 10 members per channel each datagram makes 9 copies); server CPU % from
+/proc/PID/stat (utime + stime) over the window; RSS from /proc/PID/status. Kernel socket drops
+(/proc/net/udp) tell where a loss happened: at the server's socket (the relay did not keep up)
+or at the listeners' sockets (this generator did not). The busy time of both cores minus our two
+processes (``foreign_cpu_pct``) tells whether other processes got in the way: the machine is
+shared, so a run starts only once the cores are quiet (or after a bounded wait), a load whose
+first run is close to the limits runs again, and its verdict is the majority of up to three runs.
+
+    python benchmarks/relay_load.py                      # the sweep (what `make bench` runs)
+    python benchmarks/relay_load.py --clients 500 --channels 50 --talkers 100 --seconds 5
+
+The sweep keeps 500 clients in 50 channels and raises the number of talkers until a load fails
+the criteria (loss <= 0.1 % and p99 <= 10 ms), then tries the middle of the last gap. Prints
+readable lines, then one JSON line: the best passing load's figures and every load's figures.
+Everything stays on 127.0.0.1, bounded in time; the server is always killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import gc
+import gzip
+import json
+import math
+import os
+import re
+import resource
+import select
+import signal
+import socket
+import ssl
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voipclient.crypto.hop import HopMac, derive_hop_keys
+from voipclient.crypto.identity import IdentityKey
+from voipclient.crypto.media import HEADER_STRUCT, PTYPE_VOICE, SenderKey
+from voipclient.crypto.replay import ReplayWindow
+from voipclient.net import events as ev
+from voipclient.net import hopctl
+from voipclient.net.client import ClientSession
+from voipclient.server.tls import pin_of_der_certificate
+
+HOST = "127.0.0.1"
+PACKETS_PER_S = 50  # one 20 ms frame per packet, per talker (the relay allows 100/s per session)
+OPUS_FRAME = 80  # bytes: 32 kb/s x 20 ms
+PAYLOAD_LEN = 4 + OPUS_FRAME  # frame_no + the Opus frame, as the client sends it
+LOSS_LIMIT_PCT = 0.1
+P99_LIMIT_MS = 10.0
+LOBBY_ID = 1  # channel ids: the Lobby is 1, configured channels 2, 3, ... in file order
+START_LINE = re.compile(
+    r"^voipclient-server listening on (?P<host>\S+):(?P<port>\d+) \(tcp\+udp\) "
+    r"pin=(?P<pin>sha256/[A-Za-z0-9+/]{43}=)$"
+)
+START_TIMEOUT = 30.0  # s
+LOGIN_CONCURRENCY = 32  # TLS handshakes + logins in flight (below the server's default cap, 64)
+CONTROL_TICK = 1.0  # s between control-session services (Pings, timers, coalesced input)
+STATS_INTERVAL = 0.5  # s between the server's JSON stats lines
+DRAIN_S = 0.3  # s of silence after the last datagram was sent that ends a run ...
+MAX_DRAIN_S = 2.0  # ... or this long after it: later copies count as lost
+WARMUP_S = 0.5  # s of sending before the measuring window opens (not counted)
+CONTROL_SLICE = 0.02  # s: during a step, one slice of the control sessions is serviced this often
+QUIET_PCT = 15.0  # a step starts once the server and other processes use less CPU than this ...
+QUIET_WAIT_S = 15.0  # ... or after this long
+QUIET_SAMPLE_S = 0.3
+NOISY_PCT = 10.0  # foreign CPU % on our cores during a step that makes it worth another try
+SWEEP_LAYOUT = (500, 50)  # clients, channels
+SWEEP_TALKERS = (50, 100, 150, 200, 250, 300, 400, 500)
+SWEEP_SECONDS = 5.0
+REF_TALKERS = 150  # the load at which the sweep also measures the bare reference loop
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+# -- the server process -------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: SIGKILL the server if this benchmark dies without its finally blocks."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def server_config(channels: int, clients: int) -> str:
+    """server.toml for the benchmark: every other setting at its default, but the session caps
+    raised (all clients come from 127.0.0.1; the per-IP cap also bounds handshakes in flight),
+    stats every 0.5 s, and ``channels`` channels under the Lobby."""
+    cap = clients + 16
+    lines = [
+        "[server]",
+        'name = "relay-load"',
+        f"stats_interval = {STATS_INTERVAL}",
+        'log_level = "info"',
+        "",
+        "[limits]",
+        f"max_sessions = {cap}",
+        f"max_sessions_per_ip = {cap}",
+        "",
+    ]
+    for i in range(channels):
+        lines += ["[[channels]]", f'name = "bench-{i + 1:03d}"', ""]
+    return "\n".join(lines)
+
+
+def channel_ids(channels: int) -> list[int]:
+    return [LOBBY_ID + 1 + i for i in range(channels)]
+
+
+def spawn(cmd: list[str], out: Path, err: Path, cpu: int | None) -> subprocess.Popen[bytes]:
+    """A child process with stdout and stderr to files, pinned to ``cpu`` when given."""
+    env = dict(os.environ)
+    env.pop("VOIPCLIENT_SERVER_PASSWORD", None)
+    with out.open("wb") as fo, err.open("wb") as fe:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fo,
+            stderr=fe,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            # Only sets the parent-death signal; this process has no threads.
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+        )
+    if cpu is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(proc.pid, {cpu})
+    return proc
+
+
+def first_line(proc: subprocess.Popen[bytes], out: Path, err: Path) -> str:
+    """The first line the child printed (waits up to START_TIMEOUT; kills it on failure)."""
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            text = out.read_text(errors="replace")
+            if "\n" in text:
+                return text.splitlines()[0]
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"{proc.args!r} did not start; stderr:\n{err.read_text()}")
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+
+
+@dataclass
+class Proc:
+    """A child process on 127.0.0.1 that relays UDP on ``port``."""
+
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    cpu: int | None  # the core it is pinned to
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def cpu_ticks(self) -> int:
+        """utime + stime of the process (all threads), in clock ticks."""
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+@dataclass
+class Server(Proc):
+    pin: str
+    stdout_path: Path
+    stderr_path: Path
+
+    @classmethod
+    def start(cls, workdir: Path, channels: int, clients: int, cpu: int | None) -> Server:
+        cfg = workdir / "server.toml"
+        cfg.write_text(server_config(channels, clients))
+        out, err = workdir / "stdout.txt", workdir / "stderr.txt"
+        cmd = [
+            sys.executable,
+            "-m",
+            "voipclient.server",
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--data-dir",
+            str(workdir / "data"),
+            "--config",
+            str(cfg),
+        ]
+        proc = spawn(cmd, out, err, cpu)
+        line = first_line(proc, out, err)
+        match = START_LINE.match(line)
+        if match is None:
+            proc.kill()
+            proc.wait(10)
+            raise RuntimeError(f"unparseable start line: {line!r}")
+        return cls(proc, match["host"], int(match["port"]), cpu, match["pin"], out, err)
+
+    def stats(self) -> dict[str, Any] | None:
+        """The newest JSON stats line the server printed."""
+        with self.stdout_path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            tail = f.read().decode(errors="replace").splitlines()
+        for line in reversed(tail):
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    data: dict[str, Any] = json.loads(line)
+                    if data.get("type") == "stats":
+                        return data
+        return None
+
+    def stats_after(self, wall: float, timeout: float = 3.0) -> dict[str, Any]:
+        """The first stats line stamped after ``wall`` (time.time())."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if stats is not None and stats["time"] > wall:
+                return stats
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the server printed no fresh stats line")
+            time.sleep(0.05)
+
+    def event_loop(self) -> str:
+        match = re.search(r"event loop (\w+)", self.stderr_path.read_text(errors="replace"))
+        return match.group(1) if match else "?"
+
+
+#: The same-run reference: a bare UDP fan-out loop as the server's adapter runs it (uvloop when
+#: installed, the socket drained in batches from add_reader, one sendto per copy), without any
+#: check or MAC. A client registers with "JOIN" + channel id (u32); a datagram is copied as it is
+#: to every other member of the channel named by its bytes 4..8.
+BARE_RELAY = """
+import asyncio, socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+sock.setblocking(False)
+for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+    sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+members = {}
+def readable():
+    recvfrom, sendto = sock.recvfrom, sock.sendto
+    for _ in range(256):
+        try:
+            data, addr = recvfrom(2048)
+        except BlockingIOError:
+            break
+        except OSError:
+            continue
+        if len(data) == 8 and data[:4] == b"JOIN":
+            members.setdefault(int.from_bytes(data[4:8], "big"), []).append(addr)
+            sendto(b"OK", addr)
+            continue
+        for dst in members.get(int.from_bytes(data[4:8], "big"), ()):
+            if dst != addr:
+                try:
+                    sendto(data, dst)
+                except OSError:
+                    pass
+async def main():
+    asyncio.get_running_loop().add_reader(sock.fileno(), readable)
+    print(sock.getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+try:
+    import uvloop
+    runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+except ImportError:
+    runner = asyncio.Runner()
+with runner:
+    runner.run(main())
+"""
+
+
+@dataclass
+class BareRelay(Proc):
+    @classmethod
+    def start(cls, workdir: Path, cpu: int | None) -> BareRelay:
+        out, err = workdir / "bare-stdout.txt", workdir / "bare-stderr.txt"
+        proc = spawn([sys.executable, "-c", BARE_RELAY], out, err, cpu)
+        return cls(proc, HOST, int(first_line(proc, out, err)), cpu)
+
+
+def core_times(cpu: int | None) -> list[int]:
+    """/proc/stat times of one core (user nice system idle iowait irq softirq steal), ticks."""
+    if cpu is None:
+        return [0] * 8
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith(f"cpu{cpu} "):
+                return [int(x) for x in line.split()[1:9]]
+    return [0] * 8
+
+
+def core_usage(before: list[int], after: list[int]) -> dict[str, float]:
+    """Busy, softirq and steal % of a core between two core_times() readings."""
+    d = [a - b for a, b in zip(after, before, strict=True)]
+    total = sum(d) or 1
+    busy = total - d[3] - d[4]
+    return {
+        "busy": round(100.0 * busy / total, 1),
+        "softirq": round(100.0 * d[6] / total, 1),
+        "steal": round(100.0 * d[7] / total, 1),
+    }
+
+
+def _irq_time_accounted() -> bool:
+    """Whether the kernel keeps softirq time out of the tasks' utime/stime. Without it (tick
+    accounting) the softirq work of the loopback path is charged to the process that triggered
+    it, here mostly the server's sendto."""
+    with contextlib.suppress(OSError, EOFError), gzip.open("/proc/config.gz", "rt") as f:
+        return "CONFIG_IRQ_TIME_ACCOUNTING=y" in f.read()
+    return False
+
+
+IRQ_TIME_ACCOUNTED = _irq_time_accounted()
+
+
+def foreign_pct(
+    server_core: dict[str, float], gen_core: dict[str, float], server_pct: float, gen_pct: float
+) -> float:
+    """CPU % that other processes took on our two cores (this is a shared machine): each core's
+    busy time minus the process pinned to it (and minus softirq time when the kernel accounts
+    it apart from the processes)."""
+
+    def other(core: dict[str, float], own: float) -> float:
+        irq = core["softirq"] if IRQ_TIME_ACCOUNTED else 0.0
+        return max(0.0, core["busy"] - irq - own)
+
+    return round(other(server_core, server_pct) + other(gen_core, gen_pct), 1)
+
+
+def own_cpu_ticks() -> int:
+    t = os.times()
+    return round((t.user + t.system) * CLK_TCK)
+
+
+def udp_drops(ports: set[int]) -> dict[int, int]:
+    """Kernel receive drops per local UDP port on 127.0.0.1 (/proc/net/udp, cumulative)."""
+    out: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            parts = line.split()
+            addr, _, port_hex = parts[1].partition(":")
+            port = int(port_hex, 16)
+            if addr == "0100007F" and port in ports:
+                out[port] = out.get(port, 0) + int(parts[-1])
+    return out
+
+
+# -- clients ------------------------------------------------------------------------------------
+
+
+def client_ssl_context() -> ssl.SSLContext:
+    """TLS 1.3 without CA or host name: the pin is checked before any application byte."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class _Control(asyncio.Protocol):
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client.connection_made(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.client.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.lost = True
+        if not self.client.logged_in.done():
+            self.client.logged_in.set_exception(ConnectionError("connection lost before login"))
+
+
+@dataclass(eq=False)
+class Client:
+    """One simulated user: a real ClientSession over TLS, and a UDP socket."""
+
+    index: int
+    pin: str
+    channel: int
+    identity: IdentityKey = field(default_factory=IdentityKey.generate)
+    transport: asyncio.Transport | None = None
+    inbox: list[bytes] = field(default_factory=list)
+    urgent: bool = True  # feed input at once (login); later it is coalesced per control tick
+    lost: bool = False
+    closed: str | None = None
+    sid: int | None = None
+    c2s: HopMac | None = None
+    s2c: HopMac | None = None
+    joined: bool = False
+    udp: socket.socket | None = None
+    hop_seq: int = 0
+    bound: bool = False
+    sender_key: SenderKey | None = None
+    ref_udp: socket.socket | None = None  # registered with the bare relay
+
+    def __post_init__(self) -> None:
+        self.name = f"bench{self.index:04d}"
+        self.session = ClientSession(self.name, self.identity.public_bytes(), self.identity.sign)
+        self.loop = asyncio.get_running_loop()
+        self.logged_in: asyncio.Future[None] = self.loop.create_future()
+        self.hop_window = ReplayWindow()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der is None or pin_of_der_certificate(der) != self.pin:
+            transport.abort()  # before any application byte
+            self.logged_in.set_exception(RuntimeError("server key does not match the pin"))
+            return
+        self.transport = transport
+        self.session.start(self.loop.time())
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.inbox.append(data)
+        if self.urgent:
+            self.feed()
+
+    def feed(self) -> None:
+        """Hand buffered input to the session (coalesced: one roster snapshot per call)."""
+        if not self.inbox:
+            return
+        data = b"".join(self.inbox)
+        self.inbox.clear()
+        self.handle(self.session.receive_data(data, self.loop.time()))
+
+    def tick(self) -> None:
+        self.feed()
+        self.handle(self.session.handle_timer(self.loop.time()))
+
+    def handle(self, events: list[ev.ClientEvent]) -> None:
+        for event in events:
+            if isinstance(event, ev.LoggedIn):
+                self.sid = event.sender_id
+                k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
+                self.c2s, self.s2c = HopMac(k_c2s), HopMac(k_s2c)
+                if not self.logged_in.done():
+                    self.logged_in.set_result(None)
+            elif isinstance(event, ev.MembershipChanged):
+                if event.sender_id == self.sid and event.channel_id == self.channel:
+                    self.joined = event.joined
+            elif isinstance(event, ev.ConnectionClosed):
+                self.closed = f"{event.reason.value}: {event.message}"
+                if not self.logged_in.done():
+                    self.logged_in.set_exception(ConnectionError(self.closed))
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.session.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # -- UDP --------------------------------------------------------------------------------------
+
+    def open_udp(self, server: tuple[str, int]) -> socket.socket:
+        self.udp = connected_udp(server)
+        return self.udp
+
+    def next_seq(self) -> int:
+        self.hop_seq += 1
+        return self.hop_seq - 1
+
+    def send_bind(self) -> None:
+        assert self.udp is not None and self.c2s is not None and self.sid is not None
+        with contextlib.suppress(BlockingIOError):
+            self.udp.send(hopctl.encode_bind(self.c2s, self.sid, self.next_seq()))
+
+    def hop_datagram(self, data: bytes) -> None:
+        assert self.udp is not None and self.c2s is not None and self.s2c is not None
+        msg = hopctl.open_hop_control(data, self.s2c, self.hop_window, ptypes=hopctl.S2C_PTYPES)
+        if msg is None or self.sid is None:
+            return
+        if msg.ptype == hopctl.PTYPE_CHALLENGE:
+            confirm = hopctl.encode_bind_confirm(self.c2s, self.sid, self.next_seq(), msg.body)
+            with contextlib.suppress(BlockingIOError):
+                self.udp.send(confirm)
+        elif msg.ptype == hopctl.PTYPE_BIND_OK:
+            self.bound = True
+
+
+def connected_udp(peer: tuple[str, int]) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    sock.connect(peer)  # only the relay's datagrams are accepted; send() needs no address
+    sock.setblocking(False)
+    return sock
+
+
+def register_bare(clients: list[Client], relay: BareRelay, timeout: float = 10.0) -> None:
+    """Every client's second socket joins its channel on the bare relay."""
+    ep = select.epoll()
+    by_fd: dict[int, Client] = {}
+    done: set[int] = set()
+    try:
+        for c in clients:
+            c.ref_udp = sock = connected_udp((relay.host, relay.port))
+            by_fd[sock.fileno()] = c
+            ep.register(sock.fileno(), select.EPOLLIN)
+            sock.send(b"JOIN" + struct.pack(">I", c.channel))
+        deadline = time.monotonic() + timeout
+        while len(done) < len(clients):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the bare relay did not answer every JOIN")
+            for fd, _ in ep.poll(0.05):
+                with contextlib.suppress(BlockingIOError):
+                    if by_fd[fd].ref_udp.recv(16) == b"OK":  # type: ignore[union-attr]
+                        done.add(fd)
+    finally:
+        ep.close()
+
+
+async def control_ticks(clients: list[Client], stop: asyncio.Event) -> None:
+    """Service every control session once per CONTROL_TICK: coalesced input, Pings, timers."""
+    while not stop.is_set():
+        for c in clients:
+            if not c.lost:
+                c.tick()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), CONTROL_TICK)
+
+
+async def login_all(server: Server, channels: list[int], n: int, timeout: float) -> list[Client]:
+    """n clients logged in over TLS, client i destined for channels[i % len(channels)]."""
+    loop = asyncio.get_running_loop()
+    ctx = client_ssl_context()
+    sem = asyncio.Semaphore(LOGIN_CONCURRENCY)
+    clients = [Client(i, server.pin, channels[i % len(channels)]) for i in range(n)]
+
+    async def one(c: Client) -> None:
+        async with sem:
+            await loop.create_connection(lambda: _Control(c), server.host, server.port, ssl=ctx)
+            await asyncio.wait_for(c.logged_in, timeout)
+            c.urgent = False
+
+    await asyncio.wait_for(asyncio.gather(*(one(c) for c in clients)), timeout)
+    return clients
+
+
+async def join_all(clients: list[Client], timeout: float) -> None:
+    for c in clients:
+        c.session.join(c.channel)
+        c.flush()
+    deadline = time.monotonic() + timeout
+    while not all(c.joined for c in clients):
+        if time.monotonic() > deadline:
+            missing = sum(not c.joined for c in clients)
+            raise TimeoutError(f"{missing} clients did not get their join confirmed")
+        await asyncio.sleep(0.1)
+        for c in clients:
+            if not c.joined:
+                c.feed()
+
+
+def bind_all(clients: list[Client], server: tuple[str, int], timeout: float = 10.0) -> None:
+    """Validate every client's UDP address (BIND, CHALLENGE, BIND_CONFIRM, BIND_OK)."""
+    ep = select.epoll()
+    by_fd: dict[int, Client] = {}
+    try:
+        for c in clients:
+            sock = c.open_udp(server)
+            by_fd[sock.fileno()] = c
+            ep.register(sock.fileno(), select.EPOLLIN)
+        deadline = time.monotonic() + timeout
+        next_try = 0.0
+        while not all(c.bound for c in clients) and time.monotonic() < deadline:
+            if time.monotonic() >= next_try:  # at most 2 BINDs/s per session are answered
+                for c in clients:
+                    if not c.bound:
+                        c.send_bind()
+                next_try = time.monotonic() + 1.0
+            for fd, _ in ep.poll(0.05):
+                c = by_fd[fd]
+                with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+                    while True:
+                        data = c.udp.recv(2048)  # type: ignore[union-attr]
+                        if len(data) == hopctl.HOP_CONTROL_LEN:
+                            c.hop_datagram(data)
+    finally:
+        ep.close()
+
+
+# -- one step -----------------------------------------------------------------------------------
+
+
+def pick_talkers(clients: list[Client], channels: list[int], talkers: int) -> list[Client]:
+    """Talkers spread round-robin over the channels (one per channel, then a second, ...)."""
+    members = {ch: [c for c in clients if c.channel == ch and c.bound] for ch in channels}
+    out: list[Client] = []
+    depth = 0
+    while len(out) < talkers:
+        added = False
+        for ch in channels:
+            if depth < len(members[ch]) and len(out) < talkers:
+                out.append(members[ch][depth])
+                added = True
+        if not added:
+            break
+        depth += 1
+    return out
+
+
+@dataclass
+class Talker:
+    client: Client
+    key: SenderKey
+    sid_bytes: bytes = b""
+
+
+def make_talkers(picked: list[Client]) -> list[Talker]:
+    """One sender key per client for the whole run: its ctr goes on across steps, so the
+    relay's replay window sees only new packets."""
+    out = []
+    for c in picked:
+        assert c.sid is not None
+        if c.sender_key is None:
+            c.sender_key = SenderKey(c.channel, c.sid)
+            c.sender_key.new_generation(0, os.urandom(64))
+        out.append(Talker(c, c.sender_key, struct.pack(">I", c.sid)))
+    return out
+
+
+def run_step(
+    server: Proc,
+    clients: list[Client],
+    talkers: list[Talker],
+    seconds: float,
+    gen_cpu: int | None,
+) -> dict[str, Any]:
+    """Send ``seconds`` of voice from every talker and measure what comes back, through the
+    relay server or (``server`` a :class:`BareRelay`) through the bare reference loop."""
+    real = isinstance(server, Server)
+
+    def sock_of(c: Client) -> socket.socket | None:
+        return c.udp if real else c.ref_udp
+
+    t_count = len(talkers)
+    warm_frames = round(WARMUP_S * PACKETS_PER_S)
+    frames = warm_frames + max(1, round(seconds * PACKETS_PER_S))
+    rate = t_count * PACKETS_PER_S  # datagrams/s in
+    n = t_count * frames
+    opus = os.urandom(OPUS_FRAME)
+
+    # Pre-seal every datagram (real AES-GCM + c2s hop MAC) in send order: k -> talker k % T.
+    sends: list[Callable[[bytes], int]] = []
+    datagrams: list[bytes] = []
+    ctr0: list[int] = []
+    talker_socks = [sock_of(t.client) for t in talkers]
+    for frame in range(frames):
+        payload = struct.pack(">I", frame) + opus
+        for i, t in enumerate(talkers):
+            c2s, sock = t.client.c2s, talker_socks[i]
+            assert c2s is not None and sock is not None
+            dg = c2s.append(t.key.seal(PTYPE_VOICE, payload))
+            if frame == 0:
+                ctr0.append(HEADER_STRUCT.unpack_from(dg)[6])
+            sends.append(sock.send)
+            datagrams.append(dg)
+    talker_of_sid = {t.sid_bytes: i for i, t in enumerate(talkers)}
+
+    # Expected copies: validated members of the channel, minus the talker.
+    validated: dict[int, int] = {}
+    for c in clients:
+        if c.bound if real else c.ref_udp is not None:
+            validated[c.channel] = validated.get(c.channel, 0) + 1
+    expected_per_dg = [validated[t.client.channel] - 1 for t in talkers]
+    expected = (frames - warm_frames) * sum(expected_per_dg)
+
+    socks = {c: sock for c in clients if (c.bound or not real) and (sock := sock_of(c))}
+    ep = select.epoll()
+    recv_of: dict[int, Callable[[int], bytes]] = {}
+    data_lists: dict[int, list[bytes]] = {}
+    time_lists: dict[int, list[float]] = {}
+    client_of_fd: dict[int, Client] = {}
+    for c, sock in socks.items():
+        fd = sock.fileno()
+        ep.register(fd, select.EPOLLIN)
+        recv_of[fd] = sock.recv
+        data_lists[fd] = []
+        time_lists[fd] = []
+        client_of_fd[fd] = c
+    ports = {sock.getsockname()[1] for sock in socks.values()}
+    stale = 0  # copies that arrived after an earlier run had stopped listening
+    for sock in socks.values():
+        with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+            while sock.recv(2048):
+                stale += 1
+    drops_before = udp_drops({*ports, server.port})
+    stats_before = server.stats_after(time.time() - 10) if isinstance(server, Server) else {}
+
+    send_times = [0.0] * n
+    perf = time.perf_counter
+    poll = ep.poll
+    interval = 1.0 / rate
+    k = 0
+    send_errors = 0
+    # The control sessions keep running during the step: every CONTROL_SLICE s a slice of the
+    # clients is ticked (due Pings go out, as real clients send them; Pongs are read after).
+    slices = max(1, round(CONTROL_TICK / CONTROL_SLICE))
+    next_slice, slice_no = 0.0, 0
+    measure_from = warm_frames * t_count  # the first datagram that counts
+    t0 = perf() + 0.01
+    t_measure = t_stop = t_first = last_rx = 0.0
+    cpu0 = own0 = cpu1 = own1 = 0
+    core0 = core1 = ([0] * 8, [0] * 8)
+    gc.disable()
+    try:
+        while True:
+            now = perf()
+            if k < n:
+                due = min(n, int((now - t0) * rate) + 1)
+                if k < measure_from < due:
+                    due = measure_from  # stop at the boundary to take the readings
+                while k < due:
+                    try:
+                        sends[k](datagrams[k])
+                    except OSError:
+                        send_errors += 1
+                    send_times[k] = perf()
+                    k += 1
+                if not t_first:
+                    t_first = send_times[0]
+                if k == measure_from and not t_measure:
+                    cpu0, own0 = server.cpu_ticks(), own_cpu_ticks()
+                    core0 = core_times(server.cpu), core_times(gen_cpu)
+                    t_measure = perf()
+                if k >= n:
+                    t_stop = perf()
+                    cpu1, own1 = server.cpu_ticks(), own_cpu_ticks()
+                    core1 = core_times(server.cpu), core_times(gen_cpu)
+                    wait = 0.0
+                else:
+                    wait = t0 + k * interval - perf()
+                    wait = 0.0 if wait < 0 else (0.001 if wait > 0.001 else wait)
+                if now >= next_slice:
+                    for c in clients[slice_no % slices :: slices]:
+                        c.tick()
+                    slice_no += 1
+                    next_slice = now + CONTROL_SLICE
+            else:
+                # Listen on until nothing came for DRAIN_S (a backlog in the relay drains),
+                # at most MAX_DRAIN_S: what arrives later counts as lost.
+                if now - t_stop > MAX_DRAIN_S or (
+                    now - t_stop > DRAIN_S and now - last_rx > DRAIN_S
+                ):
+                    break
+                wait = 0.01
+            # Level-triggered: one datagram per ready socket and poll, so no read ever fails
+            # with EAGAIN (an exception costs more than the read); what is left is reported
+            # again by the next poll.
+            for fd, _ in poll(wait):
+                try:
+                    data = recv_of[fd](2048)
+                except (BlockingIOError, ConnectionRefusedError):
+                    continue
+                last_rx = t_rx = perf()
+                data_lists[fd].append(data)
+                time_lists[fd].append(t_rx)
+    finally:
+        gc.enable()
+        ep.close()
+    window = t_stop - t_measure
+    drops_after = udp_drops({*ports, server.port})
+    stats_after = server.stats_after(time.time()) if isinstance(server, Server) else {}
+    rss = server.rss_mb()
+
+    # Time through the relay, loss, and a spot check of the relay's s2c hop MACs.
+    latencies: list[float] = []
+    received = received_all = 0
+    unknown = 0
+    mac_checked = mac_bad = 0
+    for fd, data_list in data_lists.items():
+        time_list = time_lists[fd]
+        listener = client_of_fd[fd]
+        assert listener.s2c is not None
+        checked_here = 0
+        for data, t_rx in zip(data_list, time_list, strict=True):
+            ti = talker_of_sid.get(data[8:12])
+            if ti is None or len(data) == hopctl.HOP_CONTROL_LEN:
+                unknown += 1
+                continue
+            frame = int.from_bytes(data[16:20], "big") - ctr0[ti]
+            if not 0 <= frame < frames:
+                unknown += 1
+                continue
+            received_all += 1
+            if frame < warm_frames:
+                continue
+            received += 1
+            latencies.append(t_rx - send_times[frame * t_count + ti])
+            if real and checked_here < 2:
+                checked_here += 1
+                mac_checked += 1
+                mac_bad += not listener.s2c.verify(data)
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        if not latencies:
+            return float("nan")
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
+
+    def delta(key: str) -> int:
+        if not real:  # the bare loop has no counters: what arrived (all of it, warm-up too)
+            return received_all if key == "copies_udp" else 0
+        return int(stats_after[key]) - int(stats_before[key])
+
+    relay_drops = {
+        name: stats_after["drops"][name] - stats_before["drops"].get(name, 0)
+        for name in stats_after.get("drops", {})
+        if stats_after["drops"][name] - stats_before["drops"].get(name, 0)
+    }
+    server_socket_drops = drops_after.get(server.port, 0) - drops_before.get(server.port, 0)
+    listener_drops = sum(drops_after.get(p, 0) - drops_before.get(p, 0) for p in ports)
+    loss_pct = 100.0 * (1.0 - received / expected) if expected else float("nan")
+    p99 = pct(99)
+    server_cpu = 100.0 * (cpu1 - cpu0) / CLK_TCK / window
+    gen_cpu_pct = 100.0 * (own1 - own0) / CLK_TCK / window
+    server_core = core_usage(core0[0], core1[0])
+    gen_core = core_usage(core0[1], core1[1])
+    foreign = (
+        foreign_pct(server_core, gen_core, server_cpu, gen_cpu_pct)
+        if server.cpu is not None and gen_cpu is not None
+        else None
+    )
+    figures: dict[str, Any] = {
+        "clients": len(clients),
+        "channels": len({c.channel for c in clients}),
+        "talkers": t_count,
+        "seconds": round(window, 2),
+        "in_pps": round((n - measure_from) / window),
+        "forwarded_pps": round(delta("copies_udp") / (t_stop - t_first)),
+        "delivered_pps": round(received / window),
+        "expected_copies": expected,
+        "received_copies": received,
+        "loss_pct": round(loss_pct, 4),
+        "p50_ms": round(pct(50), 3),
+        "p90_ms": round(pct(90), 3),
+        "p99_ms": round(p99, 3),
+        "max_ms": round(latencies[-1] * 1000, 3) if latencies else None,
+        "server_cpu_pct": round(server_cpu, 1),
+        "server_rss_mb": round(rss, 1),
+        "generator_cpu_pct": round(gen_cpu_pct, 1),
+        "server_core": server_core,
+        "generator_core": gen_core,
+        "foreign_cpu_pct": foreign,
+        "relay_in": delta("packets_in"),
+        "relay_forwarded": delta("forwarded"),
+        "relay_copies": delta("copies_udp"),
+        "relay_drops": relay_drops,
+        "server_send_dropped": delta("udp_send_dropped") + delta("udp_send_errors"),
+        "server_socket_drops": server_socket_drops,
+        "listener_socket_drops": listener_drops,
+        "send_errors": send_errors,
+        "unknown_datagrams": unknown,
+        "stale_datagrams": stale,
+        "s2c_mac_checked": mac_checked,
+        "s2c_mac_bad": mac_bad,
+    }
+    passed = (
+        expected > 0
+        and loss_pct <= LOSS_LIMIT_PCT
+        and p99 <= P99_LIMIT_MS
+        and mac_bad == 0
+        and send_errors == 0
+    )
+    figures["passed"] = passed
+    return figures
+
+
+def clear_verdict(f: dict[str, Any]) -> bool:
+    """A run that passed or failed by a wide margin, without other processes in the way."""
+    if (f["foreign_cpu_pct"] or 0) > NOISY_PCT:
+        return False
+    p50, p99, loss = float(f["p50_ms"]), float(f["p99_ms"]), float(f["loss_pct"])
+    if f["passed"]:
+        return p99 <= P99_LIMIT_MS / 2 and loss <= LOSS_LIMIT_PCT / 2
+    return p50 > P99_LIMIT_MS or loss > 10 * LOSS_LIMIT_PCT
+
+
+def describe(f: dict[str, Any]) -> str:
+    return (
+        f"talkers {f['talkers']:>4}: in {f['in_pps']:>6}/s  forwarded {f['forwarded_pps']:>7}/s  "
+        f"loss {f['loss_pct']:.3f} %  p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms  "
+        f"server cpu {f['server_cpu_pct']:.0f} % (core {f['server_core']['busy']:.0f} %, "
+        f"softirq {f['server_core']['softirq']:.0f} %)  generator cpu "
+        f"{f['generator_cpu_pct']:.0f} % (core {f['generator_core']['busy']:.0f} %)  "
+        f"rss {f['server_rss_mb']:.0f} MB  drops srv/lis {f['server_socket_drops']}/"
+        f"{f['listener_socket_drops']}  others {f['foreign_cpu_pct']} %  "
+        f"{'PASS' if f['passed'] else 'FAIL'}"
+    )
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+#: What the final JSON line keeps of each load step (every run's details are printed above it).
+STEP_KEYS = (
+    "talkers",
+    "in_pps",
+    "forwarded_pps",
+    "loss_pct",
+    "p50_ms",
+    "p99_ms",
+    "server_cpu_pct",
+    "generator_cpu_pct",
+    "foreign_cpu_pct",
+    "runs",
+    "passed_runs",
+    "passed",
+)
+
+
+def no_nan(value: Any) -> Any:
+    """NaN (no datagram arrived) as null: the JSON line stays strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [no_nan(v) for v in value]
+    return value
+
+
+def cpu_us_per_copy(f: dict[str, Any]) -> float:
+    """Process CPU per forwarded copy (its share of the datagram's checks included), in us."""
+    return float(f["server_cpu_pct"]) / 100 / max(1, int(f["forwarded_pps"])) * 1e6
+
+
+def sanity_totals(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counters over every run that should stay at zero (or tell where a loss happened)."""
+    relay_drops: dict[str, int] = {}
+    for f in runs:
+        for name, count in f["relay_drops"].items():
+            relay_drops[name] = relay_drops.get(name, 0) + count
+    return {
+        "runs": len(runs),
+        "relay_drops": relay_drops,
+        "server_socket_drops": sum(f["server_socket_drops"] for f in runs),
+        "listener_socket_drops": sum(f["listener_socket_drops"] for f in runs),
+        "server_send_dropped": sum(f["server_send_dropped"] for f in runs),
+        "send_errors": sum(f["send_errors"] for f in runs),
+        "unknown_datagrams": sum(f["unknown_datagrams"] for f in runs),
+        "stale_datagrams": sum(f["stale_datagrams"] for f in runs),
+        "s2c_mac_checked": sum(f["s2c_mac_checked"] for f in runs),
+        "s2c_mac_bad": sum(f["s2c_mac_bad"] for f in runs),
+    }
+
+
+async def wait_quiet(server: Server, gen_cpu: int | None) -> float | None:
+    """Wait (at most QUIET_WAIT_S) until the server is idle again (a failed step may have left a
+    queue) and other processes leave our two cores alone. Returns the foreign CPU % last seen."""
+    deadline = time.monotonic() + QUIET_WAIT_S
+    while True:
+        s0, o0 = server.cpu_ticks(), own_cpu_ticks()
+        c0 = core_times(server.cpu), core_times(gen_cpu)
+        t0 = time.perf_counter()
+        await asyncio.sleep(QUIET_SAMPLE_S)
+        dt = time.perf_counter() - t0
+        s1, o1 = server.cpu_ticks(), own_cpu_ticks()
+        c1 = core_times(server.cpu), core_times(gen_cpu)
+        server_pct = 100.0 * (s1 - s0) / CLK_TCK / dt
+        if server.cpu is None or gen_cpu is None:
+            foreign = None
+            quiet = server_pct < QUIET_PCT
+        else:
+            own_pct = 100.0 * (o1 - o0) / CLK_TCK / dt
+            foreign = foreign_pct(
+                core_usage(c0[0], c1[0]), core_usage(c0[1], c1[1]), server_pct, own_pct
+            )
+            quiet = server_pct < QUIET_PCT and foreign < QUIET_PCT
+        if quiet or time.monotonic() > deadline:
+            return foreign
+
+
+def pick_cpus() -> tuple[int | None, int | None]:
+    """(server core, generator core), or (None, None) when fewer than two are available."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None, None
+    if len(cpus) < 2:
+        return None, None
+    return cpus[0], cpus[1]
+
+
+def raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(hard, need)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+async def bench(
+    args: argparse.Namespace, server: Server, bare: BareRelay | None, gen_cpu: int | None
+) -> dict[str, Any]:
+    if gen_cpu is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {gen_cpu})
+    chans = channel_ids(args.channels)
+    t = time.perf_counter()
+    clients = await login_all(server, chans, args.clients, timeout=120.0)
+    login_s = time.perf_counter() - t
+    say(f"logged in {len(clients)} clients over TLS in {login_s:.1f} s")
+    stop = asyncio.Event()
+    ticker = asyncio.ensure_future(control_ticks(clients, stop))
+    try:
+        t = time.perf_counter()
+        await join_all(clients, timeout=60.0)
+        join_s = time.perf_counter() - t
+        say(f"joined {args.channels} channels in {join_s:.1f} s")
+        t = time.perf_counter()
+        bind_all(clients, (server.host, server.port))
+        bind_s = time.perf_counter() - t
+        bound = sum(c.bound for c in clients)
+        say(f"validated {bound}/{len(clients)} UDP addresses in {bind_s:.1f} s")
+        if bare is not None:
+            register_bare(clients, bare)
+        await asyncio.sleep(0.2)
+        steps: list[dict[str, Any]] = []  # the chosen run of each load
+        runs: list[dict[str, Any]] = []  # every run
+        best: dict[str, Any] | None = None
+
+        reference: dict[str, Any] = {}
+
+        async def run_once(talkers: int, target: Proc = server) -> dict[str, Any]:
+            for c in clients:  # catch up with the control sessions between runs
+                c.tick()
+            before = await wait_quiet(server, gen_cpu)
+            picked = pick_talkers(clients, chans, talkers)
+            figures = run_step(target, clients, make_talkers(picked), args.seconds, gen_cpu)
+            figures["foreign_cpu_pct_before"] = before
+            if target is server:
+                runs.append(figures)
+            say(("bare loop " if target is not server else "") + describe(figures))
+            return figures
+
+        async def compare(relay_run: dict[str, Any]) -> None:
+            """The bare loop at the same load, alternating with the relay (relay, bare, relay,
+            bare: the host's speed drifts): CPU per forwarded copy, mean of two runs each."""
+            if bare is None:
+                return
+            talkers = relay_run["talkers"]
+            relay_us = [cpu_us_per_copy(relay_run)]
+            bare_runs = [await run_once(talkers, bare)]
+            relay_us.append(cpu_us_per_copy(await run_once(talkers)))
+            bare_runs.append(await run_once(talkers, bare))
+            bare_us = [cpu_us_per_copy(f) for f in bare_runs]
+            # (a floor of 0.01 us: a tiny load may take less than one clock tick of CPU)
+            r_us = max(0.01, statistics.fmean(relay_us))
+            b_us = max(0.01, statistics.fmean(bare_us))
+            reference.update(
+                {
+                    "ref_talkers": talkers,
+                    "relay_cpu_us_per_copy": round(r_us, 2),
+                    "ref_bare_cpu_us_per_copy": round(b_us, 2),
+                    "ratio_relay_to_bare": round(r_us / b_us, 2),
+                    "relay_copies_per_cpu_s": round(1e6 / r_us),
+                    "ref_bare_copies_per_cpu_s": round(1e6 / b_us),
+                    "ref_bare_p99_ms": max(f["p99_ms"] for f in bare_runs),
+                    "ref_bare_loss_pct": max(f["loss_pct"] for f in bare_runs),
+                }
+            )
+            say(
+                f"  CPU per forwarded copy at {talkers} talkers: relay {r_us:.2f} us, bare loop "
+                f"{b_us:.2f} us (x{r_us / b_us:.2f}); one core at 100 % would forward about "
+                f"{1e6 / r_us:,.0f} copies/s (bare loop {1e6 / b_us:,.0f})"
+            )
+
+        async def load_step(talkers: int) -> dict[str, Any]:
+            """One load, run until the verdict is clear: once when it passes or fails by a wide
+            margin, else the majority of up to three runs (this machine is shared and noisy).
+            Returns the median run (by p99) among those that agree with the verdict."""
+            done = [await run_once(talkers)]
+            if not clear_verdict(done[0]):
+                while len(done) < 3:
+                    passes = sum(f["passed"] for f in done)
+                    if passes >= 2 or len(done) - passes >= 2:
+                        break
+                    say("  close to the limits: running the same load again")
+                    done.append(await run_once(talkers))
+            passes = sum(f["passed"] for f in done)
+            verdict = passes * 2 > len(done)
+            agree = sorted((f for f in done if f["passed"] == verdict), key=lambda f: f["p99_ms"])
+            chosen = dict(agree[len(agree) // 2])
+            chosen["runs"] = len(done)
+            chosen["passed_runs"] = passes
+            steps.append(chosen)
+            return chosen
+
+        if args.talkers is not None:
+            chosen = await load_step(args.talkers)
+            best = chosen if chosen["passed"] else None
+            await compare(runs[-1])
+        else:
+            last_pass = 0
+            for talkers in [x for x in SWEEP_TALKERS if x <= bound]:
+                chosen = await load_step(talkers)
+                if talkers == REF_TALKERS:
+                    await compare(runs[-1])
+                if chosen["passed"]:
+                    last_pass = talkers
+                    best = chosen
+                    continue
+                middle = (last_pass + talkers) // 2
+                if last_pass and talkers - last_pass >= 50:
+                    chosen = await load_step(middle)
+                    if chosen["passed"]:
+                        best = chosen
+                break
+            if not reference and steps:  # the sweep ended below REF_TALKERS
+                await compare(best or steps[0])
+        lost = sum(c.lost or c.closed is not None for c in clients)
+        return {
+            "login_s": round(login_s, 1),
+            "join_s": round(join_s, 1),
+            "bind_s": round(bind_s, 1),
+            "validated": bound,
+            "sessions_lost": lost,
+            "best": best,
+            "steps": steps,
+            "runs": runs,
+            "reference": reference,
+        }
+    finally:
+        stop.set()
+        await ticker
+        for c in clients:
+            if c.transport is not None:
+                c.transport.abort()
+            for sock in (c.udp, c.ref_udp):
+                if sock is not None:
+                    sock.close()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=SWEEP_LAYOUT[0])
+    p.add_argument("--channels", type=int, default=SWEEP_LAYOUT[1])
+    p.add_argument("--talkers", type=int, help="one run with this many talkers (default: sweep)")
+    p.add_argument("--seconds", type=float, default=SWEEP_SECONDS, help="sending time per step")
+    p.add_argument("--sweep", action="store_true", help="increasing talker counts (the default)")
+    p.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the same-run reference (a bare UDP fan-out loop at the same load)",
+    )
+    args = p.parse_args(argv)
+    if args.sweep:
+        args.talkers = None
+    if not 1 <= args.channels <= args.clients:
+        p.error("need 1 <= channels <= clients")
+    if args.talkers is not None and not 1 <= args.talkers <= args.clients:
+        p.error("need 1 <= talkers <= clients")
+
+    # SIGTERM takes the same path as Ctrl-C: the finally blocks kill the server.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    raise_fd_limit(4 * args.clients + 256)
+    server_cpu, gen_cpu = pick_cpus()
+    with tempfile.TemporaryDirectory(prefix="relay-load-") as tmp:
+        server = Server.start(Path(tmp), args.channels, args.clients, server_cpu)
+        bare: BareRelay | None = None
+        try:
+            if not args.no_reference:
+                bare = BareRelay.start(Path(tmp), server_cpu)
+            say(
+                f"server pid {server.proc.pid} on {server.host}:{server.port} "
+                f"(core {server_cpu}, event loop {server.event_loop()}); generator on core "
+                f"{gen_cpu}; {args.clients} clients in {args.channels} channels, "
+                f"{PACKETS_PER_S} packets/s per talker, {PAYLOAD_LEN}-byte payloads"
+            )
+            run = asyncio.run(bench(args, server, bare, gen_cpu))
+            loop_name = server.event_loop()
+            traceback = "Traceback" in server.stderr_path.read_text(errors="replace")
+        finally:
+            if bare is not None:
+                bare.stop()
+            server.stop()
+    best = run["best"]
+    headline_keys = (
+        "clients",
+        "channels",
+        "talkers",
+        "in_pps",
+        "forwarded_pps",
+        "loss_pct",
+        "p50_ms",
+        "p99_ms",
+        "server_cpu_pct",
+        "server_rss_mb",
+    )
+    result: dict[str, Any] = {"benchmark": "relay_load"}
+    for key in headline_keys:
+        result[key] = best[key] if best is not None else None
+    result.update(
+        {
+            "criteria": f"loss <= {LOSS_LIMIT_PCT} % and p99 <= {P99_LIMIT_MS} ms",
+            "passed": best is not None,
+            "payload_bytes": PAYLOAD_LEN,
+            "packets_per_s_per_talker": PACKETS_PER_S,
+            "server_event_loop": loop_name,
+            "server_pinned_core": server_cpu,
+            "generator_pinned_core": gen_cpu,
+            "per_ip_cap_raised": True,
+            "login_s": run["login_s"],
+            "join_s": run["join_s"],
+            "bind_s": run["bind_s"],
+            "validated": run["validated"],
+            "sessions_lost": run["sessions_lost"],
+            "server_traceback": traceback,
+            "steps": [{k: f[k] for k in STEP_KEYS} for f in run["steps"]],
+            **run["reference"],
+            **sanity_totals(run["runs"]),
+        }
+    )
+    if best is not None:
+        say(
+            f"best passing load: {best['talkers']} talkers of {best['clients']} clients in "
+            f"{best['channels']} channels: {best['forwarded_pps']} forwarded packets/s "
+            f"({best['in_pps']}/s in), loss {best['loss_pct']} %, p99 {best['p99_ms']} ms, "
+            f"server cpu {best['server_cpu_pct']} %"
+        )
+    else:
+        say("no step held the criteria")
+    print(json.dumps(no_nan(result), separators=(",", ":")), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; the server was stopped", file=sys.stderr)
+        sys.exit(130)
