@@ -318,6 +318,8 @@ class ServerCore:
         self._rng = rng
         self._bindings: dict[str, bytes] = {} if name_bindings is None else name_bindings
         self._conns: dict[int, _Session] = {}
+        # conn ids written to since the last outgoing() (a dict: an ordered set)
+        self._dirty: dict[int, None] = {}
         self._by_sender: dict[int, _Session] = {}
         self._by_name: dict[str, _Session] = {}  # casefolded name → logged-in session
         self._events: list[ev.ServerEvent] = []
@@ -400,13 +402,24 @@ class ServerCore:
         return data
 
     def outgoing(self) -> list[tuple[int, bytes]]:
-        """``(conn_id, bytes)`` for every connection with something to write."""
-        return [(cid, self.data_to_send(cid)) for cid, s in self._conns.items() if s.out]
+        """``(conn_id, bytes)`` for every connection with something to write.
+
+        Only connections written to since the last call are visited (not every session): the
+        adapter calls this after each control frame, and Pings alone would otherwise make it
+        O(sessions) per frame."""
+        dirty, self._dirty = self._dirty, {}
+        return [(cid, data) for cid in dirty if (data := self.data_to_send(cid))]
 
     def events(self) -> list[ev.ServerEvent]:
         """Events since the last call, in order."""
         out, self._events = self._events, []
         return out
+
+    @property
+    def min_timeout(self) -> float:
+        """No deadline is ever set closer than this to the moment it is set (seconds): an adapter
+        holding a timer due within this long need not ask :meth:`get_timer` again."""
+        return min(self.config.login_timeout, self.config.idle_timeout)
 
     def get_timer(self) -> float | None:
         """The earliest login/idle deadline of any open session (adapter clock), or None."""
@@ -500,6 +513,7 @@ class ServerCore:
                 continue
             sess.state = next_server_state(sess.state, (_SEND, m.ServerShutdown))
             sess.out += frame
+            self._dirty[sess.conn_id] = None
             self._finish(sess, _Reason.SHUTDOWN, _Code.SHUTTING_DOWN, reason, _Leave.SHUTDOWN)
 
     def kick(self, sender_id: int, reason: str = "") -> None:
@@ -938,6 +952,7 @@ class ServerCore:
     def _send(self, sess: _Session, msg: m.ServerMessage) -> None:
         nxt = next_server_state(sess.state, (_SEND, type(msg)))
         sess.out += encode_frame(m.encode_checked(msg))
+        self._dirty[sess.conn_id] = None
         sess.state = nxt
 
     def _send_many(self, targets: Iterable[_Session], msg: m.ServerMessage) -> None:
@@ -950,6 +965,7 @@ class ServerCore:
                 frame = encode_frame(m.encode_checked(msg))
             next_server_state(sess.state, (_SEND, type(msg)))  # a check: READY keeps READY
             sess.out += frame
+            self._dirty[sess.conn_id] = None
 
     def _broadcast(self, msg: m.ServerMessage) -> None:
         """Send to every logged-in session (READY ones; a newcomer gets LoginOk instead)."""

@@ -723,6 +723,10 @@ class RelayServer:
     def _schedule_timer(self) -> None:
         core, loop = self._core, self._loop
         assert core is not None and loop is not None
+        if self._timer is not None and self._timer_at <= loop.time() + core.min_timeout:
+            # Deadlines are never set closer than min_timeout, so nothing can be due before the
+            # pending timer: skip get_timer(), which visits every session.
+            return
         when = core.get_timer()
         if when is None:
             return  # a pending timer may fire early: handle_timer is safe to call early
