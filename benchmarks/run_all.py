@@ -113,14 +113,14 @@ What the figures say:
 - KeyDist cost grows linearly with recipients (one HPKE seal each, ~0.26 ms); it runs on the
   network thread at join/leave, never on the audio path. Push-to-talk never waits for it.
 - Relay: with every check on (hop MAC, validated address, speak ACL, replay window, rate limit,
-  one s2c MAC per copy) one core forwards 56-68 k copies/s within 0.1 % loss and p99 10 ms at
-  500 clients in 50 channels (the best load moves between 125 and 150 talkers across runs on this
-  shared host); at saturation it forwards ~95-135 k copies/s with no loss but growing delay. The
-  steadier figure is `ratio_relay_to_bare`: CPU per copy against a bare uvloop fan-out loop in the
-  same run (1.6-1.8x). Per copy, one `sendto` is about half the cost; the relay logic itself is
-  ~4.7 µs per datagram + ~1.1 µs per copy. Next levers: `sendmmsg` batching (needs a native
-  helper), a pending-output set instead of scanning sessions on every control frame, and a
-  smaller socket buffer so overload sheds stale voice instead of queueing it.
+  one s2c MAC per copy) one core forwards 68-79 k copies/s within 0.1 % loss and p99 10 ms at
+  500 clients in 50 channels (150-175 talkers; before the server stopped visiting every session
+  on each control frame it was 56-68 k). The best load moves between runs on this shared host;
+  the steadier figure is `ratio_relay_to_bare`: CPU per copy against a bare uvloop fan-out loop
+  in the same run (1.5-1.8x). Per copy, one `sendto` is about half the cost; the relay logic
+  itself is ~4.7 µs per datagram + ~1.1 µs per copy. Next levers: `sendmmsg` batching (needs a
+  native helper) and a smaller socket buffer so overload sheds stale voice instead of queueing
+  it. Fan-out 1 (every datagram to one listener) costs ~30 µs per datagram: ~25-30 k in/s.
 """
 
 
