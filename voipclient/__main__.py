@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.self_test:
         return 0 if ok else 1
     print()
-    print("Not there yet: the relay server (voipclient-server), the audio engine, the client")
-    print("connection and the desktop window come with the next issues. `make run` will then open")
-    print("the window on an embedded local server.")
+    print("The relay server is ready: `voipclient-server --channel Games` (see docs/server.md).")
+    print("Not there yet: the audio engine, the client connection and the desktop window come")
+    print("with the next issues; `make run` will then open the window on an embedded local server.")
     return 0 if ok else 1
 
 
