@@ -31,10 +31,8 @@ def fake_bin(tmp_path: Path, *, uid: int, installed: bool) -> dict[str, str]:
     return env
 
 
-@pytest.mark.timeout(30)
-def test_sysdeps_as_a_user_names_exactly_what_is_missing(tmp_path: Path) -> None:
-    env = fake_bin(tmp_path, uid=1000, installed=False)
-    result = subprocess.run(
+def run_sysdeps(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         ["bash", str(ROOT / "scripts/sysdeps.sh"), "test"],
         env=env,
         capture_output=True,
@@ -42,6 +40,11 @@ def test_sysdeps_as_a_user_names_exactly_what_is_missing(tmp_path: Path) -> None
         timeout=20,
         check=False,
     )
+
+
+@pytest.mark.timeout(30)
+def test_sysdeps_as_a_user_names_exactly_what_is_missing(tmp_path: Path) -> None:
+    result = run_sysdeps(fake_bin(tmp_path, uid=1000, installed=False))
     assert result.returncode == 1
     line = next(
         ln for ln in result.stderr.splitlines() if "apt-get install --no-install-recommends" in ln
@@ -53,15 +56,7 @@ def test_sysdeps_as_a_user_names_exactly_what_is_missing(tmp_path: Path) -> None
 
 @pytest.mark.timeout(30)
 def test_sysdeps_with_everything_installed_is_silent(tmp_path: Path) -> None:
-    env = fake_bin(tmp_path, uid=1000, installed=True)
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts/sysdeps.sh"), "test"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    result = run_sysdeps(fake_bin(tmp_path, uid=1000, installed=True))
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 

@@ -186,21 +186,7 @@ _S_READY_RECV: Final[tuple[MessageType, ...]] = (
     m.Ping,
 )
 #: What a READY server session may send.
-_S_READY_SEND: Final[tuple[MessageType, ...]] = (
-    m.RosterPage,
-    m.UserJoined,
-    m.UserLeft,
-    m.UserUpdated,
-    m.MembershipChanged,
-    m.ChannelAdded,
-    m.ChannelUpdated,
-    m.ChannelRemoved,
-    m.KeyDistDelivery,
-    m.TextDelivery,
-    m.VoiceTunnel,
-    m.AdminNotice,
-    m.Pong,
-)
+_S_READY_SEND: Final[tuple[MessageType, ...]] = (m.RosterPage, *_C_READY_RECV)
 
 SERVER_TRANSITIONS: Final[Mapping[ServerState, Mapping[TransitionKey, ServerState]]] = _build(
     [

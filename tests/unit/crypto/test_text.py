@@ -42,8 +42,8 @@ def sealer(sign_key: SigningKey) -> TextSealer:
     return TextSealer(CH, SND, GEN, 0, S0, sign_key)
 
 
-@pytest.fixture
-def opener(sign_key: SigningKey) -> TextOpener:
+def opener_for(key: SigningKey) -> TextOpener:
+    """An opener holding (CH, SND, GEN) at step 0 with ``key`` as the text signing key."""
     o = TextOpener()
     o.add_key(
         channel_id=CH,
@@ -51,9 +51,14 @@ def opener(sign_key: SigningKey) -> TextOpener:
         gen=GEN,
         step=0,
         base_key=S0,
-        text_signing_pub=sign_key.public_bytes(),
+        text_signing_pub=key.public_bytes(),
     )
     return o
+
+
+@pytest.fixture
+def opener(sign_key: SigningKey) -> TextOpener:
+    return opener_for(sign_key)
 
 
 def reject(opener: TextOpener, data: bytes, *reasons: TextRejectReason) -> None:
@@ -371,16 +376,7 @@ _VALID = TextSealer(CH, SND, GEN, 0, S0, _KEY, tctr=10).seal("fuzz me", 1)
 
 
 def _opener() -> TextOpener:
-    o = TextOpener()
-    o.add_key(
-        channel_id=CH,
-        sender_id=SND,
-        gen=GEN,
-        step=0,
-        base_key=S0,
-        text_signing_pub=_KEY.public_bytes(),
-    )
-    return o
+    return opener_for(_KEY)
 
 
 @settings(max_examples=500, deadline=None)
