@@ -32,7 +32,14 @@ SCRIPT = textwrap.dedent(
             raise SystemExit(f"{{name}} was importable")
 
     import voipclient.crypto, voipclient.net
-    names = ["voipclient.errors", "voipclient.selfcheck"]
+    names = [
+        "voipclient.errors",
+        "voipclient.selfcheck",
+        "voipclient.audio.jitter",
+        "voipclient.audio.mixer",
+        "voipclient.audio.payload",
+        "voipclient.server.relay",
+    ]
     for pkg in (voipclient.crypto, voipclient.net):
         names += [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".")]
     for name in names:

@@ -1,0 +1,283 @@
+"""Jitter buffer tests from synthetic arrival traces (no audio, no clock: times are passed in)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voipclient.audio.jitter import (
+    Conceal,
+    End,
+    FadeOut,
+    JitterBuffer,
+    Play,
+    PlayFec,
+    PlayoutDecision,
+    Silence,
+)
+
+T = 0.020  # s per frame
+PHASE = 0.013  # s: playback clock offset against the sender's frame grid
+
+
+def pkt(n: int) -> bytes:
+    return n.to_bytes(4, "big")
+
+
+def run(
+    jb: JitterBuffer,
+    arrivals: list[tuple[float, int, bool]],
+    pops: int,
+    pop_period: float = T,
+) -> list[tuple[float, PlayoutDecision]]:
+    """Feed (arrival s, frame_no, last) events and ``pops`` playback ticks in time order."""
+    events = sorted(arrivals)
+    out: list[tuple[float, PlayoutDecision]] = []
+    i = 0
+    for k in range(pops):
+        now = PHASE + k * pop_period
+        while i < len(events) and events[i][0] <= now:
+            at, n, last = events[i]
+            jb.push(n % (1 << 32), pkt(n % (1 << 32)), at, last)
+            i += 1
+        out.append((now, jb.pop(now)))
+    return out
+
+
+def played_frames(out: list[tuple[float, PlayoutDecision]]) -> list[int]:
+    return [int.from_bytes(d.payload, "big") for _, d in out if isinstance(d, Play)]
+
+
+def spurts(
+    frames: int, on: int, off: int, jitter: float, seed: int
+) -> list[tuple[float, int, bool]]:
+    """Talk spurts of ``on`` frames then ``off`` silent frames; uniform jitter in [0, jitter] s."""
+    rng = random.Random(seed)
+    out = []
+    for n in range(frames):
+        if n % (on + off) < on:
+            last = n % (on + off) == on - 1
+            out.append((n * T + 0.005 + rng.uniform(0.0, jitter), n, last))
+    return out
+
+
+def test_clean_path_plays_every_frame_with_at_most_one_frame_added() -> None:
+    jb = JitterBuffer()
+    arrivals = [(n * T + 0.005, n, n == 499) for n in range(500)]
+    out = run(jb, arrivals, 505)
+    assert played_frames(out) == list(range(500))
+    decisions = [d for _, d in out]
+    first = next(i for i, d in enumerate(decisions) if isinstance(d, Play))
+    assert all(isinstance(d, Play) for d in decisions[first : first + 500])
+    s = jb.stats
+    assert s.current_delay_ms <= T * 1000
+    assert s.target_delay_ms == pytest.approx(0.0, abs=1e-6)
+    assert s.late == s.concealed == s.fec_recovered == s.dropped == 0
+
+
+def test_jitter_20ms_and_50ms_target_tracks_p95_then_shrinks() -> None:
+    for jitter in (0.020, 0.050):
+        jb = JitterBuffer()
+        rng = random.Random(7)
+        on, off = 50, 10
+        arrivals = []
+        for n in range(2000):
+            if n % (on + off) < on:
+                j = rng.uniform(0.0, jitter) if n < 1000 else 0.0
+                arrivals.append((n * T + 0.005 + j, n, n % (on + off) == on - 1))
+        events = sorted(arrivals)
+        i = 0
+        target_at_500 = 0.0
+        late_after_convergence = 0
+        calm_frames = None
+        for k in range(2010):
+            now = PHASE + k * T
+            while i < len(events) and events[i][0] <= now:
+                at, n, last = events[i]
+                before = jb.stats.late
+                jb.push(n, pkt(n), at, last)
+                if k >= 180 and n < 1000:  # converged after three spurts
+                    late_after_convergence += jb.stats.late - before
+                i += 1
+            jb.pop(now)
+            if k == 500:
+                target_at_500 = jb.stats.target_delay_ms
+            if k > 1000 and calm_frames is None and jb.stats.target_delay_ms <= T * 1000 / 2:
+                calm_frames = k - 1000
+        p95 = 0.95 * jitter * 1000
+        # Target ~ the jitter's 95th percentile (+10 % headroom), not more than a frame above it.
+        assert p95 * 0.9 <= target_at_500 <= p95 * 1.1 + 1.0, (jitter, target_at_500)
+        assert late_after_convergence == 0, jitter
+        # Shrinks back once the jitter samples have left the 100-packet window: ~100 frames
+        # (2 s of 20 ms frames, counting the pauses' 20 % of missing packets ~ 120 frames).
+        assert calm_frames is not None
+        print(f"jitter {jitter * 1000:.0f} ms: target {target_at_500:.1f} ms, shrink {calm_frames}")
+        assert calm_frames <= 125, (jitter, calm_frames)
+        # And the shrunken target is applied at the next talk spurt.
+        assert jb.stats.current_delay_ms <= T * 1000
+
+
+def test_reordering_within_target_plays_in_order() -> None:
+    jb = JitterBuffer(min_delay_ms=60)
+    arrivals = []
+    for n in range(200):
+        at = n * T + 0.005
+        if n % 10 == 3:
+            at += 0.030  # arrives after frame n + 1
+        arrivals.append((at, n, False))
+    out = run(jb, arrivals, 215)
+    assert played_frames(out) == list(range(200))
+    assert jb.stats.reordered > 0
+    assert jb.stats.late == 0
+
+
+def test_single_loss_with_next_packet_present_is_played_from_fec() -> None:
+    jb = JitterBuffer(min_delay_ms=20)  # the next packet is here when the lost one is due
+    arrivals = [(n * T + 0.005, n, False) for n in range(100) if n != 40]
+    out = run(jb, arrivals, 110)
+    decisions = [d for _, d in out if not isinstance(d, Silence)]
+    fec = [d for d in decisions if isinstance(d, PlayFec)]
+    assert fec == [PlayFec(pkt(41))]
+    assert played_frames(out) == [n for n in range(100) if n != 40]
+    assert jb.stats.fec_recovered == 1
+    # After a loss the buffer waits one frame for FEC.
+    assert jb.stats.target_delay_ms >= T * 1000
+
+
+def test_loss_on_clean_path_adds_one_frame_for_fec_at_next_spurt() -> None:
+    jb = JitterBuffer()
+    arrivals = [(n * T + 0.005, n, n == 49) for n in range(50) if n != 20]
+    arrivals += [(n * T + 0.005, n, False) for n in range(60, 120)]
+    out = run(jb, arrivals, 125)
+    assert jb.stats.target_delay_ms == pytest.approx(T * 1000)
+    assert played_frames(out)[-1] == 119
+    assert jb.stats.current_delay_ms <= 2 * T * 1000
+
+
+def test_burst_loss_conceals_up_to_bound_then_fades_out() -> None:
+    jb = JitterBuffer(max_conceal=3)
+    arrivals = [(n * T + 0.005, n, False) for n in range(30)]
+    arrivals += [(n * T + 0.005, n, n == 59) for n in range(40, 60)]
+    out = run(jb, arrivals, 62)
+    decisions = [d for _, d in out]
+    i = decisions.index(Play(pkt(29)))
+    assert decisions[i + 1 : i + 6] == [Conceal(1), Conceal(2), Conceal(3), FadeOut(), Silence()]
+    assert played_frames(out) == list(range(30)) + list(range(40, 60))
+    assert jb.stats.concealed == 3
+
+
+def test_duplicates_counted_and_dropped() -> None:
+    jb = JitterBuffer()
+    arrivals = [(n * T + 0.005, n, False) for n in range(50)]
+    arrivals += [(n * T + 0.006, n, False) for n in range(10, 20)]
+    out = run(jb, arrivals, 55)
+    assert played_frames(out) == list(range(50))
+    assert jb.stats.duplicate == 10
+
+
+def test_late_packet_dropped_and_counted() -> None:
+    jb = JitterBuffer(fec=False)
+    arrivals = [(n * T + 0.005, n, n == 49) for n in range(50) if n != 25]
+    arrivals.append((25 * T + 0.2, 25, False))  # 200 ms late: frame 25 is long concealed
+    out = run(jb, arrivals, 55)
+    assert 25 not in played_frames(out)
+    assert jb.stats.late == 1
+    assert jb.stats.concealed == 1
+
+
+def test_voice_last_ends_after_draining_then_new_spurt_restarts() -> None:
+    jb = JitterBuffer()
+    arrivals = [(n * T + 0.005, n, n == 29) for n in range(30)]
+    arrivals += [(n * T + 0.005, n, n == 129) for n in range(100, 130)]
+    out = run(jb, arrivals, 135)
+    decisions = [d for _, d in out]
+    i = decisions.index(Play(pkt(29)))
+    assert decisions[i + 1] == End()
+    assert all(isinstance(d, Silence) for d in decisions[i + 2 : i + 60])
+    assert played_frames(out) == list(range(30)) + list(range(100, 130))
+    assert decisions.count(End()) == 2
+    assert jb.stats.concealed == 0
+
+
+def test_frame_number_wraps_at_2_pow_32() -> None:
+    jb = JitterBuffer()
+    start = (1 << 32) - 50
+    arrivals = [(k * T + 0.005, start + k, k == 99) for k in range(100)]
+    out = run(jb, arrivals, 105)
+    assert played_frames(out) == [(start + k) % (1 << 32) for k in range(100)]
+    assert jb.stats.late == 0
+    assert jb.stats.concealed == 0
+
+
+def test_clock_drift_half_percent_over_60s_is_absorbed() -> None:
+    for skew in (+0.005, -0.005):
+        jb = JitterBuffer()
+        frames = 3000  # 60 s of 20 ms frames, continuous speech (worst case: no silence)
+        arrivals = [(n * T * (1 + skew) + 0.005, n, False) for n in range(frames)]
+        max_buffered = 0
+        max_delay = 0.0
+        out: list[PlayoutDecision] = []
+        events = sorted(arrivals)
+        i = 0
+        for k in range(int(frames * (1 + skew)) + 5):
+            now = PHASE + k * T
+            while i < len(events) and events[i][0] <= now:
+                jb.push(events[i][1], pkt(events[i][1]), events[i][0])
+                i += 1
+            out.append(jb.pop(now))
+            max_buffered = max(max_buffered, jb.buffered)
+            max_delay = max(max_delay, jb.stats.current_delay_ms)
+        s = jb.stats
+        assert max_buffered <= 4, skew
+        assert max_delay <= 3 * T * 1000, (skew, max_delay)
+        # 0.5 % of 3000 frames = 15 frames to drop (sender fast) or stretch (sender slow).
+        assert s.dropped + s.concealed + s.fec_recovered <= 40, (skew, s)
+        assert s.played >= frames - 40
+
+
+def test_stats_fields() -> None:
+    jb = JitterBuffer()
+    s = jb.stats
+    assert (s.received, s.played, s.current_delay_ms, s.target_delay_ms) == (0, 0, 0.0, 0.0)
+    assert isinstance(jb.pop(0.0), Silence)
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("push"),
+            st.integers(min_value=0, max_value=(1 << 32) - 1) | st.integers(0, 300),
+            st.floats(min_value=0.0, max_value=0.5),
+            st.booleans(),
+        ),
+        st.tuples(
+            st.just("pop"), st.just(0), st.floats(min_value=0.0, max_value=0.05), st.just(False)
+        ),
+    ),
+    max_size=400,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops, st.integers(0, 6), st.floats(0.0, 200.0))
+def test_arbitrary_push_pop_never_raises_and_stays_bounded(
+    seq: list[tuple[str, int, float, bool]], max_conceal: int, min_delay: float
+) -> None:
+    jb = JitterBuffer(max_conceal=max_conceal, min_delay_ms=min_delay, max_delay_ms=200.0)
+    now = 0.0
+    for op, n, dt, last in seq:
+        now += dt
+        if op == "push":
+            jb.push(n, b"x", now, last)
+        else:
+            d = jb.pop(now)
+            assert isinstance(d, Play | PlayFec | Conceal | FadeOut | Silence | End)
+            if isinstance(d, Conceal):
+                assert d.n <= max_conceal
+            else:
+                assert jb.buffered <= jb.capacity
+        s = jb.stats
+        assert 0.0 <= s.target_delay_ms <= 200.0
