@@ -38,6 +38,9 @@ SCRIPT = textwrap.dedent(
         "voipclient.audio.jitter",
         "voipclient.audio.mixer",
         "voipclient.audio.payload",
+        "voipclient.audio.ring",
+        "voipclient.audio.engine",
+        "voipclient.audio.file_engine",
         "voipclient.server.relay",
     ]
     for pkg in (voipclient.crypto, voipclient.net):
