@@ -41,6 +41,7 @@ SCRIPT = textwrap.dedent(
         "voipclient.audio.ring",
         "voipclient.audio.engine",
         "voipclient.audio.file_engine",
+        "voipclient.audio.redundancy",
         "voipclient.server.relay",
     ]
     for pkg in (voipclient.crypto, voipclient.net):
