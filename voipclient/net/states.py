@@ -172,19 +172,8 @@ CLIENT_TRANSITIONS: Final[Mapping[ClientState, Mapping[TransitionKey, ClientStat
 
 S = ServerState
 _S_OPEN: Final = (S.AWAIT_HELLO, S.AWAIT_LOGIN, S.READY)
-#: Client messages a READY server session handles.
-_S_READY_RECV: Final[tuple[MessageType, ...]] = (
-    m.PublishSessionKey,
-    m.SetSelfState,
-    m.SetVoiceTransport,
-    m.JoinChannel,
-    m.LeaveChannel,
-    m.KeyDist,
-    m.Text,
-    m.VoiceTunnel,
-    m.AdminAction,
-    m.Ping,
-)
+#: Client messages a READY server session handles: exactly what a READY client may send.
+_S_READY_RECV: Final[tuple[MessageType, ...]] = _C_READY_SEND
 #: What a READY server session may send.
 _S_READY_SEND: Final[tuple[MessageType, ...]] = (m.RosterPage, *_C_READY_RECV)
 
