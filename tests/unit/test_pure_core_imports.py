@@ -42,6 +42,7 @@ SCRIPT = textwrap.dedent(
         "voipclient.audio.engine",
         "voipclient.audio.file_engine",
         "voipclient.audio.redundancy",
+        "voipclient.audio.voice",
         "voipclient.server.relay",
     ]
     for pkg in (voipclient.crypto, voipclient.net):

@@ -9,9 +9,10 @@ Model (all times in seconds on the receiver's clock, ``T`` = frame duration):
 * Relative arrival delay of frame ``n``: ``d(n) = arrival - n * T`` (``n`` counted from the first
   frame seen). Its minimum over a window of recent packets is the fastest path (``base``); the
   95th percentile minus that minimum is the jitter the buffer must absorb (as WebRTC NetEq).
-* Target delay = that jitter + 10 % headroom (zero on a clean path), plus one frame only while
-  there has been recent loss (then waiting for frame ``n + 1`` lets its in-band FEC rebuild ``n``),
-  clamped to ``[min_delay_ms, max_delay_ms]``.
+* Target delay = that jitter + 10 % headroom (zero on a clean path), plus, only while there has
+  been recent loss, the redundancy depth in frames: 1 by default (waiting for frame ``n + 1`` lets
+  its in-band FEC rebuild ``n``), ``d`` when the sender adds copies of frames up to ``d`` back
+  (:meth:`JitterBuffer.push_recovered` places them), clamped to ``[min_delay_ms, max_delay_ms]``.
 * Lag of frame ``n`` at ``now`` = ``now - (n * T + base)``: how long after its earliest possible
   arrival it plays, i.e. the delay the buffer adds. A talk spurt starts once the lag of its first
   frame reaches the target; from then on frames play back to back, so a changed target is only
@@ -94,6 +95,7 @@ class JitterStats:
     dropped: int  # buffered frames dropped to absorb drift or a backlog
     overflow: int  # packets dropped because the buffer was full
     resyncs: int  # stream restarts (sender frame counter jumped)
+    recovered: int  # missing frames filled from a redundant copy in a later payload
     current_delay_ms: float  # ms: lag of the last frame played beyond the fastest path
     target_delay_ms: float  # ms: what the delay estimator asks for now
     buffered: int  # frames waiting in the buffer
@@ -149,8 +151,9 @@ class JitterBuffer:
         self._jitter = 0.0  # s: 95th percentile minus minimum of the window, with headroom
         self._received = self._played = self._fec_recovered = self._concealed = 0
         self._late = self._duplicate = self._reordered = self._dropped = 0
-        self._overflow = self._resyncs = 0
+        self._overflow = self._resyncs = self._recovered = 0
         self._current = 0.0  # s
+        self._depth = 1  # frames to wait after recent loss (1 = FEC; more with redundant copies)
 
     def _reset_stream(self) -> None:
         self._buf: dict[int, tuple[bytes, bool]] = {}  # extended frame no -> (payload, last)
@@ -207,6 +210,39 @@ class JitterBuffer:
             if self._next is not None and self._next <= oldest:
                 self._next = oldest + 1
 
+    def push_recovered(self, frame_no: int, payload: bytes) -> bool:
+        """Fill frame ``frame_no`` from a redundant copy carried by a later payload.
+
+        Only a frame that is still missing and not yet due is filled; the copy says nothing about
+        arrival timing, so it does not touch the delay statistics. True if it was used.
+        """
+        if self._highest is None or self._origin is None:
+            return False  # nothing to place it against yet
+        ext = self._extend(frame_no)
+        if ext in self._seen_set or ext in self._buf:
+            return False
+        if self._next is not None and ext < self._next:
+            return False  # already played (concealed): too late to help
+        if self._highest - ext >= self.capacity:
+            return False  # far older than anything the buffer may hold
+        self._remember(ext)
+        self._buf[ext] = (payload, False)
+        self._recovered += 1
+        return True
+
+    @property
+    def redundancy_depth(self) -> int:
+        """Frames the buffer waits for after recent loss (see :meth:`set_redundancy_depth`)."""
+        return self._depth
+
+    def set_redundancy_depth(self, frames: int) -> None:
+        """Wait up to ``frames`` extra frames after recent loss (default 1: the next packet's
+        FEC). With redundant copies at distances up to ``d`` in the payloads, ``d`` lets a copy
+        arrive before its frame is due. Applied at the next talk-spurt start, like any target."""
+        if not 1 <= frames <= 255:
+            raise LocalProtocolError(f"redundancy depth must be 1..255 frames, not {frames}")
+        self._depth = frames
+
     def _extend(self, frame_no: int) -> int:
         """Unwrap the u32 frame counter to an unbounded frame number near the highest seen."""
         fn = frame_no % FRAME_NO_MODULUS
@@ -238,7 +274,7 @@ class JitterBuffer:
             and self._next is not None
             and self._next - self._last_loss <= self._loss_memory
         ):
-            target += self._t
+            target += self._t * self._depth
         return min(self._max, max(self._min, target))
 
     def _lag(self, ext: int, now: float) -> float:
@@ -289,7 +325,12 @@ class JitterBuffer:
                 self._pending_end = True
             return Play(payload)
         nxt = self._buf.get(n + 1)
-        if self._fec and nxt is not None:
+        target = self._target()
+        # With copies in later payloads (depth > 1) a missing frame may still arrive whole: while
+        # there is time left (lag below the target) wait for it instead of using the next
+        # packet's lower-quality FEC.
+        wait_for_copy = self._depth > 1 and lag < target - _EPS
+        if self._fec and nxt is not None and not wait_for_copy:
             self._next = n + 1
             self._miss = 0
             self._last_loss = n
@@ -303,7 +344,6 @@ class JitterBuffer:
             self._gap = False  # an outage, not loss that single-frame FEC could repair
             return FadeOut()
         self._concealed += 1
-        target = self._target()
         if lag < target - _EPS:
             # Underrun before the frame is overdue: wait for it (the delay grows to the target).
             self._applied = max(self._applied, target)
@@ -333,6 +373,7 @@ class JitterBuffer:
             dropped=self._dropped,
             overflow=self._overflow,
             resyncs=self._resyncs,
+            recovered=self._recovered,
             current_delay_ms=self._current * 1000.0,
             target_delay_ms=self._target() * 1000.0,
             buffered=len(self._buf),

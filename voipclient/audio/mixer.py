@@ -116,6 +116,9 @@ class Mixer:
         """Linear gain for a channel (1.0 = unity, ≥ 0)."""
         self._channel_volume[channel_id] = _check_volume(volume)
 
+    def channel_volume(self, channel_id: int) -> float:
+        return self._channel_volume.get(channel_id, 1.0)
+
     def set_channel_muted(self, channel_id: int, muted: bool) -> None:
         if muted:
             self._channel_muted.add(channel_id)

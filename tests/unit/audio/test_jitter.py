@@ -281,3 +281,75 @@ def test_arbitrary_push_pop_never_raises_and_stays_bounded(
                 assert jb.buffered <= jb.capacity
         s = jb.stats
         assert 0.0 <= s.target_delay_ms <= 200.0
+
+
+def run_with_copies(
+    jb: JitterBuffer, lost: set[int], frames: int, distances: tuple[int, ...], pops: int
+) -> list[tuple[float, PlayoutDecision]]:
+    """Like :func:`run`, but each packet also carries copies of frames ``distances`` back
+    (placed with ``push_recovered``), as the receive pipeline does with redundant payloads."""
+    out: list[tuple[float, PlayoutDecision]] = []
+    arrivals = [(n * T + 0.005, n) for n in range(frames) if n not in lost]
+    i = 0
+    for k in range(pops):
+        now = PHASE + k * pop_period_default()
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            at, n = arrivals[i]
+            jb.push(n, pkt(n), at)
+            for d in distances:
+                if n - d >= 0:
+                    jb.push_recovered(n - d, pkt(n - d))
+            i += 1
+        out.append((now, jb.pop(now)))
+    return out
+
+
+def pop_period_default() -> float:
+    return T
+
+
+def test_bursts_of_three_recovered_from_copies_at_depth_four() -> None:
+    jb = JitterBuffer()
+    jb.set_redundancy_depth(4)
+    # an early loss, then bursts of 3 lost datagrams; each frame has copies 2 and 4 frames later
+    lost = {10, 50, 51, 52, 80, 81, 82}
+    out = run_with_copies(jb, lost, 120, (2, 4), 140)
+    played = played_frames(out)
+    assert played == [n for n in range(120) if n != 10]  # every burst frame played whole
+    assert not any(isinstance(d, PlayFec) for _, d in out)  # copies beat FEC
+    assert jb.stats.recovered == 6
+    # The first burst stretched the delay (concealment in place, nothing skipped) up to the
+    # depth; the second burst then needed no concealment at all.
+    i80 = next(k for k, (_, d) in enumerate(out) if d == Play(pkt(79)))
+    assert [d for _, d in out[i80 + 1 : i80 + 5]] == [Play(pkt(n)) for n in (80, 81, 82, 83)]
+    # waiting for copies 4 frames back costs 4 frames of delay while loss is recent
+    assert jb.stats.target_delay_ms == pytest.approx(4 * T * 1000)
+    assert jb.stats.current_delay_ms <= 4 * T * 1000 + 10
+
+
+def test_recovered_copy_never_replaces_a_received_or_played_frame() -> None:
+    jb = JitterBuffer()
+    jb.push(0, pkt(0), 0.0)
+    assert jb.pop(0.0) == Play(pkt(0))
+    jb.push(1, pkt(1), 0.02)
+    assert jb.push_recovered(1, b"copy") is False  # received already
+    assert jb.push_recovered(0, b"copy") is False  # already played
+    assert jb.push_recovered(3, b"copy") is True  # missing and not due: placed
+    assert jb.push_recovered(3, b"again") is False
+    jb.push(3, pkt(3), 0.06)  # the real packet arrives later: a duplicate now
+    assert jb.stats.duplicate == 1
+    assert jb.stats.recovered == 1
+
+
+def test_recovered_copy_before_any_packet_is_ignored() -> None:
+    jb = JitterBuffer()
+    assert jb.push_recovered(5, b"copy") is False
+    assert jb.buffered == 0
+
+
+def test_redundancy_depth_range_checked() -> None:
+    jb = JitterBuffer()
+    with pytest.raises(Exception, match="redundancy depth"):
+        jb.set_redundancy_depth(0)
+    jb.set_redundancy_depth(6)
+    assert jb.redundancy_depth == 6
