@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from voipclient import __version__
 from voipclient.errors import LocalProtocolError, RemoteProtocolError
@@ -33,7 +33,7 @@ from voipclient.net.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_f
 from voipclient.net.roster import ChannelView, Roster, RosterError, RosterSnapshot, UserView
 from voipclient.net.states import ClientState, Direction, Trigger, next_client_state
 
-__all__ = ["ClientSession"]
+__all__ = ["ClientSession", "LossReportLike"]
 
 #: Seconds between Pings once READY.
 DEFAULT_PING_INTERVAL: Final = 5.0
@@ -44,6 +44,28 @@ DEFAULT_CLOSE_TIMEOUT: Final = 5.0
 
 _RECV: Final = Direction.RECV
 _SEND: Final = Direction.SEND
+
+
+class LossReportLike(Protocol):
+    """What :meth:`ClientSession.send_loss_reports` takes: one listener-side measurement of one
+    speaker (``voipclient.audio.redundancy.LossReport`` is one)."""
+
+    @property
+    def sender_id(self) -> int:
+        """The speaker the report is about."""
+        ...
+
+    @property
+    def loss(self) -> float: ...
+
+    @property
+    def burst(self) -> float: ...
+
+    @property
+    def jitter_ms(self) -> float: ...
+
+    @property
+    def window_frames(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +346,54 @@ class ClientSession:
             raise LocalProtocolError(str(exc), code=m.ErrorCode.MALFORMED_MESSAGE) from None
         self._send(msg)
 
+    def send_loss_reports(self, reports: Iterable[LossReportLike]) -> None:
+        """Send our loss/jitter measurements of the speakers we hear (one per speaker, e.g. from
+        ``LossMeter.take_report``); the server forwards each to its speaker if it shares a
+        channel with us, which gets a LossReportReceived event.
+
+        Up to 64 reports go in one ``loss_report`` message (more are split over several). Call
+        it once per report interval with every due report: the server drops (and counts)
+        ``loss_report`` messages beyond ~4/s per session. Nothing is sent for no reports.
+
+        Raises:
+            LocalProtocolError: not READY, or a figure is out of range (``field`` names it, e.g.
+                ``reports[0].loss``: loss 0..1, burst >= 0, jitter_ms >= 0, frames >= 0, no NaN);
+                then nothing at all is sent.
+        """
+        next_client_state(self._state, (_SEND, m.LossReports))  # READY only (it stays READY)
+        try:
+            entries = [
+                m.LossReportEntry(
+                    to=r.sender_id,
+                    loss=float(r.loss),
+                    burst=float(r.burst),
+                    jitter_ms=float(r.jitter_ms),
+                    frames=r.window_frames,
+                )
+                for r in reports
+            ]
+        except (TypeError, ValueError) as exc:
+            raise LocalProtocolError(
+                f"not a loss report: {exc}", code=m.ErrorCode.MALFORMED_MESSAGE
+            ) from None
+        if not entries:
+            return
+        msgs = [
+            m.LossReports(reports=tuple(entries[i : i + m.MAX_LOSS_REPORTS]))
+            for i in range(0, len(entries), m.MAX_LOSS_REPORTS)
+        ]
+        # Every message's bounds first: all of them go out, or none.
+        payloads = []
+        for k, msg in enumerate(msgs):
+            try:
+                payloads.append(m.encode_checked(msg))
+            except LocalProtocolError as exc:
+                raise LocalProtocolError(
+                    exc.message, code=exc.code, field=_offset_field(exc.field, k)
+                ) from None
+        for payload in payloads:
+            self._out += encode_frame(payload)
+
     def report_udp_stats(
         self, sent: int, received: int, lost: int, rtt_ms: float = 0.0, jitter_ms: float = 0.0
     ) -> None:
@@ -468,6 +538,10 @@ class ClientSession:
                         msg.action, msg.by, msg.target, msg.channel_id, msg.reason
                     )
                 )
+            case m.LossReportDelivery():
+                events.append(
+                    ev.LossReportReceived(msg.from_, msg.loss, msg.burst, msg.jitter_ms, msg.frames)
+                )
             case m.Pong():
                 self._on_pong(msg, now, events)
             case m.Error():
@@ -573,6 +647,16 @@ class ClientSession:
                 ),
             )
         )
+
+
+def _offset_field(field: str | None, chunk: int) -> str | None:
+    """``reports[i]...`` of the ``chunk``-th message → the index in the caller's whole list."""
+    if field is None or not chunk or not field.startswith("reports["):
+        return field
+    index, _, rest = field.removeprefix("reports[").partition("]")
+    if not index.isdigit():
+        return field
+    return f"reports[{int(index) + chunk * m.MAX_LOSS_REPORTS}]{rest}"
 
 
 def _loss(expected: int, arrived: int) -> float | None:

@@ -32,6 +32,7 @@ __all__ = [
     "ConnectionClosed",
     "KeyDistReceived",
     "LoggedIn",
+    "LossReportReceived",
     "MembershipChanged",
     "Negotiated",
     "PingStats",
@@ -266,6 +267,25 @@ class PingStats(ClientEvent):
     #: Fraction of datagrams lost on the way down over the last ping interval, 0..1 (from our
     #: own counters as reported with ``report_udp_stats``); None when nothing was expected.
     udp_loss_down: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LossReportReceived(ClientEvent):
+    """A listener reported how our voice reaches it (relayed by the server, which only forwards
+    reports from users sharing a channel with us). Feed it to the redundancy policy:
+    ``policy.add_report(e.listener_id, LossReport(my_sender_id, e.loss, e.burst, e.jitter_ms,
+    e.frames), now)``."""
+
+    #: The listener's sender id, as the server saw it.
+    listener_id: int
+    #: Fraction of our frames it lost in its window, 0..1.
+    loss: float
+    #: Mean length of its loss runs, in frames (0 when nothing was lost).
+    burst: float
+    #: Interarrival jitter it measured, in milliseconds.
+    jitter_ms: float
+    #: Frames it expected in the window (received + lost); 0 means it heard nothing of us.
+    frames: int
 
 
 @dataclass(frozen=True, slots=True)

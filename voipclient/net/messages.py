@@ -29,6 +29,7 @@ from voipclient.errors import LocalProtocolError, RemoteProtocolError
 __all__ = [
     "LOGIN_CONTEXT",
     "MAX_KEYDIST_BLOB",
+    "MAX_LOSS_REPORTS",
     "MAX_TEXT_BLOB",
     "MAX_VOICE_DATAGRAM",
     "PROTOCOL_VERSION",
@@ -52,6 +53,9 @@ __all__ = [
     "Limits",
     "Login",
     "LoginOk",
+    "LossReportDelivery",
+    "LossReportEntry",
+    "LossReports",
     "Membership",
     "MembershipChanged",
     "Message",
@@ -215,6 +219,11 @@ ED25519_PUB_LEN: Final = 32
 ED25519_SIG_LEN: Final = 64
 CHALLENGE_LEN: Final = 32
 HOP_SECRET_LEN: Final = 32
+#: Entries per LossReports message: one per speaker the listener hears; 64 is far more than the
+#: speakers of the channels one user can be in at once, and a full message stays < 3 KiB.
+MAX_LOSS_REPORTS: Final = 64
+#: Upper bound of a reported mean loss-run length, in frames (finite, so inf is refused).
+MAX_LOSS_BURST: Final = 1e6
 
 # A visible name: no control characters anywhere, no whitespace at either end.
 _NAME_PATTERN: Final = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
@@ -229,6 +238,9 @@ U64 = Annotated[int, Meta(ge=0, le=U64_MAX)]
 SenderId = Annotated[int, Meta(ge=1, le=U32_MAX)]
 ChannelId = Annotated[int, Meta(ge=1, le=U32_MAX)]
 Milliseconds = Annotated[float, Meta(ge=0.0, le=1e9)]
+#: A fraction 0..1 (NaN fails every bound, so it is refused too).
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+LossBurst = Annotated[float, Meta(ge=0.0, le=MAX_LOSS_BURST)]
 Version = Annotated[str, Meta(min_length=1, max_length=MAX_VERSION_LEN, pattern=_NAME_PATTERN)]
 Software = Annotated[str, Meta(max_length=MAX_SOFTWARE_LEN, pattern=_TEXT_PATTERN)]
 UserName = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LEN, pattern=_NAME_PATTERN)]
@@ -266,7 +278,8 @@ class Limits(_Record, frozen=True):
     max_frame_size: Annotated[int, Meta(ge=65536, le=U32_MAX)]
     #: Most channels one user may be a member of at once.
     max_memberships: Annotated[int, Meta(ge=1, le=MAX_MEMBERSHIPS)]
-    #: Control messages per second the server's token bucket refills (VoiceTunnel excluded).
+    #: Control messages per second the server's token bucket refills (VoiceTunnel and
+    #: LossReports excluded: each has a bucket of its own whose excess is dropped).
     rate_per_s: Annotated[float, Meta(gt=0.0, le=1e6)]
     #: Token bucket size: messages that may arrive back to back.
     rate_burst: Annotated[int, Meta(ge=1, le=U32_MAX)]
@@ -339,6 +352,24 @@ class UdpStats(_Record, frozen=True):
     rtt_ms: Milliseconds = 0.0
     #: Interarrival jitter as the client measures it (RFC 3550 §6.4.1), in milliseconds.
     jitter_ms: Milliseconds = 0.0
+
+
+class LossReportEntry(_Record, frozen=True):
+    """One listener's measurement of one speaker's voice path (inside :class:`LossReports`).
+
+    The figures are those of ``voipclient.audio.redundancy.LossMeter.take_report``.
+    """
+
+    #: The speaker the report is about (its sender id); the server forwards it to that speaker.
+    to: SenderId
+    #: Fraction of the speaker's frames lost in the window, 0..1.
+    loss: Fraction
+    #: Mean length of a loss run, in frames (0 when nothing was lost).
+    burst: LossBurst
+    #: Interarrival jitter (RFC 3550 style), in milliseconds.
+    jitter_ms: Milliseconds
+    #: Frames expected in the window (received + lost); 0: nothing was heard.
+    frames: U32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,6 +584,33 @@ class VoiceTunnel(_Message, frozen=True, tag="voice"):
     datagram: Datagram
 
 
+class LossReports(_Message, frozen=True, tag="loss_report"):
+    """C→S, every few seconds: the listener's loss/jitter figures of the speakers it hears,
+    one entry per speaker (batched so the message rate does not grow with the speakers).
+
+    The server forwards each entry, as :class:`LossReportDelivery`, to the speaker named in
+    ``to`` if that speaker shares a channel with the reporter; anything else is dropped
+    silently. A dedicated per-session rate limit applies (excess dropped, not punished).
+    """
+
+    reports: Annotated[tuple[LossReportEntry, ...], Meta(min_length=1, max_length=MAX_LOSS_REPORTS)]
+
+
+class LossReportDelivery(_Message, frozen=True, tag="loss_report_delivery"):
+    """S→C: one listener's report about our voice path (see :class:`LossReportEntry`)."""
+
+    #: The listener that measured it (``"from"`` on the wire).
+    from_: SenderId = msgspec.field(name="from")
+    #: Fraction of our frames the listener lost, 0..1.
+    loss: Fraction
+    #: Mean loss-run length, in frames.
+    burst: LossBurst
+    #: Interarrival jitter at the listener, in milliseconds.
+    jitter_ms: Milliseconds
+    #: Frames the listener expected in its window.
+    frames: U32
+
+
 # -- administration ---------------------------------------------------------------------------
 
 
@@ -656,6 +714,7 @@ ClientMessage: TypeAlias = Union[  # noqa: UP007
     Text,
     VoiceTunnel,
     AdminAction,
+    LossReports,
     Ping,
     Error,
     Bye,
@@ -676,6 +735,7 @@ ServerMessage: TypeAlias = Union[  # noqa: UP007
     TextDelivery,
     VoiceTunnel,
     AdminNotice,
+    LossReportDelivery,
     Pong,
     Error,
     ServerShutdown,

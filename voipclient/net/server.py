@@ -38,6 +38,13 @@ Policies (documented in docs/protocol.md):
   beyond the token bucket (``rate_per_s``/``rate_burst``) → a fatal Error frame to that session and
   it is closed; other sessions are unaffected. Tunnelled voice has its own bucket
   (``tunnel_rate_per_s``) and excess datagrams are dropped, not punished (voice is bursty).
+* **Loss reports.** A READY session may send LossReports (its loss/jitter figures of the
+  speakers it hears). Each entry goes, as LossReportDelivery, only to the speaker it names, and
+  only while reporter and speaker share at least one channel; an entry for anyone else (not
+  logged in, no common channel, the reporter itself) and a repeated speaker within one message
+  (the last entry counts) are dropped silently. The messages have their own per-session bucket
+  (``loss_report_rate_per_s``/``loss_report_burst``) instead of the control bucket: a message
+  beyond it is dropped, never punished. Every outcome is counted (``loss_report_counts``).
 * **Administration.** A session whose identity key is in ``ServerConfig.admins`` may send
   AdminAction. Checks, in order: the requester is an admin (else NOT_ADMIN), the target sender
   id is logged in (else NO_SUCH_USER), and for a move the channel exists (NO_SUCH_CHANNEL) and
@@ -78,6 +85,7 @@ from voipclient.net.states import Direction, ServerState, Trigger, next_server_s
 
 __all__ = [
     "LOBBY_ID",
+    "LOSS_REPORT_COUNTERS",
     "ChannelConfig",
     "ServerConfig",
     "ServerCore",
@@ -95,6 +103,8 @@ _SEND: Final = Direction.SEND
 _Reason = ev.CloseReason
 _Leave = m.LeaveReason
 _Code = m.ErrorCode
+#: Messages outside the control token bucket: each has its own, and its excess is dropped.
+_OWN_BUCKET: Final = (m.VoiceTunnel, m.LossReports)
 
 ChannelPassword: TypeAlias = str | Callable[[str], bool]
 
@@ -158,7 +168,8 @@ class ServerConfig:
     login_timeout: float = 10.0
     #: Seconds without data from a logged-in client.
     idle_timeout: float = 30.0
-    #: Control messages per second per session (token bucket refill).
+    #: Control messages per second per session (token bucket refill; VoiceTunnel and
+    #: LossReports have buckets of their own).
     rate_per_s: float = 20.0
     #: Token bucket size (messages that may arrive back to back).
     rate_burst: int = 40
@@ -170,6 +181,11 @@ class ServerConfig:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     #: Ed25519 identity keys (raw 32 bytes) allowed to send AdminAction.
     admins: frozenset[bytes] = frozenset()
+    #: LossReports messages per second per session (their own bucket, not the control one);
+    #: the excess is dropped and counted. Clients send one every ~2 s.
+    loss_report_rate_per_s: float = 4.0
+    #: LossReports bucket size, messages.
+    loss_report_burst: int = 8
 
     def __post_init__(self) -> None:
         lobby = self.lobby
@@ -204,6 +220,8 @@ class ServerConfig:
             raise LocalProtocolError("max_sessions, login_timeout, idle_timeout must be > 0")
         if not 0 <= self.udp_port <= m.U16_MAX:
             raise LocalProtocolError("udp_port must be 0..65535")
+        if not (self.loss_report_rate_per_s > 0 and self.loss_report_burst >= 1):
+            raise LocalProtocolError("loss_report_rate_per_s must be > 0, loss_report_burst >= 1")
         if any(len(k) != m.ED25519_PUB_LEN for k in self.admins):
             raise LocalProtocolError("an admin key is a raw 32-byte Ed25519 public key")
 
@@ -273,6 +291,8 @@ class SessionInfo:
     udp_stats: m.UdpStats
     #: Tunnelled datagrams dropped by the tunnel rate limit.
     tunnel_dropped: int
+    #: Loss-report entries dropped by this session's loss-report rate limit.
+    loss_reports_dropped: int
 
 
 @dataclass(eq=False)
@@ -283,6 +303,7 @@ class _Session:
     last_rx: float  # seconds, adapter clock
     bucket: TokenBucket
     tunnel_bucket: TokenBucket
+    loss_bucket: TokenBucket
     state: ServerState = ServerState.AWAIT_HELLO
     out: bytearray = field(default_factory=bytearray)
     challenge: bytes = b""
@@ -295,6 +316,12 @@ class _Session:
     udp_received: int = 0
     udp_stats: m.UdpStats = field(default_factory=m.UdpStats)
     tunnel_dropped: int = 0
+    loss_reports_dropped: int = 0
+
+
+#: Keys of :attr:`ServerCore.loss_report_counts`, each counting loss-report *entries*:
+#: ``received`` = ``forwarded`` + ``rate_limited`` + ``not_shared`` + ``duplicate``.
+LOSS_REPORT_COUNTERS: Final = ("received", "forwarded", "rate_limited", "not_shared", "duplicate")
 
 
 class ServerCore:
@@ -327,6 +354,7 @@ class ServerCore:
         self._shutting_down = False
         self._channel_cfg: dict[int, ChannelConfig] = {}
         self._roster = Roster()
+        self._loss_counts = dict.fromkeys(LOSS_REPORT_COUNTERS, 0)
         for ch in (config.lobby, *_parents_first(config.channels)):
             self._roster.add_channel(ch.to_view())
             self._channel_cfg[ch.id] = ch
@@ -346,6 +374,7 @@ class ServerCore:
             last_rx=now,
             bucket=TokenBucket(cfg.rate_per_s, cfg.rate_burst, now),
             tunnel_bucket=TokenBucket(cfg.tunnel_rate_per_s, cfg.tunnel_burst, now),
+            loss_bucket=TokenBucket(cfg.loss_report_rate_per_s, cfg.loss_report_burst, now),
         )
         self._conns[conn_id] = sess
         if self._shutting_down:
@@ -362,7 +391,8 @@ class ServerCore:
         try:
             for payload in sess.decoder.feed(data):
                 msg = m.decode(payload)
-                if not isinstance(msg, m.VoiceTunnel) and not sess.bucket.take(now):
+                # Tunnelled voice and loss reports have buckets of their own (excess dropped).
+                if not isinstance(msg, _OWN_BUCKET) and not sess.bucket.take(now):
                     self._close(
                         sess,
                         _Reason.RATE_LIMITED,
@@ -467,6 +497,7 @@ class ServerCore:
             udp_received=sess.udp_received,
             udp_stats=sess.udp_stats,
             tunnel_dropped=sess.tunnel_dropped,
+            loss_reports_dropped=sess.loss_reports_dropped,
         )
 
     def may_speak(self, sender_id: int, channel_id: int) -> bool:
@@ -482,6 +513,15 @@ class ServerCore:
             if uid != exclude and user is not None and not user.deafened:
                 out.add(uid)
         return frozenset(out)
+
+    @property
+    def loss_report_counts(self) -> dict[str, int]:
+        """Loss-report entries since start, by outcome (a copy; keys ``LOSS_REPORT_COUNTERS``):
+        ``received``; ``forwarded`` to their speaker; dropped as ``rate_limited`` (the whole
+        message was over the session's loss-report bucket), ``not_shared`` (the named speaker is
+        not logged in, is the reporter, or shares no channel with it) or ``duplicate`` (the
+        speaker was named again later in the same message)."""
+        return dict(self._loss_counts)
 
     def note_udp_received(self, sender_id: int, count: int = 1) -> None:
         """The relay accepted ``count`` datagrams from ``sender_id`` (reported back in Pong)."""
@@ -604,6 +644,8 @@ class ServerCore:
                     )
             case m.AdminAction():
                 self._on_admin(sess, msg)
+            case m.LossReports():
+                self._on_loss_reports(sess, msg, now)
             case m.KeyDist():
                 self._on_keydist(sess, msg)
             case m.Text():
@@ -920,6 +962,41 @@ class ServerCore:
         self._send_many(
             targets, m.TextDelivery(sender_id=sid, channel_id=msg.channel_id, blob=msg.blob)
         )
+
+    def _on_loss_reports(self, sess: _Session, msg: m.LossReports, now: float) -> None:
+        sid = sess.sender_id
+        assert sid is not None
+        counts = self._loss_counts
+        n = len(msg.reports)
+        counts["received"] += n
+        if not sess.loss_bucket.take(now):
+            counts["rate_limited"] += n
+            sess.loss_reports_dropped += n
+            return
+        latest = {entry.to: entry for entry in msg.reports}  # a repeated speaker: last wins
+        counts["duplicate"] += n - len(latest)
+        mine = self._roster.channels_of(sid)
+        for to, entry in latest.items():
+            target = self._by_sender.get(to)
+            if (
+                target is None
+                or to == sid
+                or target.state is not ServerState.READY
+                or mine.isdisjoint(self._roster.channels_of(to))
+            ):
+                counts["not_shared"] += 1
+                continue
+            self._send(
+                target,
+                m.LossReportDelivery(
+                    from_=sid,
+                    loss=entry.loss,
+                    burst=entry.burst,
+                    jitter_ms=entry.jitter_ms,
+                    frames=entry.frames,
+                ),
+            )
+            counts["forwarded"] += 1
 
     def _update_user(
         self,

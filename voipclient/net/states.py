@@ -124,6 +124,7 @@ _C_READY_RECV: Final[tuple[MessageType, ...]] = (
     m.TextDelivery,
     m.VoiceTunnel,
     m.AdminNotice,
+    m.LossReportDelivery,
     m.Pong,
 )
 #: Intents a READY client may send.
@@ -137,6 +138,7 @@ _C_READY_SEND: Final[tuple[MessageType, ...]] = (
     m.Text,
     m.VoiceTunnel,
     m.AdminAction,
+    m.LossReports,
     m.Ping,
 )
 #: Every message a server may send; CLOSING discards whatever still arrives.

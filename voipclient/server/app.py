@@ -836,6 +836,7 @@ class RelayServer:
             "unreachable": r["unreachable"],
             "hop_replies": r["hop_replies"],
             "drops": {reason.name.lower(): n for reason, n in relay.drops().items()},
+            "loss_reports": core.loss_report_counts,
             "udp_send_dropped": c.udp_send_dropped,
             "udp_send_errors": c.udp_send_errors,
             "control_bytes_in": c.control_bytes_in,

@@ -265,6 +265,11 @@ class TestClient:
         self.secure.send_text(channel_id, text, self._loop.time())
         self._flush()
 
+    def send_loss_reports(self, reports: list[Any]) -> None:
+        """Loss/jitter reports about speakers (``LossReport``-like objects)."""
+        self.session.send_loss_reports(reports)
+        self._flush()
+
     def set_tunnel(self, tunnel: bool) -> None:
         self.session.set_voice_transport(tunnel)
         self._flush()
