@@ -1,19 +1,790 @@
-"""``voipclient-bot``: headless client on the same core (arrives with the audio issue)."""
+"""``voipclient-bot``: a headless client on the same core as the desktop app.
+
+It connects over TLS 1.3 with the server's SPKI pin (or trust on first use), logs in with a fresh
+identity, joins channels, binds its UDP address (hop control) or falls back to the TLS tunnel, and
+runs the real voice path on an audio engine: a WAV file as microphone (``--play``) and a WAV file
+as speaker (``--record``), or real sound devices (``--input-device`` / ``--output-device``)::
+
+    capture ring ─► TransmitGate ─► VoiceSender (Opus once) ─► SecureSession.seal_voice per
+    channel ─► UDP/tunnel ─► relay ─► UDP/tunnel ─► open_voice ─► VoicePlayback (jitter buffer,
+    FEC/copies/concealment, mixer) ─► playback ring
+
+Receivers' loss reports go back to each speaker over the control channel; the speaker's
+RedundancyPolicy sets the Opus loss hint and the copies of earlier frames.
+
+Everything runs on one asyncio loop: the workers are a few hundred microseconds per frame, and a
+bot has no UI to keep responsive. Exit status: 0 on success, 1 for a failure to connect, log in,
+join or decrypt (one line on stderr says which), 2 for a usage error.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import ssl
 import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from voipclient import __version__
+from voipclient.audio.engine import AudioEngine, DeviceEvent
+from voipclient.audio.file_engine import FileEngine
+from voipclient.audio.mixer import Mixer
+from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
+from voipclient.audio.redundancy import LossReport, RedundancyPolicy, bitrate_cost
+from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
+from voipclient.crypto.hop import HopMac, derive_hop_keys
+from voipclient.crypto.identity import IdentityKey
+from voipclient.crypto.replay import ReplayWindow
+from voipclient.crypto.tofu import TofuStore
+from voipclient.net import e2ee, hopctl
+from voipclient.net import events as ev
+from voipclient.net.client import ClientSession
+from voipclient.server.tls import pin_of_der_certificate
+
+log = logging.getLogger("voipclient.bot")
+
+CONNECT_TIMEOUT_S = 10.0
+JOIN_TIMEOUT_S = 10.0
+KEY_TIMEOUT_S = 10.0
+UDP_BIND_TRIES = 3
+UDP_BIND_WAIT_S = 1.0
+
+
+class BotError(Exception):
+    """A failure the bot reports as one line and exit status 1."""
+
+
+# --- the TLS part -------------------------------------------------------------------------------
+
+
+def client_ssl_context() -> ssl.SSLContext:
+    """TLS 1.3 with no CA and no host name: the SPKI pin is the check (made before any
+    application byte is written)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def parse_server(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--server must be HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+# --- the bot -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BotOptions:
+    host: str
+    port: int
+    pin: str | None  # None: trust on first use
+    name: str
+    join: list[str]
+    talk: list[str]
+    play: Path | None = None
+    record: Path | None = None
+    input_device: str | None = None
+    output_device: str | None = None
+    seconds: float | None = None
+    frame_ms: int = 20
+    bitrate: int = 32_000
+    tunnel: bool = False  # voice over the TLS connection instead of UDP
+    password: str | None = None
+    release_ms: float = 200.0
+    start_delay_s: float = 0.0  # wait this long after joining before the audio starts
+    local_ip: str | None = None
+
+
+@dataclass
+class BotStats:
+    frames_sent: int = 0
+    datagrams_sent: int = 0
+    payload_bytes_sent: int = 0
+    datagrams_received: int = 0
+    voice_opened: int = 0
+    frames_rendered: int = 0
+    reports_sent: int = 0
+    reports_received: int = 0
+    level_changes: list[dict[str, Any]] = field(default_factory=list)
+    device_events: list[dict[str, str]] = field(default_factory=list)
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, bot: VoiceBot) -> None:
+        self.bot = bot
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.bot._udp_datagram(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.bot.udp_errors += 1
+
+
+class VoiceBot:
+    """One headless user. ``await bot.run()`` does everything the options say."""
+
+    def __init__(
+        self,
+        options: BotOptions,
+        *,
+        engine_factory: Callable[[BotOptions], AudioEngine] | None = None,
+        identity: IdentityKey | None = None,
+    ) -> None:
+        self.o = options
+        self.stats = BotStats()
+        self.identity = identity or IdentityKey.generate()
+        self.session = ClientSession(
+            options.name, self.identity.public_bytes(), self.identity.sign, options.password
+        )
+        self.pin: str | None = options.pin
+        self.secure: e2ee.SecureSession | None = None
+        self._engine_factory = engine_factory or default_engine
+        self.engine: AudioEngine | None = None
+        self.udp_errors = 0
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._c2s: HopMac | None = None
+        self._s2c: HopMac | None = None
+        self._hop_seq = 0
+        self._hop_window = ReplayWindow()
+        self._udp_bound = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed: ev.ConnectionClosed | None = None
+        self._failure: str | None = None
+        self.channel_ids: list[int] = []
+        self.talk_ids: list[int] = []
+        n = frame_samples(options.frame_ms)
+        self.mixer = Mixer(frame_samples=n)
+        self.playback = VoicePlayback(
+            self.mixer, lambda: OpusDecoder(frame_ms=options.frame_ms), frame_ms=options.frame_ms
+        )
+        self.sender = VoiceSender(
+            OpusEncoder(frame_ms=options.frame_ms, bitrate=options.bitrate),
+            first_frame_no=int.from_bytes(os.urandom(4), "big"),
+        )
+        self.gate = TransmitGate(options.release_ms)
+        self.policy = RedundancyPolicy()
+        self._frame = np.zeros(n, dtype=np.int16)
+        self._out = np.zeros(n, dtype=np.int16)
+        self._names: dict[int, str | None] = {}  # speakers heard (kept after they leave)
+
+    # -- control connection ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        local = (self.o.local_ip, 0) if self.o.local_ip else None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    self.o.host, self.o.port, ssl=client_ssl_context(), local_addr=local
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise BotError(
+                f"cannot connect to {self.o.host}:{self.o.port}: {exc or 'timed out'}"
+            ) from None
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        presented = pin_of_der_certificate(der) if der else None
+        if self.pin is None:
+            if presented is None:
+                writer.close()
+                raise BotError("the server presented no certificate")
+            self.pin = presented
+            print(f"voipclient-bot: trusting {self.o.host}:{self.o.port} pin={presented}")
+        elif presented != self.pin:
+            writer.close()  # before any application byte
+            raise BotError(
+                f"server key mismatch: {self.o.host}:{self.o.port} presented {presented}, "
+                f"expected {self.pin}; refusing to connect"
+            )
+        self._reader, self._writer = reader, writer
+        self.secure = e2ee.SecureSession(
+            self.session, self.identity, self.o.name, TofuStore(), self.pin, wall_clock=time.time
+        )
+        self.session.start(self._loop.time())
+        self._flush()
+        self._tasks.append(asyncio.ensure_future(self._read_loop()))
+        self._tasks.append(asyncio.ensure_future(self._tick_loop()))
+        await self.wait_for(lambda: self.sid is not None, CONNECT_TIMEOUT_S, "login")
+
+    @property
+    def sid(self) -> int | None:
+        return None if self.secure is None else self.secure.sender_id
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        try:
+            while data := await self._reader.read(65536):
+                self._feed(self.session.receive_data(data, self._loop.time()))
+        except (ConnectionError, ssl.SSLError):
+            pass
+        self._feed(self.session.connection_lost(self._loop.time()))
+        self._changed.set()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            now = self._loop.time()
+            self._feed(self.session.handle_timer(now))
+            if self.secure is not None:
+                self._feed_secure(self.secure.tick(now))
+            self._flush()
+
+    def _feed(self, events: list[ev.ClientEvent]) -> None:
+        if not events:
+            return
+        now = self._loop.time()
+        for event in events:
+            if isinstance(event, ev.LoggedIn):
+                k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
+                self._c2s, self._s2c = HopMac(k_c2s), HopMac(k_s2c)
+            elif isinstance(event, ev.VoiceTunnelReceived):
+                self._voice_datagram(event.datagram)
+            elif isinstance(event, ev.LossReportReceived):
+                self._loss_report(event, now)
+            elif isinstance(event, ev.UserLeft):
+                self.playback.forget_sender(event.user.sender_id)
+                self.policy.forget(event.user.sender_id)
+            elif isinstance(event, ev.ServerError):
+                log.warning("server error: %s", event)
+            elif isinstance(event, ev.ConnectionClosed):
+                self._closed = event
+        if self.secure is not None:
+            self._feed_secure(self.secure.handle_events(events, now))
+        self._flush()
+
+    def _feed_secure(self, events: list[e2ee.SecureEvent]) -> None:
+        for event in events:
+            if isinstance(event, e2ee.VoiceReleased):
+                self._voice_frame(event.frame)
+        if events:
+            self._changed.set()
+
+    def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = self._loop.time() + timeout
+        while not predicate():
+            if self._closed is not None:
+                raise BotError(f"connection closed while waiting for {what}: {self._closed}")
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise BotError(f"timed out after {timeout:.0f} s waiting for {what}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
+
+    # -- channels ----------------------------------------------------------------------------------
+
+    def resolve_channels(self, names: Sequence[str]) -> list[int]:
+        channels = self.session.roster.channels
+        ids = []
+        for name in names:
+            if name.isdigit() and int(name) in channels:
+                ids.append(int(name))
+                continue
+            found = [c.id for c in channels.values() if c.name.casefold() == name.casefold()]
+            if not found:
+                known = ", ".join(sorted(c.name for c in channels.values()))
+                raise BotError(f"no channel {name!r} on the server (channels: {known})")
+            ids.append(found[0])
+        return ids
+
+    async def join_channels(self) -> None:
+        self.channel_ids = self.resolve_channels(self.o.join)
+        self.talk_ids = self.resolve_channels(self.o.talk)
+        missing = set(self.talk_ids) - set(self.channel_ids)
+        if missing:
+            raise BotError("--talk channels must also be in --join")
+        for channel_id in self.channel_ids:
+            self.session.join(channel_id)
+        self._flush()
+        await self.wait_for(
+            lambda: all(self._is_member(c) for c in self.channel_ids), JOIN_TIMEOUT_S, "join"
+        )
+
+    def _is_member(self, channel_id: int) -> bool:
+        sid = self.sid
+        return sid is not None and channel_id in self.session.roster.channels_of(sid)
+
+    def _keys_ready(self) -> bool:
+        """We hold a key for every talk channel and every other member there holds ours."""
+        sec = self.secure
+        if sec is None or sec.scheduler is None:
+            return False
+        return all(sec.scheduler.is_open(c) for c in self.talk_ids)
+
+    # -- UDP ---------------------------------------------------------------------------------------
+
+    async def bind_udp(self) -> bool:
+        """Open the UDP socket and validate our address; False when UDP gets no answer."""
+        local = (self.o.local_ip or ("::" if ":" in self.o.host else "0.0.0.0"), 0)  # noqa: S104
+        transport, _ = await self._loop.create_datagram_endpoint(
+            lambda: _Udp(self), local_addr=local, remote_addr=(self.o.host, self.o.port)
+        )
+        self._udp = transport
+        assert self._c2s is not None and self.sid is not None
+        for _ in range(UDP_BIND_TRIES):
+            self._send_udp(hopctl.encode_bind(self._c2s, self.sid, self._next_seq()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._udp_bound.wait(), UDP_BIND_WAIT_S)
+                return True
+        return False
+
+    def _next_seq(self) -> int:
+        seq = self._hop_seq
+        self._hop_seq += 1
+        return seq
+
+    def _send_udp(self, datagram: bytes) -> None:
+        if self._udp is not None:
+            self._udp.sendto(datagram)
+
+    def _udp_datagram(self, data: bytes) -> None:
+        if len(data) == hopctl.HOP_CONTROL_LEN and data[1] in hopctl.S2C_PTYPES:
+            if self._s2c is None or self._c2s is None or self.sid is None:
+                return
+            msg = hopctl.open_hop_control(
+                data, self._s2c, self._hop_window, ptypes=hopctl.S2C_PTYPES
+            )
+            if msg is None:
+                return
+            if msg.ptype == hopctl.PTYPE_CHALLENGE:
+                self._send_udp(
+                    hopctl.encode_bind_confirm(self._c2s, self.sid, self._next_seq(), msg.body)
+                )
+            elif msg.ptype == hopctl.PTYPE_BIND_OK:
+                self._udp_bound.set()
+            return
+        self._voice_datagram(data)
+
+    # -- voice in ----------------------------------------------------------------------------------
+
+    def _voice_datagram(self, data: bytes) -> None:
+        self.stats.datagrams_received += 1
+        if self.secure is None:
+            return
+        frame = self.secure.open_voice(data, self._loop.time())
+        if frame is not None:
+            self._voice_frame(frame)
+
+    def _voice_frame(self, frame: Any) -> None:
+        self.stats.voice_opened += 1
+        if frame.sender_id not in self._names:
+            user = self.session.roster.users.get(frame.sender_id)
+            self._names[frame.sender_id] = None if user is None else user.name
+        self.playback.push(
+            frame.sender_id, frame.channel_id, frame.payload, frame.last, self._loop.time()
+        )
+
+    def _loss_report(self, event: ev.LossReportReceived, now: float) -> None:
+        self.stats.reports_received += 1
+        report = LossReport(
+            sender_id=event.listener_id,
+            loss=event.loss,
+            burst=event.burst,
+            jitter_ms=event.jitter_ms,
+            window_frames=event.frames,
+        )
+        self._apply_level(self.policy.add_report(event.listener_id, report, now), now)
+
+    def _apply_level(self, level: Any, now: float) -> None:
+        if level != self.sender.level:
+            self.sender.set_level(level)
+            self.stats.level_changes.append(
+                {
+                    "t": round(now - self._t0, 3),
+                    "hint": level.loss_hint_percent,
+                    "distances": list(level.distances),
+                    "extra_bps": bitrate_cost(level, self.o.bitrate, self.o.frame_ms),
+                }
+            )
+
+    # -- the frame clock ---------------------------------------------------------------------------
+
+    async def run_audio(self, seconds: float | None) -> None:
+        """Move audio until ``seconds`` passed (or the --play file ended, plus 1 s of tail)."""
+        engine = self.engine
+        assert engine is not None and self.secure is not None
+        n = engine.frame_samples
+        period = n / engine.sample_rate
+        start = self._loop.time()
+        self._t0 = start
+        if isinstance(engine, FileEngine):
+            engine.start(start)
+        else:
+            engine.start()
+        end_at = None if seconds is None else start + seconds
+        tail_until: float | None = None
+        k = 0
+        while True:
+            k += 1
+            deadline = start + k * period
+            delay = deadline - self._loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = self._loop.time()
+            if isinstance(engine, FileEngine):
+                engine.tick(now)
+            poll = getattr(engine, "poll", None)
+            if poll is not None and k % 10 == 0:
+                for event in poll(now):
+                    self._device_event(event)
+            while engine.capture.available >= n:
+                engine.capture.read_into(self._frame)
+                self._capture_frame(now)
+            while engine.playback.available < n:
+                self.playback.render_into(self._out, now)
+                engine.playback.write(self._out)
+                self.stats.frames_rendered += 1
+            reports = self.playback.loss_reports(now)
+            if reports and self._closed is None:
+                self.session.send_loss_reports(reports)
+                self.stats.reports_sent += len(reports)
+                self._flush()
+            if k % 50 == 0:
+                self._apply_level(self.policy.level(now), now)
+            if self._closed is not None:
+                raise BotError(f"connection closed: {self._closed}")
+            if end_at is not None and now >= end_at:
+                break
+            if end_at is None and isinstance(engine, FileEngine) and engine.input_exhausted:
+                tail_until = tail_until or now + 1.0
+                if now >= tail_until:
+                    break
+        self._finish_talking(self._loop.time())
+
+    def _capture_frame(self, now: float) -> None:
+        sec = self.secure
+        assert sec is not None
+        decision = self.gate.update(self.talk_ids, now)
+        if not decision.sending:
+            self.sender.skip()
+            return
+        payload = self.sender.encode(self._frame)
+        datagrams = sec.seal_voice(decision.targets, payload, now)
+        if decision.ending:
+            datagrams += sec.seal_voice(decision.ending, payload, now, last=True)
+        self._send_voice(datagrams)
+        self.stats.frames_sent += 1
+        self.stats.payload_bytes_sent += len(payload)
+        self._feed_secure(sec.flush(now))
+        self._flush()
+
+    def _finish_talking(self, now: float) -> None:
+        """End every transmission with a VOICE_LAST frame of silence."""
+        if self.secure is None or not self.gate.active:
+            return
+        self._frame.fill(0)
+        payload = self.sender.encode(self._frame)
+        self._send_voice(self.secure.seal_voice(sorted(self.gate.active), payload, now, last=True))
+        for channel in list(self.gate.active):
+            self.gate.drop(channel)
+
+    def _send_voice(self, datagrams: list[bytes]) -> None:
+        for d in datagrams:
+            if self.o.tunnel:
+                self.session.send_voice_tunnel(d)
+            else:
+                self._send_udp(d)
+        self.stats.datagrams_sent += len(datagrams)
+
+    def _device_event(self, event: DeviceEvent) -> None:
+        self.stats.device_events.append({"kind": event.kind, "message": event.message})
+        if event.kind not in {"started", "stopped", "eof"}:
+            print(f"voipclient-bot: audio device {event.kind}: {event.message}", file=sys.stderr)
+
+    # -- whole run ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.connect()
+        await self.join_channels()
+        if self.o.tunnel:
+            self.session.set_voice_transport(True)
+            self._flush()
+        elif not await self.bind_udp():
+            print("voipclient-bot: UDP gets no answer; voice goes over TLS", file=sys.stderr)
+            self.o.tunnel = True
+            self.session.set_voice_transport(True)
+            self._flush()
+        if self.talk_ids:
+            await self.wait_for(self._keys_ready, KEY_TIMEOUT_S, "sender keys")
+        if self.o.start_delay_s > 0:
+            await asyncio.sleep(self.o.start_delay_s)
+        self.engine = self._engine_factory(self.o)
+        self.engine.on_event = self._device_event
+        try:
+            await self.run_audio(self.o.seconds)
+        finally:
+            self.engine.stop()
+            close = getattr(self.engine, "close", None)
+            if close is not None:
+                close()
+        self.check_decrypt()
+
+    def check_decrypt(self) -> None:
+        """Voice that arrived but none of it opened is a failure to decrypt."""
+        if self.stats.datagrams_received and not self.stats.voice_opened:
+            raise BotError(
+                f"could not decrypt any of {self.stats.datagrams_received} voice datagrams "
+                f"({self.drop_summary()})"
+            )
+
+    def drop_summary(self) -> str:
+        receiver = None if self.secure is None else self.secure.receiver
+        if receiver is None:
+            return "no receiver"
+        drops = {r.name.lower(): c for r, c in receiver.drop_counts().items() if c}
+        return ", ".join(f"{k}={v}" for k, v in drops.items()) or "no drops"
+
+    def stats_dict(self) -> dict[str, Any]:
+        receiver = None if self.secure is None else self.secure.receiver
+        drops = (
+            {}
+            if receiver is None
+            else {r.name.lower(): c for r, c in receiver.drop_counts().items()}
+        )
+        streams = []
+        for s in self.playback.stats().streams:
+            j = s.jitter
+            streams.append(
+                {
+                    "sender_id": s.sender_id,
+                    "name": self._user_name(s.sender_id),
+                    "received": j.received,
+                    "played": j.played,
+                    "fec_recovered": j.fec_recovered,
+                    "recovered_from_copies": j.recovered,
+                    "concealed": j.concealed,
+                    "late": j.late,
+                    "duplicate": j.duplicate,
+                    "reordered": j.reordered,
+                    "dropped": j.dropped,
+                    "current_delay_ms": round(j.current_delay_ms, 1),
+                    "target_delay_ms": round(j.target_delay_ms, 1),
+                    "decoded": s.decoded,
+                    "redundancy_depth": s.redundancy_depth,
+                }
+            )
+        engine_stats = self.engine.stats() if self.engine is not None else None
+        seconds = max(1e-9, self.stats.frames_rendered * self.o.frame_ms / 1000)
+        return {
+            "name": self.o.name,
+            "sender_id": self.sid,
+            "transport": "tunnel" if self.o.tunnel else "udp",
+            "frame_ms": self.o.frame_ms,
+            "bitrate": self.o.bitrate,
+            "frames_sent": self.stats.frames_sent,
+            "datagrams_sent": self.stats.datagrams_sent,
+            "payload_bits_per_s": round(self.stats.payload_bytes_sent * 8 / seconds),
+            "datagrams_received": self.stats.datagrams_received,
+            "voice_opened": self.stats.voice_opened,
+            "malformed_payloads": self.playback.malformed,
+            "decrypt_drops": drops,
+            "frames_rendered": self.stats.frames_rendered,
+            "loss_reports_sent": self.stats.reports_sent,
+            "loss_reports_received": self.stats.reports_received,
+            "redundancy_level_changes": self.stats.level_changes,
+            "output_level_dbfs": [None if math.isinf(x) else round(x, 1) for x in self.mixer.level],
+            "streams": streams,
+            "engine": None
+            if engine_stats is None
+            else {
+                "overruns": engine_stats.overruns,
+                "underruns": engine_stats.underruns,
+                "frames_in": engine_stats.frames_in,
+                "frames_out": engine_stats.frames_out,
+            },
+            "device_events": self.stats.device_events,
+            "udp_errors": self.udp_errors,
+        }
+
+    def _user_name(self, sender_id: int) -> str | None:
+        return self._names.get(sender_id)
+
+    async def close(self) -> None:
+        if self._closed is None and self._writer is not None and not self._writer.is_closing():
+            self.session.close(now=self._loop.time())
+            self._flush()
+            with contextlib.suppress(BotError):
+                await self.wait_for(lambda: self._closed is not None, 2.0, "bye")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+        if self._udp is not None:
+            self._udp.close()
+
+
+def default_engine(o: BotOptions) -> AudioEngine:
+    """Sound devices when one is named, else WAV files (a missing side is silence/discarded)."""
+    n = frame_samples(o.frame_ms)
+    if o.input_device is not None or o.output_device is not None:
+        from voipclient.audio.sd_engine import SoundDeviceEngine
+
+        engine: AudioEngine = SoundDeviceEngine(
+            input_device=_device_arg(o.input_device),
+            output_device=_device_arg(o.output_device),
+            frame_samples=n,
+            input_enabled=o.input_device is not None,
+            output_enabled=o.output_device is not None,
+        )
+        return engine
+    return FileEngine(o.play, o.record, realtime=True, frame_samples=n)
+
+
+def _device_arg(text: str | None) -> int | str | None:
+    if text is None or text == "default":
+        return None
+    return int(text) if text.isdigit() else text
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="voipclient-bot",
+        description="Headless voipclient: join channels, talk from a WAV file, record what it "
+        "hears, report statistics.",
+    )
+    p.add_argument("--version", action="version", version=f"voipclient-bot {__version__}")
+    p.add_argument("--server", required=True, metavar="HOST:PORT")
+    trust = p.add_mutually_exclusive_group(required=True)
+    trust.add_argument("--pin", metavar="sha256/...", help="the server's key pin (start line)")
+    trust.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="accept the key the server presents (printed), for tests on a trusted network",
+    )
+    p.add_argument("--name", default="bot")
+    p.add_argument("--password", default=None, help="server password (or VOIPCLIENT_PASSWORD)")
+    p.add_argument("--join", default="", metavar="A,B", help="channels to be a member of")
+    p.add_argument("--talk", default="", metavar="A", help="channels to transmit to (⊆ --join)")
+    p.add_argument("--play", type=Path, help="WAV (48 kHz mono 16-bit) used as the microphone")
+    p.add_argument("--record", type=Path, help="WAV file the mixed output is written to")
+    p.add_argument("--input-device", help="capture from this sound device (name or index)")
+    p.add_argument("--output-device", help="play to this sound device (name or index)")
+    p.add_argument("--seconds", type=float, help="run this long (default: to the end of --play)")
+    p.add_argument("--stats-json", type=Path, help="write statistics here at the end")
+    p.add_argument("--frame-ms", type=int, choices=(10, 20), default=20)
+    p.add_argument("--bitrate", type=int, default=32_000, help="Opus bitrate, 16000-128000")
+    p.add_argument("--tunnel", action="store_true", help="send voice over TLS, not UDP")
+    p.add_argument("--release-ms", type=float, default=200.0)
+    p.add_argument(
+        "--start-delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="start the audio (and --seconds) this long after joining",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> BotOptions:
+    host, port = parse_server(args.server)
+    join = [c for c in args.join.split(",") if c]
+    talk = [c for c in args.talk.split(",") if c]
+    if args.play is not None and args.input_device is not None:
+        raise ValueError("--play and --input-device both give a microphone; choose one")
+    if args.record is not None and args.output_device is not None:
+        raise ValueError("--record and --output-device both give a speaker; choose one")
+    if args.play is not None and not args.play.is_file():
+        raise ValueError(f"--play: no such file: {args.play}")
+    if args.seconds is None and args.play is None:
+        raise ValueError("give --seconds (or --play, which ends the run when the file ends)")
+    if not 16_000 <= args.bitrate <= 128_000:
+        raise ValueError("--bitrate must be 16000..128000")
+    return BotOptions(
+        host=host,
+        port=port,
+        pin=None if args.trust_on_first_use else args.pin,
+        name=args.name,
+        join=join,
+        talk=talk,
+        play=args.play,
+        record=args.record,
+        input_device=args.input_device,
+        output_device=args.output_device,
+        seconds=args.seconds,
+        frame_ms=args.frame_ms,
+        bitrate=args.bitrate,
+        tunnel=args.tunnel,
+        password=args.password or os.environ.get("VOIPCLIENT_PASSWORD"),
+        release_ms=args.release_ms,
+        start_delay_s=args.start_delay,
+    )
+
+
+async def run_bot(options: BotOptions, stats_json: Path | None = None) -> dict[str, Any]:
+    bot = VoiceBot(options)
+    try:
+        await bot.run()
+    finally:
+        stats = bot.stats_dict()
+        if stats_json is not None:
+            stats_json.write_text(json.dumps(stats, indent=2) + "\n")
+        await bot.close()
+    return stats
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if "--version" in args:
-        print(f"voipclient-bot {__version__}")
-        return 0
-    print("voipclient-bot: not available yet (it comes with the audio engine)", file=sys.stderr)
-    return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    from voipclient.errors import AudioDeviceError
+
+    try:
+        stats = asyncio.run(run_bot(options, args.stats_json))
+    except BotError as exc:
+        print(f"voipclient-bot: {exc}", file=sys.stderr)
+        return 1
+    except (AudioDeviceError, ValueError, OSError) as exc:
+        print(f"voipclient-bot: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    heard = sum(s["played"] for s in stats["streams"])
+    print(
+        f"voipclient-bot: {options.name}: sent {stats['frames_sent']} frames, "
+        f"heard {heard} frames from {len(stats['streams'])} speaker(s)"
+    )
+    return 0
 
 
 if __name__ == "__main__":

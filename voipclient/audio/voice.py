@@ -24,6 +24,7 @@ time, not as a jump in delay.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -64,6 +65,7 @@ __all__ = [
 
 DEFAULT_RELEASE_MS: Final = 200.0  # ms: transmit keeps going this long after PTT is released
 _HISTORY: Final = 8  # our own recent Opus packets kept for redundant copies (≥ max distance 6)
+_DEPARTED_KEPT: Final = 64  # ended streams whose statistics stay visible
 _CHANNEL_MEMORY_S: Final = 1.0  # s: a channel a speaker's frames arrived on counts this long
 
 Pcm = npt.NDArray[np.int16]
@@ -269,6 +271,7 @@ class VoicePlayback:
         self._report_interval_s = report_interval_s
         self._idle_forget_s = idle_forget_s
         self._streams: dict[int, _Stream] = {}
+        self._departed: deque[StreamStats] = deque(maxlen=_DEPARTED_KEPT)
         # fade-out ramp, scaled to the mixer's float full scale (1.0 = 32768)
         self._fade = np.linspace(1.0, 0.0, self.frame_samples, dtype=np.float32) / np.float32(32768)
         self._scratch = np.zeros(self.frame_samples, dtype=np.float32)
@@ -318,8 +321,11 @@ class VoicePlayback:
         return stream
 
     def forget_sender(self, sender_id: int) -> None:
-        """The speaker left: drop its stream and its mixer state."""
-        self._streams.pop(sender_id, None)
+        """The speaker left: drop its stream and its mixer state (its final statistics are kept
+        in :meth:`stats`, the last :data:`_DEPARTED_KEPT` of them)."""
+        stream = self._streams.pop(sender_id, None)
+        if stream is not None:
+            self._departed.append(self._stream_stats(stream))
         self.mixer.forget_sender(sender_id)
 
     # -- output ---------------------------------------------------------------------------------
@@ -357,7 +363,7 @@ class VoicePlayback:
             stream.decoded += 1
             mixer.add(sender_id, channel, self._next_frame_no(stream), pcm)
         for sender_id in stale:
-            del self._streams[sender_id]
+            self._departed.append(self._stream_stats(self._streams.pop(sender_id)))
         mixer.mix_into(out)
 
     def _audible_channel(self, stream: _Stream, now: float) -> int | None:
@@ -397,11 +403,13 @@ class VoicePlayback:
     def speakers(self) -> frozenset[int]:
         return frozenset(self._streams)
 
+    @staticmethod
+    def _stream_stats(s: _Stream) -> StreamStats:
+        return StreamStats(s.sender_id, s.jitter.stats, s.decoded, s.skipped, s.depth)
+
     def stats(self) -> PlaybackStats:
+        """Streams that ended (departed or idle speakers) first, then the live ones."""
         return PlaybackStats(
             self.malformed,
-            tuple(
-                StreamStats(s.sender_id, s.jitter.stats, s.decoded, s.skipped, s.depth)
-                for s in self._streams.values()
-            ),
+            (*self._departed, *(self._stream_stats(s) for s in self._streams.values())),
         )

@@ -12,7 +12,7 @@ from voipclient.audio.redundancy import LossReport
 from voipclient.net import events as ev
 
 from ._client import TestClient
-from .conftest import LOBBY, A, B, Starter
+from ..conftest import LOBBY, A, B, Starter
 from .test_server import clients, run, settle
 
 pytestmark = pytest.mark.timeout(60)

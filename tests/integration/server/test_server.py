@@ -29,7 +29,7 @@ from voipclient.net.frames import FrameDecoder, encode_frame
 from voipclient.server.config import hash_password
 
 from ._client import PinMismatch, TestClient, client_ssl_context, payload
-from .conftest import LOBBY, A, B, ServerProcess, Starter
+from ..conftest import LOBBY, A, B, ServerProcess, Starter
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,0 +1,236 @@
+"""``voipclient-bot`` through a real relay process: speech arrives, memberships decide who hears
+what, failures exit non-zero with a message. The bots run as real processes (the CLI users run)
+with WAV files as microphone and speaker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voipclient.audio.file_engine import read_wav_mono16
+
+from ..conftest import ServerProcess, Starter
+
+DATA = Path(__file__).parents[2] / "data"
+SPEECH0 = DATA / "speech-0-48k.wav"
+SPEECH1 = DATA / "speech-1-48k.wav"
+RATE = 48_000
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def bot_cmd(server: ServerProcess, name: str, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "voipclient.bot",
+        "--server",
+        f"{server.host}:{server.port}",
+        "--pin",
+        server.pin,
+        "--name",
+        name,
+        *args,
+    ]
+
+
+def start_bot(server: ServerProcess, name: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        bot_cmd(server, name, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode, out, err
+
+
+def similarity(source: np.ndarray, recording: np.ndarray) -> tuple[float, float]:
+    """Peak normalised cross-correlation of the recording with the source (FFT), and the lag (s)
+    at which the source appears in the recording."""
+    src = source.astype(np.float64)
+    got = recording.astype(np.float64)
+    n = len(src) + len(got)
+    corr = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(src, n)), n)[: len(got)]
+    lag = int(np.argmax(corr))
+    seg = got[lag : lag + len(src)]
+    ref = src[: len(seg)]
+    score = float(np.dot(seg, ref) / (np.linalg.norm(seg) * np.linalg.norm(ref) + 1e-9))
+    return score, lag / RATE
+
+
+def test_speech_crosses_the_relay_and_arrives_intact(start_server: Starter, tmp_path: Path) -> None:
+    server = start_server()
+    listener = start_bot(
+        server,
+        "bob",
+        "--join",
+        "A",
+        "--seconds",
+        "6",
+        "--record",
+        str(tmp_path / "bob.wav"),
+        "--stats-json",
+        str(tmp_path / "bob.json"),
+    )
+    talker = start_bot(
+        server,
+        "ann",
+        "--join",
+        "A",
+        "--talk",
+        "A",
+        "--start-delay",
+        "1.5",
+        "--play",
+        str(SPEECH0),
+        "--seconds",
+        "5",
+        "--stats-json",
+        str(tmp_path / "ann.json"),
+    )
+    rc_talker, out, err = finish(talker)
+    assert rc_talker == 0, err
+    assert "ann: sent" in out
+    rc_listener, out, err = finish(listener)
+    assert rc_listener == 0, err
+    stats = json.loads((tmp_path / "bob.json").read_text())
+    (stream,) = stats["streams"]
+    assert stream["name"] == "ann"
+    assert stream["played"] >= 150
+    assert sum(stats["decrypt_drops"].values()) == 0
+    source = read_wav_mono16(SPEECH0)[: RATE * 3]
+    score, lag = similarity(source, read_wav_mono16(tmp_path / "bob.wav"))
+    assert score > 0.85, f"recording does not match the speech sent (similarity {score:.2f})"
+    assert 0.5 < lag < 4.0
+    talker_stats = json.loads((tmp_path / "ann.json").read_text())
+    assert talker_stats["frames_sent"] >= 150
+    assert talker_stats["transport"] == "udp"
+
+
+def test_member_of_a_and_b_hears_both_member_of_a_only_hears_a(
+    start_server: Starter, tmp_path: Path
+) -> None:
+    server = start_server()
+    both = start_bot(
+        server,
+        "both",
+        "--join",
+        "A,B",
+        "--seconds",
+        "6",
+        "--record",
+        str(tmp_path / "both.wav"),
+        "--stats-json",
+        str(tmp_path / "both.json"),
+    )
+    only_a = start_bot(
+        server,
+        "only-a",
+        "--join",
+        "A",
+        "--seconds",
+        "6",
+        "--record",
+        str(tmp_path / "only_a.wav"),
+        "--stats-json",
+        str(tmp_path / "only_a.json"),
+    )
+    common = ("--start-delay", "1.5", "--seconds", "4.5")
+    in_a = start_bot(
+        server, "talks-a", "--join", "A", "--talk", "A", "--play", str(SPEECH0), *common
+    )
+    in_b = start_bot(
+        server, "talks-b", "--join", "B", "--talk", "B", "--play", str(SPEECH1), *common
+    )
+    for proc in (in_a, in_b, both, only_a):
+        rc, _, err = finish(proc)
+        assert rc == 0, err
+    heard_both = {
+        s["name"]: s["played"] for s in json.loads((tmp_path / "both.json").read_text())["streams"]
+    }
+    heard_a = {
+        s["name"]: s["played"]
+        for s in json.loads((tmp_path / "only_a.json").read_text())["streams"]
+    }
+    assert heard_both.get("talks-a", 0) >= 100 and heard_both.get("talks-b", 0) >= 100
+    assert heard_a.get("talks-a", 0) >= 100
+    assert "talks-b" not in heard_a
+    # what the A+B member plays contains both voices (mixed); the A-only member's only A's
+    rec_both = read_wav_mono16(tmp_path / "both.wav")
+    rec_a = read_wav_mono16(tmp_path / "only_a.wav")
+    s0 = read_wav_mono16(SPEECH0)[: RATE * 2]
+    s1 = read_wav_mono16(SPEECH1)[: RATE * 2]
+    assert similarity(s0, rec_both)[0] > 0.5 and similarity(s1, rec_both)[0] > 0.5
+    assert similarity(s0, rec_a)[0] > 0.85
+    assert similarity(s1, rec_a)[0] < 0.3
+
+
+def test_wrong_pin_refuses_before_any_byte_and_exits_non_zero(start_server: Starter) -> None:
+    server = start_server()
+    wrong = "sha256/" + "A" * 43 + "="
+    cmd = bot_cmd(server, "mallory", "--join", "A", "--seconds", "1")
+    cmd[cmd.index(server.pin)] = wrong
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "server key mismatch" in proc.stderr and server.pin in proc.stderr
+
+
+def test_trust_on_first_use_prints_the_pin(start_server: Starter) -> None:
+    server = start_server()
+    cmd = bot_cmd(server, "tofu", "--join", "A", "--seconds", "0.5")
+    i = cmd.index("--pin")
+    cmd[i : i + 2] = ["--trust-on-first-use"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert f"pin={server.pin}" in proc.stdout
+
+
+def test_unreachable_server_and_unknown_channel_exit_non_zero(start_server: Starter) -> None:
+    server = start_server()
+    proc = subprocess.run(
+        bot_cmd(server, "lost", "--join", "Nowhere", "--seconds", "1"),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert "no channel 'Nowhere'" in proc.stderr and "A" in proc.stderr
+    port = server.port
+    server.stop()
+    proc = subprocess.run(
+        bot_cmd(server, "late", "--join", "A", "--seconds", "1"),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert f"cannot connect to {server.host}:{port}" in proc.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    base = [sys.executable, "-m", "voipclient.bot", "--server", "127.0.0.1:1", "--pin", "x"]
+    proc = subprocess.run(
+        [*base, "--join", "A"], check=False, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2 and "--seconds" in proc.stderr
+    proc = subprocess.run(
+        [*base, "--play", "/nonexistent.wav"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "no such file" in proc.stderr
