@@ -28,3 +28,11 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """Raised when a peer's bytes or messages violate the protocol."""
+
+
+class AudioDeviceError(Exception):
+    """No usable audio device: none found, a named one missing, or a stream that will not open.
+
+    Raised by the device adapter (:mod:`voipclient.audio.sd_engine`), never by the pure core. The
+    message names the device (or says that there is none) and what the user can do about it.
+    """
