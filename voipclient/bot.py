@@ -108,6 +108,7 @@ class BotOptions:
     release_ms: float = 200.0
     start_delay_s: float = 0.0  # wait this long after joining before the audio starts
     local_ip: str | None = None
+    udp_addr: tuple[str, int] | None = None  # voice to this address instead (a test proxy)
 
 
 @dataclass
@@ -342,7 +343,9 @@ class VoiceBot:
         """Open the UDP socket and validate our address; False when UDP gets no answer."""
         local = (self.o.local_ip or ("::" if ":" in self.o.host else "0.0.0.0"), 0)  # noqa: S104
         transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=local, remote_addr=(self.o.host, self.o.port)
+            lambda: _Udp(self),
+            local_addr=local,
+            remote_addr=self.o.udp_addr or (self.o.host, self.o.port),
         )
         self._udp = transport
         assert self._c2s is not None and self.sid is not None

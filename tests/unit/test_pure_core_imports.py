@@ -43,6 +43,8 @@ SCRIPT = textwrap.dedent(
         "voipclient.audio.file_engine",
         "voipclient.audio.redundancy",
         "voipclient.audio.voice",
+        "voipclient.audio.dsp",
+        "voipclient.audio.cues",
         "voipclient.server.relay",
     ]
     for pkg in (voipclient.crypto, voipclient.net):
