@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from voipclient import __version__
+from voipclient.audio.dsp import BACKENDS, CaptureProcessor, CaptureSettings
 from voipclient.audio.engine import AudioEngine, DeviceEvent
 from voipclient.audio.file_engine import FileEngine
 from voipclient.audio.mixer import Mixer
@@ -109,6 +110,10 @@ class BotOptions:
     start_delay_s: float = 0.0  # wait this long after joining before the audio starts
     local_ip: str | None = None
     udp_addr: tuple[str, int] | None = None  # voice to this address instead (a test proxy)
+    highpass: bool = True
+    noise_suppression: str = "off"  # a key of voipclient.audio.dsp.BACKENDS
+    agc: bool = False
+    voice_activation: bool = False  # transmit only while the VAD hears speech (+ release)
 
 
 @dataclass
@@ -182,6 +187,16 @@ class VoiceBot:
             first_frame_no=int.from_bytes(os.urandom(4), "big"),
         )
         self.gate = TransmitGate(options.release_ms)
+        self.capture = CaptureProcessor(
+            CaptureSettings(
+                highpass=options.highpass,
+                noise_suppression=options.noise_suppression,
+                agc=options.agc,
+            ),
+            frame_size=n,
+        )
+        if self.capture.ns_status.reason:
+            print(f"voipclient-bot: {self.capture.ns_status.reason}", file=sys.stderr)
         self.policy = RedundancyPolicy()
         self._frame = np.zeros(n, dtype=np.int16)
         self._out = np.zeros(n, dtype=np.int16)
@@ -482,11 +497,13 @@ class VoiceBot:
     def _capture_frame(self, now: float) -> None:
         sec = self.secure
         assert sec is not None
-        decision = self.gate.update(self.talk_ids, now)
+        processed = self.capture.process(self._frame)
+        wanted = self.talk_ids if processed.is_speech or not self.o.voice_activation else ()
+        decision = self.gate.update(wanted, now)
         if not decision.sending:
             self.sender.skip()
             return
-        payload = self.sender.encode(self._frame)
+        payload = self.sender.encode(processed.frame)
         datagrams = sec.seal_voice(decision.targets, payload, now)
         if decision.ending:
             datagrams += sec.seal_voice(decision.ending, payload, now, last=True)
@@ -545,6 +562,7 @@ class VoiceBot:
             close = getattr(self.engine, "close", None)
             if close is not None:
                 close()
+            self.capture.close()
         self.check_decrypt()
 
     def check_decrypt(self) -> None:
@@ -700,6 +718,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-ms", type=int, choices=(10, 20), default=20)
     p.add_argument("--bitrate", type=int, default=32_000, help="Opus bitrate, 16000-128000")
     p.add_argument("--tunnel", action="store_true", help="send voice over TLS, not UDP")
+    p.add_argument(
+        "--noise-suppression", choices=sorted(BACKENDS), default="off", help="capture NS backend"
+    )
+    p.add_argument("--agc", action="store_true", help="automatic gain control on the capture")
+    p.add_argument("--no-highpass", action="store_true", help="no 80 Hz high-pass on capture")
+    p.add_argument(
+        "--voice-activation",
+        action="store_true",
+        help="transmit only while voice is detected (then --release-ms more)",
+    )
     p.add_argument("--release-ms", type=float, default=200.0)
     p.add_argument(
         "--start-delay",
@@ -744,6 +772,10 @@ def options_from_args(args: argparse.Namespace) -> BotOptions:
         password=args.password or os.environ.get("VOIPCLIENT_PASSWORD"),
         release_ms=args.release_ms,
         start_delay_s=args.start_delay,
+        highpass=not args.no_highpass,
+        noise_suppression=args.noise_suppression,
+        agc=args.agc,
+        voice_activation=args.voice_activation,
     )
 
 

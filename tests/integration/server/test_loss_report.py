@@ -11,8 +11,8 @@ import pytest
 from voipclient.audio.redundancy import LossReport
 from voipclient.net import events as ev
 
-from ._client import TestClient
 from ..conftest import LOBBY, A, B, Starter
+from ._client import TestClient
 from .test_server import clients, run, settle
 
 pytestmark = pytest.mark.timeout(60)

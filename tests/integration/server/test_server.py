@@ -28,8 +28,8 @@ from voipclient.net import messages as m
 from voipclient.net.frames import FrameDecoder, encode_frame
 from voipclient.server.config import hash_password
 
-from ._client import PinMismatch, TestClient, client_ssl_context, payload
 from ..conftest import LOBBY, A, B, ServerProcess, Starter
+from ._client import PinMismatch, TestClient, client_ssl_context, payload
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,6 +16,8 @@ from voipclient.audio.payload import decode_payload
 from voipclient.audio.redundancy import LEVEL_CLEAN, RedundancyLevel
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 
+from ...audio_similarity import segment_similarity
+
 N = 960
 T = 0.020
 DATA = Path(__file__).parents[2] / "data"
@@ -269,23 +271,7 @@ def _through(level: RedundancyLevel, loss: float, seed: int, seconds: float = 3.
     got = np.concatenate(rendered).astype(np.float64)
     src = speech[: frames * N].astype(np.float64)
     tail = len(src) - 2 * 48000
-    return segment_similarity(src[tail:], got[tail:])
-
-
-def segment_similarity(src: np.ndarray, got: np.ndarray, seg: int = 24000) -> float:
-    """Mean over 0.5 s source segments of the best normalised correlation with the output near
-    the same place (the jitter buffer may shift later segments by a few frames)."""
-    scores = []
-    for start in range(0, len(src) - seg, seg):
-        a = src[start : start + seg]
-        if np.linalg.norm(a) < 1e-3 * seg:
-            continue
-        b = got[start : start + seg + 16 * N]
-        corr = np.correlate(b, a, mode="valid")
-        lag = int(np.argmax(corr))
-        w = b[lag : lag + seg]
-        scores.append(float(np.dot(w, a) / (np.linalg.norm(w) * np.linalg.norm(a) + 1e-9)))
-    return float(np.mean(scores))
+    return segment_similarity(src[tail:], got[tail:], slack=16 * N)
 
 
 def test_real_opus_speech_survives_the_pipeline() -> None:
