@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import re
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from scipy.signal import resample_poly
 from voipclient.audio.file_engine import read_wav_mono16
 from voipclient.audio.opus import OpusDecoder, OpusEncoder
 from voipclient.bot import BotOptions, VoiceBot
+from voipclient.net.netem import Impairment, LossModel, LossyProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -77,26 +77,6 @@ CONDITIONS = [
     Condition("0% random", 0.0, 1.0, 50.0),
     Condition("10% random", 0.10, 1.0, 50.0),
 ]
-
-
-class LossModel:
-    """Bernoulli (burst 1) or Gilbert two-state loss with the given rate and mean burst."""
-
-    def __init__(self, loss: float, burst: float, seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.loss = loss
-        self.burst = burst
-        self.bad = False
-
-    def drop(self) -> bool:
-        if self.loss <= 0:
-            return False
-        if self.burst <= 1.0:
-            return self.rng.random() < self.loss
-        p_bg = 1.0 / self.burst
-        p_gb = self.loss / (self.burst * (1.0 - self.loss))
-        self.bad = (self.rng.random() >= p_bg) if self.bad else (self.rng.random() < p_gb)
-        return self.bad
 
 
 # --- utterances ------------------------------------------------------------------------------
@@ -223,65 +203,6 @@ def reference(cond: Condition, utts: list[np.ndarray]) -> dict[str, float]:
 # --- the product ---------------------------------------------------------------------------------
 
 
-class _Front(asyncio.DatagramProtocol):
-    def __init__(self, proxy: LossyProxy) -> None:
-        self.proxy = proxy
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.proxy.upstream(data, addr)
-
-
-class _Back(asyncio.DatagramProtocol):
-    def __init__(self, proxy: LossyProxy) -> None:
-        self.proxy = proxy
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.proxy.downstream(data)
-
-
-class LossyProxy:
-    """UDP between the talker and the relay: loss and jitter on voice going up."""
-
-    def __init__(self, cond: Condition, seed: int) -> None:
-        self.cond = cond
-        self.model = LossModel(cond.loss, cond.burst, seed)
-        self.rng = random.Random(seed + 1)
-        self.client: tuple[Any, ...] | None = None
-        self.dropped = 0
-        self.passed = 0
-
-    async def start(self, relay: tuple[str, int]) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
-        self.front, _ = await loop.create_datagram_endpoint(
-            lambda: _Front(self), local_addr=("127.0.0.1", 0)
-        )
-        self.back, _ = await loop.create_datagram_endpoint(lambda: _Back(self), remote_addr=relay)
-        self.loop = loop
-        host, port = self.front.get_extra_info("sockname")[:2]
-        return host, port
-
-    def upstream(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.client = addr
-        if len(data) > 1 and data[1] in (0x01, 0x02):  # voice (hop control passes untouched)
-            if self.model.drop():
-                self.dropped += 1
-                return
-            self.passed += 1
-            if self.cond.jitter_ms > 0:
-                delay = self.rng.uniform(0, self.cond.jitter_ms / 1000)
-                self.loop.call_later(delay, self.back.sendto, data)
-                return
-        self.back.sendto(data)
-
-    def downstream(self, data: bytes) -> None:
-        if self.client is not None:
-            self.front.sendto(data, self.client)
-
-    def close(self) -> None:
-        self.front.close()
-        self.back.close()
-
-
 async def run_condition(
     cond: Condition,
     index: int,
@@ -290,7 +211,7 @@ async def run_condition(
     seconds: float,
     workdir: Path,
 ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any], LossyProxy]:
-    proxy = LossyProxy(cond, seed=7 + index)
+    proxy = LossyProxy(Impairment(cond.loss, cond.burst, cond.jitter_ms), seed=7 + index)
     udp = await proxy.start((server["host"], server["port"]))
     channel = f"Q{index}"
     common = {"host": server["host"], "port": server["port"], "pin": server["pin"]}

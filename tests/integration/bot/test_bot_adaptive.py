@@ -1,0 +1,127 @@
+"""Loss-adaptive redundancy end to end: a lossy proxy between the talker and a real relay; the
+listener's loss reports travel over the control channel and the talker adds copies, which the
+listener uses. Also the 10 ms low-latency mode through the relay. Bots run in-process here so the
+test can read their state."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voipclient.audio.file_engine import read_wav_mono16
+from voipclient.bot import BotOptions, VoiceBot
+from voipclient.net.netem import Impairment, LossyProxy
+
+from ...audio_similarity import segment_similarity, similarity
+from ..conftest import ServerProcess, Starter
+
+SPEECH = Path(__file__).parents[2] / "data" / "speech-0-48k.wav"
+RATE = 48_000
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def talk(
+    server: ServerProcess,
+    tmp_path: Path,
+    *,
+    impairment: Impairment | None = None,
+    frame_ms: int = 20,
+    seconds: float = 6.0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    common: dict[str, Any] = {"host": server.host, "port": server.port, "pin": server.pin}
+    proxy = None
+    udp_addr = None
+    if impairment is not None:
+        proxy = LossyProxy(impairment, seed=3)
+        udp_addr = await proxy.start((server.host, server.port))
+    listener = VoiceBot(
+        BotOptions(
+            **common,
+            name="listener",
+            join=["A"],
+            talk=[],
+            record=tmp_path / "heard.wav",
+            seconds=seconds + 1.5,
+            frame_ms=frame_ms,
+            highpass=False,
+        )
+    )
+    talker = VoiceBot(
+        BotOptions(
+            **common,
+            name="talker",
+            join=["A"],
+            talk=["A"],
+            play=SPEECH,
+            seconds=seconds,
+            frame_ms=frame_ms,
+            udp_addr=udp_addr,
+            start_delay_s=0.5,
+            highpass=False,
+        )
+    )
+
+    async def go(bot: VoiceBot, delay: float) -> dict[str, Any]:
+        await asyncio.sleep(delay)
+        try:
+            await bot.run()
+        finally:
+            stats = bot.stats_dict()
+            await bot.close()
+        return stats
+
+    try:
+        heard, said = await asyncio.gather(go(listener, 0.0), go(talker, 0.3))
+    finally:
+        if proxy is not None:
+            proxy.close()
+    return heard, said
+
+
+def test_loss_reports_raise_redundancy_and_the_copies_rebuild_the_speech(
+    start_server: Starter, tmp_path: Path
+) -> None:
+    server = start_server()
+    heard, said = asyncio.run(talk(server, tmp_path, impairment=Impairment(loss=0.2)))
+    assert heard["loss_reports_sent"] >= 2
+    assert said["loss_reports_received"] >= 2
+    levels = said["redundancy_level_changes"]
+    assert levels and levels[-1]["distances"], levels  # copies switched on by the reports
+    assert levels[-1]["extra_bps"] > 0
+    (stream,) = heard["streams"]
+    assert stream["recovered_from_copies"] > 20
+    assert stream["redundancy_depth"] >= 2
+    # With 20 % of the talker's datagrams lost, the last 2 s (after the level rose) sound as sent
+    recording = read_wav_mono16(tmp_path / "heard.wav")
+    source = read_wav_mono16(SPEECH)[: RATE * 6]
+    _, lag = similarity(source[: RATE * 2], recording)
+    tail = segment_similarity(
+        source[RATE * 4 :], recording, start=round(lag * RATE) + RATE * 4, slack=RATE // 5
+    )
+    assert tail > 0.85, tail
+
+
+def test_clean_path_keeps_redundancy_off(start_server: Starter, tmp_path: Path) -> None:
+    server = start_server()
+    heard, said = asyncio.run(talk(server, tmp_path, seconds=5.0))
+    assert said["loss_reports_received"] >= 1
+    assert said["redundancy_level_changes"] == []  # hint 0, no copies: full quality, no cost
+    (stream,) = heard["streams"]
+    assert stream["recovered_from_copies"] == 0 and stream["redundancy_depth"] == 1
+    assert said["payload_bits_per_s"] < 40_000  # 32 kb/s Opus + 7 bytes of framing per frame
+
+
+def test_ten_ms_frames_through_the_relay(start_server: Starter, tmp_path: Path) -> None:
+    server = start_server()
+    heard, said = asyncio.run(talk(server, tmp_path, frame_ms=10, seconds=4.0))
+    assert said["frame_ms"] == 10 and said["frames_sent"] >= 300  # 100 frames per second
+    (stream,) = heard["streams"]
+    assert stream["played"] >= 300
+    recording = read_wav_mono16(tmp_path / "heard.wav")
+    source = read_wav_mono16(SPEECH)[: RATE * 3]
+    _, lag = similarity(source, recording)
+    assert segment_similarity(source, recording, start=round(lag * RATE)) > 0.85
