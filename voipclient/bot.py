@@ -464,6 +464,13 @@ class VoiceBot:
             if delay > 0:
                 await asyncio.sleep(delay)
             now = self._loop.time()
+            # Render first: the frame mixed at ``now`` is the one the engine takes in this tick
+            # (rendering after the engine's tick would park every frame a whole frame in the
+            # playback ring). A device engine takes it at its next callback.
+            while engine.playback.available < n:
+                self.playback.render_into(self._out, now)
+                engine.playback.write(self._out)
+                self.stats.frames_rendered += 1
             if isinstance(engine, FileEngine):
                 engine.tick(now)
             poll = getattr(engine, "poll", None)
@@ -473,10 +480,6 @@ class VoiceBot:
             while engine.capture.available >= n:
                 engine.capture.read_into(self._frame)
                 self._capture_frame(now)
-            while engine.playback.available < n:
-                self.playback.render_into(self._out, now)
-                engine.playback.write(self._out)
-                self.stats.frames_rendered += 1
             reports = self.playback.loss_reports(now)
             if reports and self._closed is None:
                 self.session.send_loss_reports(reports)

@@ -17,7 +17,13 @@ Model (all times in seconds on the receiver's clock, ``T`` = frame duration):
   arrival it plays, i.e. the delay the buffer adds. A talk spurt starts once the lag of its first
   frame reaches the target; from then on frames play back to back, so a changed target is only
   applied at the next spurt start (speech is never stretched just to shrink or grow the delay).
-* The one exception is an underrun: when the frame due is missing and its lag is still below the
+* Two exceptions. Continuous speech (a hot mic) has no spurt starts: when the lag has stayed a
+  frame or more above the target for :data:`SHRINK_AFTER` frames, one frame is dropped and the
+  applied delay lowered by a frame (NetEq's "accelerate", at most one frame per second). And a
+  spurt may start up to :data:`START_TOLERANCE_S` (at most T/4) before its target: output ticks
+  are a frame apart, so waiting a whole frame for the last millisecond of a target made of sender
+  timing noise would cost far more than the rare underrun it avoids.
+* An underrun: when the frame due is missing and its lag is still below the
   current target, it is not given up yet; a concealment frame is played without advancing (the
   delay grows, as NetEq's expand). This also absorbs a sender clock that is slower than ours.
   A sender clock that is faster builds a backlog: when the lag is more than one frame beyond the
@@ -37,6 +43,8 @@ FRAME_NO_MODULUS: Final = 1 << 32  # the sender's frame counter is a u32 and wra
 _HALF: Final = 1 << 31
 _SEEN_MEMORY: Final = 256  # frames remembered for duplicate detection
 _EPS: Final = 1e-9  # s: float slack when comparing times
+START_TOLERANCE_S: Final = 0.003  # s: a spurt may start this much (≤ T/4) before its target
+SHRINK_AFTER: Final = 50  # frames a frame or more above the target before one is dropped
 
 
 # --- decisions: what the playback worker does for one output frame -----------------------------
@@ -96,6 +104,7 @@ class JitterStats:
     overflow: int  # packets dropped because the buffer was full
     resyncs: int  # stream restarts (sender frame counter jumped)
     recovered: int  # missing frames filled from a redundant copy in a later payload
+    shrunk: int  # frames dropped to bring the delay down during continuous speech
     current_delay_ms: float  # ms: lag of the last frame played beyond the fastest path
     target_delay_ms: float  # ms: what the delay estimator asks for now
     buffered: int  # frames waiting in the buffer
@@ -154,6 +163,8 @@ class JitterBuffer:
         self._overflow = self._resyncs = self._recovered = 0
         self._current = 0.0  # s
         self._depth = 1  # frames to wait after recent loss (1 = FEC; more with redundant copies)
+        self._shrunk = 0
+        self._start_tolerance = min(self._t / 4, START_TOLERANCE_S)  # s
 
     def _reset_stream(self) -> None:
         self._buf: dict[int, tuple[bytes, bool]] = {}  # extended frame no -> (payload, last)
@@ -163,6 +174,7 @@ class JitterBuffer:
         self._playing = False  # inside a talk spurt
         self._pending_end = False  # the VOICE_LAST frame was played: End comes next
         self._applied = self._min  # s: target delay in force for this talk spurt
+        self._above = 0  # frames in a row played a frame or more above the target
         self._base = 0.0  # s: minimum relative arrival delay in the window
         self._miss = 0  # consecutive missing frames
         self._last_loss: int | None = None  # extended frame number of the latest loss
@@ -294,7 +306,10 @@ class JitterBuffer:
                 return Silence()
             first = min(self._buf)
             target = self._target()
-            if self._lag(first, now) < target - _EPS:
+            # Output ticks come every frame: waiting a whole frame for the last millisecond or
+            # two of a tiny target (sender timing noise on a clean path) costs far more than
+            # the rare underrun it avoids, which concealment then absorbs anyway.
+            if self._lag(first, now) < target - self._start_tolerance - _EPS:
                 return Silence()
             self._applied = target  # target changes take effect at a talk-spurt start
             self._playing = True
@@ -304,12 +319,25 @@ class JitterBuffer:
         n = self._next
         lag = self._lag(n, now)
         backlog = lag > self._applied + self._t and n + 1 in self._buf
-        if backlog and n in self._buf and not self._buf[n][1]:  # never drop the VOICE_LAST frame
+        # Shrinking during continuous speech (a hot mic never pauses): once the lag has stayed
+        # a frame or more above what the jitter now needs for SHRINK_AFTER frames, drop one
+        # frame (as NetEq's "accelerate", one frame per second at most).
+        droppable = n in self._buf and n + 1 in self._buf and not self._buf[n][1]
+        if droppable and lag - self._t >= self._target() + self._start_tolerance:
+            self._above += 1
+        else:
+            self._above = 0
+        shrink = self._above >= SHRINK_AFTER
+        if (backlog or shrink) and droppable:  # never drop the VOICE_LAST frame
             del self._buf[n]
             self._dropped += 1
             n += 1
             lag -= self._t
             self._next = n
+            if shrink:
+                self._above = 0
+                self._shrunk += 1
+                self._applied = max(self._min, self._applied - self._t)
         entry = self._buf.pop(n, None)
         if entry is not None:
             payload, last = entry
@@ -374,6 +402,7 @@ class JitterBuffer:
             overflow=self._overflow,
             resyncs=self._resyncs,
             recovered=self._recovered,
+            shrunk=self._shrunk,
             current_delay_ms=self._current * 1000.0,
             target_delay_ms=self._target() * 1000.0,
             buffered=len(self._buf),

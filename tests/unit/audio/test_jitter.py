@@ -353,3 +353,58 @@ def test_redundancy_depth_range_checked() -> None:
         jb.set_redundancy_depth(0)
     jb.set_redundancy_depth(6)
     assert jb.redundancy_depth == 6
+
+
+def test_sender_timing_noise_on_a_clean_path_adds_no_frame() -> None:
+    """0-2.5 ms of send-time noise (an encoder's varying CPU time) must not cost a whole frame
+    when the output ticks fall outside that noise band (inside it, one frame is unavoidable)."""
+    for phase in (0.004, 0.011, 0.019):
+        jb = JitterBuffer()
+        rng = random.Random(5)
+        arrivals = [(n * T + rng.uniform(0.0, 0.0025), n, n == 199) for n in range(200)]
+        out = run_at_phase(jb, arrivals, 205, phase)
+        first = next(k for k, d in enumerate(out) if isinstance(d, Play))
+        assert first == 0  # frame 0 plays at the first tick after it arrived
+        assert jb.stats.played == 200 and jb.stats.concealed == 0
+        assert jb.stats.current_delay_ms < T * 1000
+
+
+def run_at_phase(
+    jb: JitterBuffer, arrivals: list[tuple[float, int, bool]], pops: int, phase: float
+) -> list[PlayoutDecision]:
+    out = []
+    i = 0
+    for k in range(pops):
+        now = phase + k * T
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            at, n, last = arrivals[i]
+            jb.push(n, pkt(n), at, last)
+            i += 1
+        out.append(jb.pop(now))
+    return out
+
+
+def test_delay_shrinks_back_during_continuous_speech() -> None:
+    """50 ms jitter for 10 s, then a clean path, with no pause at all (hot mic)."""
+    jb = JitterBuffer()
+    rng = random.Random(9)
+    frames = 1500  # 30 s
+    arrivals = sorted(
+        (n * T + 0.005 + (rng.uniform(0, 0.05) if n < 500 else 0.0), n, False)
+        for n in range(frames)
+    )
+    delays = []
+    out = []
+    i = 0
+    for k in range(frames):
+        now = PHASE + k * T
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            jb.push(arrivals[i][1], pkt(arrivals[i][1]), arrivals[i][0])
+            i += 1
+        out.append((now, jb.pop(now)))
+        delays.append(jb.stats.current_delay_ms)
+    assert max(delays[300:500]) >= 40  # the jitter was absorbed ...
+    assert max(delays[1000:]) < T * 1000  # ... and the delay came back down without a pause
+    assert jb.stats.shrunk >= 2
+    played = played_frames(out)
+    assert played == sorted(played)  # never out of order
