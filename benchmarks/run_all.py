@@ -101,6 +101,93 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "s2c_mac_bad": "of those, failed (should be 0)",
         },
     ),
+    "latency": (
+        "Mouth-to-ear latency and the jitter buffer",
+        "Through the product on loopback: a real relay process, two VoiceBots (real TLS login, "
+        "KeyDist, UDP hop MACs, AES-GCM) on FileEngines driven by the bots' frame clocks; chirps "
+        "at known capture times found in the mixer output by cross-correlation, 4 runs per frame "
+        "size at different phases between the two bots' clocks, talk spurts of 1.4 s. From the "
+        "sample entering the capture path (its frame complete minus its position in the frame) to "
+        "it leaving the mixer; device buffers excluded. Floor = frame + Opus lookahead. The "
+        "jitter-buffer table feeds the pure JitterBuffer synthetic arrival traces (20 s of "
+        "jitter then 40 s clean, 3 s talk spurts with 0.5 s pauses, 3 seeds).",
+        {
+            "m2e_20ms_median_ms": "mouth-to-ear at 20 ms frames, median over all chirps",
+            "m2e_20ms_p95_ms": "95th percentile",
+            "m2e_20ms_excl_clock_phase_ms": "median without the render phase (arrival to the next "
+            "output tick: the phase between two free-running audio clocks, uniform in 0..T, "
+            "which only moves into the device buffer if the mixer renders on arrival): the "
+            "figure the ≤ 35 ms target is about",
+            "m2e_10ms_excl_clock_phase_ms": "the same at 10 ms frames (target ≤ 22 ms)",
+            "m2e_10ms_median_ms": "mouth-to-ear at 10 ms frames, median",
+            "m2e_10ms_p95_ms": "95th percentile",
+            "mouth_to_ear": "per frame size: figures, floor, target and the median split "
+            "(frame, lookahead, network + relay incl. encode/seal, render phase = arrival to the "
+            "next render tick, jitter-buffer wait = whole frames held beyond it), the playback "
+            "ring wait from the mixer to the engine, late/concealed frames",
+            "jitter_buffer": "per frame size, jitter model (uniform 0..J, or Pareto alpha 2 with "
+            "p95 = J) and J: delay beyond the fastest path (p50/p95, while jittered), target, "
+            "late / concealed / FEC-played %, seconds until within 5 ms of the clean-path delay "
+            "after the jitter stops (talk spurts; continuous speech: null = never)",
+        },
+    ),
+    "client_cpu": (
+        "Client CPU of the audio path",
+        "Per output frame, driven as fast as possible over 10 s of audio, median of 5 runs "
+        "(time.process_time), each run alternated with its reference: bare Opus decode of the "
+        "same 10 packets (receive) or bare encode of the same frame (transmit). % of one core at "
+        "real time = CPU time / audio time. Receive: 10 speakers in 3 channels, datagrams sealed "
+        "by real SenderKeys with the s2c hop MAC -> VoiceReceiver -> VoicePlayback.push -> "
+        "render_into (jitter buffer, Opus decode, mixer) -> playback ring. Transmit: capture "
+        "ring -> TransmitGate -> VoiceSender (Opus once) -> SenderKeyScheduler.seal + c2s hop MAC "
+        "x 3 channels. Stage columns are wall-clock µs per frame measured in the same loop.",
+        {
+            "receive_10x3_20ms_core_pct": "receive 10 speakers in 3 channels, 20 ms, % of a core",
+            "receive_10x3_20ms_ratio_to_opus": "that / bare Opus decode x 10",
+            "transmit_3ch_20ms_core_pct": "transmit to 3 channels, 20 ms, % of a core",
+            "transmit_3ch_20ms_us_per_frame": "that in µs per frame",
+            "transmit_3ch_20ms_ratio_to_opus": "that / bare Opus encode",
+            "receive_target_core_pct": "target for the receive figure",
+            "rows": "every path x frame size x redundancy tier (0 clean, 4 = copies 1,2,4): "
+            "% of a core, µs per frame, the Opus reference, ratio, per-stage µs",
+        },
+    ),
+    "voice_quality": (
+        "Speech quality under loss and jitter, through the whole product",
+        "PESQ-WB (ITU-T P.862.2, 16 kHz) and STOI of speech sent bot → lossy UDP proxy → real "
+        "relay process → bot: capture (WAV, 80 Hz high-pass) → gate → Opus 32 kb/s 20 ms → "
+        "AES-GCM + hop MAC → UDP, then E2E open → jitter buffer → copies / FEC / concealment → "
+        "mixer → WAV. Loss and jitter are applied to the talker's voice datagrams; the listener's "
+        "loss reports reach the talker over the relay's control channel and its redundancy "
+        "policy reacts, as in use. Each condition: a 3 s warm-up (the first reports arrive "
+        "after 2 s), then 4 utterances (the two speech samples cut in halves), each aligned by "
+        "cross-correlation and scored; the mean is shown. `opus_*` columns: plain Opus over the "
+        "same loss model in the same run, concealment only (Mumble) and in-band FEC with the "
+        "loss hint = loss (BENCHMARKS.md reference). Targets: PESQ-WB ≥ 4.0 at 0 %, ≥ 3.6 at "
+        "10 % random, ≥ 3.2 at 20 % random, ≥ 3.0 at 10 % bursty.",
+        {
+            "rows": "condition: product PESQ-WB (mean and worst utterance) and STOI, plain Opus "
+            "PLC / FEC, the talker's payload bitrate (Opus + copies + framing), the copies in "
+            "use at the end, the listener's jitter-buffer delay and how frames were recovered",
+            "targets_met": "each target condition: product PESQ-WB ≥ target",
+            "all_targets_met": "every target met",
+        },
+    ),
+    "noise_suppression": (
+        "Capture noise suppression: the libraries compared",
+        "Speech samples mixed with white, fan-like and babble noise at 0/5/10 dB SNR, processed "
+        "by each backend at 48 kHz in 10 ms blocks; STOI and PESQ-WB (16 kHz) of the output "
+        "against the clean speech, CPU per 20 ms frame (median), noise-only attenuation. "
+        "`chain_*`: the whole CaptureProcessor (high-pass, NS, VAD, AGC, limiter). The default "
+        "is WebRTC NS (docs/audio-dsp.md explains the choice).",
+        {
+            "quality": "per backend and SNR: STOI, PESQ-WB, and their change against the noisy "
+            "input",
+            "quality_by_noise": "the same per noise type",
+            "cpu": "per backend: µs per 20 ms frame and attenuation of noise alone",
+            "unavailable": "backends whose library is not installed (not measured)",
+        },
+    ),
 }
 
 PERFORMANCE_NOTES = """\

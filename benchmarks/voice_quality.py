@@ -309,7 +309,7 @@ async def run_all(workdir: Path, concurrency: int) -> list[dict[str, Any]]:
                     "opus_fec_stoi": round(ref["opus_fec_stoi"], 3),
                     "target_pesq": TARGETS.get(cond.key),
                     "talker_payload_kbps": round(tstats["payload_bits_per_s"] / 1000, 1),
-                    "final_copies": levels[-1]["distances"] if levels else [],
+                    "final_copies": ",".join(map(str, levels[-1]["distances"])) if levels else "",
                     "jb_delay_ms": stream.get("current_delay_ms"),
                     "recovered_from_copies": stream.get("recovered_from_copies"),
                     "fec_recovered": stream.get("fec_recovered"),
