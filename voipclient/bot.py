@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from voipclient import __version__
+from voipclient.audio.cues import CueKind, CuePlayer
 from voipclient.audio.dsp import BACKENDS, CaptureProcessor, CaptureSettings
 from voipclient.audio.engine import AudioEngine, DeviceEvent
 from voipclient.audio.file_engine import FileEngine
@@ -114,6 +115,7 @@ class BotOptions:
     noise_suppression: str = "off"  # a key of voipclient.audio.dsp.BACKENDS
     agc: bool = False
     voice_activation: bool = False  # transmit only while the VAD hears speech (+ release)
+    cues: bool = False  # play the push-to-talk start/stop cues into our own output
 
 
 @dataclass
@@ -187,6 +189,8 @@ class VoiceBot:
             first_frame_no=int.from_bytes(os.urandom(4), "big"),
         )
         self.gate = TransmitGate(options.release_ms)
+        self.cues = CuePlayer(n)
+        self.cues_played = 0
         self.capture = CaptureProcessor(
             CaptureSettings(
                 highpass=options.highpass,
@@ -469,6 +473,7 @@ class VoiceBot:
             # playback ring). A device engine takes it at its next callback.
             while engine.playback.available < n:
                 self.playback.render_into(self._out, now)
+                self.cues.mix_into(self._out)
                 engine.playback.write(self._out)
                 self.stats.frames_rendered += 1
             if isinstance(engine, FileEngine):
@@ -503,6 +508,9 @@ class VoiceBot:
         processed = self.capture.process(self._frame)
         wanted = self.talk_ids if processed.is_speech or not self.o.voice_activation else ()
         decision = self.gate.update(wanted, now)
+        if self.o.cues and (decision.started or decision.stopped):
+            self.cues.trigger(CueKind.START if decision.started else CueKind.STOP)
+            self.cues_played += 1
         if not decision.sending:
             self.sender.skip()
             return
@@ -628,6 +636,7 @@ class VoiceBot:
             "malformed_payloads": self.playback.malformed,
             "decrypt_drops": drops,
             "frames_rendered": self.stats.frames_rendered,
+            "cues_played": self.cues_played,
             "loss_reports_sent": self.stats.reports_sent,
             "loss_reports_received": self.stats.reports_received,
             "redundancy_level_changes": self.stats.level_changes,
@@ -725,6 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise-suppression", choices=sorted(BACKENDS), default="off", help="capture NS backend"
     )
     p.add_argument("--agc", action="store_true", help="automatic gain control on the capture")
+    p.add_argument(
+        "--cues", action="store_true", help="play push-to-talk start/stop cues to our own output"
+    )
     p.add_argument("--no-highpass", action="store_true", help="no 80 Hz high-pass on capture")
     p.add_argument(
         "--voice-activation",
@@ -779,6 +791,7 @@ def options_from_args(args: argparse.Namespace) -> BotOptions:
         noise_suppression=args.noise_suppression,
         agc=args.agc,
         voice_activation=args.voice_activation,
+        cues=args.cues,
     )
 
 

@@ -6,11 +6,14 @@ test can read their state."""
 from __future__ import annotations
 
 import asyncio
+import wave
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from voipclient.audio.cues import CueKind, cue
 from voipclient.audio.file_engine import read_wav_mono16
 from voipclient.bot import BotOptions, VoiceBot
 from voipclient.net.netem import Impairment, LossyProxy
@@ -125,3 +128,65 @@ def test_ten_ms_frames_through_the_relay(start_server: Starter, tmp_path: Path) 
     source = read_wav_mono16(SPEECH)[: RATE * 3]
     _, lag = similarity(source, recording)
     assert segment_similarity(source, recording, start=round(lag * RATE)) > 0.85
+
+
+def test_voice_activation_sends_only_speech_and_plays_cues(
+    start_server: Starter, tmp_path: Path
+) -> None:
+    """The hot-mic path: the VAD opens the transmit gate for speech only (plus the release
+    delay), each transmission ends with VOICE_LAST, and the talker hears its own start/stop
+    cues."""
+    speech = read_wav_mono16(SPEECH)
+    silence = np.zeros(RATE, dtype=np.int16)
+    mic = np.concatenate(
+        [silence, speech[: 2 * RATE], silence, silence, speech[2 * RATE : 4 * RATE], silence]
+    )
+    mic_wav = tmp_path / "mic.wav"
+    with wave.open(str(mic_wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(mic.astype("<i2").tobytes())
+    server = start_server()
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        common: dict[str, Any] = {"host": server.host, "port": server.port, "pin": server.pin}
+        listener = VoiceBot(BotOptions(**common, name="listener", join=["A"], talk=[], seconds=9.0))
+        talker = VoiceBot(
+            BotOptions(
+                **common,
+                name="talker",
+                join=["A"],
+                talk=["A"],
+                play=mic_wav,
+                record=tmp_path / "own.wav",
+                voice_activation=True,
+                cues=True,
+                start_delay_s=0.5,
+            )
+        )
+
+        async def go(bot: VoiceBot, delay: float) -> dict[str, Any]:
+            await asyncio.sleep(delay)
+            try:
+                await bot.run()
+            finally:
+                stats = bot.stats_dict()
+                await bot.close()
+            return stats
+
+        heard, said = await asyncio.gather(go(listener, 0.0), go(talker, 0.3))
+        return heard, said
+
+    heard, said = asyncio.run(scenario())
+    total_frames = len(mic) // 960
+    speech_frames = 4 * 50
+    assert speech_frames * 0.8 < said["frames_sent"] < total_frames * 0.8  # silence not sent
+    assert said["cues_played"] == 4  # start, stop, start, stop
+    (stream,) = heard["streams"]
+    assert stream["played"] >= speech_frames * 0.8
+    own = read_wav_mono16(tmp_path / "own.wav")
+    start_cue = cue(CueKind.START)
+    score, at = similarity(start_cue, own)
+    assert score > 0.9  # the start cue is in the talker's own output, unaltered ...
+    assert 0.7 < at < 1.6  # ... when the speech began (1 s into the microphone)
