@@ -4,6 +4,7 @@ with WAV files as microphone and speaker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 from voipclient.audio.file_engine import read_wav_mono16
 
 from ...audio_similarity import segment_similarity, similarity
-from ..conftest import ServerProcess, Starter
+from ..conftest import A, ServerProcess, Starter
+from ..server._client import TestClient, payload
 
 DATA = Path(__file__).parents[2] / "data"
 SPEECH0 = DATA / "speech-0-48k.wav"
@@ -234,3 +236,44 @@ def test_usage_errors_exit_2() -> None:
         timeout=30,
     )
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_voice_that_never_decrypts_exits_non_zero(start_server: Starter) -> None:
+    """A member sends voice sealed with a key it never distributed: the relay forwards it (it
+    cannot tell), the bot cannot open any of it and says so with exit status 1."""
+    server = start_server()
+
+    async def scenario() -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *bot_cmd(server, "victim", "--join", "A", "--seconds", "4"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        forger = await TestClient.connect(server.host, server.port, server.pin, "forger")
+        try:
+            forger.join(A)
+            await forger.wait_for(lambda: forger.is_member(A), what="join")
+            await forger.bind_udp()
+
+            def victim_in_a() -> bool:
+                user = forger.session.roster.user_by_name("victim")
+                roster = forger.session.roster
+                return user is not None and A in roster.channels_of(user.sender_id)
+
+            await forger.wait_for(victim_in_a, timeout=20, what="the victim in A")
+            await asyncio.sleep(1.0)  # its UDP address validated, its audio running
+            for i in range(100):
+                forger.send_udp(forger.forge(A, payload(i)))
+                await asyncio.sleep(0.02)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            await forger.close()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode is not None
+        return proc.returncode, err.decode()
+
+    rc, err = asyncio.run(scenario())
+    assert rc == 1
+    assert "could not decrypt any of" in err and "voice datagrams" in err
