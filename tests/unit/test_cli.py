@@ -38,13 +38,13 @@ def test_run_without_arguments_says_what_is_not_there_yet() -> None:
     assert "Not there yet" in result.stdout
 
 
-def test_bot_entry_point_exists_and_says_it_is_not_there_yet() -> None:
+def test_bot_entry_point_version_and_usage_error() -> None:
     assert run(str(BIN / "voipclient-bot"), "--version").stdout.strip() == (
         f"voipclient-bot {__version__}"
     )
     result = run(str(BIN / "voipclient-bot"))
     assert result.returncode == 2
-    assert "not available yet" in result.stderr
+    assert "the following arguments are required: --server" in result.stderr
 
 
 def test_server_entry_point_version() -> None:
