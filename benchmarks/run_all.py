@@ -169,6 +169,8 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "rows": "condition: product PESQ-WB (mean and worst utterance) and STOI, plain Opus "
             "PLC / FEC, the talker's payload bitrate (Opus + copies + framing), the copies in "
             "use at the end, the listener's jitter-buffer delay and how frames were recovered",
+            "redundancy_levels": "what each redundancy tier does and the bitrate it adds (the "
+            "worst listener's reports over the last 10 s choose the tier)",
             "targets_met": "each target condition: product PESQ-WB ≥ target",
             "all_targets_met": "every target met",
         },

@@ -39,6 +39,7 @@ from scipy.signal import resample_poly
 
 from voipclient.audio.file_engine import read_wav_mono16
 from voipclient.audio.opus import OpusDecoder, OpusEncoder
+from voipclient.audio.redundancy import LEVEL_DISTANCES, RedundancyLevel, bitrate_cost
 from voipclient.bot import BotOptions, VoiceBot
 from voipclient.net.netem import Impairment, LossModel, LossyProxy
 
@@ -49,6 +50,13 @@ N = 960
 WARMUP_S = 3.0
 GAP_S = 0.6
 START_LINE = re.compile(r"listening on (?P<host>\S+):(?P<port>\d+) .* pin=(?P<pin>\S+)$")
+WHEN = (
+    "loss < 1 %",
+    "1-3 % random loss",
+    ">= 3 % loss, or bursty",
+    ">= 8 %, or bursty and >= 3 %",
+    ">= 15 %, or mean burst >= 2.5 and >= 5 %",
+)
 TARGETS = {"0% random": 4.0, "10% random": 3.6, "20% random": 3.2, "10% bursty": 3.0}
 
 
@@ -339,7 +347,27 @@ def main() -> None:
         for r in rows
         if r["target_pesq"] is not None
     }
-    print(json.dumps({"rows": rows, "targets_met": met, "all_targets_met": all(met.values())}))
+    costs = [
+        {
+            "tier": tier,
+            "when": WHEN[tier],
+            "loss_hint_pct": "measured loss" if tier == 1 else 0,
+            "copies_of_frames_back": ",".join(map(str, d)) or "none",
+            "extra_kbps_at_32k_20ms": bitrate_cost(RedundancyLevel(0, d), 32_000, 20) / 1000,
+            "extra_kbps_at_32k_10ms": bitrate_cost(RedundancyLevel(0, d), 32_000, 10) / 1000,
+        }
+        for tier, d in enumerate(LEVEL_DISTANCES)
+    ]
+    print(
+        json.dumps(
+            {
+                "rows": rows,
+                "redundancy_levels": costs,
+                "targets_met": met,
+                "all_targets_met": all(met.values()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     print()
     print("The relay server is ready: `voipclient-server --channel Games` (see docs/server.md).")
-    print("Not there yet: the audio engine, the client connection and the desktop window come")
-    print("with the next issues; `make run` will then open the window on an embedded local server.")
+    print("The voice path runs headless: `voipclient-bot --help` (see README).")
+    print("Not there yet: the desktop client's connection and window come with the next issues;")
+    print("`make run` will then open the window on an embedded local server.")
     return 0 if ok else 1
 
 
