@@ -43,10 +43,16 @@ from voipclient.audio.engine import AudioEngine, DeviceEvent
 from voipclient.audio.file_engine import FileEngine
 from voipclient.audio.mixer import Mixer
 from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
-from voipclient.audio.redundancy import LossReport, RedundancyPolicy, bitrate_cost
+from voipclient.audio.redundancy import (
+    LossReport,
+    RedundancyLevel,
+    RedundancyPolicy,
+    bitrate_cost,
+)
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
+from voipclient.crypto.media import VoiceFrame
 from voipclient.crypto.replay import ReplayWindow
 from voipclient.crypto.tofu import TofuStore
 from voipclient.net import e2ee, hopctl
@@ -205,6 +211,7 @@ class VoiceBot:
         self._frame = np.zeros(n, dtype=np.int16)
         self._out = np.zeros(n, dtype=np.int16)
         self._names: dict[int, str | None] = {}  # speakers heard (kept after they leave)
+        self._t0 = self._loop.time()  # s: start of the audio (for the statistics' times)
 
     # -- control connection ------------------------------------------------------------------------
 
@@ -412,7 +419,7 @@ class VoiceBot:
         if frame is not None:
             self._voice_frame(frame)
 
-    def _voice_frame(self, frame: Any) -> None:
+    def _voice_frame(self, frame: VoiceFrame) -> None:
         self.stats.voice_opened += 1
         if frame.sender_id not in self._names:
             user = self.session.roster.users.get(frame.sender_id)
@@ -432,7 +439,7 @@ class VoiceBot:
         )
         self._apply_level(self.policy.add_report(event.listener_id, report, now), now)
 
-    def _apply_level(self, level: Any, now: float) -> None:
+    def _apply_level(self, level: RedundancyLevel, now: float) -> None:
         if level != self.sender.level:
             self.sender.set_level(level)
             self.stats.level_changes.append(
