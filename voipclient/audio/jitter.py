@@ -168,6 +168,7 @@ class JitterBuffer:
 
     def _reset_stream(self) -> None:
         self._buf: dict[int, tuple[bytes, bool]] = {}  # extended frame no -> (payload, last)
+        self._from_copy: set[int] = set()  # buffered frames placed from a redundant copy
         self._origin: int | None = None  # extended frame number whose nominal send time is 0
         self._highest: int | None = None  # highest extended frame number received
         self._next: int | None = None  # next frame to play; lower ones are late
@@ -239,6 +240,7 @@ class JitterBuffer:
             return False  # far older than anything the buffer may hold
         self._remember(ext)
         self._buf[ext] = (payload, False)
+        self._from_copy.add(ext)
         self._recovered += 1
         return True
 
@@ -343,6 +345,13 @@ class JitterBuffer:
             payload, last = entry
             self._next = n + 1
             self._miss = 0
+            if self._from_copy:
+                self._from_copy.discard(n - 1)  # (stale entries of dropped frames go too)
+                if n in self._from_copy:
+                    # The network lost it and a copy saved it: still loss, so keep waiting for
+                    # copies (without this the buffer would shrink and lose the next ones).
+                    self._from_copy.discard(n)
+                    self._last_loss = n
             if self._gap:  # speech resumed after concealment: that was loss, not a stream end
                 self._gap = False
                 self._last_loss = n - 1

@@ -408,3 +408,22 @@ def test_delay_shrinks_back_during_continuous_speech() -> None:
     assert jb.stats.shrunk >= 2
     played = played_frames(out)
     assert played == sorted(played)  # never out of order
+
+
+def test_frames_rebuilt_from_copies_keep_the_wait_for_copies() -> None:
+    """Steady 10 % random loss with copies at 1, 2, 4: a frame rebuilt from a copy still counts
+    as loss, so the buffer keeps its depth and later losses are rebuilt too (it must not shrink
+    back and start concealing once no loss has needed concealment for a while)."""
+    jb = JitterBuffer()
+    jb.set_redundancy_depth(4)
+    rng = random.Random(11)
+    frames = 3000  # 60 s
+    lost = {n for n in range(frames) if rng.random() < 0.10}
+    out = run_with_copies(jb, lost, frames, (1, 2, 4), frames + 20)
+    stats = jb.stats
+    assert stats.recovered >= len(lost) * 0.9
+    assert stats.shrunk == 0
+    late_conceal = [
+        k for k, (_, d) in enumerate(out) if isinstance(d, Conceal) and 500 < k < frames - 50
+    ]
+    assert len(late_conceal) <= 5, late_conceal
