@@ -55,7 +55,7 @@ WHEN = (
     "1-3 % random loss",
     ">= 3 % loss, or bursty",
     ">= 8 %, or bursty and >= 3 %",
-    ">= 15 %, or mean burst >= 2.5 and >= 5 %",
+    ">= 15 %, or bursty and >= 5 %",
 )
 TARGETS = {"0% random": 4.0, "10% random": 3.6, "20% random": 3.2, "10% bursty": 3.0}
 

@@ -31,7 +31,7 @@ spends part of the same bitrate on it)::
     1     loss 1-3 %, random (mean burst < 1.5)             loss   ()          0
     2     loss >= 3 %, or bursty                            0      (1,)        33 200
     3     loss >= 8 %, or bursty and loss >= 3 %            0      (1, 2)      66 400
-    4     loss >= 15 %, or burst >= 2.5 and loss >= 5 %     0      (1, 2, 4)   99 600
+    4     loss >= 15 %, or bursty and loss >= 5 %           0      (1, 2, 4)   99 600
 
 Tier 1's hint is the measured loss, rounded up, capped at :data:`MAX_LOSS_HINT`.
 
@@ -101,7 +101,7 @@ LEVEL_CLEAN: Final = RedundancyLevel(0, ())
 def _tier_for(loss: float, burst: float) -> int:
     if loss < CLEAN_LOSS:
         return 0
-    if loss >= 0.15 or (burst >= 2.5 and loss >= 0.05):
+    if loss >= 0.15 or (burst >= BURSTY and loss >= 0.05):
         return 4
     if loss >= 0.08 or (burst >= BURSTY and loss >= 0.03):
         return 3

@@ -170,7 +170,8 @@ def test_measured_random_loss_raises_the_hint() -> None:
 
 def test_bursty_loss_adds_spaced_copies() -> None:
     policy = RedundancyPolicy()
-    assert policy.add_report(2, report(0.10, 2.0), 0.0) == RedundancyLevel(0, (1, 2))
+    assert policy.add_report(2, report(0.10, 2.0), 0.0) == RedundancyLevel(0, (1, 2, 4))
+    assert target_level(0.04, 2.0) == RedundancyLevel(0, (1, 2))  # bursty but rarer
     policy = RedundancyPolicy()
     t = 0.0
     for r in measure(gilbert_drops(5000, 0.10, 2.0, seed=5)):
@@ -184,7 +185,7 @@ def test_falls_back_only_after_hold() -> None:
     policy = RedundancyPolicy(hold_s=10.0)
     policy.add_report(2, report(0.10, 2.0), 0.0)
     for t in range(2, 11, 2):
-        assert policy.add_report(2, report(0.0), float(t)) == RedundancyLevel(0, (1, 2))
+        assert policy.add_report(2, report(0.0), float(t)) == RedundancyLevel(0, (1, 2, 4))
     assert policy.add_report(2, report(0.0), 12.0) == RedundancyLevel(0, ())
 
 
@@ -199,7 +200,7 @@ def test_worst_listener_wins() -> None:
     policy.add_report(2, report(0.0), 0.0)
     policy.add_report(3, report(0.12, 2.0), 0.5)
     policy.add_report(4, report(0.02, 1.0), 1.0)
-    assert policy.level(1.0) == RedundancyLevel(0, (1, 2))
+    assert policy.level(1.0) == RedundancyLevel(0, (1, 2, 4))
     policy.forget(3)
     assert policy.level(1.0) == RedundancyLevel(2, ())
 
