@@ -266,7 +266,7 @@ class VoicePlayback:
         self._decoder_factory = decoder_factory
         self.frame_ms = frame_ms
         self.frame_samples = mixer.frame_samples
-        self._jb_args = {"frame_ms": frame_ms, "min_delay_ms": min_delay_ms}
+        self._min_delay_ms = min_delay_ms
         self._max_delay_ms = max_delay_ms
         self._report_interval_s = report_interval_s
         self._idle_forget_s = idle_forget_s
@@ -306,7 +306,7 @@ class VoicePlayback:
             sender_id,
             JitterBuffer(
                 frame_ms=self.frame_ms,
-                min_delay_ms=float(self._jb_args["min_delay_ms"]),
+                min_delay_ms=self._min_delay_ms,
                 max_delay_ms=self._max_delay_ms,
             ),
             self._decoder_factory(),
