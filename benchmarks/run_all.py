@@ -223,8 +223,8 @@ What the figures say:
   takes in the same tick. What is left above the floor (frame + 6.5 ms lookahead) is ~1.3 ms of
   encode/seal/network and the render phase: the wait from arrival to the receiver's next output
   tick, uniform over one frame because the two audio clocks run free (T/2 on average, worst at
-  one phase and zero at another). Without it the medians are within the targets; with it they are
-  ~2.5 ms (20 ms frames) and ~0.5 ms (10 ms frames) above them.
+  one phase and zero at another). Without it the medians are well within the targets (~28 and
+  ~18 ms); with it they are 1-3 ms above them (37 and 24 ms in the last run).
 - Client CPU: receiving 10 speakers costs ~5 % of a core, ~1.4x bare Opus decoding; transmitting
   to three channels is ~3 %, essentially the Opus encoder (sealing three times is ~13 µs).
 """
