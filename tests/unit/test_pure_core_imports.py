@@ -48,7 +48,12 @@ SCRIPT = textwrap.dedent(
         "voipclient.server.relay",
     ]
     for pkg in (voipclient.crypto, voipclient.net):
-        names += [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".")]
+        # every module but the Qt adapters, which are named qt_*
+        names += [
+            m.name
+            for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".")
+            if not m.name.rsplit(".", 1)[1].startswith("qt_")
+        ]
     for name in names:
         importlib.import_module(name)
     from voipclient import selfcheck

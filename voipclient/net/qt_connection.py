@@ -1,0 +1,396 @@
+"""The desktop client's connection to a server: a QObject that owns the QSslSocket (control) and the
+QUdpSocket (voice) and drives the pure ``ClientSession`` + ``SecureSession``, like Mumble's
+ServerHandler. It is an adapter: every decision is in the sans-IO core it feeds.
+
+Thread: create it, ``moveToThread(thread)``, start the thread, then talk to it only through its
+slots (queued) and signals (queued). The crypto objects it drives have one owner: this thread.
+Voice crosses threads through two mailboxes, never through the UI thread:
+
+* ``send_voice(targets, ending, payload)`` (from the capture worker, queued): sealed here once per
+  channel and sent over UDP, or over the TLS tunnel when UDP is not available;
+* opened voice frames are appended to ``inbox`` (a ``collections.deque``: ``append`` and
+  ``popleft`` are atomic in CPython) for the playback worker, which drains it every frame.
+
+Trust: TLS 1.3 with no CA. When the encrypted channel is up and *before any application byte is
+written*, the SPKI pin of the presented certificate is compared with the pin we hold for this
+host:port: equal → log in; different → abort and say why (``refused``); none known → emit
+``pin_approval_needed`` and wait for ``approve_pin(True/False)``, sending nothing meanwhile.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from PySide6.QtCore import QObject, QTimer, Signal, Slot
+from PySide6.QtNetwork import QAbstractSocket, QHostAddress, QSsl, QSslSocket, QUdpSocket
+
+from voipclient.crypto.hop import HopMac, derive_hop_keys
+from voipclient.crypto.identity import IdentityKey
+from voipclient.crypto.media import VoiceFrame
+from voipclient.crypto.replay import ReplayWindow
+from voipclient.crypto.tofu import TofuStore
+from voipclient.net import e2ee, hopctl
+from voipclient.net import events as ev
+from voipclient.net.client import ClientSession
+from voipclient.server.tls import pin_of_der_certificate
+
+log = logging.getLogger("voipclient.net.connection")
+
+TICK_MS = 50  # session timers and key upkeep
+UDP_BIND_RETRY_MS = 1000
+UDP_BIND_TRIES = 3
+
+
+class ServerConnection(QObject):
+    """One server session. States (``state_changed``): connecting, awaiting_approval, refused,
+    logging_in, ready, closed."""
+
+    #: (state, human-readable detail)
+    state_changed = Signal(str, str)
+    #: (host, port, presented pin): answer with ``approve_pin``
+    pin_approval_needed = Signal(str, int, str)
+    #: a ``net.events.ClientEvent`` or ``net.e2ee.SecureEvent`` for the UI models
+    session_event = Signal(object)
+    #: ("udp" | "tunnel")
+    transport_changed = Signal(str)
+
+    def __init__(
+        self,
+        name: str,
+        identity: IdentityKey,
+        *,
+        password: str | None = None,
+        tofu: TofuStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._name = name
+        self._identity = identity
+        self._password = password
+        self._tofu = tofu or TofuStore()
+        self._clock = clock
+        self.inbox: collections.deque[VoiceFrame] = collections.deque(maxlen=2000)
+        self.state = "closed"
+        self.transport = "udp"
+        self.host = ""
+        self.port = 0
+        self.presented_pin: str | None = None
+        self._expected_pin: str | None = None
+        self._tls: QSslSocket | None = None
+        self._udp: QUdpSocket | None = None
+        self._udp_peer: QHostAddress | None = None
+        self.session: ClientSession | None = None
+        self.secure: e2ee.SecureSession | None = None
+        self._c2s: HopMac | None = None
+        self._s2c: HopMac | None = None
+        self._hop_seq = 0
+        self._hop_window = ReplayWindow()
+        self._bind_tries = 0
+        self.udp_bound = False
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self._timer: QTimer | None = None
+        self._bind_timer: QTimer | None = None
+
+    # -- slots: called through queued connections from other threads -----------------------------
+
+    @Slot(str, int, object)
+    def open(self, host: str, port: int, expected_pin: str | None) -> None:
+        """Connect; ``expected_pin`` None means first contact (the user will be asked)."""
+        self.close()
+        self.host, self.port, self._expected_pin = host, port, expected_pin
+        self._timer = QTimer(self)
+        self._timer.setInterval(TICK_MS)
+        self._timer.timeout.connect(self._tick)
+        self._bind_timer = QTimer(self)
+        self._bind_timer.setInterval(UDP_BIND_RETRY_MS)
+        self._bind_timer.timeout.connect(self._bind_retry)
+        tls = QSslSocket(self)
+        tls.setProtocol(QSsl.SslProtocol.TlsV1_3OrLater)
+        # No CA: the SPKI pin is the check, made in _encrypted before any application byte.
+        tls.setPeerVerifyMode(QSslSocket.PeerVerifyMode.VerifyNone)
+        tls.encrypted.connect(self._encrypted)
+        tls.readyRead.connect(self._tls_ready_read)
+        tls.disconnected.connect(self._tls_disconnected)
+        tls.errorOccurred.connect(self._tls_error)
+        self._tls = tls
+        self._set_state("connecting", f"{host}:{port}")
+        tls.connectToHostEncrypted(host, port)
+
+    @Slot(bool)
+    def approve_pin(self, approved: bool) -> None:
+        """The user's answer to ``pin_approval_needed``."""
+        if self.state != "awaiting_approval" or self.presented_pin is None:
+            return
+        if not approved:
+            self._refuse(f"you did not trust the key of {self.host}:{self.port}")
+            return
+        self._expected_pin = self.presented_pin
+        self._start_session()
+
+    @Slot(int)
+    def join(self, channel_id: int) -> None:
+        if self.session is not None and self.state == "ready":
+            self.session.join(channel_id)
+            self._flush()
+
+    @Slot(int)
+    def leave(self, channel_id: int) -> None:
+        if self.session is not None and self.state == "ready":
+            self.session.leave(channel_id)
+            self._flush()
+
+    @Slot(object, object, bytes)
+    def send_voice(self, targets: Sequence[int], ending: Sequence[int], payload: bytes) -> None:
+        """Seal one encoded payload for each target channel (VOICE_LAST for ``ending``) and send."""
+        sec = self.secure
+        if sec is None or self.state != "ready" or sec.scheduler is None:
+            return
+        now = self._clock()
+        datagrams = sec.seal_voice(targets, payload, now) if targets else []
+        if ending:
+            datagrams += sec.seal_voice(ending, payload, now, last=True)
+        for datagram in datagrams:
+            self._send_datagram(datagram)
+        self._emit_secure(sec.flush(now))
+        self._flush()
+
+    @Slot()
+    def close(self) -> None:
+        """Say goodbye (when logged in) and close both sockets."""
+        if self._timer is not None:
+            self._timer.stop()
+        if self._bind_timer is not None:
+            self._bind_timer.stop()
+        if self.session is not None and self.state in {"logging_in", "ready"}:
+            self.session.close(now=self._clock())
+            self._flush()
+        if self._tls is not None:
+            tls, self._tls = self._tls, None
+            tls.disconnectFromHost()
+            tls.deleteLater()
+        if self._udp is not None:
+            udp, self._udp = self._udp, None
+            udp.close()
+            udp.deleteLater()
+        if self.state not in {"closed", "refused"}:
+            self._set_state("closed", "closed by us")
+
+    # -- TLS ---------------------------------------------------------------------------------------
+
+    def _encrypted(self) -> None:
+        tls = self._tls
+        assert tls is not None
+        der = bytes(tls.peerCertificate().toDer().data())
+        self.presented_pin = pin_of_der_certificate(der) if der else None
+        if self.presented_pin is None:
+            self._refuse("the server presented no certificate")
+        elif self._expected_pin is None:
+            self._set_state("awaiting_approval", self.presented_pin)
+            self.pin_approval_needed.emit(self.host, self.port, self.presented_pin)
+        elif self.presented_pin != self._expected_pin:
+            self._refuse(
+                f"{self.host}:{self.port} presented the key {self.presented_pin}, but this "
+                f"server's key is {self._expected_pin}: someone may be intercepting the "
+                "connection, or the server's key was replaced. Nothing was sent. Connect again "
+                "only if the server's operator confirms the new key."
+            )
+        else:
+            self._start_session()
+
+    def _start_session(self) -> None:
+        assert self._expected_pin is not None
+        self.session = ClientSession(
+            self._name, self._identity.public_bytes(), self._identity.sign, self._password
+        )
+        self.secure = e2ee.SecureSession(
+            self.session,
+            self._identity,
+            self._name,
+            self._tofu,
+            self._expected_pin,
+            wall_clock=time.time,
+        )
+        self._set_state("logging_in", self._name)
+        self.session.start(self._clock())
+        self._flush()
+        assert self._timer is not None
+        self._timer.start()
+
+    def _tls_ready_read(self) -> None:
+        tls, session = self._tls, self.session
+        if tls is None:
+            return
+        data = bytes(tls.readAll().data())
+        if session is None:
+            # Bytes before we started the session (we sent none): a confused server. Drop them.
+            return
+        self._handle(session.receive_data(data, self._clock()))
+
+    def _tls_disconnected(self) -> None:
+        if self.session is not None and self.state in {"logging_in", "ready"}:
+            self._handle(self.session.connection_lost(self._clock()))
+        if self.state not in {"refused", "closed"}:
+            self._set_state("closed", "the server closed the connection")
+
+    def _tls_error(self, error: QAbstractSocket.SocketError) -> None:
+        tls = self._tls
+        detail = tls.errorString() if tls is not None else str(error)
+        if self.state == "connecting":
+            self._set_state("closed", f"cannot connect to {self.host}:{self.port}: {detail}")
+
+    def _refuse(self, why: str) -> None:
+        self._set_state("refused", why)  # first: abort() emits disconnected synchronously
+        if self._tls is not None:
+            self._tls.abort()  # no close_notify round trip, no application byte
+
+    def _flush(self) -> None:
+        if self.session is None or self._tls is None:
+            return
+        data = self.session.data_to_send()
+        if data:
+            self._tls.write(data)
+
+    def _tick(self) -> None:
+        session, sec = self.session, self.secure
+        if session is None or sec is None:
+            return
+        now = self._clock()
+        self._handle(session.handle_timer(now))
+        self._emit_secure(sec.tick(now))
+        self._flush()
+
+    def _handle(self, events: list[ev.ClientEvent]) -> None:
+        sec = self.secure
+        now = self._clock()
+        for event in events:
+            if isinstance(event, ev.LoggedIn):
+                k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
+                self._c2s, self._s2c = HopMac(k_c2s), HopMac(k_s2c)
+                self._set_state("ready", f"logged in as {self._name}")
+                self._open_udp()
+            elif isinstance(event, ev.VoiceTunnelReceived):
+                self._voice_in(event.datagram)
+            elif isinstance(event, ev.ConnectionClosed) and self.state != "refused":
+                self._set_state("closed", event.message or str(event.reason.value))
+            self.session_event.emit(event)
+        if sec is not None and events:
+            self._emit_secure(sec.handle_events(events, now))
+        self._flush()
+
+    def _emit_secure(self, events: list[e2ee.SecureEvent]) -> None:
+        for event in events:
+            if isinstance(event, e2ee.VoiceReleased):
+                self.inbox.append(event.frame)
+            else:
+                self.session_event.emit(event)
+
+    # -- UDP ---------------------------------------------------------------------------------------
+
+    def _open_udp(self) -> None:
+        tls = self._tls
+        if tls is None:
+            return
+        udp = QUdpSocket(self)
+        peer = tls.peerAddress()
+        any_address = (
+            QHostAddress.SpecialAddress.AnyIPv6
+            if peer.protocol() == QAbstractSocket.NetworkLayerProtocol.IPv6Protocol
+            else QHostAddress.SpecialAddress.AnyIPv4
+        )
+        if not udp.bind(QHostAddress(any_address), 0):
+            self._use_tunnel(f"cannot open a UDP socket: {udp.errorString()}")
+            return
+        udp.readyRead.connect(self._udp_ready_read)
+        self._udp, self._udp_peer = udp, peer
+        self._bind_tries = 0
+        self._bind_retry()
+        assert self._bind_timer is not None
+        self._bind_timer.start()
+
+    def _bind_retry(self) -> None:
+        if self.udp_bound or self._c2s is None or self.session is None:
+            if self._bind_timer is not None:
+                self._bind_timer.stop()
+            return
+        sid = self.session.sender_id
+        if sid is None:
+            return
+        if self._bind_tries >= UDP_BIND_TRIES:
+            assert self._bind_timer is not None
+            self._bind_timer.stop()
+            self._use_tunnel("UDP gets no answer from the server")
+            return
+        self._bind_tries += 1
+        self._send_udp(hopctl.encode_bind(self._c2s, sid, self._next_seq()))
+
+    def _use_tunnel(self, why: str) -> None:
+        log.info("voice over TLS: %s", why)
+        self.transport = "tunnel"
+        if self.session is not None:
+            self.session.set_voice_transport(True)
+            self._flush()
+        self.transport_changed.emit("tunnel")
+
+    def _next_seq(self) -> int:
+        seq = self._hop_seq
+        self._hop_seq += 1
+        return seq
+
+    def _send_udp(self, datagram: bytes) -> None:
+        if self._udp is not None and self._udp_peer is not None:
+            self._udp.writeDatagram(datagram, self._udp_peer, self.port)
+
+    def _send_datagram(self, datagram: bytes) -> None:
+        self.datagrams_out += 1
+        if self.transport == "tunnel" or not self.udp_bound:
+            if self.session is not None:
+                self.session.send_voice_tunnel(datagram)
+        else:
+            self._send_udp(datagram)
+
+    def _udp_ready_read(self) -> None:
+        udp = self._udp
+        while udp is not None and udp.hasPendingDatagrams():
+            datagram = udp.receiveDatagram()
+            self._udp_datagram(bytes(datagram.data().data()))
+
+    def _udp_datagram(self, data: bytes) -> None:
+        if len(data) == hopctl.HOP_CONTROL_LEN and data[1] in hopctl.S2C_PTYPES:
+            session = self.session
+            if self._s2c is None or self._c2s is None or session is None:
+                return
+            sid = session.sender_id
+            msg = hopctl.open_hop_control(
+                data, self._s2c, self._hop_window, ptypes=hopctl.S2C_PTYPES
+            )
+            if msg is None or sid is None:
+                return
+            if msg.ptype == hopctl.PTYPE_CHALLENGE:
+                self._send_udp(
+                    hopctl.encode_bind_confirm(self._c2s, sid, self._next_seq(), msg.body)
+                )
+            elif msg.ptype == hopctl.PTYPE_BIND_OK and not self.udp_bound:
+                self.udp_bound = True
+                self.transport = "udp"
+                self.transport_changed.emit("udp")
+            return
+        self._voice_in(data)
+
+    def _voice_in(self, data: bytes) -> None:
+        self.datagrams_in += 1
+        sec = self.secure
+        if sec is None:
+            return
+        frame = sec.open_voice(data, self._clock())
+        if frame is not None:
+            self.inbox.append(frame)
+
+    def _set_state(self, state: str, detail: str) -> None:
+        self.state = state
+        log.info("connection %s: %s", state, detail)
+        self.state_changed.emit(state, detail)
