@@ -43,6 +43,7 @@ SCRIPT = textwrap.dedent(
         "voipclient.audio.file_engine",
         "voipclient.audio.redundancy",
         "voipclient.audio.voice",
+        "voipclient.audio.workers",
         "voipclient.audio.dsp",
         "voipclient.audio.cues",
         "voipclient.server.relay",

@@ -1,0 +1,112 @@
+"""Capture and playback workers: the per-frame steps (driven directly) and the threads (on the
+device-less NullEngine / a WAV engine), with a named fake for the connection's send slot."""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+
+import numpy as np
+
+from voipclient.audio.cues import CueKind
+from voipclient.audio.dsp import CaptureProcessor, CaptureSettings
+from voipclient.audio.engine import NullEngine
+from voipclient.audio.file_engine import read_wav_mono16
+from voipclient.audio.mixer import Mixer
+from voipclient.audio.opus import OpusDecoder, OpusEncoder
+from voipclient.audio.payload import decode_payload
+from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
+from voipclient.audio.workers import CaptureWorker, PlaybackWorker
+from voipclient.crypto.media import VoiceFrame
+
+N = 960
+SPEECH = read_wav_mono16(Path(__file__).parents[2] / "data" / "speech-0-48k.wav")
+
+
+class FakeConnection:
+    """Records what the capture worker hands to the connection's send_voice slot."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[tuple[int, ...], tuple[int, ...], bytes]] = []
+
+    def send(self, targets: object, ending: object, payload: bytes) -> None:
+        self.sent.append((tuple(targets), tuple(ending), payload))  # type: ignore[arg-type]
+
+
+def capture_worker(conn: FakeConnection) -> CaptureWorker:
+    return CaptureWorker(
+        NullEngine(),
+        CaptureProcessor(CaptureSettings(noise_suppression="off", agc=False)),
+        VoiceSender(OpusEncoder()),
+        TransmitGate(release_ms=100),
+        conn.send,
+    )
+
+
+def test_capture_sends_only_to_the_wanted_channels_and_ends_each() -> None:
+    conn = FakeConnection()
+    w = capture_worker(conn)
+    t = 0.0
+    for k in range(10):  # nobody wants our voice: nothing sent, frame numbers still advance
+        w.process_frame(SPEECH[k * N : (k + 1) * N], t)
+        t += 0.02
+    assert conn.sent == [] and w.sender.frame_no == 10
+    w.wanted = frozenset({2, 3})  # two push-to-talk keys held
+    for k in range(10, 20):
+        w.process_frame(SPEECH[k * N : (k + 1) * N], t)
+        t += 0.02
+    assert all(targets == (2, 3) for targets, _, _ in conn.sent)
+    assert w.cues.popleft() == CueKind.START and w.speaking
+    w.wanted = frozenset()
+    for k in range(20, 30):
+        w.process_frame(SPEECH[k * N : (k + 1) * N], t)
+        t += 0.02
+    endings = [ending for _, ending, _ in conn.sent if ending]
+    assert endings == [(2, 3)]  # one VOICE_LAST each, after the 100 ms release
+    assert w.cues.popleft() == CueKind.STOP and not w.speaking
+    payloads = [decode_payload(p) for _, _, p in conn.sent]
+    assert all(p is not None for p in payloads)
+    assert [p.frame_no for p in payloads if p] == list(range(10, 10 + len(payloads)))
+
+
+def test_voice_activated_channel_sends_speech_not_silence() -> None:
+    conn = FakeConnection()
+    w = capture_worker(conn)
+    w.voice_activated = frozenset({7})
+    silence = np.zeros(N, dtype=np.int16)
+    for k in range(50):
+        w.process_frame(silence, k * 0.02)
+    assert conn.sent == []
+    for k in range(50, 100):
+        w.process_frame(SPEECH[(k + 20) * N : (k + 21) * N], k * 0.02)
+    assert conn.sent and {targets for targets, _, _ in conn.sent} == {(7,)}
+
+
+def test_playback_thread_plays_what_the_inbox_brings_and_reports_loss() -> None:
+    engine = NullEngine()
+    inbox: collections.deque[VoiceFrame] = collections.deque()
+    worker = PlaybackWorker(engine, VoicePlayback(Mixer(), OpusDecoder), inbox)
+    sender = VoiceSender(OpusEncoder())
+    worker.start()
+    try:
+        start = time.monotonic()
+        for k in range(150):
+            payload = sender.encode(SPEECH[k * N : (k + 1) * N])
+            if k % 10 != 5:  # 10 % lost
+                inbox.append(VoiceFrame(4, 9, 0, 0, k, False, payload))
+            engine.tick(time.monotonic())  # the "device" takes what was rendered
+            delay = start + (k + 1) * 0.02 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        deadline = time.monotonic() + 3
+        while not worker.reports and time.monotonic() < deadline:
+            engine.tick(time.monotonic())
+            time.sleep(0.02)
+    finally:
+        worker.stop()
+    (stream,) = worker.playback.stats().streams
+    assert stream.jitter.played >= 100
+    assert worker.output_level.peak_dbfs > -60
+    assert worker.reports and worker.reports[0].sender_id == 9
+    assert 0.05 <= worker.reports[-1].loss <= 0.2

@@ -1,0 +1,175 @@
+"""The desktop client's audio threads: capture and playback workers around the pure pipeline.
+
+Capture (one thread): engine capture ring → CaptureProcessor → TransmitGate (the channels the
+push-to-talk router wants, read from a latest-value slot every frame) → VoiceSender (Opus once)
+→ ``send(targets, ending, payload)`` (the connection seals once per channel on its own thread).
+
+Playback (one thread): the connection's ``inbox`` (opened voice frames, a deque) → VoicePlayback
+(jitter buffer per speaker, decoder, mixer) → cues → engine playback ring, one frame whenever the
+ring holds less than a frame. Loss reports go to the connection through ``reports`` (a deque).
+
+Between threads only mailboxes: deques (atomic append/popleft in CPython) and plain attribute
+stores of immutable values (latest-value slots). The workers never touch Qt and take no lock the
+UI holds; they sleep until the next frame is due (the engine's clock is the device's).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from voipclient.audio.cues import CueKind, CuePlayer
+from voipclient.audio.dsp import CaptureProcessor
+from voipclient.audio.engine import AudioEngine
+from voipclient.audio.mixer import Level
+from voipclient.audio.redundancy import LossReport, RedundancyLevel
+from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
+from voipclient.crypto.media import VoiceFrame
+
+log = logging.getLogger("voipclient.audio.workers")
+
+SendVoice = Callable[[Sequence[int], Sequence[int], bytes], None]
+
+
+class CaptureWorker:
+    """Owns the capture side: processor, gate, sender. ``wanted`` and ``level`` are the slots the
+    push-to-talk router and the redundancy policy write (any thread)."""
+
+    def __init__(
+        self,
+        engine: AudioEngine,
+        processor: CaptureProcessor,
+        sender: VoiceSender,
+        gate: TransmitGate,
+        send: SendVoice,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.processor = processor
+        self.sender = sender
+        self.gate = gate
+        self._send = send
+        self._clock = clock
+        self.wanted: frozenset[int] = frozenset()  # slot: the router's current targets
+        self.voice_activated: frozenset[int] = frozenset()  # slot: sent only while speech
+        self.level: RedundancyLevel | None = None  # slot: the policy's latest level
+        self.cues: collections.deque[CueKind] = collections.deque(maxlen=8)  # to playback
+        self.input_level = Level(-float("inf"), -float("inf"))  # slot for the UI meter
+        self.speaking = False  # slot: we are transmitting now
+        self.frames = 0
+        self._frame = np.zeros(engine.frame_samples, dtype=np.int16)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+    def _run(self) -> None:
+        engine = self.engine
+        n = engine.frame_samples
+        period = n / engine.sample_rate
+        while not self._stop.is_set():
+            if engine.capture.available < n:
+                time.sleep(period / 4)
+                continue
+            engine.capture.read_into(self._frame)
+            self.process_frame(self._frame, self._clock())
+
+    def process_frame(self, frame: np.ndarray, now: float) -> None:
+        """One captured frame (also the entry point for tests driving it without a thread)."""
+        level = self.level
+        if level is not None and level != self.sender.level:
+            self.sender.set_level(level)
+        result = self.processor.process(frame)
+        self.input_level = result.level
+        wanted = self.wanted
+        if result.is_speech and self.voice_activated:
+            wanted = wanted | self.voice_activated
+        decision = self.gate.update(wanted, now)
+        if decision.started:
+            self.cues.append(CueKind.START)
+        elif decision.stopped:
+            self.cues.append(CueKind.STOP)
+        self.speaking = decision.sending and not decision.stopped
+        self.frames += 1
+        if not decision.sending:
+            self.sender.skip()
+            return
+        payload = self.sender.encode(result.frame)
+        self._send(decision.targets, decision.ending, payload)
+
+
+class PlaybackWorker:
+    """Owns the playback side: VoicePlayback (jitter buffers, decoders, mixer) and the cues."""
+
+    def __init__(
+        self,
+        engine: AudioEngine,
+        playback: VoicePlayback,
+        inbox: collections.deque[VoiceFrame],
+        *,
+        cues: collections.deque[CueKind] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.playback = playback
+        self.inbox = inbox
+        self.cue_requests = cues if cues is not None else collections.deque(maxlen=8)
+        self.cue_player = CuePlayer(engine.frame_samples)
+        self.reports: collections.deque[LossReport] = collections.deque(maxlen=256)
+        self.output_level = Level(-float("inf"), -float("inf"))  # slot for the UI meter
+        self.frames = 0
+        self._clock = clock
+        self._out = np.zeros(engine.frame_samples, dtype=np.int16)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="playback", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+    def _run(self) -> None:
+        engine = self.engine
+        n = engine.frame_samples
+        period = n / engine.sample_rate
+        while not self._stop.is_set():
+            self.drain(self._clock())
+            if engine.playback.available >= n:
+                time.sleep(period / 4)
+                continue
+            self.render(self._clock())
+
+    def drain(self, now: float) -> None:
+        """Move opened voice frames from the connection into the jitter buffers."""
+        inbox, playback = self.inbox, self.playback
+        while inbox:
+            frame = inbox.popleft()
+            playback.push(frame.sender_id, frame.channel_id, frame.payload, frame.last, now)
+
+    def render(self, now: float) -> None:
+        """Mix one frame into the engine's playback ring."""
+        while self.cue_requests:
+            self.cue_player.trigger(self.cue_requests.popleft())
+        self.playback.render_into(self._out, now)
+        self.cue_player.mix_into(self._out)
+        self.engine.playback.write(self._out)
+        self.output_level = self.playback.mixer.level
+        self.frames += 1
+        self.reports.extend(self.playback.loss_reports(now))
