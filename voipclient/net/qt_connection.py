@@ -27,6 +27,12 @@ from collections.abc import Callable, Sequence
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from PySide6.QtNetwork import QAbstractSocket, QHostAddress, QSsl, QSslSocket, QUdpSocket
 
+from voipclient.audio.redundancy import (
+    LEVEL_CLEAN,
+    LossReport,
+    RedundancyLevel,
+    RedundancyPolicy,
+)
 from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.media import VoiceFrame
@@ -74,6 +80,12 @@ class ServerConnection(QObject):
         self._tofu = tofu or TofuStore()
         self._clock = clock
         self.inbox: collections.deque[VoiceFrame] = collections.deque(maxlen=2000)
+        # Loss reports the playback worker measured, sent on the next tick (a mailbox).
+        self.loss_reports_out: collections.deque[LossReport] = collections.deque(maxlen=256)
+        # What listeners report about us decides the redundancy the capture worker applies:
+        # a latest-value slot it reads every frame.
+        self.policy = RedundancyPolicy()
+        self.redundancy_level: RedundancyLevel = LEVEL_CLEAN
         self.state = "closed"
         self.transport = "udp"
         self.host = ""
@@ -262,6 +274,10 @@ class ServerConnection(QObject):
         now = self._clock()
         self._handle(session.handle_timer(now))
         self._emit_secure(sec.tick(now))
+        if self.loss_reports_out and self.state == "ready":
+            reports = [self.loss_reports_out.popleft() for _ in range(len(self.loss_reports_out))]
+            session.send_loss_reports(reports)
+        self.redundancy_level = self.policy.level(now)
         self._flush()
 
     def _handle(self, events: list[ev.ClientEvent]) -> None:
@@ -275,6 +291,13 @@ class ServerConnection(QObject):
                 self._open_udp()
             elif isinstance(event, ev.VoiceTunnelReceived):
                 self._voice_in(event.datagram)
+            elif isinstance(event, ev.LossReportReceived):
+                report = LossReport(
+                    event.listener_id, event.loss, event.burst, event.jitter_ms, event.frames
+                )
+                self.redundancy_level = self.policy.add_report(event.listener_id, report, now)
+            elif isinstance(event, ev.UserLeft):
+                self.policy.forget(event.user.sender_id)
             elif isinstance(event, ev.ConnectionClosed) and self.state != "refused":
                 self._set_state("closed", event.message or str(event.reason.value))
             self.session_event.emit(event)
