@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 
@@ -40,14 +41,13 @@ from voipclient.crypto.replay import ReplayWindow
 from voipclient.crypto.tofu import TofuStore
 from voipclient.net import e2ee, hopctl
 from voipclient.net import events as ev
+from voipclient.net import supervisor as sv
 from voipclient.net.client import ClientSession
 from voipclient.server.tls import pin_of_der_certificate
 
 log = logging.getLogger("voipclient.net.connection")
 
 TICK_MS = 50  # session timers and key upkeep
-UDP_BIND_RETRY_MS = 1000
-UDP_BIND_TRIES = 3
 
 
 class ServerConnection(QObject):
@@ -62,6 +62,9 @@ class ServerConnection(QObject):
     session_event = Signal(object)
     #: ("udp" | "tunnel")
     transport_changed = Signal(str)
+    #: a ``net.supervisor`` action for the UI: StateChanged, ReconnectScheduled, Stopped,
+    #: RestoreSkipped, ApplyLocalSettings (volumes, mutes, push-to-talk bindings to re-apply)
+    supervisor_action = Signal(object)
 
     def __init__(
         self,
@@ -71,6 +74,7 @@ class ServerConnection(QObject):
         password: str | None = None,
         tofu: TofuStore | None = None,
         clock: Callable[[], float] = time.monotonic,
+        config: sv.SupervisorConfig | None = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -101,37 +105,49 @@ class ServerConnection(QObject):
         self._s2c: HopMac | None = None
         self._hop_seq = 0
         self._hop_window = ReplayWindow()
-        self._bind_tries = 0
         self.udp_bound = False
         self.datagrams_in = 0
         self.datagrams_out = 0
         self._timer: QTimer | None = None
-        self._bind_timer: QTimer | None = None
+        self.udp_addr: tuple[str, int] | None = None  # voice to this address instead (tests)
+        self.supervisor = sv.ConnectionSupervisor(config, rng=random.random)
+        self._generation = 0  # which TLS connection the socket callbacks belong to
+        self._retired: list[QSslSocket] = []  # closed sockets waiting to be deleted
 
     # -- slots: called through queued connections from other threads -----------------------------
 
     @Slot(str, int, object)
     def open(self, host: str, port: int, expected_pin: str | None) -> None:
-        """Connect; ``expected_pin`` None means first contact (the user will be asked)."""
+        """Connect and stay connected (the supervisor reconnects with backoff, restores
+        memberships and settings); ``expected_pin`` None means first contact (the user will be
+        asked). ``close()`` ends it."""
         self.close()
         self.host, self.port, self._expected_pin = host, port, expected_pin
-        self._timer = QTimer(self)
-        self._timer.setInterval(TICK_MS)
-        self._timer.timeout.connect(self._tick)
-        self._bind_timer = QTimer(self)
-        self._bind_timer.setInterval(UDP_BIND_RETRY_MS)
-        self._bind_timer.timeout.connect(self._bind_retry)
+        if self._timer is None:
+            self._timer = QTimer(self)
+            self._timer.setInterval(TICK_MS)
+            self._timer.timeout.connect(self._tick)
+        self._timer.start()
+        self._feed(sv.Open())
+
+    def _connect(self) -> None:
+        """The supervisor's Connect: a fresh TLS connection (and later fresh sessions)."""
+        self._drop_sockets()
+        self._generation += 1
+        generation = self._generation
         tls = QSslSocket(self)
         tls.setProtocol(QSsl.SslProtocol.TlsV1_3OrLater)
         # No CA: the SPKI pin is the check, made in _encrypted before any application byte.
         tls.setPeerVerifyMode(QSslSocket.PeerVerifyMode.VerifyNone)
-        tls.encrypted.connect(self._encrypted)
-        tls.readyRead.connect(self._tls_ready_read)
-        tls.disconnected.connect(self._tls_disconnected)
-        tls.errorOccurred.connect(self._tls_error)
+        tls.encrypted.connect(lambda: self._encrypted(generation))
+        tls.readyRead.connect(lambda: self._tls_ready_read(generation))
+        tls.disconnected.connect(lambda: self._tls_disconnected(generation))
+        tls.errorOccurred.connect(lambda error: self._tls_error(generation, error))
         self._tls = tls
-        self._set_state("connecting", f"{host}:{port}")
-        tls.connectToHostEncrypted(host, port)
+        self.session = self.secure = None
+        self.udp_bound = False
+        self._set_state("connecting", f"{self.host}:{self.port}")
+        tls.connectToHostEncrypted(self.host, self.port)
 
     @Slot(bool)
     def approve_pin(self, approved: bool) -> None:
@@ -142,13 +158,21 @@ class ServerConnection(QObject):
             self._refuse(f"you did not trust the key of {self.host}:{self.port}")
             return
         self._expected_pin = self.presented_pin
+        self._feed(sv.PinApproved())
         self._start_session()
 
     @Slot(int)
-    def join(self, channel_id: int) -> None:
+    def join(self, channel_id: int, password: str | None = None) -> None:
         if self.session is not None and self.state == "ready":
-            self.session.join(channel_id)
+            self.session.join(channel_id, password)
+            if password is not None:
+                self._feed(sv.ChannelPasswordUsed(channel_id, password))
             self._flush()
+
+    @Slot(object)
+    def set_local_settings(self, settings: object) -> None:
+        """The user's volumes, mutes and push-to-talk bindings, re-applied after a reconnect."""
+        self._feed(sv.LocalSettingsChanged(settings))
 
     @Slot(int)
     def leave(self, channel_id: int) -> None:
@@ -173,36 +197,46 @@ class ServerConnection(QObject):
 
     @Slot()
     def close(self) -> None:
-        """Say goodbye (when logged in) and close both sockets."""
+        """Say goodbye (when logged in), close both sockets and stop reconnecting."""
+        if self.supervisor.state not in {sv.ConnState.IDLE, sv.ConnState.STOPPED}:
+            self._feed(sv.Close())
+        self._drop_sockets()
         if self._timer is not None:
             self._timer.stop()
-        if self._bind_timer is not None:
-            self._bind_timer.stop()
+        if self.state not in {"closed", "refused"}:
+            self._set_state("closed", "closed by us")
+
+    def _drop_sockets(self) -> None:
+        self._generation += 1  # callbacks of the old sockets are ignored from now on
         if self.session is not None and self.state in {"logging_in", "ready"}:
             self.session.close(now=self._clock())
             self._flush()
         if self._tls is not None:
             tls, self._tls = self._tls, None
-            tls.disconnectFromHost()
-            tls.deleteLater()
+            if tls.state() != QAbstractSocket.SocketState.UnconnectedState:
+                tls.disconnectFromHost()
+            # Deleted on a later tick, never from inside one of its own signals (deleting an
+            # aborted QSslSocket from its handler chain crashed PySide6 6.12 here).
+            self._retired.append(tls)
         if self._udp is not None:
             udp, self._udp = self._udp, None
             udp.close()
             udp.deleteLater()
-        if self.state not in {"closed", "refused"}:
-            self._set_state("closed", "closed by us")
+        self.udp_bound = False
 
     # -- TLS ---------------------------------------------------------------------------------------
 
-    def _encrypted(self) -> None:
+    def _encrypted(self, generation: int) -> None:
         tls = self._tls
-        assert tls is not None
+        if tls is None or generation != self._generation:
+            return
         der = bytes(tls.peerCertificate().toDer().data())
         self.presented_pin = pin_of_der_certificate(der) if der else None
         if self.presented_pin is None:
             self._refuse("the server presented no certificate")
         elif self._expected_pin is None:
             self._set_state("awaiting_approval", self.presented_pin)
+            self._feed(sv.PinApprovalPending())
             self.pin_approval_needed.emit(self.host, self.port, self.presented_pin)
         elif self.presented_pin != self._expected_pin:
             self._refuse(
@@ -230,12 +264,10 @@ class ServerConnection(QObject):
         self._set_state("logging_in", self._name)
         self.session.start(self._clock())
         self._flush()
-        assert self._timer is not None
-        self._timer.start()
 
-    def _tls_ready_read(self) -> None:
+    def _tls_ready_read(self, generation: int) -> None:
         tls, session = self._tls, self.session
-        if tls is None:
+        if tls is None or generation != self._generation:
             return
         data = bytes(tls.readAll().data())
         if session is None:
@@ -243,22 +275,32 @@ class ServerConnection(QObject):
             return
         self._handle(session.receive_data(data, self._clock()))
 
-    def _tls_disconnected(self) -> None:
+    def _tls_disconnected(self, generation: int) -> None:
+        if generation != self._generation:
+            return
         if self.session is not None and self.state in {"logging_in", "ready"}:
             self._handle(self.session.connection_lost(self._clock()))
+        elif self.state not in {"refused", "closed"}:
+            self._feed(sv.TransportFailed("the connection closed before login"))
         if self.state not in {"refused", "closed"}:
             self._set_state("closed", "the server closed the connection")
 
-    def _tls_error(self, error: QAbstractSocket.SocketError) -> None:
+    def _tls_error(self, generation: int, error: QAbstractSocket.SocketError) -> None:
+        if generation != self._generation:
+            return
         tls = self._tls
         detail = tls.errorString() if tls is not None else str(error)
         if self.state == "connecting":
-            self._set_state("closed", f"cannot connect to {self.host}:{self.port}: {detail}")
+            why = f"cannot connect to {self.host}:{self.port}: {detail}"
+            self._set_state("closed", why)
+            self._feed(sv.TransportFailed(why))
 
     def _refuse(self, why: str) -> None:
         self._set_state("refused", why)  # first: abort() emits disconnected synchronously
+        self._generation += 1
         if self._tls is not None:
             self._tls.abort()  # no close_notify round trip, no application byte
+        self._feed(sv.PinRefused(why))
 
     def _flush(self) -> None:
         if self.session is None or self._tls is None:
@@ -268,10 +310,18 @@ class ServerConnection(QObject):
             self._tls.write(data)
 
     def _tick(self) -> None:
+        now = self._clock()
+        while len(self._retired) > 1 or (
+            self._retired
+            and self._retired[0].state() == QAbstractSocket.SocketState.UnconnectedState
+        ):
+            self._retired.pop(0).deleteLater()
+        due = self.supervisor.get_timer()
+        if due is not None and now >= due:
+            self._act(self.supervisor.handle_timer(now))
         session, sec = self.session, self.secure
         if session is None or sec is None:
             return
-        now = self._clock()
         self._handle(session.handle_timer(now))
         self._emit_secure(sec.tick(now))
         if self.loss_reports_out and self.state == "ready":
@@ -287,6 +337,7 @@ class ServerConnection(QObject):
             if isinstance(event, ev.LoggedIn):
                 k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
                 self._c2s, self._s2c = HopMac(k_c2s), HopMac(k_s2c)
+                self._hop_window = ReplayWindow()
                 self._set_state("ready", f"logged in as {self._name}")
                 self._open_udp()
             elif isinstance(event, ev.VoiceTunnelReceived):
@@ -303,6 +354,8 @@ class ServerConnection(QObject):
             self.session_event.emit(event)
         if sec is not None and events:
             self._emit_secure(sec.handle_events(events, now))
+        for event in events:
+            self._act(self.supervisor.handle_event(event, now))
         self._flush()
 
     def _emit_secure(self, events: list[e2ee.SecureEvent]) -> None:
@@ -315,49 +368,25 @@ class ServerConnection(QObject):
     # -- UDP ---------------------------------------------------------------------------------------
 
     def _open_udp(self) -> None:
+        """A UDP socket for this session; the supervisor's SendBind actions validate it."""
         tls = self._tls
         if tls is None:
             return
         udp = QUdpSocket(self)
         peer = tls.peerAddress()
+        if self.udp_addr is not None:
+            peer = QHostAddress(self.udp_addr[0])
         any_address = (
             QHostAddress.SpecialAddress.AnyIPv6
             if peer.protocol() == QAbstractSocket.NetworkLayerProtocol.IPv6Protocol
             else QHostAddress.SpecialAddress.AnyIPv4
         )
         if not udp.bind(QHostAddress(any_address), 0):
-            self._use_tunnel(f"cannot open a UDP socket: {udp.errorString()}")
-            return
+            log.warning("cannot open a UDP socket: %s", udp.errorString())
+            udp.deleteLater()
+            return  # the supervisor gets no BIND_OK and moves voice to the tunnel
         udp.readyRead.connect(self._udp_ready_read)
         self._udp, self._udp_peer = udp, peer
-        self._bind_tries = 0
-        self._bind_retry()
-        assert self._bind_timer is not None
-        self._bind_timer.start()
-
-    def _bind_retry(self) -> None:
-        if self.udp_bound or self._c2s is None or self.session is None:
-            if self._bind_timer is not None:
-                self._bind_timer.stop()
-            return
-        sid = self.session.sender_id
-        if sid is None:
-            return
-        if self._bind_tries >= UDP_BIND_TRIES:
-            assert self._bind_timer is not None
-            self._bind_timer.stop()
-            self._use_tunnel("UDP gets no answer from the server")
-            return
-        self._bind_tries += 1
-        self._send_udp(hopctl.encode_bind(self._c2s, sid, self._next_seq()))
-
-    def _use_tunnel(self, why: str) -> None:
-        log.info("voice over TLS: %s", why)
-        self.transport = "tunnel"
-        if self.session is not None:
-            self.session.set_voice_transport(True)
-            self._flush()
-        self.transport_changed.emit("tunnel")
 
     def _next_seq(self) -> int:
         seq = self._hop_seq
@@ -366,7 +395,8 @@ class ServerConnection(QObject):
 
     def _send_udp(self, datagram: bytes) -> None:
         if self._udp is not None and self._udp_peer is not None:
-            self._udp.writeDatagram(datagram, self._udp_peer, self.port)
+            port = self.udp_addr[1] if self.udp_addr is not None else self.port
+            self._udp.writeDatagram(datagram, self._udp_peer, port)
 
     def _send_datagram(self, datagram: bytes) -> None:
         self.datagrams_out += 1
@@ -393,15 +423,16 @@ class ServerConnection(QObject):
             )
             if msg is None or sid is None:
                 return
+            now = self._clock()
             if msg.ptype == hopctl.PTYPE_CHALLENGE:
-                self._send_udp(
-                    hopctl.encode_bind_confirm(self._c2s, sid, self._next_seq(), msg.body)
-                )
-            elif msg.ptype == hopctl.PTYPE_BIND_OK and not self.udp_bound:
-                self.udp_bound = True
-                self.transport = "udp"
-                self.transport_changed.emit("udp")
+                self._act(self.supervisor.handle_event(sv.UdpChallenge(msg.body), now))
+            elif msg.ptype == hopctl.PTYPE_BIND_OK:
+                self._act(self.supervisor.handle_event(sv.UdpBindOk(), now))
+            elif msg.ptype == hopctl.PTYPE_PONG:
+                client_ms, received = hopctl.decode_pong(msg.body)
+                self._act(self.supervisor.handle_event(sv.UdpPong(client_ms, received), now))
             return
+        self._act(self.supervisor.handle_event(sv.UdpDatagramReceived(), self._clock()))
         self._voice_in(data)
 
     def _voice_in(self, data: bytes) -> None:
@@ -412,6 +443,58 @@ class ServerConnection(QObject):
         frame = sec.open_voice(data, self._clock())
         if frame is not None:
             self.inbox.append(frame)
+
+    # -- the supervisor ------------------------------------------------------------------------
+
+    def _feed(self, event: sv.SupervisorEvent) -> None:
+        self._act(self.supervisor.handle_event(event, self._clock()))
+
+    def _act(self, actions: list[sv.SupervisorAction]) -> None:
+        """Carry out what the supervisor decided, in order."""
+        for action in actions:
+            session = self.session
+            sid = None if session is None else session.sender_id
+            if isinstance(action, sv.Connect):
+                self._connect()
+            elif isinstance(action, sv.Disconnect):
+                self._drop_sockets()
+                if self.state not in {"closed", "refused"}:
+                    self._set_state("closed", action.reason)
+            elif isinstance(action, sv.SendBind):
+                if self._c2s is not None and sid is not None:
+                    self._send_udp(hopctl.encode_bind(self._c2s, sid, self._next_seq()))
+            elif isinstance(action, sv.SendBindConfirm):
+                if self._c2s is not None and sid is not None:
+                    self._send_udp(
+                        hopctl.encode_bind_confirm(
+                            self._c2s, sid, self._next_seq(), action.challenge
+                        )
+                    )
+            elif isinstance(action, sv.SendUdpPing):
+                if self._c2s is not None and sid is not None:
+                    self._send_udp(
+                        hopctl.encode_ping(self._c2s, sid, self._next_seq(), action.client_time_ms)
+                    )
+            elif isinstance(action, sv.SetVoiceTransport):
+                self.udp_bound = not action.tunnel
+                transport = "tunnel" if action.tunnel else "udp"
+                if session is not None and self.state == "ready":
+                    session.set_voice_transport(action.tunnel)
+                if transport != self.transport:
+                    self.transport = transport
+                    self.transport_changed.emit(transport)
+            elif isinstance(action, sv.SetSelfState):
+                if session is not None and self.state == "ready":
+                    session.set_self_state(action.muted, action.deafened)
+            elif isinstance(action, sv.JoinChannel):
+                if session is not None and self.state == "ready":
+                    session.join(action.channel_id, action.password)
+            elif isinstance(action, sv.LeaveChannel):
+                if session is not None and self.state == "ready":
+                    session.leave(action.channel_id)
+            else:
+                self.supervisor_action.emit(action)
+        self._flush()
 
     def _set_state(self, state: str, detail: str) -> None:
         self.state = state

@@ -5,6 +5,9 @@ validation, voice both ways with a bot, and the connection living in its own QTh
 from __future__ import annotations
 
 import asyncio
+import select
+import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from voipclient.audio.payload import decode_payload, encode_payload
 from voipclient.bot import BotOptions, VoiceBot
 from voipclient.crypto.identity import IdentityKey
 from voipclient.net.qt_connection import ServerConnection
+from voipclient.net.supervisor import SupervisorConfig
 
 from ..conftest import A, ServerProcess, Starter
 
@@ -153,3 +157,125 @@ def test_connection_runs_in_its_own_thread(qtbot: Any, start_server: Starter) ->
     finally:
         thread.quit()
         thread.wait(5_000)
+
+
+class UdpBlocker:
+    """A real UDP relay between the client and the server that can drop everything (a firewall
+    that blocks UDP), run in a thread with plain sockets."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.connect(server)
+        self.blocked = True
+        self.client: tuple[str, int] | None = None
+        self.passed = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.front.getsockname()
+        return host, port
+
+    def _run(self) -> None:
+        while not self._stop:
+            ready, _, _ = select.select([self.front, self.back], [], [], 0.05)
+            for sock in ready:
+                if sock is self.front:
+                    data, self.client = self.front.recvfrom(2048)
+                    if not self.blocked:
+                        self.back.send(data)
+                        self.passed += 1
+                else:
+                    data = self.back.recv(2048)
+                    if not self.blocked and self.client is not None:
+                        self.front.sendto(data, self.client)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.front.close()
+        self.back.close()
+
+
+def test_udp_blocked_voice_goes_over_tls_and_returns_to_udp(
+    qtbot: Any, start_server: Starter
+) -> None:
+    server = start_server()
+    blocker = UdpBlocker((server.host, server.port))
+    config = SupervisorConfig(bind_timeout=2.0, probe_interval=2.0)
+    conn = ServerConnection("qt-erin", IdentityKey.generate(), config=config)
+    conn.udp_addr = blocker.address
+    try:
+        with qtbot.waitSignal(conn.transport_changed, timeout=10_000) as changed:
+            conn.open(server.host, server.port, server.pin)
+        assert changed.args == ["tunnel"]  # no answer over UDP within 2 s
+        conn.join(A)
+        result: dict[str, Any] = {}
+        thread = run_bot_in_thread(
+            BotOptions(
+                host=server.host,
+                port=server.port,
+                pin=server.pin,
+                name="bot2",
+                join=["A"],
+                talk=["A"],
+                play=DATA / "speech-0-48k.wav",
+                seconds=6.0,
+            ),
+            result,
+        )
+        qtbot.waitUntil(lambda: len(conn.inbox) >= 25, timeout=15_000)  # heard over TLS
+        tunnelled = conn.datagrams_in
+        assert tunnelled >= 25 and conn.transport == "tunnel"
+        blocker.blocked = False  # the firewall opens: the next probe finds UDP again
+        with qtbot.waitSignal(conn.transport_changed, timeout=10_000) as changed:
+            pass
+        assert changed.args == ["udp"]
+        qtbot.waitUntil(
+            lambda: blocker.passed > 0 and conn.datagrams_in > tunnelled + 25, timeout=10_000
+        )
+        thread.join(15)
+        assert "error" not in result, result.get("error")
+    finally:
+        conn.close()
+        blocker.close()
+
+
+def test_reconnects_after_the_relay_restarts_and_restores_memberships(
+    qtbot: Any, start_server: Starter
+) -> None:
+    server = start_server()
+    conn = ServerConnection("qt-frank", IdentityKey.generate())
+    ready(conn, qtbot, server, server.pin)
+    conn.join(A)
+    qtbot.waitUntil(
+        lambda: (
+            conn.session is not None
+            and conn.session.sender_id is not None
+            and A in conn.session.roster.channels_of(conn.session.sender_id)
+        ),
+        timeout=5_000,
+    )
+    port = server.port
+    server.stop(signal.SIGKILL)  # no goodbye: the connection just dies
+    qtbot.waitUntil(lambda: conn.state != "ready", timeout=10_000)
+    restarted = start_server("--port", str(port), data_dir=server.data_dir)
+    assert restarted.pin == server.pin  # same key, same pin: no new approval needed
+    with qtbot.waitSignal(
+        conn.state_changed, timeout=20_000, check_params_cb=lambda s, d: s == "ready"
+    ):
+        pass
+    qtbot.waitUntil(
+        lambda: (
+            conn.session is not None
+            and conn.session.sender_id is not None
+            and A in conn.session.roster.channels_of(conn.session.sender_id)
+        ),
+        timeout=10_000,
+    )  # the membership came back by itself
+    conn.close()
