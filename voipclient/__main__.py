@@ -9,6 +9,11 @@ from voipclient import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["ptt"]:  # `voipclient ptt press|release|toggle CHANNEL`
+        from voipclient.ptt.control import ptt_cli
+
+        return ptt_cli(args_list[1:])
     parser = argparse.ArgumentParser(
         prog="voipclient",
         description="Multi-channel push-to-talk voice with end-to-end encryption.",

@@ -47,6 +47,12 @@ SCRIPT = textwrap.dedent(
         "voipclient.audio.dsp",
         "voipclient.audio.cues",
         "voipclient.server.relay",
+        "voipclient.ptt.keys",
+        "voipclient.ptt.events",
+        "voipclient.ptt.router",
+        "voipclient.ptt.sources",
+        "voipclient.ptt.service",
+        "voipclient.ptt.control",
     ]
     for pkg in (voipclient.crypto, voipclient.net):
         # every module but the Qt adapters, which are named qt_*

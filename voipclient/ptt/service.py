@@ -1,0 +1,173 @@
+"""The router's one owner across threads: hotkey sources, the capture worker and the control socket.
+
+:class:`PttService` holds a :class:`~voipclient.ptt.router.PttRouter` behind a lock. Writers (a
+source's thread, the control socket's threads, the capture worker's ``set_vad``) take the lock,
+feed the router and pass the resulting events to the listeners *while still holding it*, so every
+listener sees the changes in order; listeners must be quick (emit a queued Qt signal, put into a
+queue). The capture worker reads :meth:`PttService.wanted` every frame without the lock: it is
+the latest-value slot (one frozenset, replaced whole).
+
+:meth:`PttService.handle_command` implements the control-socket line protocol
+(docs/ptt.md): ``press|release|toggle CHANNEL`` and ``status``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+from voipclient.ptt.events import PttEvent
+from voipclient.ptt.router import Mode, PttConfigError, PttRouter, PttState
+from voipclient.ptt.sources import HotkeySource, InputEvent
+
+__all__ = ["ChannelResolver", "PttService", "numeric_channels"]
+
+#: Maps a channel as the user typed it (a name or an id) to a channel id, or None if unknown.
+ChannelResolver = Callable[[str], "int | None"]
+
+Listener = Callable[[PttEvent], None]
+
+
+def numeric_channels(text: str) -> int | None:
+    """The default resolver: decimal ids only."""
+    return int(text) if text.isdecimal() else None
+
+
+class PttService:
+    """Thread-safe front of the router; the hotkey sources' callback target."""
+
+    def __init__(
+        self,
+        router: PttRouter,
+        *,
+        resolve_channel: ChannelResolver = numeric_channels,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._router = router
+        self._resolve = resolve_channel
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._wanted: frozenset[int] = router.wanted(clock())
+        self._sources: list[HotkeySource] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.remove(listener)
+
+    def _publish(self, events: list[PttEvent]) -> list[PttEvent]:
+        # Called with the lock held.
+        if events:
+            self._wanted = events[-1].after
+            for event in events:
+                for listener in self._listeners:
+                    listener(event)
+        return events
+
+    # -- feeding ------------------------------------------------------------------------------
+
+    def on_input(self, event: InputEvent) -> list[PttEvent]:
+        """The sources' callback."""
+        with self._lock:
+            if event.pressed:
+                return self._publish(self._router.press(event.name, event.at))
+            return self._publish(self._router.release(event.name, event.at))
+
+    def _source_callback(self, event: InputEvent) -> None:
+        self.on_input(event)
+
+    def set_vad(self, is_speech: bool, now: float) -> list[PttEvent]:
+        with self._lock:
+            return self._publish(self._router.set_vad(is_speech, now))
+
+    def set_mode(self, mode: Mode | str, now: float | None = None) -> list[PttEvent]:
+        with self._lock:
+            return self._publish(self._router.set_mode(mode, self._now(now)))
+
+    def set_hot_mic(self, channel: int | None, now: float | None = None) -> list[PttEvent]:
+        with self._lock:
+            return self._publish(self._router.set_hot_mic(channel, self._now(now)))
+
+    def release_all(self, now: float | None = None) -> list[PttEvent]:
+        with self._lock:
+            return self._publish(self._router.release_all(self._now(now)))
+
+    def _now(self, now: float | None) -> float:
+        return self._clock() if now is None else now
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def wanted(self) -> frozenset[int]:
+        """The current wanted set (lock-free; the capture worker calls this every frame)."""
+        return self._wanted
+
+    def state(self) -> PttState:
+        with self._lock:
+            return self._router.state()
+
+    # -- sources ------------------------------------------------------------------------------
+
+    def attach(self, source: HotkeySource) -> None:
+        """Start ``source`` with this service as its callback."""
+        source.start(self._source_callback)
+        self._sources.append(source)
+
+    def close(self) -> None:
+        """Stop every attached source, then let go of everything they held."""
+        sources, self._sources = self._sources, []
+        for source in sources:
+            source.stop()
+        self.release_all()
+
+    # -- control protocol ---------------------------------------------------------------------
+
+    def handle_command(self, line: str) -> str:
+        """One control-socket line → one reply line (without the newline)."""
+        parts = line.strip().split(None, 1)
+        if not parts:
+            return "error empty command"
+        verb = parts[0].lower()
+        if verb == "status":
+            if len(parts) != 1:
+                return "error status takes no argument"
+            return "ok " + json.dumps(self._status(), sort_keys=True)
+        if verb not in ("press", "release", "toggle"):
+            return f"error unknown command {verb!r} (press|release|toggle CHANNEL, status)"
+        if len(parts) != 2:
+            return f"error {verb} needs a channel name or id"
+        text = parts[1].strip()
+        channel = self._resolve(text)
+        if channel is None:
+            return f"error unknown channel {text!r}"
+        now = self._clock()
+        with self._lock:
+            try:
+                if verb == "press":
+                    self._publish(self._router.control_press(channel, now))
+                elif verb == "release":
+                    self._publish(self._router.control_release(channel, now))
+                else:
+                    self._publish(self._router.control_toggle(channel, now))
+            except PttConfigError as exc:
+                return f"error {exc}"
+            wanted = self._router.wanted(now)
+        return "ok wanted=" + ",".join(str(c) for c in sorted(wanted))
+
+    def _status(self) -> dict[str, object]:
+        state = self.state()
+        return {
+            "mode": state.mode.value,
+            "hot_mic": state.hot_mic,
+            "hot_mic_open": state.hot_mic_open,
+            "wanted": sorted(state.wanted),
+            "held": sorted(state.held_inputs),
+            "engaged": sorted(state.engaged),
+            "latched": sorted(state.latched),
+            "control": sorted(state.control_channels),
+        }
