@@ -152,6 +152,21 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "% of a core, µs per frame, the Opus reference, ratio, per-stage µs",
         },
     ),
+    "ptt_latency": (
+        "Push-to-talk: key press to the first datagram sent",
+        "Real parts: xdotool key events on the (Xvfb) X display → pynput → PttService/PttRouter "
+        "→ capture worker (WAV microphone in real time, DSP, TransmitGate, Opus) → "
+        "ServerConnection (E2E seal + hop MAC, UDP) logged in to a real relay; 30 presses "
+        "alternating F13 (channel "
+        "A) and F14 (channel B). `key_to_router` includes starting the xdotool process; "
+        "`router_to_encoded` is the wait for the next 20 ms capture frame (0..20 ms); "
+        "`encoded_to_sent` is the queued hand-over to the connection's thread and the sealing.",
+        {
+            "presses": "key presses measured",
+            "total_median_ms": "key press → first datagram to that channel sent, median",
+            "total_p95_ms": "95th percentile",
+        },
+    ),
     "voice_quality": (
         "Speech quality under loss and jitter, through the whole product",
         "PESQ-WB (ITU-T P.862.2, 16 kHz) and STOI of speech sent bot → lossy UDP proxy → real "
