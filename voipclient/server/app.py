@@ -412,8 +412,14 @@ class RelayServer:
         await stop.wait()
         await self.shutdown()
 
-    async def shutdown(self, reason: str = "server shutting down") -> None:
-        """Tell every client (ServerShutdown), flush, close everything."""
+    async def shutdown(
+        self, reason: str = "server shutting down", reconnect_after_ms: int | None = 5_000
+    ) -> None:
+        """Tell every client (ServerShutdown), flush, close everything.
+
+        ``reconnect_after_ms``: clients come back by themselves after this long (a stop is
+        usually a restart: clients that find nobody keep backing off); None tells them not to.
+        """
         if self._stopping:
             return
         self._stopping = True
@@ -424,7 +430,7 @@ class RelayServer:
             self._tcp_server.close()
         for conn in list(self._handshaking):
             conn.abort()
-        self._core.shutdown(reason, loop.time())
+        self._core.shutdown(reason, loop.time(), reconnect_after_ms)
         self._pump()
         if self._conns:
             self._all_closed = asyncio.Event()

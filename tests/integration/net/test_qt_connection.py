@@ -18,10 +18,11 @@ from PySide6.QtCore import QObject, QThread, Signal
 from voipclient.audio.payload import decode_payload, encode_payload
 from voipclient.bot import BotOptions, VoiceBot
 from voipclient.crypto.identity import IdentityKey
+from voipclient.net.events import ServerShuttingDown
 from voipclient.net.qt_connection import ServerConnection
-from voipclient.net.supervisor import SupervisorConfig
+from voipclient.net.supervisor import ApplyLocalSettings, ReconnectScheduled, SupervisorConfig
 
-from ..conftest import A, ServerProcess, Starter
+from ..conftest import A, B, ServerProcess, Starter
 
 pytestmark = pytest.mark.timeout(60)
 DATA = Path(__file__).parents[2] / "data"
@@ -251,7 +252,11 @@ def test_reconnects_after_the_relay_restarts_and_restores_memberships(
 ) -> None:
     server = start_server()
     conn = ServerConnection("qt-frank", IdentityKey.generate())
+    actions: list[object] = []
+    conn.supervisor_action.connect(actions.append)
     ready(conn, qtbot, server, server.pin)
+    settings = {"volumes": {A: 0.5}, "muted_users": ["mallory"], "ptt": {"f13": [A]}}
+    conn.set_local_settings(settings)
     conn.join(A)
     qtbot.waitUntil(
         lambda: (
@@ -278,4 +283,36 @@ def test_reconnects_after_the_relay_restarts_and_restores_memberships(
         ),
         timeout=10_000,
     )  # the membership came back by itself
+    restored = [a for a in actions if isinstance(a, ApplyLocalSettings)]
+    assert restored and restored[-1].settings == settings  # volumes, mutes, PTT bindings
+    assert any(isinstance(a, ReconnectScheduled) for a in actions)
+    conn.close()
+
+
+def test_a_server_restart_notice_brings_the_client_back(qtbot: Any, start_server: Starter) -> None:
+    server = start_server()
+    conn = ServerConnection("qt-gina", IdentityKey.generate())
+    events: list[object] = []
+    conn.session_event.connect(events.append)
+    ready(conn, qtbot, server, server.pin)
+    conn.join(B)
+    qtbot.waitUntil(lambda: conn.supervisor.stats.udp_rtt_ms is not None, timeout=10_000)
+    assert conn.supervisor.stats.udp_rtt_ms < 50  # the UDP hop ping measured the RTT
+    port = server.port
+    assert server.stop(signal.SIGTERM) == 0  # the server says goodbye with a restart hint
+    qtbot.waitUntil(lambda: any(isinstance(e, ServerShuttingDown) for e in events), timeout=5_000)
+    restarted = start_server("--port", str(port), data_dir=server.data_dir)
+    with qtbot.waitSignal(
+        conn.state_changed, timeout=20_000, check_params_cb=lambda s, d: s == "ready"
+    ):
+        pass
+    qtbot.waitUntil(
+        lambda: (
+            conn.session is not None
+            and conn.session.sender_id is not None
+            and B in conn.session.roster.channels_of(conn.session.sender_id)
+        ),
+        timeout=10_000,
+    )
+    assert restarted.alive()
     conn.close()
