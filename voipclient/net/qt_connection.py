@@ -43,6 +43,7 @@ from voipclient.net import e2ee, hopctl
 from voipclient.net import events as ev
 from voipclient.net import supervisor as sv
 from voipclient.net.client import ClientSession
+from voipclient.net.pins import PinFile, server_key
 from voipclient.server.tls import pin_of_der_certificate
 
 log = logging.getLogger("voipclient.net.connection")
@@ -75,6 +76,7 @@ class ServerConnection(QObject):
         tofu: TofuStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         config: sv.SupervisorConfig | None = None,
+        pin_file: PinFile | None = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -110,6 +112,8 @@ class ServerConnection(QObject):
         self.datagrams_out = 0
         self._timer: QTimer | None = None
         self.udp_addr: tuple[str, int] | None = None  # voice to this address instead (tests)
+        # Approved server pins per host:port; an approval is written here (None: not stored).
+        self._pin_file = pin_file
         self.supervisor = sv.ConnectionSupervisor(config, rng=random.random)
         self._generation = 0  # which TLS connection the socket callbacks belong to
         self._retired: list[QSslSocket] = []  # closed sockets waiting to be deleted
@@ -122,6 +126,8 @@ class ServerConnection(QObject):
         memberships and settings); ``expected_pin`` None means first contact (the user will be
         asked). ``close()`` ends it."""
         self.close()
+        if expected_pin is None and self._pin_file is not None:
+            expected_pin = self._pin_file.load().get(server_key(host, port))
         self.host, self.port, self._expected_pin = host, port, expected_pin
         if self._timer is None:
             self._timer = QTimer(self)
@@ -158,6 +164,12 @@ class ServerConnection(QObject):
             self._refuse(f"you did not trust the key of {self.host}:{self.port}")
             return
         self._expected_pin = self.presented_pin
+        if self._pin_file is not None:
+            store = self._pin_file.load()
+            store.approve(
+                server_key(self.host, self.port), self.presented_pin, int(time.time() * 1000)
+            )
+            self._pin_file.save(store)
         self._feed(sv.PinApproved())
         self._start_session()
 

@@ -19,6 +19,7 @@ from voipclient.audio.payload import decode_payload, encode_payload
 from voipclient.bot import BotOptions, VoiceBot
 from voipclient.crypto.identity import IdentityKey
 from voipclient.net.events import ServerShuttingDown
+from voipclient.net.pins import PinFile, server_key
 from voipclient.net.qt_connection import ServerConnection
 from voipclient.net.supervisor import ApplyLocalSettings, ReconnectScheduled, SupervisorConfig
 
@@ -49,6 +50,29 @@ def test_first_contact_asks_for_the_pin_then_logs_in(qtbot: Any, start_server: S
     qtbot.waitUntil(lambda: conn.udp_bound, timeout=5_000)
     assert conn.transport == "udp"
     conn.close()
+
+
+def test_an_approved_pin_is_remembered_per_server(
+    qtbot: Any, start_server: Starter, tmp_path: Path
+) -> None:
+    server = start_server()
+    pins = PinFile(tmp_path / "pins.json")
+    identity = IdentityKey.generate()
+    first = ServerConnection("qt-hal", identity, pin_file=pins)
+    with qtbot.waitSignal(first.pin_approval_needed, timeout=10_000):
+        first.open(server.host, server.port, None)
+    with qtbot.waitSignal(
+        first.state_changed, timeout=10_000, check_params_cb=lambda s, d: s == "ready"
+    ):
+        first.approve_pin(True)
+    first.close()
+    assert pins.load().get(server_key(server.host, server.port)) == server.pin
+    again = ServerConnection("qt-hal", identity, pin_file=pins)
+    asked: list[object] = []
+    again.pin_approval_needed.connect(lambda *a: asked.append(a))
+    ready(again, qtbot, server, None)  # no pin given: the stored one is used, nobody asked
+    assert asked == []
+    again.close()
 
 
 def test_rejecting_the_pin_or_a_mismatch_refuses_before_any_byte(
