@@ -339,7 +339,9 @@ async def run_all(workdir: Path, concurrency: int) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    concurrency = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    # one talker/listener pair at a time by default: several pairs in one process add scheduling
+    # jitter that a single client does not have
+    concurrency = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     with tempfile.TemporaryDirectory(prefix="voice-quality-") as tmp:
         rows = asyncio.run(run_all(Path(tmp), concurrency))
     met = {

@@ -404,7 +404,8 @@ def test_delay_shrinks_back_during_continuous_speech() -> None:
         out.append((now, jb.pop(now)))
         delays.append(jb.stats.current_delay_ms)
     assert max(delays[300:500]) >= 40  # the jitter was absorbed ...
-    assert max(delays[1000:]) < T * 1000  # ... and the delay came back down without a pause
+    # ... and the delay came back down without a pause, to within one frame of the clean path
+    assert max(delays[1000:]) < 2 * T * 1000
     assert jb.stats.shrunk >= 2
     played = played_frames(out)
     assert played == sorted(played)  # never out of order
