@@ -9,6 +9,7 @@ to ~2 s after a stream starts (its idle latency is 2 s), so every wait below all
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -68,8 +69,8 @@ def null_sink_pcms() -> Iterator[None]:
     refresh_devices()
 
 
-@pytest.fixture
-def vtmp(tmp_path: Path) -> Iterator[dict[str, str]]:
+@contextlib.contextmanager
+def vtmp_sink() -> Iterator[dict[str, str]]:
     """A null sink ``vtmp`` reached through its own PulseAudio socket.
 
     Unloading that socket's module disconnects exactly the clients on it, like a sound server or
@@ -84,13 +85,24 @@ def vtmp(tmp_path: Path) -> Iterator[dict[str, str]]:
     }
     write_pcms({"voip_vtmp": "vtmp", "voip_vtmp_monitor": "vtmp.monitor"}, f"unix:{socket}")
     info = {"socket": socket, **modules}
-    yield info
-    for key in ("native", "sink"):
-        subprocess.run(
-            ["pactl", "unload-module", info[key]], check=False, capture_output=True, timeout=10
-        )
-    asoundrc().unlink(missing_ok=True)
-    refresh_devices()
+    try:
+        yield info
+    finally:
+        for key in ("native", "sink"):
+            subprocess.run(
+                ["pactl", "unload-module", info[key]],
+                check=False,
+                capture_output=True,
+                timeout=10,
+            )
+        asoundrc().unlink(missing_ok=True)
+        refresh_devices()
+
+
+@pytest.fixture
+def vtmp() -> Iterator[dict[str, str]]:
+    with vtmp_sink() as info:
+        yield info
 
 
 def wait_until(
@@ -266,9 +278,7 @@ def test_callbacks_count_frames_and_underruns_and_play_zeros(null_sink_pcms: Non
     assert inp.input_overflows >= 0 and out.output_underflows >= 0  # PortAudio's own flags
 
 
-def test_losing_the_device_falls_back_to_the_default_and_audio_flows_again(
-    vtmp: dict[str, str],
-) -> None:
+def device_loss_scenario(vtmp: dict[str, str]) -> None:
     events: list[DeviceEvent] = []
     engine = SoundDeviceEngine(
         "voip_vtmp_monitor", "voip_vtmp", on_event=events.append, start_timeout=4.0
@@ -299,6 +309,41 @@ def test_losing_the_device_falls_back_to_the_default_and_audio_flows_again(
         assert [e.kind for e in events] == ["fallback", "fallback"], events  # no more trouble
     finally:
         engine.close()
+
+
+def run_device_loss_in_child() -> None:
+    """Entry point of the child process (see the test below)."""
+    with vtmp_sink() as info:
+        device_loss_scenario(info)
+
+
+def test_losing_the_device_falls_back_to_the_default_and_audio_flows_again() -> None:
+    """Runs in a child process. Once in several runs, reopening a stream right after the sound
+    server dropped us aborted the process inside PortAudio's ALSA/pulse path (a C-level abort,
+    not an exception): in the child it cannot take the whole suite down. An assertion failure
+    fails at once; a crash is retried once and fails if it repeats."""
+    root = Path(__file__).parents[3]
+    code = (
+        "from tests.integration.audio.test_sd_engine import run_device_loss_in_child; "
+        "run_device_loss_in_child()"
+    )
+    outputs = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=50,
+            check=False,
+        )
+        if proc.returncode == 0:
+            return
+        outputs.append(proc.stdout + proc.stderr)
+        crashed = proc.returncode < 0 or proc.returncode == 134  # a signal / abort()
+        if not crashed:
+            pytest.fail(f"device-loss scenario failed:\n{outputs[-1]}")
+    pytest.fail("the device-loss scenario crashed twice:\n" + "\n---\n".join(outputs))
 
 
 def test_unloading_the_sink_itself_moves_our_streams_silently(vtmp: dict[str, str]) -> None:
