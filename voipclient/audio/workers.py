@@ -36,6 +36,22 @@ log = logging.getLogger("voipclient.audio.workers")
 SendVoice = Callable[[Sequence[int], Sequence[int], bytes], None]
 
 
+class _FrameThread:
+    """A daemon thread running one worker loop until ``stop()`` (which joins it)."""
+
+    def __init__(self, name: str, run: Callable[[], None]) -> None:
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+
+
 class CaptureWorker:
     """Owns the capture side: processor, gate, sender. ``wanted`` and ``level`` are the slots the
     push-to-talk router and the redundancy policy write (any thread)."""
@@ -64,23 +80,19 @@ class CaptureWorker:
         self.speaking = False  # slot: we are transmitting now
         self.frames = 0
         self._frame = np.zeros(engine.frame_samples, dtype=np.int16)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = _FrameThread("capture", self._run)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
+        self._thread.stop()
 
     def _run(self) -> None:
         engine = self.engine
         n = engine.frame_samples
         period = n / engine.sample_rate
-        while not self._stop.is_set():
+        while not self._thread.stopping.is_set():
             if engine.capture.available < n:
                 time.sleep(period / 4)
                 continue
@@ -133,23 +145,19 @@ class PlaybackWorker:
         self.frames = 0
         self._clock = clock
         self._out = np.zeros(engine.frame_samples, dtype=np.int16)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = _FrameThread("playback", self._run)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="playback", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
+        self._thread.stop()
 
     def _run(self) -> None:
         engine = self.engine
         n = engine.frame_samples
         period = n / engine.sample_rate
-        while not self._stop.is_set():
+        while not self._thread.stopping.is_set():
             self.drain(self._clock())
             if engine.playback.available >= n:
                 time.sleep(period / 4)

@@ -43,7 +43,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Final, Protocol
@@ -55,6 +54,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from voipclient.crypto.identity import PRIVATE_KEY_LEN, IdentityKey
 from voipclient.errors import LocalProtocolError
+from voipclient.fileio import atomic_write
 
 SERVICE_NAME: Final = "voipclient"
 SECRET_PREFIX: Final = "vc1-ed25519:"  # noqa: S105 -- a format tag, not a secret
@@ -312,7 +312,7 @@ class EncryptedFileStore:
         data = self.encode(server, account, key)
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _atomic_write(path, data)
+            atomic_write(path, data)
         except OSError as exc:
             raise KeystoreError(f"cannot write {path}: {exc.strerror}") from exc
 
@@ -321,26 +321,3 @@ class EncryptedFileStore:
 
     def __repr__(self) -> str:
         return f"EncryptedFileStore({str(self.directory)!r}, scrypt_log2_n={self._log2_n})"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600: temp file in the same directory, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".ik-", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if os.name == "posix":
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

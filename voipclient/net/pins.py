@@ -33,15 +33,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import enum
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from voipclient.fileio import atomic_write
 
 __all__ = [
     "FORMAT",
@@ -302,29 +302,7 @@ class PinFile:
     def save(self, store: PinStore) -> None:
         """Write ``store`` atomically (temporary file in the same directory, fsync, rename)."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _atomic_write(self.path, store.to_bytes())
+        atomic_write(self.path, store.to_bytes())
 
     def __repr__(self) -> str:
         return f"PinFile({str(self.path)!r})"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".pins-", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if os.name == "posix":
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

@@ -13,11 +13,9 @@ When the configuration names a certificate and key, those are used as they are.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import hashlib
 import logging
-import os
 import ssl
 import stat
 from dataclasses import dataclass
@@ -28,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from voipclient.fileio import atomic_write
 
 __all__ = [
     "CERT_FILE",
@@ -77,29 +77,6 @@ def pin_of_certificate(cert: x509.Certificate) -> str:
 def pin_of_der_certificate(der: bytes) -> str:
     """The pin of a DER certificate as a TLS peer presents it (``getpeercert(True)``)."""
     return pin_of_certificate(x509.load_der_x509_certificate(der))
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` with ``mode`` so that readers see the old file or the whole
-    new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # the umask may have narrowed or widened nothing else
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _new_certificate(key: ec.EllipticCurvePrivateKey, common_name: str) -> x509.Certificate:
@@ -190,7 +167,7 @@ def load_or_create(
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _atomic_write(key_file, pem, 0o600)
+        atomic_write(key_file, pem, 0o600)
         created = True
         log.info("created a new ECDSA P-256 server key path=%s", key_file)
     if cert_file.exists():
@@ -203,7 +180,7 @@ def load_or_create(
             raise TlsError(f"{cert_file} does not belong to the key in {key_file}")
     else:
         cert = _new_certificate(key, common_name)
-        _atomic_write(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         log.info("created a self-signed certificate path=%s", cert_file)
     return TlsIdentity(cert_file, key_file, pin_of_certificate(cert), created=created)
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from voipclient.bot import client_ssl_context
 from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.media import PTYPE_VOICE, SenderKey, VoiceFrame
@@ -35,16 +36,6 @@ DEFAULT_TIMEOUT = 10.0
 
 class PinMismatch(Exception):
     """The server presented a key other than the pinned one."""
-
-
-def client_ssl_context() -> ssl.SSLContext:
-    """TLS 1.3, no CA and no host name: the pin is the only check (done after the handshake,
-    before any application byte)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def payload(frame_no: int, tag: bytes = b"") -> bytes:
