@@ -180,6 +180,12 @@ class VoiceSender:
     def frame_samples(self) -> int:
         return self._encoder.frame_samples
 
+    def set_bitrate(self, bitrate: int) -> None:
+        """A new Opus bitrate from the next frame (encoders without the setting ignore it)."""
+        setter = getattr(self._encoder, "set_bitrate", None)
+        if setter is not None:
+            setter(bitrate)
+
     def set_level(self, level: RedundancyLevel) -> None:
         """Apply a redundancy level: the Opus loss hint now, the copies from the next frame."""
         if level != self.level:

@@ -34,6 +34,12 @@ from voipclient.crypto.media import VoiceFrame
 log = logging.getLogger("voipclient.audio.workers")
 
 SendVoice = Callable[[Sequence[int], Sequence[int], bytes], None]
+#: A settings change for a worker's objects, run on the worker's thread between two frames (the
+#: UI never touches the pipeline's objects directly).
+Command = Callable[[], None]
+
+TALKING_HOLD_S = 0.3  # a speaker counts as talking until this long after its last frame
+TALKING_CHECK_FRAMES = 5  # the talking slot is recomputed every this many output frames
 
 
 class _FrameThread:
@@ -78,6 +84,9 @@ class CaptureWorker:
         self.cues: collections.deque[CueKind] = collections.deque(maxlen=8)  # to playback
         self.input_level = Level(-float("inf"), -float("inf"))  # slot for the UI meter
         self.speaking = False  # slot: we are transmitting now
+        self.talking_channels: frozenset[int] = frozenset()  # slot: where we transmit now
+        self._talking_targets: tuple[int, ...] = ()
+        self.commands: collections.deque[Command] = collections.deque(maxlen=64)  # from the UI
         self.frames = 0
         self._frame = np.zeros(engine.frame_samples, dtype=np.int16)
         self._thread = _FrameThread("capture", self._run)
@@ -101,6 +110,8 @@ class CaptureWorker:
 
     def process_frame(self, frame: np.ndarray, now: float) -> None:
         """One captured frame (also the entry point for tests driving it without a thread)."""
+        while self.commands:
+            self.commands.popleft()()
         level = self.level
         if level is not None and level != self.sender.level:
             self.sender.set_level(level)
@@ -115,6 +126,10 @@ class CaptureWorker:
         elif decision.stopped:
             self.cues.append(CueKind.STOP)
         self.speaking = decision.sending and not decision.stopped
+        targets = decision.targets if self.speaking else ()
+        if targets != self._talking_targets:  # tuples: no allocation while nothing changes
+            self._talking_targets = targets
+            self.talking_channels = frozenset(targets)
         self.frames += 1
         if not decision.sending:
             self.sender.skip()
@@ -142,6 +157,11 @@ class PlaybackWorker:
         self.cue_player = CuePlayer(engine.frame_samples)
         self.reports: collections.deque[LossReport] = collections.deque(maxlen=256)
         self.output_level = Level(-float("inf"), -float("inf"))  # slot for the UI meter
+        #: slot: (sender, channel) pairs heard in the last TALKING_HOLD_S (a VOICE_LAST ends one)
+        self.talking: frozenset[tuple[int, int]] = frozenset()
+        self.commands: collections.deque[Command] = collections.deque(maxlen=64)  # from the UI
+        self._heard: dict[tuple[int, int], float] = {}
+        self._heard_changed = False
         self.frames = 0
         self._clock = clock
         self._out = np.zeros(engine.frame_samples, dtype=np.int16)
@@ -166,13 +186,23 @@ class PlaybackWorker:
 
     def drain(self, now: float) -> None:
         """Move opened voice frames from the connection into the jitter buffers."""
-        inbox, playback = self.inbox, self.playback
+        inbox, playback, heard = self.inbox, self.playback, self._heard
         while inbox:
             frame = inbox.popleft()
             playback.push(frame.sender_id, frame.channel_id, frame.payload, frame.last, now)
+            key = (frame.sender_id, frame.channel_id)
+            if frame.last:
+                if heard.pop(key, None) is not None:
+                    self._heard_changed = True
+            else:
+                if key not in heard:
+                    self._heard_changed = True
+                heard[key] = now
 
     def render(self, now: float) -> None:
         """Mix one frame into the engine's playback ring."""
+        while self.commands:
+            self.commands.popleft()()
         while self.cue_requests:
             self.cue_player.trigger(self.cue_requests.popleft())
         self.playback.render_into(self._out, now)
@@ -180,4 +210,15 @@ class PlaybackWorker:
         self.engine.playback.write(self._out)
         self.output_level = self.playback.mixer.level
         self.frames += 1
+        if self.frames % TALKING_CHECK_FRAMES == 0 or self._heard_changed:
+            self._update_talking(now)
         self.reports.extend(self.playback.loss_reports(now))
+
+    def _update_talking(self, now: float) -> None:
+        heard = self._heard
+        stale = [key for key, at in heard.items() if now - at > TALKING_HOLD_S]
+        for key in stale:
+            del heard[key]
+        if stale or self._heard_changed:
+            self._heard_changed = False
+            self.talking = frozenset(heard)

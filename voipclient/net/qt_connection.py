@@ -24,6 +24,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from PySide6.QtNetwork import QAbstractSocket, QHostAddress, QSsl, QSslSocket, QUdpSocket
@@ -38,7 +40,9 @@ from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.media import VoiceFrame
 from voipclient.crypto.replay import ReplayWindow
-from voipclient.crypto.tofu import TofuStore
+from voipclient.crypto.tofu import TofuStore, TrustLevel
+from voipclient.errors import LocalProtocolError
+from voipclient.fileio import atomic_write
 from voipclient.net import e2ee, hopctl
 from voipclient.net import events as ev
 from voipclient.net import supervisor as sv
@@ -49,6 +53,19 @@ from voipclient.server.tls import pin_of_der_certificate
 log = logging.getLogger("voipclient.net.connection")
 
 TICK_MS = 50  # session timers and key upkeep
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStats:
+    """The voice path's health as the status bar shows it."""
+
+    transport: str  # "udp" | "tunnel"
+    rtt_ms: float | None  # UDP hop RTT (smoothed), else the control channel's
+    loss: float | None  # UDP ping loss 0..1
+    kbps_out: float  # voice sent, kbit/s over the last second (datagrams, all channels)
+    kbps_in: float
+    datagrams_in: int
+    datagrams_out: int
 
 
 class ServerConnection(QObject):
@@ -66,6 +83,13 @@ class ServerConnection(QObject):
     #: a ``net.supervisor`` action for the UI: StateChanged, ReconnectScheduled, Stopped,
     #: RestoreSkipped, ApplyLocalSettings (volumes, mutes, push-to-talk bindings to re-apply)
     supervisor_action = Signal(object)
+    #: once a second while open: a :class:`ConnectionStats` for the status bar
+    stats_changed = Signal(object)
+    #: (channel id, why) a text message could not be sent (no sender key yet, not a member)
+    text_failed = Signal(int, str)
+    #: (account name, "tofu" | "verified" | "changed" | "blocked") whenever a peer's key is seen
+    #: or the user verifies one; "changed": the key differs from the pinned one (warn the user)
+    peer_trust_changed = Signal(str, str)
 
     def __init__(
         self,
@@ -77,6 +101,7 @@ class ServerConnection(QObject):
         clock: Callable[[], float] = time.monotonic,
         config: sv.SupervisorConfig | None = None,
         pin_file: PinFile | None = None,
+        tofu_file: Path | None = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -84,6 +109,8 @@ class ServerConnection(QObject):
         self._identity = identity
         self._password = password
         self._tofu = tofu or TofuStore()
+        # Peers' pinned identity keys are written here when they change (not secret: public keys).
+        self._tofu_file = tofu_file
         self._clock = clock
         self.inbox: collections.deque[VoiceFrame] = collections.deque(maxlen=2000)
         # Loss reports the playback worker measured, sent on the next tick (a mailbox).
@@ -110,6 +137,9 @@ class ServerConnection(QObject):
         self.udp_bound = False
         self.datagrams_in = 0
         self.datagrams_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._stats_mark = (0.0, 0, 0)  # (time, bytes_in, bytes_out) at the last stats_changed
         self._timer: QTimer | None = None
         self.udp_addr: tuple[str, int] | None = None  # voice to this address instead (tests)
         # Approved server pins per host:port; an approval is written here (None: not stored).
@@ -191,6 +221,66 @@ class ServerConnection(QObject):
         if self.session is not None and self.state == "ready":
             self.session.leave(channel_id)
             self._flush()
+
+    @Slot(bool, bool)
+    def set_self_state(self, muted: bool, deafened: bool) -> None:
+        """Self-mute / deafen: announced now and again after every reconnect."""
+        self._feed(sv.SelfStateChanged(muted, deafened))
+        if self.session is not None and self.state == "ready":
+            self.session.set_self_state(muted, deafened)
+            self._flush()
+
+    @Slot(int, str)
+    def send_text(self, channel_id: int, text: str) -> None:
+        """Seal and send a chat message (``text_failed`` says why when it cannot be sent)."""
+        sec = self.secure
+        if sec is None or self.state != "ready":
+            self.text_failed.emit(channel_id, "not connected")
+            return
+        try:
+            sec.send_text(channel_id, text, self._clock())
+        except LocalProtocolError as exc:
+            self.text_failed.emit(channel_id, str(exc))
+            return
+        self._emit_secure(sec.flush(self._clock()))
+        self._flush()
+
+    @Slot(str, bool)
+    def set_verified(self, account: str, verified: bool) -> None:
+        """The user compared the safety number with ``account`` (or takes it back)."""
+        sec, pin = self.secure, self._expected_pin
+        if sec is None or pin is None or self.session is None:
+            return
+        user = self.session.roster.user_by_name(account)
+        if user is None:
+            return
+        tofu_account = account.casefold()
+        now_ms = int(time.time() * 1000)
+        if verified:
+            self._tofu.mark_verified(pin, tofu_account, user.ik_pub, now_ms)
+            sec.peer_reverified(user.sender_id, self._clock())
+        else:
+            self._tofu.clear_verified(pin, tofu_account)
+        self._trust_changed(user.name)
+        self._flush()
+
+    def trust_level(self, account: str) -> str:
+        """What the UI shows for ``account``'s key (see ``peer_trust_changed``)."""
+        pin = self._expected_pin
+        pinned = None if pin is None else self._tofu.get(pin, account.casefold())
+        if pinned is None:
+            return "tofu"
+        if pinned.warning:
+            return "blocked" if pinned.level == TrustLevel.VERIFIED else "changed"
+        return str(pinned.level)
+
+    def _trust_changed(self, account: str) -> None:
+        if self._tofu_file is not None:
+            try:
+                atomic_write(self._tofu_file, self._tofu.to_bytes())
+            except OSError as exc:
+                log.warning("cannot save the pinned peer keys to %s: %s", self._tofu_file, exc)
+        self.peer_trust_changed.emit(account, self.trust_level(account))
 
     @Slot(object, object, bytes)
     def send_voice(self, targets: Sequence[int], ending: Sequence[int], payload: bytes) -> None:
@@ -328,6 +418,8 @@ class ServerConnection(QObject):
             and self._retired[0].state() == QAbstractSocket.SocketState.UnconnectedState
         ):
             self._retired.pop(0).deleteLater()
+        if now - self._stats_mark[0] >= 1.0:
+            self._emit_stats(now)
         due = self.supervisor.get_timer()
         if due is not None and now >= due:
             self._act(self.supervisor.handle_timer(now))
@@ -341,6 +433,24 @@ class ServerConnection(QObject):
             session.send_loss_reports(reports)
         self.redundancy_level = self.policy.level(now)
         self._flush()
+
+    def _emit_stats(self, now: float) -> None:
+        then, b_in, b_out = self._stats_mark
+        span = now - then if then > 0 else 1.0
+        self._stats_mark = (now, self.bytes_in, self.bytes_out)
+        link = self.supervisor.stats
+        rtt = link.udp_srtt_ms if self.transport == "udp" and self.udp_bound else None
+        self.stats_changed.emit(
+            ConnectionStats(
+                transport=self.transport,
+                rtt_ms=rtt if rtt is not None else link.tls_srtt_ms,
+                loss=link.udp_ping_loss,
+                kbps_out=(self.bytes_out - b_out) * 8 / 1000 / span,
+                kbps_in=(self.bytes_in - b_in) * 8 / 1000 / span,
+                datagrams_in=self.datagrams_in,
+                datagrams_out=self.datagrams_out,
+            )
+        )
 
     def _handle(self, events: list[ev.ClientEvent]) -> None:
         sec = self.secure
@@ -375,6 +485,8 @@ class ServerConnection(QObject):
             if isinstance(event, e2ee.VoiceReleased):
                 self.inbox.append(event.frame)
             else:
+                if isinstance(event, e2ee.PeerTrust):
+                    self._trust_changed(event.name)
                 self.session_event.emit(event)
 
     # -- UDP ---------------------------------------------------------------------------------------
@@ -412,6 +524,7 @@ class ServerConnection(QObject):
 
     def _send_datagram(self, datagram: bytes) -> None:
         self.datagrams_out += 1
+        self.bytes_out += len(datagram)
         if self.transport == "tunnel" or not self.udp_bound:
             if self.session is not None:
                 self.session.send_voice_tunnel(datagram)
@@ -449,6 +562,7 @@ class ServerConnection(QObject):
 
     def _voice_in(self, data: bytes) -> None:
         self.datagrams_in += 1
+        self.bytes_in += len(data)
         sec = self.secure
         if sec is None:
             return

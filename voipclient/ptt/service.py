@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from voipclient.ptt.events import PttEvent
-from voipclient.ptt.router import Mode, PttConfigError, PttRouter, PttState
+from voipclient.ptt.router import Binding, Mode, PttConfigError, PttRouter, PttState
 from voipclient.ptt.sources import HotkeySource, InputEvent
 
 __all__ = ["ChannelResolver", "PttService", "numeric_channels"]
@@ -85,6 +85,11 @@ class PttService:
     def set_vad(self, is_speech: bool, now: float) -> list[PttEvent]:
         with self._lock:
             return self._publish(self._router.set_vad(is_speech, now))
+
+    def set_bindings(self, bindings: Iterable[Binding], now: float | None = None) -> list[PttEvent]:
+        """Replace the hotkeys (the settings dialog, a channel's key, a reconnect)."""
+        with self._lock:
+            return self._publish(self._router.set_bindings(bindings, self._now(now)))
 
     def set_mode(self, mode: Mode | str, now: float | None = None) -> list[PttEvent]:
         with self._lock:

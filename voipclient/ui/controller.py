@@ -1,0 +1,797 @@
+"""The desktop app's composition root below the window: connection, audio, hotkeys, model.
+
+:class:`ClientController` lives on the GUI thread and owns
+
+* the :class:`~voipclient.net.qt_connection.ServerConnection`, moved to its own ``QThread``; the
+  controller talks to it only through queued signals and reads its plain attributes;
+* the audio pipeline (:class:`AudioPipeline`): engine + capture and playback workers on their
+  own threads; settings reach them as commands in their mailboxes, never as shared objects;
+* the push-to-talk service (global hotkeys via pynput/evdev, else in-window shortcuts);
+* the :class:`~voipclient.ui.model.ClientModel` the window renders, and the preferences.
+
+Nothing here blocks: connecting, reconnecting and network loss are handled on the connection's
+thread; the GUI polls the workers' latest-value slots ten times a second for meters and the
+talking marks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, QTimer, Signal
+
+from voipclient.audio.dsp import CaptureProcessor, CaptureSettings
+from voipclient.audio.engine import AudioEngine, DeviceEvent, NullEngine
+from voipclient.audio.mixer import Mixer
+from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
+from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
+from voipclient.audio.workers import CaptureWorker, PlaybackWorker
+from voipclient.crypto.accounts import AskPassphrase, open_identity
+from voipclient.crypto.fingerprint import format_safety_number, safety_number
+from voipclient.crypto.identity import IdentityKey
+from voipclient.crypto.keystore import KeyringStore, KeystoreError
+from voipclient.crypto.tofu import TofuStore
+from voipclient.errors import AudioDeviceError, LocalProtocolError
+from voipclient.net import e2ee
+from voipclient.net import events as ev
+from voipclient.net import supervisor as sv
+from voipclient.net.pins import PinFile
+from voipclient.net.qt_connection import ConnectionStats, ServerConnection
+from voipclient.ptt.router import Mode, PttRouter
+from voipclient.ptt.service import PttService
+from voipclient.ptt.sources import HotkeySource, choose_source
+from voipclient.ui.model import ClientModel, with_binding
+from voipclient.ui.prefs import Bookmark, Preferences, PrefsBackend, ServerPrefs, save_preferences
+
+log = logging.getLogger("voipclient.ui.controller")
+
+POLL_MS = 100  # meters, talking marks, redundancy level hand-over
+DEVICE_POLL_MS = 500  # the audio engine's device watch
+
+
+EngineFactory = Callable[[Preferences], AudioEngine]
+
+
+def device_engine(prefs: Preferences) -> AudioEngine:
+    """The real sound devices the user chose (PortAudio)."""
+    from voipclient.audio.sd_engine import SoundDeviceEngine
+
+    return SoundDeviceEngine(
+        input_device=prefs.audio.input_device,
+        output_device=prefs.audio.output_device,
+        frame_samples=frame_samples(prefs.audio.frame_ms),
+    )
+
+
+class _VoiceBridge(QObject):
+    """The capture thread's door to the connection's thread (a queued signal)."""
+
+    voice = Signal(object, object, bytes)
+
+
+class AudioPipeline:
+    """One engine and its two workers, built from the preferences; rebuilt when the device or
+    the frame size changes, reconfigured in place (through commands) for everything else."""
+
+    def __init__(
+        self, prefs: Preferences, engine: AudioEngine, inbox: Any, reports: Any, send: Any
+    ) -> None:
+        a, t = prefs.audio, prefs.transmit
+        n = engine.frame_samples
+        self.engine = engine
+        self.processor = CaptureProcessor(self._capture_settings(prefs), frame_size=n)
+        self.capture = CaptureWorker(
+            engine,
+            self.processor,
+            VoiceSender(OpusEncoder(frame_ms=a.frame_ms, bitrate=a.bitrate)),
+            TransmitGate(t.release_ms),
+            send,
+        )
+        self.mixer = Mixer(frame_samples=n)
+        self.playback = PlaybackWorker(
+            engine,
+            VoicePlayback(
+                self.mixer,
+                lambda: OpusDecoder(frame_ms=a.frame_ms),
+                frame_ms=a.frame_ms,
+                max_delay_ms=a.jitter_max_ms,
+            ),
+            inbox,
+            cues=self.capture.cues,
+        )
+        self.playback.reports = reports  # straight into the connection's mailbox
+        self.cues = a.cues
+        self.frame_ms = a.frame_ms
+        self.devices = (a.input_device, a.output_device)
+        self.jitter_max_ms = a.jitter_max_ms
+
+    @staticmethod
+    def _capture_settings(prefs: Preferences) -> CaptureSettings:
+        a, t = prefs.audio, prefs.transmit
+        return CaptureSettings(
+            highpass=a.highpass,
+            noise_suppression=a.noise_suppression,
+            agc=a.agc,
+            vad_threshold=t.vad_threshold,
+        )
+
+    def needs_rebuild(self, prefs: Preferences) -> bool:
+        a = prefs.audio
+        return (
+            (a.input_device, a.output_device) != self.devices
+            or a.frame_ms != self.frame_ms
+            or a.jitter_max_ms != self.jitter_max_ms
+        )
+
+    def reconfigure(self, prefs: Preferences) -> None:
+        """Bitrate, DSP, activation threshold, release delay, cues: between two frames."""
+        settings = self._capture_settings(prefs)
+        bitrate = prefs.audio.bitrate
+        release_s = prefs.transmit.release_ms / 1000.0
+        capture = self.capture
+
+        def apply() -> None:
+            capture.processor.configure(settings)
+            capture.sender.set_bitrate(bitrate)
+            capture.gate.release_s = release_s
+
+        capture.commands.append(apply)
+        self.cues = prefs.audio.cues
+
+    def start(self) -> None:
+        self.engine.start()
+        self.capture.start()
+        self.playback.start()
+
+    def stop(self) -> None:
+        self.capture.stop()
+        self.playback.stop()
+        self.engine.stop()
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+        self.processor.close()
+
+
+class ClientController(QObject):
+    """See the module docstring. Every method is for the GUI thread."""
+
+    #: the model's rows changed (roster, talking marks, trust, preferences)
+    model_changed = Signal()
+    #: (state, detail): connecting, awaiting_approval, refused, logging_in, ready, closed
+    connection_state = Signal(str, str)
+    #: a ServerConnection ConnectionStats, once a second
+    stats_changed = Signal(object)
+    #: reconnect banner text; "" hides it
+    banner = Signal(str)
+    #: ("info" | "warning" | "error", text) for the status bar and message boxes
+    message = Signal(str, str)
+    #: (channel id, author, text, sent ms, own)
+    text_received = Signal(int, str, str, int, bool)
+    #: (channel id, text): system lines in a channel's chat
+    chat_notice = Signal(int, str)
+    #: (host, port, pin): ask the user, then call approve_pin
+    pin_approval_needed = Signal(str, int, str)
+    #: (input peak dBFS, output peak dBFS, transmitting, speech detected)
+    levels = Signal(float, float, bool, bool)
+    #: the preferences changed (saved already)
+    prefs_changed = Signal(object)
+    #: "" when audio works, else what is wrong and what to do
+    audio_status = Signal(str)
+    #: how push-to-talk keys are read ("global hotkeys (pynput)" or why only in-window)
+    hotkeys_status = Signal(str)
+    #: the transport: "udp" or "tunnel"
+    transport_changed = Signal(str)
+
+    # queued calls into the connection's thread
+    _open = Signal(str, int, object)
+    _close = Signal()
+    _approve = Signal(bool)
+    _join = Signal(int, object)
+    _leave = Signal(int)
+    _self_state = Signal(bool, bool)
+    _text = Signal(int, str)
+    _verify = Signal(str, bool)
+    _local_settings = Signal(object)
+
+    def __init__(
+        self,
+        backend: PrefsBackend,
+        prefs: Preferences,
+        data_dir: Path,
+        *,
+        engine_factory: EngineFactory = device_engine,
+        ask_passphrase: AskPassphrase | None = None,
+        hotkey_sources: Callable[[], Sequence[HotkeySource]] | None = None,
+        keyring_store: KeyringStore | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._backend = backend
+        self.prefs = prefs
+        self.data_dir = data_dir
+        self._engine_factory = engine_factory
+        self._ask_passphrase = ask_passphrase or (lambda _request: None)
+        self._hotkey_sources = hotkey_sources
+        self._keyring = keyring_store or KeyringStore()
+        self.model = ClientModel()
+        self.server_key: str | None = None
+        self.bookmark: Bookmark | None = None
+        self.identity: IdentityKey | None = None
+        self.state = "closed"
+        self.transport = "udp"
+        self.muted = False
+        self.deafened = False
+        self.conn: ServerConnection | None = None
+        self._thread: QThread | None = None
+        self._bridge = _VoiceBridge()
+        self.pipeline: AudioPipeline | None = None
+        self.audio_problem = ""
+        self.router = PttRouter(())
+        self.ptt = PttService(self.router)
+        self.ptt.add_listener(self._on_ptt)
+        self.hotkeys = ""
+        self._wanted: frozenset[int] = frozenset()
+        self._talking_seen: frozenset[tuple[int, int]] = frozenset()
+        self._tofu = self._load_tofu()
+        self._timer = QTimer(self)
+        self._timer.setInterval(POLL_MS)
+        self._timer.timeout.connect(self._poll)
+        self._device_timer = QTimer(self)
+        self._device_timer.setInterval(DEVICE_POLL_MS)
+        self._device_timer.timeout.connect(self._poll_devices)
+        self.local_server: Any = None
+
+    # -- start and stop ------------------------------------------------------------------------
+    def start(self, shortcut_window: Any = None) -> None:
+        """Open the audio devices and the hotkey source; connect nothing yet."""
+        self._start_audio()
+        self._start_hotkeys(shortcut_window)
+        self._timer.start()
+        self._device_timer.start()
+
+    def shutdown(self) -> None:
+        """Leave cleanly: say goodbye, stop audio, hotkeys and the local server, save."""
+        self._timer.stop()
+        self._device_timer.stop()
+        self._remember_joined()
+        self.disconnect_server()
+        self._stop_connection_thread()
+        self.ptt.close()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self.pipeline = None
+        if self.local_server is not None:
+            self.local_server.stop()
+            self.local_server = None
+        self._save()
+
+    def _start_hotkeys(self, window: Any) -> None:
+        if self._hotkey_sources is not None:
+            candidates = list(self._hotkey_sources())
+        else:
+            candidates = self._default_sources(window)
+        source, skipped = choose_source(candidates)
+        if source is None:
+            why = "; ".join(f"{name}: {reason}" for name, reason in skipped)
+            self.hotkeys = f"push-to-talk keys unavailable ({why})"
+        else:
+            self.ptt.attach(source)
+            self.hotkeys = source.name
+            if skipped:
+                why = "; ".join(f"{name}: {reason}" for name, reason in skipped)
+                self.hotkeys = f"{source.name} (global hotkeys unavailable: {why})"
+        self.hotkeys_status.emit(self.hotkeys)
+
+    @staticmethod
+    def _default_sources(window: Any) -> list[HotkeySource]:
+        from voipclient.ptt.evdev_source import EvdevSource
+        from voipclient.ptt.pynput_source import PynputSource
+        from voipclient.ptt.qt_shortcuts import QtShortcutSource
+
+        out: list[HotkeySource] = [PynputSource(), EvdevSource()]
+        if window is not None:
+            out.append(QtShortcutSource(window))
+        return out
+
+    # -- audio ---------------------------------------------------------------------------------
+    def _start_audio(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self.pipeline = None
+        try:
+            engine = self._engine_factory(self.prefs)
+            self.audio_problem = ""
+        except AudioDeviceError as exc:
+            engine = NullEngine(frame_samples=frame_samples(self.prefs.audio.frame_ms))
+            self.audio_problem = f"{exc} Choose a device in Settings → Audio."
+        engine.on_event = self._device_event
+        conn = self.conn
+        inbox = conn.inbox if conn is not None else _detached_deque()
+        reports = conn.loss_reports_out if conn is not None else _detached_deque()
+        pipeline = AudioPipeline(self.prefs, engine, inbox, reports, self._bridge.voice.emit)
+        try:
+            pipeline.start()
+        except AudioDeviceError as exc:
+            pipeline.stop()
+            self.audio_problem = f"{exc} Choose a device in Settings → Audio."
+            engine = NullEngine(frame_samples=frame_samples(self.prefs.audio.frame_ms))
+            pipeline = AudioPipeline(self.prefs, engine, inbox, reports, self._bridge.voice.emit)
+            pipeline.start()
+        ns = pipeline.processor.ns_status
+        if ns.reason:
+            self.message.emit("warning", ns.reason)
+        self.pipeline = pipeline
+        self._apply_transmit()
+        self._apply_mixer()
+        self.audio_status.emit(self.audio_problem)
+
+    def _device_event(self, event: DeviceEvent) -> None:
+        # from the engine's poll (GUI thread): lost/fallback/recovered
+        kind, detail = event.kind, event.message
+        if kind in {"lost", "fallback"}:
+            self.audio_problem = f"audio device {kind}: {detail}"
+            self.audio_status.emit(self.audio_problem)
+        elif kind in {"recovered", "started"} and self.audio_problem.startswith("audio device"):
+            self.audio_problem = ""
+            self.audio_status.emit("")
+
+    def _poll_devices(self) -> None:
+        engine = self.pipeline.engine if self.pipeline is not None else None
+        poll = getattr(engine, "poll", None)
+        if poll is not None:
+            poll(time.monotonic())
+
+    # -- preferences ---------------------------------------------------------------------------
+    def apply_prefs(self, prefs: Preferences) -> None:
+        """New preferences from the settings dialog: saved, and in effect at once."""
+        old, self.prefs = self.prefs, prefs
+        self._save()
+        if self.pipeline is None or self.pipeline.needs_rebuild(prefs):
+            self._start_audio()
+        elif old.audio != prefs.audio or old.transmit != prefs.transmit:
+            self.pipeline.reconfigure(prefs)
+            self._apply_transmit()
+        if self.server_key is not None:
+            self._set_server_prefs(prefs.server(self.server_key))
+        self.prefs_changed.emit(prefs)
+
+    def _save(self) -> None:
+        try:
+            save_preferences(self._backend, self.prefs)
+            sync = getattr(self._backend, "sync", None)
+            if sync is not None:
+                sync()
+        except OSError as exc:
+            self.message.emit("error", f"cannot save the settings: {exc}")
+
+    def _server_prefs(self) -> ServerPrefs:
+        return self.prefs.server(self.server_key) if self.server_key else ServerPrefs()
+
+    def _set_server_prefs(self, server: ServerPrefs) -> None:
+        if self.server_key is None:
+            return
+        if self.prefs.server(self.server_key) != server:
+            self.prefs = self.prefs.with_server(self.server_key, server)
+            self._save()
+        if self.model.set_server_prefs(server):
+            self.model_changed.emit()
+        self._apply_bindings()
+        self._apply_transmit()
+        self._apply_mixer()
+
+    def _apply_bindings(self) -> None:
+        bindings, problems = self.model.bindings()
+        self.ptt.set_bindings(bindings)
+        for problem in problems:
+            log.info("push-to-talk binding not active: %s", problem)
+
+    def _apply_transmit(self) -> None:
+        """The hot-mic channel and the transmission mode → router and capture worker."""
+        mode = self.prefs.transmit.mode
+        hot = self.model.hot_mic_channel() if self.state == "ready" else None
+        if mode == "continuous" and hot is not None:
+            self.ptt.set_mode(Mode.CONTINUOUS)
+            self.ptt.set_hot_mic(hot)
+        else:
+            self.ptt.set_hot_mic(None)
+            self.ptt.set_mode(Mode.PTT)
+        if self.pipeline is not None:
+            va = mode == "voice_activation" and hot is not None and not self.muted
+            self.pipeline.capture.voice_activated = frozenset({hot}) if va and hot else frozenset()
+
+    def _apply_mixer(self) -> None:
+        """Volumes and mutes (by name in the preferences) → the mixer (by id), on its thread."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        server, roster = self._server_prefs(), self.model.roster
+        deafened = self.deafened
+        channel_settings = [
+            (c.id, server.channel_volumes.get(c.name, 1.0), c.name in server.channel_muted)
+            for c in roster.channels.values()
+        ]
+        user_settings = [
+            (u.sender_id, server.user_volumes.get(u.name, 1.0), u.name in server.user_muted)
+            for u in roster.users.values()
+        ]
+        mixer = pipeline.mixer
+
+        def apply() -> None:
+            mixer.set_deafened(deafened)
+            for cid, volume, muted in channel_settings:
+                mixer.set_channel_volume(cid, volume)
+                mixer.set_channel_muted(cid, muted)
+            for sid, volume, muted in user_settings:
+                mixer.set_user_volume(sid, volume)
+                mixer.set_user_muted(sid, muted)
+
+        pipeline.playback.commands.append(apply)
+
+    # -- connection ----------------------------------------------------------------------------
+    def connect_to(
+        self, bookmark: Bookmark, username: str, *, pin: str | None = None, password: str = ""
+    ) -> bool:
+        """Open (or switch to) a server. False (and ``message``) when the identity cannot be
+        opened: the keyring is locked, the passphrase was refused or cancelled."""
+        self.disconnect_server()
+        key = bookmark.key
+        try:
+            opened = open_identity(
+                key,
+                username,
+                keyring_store=self._keyring,
+                key_dir=self.data_dir / "keys",
+                ask_passphrase=self._ask_passphrase,
+            )
+        except KeystoreError as exc:
+            self.message.emit("error", f"cannot open your identity key for {key}: {exc}")
+            return False
+        self.identity = opened.key
+        self.bookmark, self.server_key = bookmark, key
+        self.model.reset()
+        self.model.set_server_prefs(self.prefs.server(key))
+        if not self.prefs.username:
+            self.prefs = replace(self.prefs, username=username)
+            self._save()
+        self._stop_connection_thread()
+        thread = QThread()
+        thread.setObjectName("connection")
+        conn = ServerConnection(
+            username,
+            opened.key,
+            password=password or None,
+            tofu=self._tofu,
+            pin_file=PinFile(self.data_dir / "server-pins.json"),
+            tofu_file=self.data_dir / "peer-keys.json",
+        )
+        conn.moveToThread(thread)
+        conn.state_changed.connect(self._on_state)
+        conn.pin_approval_needed.connect(self.pin_approval_needed)
+        conn.session_event.connect(self._on_session_event)
+        conn.transport_changed.connect(self._on_transport)
+        conn.supervisor_action.connect(self._on_supervisor)
+        conn.stats_changed.connect(self.stats_changed)
+        conn.text_failed.connect(self._on_text_failed)
+        conn.peer_trust_changed.connect(self._on_trust)
+        self._open.connect(conn.open)
+        self._close.connect(conn.close)
+        self._approve.connect(conn.approve_pin)
+        self._join.connect(conn.join)
+        self._leave.connect(conn.leave)
+        self._self_state.connect(conn.set_self_state)
+        self._text.connect(conn.send_text)
+        self._verify.connect(conn.set_verified)
+        self._local_settings.connect(conn.set_local_settings)
+        self._bridge.voice.connect(conn.send_voice)
+        thread.finished.connect(conn.deleteLater)
+        thread.start()
+        self.conn, self._thread = conn, thread
+        if self.pipeline is not None:  # the workers' mailboxes: this connection's
+            self.pipeline.playback.inbox = conn.inbox
+            self.pipeline.playback.reports = conn.loss_reports_out
+        self._self_state.emit(self.muted, self.deafened)
+        self._open.emit(bookmark.host, bookmark.port, pin)
+        return True
+
+    def approve_pin(self, approved: bool) -> None:
+        self._approve.emit(approved)
+
+    def disconnect_server(self) -> None:
+        if self.conn is not None:
+            self._remember_joined()
+            self._close.emit()
+        self.ptt.release_all()
+
+    def _stop_connection_thread(self) -> None:
+        thread, conn = self._thread, self.conn
+        if thread is None or conn is None:
+            return
+        for signal in (
+            self._open,
+            self._close,
+            self._approve,
+            self._join,
+            self._leave,
+            self._self_state,
+            self._text,
+            self._verify,
+            self._local_settings,
+        ):
+            signal.disconnect()
+        self._bridge.voice.disconnect()
+        for source_signal in (
+            conn.state_changed,
+            conn.pin_approval_needed,
+            conn.session_event,
+            conn.transport_changed,
+            conn.supervisor_action,
+            conn.stats_changed,
+            conn.text_failed,
+            conn.peer_trust_changed,
+        ):
+            source_signal.disconnect()
+        thread.quit()
+        thread.wait(5000)
+        self.conn, self._thread = None, None
+        if self.model.reset():
+            self.model_changed.emit()
+
+    def _remember_joined(self) -> None:
+        if self.server_key is None or self.model.me is None:
+            return
+        joined = tuple(name for cid, name in self.model.joined() if cid != 1)
+        server = replace(self._server_prefs(), joined=joined)
+        if server != self._server_prefs():
+            self.prefs = self.prefs.with_server(self.server_key, server)
+            self._save()
+
+    # -- user actions --------------------------------------------------------------------------
+    def join(self, channel_id: int, password: str | None = None) -> None:
+        self._join.emit(channel_id, password)
+
+    def leave(self, channel_id: int) -> None:
+        self._leave.emit(channel_id)
+
+    def set_muted(self, muted: bool) -> None:
+        self.muted = muted
+        if muted:
+            self.ptt.release_all()
+        self._self_state.emit(self.muted, self.deafened)
+        if self.model.set_self_state(self.muted, self.deafened):
+            self.model_changed.emit()
+        self._apply_transmit()
+        self._apply_mute_to_capture()
+
+    def set_deafened(self, deafened: bool) -> None:
+        """Deafen mutes too (as in Mumble/Discord); undeafen restores the previous mute."""
+        self.deafened = deafened
+        if deafened:
+            self._muted_before_deafen = self.muted
+            self.set_muted(True)
+        else:
+            self.set_muted(getattr(self, "_muted_before_deafen", False))
+        self._self_state.emit(self.muted, self.deafened)
+        self._apply_mixer()
+
+    def _apply_mute_to_capture(self) -> None:
+        if self.pipeline is not None and self.muted:
+            self.pipeline.capture.wanted = frozenset()
+
+    def set_channel_volume(self, channel_id: int, volume: float) -> None:
+        name = self.model.channel_name(channel_id)
+        if name is not None:
+            server = self._server_prefs()
+            volumes = dict(server.channel_volumes)
+            volumes[name] = max(0.0, min(2.0, volume))
+            self._set_server_prefs(replace(server, channel_volumes=volumes))
+
+    def set_channel_muted(self, channel_id: int, muted: bool) -> None:
+        name = self.model.channel_name(channel_id)
+        if name is not None:
+            server = self._server_prefs()
+            names = set(server.channel_muted)
+            (names.add if muted else names.discard)(name)
+            self._set_server_prefs(replace(server, channel_muted=frozenset(names)))
+
+    def set_user_volume(self, sender_id: int, volume: float) -> None:
+        name = self.model.user_name(sender_id)
+        if name is not None:
+            server = self._server_prefs()
+            volumes = dict(server.user_volumes)
+            volumes[name] = max(0.0, min(2.0, volume))
+            self._set_server_prefs(replace(server, user_volumes=volumes))
+
+    def set_user_muted(self, sender_id: int, muted: bool) -> None:
+        name = self.model.user_name(sender_id)
+        if name is not None:
+            server = self._server_prefs()
+            names = set(server.user_muted)
+            (names.add if muted else names.discard)(name)
+            self._set_server_prefs(replace(server, user_muted=frozenset(names)))
+
+    def set_channel_binding(self, channel_id: int, keys: str | None) -> None:
+        name = self.model.channel_name(channel_id)
+        if name is not None:
+            self._set_server_prefs(with_binding(self._server_prefs(), name, keys))
+
+    def set_hot_mic(self, channel_id: int | None) -> None:
+        name = None if channel_id is None else self.model.channel_name(channel_id)
+        self._set_server_prefs(replace(self._server_prefs(), hot_mic=name))
+
+    def send_text(self, channel_id: int, text: str) -> None:
+        self._text.emit(channel_id, text)
+        me = self.model.my_name or self.prefs.username
+        self.text_received.emit(channel_id, me, text, int(time.time() * 1000), True)
+
+    def set_verified(self, account: str, verified: bool) -> None:
+        self._verify.emit(account, verified)
+
+    def safety_number(self, sender_id: int) -> str | None:
+        """The safety number to compare with ``sender_id`` (out of band), or None."""
+        user = self.model.roster.users.get(sender_id)
+        me = self.model.my_name
+        if user is None or self.identity is None or me is None:
+            return None
+        digits = safety_number(
+            self.identity.public_bytes(), me.casefold(), user.ik_pub, user.name.casefold()
+        )
+        return format_safety_number(digits)
+
+    # -- from the connection ---------------------------------------------------------------------
+    def _on_state(self, state: str, detail: str) -> None:
+        self.state = state
+        if state == "ready":
+            self.banner.emit("")
+        self.connection_state.emit(state, detail)
+        if state in {"closed", "refused"} and self.model.reset():
+            self.model_changed.emit()
+
+    def _on_transport(self, transport: str) -> None:
+        self.transport = transport
+        self.transport_changed.emit(transport)
+
+    def _on_session_event(self, event: object) -> None:
+        changed = self.model.apply(event)
+        if isinstance(event, ev.LoggedIn):
+            self._after_login()
+        elif isinstance(event, e2ee.TextMessageReceived):
+            msg = event.message
+            self.text_received.emit(msg.channel_id, event.author, msg.text, msg.sent_ms, False)
+        elif isinstance(event, e2ee.TextDropped):
+            name = self.model.user_name(event.sender_id) or f"user {event.sender_id}"
+            self.chat_notice.emit(
+                event.channel_id, f"a message from {name} was dropped: {event.reason}"
+            )
+        elif isinstance(event, ev.MembershipChanged) and event.sender_id == self.model.me:
+            self._apply_bindings()
+            self._apply_transmit()
+        elif isinstance(event, ev.ServerError) and not event.fatal:
+            self.message.emit("warning", f"server: {event.message}")
+        elif isinstance(event, ev.ServerShuttingDown):
+            self.banner.emit(f"The server is shutting down: {event.reason}")
+        elif isinstance(event, ev.UserLeft) and self.pipeline is not None:
+            playback, sid = self.pipeline.playback.playback, event.user.sender_id
+            self.pipeline.playback.commands.append(lambda: playback.forget_sender(sid))
+        if isinstance(event, ev.RosterChanged | ev.LoggedIn):
+            self._apply_mixer()
+        if changed:
+            self.model_changed.emit()
+
+    def _after_login(self) -> None:
+        """Logged in (again): rejoin what the user had joined last time, apply bindings."""
+        self._apply_bindings()
+        self._apply_transmit()
+        if self.model.set_self_state(self.muted, self.deafened):
+            self.model_changed.emit()
+        mine = self.model.roster.channels_of(self.model.me or 0)
+        for name in self._server_prefs().joined:
+            cid = self.model.channel_id(name)
+            if cid is not None and cid not in mine:
+                self.join(cid)
+
+    def _on_supervisor(self, action: object) -> None:
+        if isinstance(action, sv.ReconnectScheduled):
+            self.banner.emit(
+                f"Connection lost ({action.why}). Reconnecting in {action.delay:.0f} s "
+                f"(attempt {action.attempt})…"
+            )
+        elif isinstance(action, sv.Stopped):
+            self.banner.emit(f"Disconnected: {action.message}")
+        elif isinstance(action, sv.RestoreSkipped):
+            self.message.emit("warning", str(getattr(action, "reason", action)))
+
+    def _on_text_failed(self, channel_id: int, why: str) -> None:
+        self.chat_notice.emit(channel_id, f"not sent: {why}")
+
+    def _on_trust(self, account: str, level: str) -> None:
+        if self.model.set_trust(account, level):
+            self.model_changed.emit()
+        if level == "changed":
+            self.message.emit(
+                "warning",
+                f"{account}'s identity key changed since you last saw them. Compare safety "
+                "numbers before trusting what they say.",
+            )
+        elif level == "blocked":
+            self.message.emit(
+                "error",
+                f"{account}'s identity key changed after you verified it: their voice and "
+                "messages are blocked until you verify the new key.",
+            )
+
+    def _on_ptt(self, event: Any) -> None:
+        # Any thread (the hotkey source's): only latest-value slots.
+        self._wanted = event.after
+        pipeline = self.pipeline
+        if pipeline is not None and not self.muted:
+            pipeline.capture.wanted = event.after
+
+    # -- polling -------------------------------------------------------------------------------
+    def _poll(self) -> None:
+        pipeline, conn = self.pipeline, self.conn
+        if pipeline is None:
+            return
+        if conn is not None:
+            pipeline.capture.level = conn.redundancy_level
+        me = self.model.me
+        talking = set(pipeline.playback.talking)
+        if me is not None and not self.muted:
+            talking.update((me, c) for c in pipeline.capture.talking_channels)
+        if self.model.set_talking(talking):
+            self.model_changed.emit()
+        level_in = pipeline.capture.input_level.peak_dbfs
+        level_out = pipeline.playback.output_level.peak_dbfs
+        self.levels.emit(level_in, level_out, pipeline.capture.speaking, False)
+
+    # -- local server ----------------------------------------------------------------------------
+    def start_local_server(self) -> tuple[Bookmark, str]:
+        """Start the embedded relay (loopback) and return its bookmark and pin. Raises
+        EmbeddedServerError with the reason."""
+        from voipclient.server.embedded import EmbeddedServer, EmbeddedServerError
+
+        if self.local_server is None:
+            server = EmbeddedServer(self.data_dir / "local-server", port=LOCAL_PORT)
+            try:
+                address = server.start()
+            except EmbeddedServerError:
+                server = EmbeddedServer(self.data_dir / "local-server", port=0)
+                address = server.start()
+            self.local_server = server
+        address = self.local_server.address
+        return Bookmark("Local server", address.host, address.port), address.pin
+
+    def _load_tofu(self) -> TofuStore:
+        path = self.data_dir / "peer-keys.json"
+        try:
+            return TofuStore.from_bytes(path.read_bytes())
+        except FileNotFoundError:
+            return TofuStore()
+        except (OSError, ValueError, LocalProtocolError) as exc:
+            log.warning("ignoring unreadable pinned peer keys %s: %s", path, exc)
+            return TofuStore()
+
+
+LOCAL_PORT = 64738
+
+
+def _detached_deque() -> Any:
+    import collections
+
+    return collections.deque(maxlen=2000)
+
+
+def stats_text(stats: ConnectionStats) -> str:
+    """The status bar's link summary."""
+    parts = ["UDP" if stats.transport == "udp" else "TLS fallback (UDP blocked)"]
+    if stats.rtt_ms is not None:
+        parts.append(f"ping {stats.rtt_ms:.0f} ms")
+    if stats.loss is not None:
+        parts.append(f"loss {stats.loss * 100:.0f} %")
+    parts.append(f"↑ {stats.kbps_out:.0f} kb/s ↓ {stats.kbps_in:.0f} kb/s")
+    return " · ".join(parts)

@@ -1,0 +1,279 @@
+"""What the main window shows, computed from the session's events: pure, no Qt.
+
+:class:`ClientModel` folds roster events, who is talking, peers' key trust and the user's
+per-server preferences into immutable rows (:class:`ChannelRow` with its :class:`MemberRow`\\ s)
+in tree order. The Qt tree only renders rows; every decision (which marks, which PTT keys a
+channel shows, which bindings the router gets) is made here and unit-tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Final
+
+from voipclient.net import events as ev
+from voipclient.net.roster import RosterSnapshot
+from voipclient.ptt.router import Binding, PttConfigError
+from voipclient.ui.prefs import BindingPref, ServerPrefs
+
+__all__ = ["TRUST_LEVELS", "ChannelRow", "ClientModel", "MemberRow", "with_binding"]
+
+TRUST_LEVELS: Final = ("tofu", "verified", "changed", "blocked")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    sender_id: int
+    name: str
+    is_me: bool
+    #: the user muted its microphone / deafened itself (server-visible state)
+    muted: bool
+    deafened: bool
+    #: transmitting into this channel now
+    talking: bool
+    #: "tofu" (seen before, not verified), "verified", "changed" (key differs: warn), "blocked"
+    trust: str
+    #: muted for us only, and the volume we hear it at (0..2)
+    local_muted: bool
+    volume: float
+    #: the channel's ACL lets it transmit here
+    may_speak: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRow:
+    id: int
+    parent: int | None
+    depth: int
+    name: str
+    description: str
+    password_protected: bool
+    #: we are a member (we hear it, and may talk into it when ``may_speak``)
+    joined: bool
+    may_speak: bool
+    members: tuple[MemberRow, ...]
+    #: someone (maybe us) is talking in it now
+    talking: bool
+    #: push-to-talk chords that transmit here (canonical text, e.g. "ctrl+f13")
+    ptt_keys: tuple[str, ...]
+    hot_mic: bool
+    volume: float
+    muted: bool
+
+
+class ClientModel:
+    """The session as the window shows it. Mutators return True when a row changed."""
+
+    def __init__(self) -> None:
+        self.roster = RosterSnapshot()
+        self.me: int | None = None
+        self.server = ServerPrefs()
+        self.talking: frozenset[tuple[int, int]] = frozenset()  # (sender, channel)
+        self.trust: dict[str, str] = {}  # account name (casefolded) → level
+        self.self_muted = False
+        self.self_deafened = False
+        self._rows: tuple[ChannelRow, ...] | None = None
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def apply(self, event: object) -> bool:
+        """A session event (``net.events``); True when the rows changed."""
+        if isinstance(event, ev.LoggedIn):
+            self.me = event.sender_id
+            return self._set_roster(event.roster)
+        if isinstance(event, ev.RosterChanged):
+            return self._set_roster(event.roster)
+        return False
+
+    def reset(self) -> bool:
+        """Disconnected: nothing to show until the next login."""
+        changed = self.me is not None or bool(self.roster.channels)
+        self.me = None
+        self.talking = frozenset()
+        self._set_roster(RosterSnapshot())
+        return changed
+
+    def _set_roster(self, roster: RosterSnapshot) -> bool:
+        if roster == self.roster:
+            return False
+        self.roster = roster
+        self._rows = None
+        return True
+
+    def set_talking(self, talking: Iterable[tuple[int, int]]) -> bool:
+        new = frozenset(talking)
+        if new == self.talking:
+            return False
+        self.talking = new
+        self._rows = None
+        return True
+
+    def set_trust(self, account: str, level: str) -> bool:
+        if level not in TRUST_LEVELS:
+            raise ValueError(f"unknown trust level {level!r}")
+        key = account.casefold()
+        if self.trust.get(key) == level:
+            return False
+        self.trust[key] = level
+        self._rows = None
+        return True
+
+    def set_server_prefs(self, prefs: ServerPrefs) -> bool:
+        if prefs == self.server:
+            return False
+        self.server = prefs
+        self._rows = None
+        return True
+
+    def set_self_state(self, muted: bool, deafened: bool) -> bool:
+        if (muted, deafened) == (self.self_muted, self.self_deafened):
+            return False
+        self.self_muted, self.self_deafened = muted, deafened
+        self._rows = None
+        return True
+
+    # -- lookups ---------------------------------------------------------------------------------
+    def channel_id(self, name: str) -> int | None:
+        folded = name.casefold()
+        for channel in self.roster.channels.values():
+            if channel.name.casefold() == folded:
+                return channel.id
+        return None
+
+    def channel_name(self, channel_id: int) -> str | None:
+        channel = self.roster.channels.get(channel_id)
+        return None if channel is None else channel.name
+
+    def user_name(self, sender_id: int) -> str | None:
+        user = self.roster.users.get(sender_id)
+        return None if user is None else user.name
+
+    @property
+    def my_name(self) -> str | None:
+        return None if self.me is None else self.user_name(self.me)
+
+    def joined(self) -> tuple[tuple[int, str], ...]:
+        """The channels we are a member of, in tree order: (id, name)."""
+        return tuple((row.id, row.name) for row in self.rows() if row.joined)
+
+    def member_names(self, channel_id: int) -> tuple[str, ...]:
+        users = self.roster.users
+        return tuple(
+            sorted(
+                (users[s].name for s in self.roster.members(channel_id) if s in users),
+                key=str.casefold,
+            )
+        )
+
+    def hot_mic_channel(self) -> int | None:
+        name = self.server.hot_mic
+        return None if name is None else self.channel_id(name)
+
+    def bindings(self) -> tuple[tuple[Binding, ...], list[str]]:
+        """The router's bindings from the preferences: channel names resolved to ids. A binding
+        naming no known channel is left out and reported (the channel may come back later)."""
+        out: list[Binding] = []
+        problems: list[str] = []
+        for i, pref in enumerate(self.server.bindings, start=1):
+            ids = [self.channel_id(name) for name in pref.channels]
+            known = [c for c in ids if c is not None]
+            missing = [n for n, c in zip(pref.channels, ids, strict=True) if c is None]
+            if missing:
+                problems.append(f"{pref.keys}: no channel named {', '.join(missing)} here")
+            if not known:
+                continue
+            try:
+                out.append(
+                    Binding.parse(f"{i}: {pref.keys}", pref.keys, known, latching=pref.latching)
+                )
+            except PttConfigError as exc:
+                problems.append(str(exc))
+        return tuple(out), problems
+
+    def keys_for(self, channel_name: str) -> tuple[str, ...]:
+        folded = channel_name.casefold()
+        return tuple(
+            b.keys for b in self.server.bindings if folded in {c.casefold() for c in b.channels}
+        )
+
+    # -- output ----------------------------------------------------------------------------------
+    def rows(self) -> tuple[ChannelRow, ...]:
+        """Every channel in tree order (parents before children, siblings by name)."""
+        if self._rows is None:
+            self._rows = tuple(self._build())
+        return self._rows
+
+    def row(self, channel_id: int) -> ChannelRow | None:
+        for row in self.rows():
+            if row.id == channel_id:
+                return row
+        return None
+
+    def _build(self) -> list[ChannelRow]:
+        roster, me, prefs = self.roster, self.me, self.server
+        mine = roster.channels_of(me) if me is not None else frozenset()
+        hot = self.hot_mic_channel()
+        out: list[ChannelRow] = []
+        talking_channels = {c for _s, c in self.talking}
+
+        def walk(parent: int | None, depth: int) -> None:
+            for channel in sorted(roster.children(parent), key=lambda c: (c.id != 1, c.name)):
+                members: list[MemberRow] = []
+                for sid in roster.members(channel.id):
+                    user = roster.users.get(sid)
+                    if user is None:
+                        continue
+                    is_me = sid == me
+                    members.append(
+                        MemberRow(
+                            sender_id=sid,
+                            name=user.name,
+                            is_me=is_me,
+                            muted=user.muted,
+                            deafened=user.deafened,
+                            talking=(sid, channel.id) in self.talking,
+                            trust="verified"
+                            if is_me
+                            else self.trust.get(user.name.casefold(), "tofu"),
+                            local_muted=user.name in prefs.user_muted,
+                            volume=prefs.user_volumes.get(user.name, 1.0),
+                            may_speak=roster.may_speak(sid, channel.id),
+                        )
+                    )
+                members.sort(key=lambda m: (not m.is_me, m.name.casefold()))
+                out.append(
+                    ChannelRow(
+                        id=channel.id,
+                        parent=channel.parent,
+                        depth=depth,
+                        name=channel.name,
+                        description=channel.description,
+                        password_protected=channel.password_protected,
+                        joined=channel.id in mine,
+                        may_speak=me is not None and roster.may_speak(me, channel.id),
+                        members=tuple(members),
+                        talking=channel.id in talking_channels,
+                        ptt_keys=self.keys_for(channel.name) if channel.id in mine else (),
+                        hot_mic=channel.id == hot,
+                        volume=prefs.channel_volumes.get(channel.name, 1.0),
+                        muted=channel.name in prefs.channel_muted,
+                    )
+                )
+                walk(channel.id, depth + 1)
+
+        walk(None, 0)
+        return out
+
+
+def with_binding(prefs: ServerPrefs, channel: str, keys: str | None) -> ServerPrefs:
+    """The channel's own push-to-talk key set to ``keys`` (None removes it): the single-channel
+    binding of ``channel`` is replaced; multi-channel bindings are kept."""
+    folded = channel.casefold()
+    kept = tuple(
+        b
+        for b in prefs.bindings
+        if not (len(b.channels) == 1 and b.channels[0].casefold() == folded)
+    )
+    if keys is not None:
+        kept = (*kept, BindingPref(keys, (channel,)))
+    return replace(prefs, bindings=kept)

@@ -1,0 +1,395 @@
+"""The user's preferences: typed, validated, Qt-free (the persistence adapter is ``ui/settings``).
+
+Everything is stored under string keys as JSON text, so every platform's QSettings backend (INI on
+Linux, the registry on Windows, plists on macOS) gives back exactly the types we wrote. A value
+that does not parse or validate is replaced by its default and reported by key and reason
+(:func:`load_preferences` returns the problems), never silently: the UI shows them once.
+
+Per-server preferences (push-to-talk bindings, hot-mic channel, volumes, local mutes) are keyed by
+``host:port`` and name channels and users by *name*, not by id, so they survive a server restart
+and a reconfiguration that renumbers channels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final, Protocol
+
+__all__ = [
+    "THEMES",
+    "TRANSMIT_MODES",
+    "AudioPrefs",
+    "BindingPref",
+    "Bookmark",
+    "Preferences",
+    "PrefsBackend",
+    "ServerPrefs",
+    "TransmitPrefs",
+    "load_preferences",
+    "save_preferences",
+]
+
+THEMES: Final = ("dark", "light", "system")
+TRANSMIT_MODES: Final = ("ptt", "voice_activation", "continuous")
+FRAME_SIZES: Final = (10, 20)
+NOISE_SUPPRESSION: Final = ("off", "webrtc", "speex", "rnnoise")
+DEFAULT_PORT: Final = 64738
+
+
+class PrefsBackend(Protocol):
+    """Where preferences live: QSettings in the app, a dict in tests (a fake, named so)."""
+
+    def value(self, key: str) -> object: ...
+
+    def set_value(self, key: str, value: str) -> None: ...
+
+    def remove(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPrefs:
+    #: Device names (PortAudio's); None = the system default.
+    input_device: str | None = None
+    output_device: str | None = None
+    #: Opus frame size: 20 ms (default) or 10 ms (low latency, ~+15 % bitrate).
+    frame_ms: int = 20
+    #: Opus bitrate in bits/s (16 000..128 000).
+    bitrate: int = 32_000
+    #: Jitter-buffer maximum delay, ms (60..1000).
+    jitter_max_ms: int = 200
+    noise_suppression: str = "webrtc"
+    agc: bool = True
+    highpass: bool = True
+    #: Start/stop transmission cues.
+    cues: bool = True
+
+    def check(self) -> None:
+        if self.frame_ms not in FRAME_SIZES:
+            raise ValueError(f"frame size must be 10 or 20 ms, not {self.frame_ms}")
+        if not 16_000 <= self.bitrate <= 128_000:
+            raise ValueError(f"bitrate must be 16000..128000 b/s, not {self.bitrate}")
+        if not 60 <= self.jitter_max_ms <= 1000:
+            raise ValueError(f"jitter buffer maximum must be 60..1000 ms, not {self.jitter_max_ms}")
+        if self.noise_suppression not in NOISE_SUPPRESSION:
+            raise ValueError(f"unknown noise suppression {self.noise_suppression!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TransmitPrefs:
+    #: What the hot-mic channel does: "ptt" (nothing: push-to-talk only), "voice_activation",
+    #: "continuous".
+    mode: str = "ptt"
+    #: Voice-activation threshold, 0..1 (speech probability / energy score).
+    vad_threshold: float = 0.5
+    #: Transmission continues this long after the key is released, ms (0..2000).
+    release_ms: int = 200
+
+    def check(self) -> None:
+        if self.mode not in TRANSMIT_MODES:
+            raise ValueError(f"unknown transmission mode {self.mode!r}")
+        if not (math.isfinite(self.vad_threshold) and 0.0 <= self.vad_threshold <= 1.0):
+            raise ValueError(f"activation threshold must be 0..1, not {self.vad_threshold}")
+        if not 0 <= self.release_ms <= 2000:
+            raise ValueError(f"release delay must be 0..2000 ms, not {self.release_ms}")
+
+
+@dataclass(frozen=True, slots=True)
+class BindingPref:
+    """One push-to-talk hotkey: a chord (canonical input names joined by "+", e.g. "ctrl+f13" or
+    "mouse4") and the channels (by name) it talks to."""
+
+    keys: str
+    channels: tuple[str, ...]
+    latching: bool = False
+
+    def check(self) -> None:
+        if not self.keys.strip():
+            raise ValueError("a binding needs keys")
+        if not self.channels:
+            raise ValueError(f"binding {self.keys!r} talks to no channel")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPrefs:
+    """What the user set for one server (``host:port``)."""
+
+    bindings: tuple[BindingPref, ...] = ()
+    #: The hot-mic channel's name, or None.
+    hot_mic: str | None = None
+    #: Channel name → volume (0..2, 1 = unchanged).
+    channel_volumes: Mapping[str, float] = field(default_factory=dict)
+    channel_muted: frozenset[str] = frozenset()
+    #: User name → volume (0..2).
+    user_volumes: Mapping[str, float] = field(default_factory=dict)
+    user_muted: frozenset[str] = frozenset()
+    #: Channels (by name) joined at the last disconnect: joined again on the next connect.
+    joined: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Bookmark:
+    """A saved server."""
+
+    label: str
+    host: str
+    port: int = DEFAULT_PORT
+    username: str = ""
+
+    def check(self) -> None:
+        if not self.host.strip():
+            raise ValueError("a server needs a host")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be 1..65535, not {self.port}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    audio: AudioPrefs = AudioPrefs()
+    transmit: TransmitPrefs = TransmitPrefs()
+    #: "dark", "light" or "system".
+    theme: str = "dark"
+    #: Desktop notification when someone @mentions us.
+    notify_mentions: bool = True
+    #: Closing the window hides it to the tray (when a tray exists) instead of quitting.
+    close_to_tray: bool = False
+    #: The name we log in with (empty: ask / use the OS user name).
+    username: str = ""
+    bookmarks: tuple[Bookmark, ...] = ()
+    #: ``host:port`` → that server's preferences.
+    servers: Mapping[str, ServerPrefs] = field(default_factory=dict)
+
+    def server(self, key: str) -> ServerPrefs:
+        return self.servers.get(key, ServerPrefs())
+
+    def with_server(self, key: str, prefs: ServerPrefs) -> Preferences:
+        servers = dict(self.servers)
+        servers[key] = prefs
+        return replace(self, servers=servers)
+
+
+# -- persistence ----------------------------------------------------------------------------------
+#: key → (section dataclass attribute path, type)
+_SCALARS: Final[dict[str, tuple[str, str, type]]] = {
+    "audio/input_device": ("audio", "input_device", str),
+    "audio/output_device": ("audio", "output_device", str),
+    "audio/frame_ms": ("audio", "frame_ms", int),
+    "audio/bitrate": ("audio", "bitrate", int),
+    "audio/jitter_max_ms": ("audio", "jitter_max_ms", int),
+    "audio/noise_suppression": ("audio", "noise_suppression", str),
+    "audio/agc": ("audio", "agc", bool),
+    "audio/highpass": ("audio", "highpass", bool),
+    "audio/cues": ("audio", "cues", bool),
+    "transmit/mode": ("transmit", "mode", str),
+    "transmit/vad_threshold": ("transmit", "vad_threshold", float),
+    "transmit/release_ms": ("transmit", "release_ms", int),
+    "appearance/theme": ("", "theme", str),
+    "notifications/mentions": ("", "notify_mentions", bool),
+    "general/close_to_tray": ("", "close_to_tray", bool),
+    "general/username": ("", "username", str),
+}
+_NULLABLE: Final = frozenset({"audio/input_device", "audio/output_device"})
+BOOKMARKS_KEY: Final = "servers/bookmarks"
+SERVERS_KEY: Final = "servers/preferences"
+
+
+def _typed(raw: object, kind: type, nullable: bool) -> Any:
+    if raw is None and nullable:
+        return None
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if kind is int and isinstance(raw, bool):
+        raise ValueError(f"expected a number, not {raw!r}")
+    if not isinstance(raw, kind):
+        raise ValueError(f"expected {kind.__name__}, not {raw!r}")
+    return raw
+
+
+def _decode(raw: object) -> object:
+    if not isinstance(raw, str):
+        raise ValueError(f"not JSON text: {raw!r}")
+    return json.loads(raw)
+
+
+def load_preferences(backend: PrefsBackend) -> tuple[Preferences, list[str]]:
+    """Read every preference; a bad value falls back to its default and is reported as
+    ``"<key>: <reason> (using the default)"``."""
+    problems: list[str] = []
+    sections: dict[str, dict[str, Any]] = {"audio": {}, "transmit": {}, "": {}}
+    for key, (section, attr, kind) in _SCALARS.items():
+        raw = backend.value(key)
+        if raw is None:
+            continue
+        try:
+            sections[section][attr] = _typed(_decode(raw), kind, key in _NULLABLE)
+        except ValueError as exc:
+            problems.append(f"{key}: {exc} (using the default)")
+    audio = _build(AudioPrefs, sections["audio"], "audio", problems)
+    transmit = _build(TransmitPrefs, sections["transmit"], "transmit", problems)
+    top = sections[""]
+    if top.get("theme", "dark") not in THEMES:
+        problems.append(f"appearance/theme: unknown theme {top['theme']!r} (using the default)")
+        top.pop("theme")
+    bookmarks = _load_bookmarks(backend.value(BOOKMARKS_KEY), problems)
+    servers = _load_servers(backend.value(SERVERS_KEY), problems)
+    prefs = Preferences(audio=audio, transmit=transmit, bookmarks=bookmarks, servers=servers, **top)
+    return prefs, problems
+
+
+def _build(cls: Any, values: dict[str, Any], section: str, problems: list[str]) -> Any:
+    good: dict[str, Any] = {}
+    for name, value in values.items():  # validate field by field: one bad value costs one value
+        candidate = cls(**{**good, name: value})
+        try:
+            candidate.check()
+        except ValueError as exc:
+            problems.append(f"{section}/{name}: {exc} (using the default)")
+            continue
+        good[name] = value
+    return cls(**good)
+
+
+def _load_bookmarks(raw: object, problems: list[str]) -> tuple[Bookmark, ...]:
+    if raw is None:
+        return ()
+    try:
+        entries = _decode(raw)
+        if not isinstance(entries, list):
+            raise ValueError("expected a list")
+    except ValueError as exc:
+        problems.append(f"{BOOKMARKS_KEY}: {exc} (no saved servers loaded)")
+        return ()
+    out: list[Bookmark] = []
+    for i, entry in enumerate(entries, start=1):
+        try:
+            if not isinstance(entry, dict):
+                raise ValueError("expected an object")
+            mark = Bookmark(
+                label=_typed(entry.get("label", ""), str, False),
+                host=_typed(entry.get("host", ""), str, False),
+                port=_typed(entry.get("port", DEFAULT_PORT), int, False),
+                username=_typed(entry.get("username", ""), str, False),
+            )
+            mark.check()
+        except ValueError as exc:
+            problems.append(f"{BOOKMARKS_KEY} entry {i}: {exc} (skipped)")
+            continue
+        out.append(mark)
+    return tuple(out)
+
+
+def _load_servers(raw: object, problems: list[str]) -> dict[str, ServerPrefs]:
+    if raw is None:
+        return {}
+    try:
+        entries = _decode(raw)
+        if not isinstance(entries, dict):
+            raise ValueError("expected an object")
+    except ValueError as exc:
+        problems.append(f"{SERVERS_KEY}: {exc} (per-server settings not loaded)")
+        return {}
+    out: dict[str, ServerPrefs] = {}
+    for key, entry in entries.items():
+        try:
+            out[key] = _server_from_json(entry)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{SERVERS_KEY} {key}: {exc} (skipped)")
+    return out
+
+
+def _str_list(value: object, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what}: expected a list of names")
+    return tuple(value)
+
+
+def _volumes(value: object, what: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected an object")
+    out: dict[str, float] = {}
+    for name, volume in value.items():
+        v = _typed(volume, float, False)
+        if not (math.isfinite(v) and 0.0 <= v <= 2.0):
+            raise ValueError(f"{what} {name!r}: volume must be 0..2, not {v}")
+        out[name] = v
+    return out
+
+
+def _server_from_json(entry: object) -> ServerPrefs:
+    if not isinstance(entry, dict):
+        raise ValueError("expected an object")
+    bindings: list[BindingPref] = []
+    for b in entry.get("bindings", []):
+        if not isinstance(b, dict):
+            raise ValueError("binding: expected an object")
+        binding = BindingPref(
+            keys=_typed(b.get("keys", ""), str, False),
+            channels=_str_list(b.get("channels", []), "binding channels"),
+            latching=_typed(b.get("latching", False), bool, False),
+        )
+        binding.check()
+        bindings.append(binding)
+    hot_mic = entry.get("hot_mic")
+    return ServerPrefs(
+        bindings=tuple(bindings),
+        hot_mic=_typed(hot_mic, str, True),
+        channel_volumes=_volumes(entry.get("channel_volumes", {}), "channel volumes"),
+        channel_muted=frozenset(_str_list(entry.get("channel_muted", []), "muted channels")),
+        user_volumes=_volumes(entry.get("user_volumes", {}), "user volumes"),
+        user_muted=frozenset(_str_list(entry.get("user_muted", []), "muted users")),
+        joined=_str_list(entry.get("joined", []), "joined channels"),
+    )
+
+
+def _server_to_json(prefs: ServerPrefs) -> dict[str, object]:
+    return {
+        "bindings": [
+            {"keys": b.keys, "channels": list(b.channels), "latching": b.latching}
+            for b in prefs.bindings
+        ],
+        "hot_mic": prefs.hot_mic,
+        "channel_volumes": dict(prefs.channel_volumes),
+        "channel_muted": sorted(prefs.channel_muted),
+        "user_volumes": dict(prefs.user_volumes),
+        "user_muted": sorted(prefs.user_muted),
+        "joined": list(prefs.joined),
+    }
+
+
+def save_preferences(backend: PrefsBackend, prefs: Preferences) -> None:
+    """Write every preference (JSON text per key)."""
+    for key, (section, attr, _kind) in _SCALARS.items():
+        owner: object = getattr(prefs, section) if section else prefs
+        backend.set_value(key, json.dumps(getattr(owner, attr)))
+    backend.set_value(
+        BOOKMARKS_KEY,
+        json.dumps(
+            [{f.name: getattr(b, f.name) for f in fields(Bookmark)} for b in prefs.bookmarks]
+        ),
+    )
+    backend.set_value(
+        SERVERS_KEY,
+        json.dumps({key: _server_to_json(s) for key, s in prefs.servers.items()}, sort_keys=True),
+    )
+
+
+class MemoryBackend:
+    """A dict-backed :class:`PrefsBackend` (a fake for unit tests; also used for ``--no-save``)."""
+
+    def __init__(self, values: dict[str, str] | None = None) -> None:
+        self.values: dict[str, str] = dict(values or {})
+
+    def value(self, key: str) -> object:
+        return self.values.get(key)
+
+    def set_value(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+    def remove(self, key: str) -> None:
+        self.values.pop(key, None)
