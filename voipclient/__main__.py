@@ -24,19 +24,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="check the crypto core against the protocol's test vectors, one line per check",
     )
+    from voipclient.ui.app import add_arguments
+
+    add_arguments(parser)
     args = parser.parse_args(argv)
 
-    from voipclient import selfcheck
-
-    ok = selfcheck.run(print)
     if args.self_test:
-        return 0 if ok else 1
-    print()
-    print("The relay server is ready: `voipclient-server --channel Games` (see docs/server.md).")
-    print("The voice path runs headless: `voipclient-bot --help` (see README).")
-    print("Not there yet: the desktop client's connection and window come with the next issues;")
-    print("`make run` will then open the window on an embedded local server.")
-    return 0 if ok else 1
+        from voipclient import selfcheck
+
+        return 0 if selfcheck.run(print) else 1
+    from voipclient.ui.app import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

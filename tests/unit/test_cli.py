@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from voipclient import __version__
 
 BIN = Path(sys.executable).parent
+DISPLAY_VARS = {"DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"}
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,10 +34,18 @@ def test_self_test_prints_one_ok_line_per_check() -> None:
     assert all(line.startswith("ok ") for line in lines)
 
 
-def test_run_without_arguments_says_what_is_not_there_yet() -> None:
-    result = run(sys.executable, "-m", "voipclient")
-    assert result.returncode == 0
-    assert "Not there yet" in result.stdout
+def test_run_without_a_display_says_what_to_do() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in DISPLAY_VARS}
+    result = subprocess.run(
+        [sys.executable, "-m", "voipclient"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "no display" in result.stderr and "xvfb-run" in result.stderr
 
 
 def test_bot_entry_point_version_and_usage_error() -> None:

@@ -84,6 +84,7 @@ class CaptureWorker:
         self.cues: collections.deque[CueKind] = collections.deque(maxlen=8)  # to playback
         self.input_level = Level(-float("inf"), -float("inf"))  # slot for the UI meter
         self.speaking = False  # slot: we are transmitting now
+        self.speech_probability = 0.0  # slot for the UI's voice-activation meter
         self.talking_channels: frozenset[int] = frozenset()  # slot: where we transmit now
         self._talking_targets: tuple[int, ...] = ()
         self.commands: collections.deque[Command] = collections.deque(maxlen=64)  # from the UI
@@ -117,6 +118,7 @@ class CaptureWorker:
             self.sender.set_level(level)
         result = self.processor.process(frame)
         self.input_level = result.level
+        self.speech_probability = result.speech_probability
         wanted = self.wanted
         if result.is_speech and self.voice_activated:
             wanted = wanted | self.voice_activated

@@ -172,13 +172,13 @@ class ClientController(QObject):
     #: ("info" | "warning" | "error", text) for the status bar and message boxes
     message = Signal(str, str)
     #: (channel id, author, text, sent ms, own)
-    text_received = Signal(int, str, str, int, bool)
+    text_received = Signal(int, str, str, object, bool)
     #: (channel id, text): system lines in a channel's chat
     chat_notice = Signal(int, str)
     #: (host, port, pin): ask the user, then call approve_pin
     pin_approval_needed = Signal(str, int, str)
-    #: (input peak dBFS, output peak dBFS, transmitting, speech detected)
-    levels = Signal(float, float, bool, bool)
+    #: (input peak dBFS, output peak dBFS, transmitting, speech probability 0..1)
+    levels = Signal(float, float, bool, float)
     #: the preferences changed (saved already)
     prefs_changed = Signal(object)
     #: "" when audio works, else what is wrong and what to do
@@ -747,7 +747,9 @@ class ClientController(QObject):
             self.model_changed.emit()
         level_in = pipeline.capture.input_level.peak_dbfs
         level_out = pipeline.playback.output_level.peak_dbfs
-        self.levels.emit(level_in, level_out, pipeline.capture.speaking, False)
+        self.levels.emit(
+            level_in, level_out, pipeline.capture.speaking, pipeline.capture.speech_probability
+        )
 
     # -- local server ----------------------------------------------------------------------------
     def start_local_server(self) -> tuple[Bookmark, str]:

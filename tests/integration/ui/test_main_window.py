@@ -1,0 +1,215 @@
+"""The desktop app end to end, every part real: two app instances (window, controller, audio on
+the PulseAudio null sink, pynput hotkeys under Xvfb, identity keys in the Secret Service) talking
+through a real relay process."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QApplication, QTreeWidgetItem
+
+from voipclient.ui.app import App
+from voipclient.ui.main_window import ROLE_ID, ROLE_KIND, TALKING
+from voipclient.ui.prefs import Bookmark
+from voipclient.ui.settings import QSettingsBackend
+
+from ..conftest import A, B, ServerProcess, Starter
+
+pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
+
+AppFactory = Callable[..., App]
+
+
+@pytest.fixture
+def make_app(qtbot: Any, tmp_path: Path) -> Iterator[AppFactory]:
+    apps: list[App] = []
+
+    def make(name: str, **flags: Any) -> App:
+        root = tmp_path / name
+        args = argparse.Namespace(
+            local_server=False,
+            connect=None,
+            name=name,
+            data_dir=root / "data",
+            settings_dir=None,
+        )
+        for key, value in flags.items():
+            setattr(args, key, value)
+        settings = QSettings(str(root / "settings.ini"), QSettings.Format.IniFormat)
+        app = App(args, QApplication.instance(), backend=QSettingsBackend(settings))
+        apps.append(app)
+        app.window.show()
+        qtbot.waitExposed(app.window)
+        return app
+
+    yield make
+    for app in apps:
+        app.shutdown()
+        app.window.close()
+
+
+def connect(qtbot: Any, app: App, server: ServerProcess) -> None:
+    app.connect_to(Bookmark("test", server.host, server.port), pin=server.pin)
+    qtbot.waitUntil(
+        lambda: app.controller.state == "ready" and app.controller.model.me is not None,
+        timeout=15_000,
+    )
+
+
+def channel_item(app: App, channel_id: int) -> QTreeWidgetItem:
+    item = app.window.tree.item_for(channel_id)
+    assert item is not None, f"channel {channel_id} is not in the tree"
+    return item
+
+
+def member_item(app: App, channel_id: int, name: str) -> QTreeWidgetItem | None:
+    parent = channel_item(app, channel_id)
+    for i in range(parent.childCount()):
+        child = parent.child(i)
+        if child.data(0, ROLE_KIND) == "user" and child.text(0).startswith(name):
+            return child
+    return None
+
+
+def join_by_double_click(qtbot: Any, app: App, channel_id: int) -> None:
+    tree = app.window.tree
+    item = channel_item(app, channel_id)
+    tree.scrollToItem(item)
+    rect = tree.visualItemRect(item)
+    # a real double click: press/release, then the double-click event on the same item
+    qtbot.mouseClick(tree.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.mouseDClick(tree.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.waitUntil(
+        lambda: (row := app.controller.model.row(channel_id)) is not None and row.joined,
+        timeout=10_000,
+    )
+
+
+def test_connect_shows_channels_and_members(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    alice = make_app("alice")
+    connect(qtbot, alice, server)
+    names = {
+        alice.window.tree.topLevelItem(i).text(0)
+        for i in range(alice.window.tree.topLevelItemCount())
+    }
+    assert any(n.startswith("Lobby") for n in names)
+    qtbot.waitUntil(lambda: member_item(alice, 1, "alice") is not None)
+    assert alice.window.state_label.text() == "Connected"
+    qtbot.waitUntil(lambda: "ping" in alice.window.link_label.text(), timeout=10_000)
+    assert "UDP" in alice.window.link_label.text()
+
+
+def test_join_two_channels_and_leave_one(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    alice = make_app("alice")
+    connect(qtbot, alice, server)
+    join_by_double_click(qtbot, alice, A)
+    join_by_double_click(qtbot, alice, B)
+    mine = alice.controller.model.roster.channels_of(alice.controller.model.me or 0)
+    assert {A, B} <= mine
+    assert member_item(alice, A, "alice") is not None and member_item(alice, B, "alice") is not None
+    # the channel controls show the selected channel; its button leaves
+    alice.window.tree.setCurrentItem(channel_item(alice, B))
+    assert alice.window.controls.join_button.text() == "Leave"
+    qtbot.mouseClick(alice.window.controls.join_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not alice.controller.model.row(B).joined, timeout=10_000)  # type: ignore[union-attr]
+    assert alice.controller.model.row(A).joined  # type: ignore[union-attr]
+
+
+def xdotool(*args: str) -> None:
+    subprocess.run(["xdotool", *args], check=True, timeout=5)
+
+
+def test_bound_key_shows_talking_mark_in_other_client(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    alice = make_app("alice")
+    bob = make_app("bob")
+    connect(qtbot, alice, server)
+    connect(qtbot, bob, server)
+    join_by_double_click(qtbot, alice, A)
+    join_by_double_click(qtbot, bob, A)
+    # bind F13 to channel A with the capture widget of the channel controls
+    alice.window.tree.setCurrentItem(channel_item(alice, A))
+    capture = alice.window.controls.ptt
+    qtbot.mouseClick(capture, Qt.MouseButton.LeftButton)
+    assert capture.is_capturing()
+    qtbot.keyPress(capture, Qt.Key.Key_F13)
+    qtbot.keyRelease(capture, Qt.Key.Key_F13)
+    qtbot.waitUntil(lambda: alice.controller.model.row(A).ptt_keys == ("f13",))  # type: ignore[union-attr]
+    assert "f13" in channel_item(alice, A).text(1)
+    qtbot.wait(1500)  # sender keys reach bob (KeyDist) so the first frames open
+    try:
+        xdotool("keydown", "F13")
+        qtbot.waitUntil(
+            lambda: (item := member_item(bob, A, "alice")) is not None and TALKING in item.text(0),
+            timeout=10_000,
+        )
+        assert TALKING in channel_item(bob, A).text(0)
+        assert TALKING in member_item(alice, A, "alice").text(0)  # type: ignore[union-attr]
+    finally:
+        xdotool("keyup", "F13")
+    qtbot.waitUntil(
+        lambda: (item := member_item(bob, A, "alice")) is not None and TALKING not in item.text(0),
+        timeout=10_000,
+    )
+
+
+def test_chat_with_a_mention(qtbot: Any, make_app: AppFactory, start_server: Starter) -> None:
+    server = start_server()
+    alice = make_app("alice")
+    bob = make_app("bob")
+    connect(qtbot, alice, server)
+    connect(qtbot, bob, server)
+    join_by_double_click(qtbot, alice, A)
+    join_by_double_click(qtbot, bob, A)
+    qtbot.wait(1500)  # KeyDist: alice's text key reaches bob
+    mentions: list[tuple[int, str, str]] = []
+    bob.window.chat.mentioned.connect(lambda c, a, t: mentions.append((c, a, t)))
+    bob.window.chat.show_channel(B if False else A)
+    alice.window.chat.show_channel(A)
+    alice.window.chat.send_requested.emit(A, "hey @bob, ready?")
+    qtbot.waitUntil(lambda: bool(mentions), timeout=10_000)
+    assert mentions == [(A, "alice", "hey @bob, ready?")]
+
+
+def test_reconnect_banner_after_server_dies(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    alice = make_app("alice")
+    connect(qtbot, alice, server)
+    join_by_double_click(qtbot, alice, A)
+    server.stop(signal.SIGKILL)
+    banner = alice.window.banner
+    qtbot.waitUntil(lambda: banner.isVisible() and "Reconnecting" in banner.text(), timeout=10_000)
+    assert alice.window.state_label.text() != "Connected"
+    start_server("--port", str(server.port), data_dir=server.data_dir)
+    qtbot.waitUntil(lambda: alice.controller.state == "ready", timeout=40_000)
+    qtbot.waitUntil(lambda: not banner.isVisible(), timeout=5_000)
+    qtbot.waitUntil(
+        lambda: (row := alice.controller.model.row(A)) is not None and row.joined, timeout=10_000
+    )
+
+
+def test_first_run_local_server_shows_channels(qtbot: Any, make_app: AppFactory) -> None:
+    app = make_app("first", local_server=True)
+    app.first_connect()
+    qtbot.waitUntil(lambda: app.controller.state == "ready", timeout=15_000)
+    names = [row.name for row in app.controller.model.rows()]
+    assert {"Lobby", "General", "Squad A", "Squad B"} <= set(names)
+    assert app.window.tree.topLevelItemCount() >= 1
+    assert ROLE_ID  # the tree's data roles are importable for the screenshot script

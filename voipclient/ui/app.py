@@ -1,0 +1,294 @@
+"""The desktop app's composition root: QApplication, preferences, theme, controller, window,
+tray and dialogs; first run; window geometry.
+
+``voipclient`` with no arguments opens the window. With no saved servers the connect dialog
+offers the embedded local server; ``--local-server`` starts it and connects at once (what
+``make run`` does, so a fresh machine shows a working app with channels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from voipclient import __version__
+
+log = logging.getLogger("voipclient.ui")
+
+RESOURCES = Path(__file__).resolve().parents[2] / "resources"
+
+
+def default_data_dir() -> Path:
+    """Per-user data (identity key files, pinned keys, the local server's data)."""
+    home = Path.home()
+    if sys.platform == "win32":
+        base = os.environ.get("APPDATA")
+        return (Path(base) if base else home / "AppData" / "Roaming") / "voipclient"
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "voipclient"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else home / ".local" / "share") / "voipclient"
+
+
+def icon_path() -> Path | None:
+    candidates = [RESOURCES / "icons" / "voipclient.svg"]
+    base = getattr(sys, "_MEIPASS", None)  # inside a PyInstaller bundle
+    if base is not None:
+        candidates.insert(0, Path(base) / "resources" / "icons" / "voipclient.svg")
+    return next((p for p in candidates if p.exists()), None)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--local-server",
+        action="store_true",
+        help="start the built-in local server and connect to it (first run / demo)",
+    )
+    parser.add_argument("--connect", metavar="HOST:PORT", help="connect to this server at start")
+    parser.add_argument("--name", help="the user name to log in with")
+    parser.add_argument("--data-dir", type=Path, help="where keys and pinned keys are kept")
+    parser.add_argument(
+        "--settings-dir", type=Path, help="keep the settings file here (portable installs, tests)"
+    )
+
+
+class App:
+    """Everything the running desktop app is made of; ``run()`` builds it, tests build it too."""
+
+    def __init__(self, args: argparse.Namespace, qapp: Any, *, backend: Any = None) -> None:
+        from PySide6.QtGui import QIcon
+        from PySide6.QtWidgets import QSystemTrayIcon
+
+        from voipclient.ui import theme
+        from voipclient.ui.controller import ClientController
+        from voipclient.ui.main_window import MainWindow
+        from voipclient.ui.prefs import load_preferences
+        from voipclient.ui.settings import QSettingsBackend, use_settings_dir
+        from voipclient.ui.tray import Tray
+        from voipclient.ui.trust_dialogs import ask_passphrase
+
+        self.qapp = qapp
+        self.args = args
+        if args.settings_dir is not None:
+            args.settings_dir.mkdir(parents=True, exist_ok=True)
+            use_settings_dir(args.settings_dir)
+        self.backend = backend if backend is not None else QSettingsBackend()
+        prefs, problems = load_preferences(self.backend)
+        self.theme = theme
+        theme.apply_theme(qapp, prefs.theme)
+        path = icon_path()
+        self.icon = QIcon(str(path)) if path is not None else QIcon()
+        qapp.setWindowIcon(self.icon)
+        data_dir = args.data_dir or default_data_dir()
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.controller = ClientController(
+            self.backend,
+            prefs,
+            data_dir,
+            ask_passphrase=lambda request: ask_passphrase(self.window, request),
+        )
+        self.window = MainWindow(self.controller)
+        self.window.restore_geometry(
+            self.backend.geometry("geometry"), self.backend.geometry("state")
+        )
+        splitter = self.backend.geometry("splitter")
+        if splitter is not None:
+            self.window.splitter.restoreState(splitter)
+        self.tray: Tray | None = None
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            self.tray = Tray(self.window, self.icon)
+            self.tray.show()
+            self.window.tray_available = True
+        self.window.connect_requested.connect(self.show_connect_dialog)
+        self.window.settings_requested.connect(self.show_settings)
+        self.window.quit_requested.connect(self.quit)
+        self.window.chat.mentioned.connect(self._mentioned)
+        self.controller.pin_approval_needed.connect(self._approve_pin)
+        self.controller.connection_state.connect(self._state)
+        self.controller.start(self.window)
+        self._quitting = False
+        for problem in problems:
+            self.window.statusBar().showMessage(f"Settings: {problem}", 20_000)
+            log.warning("settings: %s", problem)
+        self.settings_dialog: Any = None
+        self.connect_dialog: Any = None
+        self.pin_dialog: Any = None
+        self._advertised_pin: str | None = None
+
+    # -- start -----------------------------------------------------------------------------------
+    def first_connect(self) -> None:
+        """What happens right after the window shows: the flags, else the first-run offer."""
+        args, prefs = self.args, self.controller.prefs
+        if args.local_server:
+            self.start_local()
+        elif args.connect:
+            from voipclient.ui.prefs import Bookmark
+
+            host, _, port = args.connect.rpartition(":")
+            self.connect_to(Bookmark(args.connect, host or args.connect, int(port or 64738)))
+        elif not prefs.bookmarks:
+            self.show_connect_dialog()
+
+    def username(self) -> str:
+        return self.args.name or self.controller.prefs.username or _os_user()
+
+    def connect_to(
+        self, bookmark: Any, pin: str | None = None, username: str | None = None
+    ) -> None:
+        name = username or bookmark.username or self.username()
+        self.controller.connect_to(bookmark, name, pin=pin)
+
+    def start_local(self) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
+        from voipclient.server.embedded import EmbeddedServerError
+
+        try:
+            bookmark, pin = self.controller.start_local_server()
+        except EmbeddedServerError as exc:
+            QMessageBox.warning(self.window, "Local server", str(exc))
+            return
+        self.connect_to(bookmark, pin)
+
+    # -- dialogs ---------------------------------------------------------------------------------
+    def show_connect_dialog(self) -> None:
+        from PySide6.QtWidgets import QDialog
+
+        from voipclient.ui.connect_dialog import ConnectDialog
+
+        dialog = ConnectDialog(self.controller.prefs, parent=self.window)
+        self.connect_dialog = dialog
+
+        def done(result: int) -> None:
+            prefs = self.controller.prefs
+            if dialog.bookmarks() != prefs.bookmarks:
+                self.controller.apply_prefs(replace(prefs, bookmarks=dialog.bookmarks()))
+            if result != QDialog.DialogCode.Accepted:
+                return
+            if dialog.start_local():
+                self.start_local()
+                return
+            chosen = dialog.chosen()
+            if chosen is not None:
+                self._advertised_pin = dialog.discovered_pin()
+                self.connect_to(chosen, username=dialog.username())
+
+        dialog.finished.connect(done)
+        dialog.open()
+
+    def show_settings(self) -> None:
+        from voipclient.ui.settings_dialog import SettingsDialog
+
+        ctl = self.controller
+        channels = [row.name for row in ctl.model.rows()]
+        dialog = SettingsDialog(
+            ctl.prefs, server_key=ctl.server_key, channels=channels, parent=self.window
+        )
+        dialog.applied.connect(self.apply_prefs)
+        ctl.levels.connect(
+            lambda level, _out, _tx, speech: dialog.set_input_level(
+                level, speech > ctl.prefs.transmit.vad_threshold
+            )
+        )
+        self.settings_dialog = dialog
+        dialog.open()
+
+    def apply_prefs(self, prefs: Any) -> None:
+        old = self.controller.prefs
+        self.controller.apply_prefs(prefs)
+        if prefs.theme != old.theme:
+            self.theme.apply_theme(self.qapp, prefs.theme)
+            self.window.refresh()
+
+    def _approve_pin(self, host: str, port: int, pin: str) -> None:
+        from PySide6.QtWidgets import QDialog
+
+        from voipclient.ui.trust_dialogs import PinApprovalDialog
+
+        dialog = PinApprovalDialog(
+            host, port, pin, advertised_pin=self._advertised_pin, parent=self.window
+        )
+        self.pin_dialog = dialog
+        dialog.finished.connect(
+            lambda result: self.controller.approve_pin(result == QDialog.DialogCode.Accepted)
+        )
+        dialog.open()
+
+    def _state(self, state: str, _detail: str) -> None:
+        if state == "ready" and self.pin_dialog is not None:
+            self.pin_dialog = None
+
+    def _mentioned(self, channel_id: int, author: str, text: str) -> None:
+        if not self.controller.prefs.notify_mentions:
+            return
+        channel = self.controller.model.channel_name(channel_id) or "a channel"
+        title = f"{author} mentioned you in {channel}"
+        if self.tray is not None and self.tray.supportsMessages():
+            self.tray.showMessage(title, text[:200], self.icon, 8000)
+        self.qapp.alert(self.window, 0)
+        self.window.statusBar().showMessage(f"{title}: {text[:100]}", 15_000)
+
+    # -- stop ------------------------------------------------------------------------------------
+    def quit(self) -> None:
+        """Save, disconnect, stop everything, end the event loop."""
+        self.shutdown()
+        self.qapp.quit()
+
+    def shutdown(self) -> None:
+        if self._quitting:
+            return
+        self._quitting = True
+        w = self.window
+        self.backend.set_geometry("geometry", w.saveGeometry())
+        self.backend.set_geometry("state", w.saveState())
+        self.backend.set_geometry("splitter", w.splitter.saveState())
+        self.controller.shutdown()
+        if self.tray is not None:
+            self.tray.hide()
+        self.window.hide()
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "user"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open the window and run until the user quits."""
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY")
+        or os.environ.get("WAYLAND_DISPLAY")
+        or os.environ.get("QT_QPA_PLATFORM")
+    ):
+        print(
+            "voipclient: no display (neither DISPLAY nor WAYLAND_DISPLAY is set). Run it in a "
+            "desktop session, or under Xvfb: `xvfb-run voipclient`.",
+            file=sys.stderr,
+        )
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from voipclient.ui.settings import APPLICATION, ORGANIZATION
+
+    QApplication.setOrganizationName(ORGANIZATION)
+    QApplication.setApplicationName(APPLICATION)
+    QApplication.setApplicationVersion(__version__)
+    QApplication.setDesktopFileName("voipclient")
+    qapp = QApplication.instance() or QApplication(sys.argv[:1])
+    qapp.setQuitOnLastWindowClosed(False)  # the tray keeps us alive; App.quit ends us
+    app = App(args, qapp)
+    app.window.show()
+    QTimer.singleShot(0, app.first_connect)
+    code = qapp.exec()
+    app.shutdown()
+    return int(code)

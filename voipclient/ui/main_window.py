@@ -1,0 +1,634 @@
+"""The main window: channel tree with members and talking marks, per-channel controls, chat,
+toolbar, status bar, level meter, reconnect banner. It renders :class:`ClientModel` rows and
+forwards the user's actions to :class:`ClientController`; it decides nothing itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QPushButton,
+    QSlider,
+    QSplitter,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+    QWidgetAction,
+)
+
+from voipclient.ui.chat import ChatPanel
+from voipclient.ui.controller import ClientController, stats_text
+from voipclient.ui.hotkey_capture import HotkeyCaptureWidget
+from voipclient.ui.model import ChannelRow, MemberRow
+from voipclient.ui.widgets import Banner, LevelMeter
+
+ROLE_KIND = Qt.ItemDataRole.UserRole  # "channel" | "user"
+ROLE_ID = Qt.ItemDataRole.UserRole + 1  # channel id | sender id
+ROLE_CHANNEL = Qt.ItemDataRole.UserRole + 2  # a user row's channel id
+
+TALKING = "🔊"
+TRUST_MARKS = {"verified": "✔", "changed": "⚠", "blocked": "⛔", "tofu": ""}
+TRUST_TIPS = {
+    "verified": "Verified: you compared safety numbers with this person.",
+    "changed": "Warning: this person's identity key changed since you first saw it. Compare "
+    "safety numbers (right-click → Safety number).",
+    "blocked": "Blocked: the key changed after you verified it. Nothing from them is played "
+    "until you verify the new key.",
+    "tofu": "Not verified yet: right-click → Safety number to compare it with them.",
+}
+
+
+def channel_label(row: ChannelRow) -> str:
+    marks = []
+    if row.talking:
+        marks.append(TALKING)
+    if row.password_protected:
+        marks.append("🔒")
+    if row.hot_mic:
+        marks.append("🎙 hot mic")
+    if row.muted:
+        marks.append("(muted)")
+    return " ".join([row.name, *marks])
+
+
+def member_label(member: MemberRow) -> str:
+    parts = [member.name + (" (you)" if member.is_me else "")]
+    if member.talking:
+        parts.append(TALKING)
+    if member.deafened:
+        parts.append("🔇 deafened")
+    elif member.muted:
+        parts.append("🎤✕ muted")
+    if member.local_muted:
+        parts.append("(muted for you)")
+    mark = TRUST_MARKS.get(member.trust, "")
+    if mark:
+        parts.append(mark)
+    return " ".join(parts)
+
+
+class ChannelTree(QTreeWidget):
+    """Channels (nested) with their members; column 2 shows the channel's push-to-talk keys."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("channelTree")
+        self.setAccessibleName("Channels and members")
+        self.setColumnCount(2)
+        self.setHeaderLabels(["Channel", "Push-to-talk"])
+        self.setRootIsDecorated(True)
+        self.setUniformRowHeights(True)
+        self.setAlternatingRowColors(False)
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.setToolTip(
+            "Double-click (or Enter) a channel to join or leave it; right-click for more. "
+            "You can be in several channels at once and talk into each with its own key."
+        )
+        self.header().setStretchLastSection(False)
+        self.header().setSectionResizeMode(0, self.header().ResizeMode.Stretch)
+        self.header().setSectionResizeMode(1, self.header().ResizeMode.ResizeToContents)
+        self._items: dict[int, QTreeWidgetItem] = {}
+
+    def render(self, rows: tuple[ChannelRow, ...], talking_colour: Any) -> None:  # type: ignore[override]
+        selected = self.selected()
+        expanded_known = {cid for cid, item in self._items.items() if not item.isExpanded()}
+        self.setUpdatesEnabled(False)
+        self.clear()
+        self._items = {}
+        bold = self.font()
+        bold.setBold(True)
+        for row in rows:
+            parent = self._items.get(row.parent) if row.parent is not None else None
+            item = QTreeWidgetItem(parent) if parent is not None else QTreeWidgetItem(self)
+            item.setText(0, channel_label(row))
+            item.setText(1, ", ".join(row.ptt_keys) + (" · hot mic" if row.hot_mic else ""))
+            item.setData(0, ROLE_KIND, "channel")
+            item.setData(0, ROLE_ID, row.id)
+            tip = [row.description] if row.description else []
+            tip.append("You are in this channel." if row.joined else "Double-click to join.")
+            if row.joined and not row.may_speak:
+                tip.append("Listen only: the channel does not let you talk.")
+            if row.ptt_keys:
+                tip.append(f"Push-to-talk: {', '.join(row.ptt_keys)}")
+            item.setToolTip(0, "\n".join(tip))
+            if row.joined:
+                item.setFont(0, bold)
+            if row.talking:
+                item.setForeground(0, talking_colour)
+            for member in row.members:
+                child = QTreeWidgetItem(item)
+                child.setText(0, member_label(member))
+                child.setData(0, ROLE_KIND, "user")
+                child.setData(0, ROLE_ID, member.sender_id)
+                child.setData(0, ROLE_CHANNEL, row.id)
+                child.setToolTip(0, TRUST_TIPS.get(member.trust, ""))
+                if member.talking:
+                    child.setForeground(0, talking_colour)
+            self._items[row.id] = item
+            item.setExpanded(row.id not in expanded_known)
+        if selected is not None and selected in self._items:
+            self.setCurrentItem(self._items[selected])
+        self.setUpdatesEnabled(True)
+
+    def selected(self) -> int | None:
+        item = self.currentItem()
+        if item is None:
+            return None
+        if item.data(0, ROLE_KIND) == "user":
+            return int(item.data(0, ROLE_CHANNEL))
+        return int(item.data(0, ROLE_ID))
+
+    def item_for(self, channel_id: int) -> QTreeWidgetItem | None:
+        return self._items.get(channel_id)
+
+
+class ChannelControls(QGroupBox):
+    """The selected channel's controls: join/leave, volume, mute, push-to-talk key, hot mic."""
+
+    def __init__(self, controller: ClientController, parent: QWidget | None = None) -> None:
+        super().__init__("Channel", parent)
+        self.setObjectName("channelControls")
+        self.controller = controller
+        self.channel_id: int | None = None
+        self.join_button = QPushButton("Join")
+        self.join_button.setObjectName("joinButton")
+        self.join_button.setToolTip("Join or leave this channel (you can be in several at once)")
+        self.volume = QSlider(Qt.Orientation.Horizontal)
+        self.volume.setObjectName("channelVolume")
+        self.volume.setRange(0, 200)
+        self.volume.setToolTip("How loud this channel is for you (100 % = unchanged)")
+        self.volume.setAccessibleName("Channel volume")
+        self.mute = QCheckBox("Mute")
+        self.mute.setObjectName("channelMute")
+        self.mute.setToolTip("Stop hearing this channel (you stay in it)")
+        self.ptt = HotkeyCaptureWidget()
+        self.ptt.setObjectName("channelPtt")
+        self.ptt.setAccessibleName("Push-to-talk key of this channel")
+        self.clear_ptt = QPushButton("Clear")
+        self.clear_ptt.setObjectName("clearPtt")
+        self.clear_ptt.setToolTip("Remove this channel's push-to-talk key")
+        self.hot_mic = QCheckBox("Hot mic")
+        self.hot_mic.setObjectName("hotMic")
+        self.hot_mic.setToolTip(
+            "Talk into this channel without a key: voice activation or always on, as chosen in "
+            "Settings → Transmission (one channel at most)"
+        )
+        ptt_row = QHBoxLayout()
+        ptt_row.addWidget(self.ptt, 1)
+        ptt_row.addWidget(self.clear_ptt)
+        form = QFormLayout(self)
+        form.addRow(self.join_button)
+        form.addRow("Volume", self.volume)
+        form.addRow(self.mute, self.hot_mic)
+        form.addRow("Push-to-talk", ptt_row)
+        self.join_button.clicked.connect(self._toggle_join)
+        self.volume.valueChanged.connect(self._volume_changed)
+        self.mute.toggled.connect(self._mute_toggled)
+        self.ptt.captured.connect(self._captured)
+        self.clear_ptt.clicked.connect(lambda: self._captured(None))
+        self.hot_mic.toggled.connect(self._hot_mic_toggled)
+        self._volume_timer = QTimer(self)
+        self._volume_timer.setSingleShot(True)
+        self._volume_timer.setInterval(150)
+        self._volume_timer.timeout.connect(self._volume_commit)
+        self._updating = False
+        self.show_row(None)
+
+    def show_row(self, row: ChannelRow | None) -> None:
+        self._updating = True
+        self.channel_id = None if row is None else row.id
+        self.setEnabled(row is not None)
+        if row is None:
+            self.setTitle("Channel")
+            self._updating = False
+            return
+        self.setTitle(row.name)
+        self.join_button.setText("Leave" if row.joined else "Join")
+        if not self.volume.isSliderDown():
+            self.volume.setValue(round(row.volume * 100))
+        self.mute.setChecked(row.muted)
+        if not self.ptt.is_capturing():
+            self.ptt.set_keys(", ".join(row.ptt_keys))
+        self.ptt.setEnabled(row.joined)
+        self.clear_ptt.setEnabled(row.joined and bool(row.ptt_keys))
+        self.hot_mic.setChecked(row.hot_mic)
+        self.hot_mic.setEnabled(row.joined and row.may_speak)
+        self._updating = False
+
+    def _toggle_join(self) -> None:
+        cid = self.channel_id
+        if cid is None:
+            return
+        row = self.controller.model.row(cid)
+        if row is None:
+            return
+        if row.joined:
+            self.controller.leave(cid)
+        elif row.password_protected:
+            password, ok = QInputDialog.getText(
+                self, "Channel password", f"Password for {row.name}:", QLineEdit.EchoMode.Password
+            )
+            if ok:
+                self.controller.join(cid, password)
+        else:
+            self.controller.join(cid)
+
+    def _volume_changed(self, _value: int) -> None:
+        if not self._updating:
+            self._volume_timer.start()
+
+    def _volume_commit(self) -> None:
+        if self.channel_id is not None:
+            self.controller.set_channel_volume(self.channel_id, self.volume.value() / 100)
+
+    def _mute_toggled(self, muted: bool) -> None:
+        if not self._updating and self.channel_id is not None:
+            self.controller.set_channel_muted(self.channel_id, muted)
+
+    def _captured(self, keys: str | None) -> None:
+        if self.channel_id is not None:
+            self.controller.set_channel_binding(self.channel_id, keys)
+
+    def _hot_mic_toggled(self, on: bool) -> None:
+        if not self._updating and self.channel_id is not None:
+            self.controller.set_hot_mic(self.channel_id if on else None)
+
+
+class MainWindow(QMainWindow):
+    """See the module docstring."""
+
+    settings_requested = Signal()
+    connect_requested = Signal()
+    quit_requested = Signal()
+
+    def __init__(self, controller: ClientController, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.setObjectName("mainWindow")
+        self.setWindowTitle("voipclient")
+        self.resize(1000, 680)
+        self.tray_available = False
+        self.really_quit = False
+        from voipclient.ui import theme
+
+        self._theme = theme
+        # toolbar
+        bar = self.addToolBar("Main")
+        bar.setObjectName("mainToolbar")
+        bar.setMovable(False)
+        self.connect_action = QAction("Connect…", self)
+        self.connect_action.setShortcut(QKeySequence("Ctrl+O"))
+        self.connect_action.setToolTip("Choose a server, or start a local one (Ctrl+O)")
+        self.disconnect_action = QAction("Disconnect", self)
+        self.disconnect_action.setToolTip("Leave the server")
+        self.mute_action = QAction("Mute microphone", self)
+        self.mute_action.setCheckable(True)
+        self.mute_action.setShortcut(QKeySequence("Ctrl+M"))
+        self.mute_action.setToolTip("Nobody hears you, in any channel (Ctrl+M)")
+        self.deafen_action = QAction("Deafen", self)
+        self.deafen_action.setCheckable(True)
+        self.deafen_action.setShortcut(QKeySequence("Ctrl+D"))
+        self.deafen_action.setToolTip("Hear nothing and mute your microphone (Ctrl+D)")
+        self.settings_action = QAction("Settings…", self)
+        self.settings_action.setShortcut(QKeySequence("Ctrl+,"))
+        self.settings_action.setToolTip("Audio, transmission, hotkeys, appearance (Ctrl+,)")
+        self.quit_action = QAction("Quit", self)
+        self.quit_action.setShortcut(QKeySequence("Ctrl+Q"))
+        for action in (
+            self.connect_action,
+            self.disconnect_action,
+            self.mute_action,
+            self.deafen_action,
+            self.settings_action,
+        ):
+            bar.addAction(action)
+            action.setObjectName(action.text().rstrip("…").replace(" ", "_").lower() + "_action")
+        self.addAction(self.quit_action)
+        # centre
+        self.banner = Banner()
+        self.tree = ChannelTree()
+        self.controls = ChannelControls(controller)
+        self.meter = LevelMeter()
+        self.meter.set_threshold(controller.prefs.transmit.vad_threshold)
+        self.chat = ChatPanel()
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(6, 6, 6, 6)
+        left_layout.addWidget(self.tree, 1)
+        left_layout.addWidget(self.controls)
+        meter_row = QHBoxLayout()
+        mic = QLabel("Mic")
+        mic.setBuddy(self.meter)
+        meter_row.addWidget(mic)
+        meter_row.addWidget(self.meter, 1)
+        left_layout.addLayout(meter_row)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.setObjectName("mainSplitter")
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(self.chat)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 3)
+        centre = QWidget()
+        layout = QVBoxLayout(centre)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.splitter, 1)
+        self.setCentralWidget(centre)
+        # status bar
+        self.state_label = QLabel("Not connected")
+        self.state_label.setObjectName("stateLabel")
+        self.link_label = QLabel("")
+        self.link_label.setObjectName("linkLabel")
+        self.link_label.setToolTip(
+            "Voice path: UDP (best) or TLS fallback when UDP is blocked; round-trip time to the "
+            "server; packet loss; voice bitrate sent and received"
+        )
+        self.warning_label = QLabel("")
+        self.warning_label.setObjectName("warningLabel")
+        self.hotkeys_label = QLabel("")
+        self.hotkeys_label.setObjectName("hotkeysLabel")
+        status = self.statusBar()
+        status.addWidget(self.state_label)
+        status.addWidget(self.link_label, 1)
+        status.addPermanentWidget(self.warning_label)
+        status.addPermanentWidget(self.hotkeys_label)
+        # wiring
+        self.connect_action.triggered.connect(self.connect_requested)
+        self.disconnect_action.triggered.connect(controller.disconnect_server)
+        self.mute_action.toggled.connect(controller.set_muted)
+        self.deafen_action.toggled.connect(self._deafen_toggled)
+        self.settings_action.triggered.connect(self.settings_requested)
+        self.quit_action.triggered.connect(self._quit)
+        self.tree.itemDoubleClicked.connect(self._double_clicked)
+        self.tree.itemActivated.connect(self._double_clicked)
+        self.tree.currentItemChanged.connect(lambda *_: self._show_controls())
+        self.tree.customContextMenuRequested.connect(self._context_menu)
+        self.chat.send_requested.connect(controller.send_text)
+        controller.model_changed.connect(self.refresh)
+        controller.connection_state.connect(self._state_changed)
+        controller.stats_changed.connect(lambda s: self.link_label.setText(stats_text(s)))
+        controller.banner.connect(self.banner.show_text)
+        controller.message.connect(self._message)
+        controller.text_received.connect(self._text_received)
+        controller.chat_notice.connect(self.chat.add_notice)
+        controller.levels.connect(self._levels)
+        controller.audio_status.connect(self._audio_status)
+        controller.hotkeys_status.connect(self._hotkeys_status)
+        controller.prefs_changed.connect(
+            lambda p: self.meter.set_threshold(p.transmit.vad_threshold)
+        )
+        self._warnings: dict[str, str] = {}
+        self._joined: tuple[tuple[int, str], ...] = ()
+        self._audio_status(controller.audio_problem)
+        self._hotkeys_status(controller.hotkeys)
+        self.disconnect_action.setEnabled(False)
+
+    # -- rendering ---------------------------------------------------------------------------
+    def refresh(self) -> None:
+        model = self.controller.model
+        colour = self._theme.TALKING_COLOUR if hasattr(self._theme, "TALKING_COLOUR") else None
+        from PySide6.QtGui import QBrush, QColor
+
+        brush = QBrush(colour if colour is not None else QColor("#3ba55d"))
+        joined = model.joined()
+        if joined != self._joined:
+            self._joined = joined
+            self.chat.set_channels(list(joined))
+        self.tree.render(model.rows(), brush)
+        self._show_controls()
+        me = model.my_name
+        if me:
+            self.chat.set_own_name(me)
+        for cid, _name in joined:
+            self.chat.set_members(cid, list(model.member_names(cid)))
+        self._update_title()
+
+    def _show_controls(self) -> None:
+        cid = self.tree.selected()
+        self.controls.show_row(None if cid is None else self.controller.model.row(cid))
+        if cid is not None:
+            row = self.controller.model.row(cid)
+            if row is not None and any(cid == j for j, _ in self._joined):
+                self.chat.show_channel(cid)
+
+    def _update_title(self) -> None:
+        bookmark = self.controller.bookmark
+        if bookmark is None or self.controller.state != "ready":
+            self.setWindowTitle("voipclient")
+        else:
+            self.setWindowTitle(f"{bookmark.label or bookmark.key} — voipclient")
+
+    # -- from the controller -----------------------------------------------------------------
+    def _state_changed(self, state: str, detail: str) -> None:
+        text = {
+            "connecting": "Connecting…",
+            "awaiting_approval": "Waiting for you to trust the server's key",
+            "logging_in": "Logging in…",
+            "ready": "Connected",
+            "refused": "Refused",
+            "closed": "Not connected",
+        }.get(state, state)
+        self.state_label.setText(text)
+        self.state_label.setToolTip(detail)
+        self.disconnect_action.setEnabled(state not in {"closed", "refused"})
+        if state == "refused":
+            self.banner.show_text(f"Connection refused: {detail}")
+        if state != "ready":
+            self.link_label.setText("")
+        self._update_title()
+
+    def _message(self, level: str, text: str) -> None:
+        self.statusBar().showMessage(text, 15_000)
+        if level == "error":
+            QMessageBox.warning(self, "voipclient", text)
+        if "identity key changed" in text:
+            self._warnings["keys"] = "⚠ key warning"
+            self.warning_label.setToolTip(text)
+            self._show_warnings()
+
+    def _show_warnings(self) -> None:
+        self.warning_label.setText("  ".join(self._warnings.values()))
+
+    def _audio_status(self, problem: str) -> None:
+        if problem:
+            self._warnings["audio"] = "⚠ audio"
+            self.warning_label.setToolTip(problem)
+            self.statusBar().showMessage(problem, 30_000)
+        else:
+            self._warnings.pop("audio", None)
+        self._show_warnings()
+
+    def _hotkeys_status(self, text: str) -> None:
+        self.hotkeys_label.setText("⌨ global keys" if "unavailable" not in text else "⌨ in-window")
+        self.hotkeys_label.setToolTip(f"Push-to-talk keys: {text}")
+
+    def _levels(self, level_in: float, _level_out: float, sending: bool, speech: float) -> None:
+        self.meter.set_levels(level_in, speech, sending)
+
+    def _text_received(self, channel_id: int, author: str, text: str, ms: int, own: bool) -> None:
+        self.chat.add_message(channel_id, author, text, ms, own=own)
+
+    # -- user actions ------------------------------------------------------------------------
+    def _deafen_toggled(self, on: bool) -> None:
+        self.controller.set_deafened(on)
+        self.mute_action.blockSignals(True)
+        self.mute_action.setChecked(self.controller.muted)
+        self.mute_action.blockSignals(False)
+
+    def _double_clicked(self, item: QTreeWidgetItem, _column: int = 0) -> None:
+        if item.data(0, ROLE_KIND) != "channel":
+            return
+        self.tree.setCurrentItem(item)
+        self.controls._toggle_join()
+
+    def _context_menu(self, pos: Any) -> None:
+        item = self.tree.itemAt(pos)
+        if item is None:
+            return
+        menu = self.build_context_menu(item)
+        if menu is not None:
+            menu.exec(self.tree.viewport().mapToGlobal(pos))
+
+    def build_context_menu(self, item: QTreeWidgetItem) -> QMenu | None:
+        """The channel's or the user's context menu (built here so tests can inspect it)."""
+        kind, ident = item.data(0, ROLE_KIND), int(item.data(0, ROLE_ID))
+        model, ctl = self.controller.model, self.controller
+        menu = QMenu(self)
+        if kind == "channel":
+            row = model.row(ident)
+            if row is None:
+                return None
+            join = menu.addAction("Leave channel" if row.joined else "Join channel")
+            join.triggered.connect(
+                lambda: self.tree.setCurrentItem(item) or self.controls._toggle_join()
+            )
+            mute = menu.addAction("Mute channel")
+            mute.setCheckable(True)
+            mute.setChecked(row.muted)
+            mute.toggled.connect(lambda on: ctl.set_channel_muted(ident, on))
+            hot = menu.addAction("Hot mic channel")
+            hot.setCheckable(True)
+            hot.setChecked(row.hot_mic)
+            hot.setEnabled(row.joined and row.may_speak)
+            hot.toggled.connect(lambda on: ctl.set_hot_mic(ident if on else None))
+            if row.ptt_keys:
+                clear = menu.addAction(f"Remove push-to-talk key ({', '.join(row.ptt_keys)})")
+                clear.triggered.connect(lambda: ctl.set_channel_binding(ident, None))
+            menu.addSection("Volume")
+            menu.addAction(self._slider_action(menu, row.volume, ctl.set_channel_volume, ident))
+            return menu
+        user = model.roster.users.get(ident)
+        if user is None:
+            return None
+        member = next((m for r in model.rows() for m in r.members if m.sender_id == ident), None)
+        if member is None or member.is_me:
+            menu.addAction("This is you").setEnabled(False)
+            return menu
+        mute = menu.addAction("Mute for me")
+        mute.setCheckable(True)
+        mute.setChecked(member.local_muted)
+        mute.toggled.connect(lambda on: ctl.set_user_muted(ident, on))
+        safety = menu.addAction("Safety number…")
+        safety.triggered.connect(lambda: self.show_safety_number(ident))
+        verified = menu.addAction("Mark as verified")
+        verified.setCheckable(True)
+        verified.setChecked(member.trust == "verified")
+        verified.toggled.connect(lambda on: ctl.set_verified(user.name, on))
+        menu.addSection("Volume")
+        menu.addAction(self._slider_action(menu, member.volume, ctl.set_user_volume, ident))
+        return menu
+
+    def _slider_action(self, menu: QMenu, value: float, apply: Any, ident: int) -> QWidgetAction:
+        slider = QSlider(Qt.Orientation.Horizontal)
+        slider.setRange(0, 200)
+        slider.setValue(round(value * 100))
+        slider.setMinimumWidth(160)
+        slider.setToolTip("Volume for you (100 % = unchanged)")
+        slider.setAccessibleName("Volume")
+        slider.sliderReleased.connect(lambda: apply(ident, slider.value() / 100))
+        slider.valueChanged.connect(lambda v: slider.setToolTip(f"{v} %"))
+        action = QWidgetAction(menu)
+        action.setDefaultWidget(slider)
+        return action
+
+    def show_safety_number(self, sender_id: int) -> QDialog | None:
+        number = self.controller.safety_number(sender_id)
+        user = self.controller.model.roster.users.get(sender_id)
+        if number is None or user is None:
+            return None
+        dialog = SafetyNumberDialog(user.name, number, self)
+        dialog.verify.connect(lambda on: self.controller.set_verified(user.name, on))
+        dialog.open()
+        return dialog
+
+    def _quit(self) -> None:
+        self.really_quit = True
+        self.close()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.tray_available and self.controller.prefs.close_to_tray and not self.really_quit:
+            self.hide()
+            event.ignore()
+            return
+        self.quit_requested.emit()
+        event.accept()
+
+    def restore_geometry(self, geometry: QByteArray | None, state: QByteArray | None) -> None:
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        if state is not None:
+            self.restoreState(state)
+
+
+class SafetyNumberDialog(QDialog):
+    """The 60-digit number to compare with the other person, and the verify switch."""
+
+    verify = Signal(bool)
+
+    def __init__(self, name: str, number: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("safetyNumberDialog")
+        self.setWindowTitle(f"Safety number with {name}")
+        text = QLabel(
+            f"Compare this number with {name} in person or over another channel you trust. If it "
+            "matches, nobody — not even the server — can listen in or pretend to be them."
+        )
+        text.setWordWrap(True)
+        self.number = QLabel(number)
+        self.number.setObjectName("safetyNumber")
+        self.number.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        font = self.number.font()
+        font.setFamily("monospace")
+        font.setPointSizeF(font.pointSizeF() * 1.3)
+        self.number.setFont(font)
+        buttons = QDialogButtonBox()
+        self.verify_button = buttons.addButton(
+            "Mark verified", QDialogButtonBox.ButtonRole.AcceptRole
+        )
+        self.verify_button.setObjectName("markVerified")
+        copy = buttons.addButton("Copy", QDialogButtonBox.ButtonRole.ActionRole)
+        buttons.addButton(QDialogButtonBox.StandardButton.Close)
+        copy.clicked.connect(lambda: QApplication.clipboard().setText(number))
+        self.verify_button.clicked.connect(lambda: self.verify.emit(True))
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(text)
+        layout.addWidget(self.number)
+        layout.addWidget(buttons)
