@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 ## make run: install what is missing, then start the app (on an embedded local server).
 run: sysdeps-run $(STAMP)
-	$(PY) -m voipclient
+	scripts/run-app.sh $(PY) $(RUN_ARGS)
 
 ## make test: install what is missing, start PulseAudio null sinks + Xvfb + Secret Service in a
 ## private runtime dir, run lint, type checks and the whole pytest suite, stop what was started.

@@ -95,3 +95,30 @@ def _zombie(pid: int) -> bool:
         return " Z " in Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
+
+
+@pytest.mark.timeout(90)
+def test_make_run_without_a_display_opens_the_window_on_the_local_server(tmp_path: Path) -> None:
+    """`make run`'s script on a box with no display: Xvfb, the embedded local server, a
+    connected window with the server's channels (the app reports and quits by itself)."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DISPLAY", "WAYLAND_DISPLAY"}}
+    env.update(
+        HOME=str(tmp_path),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        XDG_DATA_HOME=str(tmp_path / "data"),
+    )
+    import sys
+
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts/run-app.sh"), sys.executable, "--quit-after", "6"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "virtual X server" in result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"voipclient: state=ready channels=5 joined=1 audio=\w+ hotkeys=\S+", line)
+    assert (tmp_path / "data" / "voipclient" / "local-server" / "server-cert.pem").exists()

@@ -56,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settings-dir", type=Path, help="keep the settings file here (portable installs, tests)"
     )
+    parser.add_argument(
+        "--quit-after",
+        type=float,
+        metavar="SECONDS",
+        help="print the connection state and quit after this long (smoke tests)",
+    )
 
 
 class App:
@@ -139,10 +145,23 @@ class App:
         return self.args.name or self.controller.prefs.username or _os_user()
 
     def connect_to(
-        self, bookmark: Any, pin: str | None = None, username: str | None = None
+        self,
+        bookmark: Any,
+        pin: str | None = None,
+        username: str | None = None,
+        local: bool = False,
     ) -> None:
         name = username or bookmark.username or self.username()
-        self.controller.connect_to(bookmark, name, pin=pin)
+        self.controller.connect_to(bookmark, name, pin=pin, local=local)
+
+    def report(self) -> str:
+        """One line for ``--quit-after``: state, channels, audio, hotkeys."""
+        ctl = self.controller
+        return (
+            f"voipclient: state={ctl.state} channels={len(ctl.model.rows())} "
+            f"joined={len(ctl.model.joined())} audio={'ok' if not ctl.audio_problem else 'none'} "
+            f"hotkeys={ctl.hotkeys.split(' ')[0] or '-'}"
+        )
 
     def start_local(self) -> None:
         from PySide6.QtWidgets import QMessageBox
@@ -154,7 +173,7 @@ class App:
         except EmbeddedServerError as exc:
             QMessageBox.warning(self.window, "Local server", str(exc))
             return
-        self.connect_to(bookmark, pin)
+        self.connect_to(bookmark, pin, local=True)
 
     # -- dialogs ---------------------------------------------------------------------------------
     def show_connect_dialog(self) -> None:
@@ -285,10 +304,18 @@ def run(args: argparse.Namespace) -> int:
     QApplication.setApplicationVersion(__version__)
     QApplication.setDesktopFileName("voipclient")
     qapp = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(qapp, QApplication)
     qapp.setQuitOnLastWindowClosed(False)  # the tray keeps us alive; App.quit ends us
     app = App(args, qapp)
     app.window.show()
     QTimer.singleShot(0, app.first_connect)
+    if args.quit_after is not None:
+
+        def done() -> None:
+            print(app.report(), flush=True)
+            app.quit()
+
+        QTimer.singleShot(int(args.quit_after * 1000), done)
     code = qapp.exec()
     app.shutdown()
     return int(code)

@@ -435,24 +435,42 @@ class ClientController(QObject):
 
     # -- connection ----------------------------------------------------------------------------
     def connect_to(
-        self, bookmark: Bookmark, username: str, *, pin: str | None = None, password: str = ""
+        self,
+        bookmark: Bookmark,
+        username: str,
+        *,
+        pin: str | None = None,
+        password: str = "",
+        local: bool = False,
     ) -> bool:
         """Open (or switch to) a server. False (and ``message``) when the identity cannot be
-        opened: the keyring is locked, the passphrase was refused or cancelled."""
+        opened: the keyring is locked, the passphrase was refused or cancelled.
+
+        ``local``: our own embedded server on loopback. Without an OS keyring its identity key is
+        kept in memory for this run (nobody else can reach that server, and a key is never
+        written in plaintext) instead of asking for a passphrase on the first start."""
         self.disconnect_server()
         key = bookmark.key
-        try:
-            opened = open_identity(
-                key,
-                username,
-                keyring_store=self._keyring,
-                key_dir=self.data_dir / "keys",
-                ask_passphrase=self._ask_passphrase,
+        if local and not self._keyring.is_available():
+            self.identity = IdentityKey.generate()
+            self.message.emit(
+                "info",
+                "No OS keyring: your identity on the local server lasts until you quit.",
             )
-        except KeystoreError as exc:
-            self.message.emit("error", f"cannot open your identity key for {key}: {exc}")
-            return False
-        self.identity = opened.key
+        else:
+            try:
+                opened = open_identity(
+                    key,
+                    username,
+                    keyring_store=self._keyring,
+                    key_dir=self.data_dir / "keys",
+                    ask_passphrase=self._ask_passphrase,
+                )
+            except KeystoreError as exc:
+                self.message.emit("error", f"cannot open your identity key for {key}: {exc}")
+                return False
+            self.identity = opened.key
+        identity = self.identity
         self.bookmark, self.server_key = bookmark, key
         self.model.reset()
         self.model.set_server_prefs(self.prefs.server(key))
@@ -464,7 +482,7 @@ class ClientController(QObject):
         thread.setObjectName("connection")
         conn = ServerConnection(
             username,
-            opened.key,
+            identity,
             password=password or None,
             tofu=self._tofu,
             pin_file=PinFile(self.data_dir / "server-pins.json"),

@@ -515,9 +515,7 @@ class MainWindow(QMainWindow):
             if row is None:
                 return None
             join = menu.addAction("Leave channel" if row.joined else "Join channel")
-            join.triggered.connect(
-                lambda: self.tree.setCurrentItem(item) or self.controls._toggle_join()
-            )
+            join.triggered.connect(lambda: self._double_clicked(item))
             mute = menu.addAction("Mute channel")
             mute.setCheckable(True)
             mute.setChecked(row.muted)
