@@ -1,0 +1,139 @@
+"""The window's pure model: rows from roster events, talking marks, trust, bindings by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from voipclient.net import events as ev
+from voipclient.net.roster import ChannelView, Roster, RosterSnapshot, UserView
+from voipclient.ui.model import ClientModel, with_binding
+from voipclient.ui.prefs import BindingPref, ServerPrefs
+
+LOBBY, GAMES, SQUAD, AFK = 1, 2, 3, 4
+ME, BOB, EVE = 10, 11, 12
+
+
+def roster(*, bob_muted: bool = False) -> RosterSnapshot:
+    r = Roster()
+    r.add_channel(ChannelView(LOBBY, None, "Lobby"))
+    r.add_channel(ChannelView(GAMES, LOBBY, "Games", description="play"))
+    r.add_channel(ChannelView(SQUAD, GAMES, "Squad"))
+    r.add_channel(ChannelView(AFK, LOBBY, "AFK", password_protected=True))
+    r.add_user(UserView(ME, "me", b"\x01" * 32), {LOBBY: True, GAMES: True})
+    r.add_user(UserView(BOB, "Bob", b"\x02" * 32, muted=bob_muted), {LOBBY: True, GAMES: True})
+    r.add_user(UserView(EVE, "eve", b"\x03" * 32), {SQUAD: False})
+    return r.snapshot()
+
+
+def logged_in() -> ClientModel:
+    model = ClientModel()
+    assert model.apply(ev.LoggedIn(ME, b"\x00" * 32, 0, roster()))
+    return model
+
+
+def test_rows_are_in_tree_order_with_depth_and_membership() -> None:
+    rows = logged_in().rows()
+    assert [(r.name, r.depth) for r in rows] == [
+        ("Lobby", 0),
+        ("AFK", 1),
+        ("Games", 1),
+        ("Squad", 2),
+    ]
+    games = next(r for r in rows if r.id == GAMES)
+    assert games.joined and games.may_speak and games.description == "play"
+    assert [m.name for m in games.members] == ["me", "Bob"]  # me first
+    assert games.members[0].is_me and games.members[0].trust == "verified"
+    squad = next(r for r in rows if r.id == SQUAD)
+    assert not squad.joined
+    assert squad.members[0].name == "eve" and not squad.members[0].may_speak
+    assert next(r for r in rows if r.id == AFK).password_protected
+
+
+def test_roster_change_and_unrelated_events() -> None:
+    model = logged_in()
+    before = model.rows()
+    assert not model.apply(ev.PingStats(1, 1, 1, 1, 1, 1, 0, None, None))
+    assert model.rows() is before  # cached while nothing changes
+    assert model.apply(ev.RosterChanged(roster(bob_muted=True)))
+    bob = next(m for m in model.row(GAMES).members if m.name == "Bob")  # type: ignore[union-attr]
+    assert bob.muted
+    assert not model.apply(ev.RosterChanged(roster(bob_muted=True)))
+
+
+def test_talking_marks_member_and_channel() -> None:
+    model = logged_in()
+    assert model.set_talking({(BOB, GAMES)})
+    assert not model.set_talking([(BOB, GAMES)])
+    games = model.row(GAMES)
+    assert games is not None and games.talking
+    assert [m.talking for m in games.members] == [False, True]
+    assert not model.row(LOBBY).talking  # type: ignore[union-attr]
+    assert model.set_talking(())
+    assert not model.row(GAMES).talking  # type: ignore[union-attr]
+
+
+def test_trust_levels_by_account_name() -> None:
+    model = logged_in()
+    assert model.set_trust("BOB", "changed")
+    bob = next(m for m in model.row(GAMES).members if m.name == "Bob")  # type: ignore[union-attr]
+    assert bob.trust == "changed"
+    assert not model.set_trust("bob", "changed")
+    with pytest.raises(ValueError):
+        model.set_trust("bob", "trusted-ish")
+
+
+def test_bindings_resolve_channel_names_and_report_unknown_ones() -> None:
+    model = logged_in()
+    prefs = ServerPrefs(
+        bindings=(
+            BindingPref("f13", ("games",)),
+            BindingPref("ctrl+f14", ("Games", "Squad")),
+            BindingPref("f15", ("Gone",)),
+        ),
+        hot_mic="Games",
+        channel_volumes={"Games": 0.5},
+        user_muted=frozenset({"Bob"}),
+    )
+    assert model.set_server_prefs(prefs)
+    bindings, problems = model.bindings()
+    assert [(sorted(b.chord), sorted(b.channels)) for b in bindings] == [
+        (["f13"], [GAMES]),
+        (["ctrl", "f14"], [GAMES, SQUAD]),
+    ]
+    assert problems == ["f15: no channel named Gone here"]
+    games = model.row(GAMES)
+    assert games is not None
+    assert games.ptt_keys == ("f13", "ctrl+f14") and games.hot_mic and games.volume == 0.5
+    assert next(m for m in games.members if m.name == "Bob").local_muted
+    assert model.row(SQUAD).ptt_keys == ()  # type: ignore[union-attr]  # not a member: no keys shown
+    assert model.hot_mic_channel() == GAMES
+
+
+def test_with_binding_replaces_only_the_channels_own_key() -> None:
+    prefs = ServerPrefs(
+        bindings=(BindingPref("f13", ("Games",)), BindingPref("ctrl+f14", ("Games", "Squad")))
+    )
+    changed = with_binding(prefs, "games", "mouse4")
+    assert changed.bindings == (
+        BindingPref("ctrl+f14", ("Games", "Squad")),
+        BindingPref("mouse4", ("games",)),
+    )
+    cleared = with_binding(changed, "Games", None)
+    assert cleared.bindings == (BindingPref("ctrl+f14", ("Games", "Squad")),)
+
+
+def test_reset_forgets_the_session() -> None:
+    model = logged_in()
+    model.set_talking({(BOB, GAMES)})
+    assert model.reset()
+    assert model.rows() == () and model.me is None and model.talking == frozenset()
+    assert not model.reset()
+
+
+def test_lookups() -> None:
+    model = logged_in()
+    assert model.channel_id("SQUAD") == SQUAD and model.channel_id("nope") is None
+    assert model.channel_name(AFK) == "AFK" and model.user_name(BOB) == "Bob"
+    assert model.my_name == "me"
+    assert model.joined() == ((LOBBY, "Lobby"), (GAMES, "Games"))
+    assert model.member_names(GAMES) == ("Bob", "me")
