@@ -1,0 +1,140 @@
+"""Generate docs/screenshots/*.png from the real app (run by `make screenshots`).
+
+Three app instances connect to an embedded local server, join channels, bind push-to-talk keys,
+chat (with a mention) and talk; then the main window, the settings dialog and the connect dialog
+are grabbed. Needs a display and audio: run it under scripts/with-test-env.sh (the Makefile does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QApplication
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from voipclient.ui.app import App  # noqa: E402
+from voipclient.ui.model import with_binding  # noqa: E402
+from voipclient.ui.prefs import BindingPref, Bookmark  # noqa: E402
+from voipclient.ui.settings import QSettingsBackend  # noqa: E402
+
+OUT = ROOT / "docs" / "screenshots"
+
+
+def pump(app: QApplication, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def wait_for(app: QApplication, check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise SystemExit("screenshots: timed out waiting for the apps")
+        pump(app, 0.05)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=OUT)
+    opts = parser.parse_args()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    qapp = QApplication(sys.argv[:1])
+    tmp = Path(tempfile.mkdtemp(prefix="voipclient-shots-"))
+    apps: list[App] = []
+
+    def make(name: str) -> App:
+        args = argparse.Namespace(
+            local_server=False,
+            connect=None,
+            name=name,
+            data_dir=tmp / name,
+            settings_dir=None,
+            quit_after=None,
+        )
+        settings = QSettings(str(tmp / f"{name}.ini"), QSettings.Format.IniFormat)
+        app = App(args, qapp, backend=QSettingsBackend(settings))
+        apps.append(app)
+        return app
+
+    alice, bob, carol = make("alice"), make("bob"), make("carol")
+    bookmark, pin = alice.controller.start_local_server()
+    for app in (alice, bob, carol):
+        app.connect_to(bookmark, pin=pin)
+    wait_for(qapp, lambda: all(a.controller.state == "ready" for a in apps))
+    model = alice.controller.model
+    general, squad_a, squad_b = (model.channel_id(n) for n in ("General", "Squad A", "Squad B"))
+    assert general and squad_a and squad_b
+    for app, channels in ((alice, (general, squad_a)), (bob, (general,)), (carol, (squad_a,))):
+        for cid in channels:
+            app.controller.join(cid)
+    wait_for(qapp, lambda: len(alice.controller.model.joined()) == 3)
+    ctl = alice.controller
+    server = ctl.prefs.server(ctl.server_key or "")
+    server = with_binding(server, "General", "f13")
+    server = with_binding(server, "Squad A", "mouse4")
+    server = type(server)(
+        bindings=(*server.bindings, BindingPref("ctrl+f14", ("General", "Squad A"))),
+        hot_mic=None,
+    )
+    ctl._set_server_prefs(server)
+    pump(qapp, 2.0)  # sender keys reach everyone
+    bob.controller.send_text(general, "anyone up for a round? @alice")
+    alice.controller.send_text(general, "in 5 — @bob grab the flag this time")
+    carol.controller.send_text(squad_a, "squad A ready, waiting on callouts")
+    pump(qapp, 1.0)
+    alice.window.resize(1100, 700)
+    alice.window.show()
+    alice.window.chat.show_channel(general)
+    bob.controller.ptt.handle_command(f"press {general}")
+    pump(qapp, 1.0)
+    alice.window.tree.setCurrentItem(alice.window.tree.item_for(general))
+    pump(qapp, 0.5)
+    alice.window.grab().save(str(opts.out / "main-window.png"))
+    bob.controller.ptt.handle_command(f"release {general}")
+
+    alice.show_settings()
+    pump(qapp, 0.5)
+    dialog = alice.settings_dialog
+    dialog.grab().save(str(opts.out / "settings.png"))
+    pages = getattr(dialog, "pages", None)
+    if pages is not None:
+        pages.setCurrentRow(2)  # the hotkeys page
+        pump(qapp, 0.3)
+        dialog.grab().save(str(opts.out / "settings-hotkeys.png"))
+    dialog.reject()
+
+    from voipclient.ui.connect_dialog import ConnectDialog
+
+    prefs = alice.controller.prefs
+    prefs = type(prefs)(
+        audio=prefs.audio,
+        transmit=prefs.transmit,
+        bookmarks=(
+            Bookmark("Friday raid", "voice.example.org", 64738, "alice"),
+            Bookmark("Office", "10.0.0.12", 64738, "alice"),
+            Bookmark("Local server", bookmark.host, bookmark.port, "alice"),
+        ),
+    )
+    connect = ConnectDialog(prefs, discovery=False, parent=alice.window)
+    connect.show()
+    pump(qapp, 0.5)
+    connect.grab().save(str(opts.out / "connect-dialog.png"))
+    connect.reject()
+
+    for app in apps:
+        app.shutdown()
+    print(f"screenshots written to {opts.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
