@@ -53,6 +53,9 @@ SCRIPT = textwrap.dedent(
         "voipclient.ptt.sources",
         "voipclient.ptt.service",
         "voipclient.ptt.control",
+        "voipclient.ui.mentions",
+        "voipclient.ui.model",
+        "voipclient.ui.prefs",
     ]
     for pkg in (voipclient.crypto, voipclient.net):
         # every module but the Qt adapters, which are named qt_*

@@ -117,6 +117,7 @@ class App:
         self.window.chat.mentioned.connect(self._mentioned)
         self.controller.pin_approval_needed.connect(self._approve_pin)
         self.controller.connection_state.connect(self._state)
+        self.controller.password_needed.connect(self._ask_password)
         self.controller.start(self.window)
         self._quitting = False
         for problem in problems:
@@ -239,6 +240,15 @@ class App:
         )
         dialog.open()
 
+    def _ask_password(self, label: str, why: str) -> None:
+        from voipclient.ui.trust_dialogs import ask_server_password
+
+        ctl = self.controller
+        bookmark, name = ctl.bookmark, ctl.username
+        password = ask_server_password(self.window, label, why)
+        if password and bookmark is not None:
+            ctl.connect_to(bookmark, name, password=password)
+
     def _state(self, state: str, _detail: str) -> None:
         if state == "ready" and self.pin_dialog is not None:
             self.pin_dialog = None
@@ -246,6 +256,9 @@ class App:
     def _mentioned(self, channel_id: int, author: str, text: str) -> None:
         if not self.controller.prefs.notify_mentions:
             return
+        chat = self.window.chat
+        if self.window.isActiveWindow() and chat.current_channel() == channel_id:
+            return  # the user is reading that conversation right now
         channel = self.controller.model.channel_name(channel_id) or "a channel"
         title = f"{author} mentioned you in {channel}"
         if self.tray is not None and self.tray.supportsMessages():

@@ -187,6 +187,8 @@ class ClientController(QObject):
     hotkeys_status = Signal(str)
     #: the transport: "udp" or "tunnel"
     transport_changed = Signal(str)
+    #: (server label, why): the server wants a (different) password; ask and connect again
+    password_needed = Signal(str, str)
 
     # queued calls into the connection's thread
     _open = Signal(str, int, object)
@@ -223,6 +225,7 @@ class ClientController(QObject):
         self.server_key: str | None = None
         self.bookmark: Bookmark | None = None
         self.identity: IdentityKey | None = None
+        self.username = ""
         self.state = "closed"
         self.transport = "udp"
         self.muted = False
@@ -471,7 +474,7 @@ class ClientController(QObject):
                 return False
             self.identity = opened.key
         identity = self.identity
-        self.bookmark, self.server_key = bookmark, key
+        self.bookmark, self.server_key, self.username = bookmark, key, username
         self.model.reset()
         self.model.set_server_prefs(self.prefs.server(key))
         if not self.prefs.username:
@@ -721,6 +724,8 @@ class ClientController(QObject):
             )
         elif isinstance(action, sv.Stopped):
             self.banner.emit(f"Disconnected: {action.message}")
+            if action.reason == sv.StopReason.BAD_PASSWORD and self.bookmark is not None:
+                self.password_needed.emit(self.bookmark.label or self.bookmark.key, action.message)
         elif isinstance(action, sv.RestoreSkipped):
             self.message.emit("warning", str(getattr(action, "reason", action)))
 

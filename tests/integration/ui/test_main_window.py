@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtWidgets import QApplication, QTreeWidgetItem
+from PySide6.QtWidgets import QApplication, QTreeWidgetItem, QWidget
 
 from voipclient.ui.app import App
 from voipclient.ui.main_window import ROLE_ID, ROLE_KIND, TALKING
@@ -179,11 +179,21 @@ def test_chat_with_a_mention(qtbot: Any, make_app: AppFactory, start_server: Sta
     qtbot.wait(1500)  # KeyDist: alice's text key reaches bob
     mentions: list[tuple[int, str, str]] = []
     bob.window.chat.mentioned.connect(lambda c, a, t: mentions.append((c, a, t)))
-    bob.window.chat.show_channel(B if False else A)
     alice.window.chat.show_channel(A)
-    alice.window.chat.send_requested.emit(A, "hey @bob, ready?")
+    bob.window.chat.show_channel(1)
+    box = alice.window.chat.findChild(QWidget, "chatInput")
+    assert box is not None
+    box.setFocus()
+    qtbot.keyClicks(box, "hey @bo")
+    qtbot.keyClick(box, Qt.Key.Key_Tab)  # completes the member's name
+    qtbot.keyClicks(box, "ready?")
+    qtbot.keyClick(box, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: bool(mentions), timeout=10_000)
-    assert mentions == [(A, "alice", "hey @bob, ready?")]
+    assert mentions == [(A, "alice", "hey @bob ready?")]
+    # bob is looking at the Lobby's conversation: A's message waits as an unread mention
+    assert (bob.window.chat.unread(A), bob.window.chat.mention_count(A)) == (1, 1)
+    alice_view = alice.window.chat.findChild(QWidget, f"chatView-{A}")
+    assert alice_view is not None and "ready?" in alice_view.toPlainText()
 
 
 def test_reconnect_banner_after_server_dies(
