@@ -1,0 +1,87 @@
+"""Shared pieces of the desktop-app tests: an app factory fixture (each app with its own
+settings file and data directory, shut down at teardown) and tree lookups."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QApplication, QTreeWidgetItem
+
+from voipclient.ui.app import App
+from voipclient.ui.main_window import ROLE_KIND
+from voipclient.ui.prefs import Bookmark
+from voipclient.ui.settings import QSettingsBackend
+
+from ..conftest import ServerProcess
+
+AppFactory = Callable[..., App]
+
+
+@pytest.fixture
+def make_app(qtbot: Any, tmp_path: Path) -> Iterator[AppFactory]:
+    apps: list[App] = []
+
+    def make(name: str, **flags: Any) -> App:
+        root = tmp_path / name
+        args = argparse.Namespace(
+            local_server=False,
+            connect=None,
+            name=name,
+            data_dir=root / "data",
+            settings_dir=None,
+        )
+        for key, value in flags.items():
+            setattr(args, key, value)
+        settings = QSettings(str(root / "settings.ini"), QSettings.Format.IniFormat)
+        app = App(args, QApplication.instance(), backend=QSettingsBackend(settings))
+        apps.append(app)
+        app.window.show()
+        qtbot.waitExposed(app.window)
+        return app
+
+    yield make
+    for app in apps:
+        app.shutdown()
+        app.window.close()
+
+
+def connect(qtbot: Any, app: App, server: ServerProcess) -> None:
+    app.connect_to(Bookmark("test", server.host, server.port), pin=server.pin)
+    qtbot.waitUntil(
+        lambda: app.controller.state == "ready" and app.controller.model.me is not None,
+        timeout=15_000,
+    )
+
+
+def channel_item(app: App, channel_id: int) -> QTreeWidgetItem:
+    item = app.window.tree.item_for(channel_id)
+    assert item is not None, f"channel {channel_id} is not in the tree"
+    return item
+
+
+def member_item(app: App, channel_id: int, name: str) -> QTreeWidgetItem | None:
+    parent = channel_item(app, channel_id)
+    for i in range(parent.childCount()):
+        child = parent.child(i)
+        if child.data(0, ROLE_KIND) == "user" and child.text(0).startswith(name):
+            return child
+    return None
+
+
+def join_by_double_click(qtbot: Any, app: App, channel_id: int) -> None:
+    tree = app.window.tree
+    item = channel_item(app, channel_id)
+    tree.scrollToItem(item)
+    rect = tree.visualItemRect(item)
+    # a real double click: press/release, then the double-click event on the same item
+    qtbot.mouseClick(tree.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.mouseDClick(tree.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.waitUntil(
+        lambda: (row := app.controller.model.row(channel_id)) is not None and row.joined,
+        timeout=10_000,
+    )
