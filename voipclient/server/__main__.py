@@ -2,9 +2,10 @@
 
 Start order (each step logged): arguments → configuration (file, then environment, then the
 command line) → data directory → TLS identity (created on first start) → store → sockets and
-cores → the start line on stdout → serve until SIGINT/SIGTERM → ServerShutdown to every client →
-close. Exit status: 0 after a clean stop, 2 for a usage or configuration error, 1 when the server
-cannot start (port taken, unreadable key, ...). Errors are one line on stderr, no traceback.
+cores → the start line on stdout → (with ``--announce``) the LAN announcement, in the background
+→ serve until SIGINT/SIGTERM → ServerShutdown to every client → LAN goodbyes → close. Exit
+status: 0 after a clean stop, 2 for a usage or configuration error, 1 when the server cannot start
+(port taken, unreadable key, ...). Errors are one line on stderr, no traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voipclient import __version__
 from voipclient.errors import LocalProtocolError
@@ -34,6 +35,9 @@ from voipclient.server.config import (
     load_config,
     password_from_environment,
 )
+
+if TYPE_CHECKING:
+    from voipclient.net.discovery import Announcer
 
 log = logging.getLogger("voipclient.server")
 
@@ -85,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between JSON stats lines on stdout (0: none; default 60)",
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    p.add_argument(
+        "--announce",
+        action="store_true",
+        default=None,
+        help="advertise the server on the LAN (mDNS/DNS-SD) so clients list it; off by default",
+    )
     p.add_argument(
         "--hash-password",
         action="store_true",
@@ -202,6 +212,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         settings = replace(settings, stats_interval=args.stats_interval)
     if args.log_level is not None:
         settings = replace(settings, log_level=args.log_level)
+    if args.announce:
+        settings = replace(settings, announce=True)
     if args.channel:
         settings = settings.with_quick_channels(args.channel)
     # Catch what only the core's own validation knows (e.g. the lobby's ACL) before binding.
@@ -257,10 +269,49 @@ async def _serve(settings: Settings, data_dir: Path) -> int:
             except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
                 signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
         print(format_start_line(server.host, server.port, identity.pin), flush=True)
-        await server.serve_until(stop)
+        announcing = (
+            asyncio.create_task(
+                _announce(settings.server_name, server.host, server.port, identity.pin)
+            )
+            if settings.announce
+            else None
+        )
+        try:
+            await server.serve_until(stop)
+        finally:
+            if announcing is not None:
+                await _withdraw(announcing)
     finally:
         store.close()
     return 0
+
+
+async def _announce(name: str, host: str, port: int, pin: str) -> Announcer | None:
+    """Advertise the server on the LAN (after the start line: clients need not wait for it).
+
+    zeroconf blocks while it probes (~1.5 s), so it runs in a worker thread with its own loop.
+    Any failure (no multicast, a sandbox, zeroconf missing) is a warning, never fatal: the server
+    works the same without it."""
+    from voipclient.net.discovery import Announcer, DiscoveryUnavailable
+
+    announcer = Announcer()
+    try:
+        await asyncio.to_thread(announcer.start, name, port, pin, host=host)
+    except DiscoveryUnavailable as exc:
+        log.warning("cannot announce the server on the LAN: %s", exc)
+        return None
+    return announcer
+
+
+async def _withdraw(announcing: asyncio.Task[Announcer | None]) -> None:
+    """Wait for the announcement to finish (or fail), then send the goodbyes."""
+    try:
+        announcer = await announcing
+    except Exception as exc:  # never let the LAN announcement cost the shutdown
+        log.warning("LAN announcement failed: %s", exc)
+        return
+    if announcer is not None:
+        await asyncio.to_thread(announcer.close)
 
 
 def _run(factory: Callable[[], Coroutine[Any, Any, int]]) -> int:

@@ -215,6 +215,8 @@ class Settings:
     stats_interval: float = DEFAULT_STATS_INTERVAL
     log_level: str = "info"
     max_memberships: int = 8
+    #: Advertise the server on the LAN (mDNS/DNS-SD, ``voipclient.net.discovery``).
+    announce: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
     lobby: ChannelSettings = ChannelSettings(name="Lobby", parent=None)
@@ -383,6 +385,7 @@ _SERVER_KEYS: Final = (
     "stats_interval",
     "log_level",
     "max_memberships",
+    "announce",
 )
 _CHANNEL_KEYS: Final = ("name", "parent", "description", "password", "max_members", "speakers")
 _LOBBY_KEYS: Final = ("name", "description", "speakers")
@@ -429,6 +432,10 @@ class _Reader:
     def string(self, key: str, default: str | None = None) -> str | None:
         value = self._get(key, (str,), "a string")
         return default if value is None else str(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, (bool,), "true or false")
+        return default if value is None else bool(value)
 
     def integer(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
         value = self._get(key, (int,), "an integer")
@@ -593,6 +600,7 @@ def parse_config(text: str, path: Path | None = None) -> Settings:
         stats_interval=server.number("stats_interval", DEFAULT_STATS_INTERVAL, 0.0, strict=False),
         log_level=log_level,
         max_memberships=server.integer("max_memberships", 8, 1, m.MAX_MEMBERSHIPS),
+        announce=server.boolean("announce", False),
         tls_cert=(base / cert) if cert else None,
         tls_key=(base / key_file) if key_file else None,
         lobby=lobby,

@@ -49,7 +49,9 @@ class EmbeddedServer:
     ) -> None:
         self.data_dir = data_dir
         try:
-            self.settings = Settings(server_name=server_name, host=host, port=port, stats_interval=0)
+            self.settings = Settings(
+                server_name=server_name, host=host, port=port, stats_interval=0
+            )
             self.settings = self.settings.with_quick_channels(channels)
         except ConfigError as exc:
             raise EmbeddedServerError(str(exc)) from None
