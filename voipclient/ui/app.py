@@ -247,7 +247,7 @@ class App:
         bookmark, name = ctl.bookmark, ctl.username
         password = ask_server_password(self.window, label, why)
         if password and bookmark is not None:
-            ctl.connect_to(bookmark, name, password=password)
+            ctl.connect_to(bookmark, name, pin=ctl.pin, password=password)
 
     def _state(self, state: str, _detail: str) -> None:
         if state == "ready" and self.pin_dialog is not None:

@@ -226,6 +226,7 @@ class ClientController(QObject):
         self.bookmark: Bookmark | None = None
         self.identity: IdentityKey | None = None
         self.username = ""
+        self.pin: str | None = None
         self.state = "closed"
         self.transport = "udp"
         self.muted = False
@@ -475,6 +476,7 @@ class ClientController(QObject):
             self.identity = opened.key
         identity = self.identity
         self.bookmark, self.server_key, self.username = bookmark, key, username
+        self.pin = pin  # the pin this connection was opened with (None: the stored one / ask)
         self.model.reset()
         self.model.set_server_prefs(self.prefs.server(key))
         if not self.prefs.username:
