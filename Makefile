@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench sysdeps-run sysdeps-test clean
+.PHONY: run test lint typecheck pytest bench screenshots sysdeps-run sysdeps-test clean
 
 ## make run: install what is missing, then start the app (on an embedded local server).
 run: sysdeps-run $(STAMP)
@@ -25,6 +25,10 @@ typecheck: $(STAMP)
 
 bench: sysdeps-test $(STAMP)
 	scripts/with-test-env.sh $(PY) benchmarks/run_all.py
+
+## make screenshots: regenerate docs/screenshots/*.png from the real app (README, docs/ui.md)
+screenshots: sysdeps-test $(STAMP)
+	scripts/with-test-env.sh $(PY) scripts/screenshots.py
 
 sysdeps-run:
 	@PYTHON=$(PYTHON) scripts/sysdeps.sh run

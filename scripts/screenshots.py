@@ -66,6 +66,15 @@ def main() -> int:
         return app
 
     alice, bob, carol = make("alice"), make("bob"), make("carol")
+    try:
+        return shoot(qapp, opts.out, apps, alice, bob, carol)
+    finally:
+        for app in apps:
+            app.shutdown()
+
+
+def shoot(qapp: QApplication, out: Path, apps: list[App], alice: App, bob: App, carol: App) -> int:
+    opts = argparse.Namespace(out=out)
     bookmark, pin = alice.controller.start_local_server()
     for app in (alice, bob, carol):
         app.connect_to(bookmark, pin=pin)
@@ -105,11 +114,9 @@ def main() -> int:
     pump(qapp, 0.5)
     dialog = alice.settings_dialog
     dialog.grab().save(str(opts.out / "settings.png"))
-    pages = getattr(dialog, "pages", None)
-    if pages is not None:
-        pages.setCurrentRow(2)  # the hotkeys page
-        pump(qapp, 0.3)
-        dialog.grab().save(str(opts.out / "settings-hotkeys.png"))
+    dialog.page_list.setCurrentRow(2)  # the hotkeys page
+    pump(qapp, 0.3)
+    dialog.grab().save(str(opts.out / "settings-hotkeys.png"))
     dialog.reject()
 
     from voipclient.ui.connect_dialog import ConnectDialog
@@ -124,14 +131,17 @@ def main() -> int:
             Bookmark("Local server", bookmark.host, bookmark.port, "alice"),
         ),
     )
-    connect = ConnectDialog(prefs, discovery=False, parent=alice.window)
+    from voipclient.net.discovery import Announcer
+
+    announcer = Announcer()  # a LAN server for the "Local network" list (on loopback only)
+    announcer.start("Team server", bookmark.port, pin, host="127.0.0.1")
+    connect = ConnectDialog(prefs, parent=alice.window)
     connect.show()
-    pump(qapp, 0.5)
+    wait_for(qapp, lambda: bool(connect.discovered()), timeout=10.0)
+    pump(qapp, 0.3)
     connect.grab().save(str(opts.out / "connect-dialog.png"))
     connect.reject()
-
-    for app in apps:
-        app.shutdown()
+    announcer.close()
     print(f"screenshots written to {opts.out}")
     return 0
 

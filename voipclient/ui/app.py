@@ -121,7 +121,7 @@ class App:
         self.controller.start(self.window)
         self._quitting = False
         for problem in problems:
-            self.window.statusBar().showMessage(f"Settings: {problem}", 20_000)
+            self.window.notify(f"Settings: {problem}", 20_000)
             log.warning("settings: %s", problem)
         self.settings_dialog: Any = None
         self.connect_dialog: Any = None
@@ -264,7 +264,7 @@ class App:
         if self.tray is not None and self.tray.supportsMessages():
             self.tray.showMessage(title, text[:200], self.icon, 8000)
         self.qapp.alert(self.window, 0)
-        self.window.statusBar().showMessage(f"{title}: {text[:100]}", 15_000)
+        self.window.notify(f"{title}: {text[:100]}")
 
     # -- stop ------------------------------------------------------------------------------------
     def quit(self) -> None:

@@ -42,8 +42,8 @@ ROLE_KIND = Qt.ItemDataRole.UserRole  # "channel" | "user"
 ROLE_ID = Qt.ItemDataRole.UserRole + 1  # channel id | sender id
 ROLE_CHANNEL = Qt.ItemDataRole.UserRole + 2  # a user row's channel id
 
-TALKING = "🔊"
-TRUST_MARKS = {"verified": "✔", "changed": "⚠", "blocked": "⛔", "tofu": ""}
+TALKING = "●"  # drawn green; in every common UI font (no emoji font needed)
+TRUST_MARKS = {"verified": "✔", "changed": "⚠", "blocked": "✖", "tofu": ""}
 TRUST_TIPS = {
     "verified": "Verified: you compared safety numbers with this person.",
     "changed": "Warning: this person's identity key changed since you first saw it. Compare "
@@ -59,9 +59,7 @@ def channel_label(row: ChannelRow) -> str:
     if row.talking:
         marks.append(TALKING)
     if row.password_protected:
-        marks.append("🔒")
-    if row.hot_mic:
-        marks.append("🎙 hot mic")
+        marks.append("(password)")
     if row.muted:
         marks.append("(muted)")
     return " ".join([row.name, *marks])
@@ -72,12 +70,12 @@ def member_label(member: MemberRow) -> str:
     if member.talking:
         parts.append(TALKING)
     if member.deafened:
-        parts.append("🔇 deafened")
+        parts.append("· deafened")
     elif member.muted:
-        parts.append("🎤✕ muted")
+        parts.append("· muted")
     if member.local_muted:
         parts.append("(muted for you)")
-    mark = TRUST_MARKS.get(member.trust, "")
+    mark = "" if member.is_me else TRUST_MARKS.get(member.trust, "")
     if mark:
         parts.append(mark)
     return " ".join(parts)
@@ -359,13 +357,19 @@ class MainWindow(QMainWindow):
             "Voice path: UDP (best) or TLS fallback when UDP is blocked; round-trip time to the "
             "server; packet loss; voice bitrate sent and received"
         )
+        self.notice_label = QLabel("")
+        self.notice_label.setObjectName("noticeLabel")
+        self._notice_timer = QTimer(self)
+        self._notice_timer.setSingleShot(True)
+        self._notice_timer.timeout.connect(lambda: self.notice_label.setText(""))
         self.warning_label = QLabel("")
         self.warning_label.setObjectName("warningLabel")
         self.hotkeys_label = QLabel("")
         self.hotkeys_label.setObjectName("hotkeysLabel")
         status = self.statusBar()
         status.addWidget(self.state_label)
-        status.addWidget(self.link_label, 1)
+        status.addWidget(self.link_label)
+        status.addWidget(self.notice_label, 1)
         status.addPermanentWidget(self.warning_label)
         status.addPermanentWidget(self.hotkeys_label)
         # wiring
@@ -453,8 +457,14 @@ class MainWindow(QMainWindow):
             self.link_label.setText("")
         self._update_title()
 
+    def notify(self, text: str, ms: int = 15_000) -> None:
+        """A passing notice in the status bar (next to, not over, the connection figures)."""
+        self.notice_label.setText(text)
+        self.notice_label.setToolTip(text)
+        self._notice_timer.start(ms)
+
     def _message(self, level: str, text: str) -> None:
-        self.statusBar().showMessage(text, 15_000)
+        self.notify(text)
         if level == "error":
             QMessageBox.warning(self, "voipclient", text)
         if "identity key changed" in text:
@@ -469,7 +479,7 @@ class MainWindow(QMainWindow):
         if problem:
             self._warnings["audio"] = "⚠ audio"
             self.warning_label.setToolTip(problem)
-            self.statusBar().showMessage(problem, 30_000)
+            self.notify(problem, 30_000)
         else:
             self._warnings.pop("audio", None)
         self._show_warnings()
