@@ -764,6 +764,10 @@ class ClientController(QObject):
             return
         if conn is not None:
             pipeline.capture.level = conn.redundancy_level
+        if isinstance(pipeline.engine, NullEngine):
+            # no output device: discard what the playback worker mixed so it keeps running
+            # (talking marks, settings commands) instead of waiting for a device forever
+            pipeline.engine.tick(time.monotonic())
         me = self.model.me
         talking = set(pipeline.playback.talking)
         if me is not None and not self.muted:

@@ -160,3 +160,29 @@ def test_window_geometry_is_restored(qtbot: Any, tmp_path: Path) -> None:
     finally:
         second.shutdown()
         second.window.close()
+
+
+def test_a_missing_audio_device_is_explained_and_the_rest_keeps_working(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    from dataclasses import replace
+
+    server = start_server()
+    alice, bob = make_app("alice"), make_app("bob")
+    prefs = alice.controller.prefs
+    alice.apply_prefs(
+        replace(prefs, audio=replace(prefs.audio, input_device="No Such Microphone 9000"))
+    )
+    label = alice.window.warning_label
+    assert "audio" in label.text()
+    assert "No Such Microphone 9000" in label.toolTip() and "Settings" in label.toolTip()
+    connect(qtbot, alice, server)
+    connect(qtbot, bob, server)
+    qtbot.wait(1500)  # sender keys
+    bob.controller.ptt.handle_command("press 1")  # bob talks into the Lobby
+    try:
+        qtbot.waitUntil(
+            lambda: "●" in (member_item(alice, 1, "bob") or _none()).text(0), timeout=10_000
+        )
+    finally:
+        bob.controller.ptt.handle_command("release 1")
