@@ -9,7 +9,7 @@ import subprocess
 from typing import Any
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QWidget
 
 from voipclient.ui.main_window import ROLE_ID, TALKING
@@ -151,3 +151,34 @@ def test_first_run_local_server_shows_channels(qtbot: Any, make_app: AppFactory)
     assert {"Lobby", "General", "Squad A", "Squad B"} <= set(names)
     assert app.window.tree.topLevelItemCount() >= 1
     assert ROLE_ID  # the tree's data roles are importable for the screenshot script
+
+
+def test_hot_mic_channel_transmits_without_a_key(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    from dataclasses import replace
+
+    server = start_server()
+    alice, bob = make_app("alice"), make_app("bob")
+    prefs = alice.controller.prefs
+    alice.apply_prefs(replace(prefs, transmit=replace(prefs.transmit, mode="continuous")))
+    connect(qtbot, alice, server)
+    connect(qtbot, bob, server)
+    join_by_double_click(qtbot, alice, B)
+    join_by_double_click(qtbot, bob, B)
+    qtbot.wait(1500)  # sender keys
+    alice.window.tree.setCurrentItem(channel_item(alice, B))
+    hot_mic = alice.window.controls.hot_mic
+    indicator = QPoint(8, hot_mic.height() // 2)  # on the box (the row is wider than its text)
+    qtbot.mouseClick(hot_mic, Qt.MouseButton.LeftButton, pos=indicator)
+    assert alice.controller.model.row(B).hot_mic  # type: ignore[union-attr]
+    assert "hot mic" in channel_item(alice, B).text(1)
+    qtbot.waitUntil(
+        lambda: (item := member_item(bob, B, "alice")) is not None and TALKING in item.text(0),
+        timeout=10_000,
+    )
+    qtbot.mouseClick(hot_mic, Qt.MouseButton.LeftButton, pos=indicator)  # off again
+    qtbot.waitUntil(
+        lambda: (item := member_item(bob, B, "alice")) is not None and TALKING not in item.text(0),
+        timeout=10_000,
+    )
