@@ -82,6 +82,7 @@ class CaptureWorker:
         self.voice_activated: frozenset[int] = frozenset()  # slot: sent only while speech
         self.level: RedundancyLevel | None = None  # slot: the policy's latest level
         self.cues: collections.deque[CueKind] = collections.deque(maxlen=8)  # to playback
+        self.cues_enabled = True  # slot: the user's "play start/stop cues" setting
         self.input_level = Level(-float("inf"), -float("inf"))  # slot for the UI meter
         self.speaking = False  # slot: we are transmitting now
         self.speech_probability = 0.0  # slot for the UI's voice-activation meter
@@ -123,9 +124,9 @@ class CaptureWorker:
         if result.is_speech and self.voice_activated:
             wanted = wanted | self.voice_activated
         decision = self.gate.update(wanted, now)
-        if decision.started:
+        if decision.started and self.cues_enabled:
             self.cues.append(CueKind.START)
-        elif decision.stopped:
+        elif decision.stopped and self.cues_enabled:
             self.cues.append(CueKind.STOP)
         self.speaking = decision.sending and not decision.stopped
         targets = decision.targets if self.speaking else ()
@@ -218,6 +219,8 @@ class PlaybackWorker:
 
     def _update_talking(self, now: float) -> None:
         heard = self._heard
+        if not heard and not self._heard_changed:
+            return  # nobody talking: nothing to scan, nothing to publish
         stale = [key for key, at in heard.items() if now - at > TALKING_HOLD_S]
         for key in stale:
             del heard[key]

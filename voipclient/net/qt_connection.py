@@ -203,6 +203,13 @@ class ServerConnection(QObject):
         self._feed(sv.PinApproved())
         self._start_session()
 
+    @Slot(str, bool)
+    def approve_presented_pin(self, pin: str, approved: bool) -> None:
+        """The user's answer about the pin the dialog showed: ignored when the connection has
+        moved on (a reconnect presented a key the user has not seen yet)."""
+        if pin == self.presented_pin:
+            self.approve_pin(approved)
+
     @Slot(int)
     def join(self, channel_id: int, password: str | None = None) -> None:
         if self.session is not None and self.state == "ready":
@@ -245,14 +252,19 @@ class ServerConnection(QObject):
         self._emit_secure(sec.flush(self._clock()))
         self._flush()
 
-    @Slot(str, bool)
-    def set_verified(self, account: str, verified: bool) -> None:
-        """The user compared the safety number with ``account`` (or takes it back)."""
+    @Slot(str, bool, object)
+    def set_verified(self, account: str, verified: bool, ik_pub: bytes | None = None) -> None:
+        """The user compared the safety number with ``account`` (or takes it back).
+        ``ik_pub``: the key the compared number was computed from; if the account's key is a
+        different one now (it reconnected with a new key meanwhile), nothing is verified."""
         sec, pin = self.secure, self._expected_pin
         if sec is None or pin is None or self.session is None:
             return
         user = self.session.roster.user_by_name(account)
         if user is None:
+            return
+        if verified and ik_pub is not None and ik_pub != user.ik_pub:
+            self._trust_changed(user.name)  # the UI re-reads the level; nothing was verified
             return
         tofu_account = account.casefold()
         now_ms = int(time.time() * 1000)

@@ -178,11 +178,13 @@ class App:
 
     # -- dialogs ---------------------------------------------------------------------------------
     def show_connect_dialog(self) -> None:
+        from PySide6.QtCore import Qt
         from PySide6.QtWidgets import QDialog
 
         from voipclient.ui.connect_dialog import ConnectDialog
 
         dialog = ConnectDialog(self.controller.prefs, parent=self.window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.connect_dialog = dialog
 
         def done(result: int) -> None:
@@ -203,6 +205,8 @@ class App:
         dialog.open()
 
     def show_settings(self) -> None:
+        from PySide6.QtCore import Qt
+
         from voipclient.ui.settings_dialog import SettingsDialog
 
         ctl = self.controller
@@ -211,11 +215,18 @@ class App:
             ctl.prefs, server_key=ctl.server_key, channels=channels, parent=self.window
         )
         dialog.applied.connect(self.apply_prefs)
-        ctl.levels.connect(
-            lambda level, _out, _tx, speech: dialog.set_input_level(
-                level, speech > ctl.prefs.transmit.vad_threshold
-            )
-        )
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+
+        def meter(level: float, _out: float, _tx: bool, speech: float) -> None:
+            dialog.set_input_level(level, speech > ctl.prefs.transmit.vad_threshold)
+
+        def closed() -> None:
+            ctl.levels.disconnect(meter)
+            if self.settings_dialog is dialog:
+                self.settings_dialog = None
+
+        ctl.levels.connect(meter)
+        dialog.finished.connect(closed)
         self.settings_dialog = dialog
         dialog.open()
 
@@ -227,18 +238,33 @@ class App:
             self.window.refresh()
 
     def _approve_pin(self, host: str, port: int, pin: str) -> None:
+        from PySide6.QtCore import Qt
         from PySide6.QtWidgets import QDialog
 
         from voipclient.ui.trust_dialogs import PinApprovalDialog
 
+        self._close_pin_dialog()  # a reconnect asks again: only the newest question stays
         dialog = PinApprovalDialog(
             host, port, pin, advertised_pin=self._advertised_pin, parent=self.window
         )
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.pin_dialog = dialog
-        dialog.finished.connect(
-            lambda result: self.controller.approve_pin(result == QDialog.DialogCode.Accepted)
-        )
+
+        # the answer names the pin shown: if the connection presents another one by then, the
+        # answer is ignored and the new key gets its own question
+        def answered(result: int) -> None:
+            if self.pin_dialog is dialog:
+                self.pin_dialog = None
+            self.controller.approve_pin(pin, result == QDialog.DialogCode.Accepted)
+
+        dialog.finished.connect(answered)
         dialog.open()
+
+    def _close_pin_dialog(self) -> None:
+        dialog, self.pin_dialog = self.pin_dialog, None
+        if dialog is not None and dialog.isVisible():
+            dialog.blockSignals(True)  # not an answer: the question went away
+            dialog.reject()
 
     def _ask_password(self, label: str, why: str) -> None:
         from voipclient.ui.trust_dialogs import ask_server_password
@@ -250,8 +276,8 @@ class App:
             ctl.connect_to(bookmark, name, pin=ctl.pin, password=password)
 
     def _state(self, state: str, _detail: str) -> None:
-        if state == "ready" and self.pin_dialog is not None:
-            self.pin_dialog = None
+        if state != "awaiting_approval":
+            self._close_pin_dialog()
 
     def _mentioned(self, channel_id: int, author: str, text: str) -> None:
         if not self.controller.prefs.notify_mentions:

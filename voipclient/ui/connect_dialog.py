@@ -23,6 +23,7 @@ import getpass
 import itertools
 import logging
 import re
+import threading
 import weakref
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
@@ -606,7 +607,8 @@ class ConnectDialog(QDialog):
         """Stop browsing (also done when the dialog closes)."""
         browser, self._browser = self._browser, None
         if browser is not None:
-            browser.close()
+            # close() may wait up to 2 s for a look-up in flight: never on the GUI thread
+            threading.Thread(target=browser.close, name="lan-browser-close", daemon=True).start()
 
     # -- choosing -------------------------------------------------------------------------------
     @Slot(QListWidgetItem)

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, QTimer, Signal
+from PySide6.QtCore import QMetaObject, QObject, Qt, QThread, QTimer, Signal
 
 from voipclient.audio.dsp import CaptureProcessor, CaptureSettings
 from voipclient.audio.engine import AudioEngine, DeviceEvent, NullEngine
@@ -45,7 +45,7 @@ from voipclient.net.qt_connection import ConnectionStats, ServerConnection
 from voipclient.ptt.router import Mode, PttRouter
 from voipclient.ptt.service import PttService
 from voipclient.ptt.sources import HotkeySource, choose_source
-from voipclient.ui.model import ClientModel, with_binding
+from voipclient.ui.model import ClientModel, binding_conflict, with_binding
 from voipclient.ui.prefs import Bookmark, Preferences, PrefsBackend, ServerPrefs, save_preferences
 
 log = logging.getLogger("voipclient.ui.controller")
@@ -106,6 +106,7 @@ class AudioPipeline:
         )
         self.playback.reports = reports  # straight into the connection's mailbox
         self.cues = a.cues
+        self.capture.cues_enabled = a.cues
         self.frame_ms = a.frame_ms
         self.devices = (a.input_device, a.output_device)
         self.jitter_max_ms = a.jitter_max_ms
@@ -142,6 +143,7 @@ class AudioPipeline:
 
         capture.commands.append(apply)
         self.cues = prefs.audio.cues
+        capture.cues_enabled = prefs.audio.cues
 
     def start(self) -> None:
         self.engine.start()
@@ -189,16 +191,18 @@ class ClientController(QObject):
     transport_changed = Signal(str)
     #: (server label, why): the server wants a (different) password; ask and connect again
     password_needed = Signal(str, str)
+    #: (muted, deafened): our own microphone / hearing state, for the window and the tray
+    self_state_changed = Signal(bool, bool)
 
     # queued calls into the connection's thread
     _open = Signal(str, int, object)
     _close = Signal()
-    _approve = Signal(bool)
+    _approve = Signal(str, bool)
     _join = Signal(int, object)
     _leave = Signal(int)
     _self_state = Signal(bool, bool)
     _text = Signal(int, str)
-    _verify = Signal(str, bool)
+    _verify = Signal(str, bool, object)
     _local_settings = Signal(object)
 
     def __init__(
@@ -233,6 +237,8 @@ class ClientController(QObject):
         self.deafened = False
         self.conn: ServerConnection | None = None
         self._thread: QThread | None = None
+        self._stuck_threads: list[tuple[QThread, ServerConnection]] = []
+        self._rejoin_pending = False
         self._bridge = _VoiceBridge()
         self.pipeline: AudioPipeline | None = None
         self.audio_problem = ""
@@ -333,6 +339,7 @@ class ClientController(QObject):
         self.pipeline = pipeline
         self._apply_transmit()
         self._apply_mixer()
+        self._restore_wanted()
         self.audio_status.emit(self.audio_problem)
 
     def _device_event(self, event: DeviceEvent) -> None:
@@ -479,6 +486,8 @@ class ClientController(QObject):
         self.pin = pin  # the pin this connection was opened with (None: the stored one / ask)
         self.model.reset()
         self.model.set_server_prefs(self.prefs.server(key))
+        self.model_changed.emit()  # the previous server's tree goes away now
+        self._rejoin_pending = True  # the channels joined last time, once, after this login
         if not self.prefs.username:
             self.prefs = replace(self.prefs, username=username)
             self._save()
@@ -504,7 +513,7 @@ class ClientController(QObject):
         conn.peer_trust_changed.connect(self._on_trust)
         self._open.connect(conn.open)
         self._close.connect(conn.close)
-        self._approve.connect(conn.approve_pin)
+        self._approve.connect(conn.approve_presented_pin)
         self._join.connect(conn.join)
         self._leave.connect(conn.leave)
         self._self_state.connect(conn.set_self_state)
@@ -522,8 +531,9 @@ class ClientController(QObject):
         self._open.emit(bookmark.host, bookmark.port, pin)
         return True
 
-    def approve_pin(self, approved: bool) -> None:
-        self._approve.emit(approved)
+    def approve_pin(self, pin: str, approved: bool) -> None:
+        """The user's answer about ``pin`` (ignored if the connection presents another by now)."""
+        self._approve.emit(pin, approved)
 
     def disconnect_server(self) -> None:
         if self.conn is not None:
@@ -535,6 +545,10 @@ class ClientController(QObject):
         thread, conn = self._thread, self.conn
         if thread is None or conn is None:
             return
+        # Close on the connection's thread and wait for it: the goodbye is sent and the sockets
+        # are closed before the thread and its objects go away.
+        if thread.isRunning():
+            QMetaObject.invokeMethod(conn, "close", Qt.ConnectionType.BlockingQueuedConnection)
         for signal in (
             self._open,
             self._close,
@@ -560,7 +574,9 @@ class ClientController(QObject):
         ):
             source_signal.disconnect()
         thread.quit()
-        thread.wait(5000)
+        if not thread.wait(5000):
+            log.warning("the connection thread did not stop within 5 s; leaving it running")
+            self._stuck_threads.append((thread, conn))  # dropping a running QThread aborts
         self.conn, self._thread = None, None
         if self.model.reset():
             self.model_changed.emit()
@@ -590,6 +606,7 @@ class ClientController(QObject):
             self.model_changed.emit()
         self._apply_transmit()
         self._apply_mute_to_capture()
+        self.self_state_changed.emit(self.muted, self.deafened)
 
     def set_deafened(self, deafened: bool) -> None:
         """Deafen mutes too (as in Mumble/Discord); undeafen restores the previous mute."""
@@ -601,10 +618,19 @@ class ClientController(QObject):
             self.set_muted(getattr(self, "_muted_before_deafen", False))
         self._self_state.emit(self.muted, self.deafened)
         self._apply_mixer()
+        self.self_state_changed.emit(self.muted, self.deafened)
 
     def _apply_mute_to_capture(self) -> None:
         if self.pipeline is not None and self.muted:
             self.pipeline.capture.wanted = frozenset()
+        else:
+            self._restore_wanted()
+
+    def _restore_wanted(self) -> None:
+        """The router's current targets into the (new or unmuted) capture worker's slot: keys
+        held and the hot mic keep working across an unmute or a pipeline rebuild."""
+        if self.pipeline is not None and not self.muted:
+            self.pipeline.capture.wanted = self.ptt.wanted()
 
     def set_channel_volume(self, channel_id: int, volume: float) -> None:
         name = self.model.channel_name(channel_id)
@@ -638,10 +664,20 @@ class ClientController(QObject):
             (names.add if muted else names.discard)(name)
             self._set_server_prefs(replace(server, user_muted=frozenset(names)))
 
-    def set_channel_binding(self, channel_id: int, keys: str | None) -> None:
+    def set_channel_binding(self, channel_id: int, keys: str | None) -> bool:
+        """Set (or with None remove) the channel's own push-to-talk key. False, and a message
+        saying why, when another binding already uses those keys."""
         name = self.model.channel_name(channel_id)
-        if name is not None:
-            self._set_server_prefs(with_binding(self._server_prefs(), name, keys))
+        if name is None:
+            return False
+        if keys is not None:
+            why = binding_conflict(self._server_prefs(), name, keys)
+            if why is not None:
+                self.message.emit("warning", why)
+                self.model_changed.emit()  # the controls show the key that stays
+                return False
+        self._set_server_prefs(with_binding(self._server_prefs(), name, keys))
+        return True
 
     def set_hot_mic(self, channel_id: int | None) -> None:
         name = None if channel_id is None else self.model.channel_name(channel_id)
@@ -652,8 +688,9 @@ class ClientController(QObject):
         me = self.model.my_name or self.prefs.username
         self.text_received.emit(channel_id, me, text, int(time.time() * 1000), True)
 
-    def set_verified(self, account: str, verified: bool) -> None:
-        self._verify.emit(account, verified)
+    def set_verified(self, account: str, verified: bool, ik_pub: bytes | None = None) -> None:
+        """``ik_pub``: the key the user compared (the safety number shown); None to unverify."""
+        self._verify.emit(account, verified, ik_pub)
 
     def safety_number(self, sender_id: int) -> str | None:
         """The safety number to compare with ``sender_id`` (out of band), or None."""
@@ -712,6 +749,9 @@ class ClientController(QObject):
         self._apply_transmit()
         if self.model.set_self_state(self.muted, self.deafened):
             self.model_changed.emit()
+        if not self._rejoin_pending:
+            return  # a reconnect: the supervisor restores what we were in, nothing more
+        self._rejoin_pending = False
         mine = self.model.roster.channels_of(self.model.me or 0)
         for name in self._server_prefs().joined:
             cid = self.model.channel_id(name)
@@ -729,7 +769,7 @@ class ClientController(QObject):
             if action.reason == sv.StopReason.BAD_PASSWORD and self.bookmark is not None:
                 self.password_needed.emit(self.bookmark.label or self.bookmark.key, action.message)
         elif isinstance(action, sv.RestoreSkipped):
-            self.message.emit("warning", str(getattr(action, "reason", action)))
+            self.message.emit("warning", f"could not rejoin {action.channel_name}: {action.why}")
 
     def _on_text_failed(self, channel_id: int, why: str) -> None:
         self.chat_notice.emit(channel_id, f"not sent: {why}")

@@ -230,9 +230,11 @@ class ChannelControls(QGroupBox):
         self._updating = False
 
     def _toggle_join(self) -> None:
-        cid = self.channel_id
-        if cid is None:
-            return
+        if self.channel_id is not None:
+            self.toggle_join(self.channel_id)
+
+    def toggle_join(self, cid: int) -> None:
+        """Join ``cid`` (asking for its password when it has one) or leave it."""
         row = self.controller.model.row(cid)
         if row is None:
             return
@@ -376,7 +378,8 @@ class MainWindow(QMainWindow):
         self.connect_action.triggered.connect(self.connect_requested)
         self.disconnect_action.triggered.connect(controller.disconnect_server)
         self.mute_action.toggled.connect(controller.set_muted)
-        self.deafen_action.toggled.connect(self._deafen_toggled)
+        self.deafen_action.toggled.connect(controller.set_deafened)
+        controller.self_state_changed.connect(self._self_state)
         self.settings_action.triggered.connect(self.settings_requested)
         self.quit_action.triggered.connect(self._quit)
         self.tree.itemDoubleClicked.connect(self._double_clicked)
@@ -422,6 +425,20 @@ class MainWindow(QMainWindow):
         for cid, _name in joined:
             self.chat.set_members(cid, list(model.member_names(cid)))
         self._update_title()
+        self._key_warning(model.trust)
+
+    def _key_warning(self, trust: dict[str, str]) -> None:
+        """The status bar's key warning while any peer's key is changed or blocked."""
+        flagged = sorted(name for name, level in trust.items() if level in {"changed", "blocked"})
+        if flagged:
+            self._warnings["keys"] = "⚠ key warning"
+            self.warning_label.setToolTip(
+                f"Identity key changed: {', '.join(flagged)}. Compare safety numbers "
+                "(right-click the user → Safety number…)."
+            )
+        else:
+            self._warnings.pop("keys", None)
+        self._show_warnings()
 
     def _show_controls(self) -> None:
         cid = self.tree.selected()
@@ -468,9 +485,7 @@ class MainWindow(QMainWindow):
         if level == "error":
             QMessageBox.warning(self, "voipclient", text)
         if "identity key changed" in text:
-            self._warnings["keys"] = "⚠ key warning"
             self.warning_label.setToolTip(text)
-            self._show_warnings()
 
     def _show_warnings(self) -> None:
         self.warning_label.setText("  ".join(self._warnings.values()))
@@ -495,17 +510,18 @@ class MainWindow(QMainWindow):
         self.chat.add_message(channel_id, author, text, ms, own=own)
 
     # -- user actions ------------------------------------------------------------------------
-    def _deafen_toggled(self, on: bool) -> None:
-        self.controller.set_deafened(on)
-        self.mute_action.blockSignals(True)
-        self.mute_action.setChecked(self.controller.muted)
-        self.mute_action.blockSignals(False)
+    def _self_state(self, muted: bool, deafened: bool) -> None:
+        """The controller's state → the check marks (without feeding it back)."""
+        for action, on in ((self.mute_action, muted), (self.deafen_action, deafened)):
+            action.blockSignals(True)
+            action.setChecked(on)
+            action.blockSignals(False)
 
     def _double_clicked(self, item: QTreeWidgetItem, _column: int = 0) -> None:
         if item.data(0, ROLE_KIND) != "channel":
             return
         self.tree.setCurrentItem(item)
-        self.controls._toggle_join()
+        self.controls.toggle_join(int(item.data(0, ROLE_ID)))
 
     def _context_menu(self, pos: Any) -> None:
         item = self.tree.itemAt(pos)
@@ -514,6 +530,7 @@ class MainWindow(QMainWindow):
         menu = self.build_context_menu(item)
         if menu is not None:
             menu.exec(self.tree.viewport().mapToGlobal(pos))
+            menu.deleteLater()
 
     def build_context_menu(self, item: QTreeWidgetItem) -> QMenu | None:
         """The channel's or the user's context menu (built here so tests can inspect it)."""
@@ -525,7 +542,8 @@ class MainWindow(QMainWindow):
             if row is None:
                 return None
             join = menu.addAction("Leave channel" if row.joined else "Join channel")
-            join.triggered.connect(lambda: self._double_clicked(item))
+            # actions capture ids, never tree items: the tree is rebuilt while a menu is open
+            join.triggered.connect(lambda: self.controls.toggle_join(ident))
             mute = menu.addAction("Mute channel")
             mute.setCheckable(True)
             mute.setChecked(row.muted)
@@ -581,7 +599,9 @@ class MainWindow(QMainWindow):
         if number is None or user is None:
             return None
         dialog = SafetyNumberDialog(user.name, number, self)
-        dialog.verify.connect(lambda on: self.controller.set_verified(user.name, on))
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        key = user.ik_pub  # verify the key this number was computed from, not a later one
+        dialog.verify.connect(lambda on: self.controller.set_verified(user.name, on, key))
         dialog.open()
         return dialog
 

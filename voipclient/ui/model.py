@@ -17,7 +17,14 @@ from voipclient.net.roster import RosterSnapshot
 from voipclient.ptt.router import Binding, PttConfigError
 from voipclient.ui.prefs import BindingPref, ServerPrefs
 
-__all__ = ["TRUST_LEVELS", "ChannelRow", "ClientModel", "MemberRow", "with_binding"]
+__all__ = [
+    "TRUST_LEVELS",
+    "ChannelRow",
+    "ClientModel",
+    "MemberRow",
+    "binding_conflict",
+    "with_binding",
+]
 
 TRUST_LEVELS: Final = ("tofu", "verified", "changed", "blocked")
 
@@ -174,6 +181,7 @@ class ClientModel:
         naming no known channel is left out and reported (the channel may come back later)."""
         out: list[Binding] = []
         problems: list[str] = []
+        seen: dict[frozenset[str], str] = {}  # chord → the binding that has it (first wins)
         for i, pref in enumerate(self.server.bindings, start=1):
             ids = [self.channel_id(name) for name in pref.channels]
             known = [c for c in ids if c is not None]
@@ -183,11 +191,18 @@ class ClientModel:
             if not known:
                 continue
             try:
-                out.append(
-                    Binding.parse(f"{i}: {pref.keys}", pref.keys, known, latching=pref.latching)
+                binding = Binding.parse(
+                    f"{i}: {pref.keys}", pref.keys, known, latching=pref.latching
                 )
             except PttConfigError as exc:
                 problems.append(str(exc))
+                continue
+            first = seen.get(binding.chord)
+            if first is not None:
+                problems.append(f"{pref.keys}: the same keys as {first}; only the first is used")
+                continue
+            seen[binding.chord] = f"{pref.keys} → {', '.join(pref.channels)}"
+            out.append(binding)
         return tuple(out), problems
 
     def keys_for(self, channel_name: str) -> tuple[str, ...]:
@@ -263,6 +278,25 @@ class ClientModel:
 
         walk(None, 0)
         return out
+
+
+def binding_conflict(prefs: ServerPrefs, channel: str, keys: str) -> str | None:
+    """Why ``keys`` cannot become ``channel``'s own key: another binding has the same chord."""
+    try:
+        chord = Binding.parse("new", keys, 0).chord
+    except PttConfigError as exc:
+        return str(exc)
+    folded = channel.casefold()
+    for b in prefs.bindings:
+        if len(b.channels) == 1 and b.channels[0].casefold() == folded:
+            continue  # the binding being replaced
+        try:
+            other = Binding.parse("old", b.keys, 0).chord
+        except PttConfigError:
+            continue
+        if other == chord:
+            return f"{keys} already talks to {', '.join(b.channels)}; remove it there first"
+    return None
 
 
 def with_binding(prefs: ServerPrefs, channel: str, keys: str | None) -> ServerPrefs:

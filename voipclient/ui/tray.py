@@ -30,14 +30,20 @@ class Tray(QSystemTrayIcon):
         self.menu = menu
         self.setContextMenu(menu)
         self.show_action.triggered.connect(self.toggle_window)
-        # two-way sync with the window's checkable actions
-        self.mute_action.toggled.connect(window.mute_action.setChecked)
-        window.mute_action.toggled.connect(self.mute_action.setChecked)
-        self.deafen_action.toggled.connect(window.deafen_action.setChecked)
-        window.deafen_action.toggled.connect(self.deafen_action.setChecked)
+        # the controller's state is the truth: the tray's marks follow it, its clicks change it
+        controller = window.controller
+        self.mute_action.toggled.connect(controller.set_muted)
+        self.deafen_action.toggled.connect(controller.set_deafened)
+        controller.self_state_changed.connect(self._self_state)
         self.quit_action.triggered.connect(window.quit_action.trigger)
         self.activated.connect(self._activated)
         menu.aboutToShow.connect(self._refresh)
+
+    def _self_state(self, muted: bool, deafened: bool) -> None:
+        for action, on in ((self.mute_action, muted), (self.deafen_action, deafened)):
+            action.blockSignals(True)
+            action.setChecked(on)
+            action.blockSignals(False)
 
     def _refresh(self) -> None:
         self.show_action.setText("Hide window" if self.window.isVisible() else "Show window")

@@ -110,3 +110,43 @@ def test_playback_thread_plays_what_the_inbox_brings_and_reports_loss() -> None:
     assert worker.output_level.peak_dbfs > -60
     assert worker.reports and worker.reports[0].sender_id == 9
     assert 0.05 <= worker.reports[-1].loss <= 0.2
+
+
+def test_talking_channels_slot_and_cues_switch() -> None:
+    conn = FakeConnection()
+    w = capture_worker(conn)
+    w.cues_enabled = False  # the user switched the cues off
+    w.commands.append(lambda: setattr(w.gate, "release_s", 0.0))  # a settings command
+    w.wanted = frozenset({4})
+    w.process_frame(SPEECH[:N], 0.0)
+    assert w.gate.release_s == 0.0  # commands run between frames, on the worker's thread
+    assert w.talking_channels == frozenset({4}) and not w.cues
+    w.wanted = frozenset()
+    for k in range(1, 4):
+        w.process_frame(SPEECH[k * N : (k + 1) * N], k * 0.02)
+    assert w.talking_channels == frozenset() and not w.cues
+
+
+def test_playback_talking_slot_marks_speakers_per_channel_until_they_stop() -> None:
+    n = N
+    playback = VoicePlayback(Mixer(frame_samples=n), OpusDecoder)
+    inbox: collections.deque[VoiceFrame] = collections.deque()
+    w = PlaybackWorker(NullEngine(), playback, inbox)
+    sender = VoiceSender(OpusEncoder())
+    for k in range(3):
+        payload = sender.encode(SPEECH[k * N : (k + 1) * N])
+        inbox.append(VoiceFrame(5, 7, 0, 0, k, False, payload))
+    w.drain(0.0)
+    w.render(0.0)
+    assert w.talking == frozenset({(7, 5)})  # (sender, channel)
+    inbox.append(VoiceFrame(5, 7, 0, 0, 3, True, sender.encode(SPEECH[3 * N : 4 * N])))
+    w.drain(0.02)
+    w.render(0.02)
+    assert w.talking == frozenset()  # VOICE_LAST ends it at once
+    inbox.append(VoiceFrame(6, 8, 0, 0, 0, False, sender.encode(SPEECH[:N])))
+    w.drain(0.04)
+    w.render(0.04)
+    assert w.talking == frozenset({(8, 6)})
+    for k in range(1, 30):  # silence from then on: the mark goes after the 0.3 s hold
+        w.render(0.04 + k * 0.02)
+    assert w.talking == frozenset()

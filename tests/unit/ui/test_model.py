@@ -6,7 +6,7 @@ import pytest
 
 from voipclient.net import events as ev
 from voipclient.net.roster import ChannelView, Roster, RosterSnapshot, UserView
-from voipclient.ui.model import ClientModel, with_binding
+from voipclient.ui.model import ClientModel, binding_conflict, with_binding
 from voipclient.ui.prefs import BindingPref, ServerPrefs
 
 LOBBY, GAMES, SQUAD, AFK = 1, 2, 3, 4
@@ -137,3 +137,28 @@ def test_lookups() -> None:
     assert model.my_name == "me"
     assert model.joined() == ((LOBBY, "Lobby"), (GAMES, "Games"))
     assert model.member_names(GAMES) == ("Bob", "me")
+
+
+def test_the_same_chord_twice_is_reported_not_raised() -> None:
+    model = logged_in()
+    model.set_server_prefs(
+        ServerPrefs(bindings=(BindingPref("f13", ("Games",)), BindingPref("F13", ("Squad",))))
+    )
+    bindings, problems = model.bindings()
+    assert [sorted(b.channels) for b in bindings] == [[GAMES]]  # the first one wins
+    assert problems == ["F13: the same keys as f13 → Games; only the first is used"]
+
+
+def test_binding_conflict_names_the_channel_that_has_the_keys() -> None:
+    prefs = ServerPrefs(
+        bindings=(BindingPref("f13", ("Games",)), BindingPref("ctrl+f14", ("Games", "Squad")))
+    )
+    assert binding_conflict(prefs, "Squad", "f13") == (
+        "f13 already talks to Games; remove it there first"
+    )
+    assert binding_conflict(prefs, "Games", "f13") is None  # replacing its own key
+    assert binding_conflict(prefs, "AFK", "shift+ctrl+f14") is None
+    assert binding_conflict(prefs, "AFK", "f14+ctrl") == (
+        "f14+ctrl already talks to Games, Squad; remove it there first"
+    )
+    assert binding_conflict(prefs, "AFK", "nosuchkey") is not None

@@ -1,0 +1,120 @@
+"""Behaviour found in review, each shown against a real relay: a key bound twice is refused with a
+reason, the hot mic survives mute/unmute, a channel the user left is not rejoined after a
+reconnect, an answer about a pin the connection no longer presents is ignored, and "mark
+verified" never verifies a key other than the one whose safety number was shown."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from voipclient.crypto.identity import IdentityKey
+from voipclient.net.qt_connection import ServerConnection
+
+from ..conftest import A, B, Starter
+from .conftest import AppFactory, channel_item, connect, join_by_double_click, member_item
+
+pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
+
+
+def test_a_key_already_bound_elsewhere_is_refused_with_the_reason(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    app = make_app("alice")
+    connect(qtbot, app, server)
+    join_by_double_click(qtbot, app, A)
+    join_by_double_click(qtbot, app, B)
+    messages: list[str] = []
+    app.controller.message.connect(lambda _level, text: messages.append(text))
+    assert app.controller.set_channel_binding(A, "f13")
+    assert not app.controller.set_channel_binding(B, "f13")
+    assert messages == ["f13 already talks to A; remove it there first"]
+    assert app.controller.model.row(B).ptt_keys == ()  # type: ignore[union-attr]
+    assert [sorted(b.channels) for b in app.controller.router.bindings] == [[A]]
+
+
+def test_hot_mic_keeps_transmitting_after_mute_and_unmute(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    alice, bob = make_app("alice"), make_app("bob")
+    prefs = alice.controller.prefs
+    alice.apply_prefs(replace(prefs, transmit=replace(prefs.transmit, mode="continuous")))
+    connect(qtbot, alice, server)
+    connect(qtbot, bob, server)
+    join_by_double_click(qtbot, alice, B)
+    join_by_double_click(qtbot, bob, B)
+    qtbot.wait(1500)
+    alice.controller.set_hot_mic(B)
+
+    def talking() -> bool:
+        item = member_item(bob, B, "alice")
+        return item is not None and "●" in item.text(0)
+
+    qtbot.waitUntil(talking, timeout=10_000)
+    alice.window.mute_action.trigger()
+    qtbot.waitUntil(lambda: not talking(), timeout=10_000)
+    alice.window.mute_action.trigger()
+    qtbot.waitUntil(talking, timeout=10_000)
+
+
+def test_a_channel_left_is_not_rejoined_after_a_reconnect(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    app = make_app("alice")
+    connect(qtbot, app, server)
+    join_by_double_click(qtbot, app, A)
+    app.controller.disconnect_server()  # remembers A for the next connect
+    qtbot.waitUntil(lambda: app.controller.state == "closed", timeout=5_000)
+    connect(qtbot, app, server)
+    qtbot.waitUntil(lambda: app.controller.model.row(A).joined, timeout=10_000)  # type: ignore[union-attr]
+    app.controller.leave(A)
+    join_by_double_click(qtbot, app, B)
+    qtbot.waitUntil(lambda: not app.controller.model.row(A).joined, timeout=10_000)  # type: ignore[union-attr]
+    server.stop(signal.SIGKILL)
+    qtbot.waitUntil(lambda: app.controller.state != "ready", timeout=10_000)
+    start_server("--port", str(server.port), data_dir=server.data_dir)
+    qtbot.waitUntil(lambda: app.controller.state == "ready", timeout=40_000)
+    qtbot.waitUntil(lambda: app.controller.model.row(B).joined, timeout=10_000)  # type: ignore[union-attr]
+    qtbot.wait(1000)
+    assert not app.controller.model.row(A).joined  # type: ignore[union-attr]
+    assert channel_item(app, B).font(0).bold() and not channel_item(app, A).font(0).bold()
+
+
+def test_an_answer_about_another_pin_is_ignored(qtbot: Any, start_server: Starter) -> None:
+    server = start_server()
+    conn = ServerConnection("qt-ann", IdentityKey.generate())
+    with qtbot.waitSignal(conn.pin_approval_needed, timeout=10_000):
+        conn.open(server.host, server.port, None)
+    conn.approve_presented_pin("sha256/" + "B" * 43 + "=", True)  # not the key presented now
+    qtbot.wait(300)
+    assert conn.state == "awaiting_approval" and conn.session is None
+    with qtbot.waitSignal(
+        conn.state_changed, timeout=10_000, check_params_cb=lambda s, d: s == "ready"
+    ):
+        conn.approve_presented_pin(server.pin, True)
+    conn.close()
+
+
+def test_verifying_a_stale_key_verifies_nothing(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    alice, bob = make_app("alice"), make_app("bob")
+    connect(qtbot, alice, server)
+    connect(qtbot, bob, server)
+    qtbot.waitUntil(lambda: member_item(alice, 1, "bob") is not None, timeout=10_000)
+    shown_key = IdentityKey.generate().public_bytes()  # a number computed from another key
+    alice.controller.set_verified("bob", True, shown_key)
+    qtbot.wait(500)
+    assert alice.controller.model.trust.get("bob") != "verified"
+    bob_key = next(
+        u.ik_pub for u in alice.controller.model.roster.users.values() if u.name == "bob"
+    )
+    alice.controller.set_verified("bob", True, bob_key)
+    qtbot.waitUntil(lambda: alice.controller.model.trust.get("bob") == "verified", timeout=5_000)
