@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -102,12 +103,34 @@ class Recorder:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        self._wait_recording()
+
+    def _wait_recording(self) -> None:
+        """Return once the sound server lists this recording: a slow start (a busy machine)
+        must not cut off the beginning of what the test plays next."""
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if str(self.proc.pid) in _source_output_pids():
+                return
+            time.sleep(0.02)
 
     def stop(self) -> npt.NDArray[np.float64]:
         self.proc.terminate()
         out, err = self.proc.communicate(timeout=10)
         assert self.proc.returncode in (0, -15), err
         return np.frombuffer(out[: len(out) // 2 * 2], dtype="<i2").astype(np.float64) / 32768
+
+
+def _source_output_pids() -> list[str]:
+    """``application.process.id`` of every recording stream the sound server has."""
+    listing = subprocess.run(
+        ["pactl", "list", "source-outputs"], capture_output=True, text=True, timeout=5, check=False
+    )
+    return [
+        line.split("=", 1)[1].strip().strip('"')
+        for line in listing.stdout.splitlines()
+        if "application.process.id" in line
+    ]
 
 
 def tone_analysis(x: npt.NDArray[np.float64]) -> tuple[float, float, float]:

@@ -294,7 +294,12 @@ def device_loss_scenario(vtmp: dict[str, str]) -> None:
         assert [e.kind for e in events] == ["fallback", "fallback"], events
         for event, direction in zip(events, ("input", "output"), strict=True):
             assert f"{direction} device 'voip_vtmp" in event.message
-            assert "vanished from the device list" in event.message
+            # why: the stream stopped, and the device left the list (when the list was
+            # refreshed by then; on a busy machine the stop can be seen first)
+            assert (
+                "vanished from the device list" in event.message
+                or "its stream stopped" in event.message
+            ), event.message
             assert f"now using the default {direction} device 'default'" in event.message
         assert engine.input_device is not None and engine.input_device.name == "default"
         assert engine.output_device is not None and engine.output_device.name == "default"
