@@ -1,9 +1,11 @@
-"""Self-check of the crypto core against the protocol's published vectors.
+"""``voipclient --self-test``: what a bundle or an install needs to work, one line per check.
 
-``voipclient --self-test`` (and, until the window exists, ``make run``) prints one line per check.
-The vectors are shipped as package data (``voipclient/data``) so the check also runs from an
-installed package or a bundle; ``tests/unit/test_selfcheck.py`` keeps them identical to the copies
-in ``tests/data``.
+The crypto core against the protocol's published vectors (shipped as package data,
+``voipclient/data``, kept identical to ``tests/data`` by ``tests/unit/test_selfcheck.py``), then
+the native parts a bundle must carry: libopus (an encode/decode round trip), PortAudio (the device
+list; zero devices is not a failure, a missing library is), TLS (Python's ssl and Qt's TLS backend),
+the keyring backend (which one; none is reported, not a failure: passphrase files are used), and a
+Qt window on the offscreen platform.
 """
 
 from __future__ import annotations
@@ -120,11 +122,102 @@ def _check_keydist_and_text() -> str:
     return f"ML-KEM-768+X25519 KeyDist ({len(blobs[0])} bytes) and signed text round-trip"
 
 
+def _check_opus() -> str:
+    import math
+
+    import numpy as np
+
+    from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
+
+    n = frame_samples(20)
+    t = np.arange(n * 10) / 48_000
+    tone = (8000 * np.sin(2 * math.pi * 440 * t)).astype(np.int16)
+    enc, dec = OpusEncoder(), OpusDecoder()
+    out = np.concatenate([dec.decode(enc.encode(tone[i * n : (i + 1) * n])) for i in range(10)])
+    # the codec's delay shifts the signal: compare the energy of the second half
+    rms_in = float(np.sqrt(np.mean(tone[n * 5 :].astype(np.float64) ** 2)))
+    rms_out = float(np.sqrt(np.mean(out[n * 5 :].astype(np.float64) ** 2)))
+    if not 0.7 < rms_out / rms_in < 1.3:
+        raise AssertionError(f"decoded level {rms_out:.0f} vs {rms_in:.0f}")
+    import opuslib_next
+
+    version = opuslib_next.api.info.get_version_string()
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return f"{version}: 10 frames encode and decode (level {rms_out / rms_in:.2f})"
+
+
+def _check_audio_devices() -> str:
+    from voipclient.audio.sd_engine import _sounddevice, list_devices
+
+    sd = _sounddevice()  # AudioDeviceError when the PortAudio library is missing
+    devices = list_devices()
+    inputs = sum(1 for d in devices if d.max_input_channels > 0)
+    outputs = sum(1 for d in devices if d.max_output_channels > 0)
+    note = "" if devices else " (no sound server or card here: the app says so and what to do)"
+    version = str(sd.get_portaudio_version()[1]).split(",")[0]
+    return f"{version}: {inputs} input, {outputs} output devices{note}"
+
+
+def _check_tls() -> str:
+    import ssl
+
+    if not ssl.HAS_TLSv1_3:
+        raise AssertionError(f"{ssl.OPENSSL_VERSION} has no TLS 1.3")
+    from PySide6.QtNetwork import QSslSocket
+
+    if not QSslSocket.supportsSsl():
+        raise AssertionError("Qt has no TLS backend (the openssl plugin or libssl is missing)")
+    backend = QSslSocket.activeBackend()
+    return f"{ssl.OPENSSL_VERSION}; Qt {backend} backend, {QSslSocket.sslLibraryVersionString()}"
+
+
+def _check_keyring() -> str:
+    import keyring
+
+    backend = keyring.get_keyring()
+    name = f"{type(backend).__module__}.{type(backend).__name__}"
+    if "fail" in name.lower() or "null" in name.lower():
+        return f"none ({name}): identity keys go to passphrase-encrypted files"
+    return name
+
+
+def _check_qt_window() -> str:
+    import os
+
+    from PySide6.QtWidgets import QApplication, QLabel
+
+    app = QApplication.instance()
+    if app is None:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        app = QApplication(["voipclient-self-test"])
+    window = QLabel("voipclient self-test")
+    window.resize(200, 50)
+    window.show()
+    QApplication.processEvents()
+    image = window.grab()
+    window.close()
+    if image.isNull() or image.width() < 100:
+        raise AssertionError("the window did not render")
+    platform = QApplication.platformName()
+    return f"Qt {qt_version()} window rendered on the {platform} platform"
+
+
+def qt_version() -> str:
+    from PySide6.QtCore import qVersion
+
+    return str(qVersion())
+
+
 CHECKS: tuple[tuple[str, Callable[[], str]], ...] = (
     ("sframe", _check_sframe),
     ("datagram", _check_datagrams),
     ("safety-number", _check_fingerprint),
     ("keydist+text", _check_keydist_and_text),
+    ("opus", _check_opus),
+    ("audio-devices", _check_audio_devices),
+    ("tls", _check_tls),
+    ("keyring", _check_keyring),
+    ("qt-window", _check_qt_window),
 )
 
 
