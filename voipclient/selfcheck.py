@@ -198,6 +198,12 @@ def _check_qt_window() -> str:
     window.close()
     if image.isNull() or image.width() < 100:
         raise AssertionError("the window did not render")
+    from PySide6.QtCore import QCollator, QLocale
+
+    # ICU (collation, case mapping) works with the data the bundle carries
+    names = sorted(["bob", "Émile", "alice", "Zoë"], key=QCollator(QLocale("en_US")).sortKey)
+    if names != ["alice", "bob", "Émile", "Zoë"] or QLocale("en_US").toUpper("straße") != "STRASSE":
+        raise AssertionError(f"ICU collation or case mapping is broken: {names}")
     platform = QApplication.platformName()
     return f"Qt {qt_version()} window rendered on the {platform} platform"
 
