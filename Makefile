@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BUNDLE_STAMP := $(VENV)/.bundle-installed
 
-.PHONY: run test lint typecheck pytest bench screenshots sysdeps-run sysdeps-test clean
+.PHONY: run test lint typecheck pytest bench screenshots bundle bundle-smoke sysdeps-run sysdeps-test sysdeps-bundle clean
 
 ## make run: install what is missing, then start the app (on an embedded local server).
 run: sysdeps-run $(STAMP)
@@ -26,6 +27,21 @@ typecheck: $(STAMP)
 bench: sysdeps-test $(STAMP)
 	scripts/with-test-env.sh $(PY) benchmarks/run_all.py
 
+## make bundle: the one-folder PyInstaller bundle in dist/voipclient (docs/install.md)
+bundle: sysdeps-bundle $(STAMP) $(BUNDLE_STAMP)
+	$(PY) packaging/make_icons.py
+	$(VENV)/bin/pyinstaller voipclient.spec --noconfirm --distpath dist --workpath build/pyinstaller
+	@du -s --apparent-size --block-size=1M dist/voipclient | awk '{print "bundle: dist/voipclient, " $$1 " MiB unpacked"}'
+
+## make bundle-smoke: the bundle's --version and --self-test with the system's libopus and
+## libportaudio hidden (what CI runs after make test)
+bundle-smoke: bundle
+	scripts/bundle-smoke.sh dist/voipclient
+
+$(BUNDLE_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bundle]'
+	@touch $(BUNDLE_STAMP)
+
 ## make screenshots: regenerate docs/screenshots/*.png from the real app (README, docs/ui.md)
 screenshots: sysdeps-test $(STAMP)
 	scripts/with-test-env.sh $(PY) scripts/screenshots.py
@@ -35,6 +51,9 @@ sysdeps-run:
 
 sysdeps-test:
 	@PYTHON=$(PYTHON) scripts/sysdeps.sh test
+
+sysdeps-bundle:
+	@PYTHON=$(PYTHON) scripts/sysdeps.sh bundle
 
 # The venv is created once and reinstalled only when pyproject.toml changes.
 $(STAMP): pyproject.toml

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the Debian/Ubuntu packages a target needs are installed.
-#   scripts/sysdeps.sh run|test
+#   scripts/sysdeps.sh run|test|bundle
 # As root, missing packages are installed with apt-get; otherwise the exact list is printed and the
 # script fails, so `make` stops before doing anything that would fail later for an obscure reason.
 set -euo pipefail
@@ -20,9 +20,16 @@ run_pkgs=(
 # xmodmap (real X key events for pynput), and a real Secret Service for keyring tests.
 test_pkgs=(pulseaudio xvfb xauth xdotool x11-xserver-utils dbus dbus-daemon gnome-keyring)
 
+# `make bundle`: binutils (strip, readelf, nm, as, ld: stripping, pruning, the trimmed ICU data)
+# and util-linux's unshare for the smoke test that hides the system's audio libraries.
+bundle_pkgs=(binutils util-linux)
+
 pkgs=("${run_pkgs[@]}")
 if [ "$profile" = test ]; then
   pkgs+=("${test_pkgs[@]}")
+fi
+if [ "$profile" = bundle ]; then
+  pkgs+=("${bundle_pkgs[@]}")
 fi
 # `make run` uses Xvfb when there is no display, so it needs it too.
 if [ "$profile" = run ] && [ -z "${DISPLAY:-}" ] && [ -z "${WAYLAND_DISPLAY:-}" ]; then
