@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 KEEP = (
-    "*.icu",  # uprops, ucase, ubidi, pnames, cnvalias, ulayout, uemoji, unames...
-    "*.nrm",  # normalization (NFC, NFKC, UTS 46)
+    "*.icu",  # cnvalias, ulayout, uemoji (properties, case, bidi, NFC are inside libicuuc)
+    "*.nrm",  # normalization data not built into libicuuc (NFKC, NFKC_CF, UTS 46)
     "root.res",
     "res_index.res",
     "pool.res",

@@ -31,9 +31,9 @@ def fake_bin(tmp_path: Path, *, uid: int, installed: bool) -> dict[str, str]:
     return env
 
 
-def run_sysdeps(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_sysdeps(env: dict[str, str], profile: str = "test") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(ROOT / "scripts/sysdeps.sh"), "test"],
+        ["bash", str(ROOT / "scripts/sysdeps.sh"), profile],
         env=env,
         capture_output=True,
         text=True,
@@ -52,6 +52,16 @@ def test_sysdeps_as_a_user_names_exactly_what_is_missing(tmp_path: Path) -> None
     missing = set(line.split("--no-install-recommends", 1)[1].split())
     for pkg in ("libportaudio2", "libopus0", "pulseaudio", "xvfb", "xdotool", "gnome-keyring"):
         assert pkg in missing
+
+
+@pytest.mark.timeout(30)
+def test_sysdeps_for_the_bundle_asks_for_binutils_and_unshare(tmp_path: Path) -> None:
+    result = run_sysdeps(fake_bin(tmp_path, uid=1000, installed=False), profile="bundle")
+    assert result.returncode == 1
+    line = next(ln for ln in result.stderr.splitlines() if "apt-get install" in ln)
+    missing = set(line.split("--no-install-recommends", 1)[1].split())
+    assert {"binutils", "util-linux", "libopus0", "libportaudio2"} <= missing
+    assert "pulseaudio" not in missing
 
 
 @pytest.mark.timeout(30)
