@@ -24,7 +24,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy voipclient
 
-bench: sysdeps-test $(STAMP)
+bench: sysdeps-test $(STAMP) bundle
 	scripts/with-test-env.sh $(PY) benchmarks/run_all.py
 
 ## make bundle: the one-folder PyInstaller bundle in dist/voipclient (docs/install.md)

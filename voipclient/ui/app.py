@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settings-dir", type=Path, help="keep the settings file here (portable installs, tests)"
     )
+    parser.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--quit-after",
         type=float,
@@ -347,6 +348,20 @@ def run(args: argparse.Namespace) -> int:
     qapp.setQuitOnLastWindowClosed(False)  # the tray keeps us alive; App.quit ends us
     app = App(args, qapp)
     app.window.show()
+    if args.startup_probe:  # benchmarks/bundle.py: say when the window is on screen, then quit
+        handle = app.window.windowHandle()
+
+        def exposed() -> None:
+            if handle is None or handle.isExposed():
+                print("voipclient: window shown", flush=True)
+                app.quit()
+            else:
+                QTimer.singleShot(1, exposed)
+
+        QTimer.singleShot(0, exposed)
+        code = qapp.exec()
+        app.shutdown()
+        return int(code)
     QTimer.singleShot(0, app.first_connect)
     if args.quit_after is not None:
 
