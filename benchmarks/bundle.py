@@ -66,6 +66,7 @@ def main() -> int:
         (
             (apparent_bytes(p) if p.is_dir() else p.stat().st_size, p.name)
             for p in internal.iterdir()
+            if not p.is_symlink()  # top-level links to libraries inside the package folders
         ),
         reverse=True,
     )[:6]

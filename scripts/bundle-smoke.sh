@@ -2,6 +2,7 @@
 # The bundle on a machine without the system's audio libraries (CI runs this after `make test`):
 # in a private mount namespace, /dev/null is bind-mounted over every libopus and libportaudio the
 # system has, and an empty file over the dynamic loader's cache, so nothing can find them. Then:
+#   0. nothing the spec leaves out got in, and the size is within the 150 MB budget;
 #   1. a control run: the venv's own `voipclient --self-test` must FAIL its opus and audio checks
 #      (proves the libraries really are hidden);
 #   2. the bundle's `voipclient --version` and `voipclient-server --version`;
@@ -34,6 +35,14 @@ mount --bind "$empty" /etc/ld.so.cache
 echo "bundle-smoke: hidden: ${hidden[*]:-none} and /etc/ld.so.cache"
 
 fail() { echo "bundle-smoke: FAIL: $*" >&2; exit 1; }
+
+echo "bundle-smoke: 0. contents and size"
+for banned in libasound.so libqgtk3 libgtk-3 keyrings/alt libQt6Quick libQt6Qml; do
+  if find "$bundle" -path "*$banned*" | grep -q .; then fail "the bundle carries $banned"; fi
+done
+bytes=$(find "$bundle" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
+echo "bundle-smoke: $((bytes / 1000000)) MB unpacked (budget 150 MB)"
+[ "$bytes" -le 150000000 ] || fail "the bundle is over its 150 MB budget"
 
 echo "bundle-smoke: 1. control: the venv's self-test without the system libraries"
 control=$("$py" -m voipclient --self-test 2>&1 || true)
