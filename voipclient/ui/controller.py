@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QMetaObject, QObject, Qt, QThread, QTimer, Signal
+from PySide6.QtCore import QMetaObject, QObject, Qt, QThread, QTimer, Signal, Slot
 
 from voipclient.audio.dsp import CaptureProcessor, CaptureSettings
 from voipclient.audio.engine import AudioEngine, DeviceEvent, NullEngine
@@ -504,11 +504,11 @@ class ClientController(QObject):
         )
         conn.moveToThread(thread)
         conn.state_changed.connect(self._on_state)
-        conn.pin_approval_needed.connect(self.pin_approval_needed)
+        conn.pin_approval_needed.connect(self._on_pin_needed)
         conn.session_event.connect(self._on_session_event)
         conn.transport_changed.connect(self._on_transport)
         conn.supervisor_action.connect(self._on_supervisor)
-        conn.stats_changed.connect(self.stats_changed)
+        conn.stats_changed.connect(self._on_stats)
         conn.text_failed.connect(self._on_text_failed)
         conn.peer_trust_changed.connect(self._on_trust)
         self._open.connect(conn.open)
@@ -704,7 +704,27 @@ class ClientController(QObject):
         return format_safety_number(digits)
 
     # -- from the connection ---------------------------------------------------------------------
+    def _stale(self) -> bool:
+        """The signal being handled comes from a connection we already replaced: its queued
+        signals can still arrive after the switch (a "closed" from the old server must not
+        clear the new server's tree)."""
+        sender = self.sender()
+        return sender is not None and sender is not self.conn
+
+    @Slot(str, int, str)
+    def _on_pin_needed(self, host: str, port: int, pin: str) -> None:
+        if not self._stale():
+            self.pin_approval_needed.emit(host, port, pin)
+
+    @Slot(object)
+    def _on_stats(self, stats: object) -> None:
+        if not self._stale():
+            self.stats_changed.emit(stats)
+
+    @Slot(str, str)
     def _on_state(self, state: str, detail: str) -> None:
+        if self._stale():
+            return
         self.state = state
         if state == "ready":
             self.banner.emit("")
@@ -712,11 +732,17 @@ class ClientController(QObject):
         if state in {"closed", "refused"} and self.model.reset():
             self.model_changed.emit()
 
+    @Slot(str)
     def _on_transport(self, transport: str) -> None:
+        if self._stale():
+            return
         self.transport = transport
         self.transport_changed.emit(transport)
 
+    @Slot(object)
     def _on_session_event(self, event: object) -> None:
+        if self._stale():
+            return
         changed = self.model.apply(event)
         if isinstance(event, ev.LoggedIn):
             self._after_login()
@@ -758,7 +784,10 @@ class ClientController(QObject):
             if cid is not None and cid not in mine:
                 self.join(cid)
 
+    @Slot(object)
     def _on_supervisor(self, action: object) -> None:
+        if self._stale():
+            return
         if isinstance(action, sv.ReconnectScheduled):
             self.banner.emit(
                 f"Connection lost ({action.why}). Reconnecting in {action.delay:.0f} s "
@@ -771,10 +800,16 @@ class ClientController(QObject):
         elif isinstance(action, sv.RestoreSkipped):
             self.message.emit("warning", f"could not rejoin {action.channel_name}: {action.why}")
 
+    @Slot(int, str)
     def _on_text_failed(self, channel_id: int, why: str) -> None:
+        if self._stale():
+            return
         self.chat_notice.emit(channel_id, f"not sent: {why}")
 
+    @Slot(str, str)
     def _on_trust(self, account: str, level: str) -> None:
+        if self._stale():
+            return
         if self.model.set_trust(account, level):
             self.model_changed.emit()
         if level == "changed":

@@ -67,7 +67,23 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
 def test_speech_played_into_one_client_comes_out_of_the_other(
     real_env: None, start_server: Starter, tmp_path: Path
 ) -> None:
-    server = start_server()
+    """Real devices on a shared machine: a load spike can make one device hiccup for a moment.
+    The end-to-end match is measured twice at most: the first good run passes, two poor ones
+    fail (each score is printed)."""
+    scores = []
+    for attempt in range(2):
+        similar = play_through(start_server(), tmp_path / f"run{attempt}")
+        scores.append(round(similar, 2))
+        print(f"\nattempt {attempt + 1}: similarity {similar:.2f}")
+        if similar > 0.7:
+            return
+    # (0.8-0.93 measured; unrelated speech scores ~0.2)
+    pytest.fail(f"what B played does not match what A heard (scores {scores})")
+
+
+def play_through(server: ServerProcess, tmp_path: Path) -> float:
+    """Speech into A's device → relay → B's device; the similarity of what B's sink played."""
+    tmp_path.mkdir()
     listener = bot(
         server,
         "listener",
@@ -130,6 +146,4 @@ def test_speech_played_into_one_client_comes_out_of_the_other(
     source = read_wav_mono16(SPEECH)[: RATE * 3]  # what surely went through within 7 s
     _, lag = similarity(source, heard)
     assert lag > 0.5, "the recording starts with silence before the speech arrives"
-    similar = segment_similarity(source, heard, start=round(lag * RATE))
-    # (0.8-0.93 measured; unrelated speech scores ~0.2)
-    assert similar > 0.7, f"what B played does not match what A heard ({similar:.2f})"
+    return segment_similarity(source, heard, start=round(lag * RATE))

@@ -75,7 +75,10 @@ def test_a_channel_left_is_not_rejoined_after_a_reconnect(
     qtbot.waitUntil(lambda: app.controller.model.row(A).joined, timeout=10_000)  # type: ignore[union-attr]
     app.controller.leave(A)
     join_by_double_click(qtbot, app, B)
-    qtbot.waitUntil(lambda: not app.controller.model.row(A).joined, timeout=10_000)  # type: ignore[union-attr]
+    qtbot.waitUntil(
+        lambda: (row := app.controller.model.row(A)) is not None and not row.joined,
+        timeout=10_000,
+    )
     server.stop(signal.SIGKILL)
     qtbot.waitUntil(lambda: app.controller.state != "ready", timeout=10_000)
     start_server("--port", str(server.port), data_dir=server.data_dir)
@@ -118,3 +121,22 @@ def test_verifying_a_stale_key_verifies_nothing(
     )
     alice.controller.set_verified("bob", True, bob_key)
     qtbot.waitUntil(lambda: alice.controller.model.trust.get("bob") == "verified", timeout=5_000)
+
+
+def test_signals_of_a_replaced_connection_are_ignored(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    """A queued "closed" (or any event) from the previous connection can arrive after the switch
+    to a new one: it must not clear the new server's tree or change the state."""
+    server = start_server()
+    app = make_app("alice")
+    connect(qtbot, app, server)
+    rows = app.controller.model.rows()
+    old = ServerConnection("old", IdentityKey.generate())  # stands for the replaced connection
+    old.state_changed.connect(app.controller._on_state)
+    old.session_event.connect(app.controller._on_session_event)
+    old.state_changed.emit("closed", "the old server closed the connection")
+    assert app.controller.state == "ready"
+    assert app.controller.model.rows() == rows and rows
+    app.controller.conn.state_changed.emit("closed", "the current one did")  # type: ignore[union-attr]
+    assert app.controller.state == "closed"  # the current connection's signals still count
