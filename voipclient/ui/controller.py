@@ -54,17 +54,22 @@ POLL_MS = 100  # meters, talking marks, redundancy level hand-over
 DEVICE_POLL_MS = 500  # the audio engine's device watch
 
 
-EngineFactory = Callable[[Preferences], AudioEngine]
+#: (preferences, input wanted, output wanted) → an engine; AudioDeviceError when it cannot
+EngineFactory = Callable[[Preferences, bool, bool], AudioEngine]
 
 
-def device_engine(prefs: Preferences) -> AudioEngine:
-    """The real sound devices the user chose (PortAudio)."""
+def device_engine(
+    prefs: Preferences, use_input: bool = True, use_output: bool = True
+) -> AudioEngine:
+    """The real sound devices the user chose (PortAudio); one side can be left out."""
     from voipclient.audio.sd_engine import SoundDeviceEngine
 
     return SoundDeviceEngine(
         input_device=prefs.audio.input_device,
         output_device=prefs.audio.output_device,
         frame_samples=frame_samples(prefs.audio.frame_ms),
+        input_enabled=use_input,
+        output_enabled=use_output,
     )
 
 
@@ -242,6 +247,7 @@ class ClientController(QObject):
         self._bridge = _VoiceBridge()
         self.pipeline: AudioPipeline | None = None
         self.audio_problem = ""
+        self.output_missing = False
         self.router = PttRouter(())
         self.ptt = PttService(self.router)
         self.ptt.add_listener(self._on_ptt)
@@ -311,28 +317,59 @@ class ClientController(QObject):
 
     # -- audio ---------------------------------------------------------------------------------
     def _start_audio(self) -> None:
+        """Open the devices: both sides, else whichever side works (a missing microphone must
+        not silence the speakers, nor the other way round), else no device at all. What failed
+        is said in the status bar with what to do."""
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
-        try:
-            engine = self._engine_factory(self.prefs)
-            self.audio_problem = ""
-        except AudioDeviceError as exc:
-            engine = NullEngine(frame_samples=frame_samples(self.prefs.audio.frame_ms))
-            self.audio_problem = f"{exc} Choose a device in Settings → Audio."
-        engine.on_event = self._device_event
         conn = self.conn
         inbox = conn.inbox if conn is not None else _detached_deque()
         reports = conn.loss_reports_out if conn is not None else _detached_deque()
-        pipeline = AudioPipeline(self.prefs, engine, inbox, reports, self._bridge.voice.emit)
-        try:
-            pipeline.start()
-        except AudioDeviceError as exc:
-            pipeline.stop()
-            self.audio_problem = f"{exc} Choose a device in Settings → Audio."
+        failures: dict[str, str] = {}
+        pipeline: AudioPipeline | None = None
+        self.output_missing = False
+        for use_input, use_output in ((True, True), (False, True), (True, False)):
+            try:
+                engine = self._engine_factory(self.prefs, use_input, use_output)
+                engine.on_event = self._device_event
+                candidate = AudioPipeline(
+                    self.prefs, engine, inbox, reports, self._bridge.voice.emit
+                )
+            except AudioDeviceError as exc:
+                failures[_sides(use_input, use_output)] = str(exc)
+                continue
+            try:
+                candidate.start()
+            except AudioDeviceError as exc:
+                candidate.stop()
+                failures[_sides(use_input, use_output)] = str(exc)
+                continue
+            pipeline = candidate
+            self.output_missing = not use_output
+            break
+        if pipeline is None:
             engine = NullEngine(frame_samples=frame_samples(self.prefs.audio.frame_ms))
+            engine.on_event = self._device_event
             pipeline = AudioPipeline(self.prefs, engine, inbox, reports, self._bridge.voice.emit)
             pipeline.start()
+            self.output_missing = True
+        working = _engine_sides(pipeline.engine)
+        if not failures:
+            self.audio_problem = ""
+        elif working:
+            lost = "microphone" if working == "speakers" else "speakers"
+            why = failures.get(lost, failures.get("microphone and speakers", ""))
+            verb = "works" if working == "microphone" else "work"
+            self.audio_problem = (
+                f"The {lost} could not be opened ({why}); the {working} {verb}. Choose another "
+                "device in Settings → Audio."
+            )
+        else:
+            why = failures.get("microphone and speakers", "") or "; ".join(failures.values())
+            self.audio_problem = (
+                f"No audio device could be opened: {why} Choose a device in Settings → Audio."
+            )
         ns = pipeline.processor.ns_status
         if ns.reason:
             self.message.emit("warning", ns.reason)
@@ -843,6 +880,8 @@ class ClientController(QObject):
             # no output device: discard what the playback worker mixed so it keeps running
             # (talking marks, settings commands) instead of waiting for a device forever
             pipeline.engine.tick(time.monotonic())
+        elif self.output_missing:
+            pipeline.engine.playback.discard()  # an input-only engine: nobody plays the ring
         me = self.model.me
         talking = set(pipeline.playback.talking)
         if me is not None and not self.muted:
@@ -884,6 +923,23 @@ class ClientController(QObject):
 
 
 LOCAL_PORT = 64738
+
+
+def _sides(use_input: bool, use_output: bool) -> str:
+    if use_input and use_output:
+        return "microphone and speakers"
+    return "microphone" if use_input else "speakers"
+
+
+def _engine_sides(engine: AudioEngine) -> str:
+    """Which sides of a started engine work: "microphone and speakers", one of them, or ""."""
+    if isinstance(engine, NullEngine):
+        return ""
+    has_in = getattr(engine, "input_device", None) is not None
+    has_out = getattr(engine, "output_device", None) is not None
+    if has_in and has_out:
+        return "microphone and speakers"
+    return "microphone" if has_in else ("speakers" if has_out else "")
 
 
 def _detached_deque() -> Any:

@@ -176,6 +176,10 @@ def test_a_missing_audio_device_is_explained_and_the_rest_keeps_working(
     label = alice.window.warning_label
     assert "audio" in label.text()
     assert "No Such Microphone 9000" in label.toolTip() and "Settings" in label.toolTip()
+    # only the microphone is missing: the speakers keep working
+    assert "the speakers work" in label.toolTip()
+    engine = alice.controller.pipeline.engine  # type: ignore[union-attr]
+    assert engine.output_device is not None and engine.input_device is None  # type: ignore[attr-defined]
     connect(qtbot, alice, server)
     connect(qtbot, bob, server)
     qtbot.wait(1500)  # sender keys
@@ -186,3 +190,18 @@ def test_a_missing_audio_device_is_explained_and_the_rest_keeps_working(
         )
     finally:
         bob.controller.ptt.handle_command("release 1")
+
+
+def test_missing_speakers_keep_the_microphone(qtbot: Any, make_app: AppFactory) -> None:
+    from dataclasses import replace
+
+    alice = make_app("alice")
+    prefs = alice.controller.prefs
+    alice.apply_prefs(replace(prefs, audio=replace(prefs.audio, output_device="No Such Speakers")))
+    tip = alice.window.warning_label.toolTip()
+    assert "No Such Speakers" in tip and "the microphone works" in tip
+    pipeline = alice.controller.pipeline
+    assert pipeline is not None and pipeline.engine.input_device is not None  # type: ignore[attr-defined]
+    frames = pipeline.playback.frames
+    qtbot.waitUntil(lambda: pipeline.capture.frames > 10, timeout=5_000)  # the mic is read
+    qtbot.waitUntil(lambda: pipeline.playback.frames > frames + 10, timeout=5_000)  # no stall
