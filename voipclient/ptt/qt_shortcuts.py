@@ -22,7 +22,7 @@ from typing import Any
 
 from voipclient.ptt.sources import InputCallback, InputEvent
 
-__all__ = ["QtShortcutSource", "qt_button_name", "qt_key_name"]
+__all__ = ["QtShortcutSource", "qt_button_name", "qt_event_key_name", "qt_key_name"]
 
 _QT_KEYS = {
     "Key_Space": "space",
@@ -145,6 +145,22 @@ def qt_key_name(
     return f"key_{key.lower()}"
 
 
+def qt_event_key_name(event: Any) -> str:
+    """The canonical input name of a ``QKeyEvent`` (imports PySide6, so only call it from Qt
+    code: the in-window source and the settings' hotkey capture)."""
+    from PySide6.QtCore import Qt
+
+    try:
+        key = Qt.Key(event.key()).name
+    except ValueError:
+        key = f"0x{int(event.key()):x}"
+    return qt_key_name(
+        key,
+        keypad=bool(event.modifiers() & Qt.KeyboardModifier.KeypadModifier),
+        native_virtual_key=int(event.nativeVirtualKey()),
+    )
+
+
 def qt_button_name(button_value: int) -> str:
     """Normalized name of a ``Qt.MouseButton`` value (one bit)."""
     if button_value <= 0 or button_value & (button_value - 1):
@@ -180,7 +196,7 @@ class QtShortcutSource:
         ok, reason = self.available()
         if not ok:
             raise RuntimeError(reason)
-        from PySide6.QtCore import QEvent, QObject, Qt
+        from PySide6.QtCore import QEvent, QObject
         from PySide6.QtGui import QWindow
 
         window = self._window
@@ -198,7 +214,6 @@ class QtShortcutSource:
             QEvent.Type.MouseButtonRelease,
         }
         lost_types = {QEvent.Type.FocusOut, QEvent.Type.Hide, QEvent.Type.WindowDeactivate}
-        keypad_flag = Qt.KeyboardModifier.KeypadModifier
 
         class _Filter(QObject):
             def __init__(self) -> None:
@@ -218,16 +233,7 @@ class QtShortcutSource:
                 if kind in key_types:
                     if event.isAutoRepeat():
                         return False
-                    try:
-                        key = Qt.Key(event.key()).name
-                    except ValueError:
-                        key = f"0x{int(event.key()):x}"
-                    name = qt_key_name(
-                        key,
-                        keypad=bool(event.modifiers() & keypad_flag),
-                        native_virtual_key=int(event.nativeVirtualKey()),
-                    )
-                    self._report(name, kind == QEvent.Type.KeyPress, at)
+                    self._report(qt_event_key_name(event), kind == QEvent.Type.KeyPress, at)
                 elif kind in button_types:
                     name = qt_button_name(int(event.button().value))
                     self._report(name, kind != QEvent.Type.MouseButtonRelease, at)

@@ -16,6 +16,7 @@ talking marks.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -110,7 +111,6 @@ class AudioPipeline:
             cues=self.capture.cues,
         )
         self.playback.reports = reports  # straight into the connection's mailbox
-        self.cues = a.cues
         self.capture.cues_enabled = a.cues
         self.frame_ms = a.frame_ms
         self.devices = (a.input_device, a.output_device)
@@ -147,7 +147,6 @@ class AudioPipeline:
             capture.gate.release_s = release_s
 
         capture.commands.append(apply)
-        self.cues = prefs.audio.cues
         capture.cues_enabled = prefs.audio.cues
 
     def start(self) -> None:
@@ -252,8 +251,7 @@ class ClientController(QObject):
         self.ptt = PttService(self.router)
         self.ptt.add_listener(self._on_ptt)
         self.hotkeys = ""
-        self._wanted: frozenset[int] = frozenset()
-        self._talking_seen: frozenset[tuple[int, int]] = frozenset()
+        self._muted_before_deafen = False
         self._tofu = self._load_tofu()
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_MS)
@@ -652,7 +650,7 @@ class ClientController(QObject):
             self._muted_before_deafen = self.muted
             self.set_muted(True)
         else:
-            self.set_muted(getattr(self, "_muted_before_deafen", False))
+            self.set_muted(self._muted_before_deafen)
         self._self_state.emit(self.muted, self.deafened)
         self._apply_mixer()
         self.self_state_changed.emit(self.muted, self.deafened)
@@ -670,36 +668,36 @@ class ClientController(QObject):
             self.pipeline.capture.wanted = self.ptt.wanted()
 
     def set_channel_volume(self, channel_id: int, volume: float) -> None:
-        name = self.model.channel_name(channel_id)
-        if name is not None:
-            server = self._server_prefs()
-            volumes = dict(server.channel_volumes)
-            volumes[name] = max(0.0, min(2.0, volume))
-            self._set_server_prefs(replace(server, channel_volumes=volumes))
+        self._set_volume("channel_volumes", self.model.channel_name(channel_id), volume)
 
     def set_channel_muted(self, channel_id: int, muted: bool) -> None:
-        name = self.model.channel_name(channel_id)
-        if name is not None:
-            server = self._server_prefs()
-            names = set(server.channel_muted)
-            (names.add if muted else names.discard)(name)
-            self._set_server_prefs(replace(server, channel_muted=frozenset(names)))
+        self._set_muted("channel_muted", self.model.channel_name(channel_id), muted)
 
     def set_user_volume(self, sender_id: int, volume: float) -> None:
-        name = self.model.user_name(sender_id)
-        if name is not None:
-            server = self._server_prefs()
-            volumes = dict(server.user_volumes)
-            volumes[name] = max(0.0, min(2.0, volume))
-            self._set_server_prefs(replace(server, user_volumes=volumes))
+        self._set_volume("user_volumes", self.model.user_name(sender_id), volume)
 
     def set_user_muted(self, sender_id: int, muted: bool) -> None:
-        name = self.model.user_name(sender_id)
-        if name is not None:
-            server = self._server_prefs()
-            names = set(server.user_muted)
-            (names.add if muted else names.discard)(name)
-            self._set_server_prefs(replace(server, user_muted=frozenset(names)))
+        self._set_muted("user_muted", self.model.user_name(sender_id), muted)
+
+    def _set_volume(self, field: str, name: str | None, volume: float) -> None:
+        """One channel's or user's volume (by name, 0..2) in this server's preferences."""
+        if name is None:
+            return
+        server = self._server_prefs()
+        volumes = dict(getattr(server, field))
+        volumes[name] = max(0.0, min(2.0, volume))
+        changes: dict[str, Any] = {field: volumes}
+        self._set_server_prefs(replace(server, **changes))
+
+    def _set_muted(self, field: str, name: str | None, muted: bool) -> None:
+        """One channel's or user's local mute (by name) in this server's preferences."""
+        if name is None:
+            return
+        server = self._server_prefs()
+        names = set(getattr(server, field))
+        (names.add if muted else names.discard)(name)
+        changes: dict[str, Any] = {field: frozenset(names)}
+        self._set_server_prefs(replace(server, **changes))
 
     def set_channel_binding(self, channel_id: int, keys: str | None) -> bool:
         """Set (or with None remove) the channel's own push-to-talk key. False, and a message
@@ -864,7 +862,6 @@ class ClientController(QObject):
 
     def _on_ptt(self, event: Any) -> None:
         # Any thread (the hotkey source's): only latest-value slots.
-        self._wanted = event.after
         pipeline = self.pipeline
         if pipeline is not None and not self.muted:
             pipeline.capture.wanted = event.after
@@ -876,12 +873,11 @@ class ClientController(QObject):
             return
         if conn is not None:
             pipeline.capture.level = conn.redundancy_level
-        if isinstance(pipeline.engine, NullEngine):
-            # no output device: discard what the playback worker mixed so it keeps running
-            # (talking marks, settings commands) instead of waiting for a device forever
-            pipeline.engine.tick(time.monotonic())
-        elif self.output_missing:
-            pipeline.engine.playback.discard()  # an input-only engine: nobody plays the ring
+        if self.output_missing:
+            # no output device (the null engine, or an input-only one): discard what the
+            # playback worker mixed so it keeps running (talking marks, settings commands)
+            # instead of waiting for a device that never takes the samples
+            pipeline.engine.playback.discard()
         me = self.model.me
         talking = set(pipeline.playback.talking)
         if me is not None and not self.muted:
@@ -942,9 +938,8 @@ def _engine_sides(engine: AudioEngine) -> str:
     return "microphone" if has_in else ("speakers" if has_out else "")
 
 
-def _detached_deque() -> Any:
-    import collections
-
+def _detached_deque() -> collections.deque[Any]:
+    """A mailbox no connection reads yet (the workers get the connection's own on connect)."""
     return collections.deque(maxlen=2000)
 
 

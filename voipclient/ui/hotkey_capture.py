@@ -21,7 +21,7 @@ from PySide6.QtGui import QFocusEvent, QHideEvent, QKeyEvent, QMouseEvent
 from PySide6.QtWidgets import QPushButton, QWidget
 
 from voipclient.ptt.keys import KEY_NAMES
-from voipclient.ptt.qt_shortcuts import qt_button_name, qt_key_name
+from voipclient.ptt.qt_shortcuts import qt_button_name, qt_event_key_name
 from voipclient.ptt.router import Binding, PttConfigError
 
 __all__ = ["HotkeyCaptureWidget", "normalise_chord"]
@@ -52,15 +52,7 @@ def normalise_chord(names: set[str] | frozenset[str]) -> str:
 
 
 def _key_name(event: QKeyEvent) -> str:
-    try:
-        key = Qt.Key(event.key()).name
-    except ValueError:
-        key = f"0x{int(event.key()):x}"
-    name = qt_key_name(
-        key,
-        keypad=bool(event.modifiers() & Qt.KeyboardModifier.KeypadModifier),
-        native_virtual_key=int(event.nativeVirtualKey()),
-    )
+    name = qt_event_key_name(event)
     return _SIDED.get(name, name)
 
 

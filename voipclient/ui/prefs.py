@@ -255,15 +255,25 @@ def _build(cls: Any, values: dict[str, Any], section: str, problems: list[str]) 
     return cls(**good)
 
 
-def _load_bookmarks(raw: object, problems: list[str]) -> tuple[Bookmark, ...]:
+def _decode_stored(
+    raw: object, kind: type, key: str, consequence: str, problems: list[str]
+) -> object:
+    """The JSON list/object stored under ``key``, or None (absent, or reported as a problem)."""
     if raw is None:
-        return ()
+        return None
     try:
-        entries = _decode(raw)
-        if not isinstance(entries, list):
-            raise ValueError("expected a list")
+        value = _decode(raw)
+        if not isinstance(value, kind):
+            raise ValueError("expected a list" if kind is list else "expected an object")
     except ValueError as exc:
-        problems.append(f"{BOOKMARKS_KEY}: {exc} (no saved servers loaded)")
+        problems.append(f"{key}: {exc} ({consequence})")
+        return None
+    return value
+
+
+def _load_bookmarks(raw: object, problems: list[str]) -> tuple[Bookmark, ...]:
+    entries = _decode_stored(raw, list, BOOKMARKS_KEY, "no saved servers loaded", problems)
+    if not isinstance(entries, list):
         return ()
     out: list[Bookmark] = []
     for i, entry in enumerate(entries, start=1):
@@ -285,14 +295,8 @@ def _load_bookmarks(raw: object, problems: list[str]) -> tuple[Bookmark, ...]:
 
 
 def _load_servers(raw: object, problems: list[str]) -> dict[str, ServerPrefs]:
-    if raw is None:
-        return {}
-    try:
-        entries = _decode(raw)
-        if not isinstance(entries, dict):
-            raise ValueError("expected an object")
-    except ValueError as exc:
-        problems.append(f"{SERVERS_KEY}: {exc} (per-server settings not loaded)")
+    entries = _decode_stored(raw, dict, SERVERS_KEY, "per-server settings not loaded", problems)
+    if not isinstance(entries, dict):
         return {}
     out: dict[str, ServerPrefs] = {}
     for key, entry in entries.items():

@@ -92,6 +92,14 @@ def _is_dark(widget: QWidget) -> bool:
     return widget.palette().window().color().lightness() < 128
 
 
+def _checkbox(page: QWidget, text: str, name: str, tip: str, checked: bool) -> QCheckBox:
+    """A described check box; its accessible name is its text without the mnemonic."""
+    box = QCheckBox(text, page)
+    _describe(box, name, text.replace("&", "").split(" (")[0], tip)
+    box.setChecked(checked)
+    return box
+
+
 def _describe(widget: QWidget, name: str, accessible: str, tip: str) -> None:
     widget.setObjectName(name)
     widget.setAccessibleName(accessible)
@@ -651,30 +659,27 @@ class SettingsDialog(QDialog):
         form.addRow("&Noise suppression:", self.noise_suppression)
         form.addRow(self.ns_status)
 
-        self.agc = QCheckBox("Automatic &gain control", page)
-        _describe(
-            self.agc,
+        self.agc = _checkbox(
+            page,
+            "Automatic &gain control",
             "agc",
-            "Automatic gain control",
             "Evens out your volume: quiet speech is raised, loud speech lowered.",
+            audio.agc,
         )
-        self.agc.setChecked(audio.agc)
-        self.highpass = QCheckBox("&High-pass filter (remove rumble below 80 Hz)", page)
-        _describe(
-            self.highpass,
+        self.highpass = _checkbox(
+            page,
+            "&High-pass filter (remove rumble below 80 Hz)",
             "highpass",
-            "High-pass filter",
             "Removes hum and desk rumble below 80 Hz, under any voice.",
+            audio.highpass,
         )
-        self.highpass.setChecked(audio.highpass)
-        self.cues = QCheckBox("Play &cues when transmission starts and stops", page)
-        _describe(
-            self.cues,
+        self.cues = _checkbox(
+            page,
+            "Play &cues when transmission starts and stops",
             "cues",
-            "Transmission cues",
             "A short sound tells you when your push-to-talk starts and stops.",
+            audio.cues,
         )
-        self.cues.setChecked(audio.cues)
         for box in (self.agc, self.highpass, self.cues):
             form.addRow("", box)
 

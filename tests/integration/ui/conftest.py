@@ -13,7 +13,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QApplication, QTreeWidgetItem
 
 from voipclient.ui.app import App
-from voipclient.ui.main_window import ROLE_KIND
+from voipclient.ui.main_window import ROLE_KIND, TALKING
 from voipclient.ui.prefs import Bookmark
 from voipclient.ui.settings import QSettingsBackend
 
@@ -85,3 +85,26 @@ def join_by_double_click(qtbot: Any, app: App, channel_id: int) -> None:
         lambda: (row := app.controller.model.row(channel_id)) is not None and row.joined,
         timeout=10_000,
     )
+
+
+def member_text(app: App, channel_id: int, name: str) -> str:
+    """The member's line in the channel's tree ("" when the member is not shown there)."""
+    item = member_item(app, channel_id, name)
+    return "" if item is None else item.text(0)
+
+
+def talking(app: App, channel_id: int, name: str) -> bool:
+    """The tree shows ``name`` talking in the channel."""
+    return TALKING in member_text(app, channel_id, name)
+
+
+def pair_in(
+    qtbot: Any, make_app: AppFactory, server: ServerProcess, channel_id: int
+) -> tuple[App, App]:
+    """alice and bob, connected and both in ``channel_id``, holding each other's sender keys."""
+    alice, bob = make_app("alice"), make_app("bob")
+    for app in (alice, bob):
+        connect(qtbot, app, server)
+        join_by_double_click(qtbot, app, channel_id)
+    qtbot.wait(1500)  # KeyDist: the sender keys reach the other, so the first frames open
+    return alice, bob

@@ -15,7 +15,15 @@ from PySide6.QtWidgets import QWidget
 from voipclient.ui.main_window import ROLE_ID, TALKING
 
 from ..conftest import A, B, Starter
-from .conftest import AppFactory, channel_item, connect, join_by_double_click, member_item
+from .conftest import (
+    AppFactory,
+    channel_item,
+    connect,
+    join_by_double_click,
+    member_item,
+    pair_in,
+    talking,
+)
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
 
@@ -63,13 +71,7 @@ def xdotool(*args: str) -> None:
 def test_bound_key_shows_talking_mark_in_other_client(
     qtbot: Any, make_app: AppFactory, start_server: Starter
 ) -> None:
-    server = start_server()
-    alice = make_app("alice")
-    bob = make_app("bob")
-    connect(qtbot, alice, server)
-    connect(qtbot, bob, server)
-    join_by_double_click(qtbot, alice, A)
-    join_by_double_click(qtbot, bob, A)
+    alice, bob = pair_in(qtbot, make_app, start_server(), A)
     # bind F13 to channel A with the capture widget of the channel controls
     alice.window.tree.setCurrentItem(channel_item(alice, A))
     capture = alice.window.controls.ptt
@@ -79,32 +81,18 @@ def test_bound_key_shows_talking_mark_in_other_client(
     qtbot.keyRelease(capture, Qt.Key.Key_F13)
     qtbot.waitUntil(lambda: alice.controller.model.row(A).ptt_keys == ("f13",))  # type: ignore[union-attr]
     assert "f13" in channel_item(alice, A).text(1)
-    qtbot.wait(1500)  # sender keys reach bob (KeyDist) so the first frames open
     try:
         xdotool("keydown", "F13")
-        qtbot.waitUntil(
-            lambda: (item := member_item(bob, A, "alice")) is not None and TALKING in item.text(0),
-            timeout=10_000,
-        )
+        qtbot.waitUntil(lambda: talking(bob, A, "alice"), timeout=10_000)
         assert TALKING in channel_item(bob, A).text(0)
-        assert TALKING in member_item(alice, A, "alice").text(0)  # type: ignore[union-attr]
+        assert talking(alice, A, "alice")  # our own mark too
     finally:
         xdotool("keyup", "F13")
-    qtbot.waitUntil(
-        lambda: (item := member_item(bob, A, "alice")) is not None and TALKING not in item.text(0),
-        timeout=10_000,
-    )
+    qtbot.waitUntil(lambda: not talking(bob, A, "alice"), timeout=10_000)
 
 
 def test_chat_with_a_mention(qtbot: Any, make_app: AppFactory, start_server: Starter) -> None:
-    server = start_server()
-    alice = make_app("alice")
-    bob = make_app("bob")
-    connect(qtbot, alice, server)
-    connect(qtbot, bob, server)
-    join_by_double_click(qtbot, alice, A)
-    join_by_double_click(qtbot, bob, A)
-    qtbot.wait(1500)  # KeyDist: alice's text key reaches bob
+    alice, bob = pair_in(qtbot, make_app, start_server(), A)
     mentions: list[tuple[int, str, str]] = []
     bob.window.chat.mentioned.connect(lambda c, a, t: mentions.append((c, a, t)))
     alice.window.chat.show_channel(A)
@@ -158,27 +146,20 @@ def test_hot_mic_channel_transmits_without_a_key(
 ) -> None:
     from dataclasses import replace
 
-    server = start_server()
-    alice, bob = make_app("alice"), make_app("bob")
+    alice, bob = pair_in(qtbot, make_app, start_server(), B)
     prefs = alice.controller.prefs
     alice.apply_prefs(replace(prefs, transmit=replace(prefs.transmit, mode="continuous")))
-    connect(qtbot, alice, server)
-    connect(qtbot, bob, server)
-    join_by_double_click(qtbot, alice, B)
-    join_by_double_click(qtbot, bob, B)
-    qtbot.wait(1500)  # sender keys
     alice.window.tree.setCurrentItem(channel_item(alice, B))
     hot_mic = alice.window.controls.hot_mic
     indicator = QPoint(8, hot_mic.height() // 2)  # on the box (the row is wider than its text)
     qtbot.mouseClick(hot_mic, Qt.MouseButton.LeftButton, pos=indicator)
     assert alice.controller.model.row(B).hot_mic  # type: ignore[union-attr]
     assert "hot mic" in channel_item(alice, B).text(1)
-    qtbot.waitUntil(
-        lambda: (item := member_item(bob, B, "alice")) is not None and TALKING in item.text(0),
-        timeout=10_000,
-    )
+    qtbot.waitUntil(lambda: talking(bob, B, "alice"), timeout=10_000)
+    # mute, then unmute: the hot mic goes quiet and comes back by itself
+    alice.window.mute_action.trigger()
+    qtbot.waitUntil(lambda: not talking(bob, B, "alice"), timeout=10_000)
+    alice.window.mute_action.trigger()
+    qtbot.waitUntil(lambda: talking(bob, B, "alice"), timeout=10_000)
     qtbot.mouseClick(hot_mic, Qt.MouseButton.LeftButton, pos=indicator)  # off again
-    qtbot.waitUntil(
-        lambda: (item := member_item(bob, B, "alice")) is not None and TALKING not in item.text(0),
-        timeout=10_000,
-    )
+    qtbot.waitUntil(lambda: not talking(bob, B, "alice"), timeout=10_000)

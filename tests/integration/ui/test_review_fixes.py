@@ -1,12 +1,12 @@
 """Behaviour found in review, each shown against a real relay: a key bound twice is refused with a
-reason, the hot mic survives mute/unmute, a channel the user left is not rejoined after a
-reconnect, an answer about a pin the connection no longer presents is ignored, and "mark
-verified" never verifies a key other than the one whose safety number was shown."""
+reason, a channel the user left is not rejoined after a reconnect, an answer about a pin the
+connection no longer presents is ignored, "mark verified" never verifies a key other than the one
+whose safety number was shown, and signals of a replaced connection are ignored. (The hot mic
+surviving mute/unmute is shown in test_main_window.)"""
 
 from __future__ import annotations
 
 import signal
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -35,31 +35,6 @@ def test_a_key_already_bound_elsewhere_is_refused_with_the_reason(
     assert messages == ["f13 already talks to A; remove it there first"]
     assert app.controller.model.row(B).ptt_keys == ()  # type: ignore[union-attr]
     assert [sorted(b.channels) for b in app.controller.router.bindings] == [[A]]
-
-
-def test_hot_mic_keeps_transmitting_after_mute_and_unmute(
-    qtbot: Any, make_app: AppFactory, start_server: Starter
-) -> None:
-    server = start_server()
-    alice, bob = make_app("alice"), make_app("bob")
-    prefs = alice.controller.prefs
-    alice.apply_prefs(replace(prefs, transmit=replace(prefs.transmit, mode="continuous")))
-    connect(qtbot, alice, server)
-    connect(qtbot, bob, server)
-    join_by_double_click(qtbot, alice, B)
-    join_by_double_click(qtbot, bob, B)
-    qtbot.wait(1500)
-    alice.controller.set_hot_mic(B)
-
-    def talking() -> bool:
-        item = member_item(bob, B, "alice")
-        return item is not None and "●" in item.text(0)
-
-    qtbot.waitUntil(talking, timeout=10_000)
-    alice.window.mute_action.trigger()
-    qtbot.waitUntil(lambda: not talking(), timeout=10_000)
-    alice.window.mute_action.trigger()
-    qtbot.waitUntil(talking, timeout=10_000)
 
 
 def test_a_channel_left_is_not_rejoined_after_a_reconnect(

@@ -20,7 +20,7 @@ from voipclient.ui.settings import QSettingsBackend
 from voipclient.ui.tray import Tray
 
 from ..conftest import A, Starter
-from .conftest import AppFactory, connect, member_item
+from .conftest import AppFactory, connect, member_item, member_text, talking
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
 
@@ -36,14 +36,10 @@ def test_mute_and_deafen_marks_reach_the_other_client_and_the_tray_mirrors_them(
     tray = alice.tray or Tray(alice.window, QIcon())
     alice.window.mute_action.trigger()
     assert alice.controller.muted and tray.mute_action.isChecked()
-    qtbot.waitUntil(
-        lambda: "muted" in ((member_item(bob, 1, "alice") or _none()).text(0)), timeout=10_000
-    )
+    qtbot.waitUntil(lambda: "muted" in (member_text(bob, 1, "alice")), timeout=10_000)
     tray.deafen_action.trigger()
     assert alice.window.deafen_action.isChecked() and alice.controller.deafened
-    qtbot.waitUntil(
-        lambda: "deafened" in ((member_item(bob, 1, "alice") or _none()).text(0)), timeout=10_000
-    )
+    qtbot.waitUntil(lambda: "deafened" in (member_text(bob, 1, "alice")), timeout=10_000)
     tray.deafen_action.trigger()  # undeafen restores the mute chosen before
     assert not alice.controller.deafened and alice.controller.muted
     alice.window.mute_action.trigger()
@@ -59,12 +55,6 @@ def test_mute_and_deafen_marks_reach_the_other_client_and_the_tray_mirrors_them(
     assert not alice.window.isVisible()
     tray.toggle_window()
     assert alice.window.isVisible()
-
-
-class _none:
-    @staticmethod
-    def text(_column: int) -> str:
-        return ""
 
 
 def test_user_menu_safety_number_and_verification(
@@ -95,9 +85,7 @@ def test_user_menu_safety_number_and_verification(
     assert isinstance(dialog, SafetyNumberDialog)
     assert dialog.number.text() == number
     qtbot.mouseClick(dialog.verify_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(
-        lambda: "✔" in (member_item(alice, 1, "bob") or _none()).text(0), timeout=10_000
-    )
+    qtbot.waitUntil(lambda: "✔" in member_text(alice, 1, "bob"), timeout=10_000)
     assert alice.controller.model.trust["bob"] == "verified"
     assert (alice.controller.data_dir / "peer-keys.json").exists()  # remembered across runs
     # local mute: for alice only, by name, and applied to her mixer
@@ -105,7 +93,7 @@ def test_user_menu_safety_number_and_verification(
     assert "bob" in alice.controller.prefs.server(alice.controller.server_key or "").user_muted
     mixer = alice.controller.pipeline.mixer  # type: ignore[union-attr]
     qtbot.waitUntil(lambda: mixer.is_locally_muted(bob_id), timeout=5_000)
-    assert "(muted for you)" in (member_item(alice, 1, "bob") or _none()).text(0)
+    assert "(muted for you)" in member_text(alice, 1, "bob")
 
 
 def test_channel_volume_and_keyboard_join(
@@ -185,9 +173,7 @@ def test_a_missing_audio_device_is_explained_and_the_rest_keeps_working(
     qtbot.wait(1500)  # sender keys
     bob.controller.ptt.handle_command("press 1")  # bob talks into the Lobby
     try:
-        qtbot.waitUntil(
-            lambda: "●" in (member_item(alice, 1, "bob") or _none()).text(0), timeout=10_000
-        )
+        qtbot.waitUntil(lambda: talking(alice, 1, "bob"), timeout=10_000)
     finally:
         bob.controller.ptt.handle_command("release 1")
 
