@@ -99,12 +99,16 @@ def talking(app: App, channel_id: int, name: str) -> bool:
 
 
 def pair_in(
-    qtbot: Any, make_app: AppFactory, server: ServerProcess, channel_id: int
+    qtbot: Any, make_app: AppFactory, server: ServerProcess, channel_id: int | None = None
 ) -> tuple[App, App]:
-    """alice and bob, connected and both in ``channel_id``, holding each other's sender keys."""
+    """alice and bob, connected, each seeing the other; with ``channel_id``, both in that channel
+    and holding each other's sender keys."""
     alice, bob = make_app("alice"), make_app("bob")
     for app in (alice, bob):
         connect(qtbot, app, server)
-        join_by_double_click(qtbot, app, channel_id)
-    qtbot.wait(1500)  # KeyDist: the sender keys reach the other, so the first frames open
+    qtbot.waitUntil(lambda: member_item(alice, 1, "bob") is not None, timeout=10_000)
+    if channel_id is not None:
+        for app in (alice, bob):
+            join_by_double_click(qtbot, app, channel_id)
+        qtbot.wait(1500)  # KeyDist: the sender keys reach the other, so the first frames open
     return alice, bob

@@ -15,7 +15,7 @@ from voipclient.crypto.identity import IdentityKey
 from voipclient.net.qt_connection import ServerConnection
 
 from ..conftest import A, B, Starter
-from .conftest import AppFactory, channel_item, connect, join_by_double_click, member_item
+from .conftest import AppFactory, channel_item, connect, join_by_double_click, pair_in
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
 
@@ -82,11 +82,7 @@ def test_an_answer_about_another_pin_is_ignored(qtbot: Any, start_server: Starte
 def test_verifying_a_stale_key_verifies_nothing(
     qtbot: Any, make_app: AppFactory, start_server: Starter
 ) -> None:
-    server = start_server()
-    alice, bob = make_app("alice"), make_app("bob")
-    connect(qtbot, alice, server)
-    connect(qtbot, bob, server)
-    qtbot.waitUntil(lambda: member_item(alice, 1, "bob") is not None, timeout=10_000)
+    alice, _bob = pair_in(qtbot, make_app, start_server())
     shown_key = IdentityKey.generate().public_bytes()  # a number computed from another key
     alice.controller.set_verified("bob", True, shown_key)
     qtbot.wait(500)

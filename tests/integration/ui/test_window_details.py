@@ -20,7 +20,7 @@ from voipclient.ui.settings import QSettingsBackend
 from voipclient.ui.tray import Tray
 
 from ..conftest import A, Starter
-from .conftest import AppFactory, connect, member_item, member_text, talking
+from .conftest import AppFactory, connect, member_item, member_text, pair_in, talking
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
 
@@ -28,10 +28,7 @@ pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
 def test_mute_and_deafen_marks_reach_the_other_client_and_the_tray_mirrors_them(
     qtbot: Any, make_app: AppFactory, start_server: Starter
 ) -> None:
-    server = start_server()
-    alice, bob = make_app("alice"), make_app("bob")
-    connect(qtbot, alice, server)
-    connect(qtbot, bob, server)
+    alice, bob = pair_in(qtbot, make_app, start_server())
     # Xvfb has no tray host: build the tray on the window anyway to check its menu logic
     tray = alice.tray or Tray(alice.window, QIcon())
     alice.window.mute_action.trigger()
@@ -60,11 +57,7 @@ def test_mute_and_deafen_marks_reach_the_other_client_and_the_tray_mirrors_them(
 def test_user_menu_safety_number_and_verification(
     qtbot: Any, make_app: AppFactory, start_server: Starter
 ) -> None:
-    server = start_server()
-    alice, bob = make_app("alice"), make_app("bob")
-    connect(qtbot, alice, server)
-    connect(qtbot, bob, server)
-    qtbot.waitUntil(lambda: member_item(alice, 1, "bob") is not None, timeout=10_000)
+    alice, bob = pair_in(qtbot, make_app, start_server())
     item = member_item(alice, 1, "bob")
     assert item is not None
     menu = alice.window.build_context_menu(item)
