@@ -1,13 +1,15 @@
-"""Writing a file so that readers see the old contents or the whole new ones, never a part."""
+"""Files: writing so that readers see the old contents or the whole new ones, never a part; and
+where per-user data lives."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "user_data_dir"]
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -32,3 +34,17 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def user_data_dir(name: str) -> Path:
+    """The platform's per-user data folder for ``name`` (not roamed on Windows: it holds keys):
+    ``%LOCALAPPDATA%\\name``, ``~/Library/Application Support/name``, ``$XDG_DATA_HOME/name``
+    (default ``~/.local/share/name``)."""
+    home = Path.home()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA")
+        return (Path(base) if base else home / "AppData" / "Local") / name
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / name
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else home / ".local" / "share") / name

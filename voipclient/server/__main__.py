@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import getpass
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from voipclient import __version__
 from voipclient.errors import LocalProtocolError
+from voipclient.fileio import user_data_dir
 from voipclient.server.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -46,14 +46,7 @@ APP_DIR = "voipclient-server"
 
 def default_data_dir() -> Path:
     """The platform's per-user data directory for the server."""
-    home = Path.home()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA")
-        return (Path(base) if base else home / "AppData" / "Local") / APP_DIR
-    if sys.platform == "darwin":
-        return home / "Library" / "Application Support" / APP_DIR
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg) if xdg else home / ".local" / "share") / APP_DIR
+    return user_data_dir(APP_DIR)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from voipclient import __version__
+from voipclient.fileio import user_data_dir
 
 log = logging.getLogger("voipclient.ui")
 
@@ -26,14 +27,7 @@ RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 
 def default_data_dir() -> Path:
     """Per-user data (identity key files, pinned keys, the local server's data)."""
-    home = Path.home()
-    if sys.platform == "win32":
-        base = os.environ.get("APPDATA")
-        return (Path(base) if base else home / "AppData" / "Roaming") / "voipclient"
-    if sys.platform == "darwin":
-        return home / "Library" / "Application Support" / "voipclient"
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg) if xdg else home / ".local" / "share") / "voipclient"
+    return user_data_dir("voipclient")
 
 
 def icon_path() -> Path | None:
