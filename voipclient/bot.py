@@ -52,6 +52,7 @@ from voipclient.audio.redundancy import (
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
+from voipclient.crypto.keylog import KEYLOG_ENV, keylog_from_environment
 from voipclient.crypto.media import VoiceFrame
 from voipclient.crypto.replay import ReplayWindow
 from voipclient.crypto.tofu import TofuStore
@@ -167,6 +168,14 @@ class VoiceBot:
         )
         self.pin: str | None = options.pin
         self.secure: e2ee.SecureSession | None = None
+        # PROTOCOL §7: keys go to a file only when VOIPCLIENT_KEYLOGFILE asks for it.
+        self.keylog = keylog_from_environment(os.environ)
+        if self.keylog is not None:
+            log.warning(
+                "%s is set: every media key and hop secret of this bot is written to %s",
+                KEYLOG_ENV,
+                os.environ[KEYLOG_ENV],
+            )
         self._engine_factory = engine_factory or default_engine
         self.engine: AudioEngine | None = None
         self.udp_errors = 0
@@ -244,7 +253,13 @@ class VoiceBot:
             )
         self._reader, self._writer = reader, writer
         self.secure = e2ee.SecureSession(
-            self.session, self.identity, self.o.name, TofuStore(), self.pin, wall_clock=time.time
+            self.session,
+            self.identity,
+            self.session.name,  # as sent: NFC-normalised
+            TofuStore(),
+            self.pin,
+            wall_clock=time.time,
+            keylog=self.keylog,
         )
         self.session.start(self._loop.time())
         self._flush()

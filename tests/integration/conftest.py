@@ -71,10 +71,12 @@ def start_server(tmp_path: Path) -> Iterator[Starter]:
         channels: tuple[str, ...] = ("A", "B"),
         env: dict[str, str] | None = None,
         data_dir: Path | None = None,
+        module: str = "voipclient.server",
     ) -> ServerProcess:
+        """``module``: the server's entry module (the adversarial tests run a patched one)."""
         n = next(counter)
         data = data_dir or tmp_path / f"data{n}"
-        cmd = [sys.executable, "-m", "voipclient.server", "--port", "0", "--data-dir", str(data)]
+        cmd = [sys.executable, "-m", module, "--port", "0", "--data-dir", str(data)]
         for ch in channels:
             cmd += ["--channel", ch]
         if config is not None:
@@ -87,7 +89,9 @@ def start_server(tmp_path: Path) -> Iterator[Starter]:
         full_env.pop("VOIPCLIENT_SERVER_PASSWORD", None)
         full_env.update(env or {})
         with out.open("wb") as fo, err.open("wb") as fe:
-            proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=full_env)
+            proc = subprocess.Popen(
+                cmd, stdout=fo, stderr=fe, env=full_env, cwd=Path(__file__).parents[2]
+            )
         deadline = time.monotonic() + START_TIMEOUT
         line = ""
         while time.monotonic() < deadline:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from typing import Final
 
 from voipclient.crypto.identity import PUBLIC_KEY_LEN
@@ -126,3 +127,46 @@ def verify_scanned(
     # The code was made on the other device, so its "local" half is our remote half.
     expected = scannable_payload(remote_key, remote_id, local_key, local_id)
     return hmac.compare_digest(scanned, expected)
+
+
+# -- channel privacy code -----------------------------------------------------------------------
+PRIVACY_CODE_LABEL: Final = b"vc1 privacy code"
+PRIVACY_CODE_GROUPS: Final = 4  # 4 groups of 5 digits: 20 digits from 20 bytes of the hash
+
+
+def privacy_code(
+    channel_id: int, holders: Iterable[tuple[str, bytes]], iterations: int = ITERATIONS
+) -> str:
+    """The channel privacy code: 20 digits (4 groups of 5) that every member computes from the
+    channel id and the set of (account id, identity key) of the channel's current key holders,
+    itself included (docs/protocol.md, "Channel privacy code").
+
+    Members who see the same key holders see the same code; a relay that shows two members
+    different member lists cannot make their codes agree without a second preimage of the
+    iterated hash (its own ghost keys are the only input it controls, and each try costs
+    ``iterations`` SHA-512s). ``account`` is the account id as in safety numbers (the casefolded
+    name).
+
+    ``d = SHA-512("vc1 privacy code" ‖ channel u32 ‖ n u16 ‖ n * (u16 len ‖ account ‖ 0xED ‖
+    ik))`` over the entries sorted by (account bytes, key); then ``h = d`` and ``iterations``
+    times ``h = SHA-512(h ‖ d)``; the first 20 bytes as four 5-byte chunks mod 100000.
+    """
+    if not 0 <= channel_id <= 0xFFFF_FFFF:
+        raise LocalProtocolError("channel id is a u32")
+    entries = sorted({(_account_bytes(a), serialize_identity_key(k)) for a, k in holders})
+    if len(entries) > 0xFFFF:
+        raise LocalProtocolError("too many key holders")
+    parts = [PRIVACY_CODE_LABEL, channel_id.to_bytes(4, "big"), len(entries).to_bytes(2, "big")]
+    for account, key in entries:
+        if len(account) > 0xFFFF:
+            raise LocalProtocolError("account id too long")
+        parts += [len(account).to_bytes(2, "big"), account, key]
+    digest = hashlib.sha512(b"".join(parts)).digest()
+    h = digest
+    for _ in range(iterations):
+        h = hashlib.sha512(h + digest).digest()
+    groups = [
+        f"{int.from_bytes(h[i : i + 5], 'big') % 100000:05d}"
+        for i in range(0, 5 * PRIVACY_CODE_GROUPS, 5)
+    ]
+    return " ".join(groups)

@@ -30,8 +30,15 @@ bytes) while every recipient still verifies one signature over the whole batch, 
 other recipient's (recipient_id, sk_id, envelope hash) and the single commitment.
 
 Batching: :func:`build_keydists` puts at most ``(max_bytes - 156) // 1246`` recipients in one
-message (48 for the default 60,000 bytes, under a 64 KiB control frame); each batch is a
-complete, separately signed message with the same fixed part and commitment.
+message (48 for the default 60,000 bytes, under a 64 KiB control frame), and never more than
+:data:`MAX_RECIPIENTS`; each batch is a complete, separately signed message with the same fixed
+part and commitment.
+
+Bounds: every message has 1 ≤ n ≤ :data:`MAX_RECIPIENTS` (64, the most recipients one control
+message may name) table rows. What a client sends the relay is a *full batch*, m = n
+(:func:`split_batch` checks it); only the relay's per-recipient parts carry m = 1 < n. A table
+bigger than the envelopes it comes with would be pure amplification: the relay copies the
+whole table into every recipient's part.
 """
 
 from __future__ import annotations
@@ -73,6 +80,9 @@ OVERHEAD: Final = TABLE_OFFSET + SIGNATURE_LEN + 2  # 156 bytes around table and
 PER_RECIPIENT: Final = ENTRY_LEN + CARRIED_LEN  # 1246 bytes in a full batch
 DEFAULT_MAX_BYTES: Final = 60_000  # one control frame must stay under 64 KiB
 MAX_U16: Final = 0xFFFF
+#: Most rows a recipient table may have (= ``voipclient.net.messages.MAX_RECIPIENTS``, the most
+#: recipients one KeyDist control message may name).
+MAX_RECIPIENTS: Final = 64
 
 _FIXED: Final = struct.Struct(">BBIIIHQ")
 _ENTRY_HEAD: Final = struct.Struct(">I8s")
@@ -210,7 +220,7 @@ def build_keydists(
         raise LocalProtocolError(f"base_key must be {BASE_KEY_LEN} bytes")
     if not isinstance(text_signing_pub, bytes) or len(text_signing_pub) != TEXT_KEY_LEN:
         raise LocalProtocolError(f"text_signing_pub must be {TEXT_KEY_LEN} bytes")
-    per_batch = min(batch_size(max_bytes), MAX_U16)
+    per_batch = min(batch_size(max_bytes), MAX_RECIPIENTS)
     if per_batch < 1:
         raise LocalProtocolError(f"max_bytes={max_bytes} cannot hold one recipient")
     rcpts = list(recipients)
@@ -278,7 +288,7 @@ def _parse(blob: bytes) -> _Parsed:
         raise KeyDistRejected(bad, f"kind={kind}")
     (n,) = _U16.unpack_from(data, TABLE_OFFSET - 2)
     body_end = TABLE_OFFSET + ENTRY_LEN * n
-    if n == 0 or len(data) < body_end + SIGNATURE_LEN + 2:
+    if not 1 <= n <= MAX_RECIPIENTS or len(data) < body_end + SIGNATURE_LEN + 2:
         raise KeyDistRejected(bad, "bad recipient count")
     (m,) = _U16.unpack_from(data, body_end + SIGNATURE_LEN)
     if not 1 <= m <= n or len(data) != message_size(n, m):
@@ -322,7 +332,10 @@ def _parse(blob: bytes) -> _Parsed:
 def parse_keydist_header(blob: bytes) -> KeyDistHeader:
     """Cheap cleartext parse (no signature check, no decryption): for routing and for looking
     up the sender's IK and last accepted (gen, step). Raises only :class:`KeyDistRejected`."""
-    p = _parse(blob)
+    return _header(_parse(blob))
+
+
+def _header(p: _Parsed) -> KeyDistHeader:
     return KeyDistHeader(
         kind=p.kind,
         channel_id=p.channel_id,
@@ -343,8 +356,29 @@ def recipients_of(blob: bytes) -> tuple[int, ...]:
 def split_for_recipients(blob: bytes) -> dict[int, bytes]:
     """Relay side: one message per carried envelope, holding the signed body and only that
     recipient's envelope, so each envelope goes only to its recipient. Raises only
-    :class:`KeyDistRejected` (MALFORMED); the relay does not verify the signature."""
+    :class:`KeyDistRejected` (MALFORMED); the relay does not verify the signature.
+
+    This accepts any well-formed message; a relay takes what a client sends through
+    :func:`split_batch`, which also insists on a full batch."""
+    return _split(_parse(blob))
+
+
+def split_batch(blob: bytes) -> tuple[KeyDistHeader, dict[int, bytes]]:
+    """Relay side, for what a client sends: the header and :func:`split_for_recipients`'s
+    parts of a *full batch* — one envelope carried for every table row (m = n, so at most
+    :data:`MAX_RECIPIENTS`). Anything else raises :class:`KeyDistRejected` (MALFORMED): a
+    table longer than the envelopes carried would be copied whole into every part, so a
+    sender could make the relay send many times what it received."""
     p = _parse(blob)
+    if len(p.envelopes) != len(p.entries):
+        raise KeyDistRejected(
+            KeyDistRejectReason.MALFORMED,
+            f"a batch must carry every envelope ({len(p.envelopes)} of {len(p.entries)})",
+        )
+    return _header(p), _split(p)
+
+
+def _split(p: _Parsed) -> dict[int, bytes]:
     signed = p.body + p.signature + _U16.pack(1)
     return {
         p.entries[i][0]: signed + _U16.pack(i) + envelope for i, envelope in p.envelopes.items()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Mapping
 from typing import Final, Protocol
 
@@ -59,9 +60,17 @@ class FileKeyLog:
 
     def __call__(self, line: str, /) -> None:
         data = (line + "\n").encode("ascii")
+        # Never through a symlink (someone could point it at a file of theirs), only into a
+        # regular file, and only readable by us: an existing file's wider mode is narrowed.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
             try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(f"{self.path} is not a regular file")
+                if st.st_mode & 0o077 and hasattr(os, "fchmod"):
+                    os.fchmod(fd, 0o600)
                 os.write(fd, data)
             finally:
                 os.close(fd)

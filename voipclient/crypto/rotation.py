@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import ClassVar, Final
 
@@ -406,6 +406,21 @@ class SenderKeyScheduler:
             return  # it never got a key from me: nothing to revoke
         st.members.discard(member_id)
         st.pending.discard(member_id)
+        # A key queued for it and not yet taken (it joined and left within one batch) must not
+        # go out after it left: only members get keys. A catch-up left with nobody is dropped.
+        kept: list[KeyAction] = []
+        for action in self._actions:
+            if (
+                not isinstance(action, StepAdvanced)
+                and action.channel_id == channel_id
+                and member_id in action.recipients
+            ):
+                rest = tuple(r for r in action.recipients if r != member_id)
+                if rest or isinstance(action, NewGeneration):
+                    kept.append(replace(action, recipients=rest))
+                continue
+            kept.append(action)
+        self._actions = kept
         self._new_generation(channel_id, st, now, reason)
 
     def _flush_joiners(self, channel_id: int, st: _Channel, now: float) -> None:

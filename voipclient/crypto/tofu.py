@@ -154,6 +154,14 @@ class TofuStore:
                 pin.ik_pub, pin.first_seen_ms, TrustLevel.TOFU, pin.changed_to, pin.changed_seen_ms
             )
 
+    def rename(self, server_pin: str, old: str, new: str) -> None:
+        """Move ``old``'s pin to the account key ``new`` (a change of how accounts are keyed);
+        nothing happens when ``new`` already has a pin or ``old`` has none."""
+        pin = self._pins.get((server_pin, old))
+        if pin is not None and (server_pin, _check_name("account", new)) not in self._pins:
+            del self._pins[(server_pin, old)]
+            self._pins[(server_pin, new)] = pin
+
     def forget(self, server_pin: str, account: str) -> None:
         self._pins.pop((server_pin, account), None)
 

@@ -27,6 +27,7 @@ from typing import Final, Protocol
 
 from voipclient import __version__
 from voipclient.errors import LocalProtocolError, RemoteProtocolError
+from voipclient.names import InvalidName, check_name, prepare_name
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
@@ -125,7 +126,13 @@ class ClientSession:
         self._hello = m.Hello(
             versions=tuple(versions), client_name=client_name, client_version=client_version
         )
-        # Check our own inputs now, not at the first message that would carry them.
+        # Check our own inputs now, not at the first message that would carry them. The name is
+        # NFC-normalised and must pass the same rules the server and every peer apply to it.
+        name = prepare_name(name)
+        try:
+            check_name(name)
+        except InvalidName as exc:
+            raise LocalProtocolError(exc.reason, field="name") from None
         m.encode_checked(self._hello)
         m.encode_checked(m.Login(name=name, ik_pub=ik_pub, signature=bytes(64), password=password))
         self.name: Final = name
@@ -141,6 +148,10 @@ class ClientSession:
         self._out = bytearray()
         self._roster = Roster()
         self._roster_dirty = False
+        # Account keys (UTS #39 skeletons) of the users in the roster, and every sender id seen
+        # in this connection: names are unique by skeleton and sender ids are never reused.
+        self._name_keys: dict[str, int] = {}
+        self._seen_ids: set[int] = set()
 
         self._version: str | None = None
         self._server_name = ""
@@ -468,14 +479,17 @@ class ClientSession:
                 self._sender_id = msg.sender_id
                 self._hop_secret = msg.hop_secret
                 self._udp_port = msg.udp_port
+                self._admit_users(msg.users)
                 roster.load_page(msg.channels, msg.users)
                 if not msg.more:
                     self._roster_complete(now, events)
             case m.RosterPage():
+                self._admit_users(msg.users)
                 roster.load_page(msg.channels, msg.users)
                 if not msg.more:
                     self._roster_complete(now, events)
             case m.UserJoined():
+                self._admit_users((msg.user,))
                 roster.apply(msg)
                 events.append(
                     ev.UserJoined(
@@ -491,12 +505,15 @@ class ClientSession:
                 channels = roster.channels_of(msg.sender_id)
                 roster.apply(msg)
                 assert user is not None  # apply() raised otherwise
+                self._name_keys.pop(check_name(user.name), None)
                 events.append(ev.UserLeft(user, channels, int(msg.reason)))
                 self._roster_dirty = True
             case m.UserUpdated():
                 previous = roster.user(msg.user.sender_id)
+                if previous is None:
+                    raise RosterError(f"user_updated for unknown user {msg.user.sender_id}")
+                _check_unchanged(previous, msg.user, roster)
                 roster.apply(msg)
-                assert previous is not None
                 user = UserView.from_wire(msg.user)
                 events.append(ev.UserUpdated(user, previous))
                 if (
@@ -558,6 +575,28 @@ class ClientSession:
                 events.append(ev.ConnectionClosed(ev.CloseReason.PEER_BYE, message=msg.reason))
             case _:  # pragma: no cover - the transition table admits nothing else
                 raise LocalProtocolError(f"no handler for {type(msg).__name__}")
+
+    def _admit_users(self, users: Iterable[m.UserInfo]) -> None:
+        """Check users about to enter the roster: a valid name (NFC, no invisible, bidi or
+        format characters, one script), unique by its confusable skeleton, and a sender id
+        never seen before in this connection (a relay cannot bring a departed user back, nor
+        seat a look-alike of someone beside them)."""
+        for user in users:
+            try:
+                key = check_name(user.name)
+            except InvalidName as exc:
+                raise RosterError(
+                    f"user {user.sender_id} has an invalid name: {exc.reason}"
+                ) from None
+            if user.sender_id in self._seen_ids:
+                raise RosterError(f"sender id {user.sender_id} was already used")
+            other = self._name_keys.get(key)
+            if other is not None:
+                raise RosterError(
+                    f"user {user.sender_id} ({user.name!r}) looks like user {other}'s name"
+                )
+            self._seen_ids.add(user.sender_id)
+            self._name_keys[key] = user.sender_id
 
     def _on_server_hello(self, msg: m.ServerHello, events: list[ev.ClientEvent]) -> None:
         if msg.version not in self._hello.versions:
@@ -647,6 +686,20 @@ class ClientSession:
                 ),
             )
         )
+
+
+def _check_unchanged(previous: UserView, user: m.UserInfo, roster: Roster) -> None:
+    """A user_updated may change the session key, its certificate and the mute/deafen flags,
+    nothing else: a user's name and identity key are fixed for its session, and memberships
+    change only through membership/user_joined/user_left, which the E2E layer sees."""
+    sid = user.sender_id
+    if user.name != previous.name:
+        raise RosterError(f"user_updated tried to rename user {sid}")
+    if user.ik_pub != previous.ik_pub:
+        raise RosterError(f"user_updated tried to change user {sid}'s identity key")
+    current = {ch: roster.may_speak(sid, ch) for ch in roster.channels_of(sid)}
+    if {mb.channel_id: mb.may_speak for mb in user.channels} != current:
+        raise RosterError(f"user_updated tried to change user {sid}'s memberships")
 
 
 def _offset_field(field: str | None, chunk: int) -> str | None:

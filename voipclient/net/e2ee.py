@@ -19,10 +19,12 @@ Threading: one owner thread (the network thread); the capture worker hands it en
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from voipclient.crypto import keydist
+from voipclient.crypto.fingerprint import privacy_code
 from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey, SigningKey
 from voipclient.crypto.keylog import KeyLogSink, hop_key_line
@@ -36,8 +38,9 @@ from voipclient.crypto.rotation import (
 )
 from voipclient.crypto.session import SessionCertificate, SessionKemKey
 from voipclient.crypto.text import TextMessage, TextOpener, TextSealer
-from voipclient.crypto.tofu import TofuStore, TrustStatus
+from voipclient.crypto.tofu import TofuStore, TrustLevel, TrustStatus
 from voipclient.errors import LocalProtocolError, RemoteProtocolError
+from voipclient.names import InvalidName, name_key
 from voipclient.net import events as ev
 from voipclient.net.client import ClientSession
 from voipclient.net.messages import LeaveReason
@@ -126,6 +129,99 @@ class TextDropped(SecureEvent):
     reason: str
 
 
+#: What a member's identity key is worth, as the member list shows it.
+#: "me" (our own row), "verified" (the user compared safety numbers with this key), "tofu" (the
+#: key pinned for this account, not verified), "changed" (another key than the pinned one: keys
+#: still flow, with a warning), "blocked" (another key than the *verified* one: no key either way
+#: until the user verifies the new one).
+TRUST_LEVELS = ("me", "verified", "tofu", "changed", "blocked")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """One member of a channel exactly as the E2E layer knows it: the identity it pinned for
+    this session (name and key never change within a session) and what that key is worth."""
+
+    #: The member's session id (its sender id on the voice path).
+    sender_id: int
+    #: The account name pinned when the member was first seen in this session.
+    name: str
+    #: Its Ed25519 identity public key (what safety numbers are computed from).
+    ik_pub: bytes
+    #: One of :data:`TRUST_LEVELS`.
+    trust: str
+    #: The channel's ACL lets it transmit there.
+    may_speak: bool
+    #: Its session key certificate verified: keys can be sealed to it (else they are held).
+    has_session_key: bool
+    #: The key is new to us in this session: first seen (TOFU pinned it now).
+    new_key: bool = False
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """Who is in which channel, as the E2E layer hands out keys: the member lists the UI draws.
+
+    For every channel we are a member of, the members other than us are exactly the
+    identities our sender keys go to (checked again before every KeyDist is built)."""
+
+    #: Our sender id (None before login).
+    me: int | None = None
+    #: Channel id → its members (us included), sorted by name.
+    channels: Mapping[int, tuple[KeyHolder, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    #: Channel id → privacy code, for the channels we are a member of.
+    codes: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def members(self, channel_id: int) -> tuple[KeyHolder, ...]:
+        return self.channels.get(channel_id, ())
+
+    def holder(self, sender_id: int) -> KeyHolder | None:
+        """The member with ``sender_id`` (from any channel), or None."""
+        for holders in self.channels.values():
+            for h in holders:
+                if h.sender_id == sender_id:
+                    return h
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class MembersChanged(SecureEvent):
+    """The member view changed (someone joined or left, a key was verified or changed)."""
+
+    view: MemberView
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolderNotice(SecureEvent):
+    """A change of who holds our keys in a channel we are a member of: the UI writes it into
+    the channel's conversation as a lasting line, so even a member for 200 ms leaves a trace.
+
+    ``change``: "present" (we joined or logged in: who holds keys there now), "joined", "left",
+    "key_changed" (a member's identity key is not the pinned one), "verified", "unverified".
+    """
+
+    channel_id: int
+    change: str
+    holders: tuple[KeyHolder, ...]
+    #: Wall-clock time, milliseconds.
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolderAlarm(SecureEvent):
+    """A KeyDist's recipients differ from the members drawn for that channel. Nothing went to
+    anyone not drawn; this is a bug or an attack, and the UI must say so loudly."""
+
+    channel_id: int
+    #: Recipients the key schedule named that are not drawn members (they got nothing).
+    extra: frozenset[int]
+    #: Drawn members the key schedule left out.
+    missing: frozenset[int]
+    detail: str
+
+
 # -- the session ---------------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Peer:
@@ -133,6 +229,7 @@ class _Peer:
     name: str
     ik_pub: bytes
     recipient: keydist.KeyDistRecipient | None = None  # set once its SKC verified
+    status: TrustStatus = TrustStatus.UNCHANGED  # what TOFU said when we first saw it
 
 
 class SecureSession:
@@ -175,6 +272,15 @@ class SecureSession:
         self._last_accepted: dict[tuple[int, int], tuple[int, int]] = {}
         # Newest key action per (recipient, channel) held until the recipient's SK is known.
         self._held: dict[tuple[int, int], KeyAction] = {}
+        # Channel id → {member sender id: may_speak}, us included: the one membership table the
+        # member view is drawn from and every KeyDist is checked against.
+        self._members: dict[int, dict[int, bool]] = {}
+        self._view: MemberView | None = None
+        self._view_dirty = False
+        self._codes: dict[tuple[int, frozenset[tuple[str, bytes]]], str] = {}
+        self._pending: list[SecureEvent] = []  # notices and alarms raised below handle_events
+        # Channel id → who our current generation's key actually went to (sent, not held).
+        self.key_sent_to: dict[int, set[int]] = {}
         self.keydists_sent = 0
         self.keydists_rejected = 0
         self.texts_rejected = 0
@@ -208,8 +314,19 @@ class SecureSession:
                 self._handle(event, now, out)
             except RemoteProtocolError as exc:  # one peer's bad input never aborts the batch
                 out.append(KeyRejected(getattr(event, "sender_id", 0), None, exc.message))
+        self._check_roster_agrees()
         self._flush_actions(now, out)
+        self._finish(out)
         return out
+
+    def _finish(self, out: list[SecureEvent]) -> None:
+        """Append the notices and alarms raised meanwhile, then the new view if it changed."""
+        out.extend(self._pending)
+        self._pending.clear()
+        if self._view_dirty and self._sender_id is not None:
+            self._view_dirty = False
+            self._view = None
+            out.append(MembersChanged(self.view()))
 
     def tick(self, now: float) -> list[SecureEvent]:
         """Run due rotations (coalesced join steps, aged generations) and expire old keys."""
@@ -226,6 +343,7 @@ class SecureSession:
         ):
             self._publish_certificate(self._sender_id)
         self._flush_actions(now, out)
+        self._finish(out)
         return out
 
     def next_deadline(self) -> float | None:
@@ -245,17 +363,181 @@ class SecureSession:
         return int(self._wall() * 1000)
 
     def _tofu_account(self, name: str) -> str:
-        # The server binds names case-insensitively, so "Bob" and "bob" are one account.
-        return name.casefold()
+        """The TOFU key of an account: its confusable skeleton (``voipclient.names``), as the
+        server binds names, so "Bob", "BOB" and the Cyrillic look-alike of "BOB" all meet the
+        pin of "bob".
+        A pin stored under the older casefolded key is moved to the skeleton key."""
+        key = name_key(name)
+        legacy = name.casefold()
+        if (
+            legacy != key
+            and self._tofu.get(self._pin, key) is None
+            and self._tofu.get(self._pin, legacy) is not None
+        ):
+            self._tofu.rename(self._pin, legacy, key)
+        return key
+
+    # -- the member view -------------------------------------------------------------------------
+    def view(self) -> MemberView:
+        """Who is in which channel, with the identities and trust the E2E layer acts on."""
+        if self._view is None:
+            me = self._sender_id
+            channels: dict[int, tuple[KeyHolder, ...]] = {}
+            codes: dict[int, str] = {}
+            for channel_id, members in self._members.items():
+                holders = tuple(
+                    sorted(
+                        (h for sid, speak in members.items() if (h := self._holder(sid, speak))),
+                        key=lambda h: (h.trust != "me", h.name.casefold(), h.sender_id),
+                    )
+                )
+                channels[channel_id] = holders
+                if me is not None and me in members:
+                    codes[channel_id] = self._privacy_code(channel_id, holders)
+            self._view = MemberView(me, MappingProxyType(channels), MappingProxyType(codes))
+        return self._view
+
+    def privacy_code(self, channel_id: int) -> str | None:
+        """The channel's privacy code (we must be a member), or None."""
+        return self.view().codes.get(channel_id)
+
+    def _privacy_code(self, channel_id: int, holders: tuple[KeyHolder, ...]) -> str:
+        entries = frozenset((h.name.casefold(), h.ik_pub) for h in holders)
+        key = (channel_id, entries)
+        code = self._codes.get(key)
+        if code is None:
+            if len(self._codes) > 256:
+                self._codes.clear()
+            code = self._codes[key] = privacy_code(channel_id, entries)
+        return code
+
+    def _holder(self, sender_id: int, may_speak: bool) -> KeyHolder | None:
+        if sender_id == self._sender_id:
+            return KeyHolder(
+                sender_id, self._account, self._identity.public_bytes(), "me", may_speak, True
+            )
+        peer = self._peers.get(sender_id)
+        if peer is None:
+            return None
+        return KeyHolder(
+            sender_id,
+            peer.name,
+            peer.ik_pub,
+            self._trust(peer),
+            may_speak,
+            peer.recipient is not None,
+            peer.status is TrustStatus.NEW,
+        )
+
+    def _trust(self, peer: _Peer) -> str:
+        pinned = self._tofu.get(self._pin, self._tofu_account(peer.name))
+        if pinned is None:
+            return "tofu"
+        if pinned.ik_pub == peer.ik_pub:
+            return str(pinned.level)
+        return "blocked" if pinned.level is TrustLevel.VERIFIED else "changed"
+
+    def _changed(self) -> None:
+        self._view_dirty = True
+        self._view = None
+
+    def _notice(self, channel_id: int, change: str, sender_ids: Iterable[int]) -> None:
+        """A lasting line for a channel we are a member of."""
+        me = self._sender_id
+        members = self._members.get(channel_id, {})
+        if me is None or me not in members:
+            return
+        holders = tuple(
+            h for sid in sender_ids if (h := self._holder(sid, members.get(sid, False))) is not None
+        )
+        if holders:
+            self._pending.append(KeyHolderNotice(channel_id, change, holders, self._wall_ms()))
+
+    def _set_member(self, channel_id: int, sender_id: int, may_speak: bool) -> None:
+        members = self._members.setdefault(channel_id, {})
+        joined = sender_id not in members
+        members[sender_id] = may_speak
+        self._changed()
+        if joined and sender_id != self._sender_id:
+            self._notice(channel_id, "joined", (sender_id,))
+
+    def _drop_member(self, channel_id: int, sender_id: int) -> None:
+        members = self._members.get(channel_id)
+        if members is None or sender_id not in members:
+            return
+        if sender_id != self._sender_id:
+            self._notice(channel_id, "left", (sender_id,))
+        del members[sender_id]
+        self._changed()
+
+    def _check_roster_agrees(self) -> None:
+        """The control session's roster and our membership table are fed the same events; if
+        they ever disagree, say so (it would mean a member list that is not who gets keys)."""
+        if self._sender_id is None:
+            return
+        roster = self._session.roster
+        for channel_id in roster.channels:
+            drawn = frozenset(self._members.get(channel_id, {}))
+            listed = roster.members(channel_id)
+            if drawn != listed:
+                self._pending.append(
+                    KeyHolderAlarm(
+                        channel_id,
+                        listed - drawn,
+                        drawn - listed,
+                        "the roster and the key holders disagree",
+                    )
+                )
+                self._members[channel_id] = {
+                    sid: roster.may_speak(sid, channel_id) for sid in listed
+                }
+                self._changed()
+
+    def peer(self, sender_id: int) -> KeyHolder | None:
+        """A peer's pinned identity (name, key, trust), or None when unknown."""
+        if sender_id == self._sender_id:
+            return self._holder(sender_id, False)
+        peer = self._peers.get(sender_id)
+        return None if peer is None else self._holder(sender_id, False)
+
+    def set_verified(self, sender_id: int, ik_pub: bytes, verified: bool, now: float) -> bool:
+        """The user compared the safety number computed from ``ik_pub`` with ``sender_id``
+        (``verified``) or takes a verification back. Refused (False) when ``ik_pub`` is not
+        the key this peer holds in this session: a number shown for another key proves nothing.
+        Verifying releases keys held while the peer was blocked."""
+        peer = self._peers.get(sender_id)
+        if peer is None or peer.ik_pub != ik_pub:
+            return False
+        account = self._tofu_account(peer.name)
+        if verified:
+            self._tofu.mark_verified(self._pin, account, peer.ik_pub, self._wall_ms())
+        else:
+            self._tofu.clear_verified(self._pin, account)
+        self._changed()
+        for channel_id, members in self._members.items():
+            if sender_id in members:
+                self._notice(channel_id, "verified" if verified else "unverified", (sender_id,))
+        if verified:
+            self._release_held(sender_id, now)
+        return True
+
+    def take_events(self, now: float) -> list[SecureEvent]:
+        """What changed outside ``handle_events``/``tick`` (a verification): flush it."""
+        out: list[SecureEvent] = []
+        self._flush_actions(now, out)
+        self._finish(out)
+        return out
 
     def _handle(self, event: ev.ClientEvent, now: float, out: list[SecureEvent]) -> None:
         if isinstance(event, ev.LoggedIn):
             self._logged_in(event, now, out)
         elif isinstance(event, ev.UserJoined):
             self._see_user(event.user, now, out)
+            roster = self._session.roster
             for channel_id in event.channels:  # its automatic memberships (the Lobby)
+                speak = roster.may_speak(event.user.sender_id, channel_id)
                 self._membership(
-                    ev.MembershipChanged(event.user.sender_id, channel_id, True, False), now
+                    ev.MembershipChanged(event.user.sender_id, channel_id, True, speak), now
                 )
         elif isinstance(event, ev.SessionKeyPublished):
             self._key_published(event.sender_id, event.sk_pub, event.skc, now, out)
@@ -265,6 +547,11 @@ class SecureSession:
             self._user_left(event, now)
         elif isinstance(event, ev.ChannelRemoved):
             self._leave_channel(event.channel.id, event.members)
+            if self._members.pop(event.channel.id, None) is not None:
+                self._changed()
+        elif isinstance(event, ev.ChannelAdded):
+            self._members.setdefault(event.channel.id, {})
+            self._changed()
         elif isinstance(event, ev.KeyDistReceived):
             self._keydist(event, now, out)
         elif isinstance(event, ev.TextReceived):
@@ -292,8 +579,15 @@ class SecureSession:
             self._see_user(user, now, out)
             if user.sk_pub is not None and user.skc is not None:
                 self._key_published(user.sender_id, user.sk_pub, user.skc, now, out)
-        for channel_id in event.roster.channels_of(event.sender_id):
-            self._open_channel(channel_id, event.roster.may_speak(me, channel_id), now)
+        roster = event.roster
+        self._members = {
+            ch: {sid: roster.may_speak(sid, ch) for sid in roster.members(ch)}
+            for ch in roster.channels
+        }
+        self._changed()
+        for channel_id in roster.channels_of(me):
+            self._notice(channel_id, "present", roster.members(channel_id) - {me})
+            self._open_channel(channel_id, roster.may_speak(me, channel_id), now)
 
     def _publish_certificate(self, sender_id: int) -> None:
         assert self._kem is not None
@@ -310,9 +604,13 @@ class SecureSession:
     def _see_user(self, user: UserView, now: float, out: list[SecureEvent]) -> None:
         if user.sender_id == self._sender_id or user.sender_id in self._peers:
             return
-        account = self._tofu_account(user.name)
+        try:
+            account = self._tofu_account(user.name)
+        except InvalidName:  # the control session refuses such rosters; never pin one
+            return
         status = self._tofu.observe(self._pin, account, user.ik_pub, self._wall_ms())
-        self._peers[user.sender_id] = _Peer(user.sender_id, user.name, user.ik_pub)
+        self._peers[user.sender_id] = _Peer(user.sender_id, user.name, user.ik_pub, status=status)
+        self._changed()
         out.append(PeerTrust(user.sender_id, user.name, status))
 
     def _trusted_ik(self, sender_id: int) -> bytes | None:
@@ -376,7 +674,14 @@ class SecureSession:
     def _membership(self, event: ev.MembershipChanged, now: float) -> None:
         if self._scheduler is None:
             return
+        if event.joined:
+            self._set_member(event.channel_id, event.sender_id, event.may_speak)
+        else:
+            self._drop_member(event.channel_id, event.sender_id)
         if event.sender_id == self._sender_id:
+            if event.joined:
+                members = self._members.get(event.channel_id, {})
+                self._notice(event.channel_id, "present", set(members) - {event.sender_id})
             if event.joined and event.may_speak:
                 self._open_channel(event.channel_id, True, now)
             elif event.joined:  # still a member, but the ACL no longer lets us speak
@@ -397,6 +702,8 @@ class SecureSession:
     def _user_left(self, event: ev.UserLeft, now: float) -> None:
         sender = event.user.sender_id
         for channel_id in event.channels:
+            self._drop_member(channel_id, sender)
+        for channel_id in event.channels:
             if self._scheduler is not None and self._scheduler.is_open(channel_id):
                 if event.reason == LeaveReason.TIMEOUT:
                     self._scheduler.member_timed_out(channel_id, sender, now)
@@ -408,6 +715,8 @@ class SecureSession:
         self._peers.pop(sender, None)
         for key in [k for k in self._held if k[0] == sender]:
             del self._held[key]
+        for sent in self.key_sent_to.values():
+            sent.discard(sender)
 
     def _forget_member(self, channel_id: int, sender_id: int) -> None:
         # _last_accepted stays: see its comment in __init__.
@@ -443,8 +752,10 @@ class SecureSession:
                     sealer.set_step(action.step, self._scheduler.base_key(action.channel_id))
                 continue
             self._install_text_sealer(action)
+            if isinstance(action, NewGeneration):
+                self.key_sent_to[action.channel_id] = set()
             ready = []
-            for recipient in action.recipients:
+            for recipient in self._checked_recipients(action, action.recipients):
                 peer = self._peers.get(recipient)
                 if (
                     peer is not None
@@ -481,22 +792,52 @@ class SecureSession:
         elif sealer.step != action.step:
             sealer.set_step(action.step, action.base_key)
 
+    def _checked_recipients(self, action: KeyAction, recipients: Sequence[int]) -> list[int]:
+        """Defence in depth: the recipients of a key must be drawn members of its channel. A
+        new generation goes to exactly the drawn members; a catch-up to joiners among them.
+        Any difference raises :class:`KeyHolderAlarm` and only drawn members get the key."""
+        assert not isinstance(action, StepAdvanced)
+        members = self._members.get(action.channel_id, {})
+        drawn = frozenset(members) - {self._sender_id}
+        named = frozenset(recipients)
+        extra = named - drawn
+        missing = drawn - named if isinstance(action, NewGeneration) else frozenset()
+        if extra or missing:
+            self._pending.append(
+                KeyHolderAlarm(
+                    action.channel_id,
+                    extra,
+                    missing,
+                    "our key schedule named recipients that are not the drawn members",
+                )
+            )
+        return [r for r in recipients if r in drawn]
+
     def _send_keydist(self, action: KeyAction, recipients: Sequence[int], now: float) -> None:
         assert not isinstance(action, StepAdvanced)
         signing = self._text_keys.get((action.channel_id, action.gen))
         if signing is None:
             return  # superseded generation: a newer action carries the current key
+        recipients = self._checked_recipients(action, recipients)
         # Never to a peer whose verified key changed (PROTOCOL §1): it stays held until the user
         # re-verifies, and a changed-while-TOFU peer still gets keys (with a warning shown).
-        targets = [
-            peer.recipient
+        chosen = [
+            r
             for r in recipients
             if (peer := self._peers.get(r)) is not None
             and peer.recipient is not None
             and self._trusted_ik(r) is not None
         ]
+        targets = [recipient for r in chosen if (recipient := self._peers[r].recipient) is not None]
         if not targets:
             return
+        scheduler = self._scheduler
+        if (
+            scheduler is not None
+            and scheduler.is_open(action.channel_id)
+            and scheduler.state(action.channel_id).gen == action.gen
+        ):
+            self.key_sent_to.setdefault(action.channel_id, set()).update(chosen)
         kind = (
             keydist.KeyDistKind.NEW_GENERATION
             if isinstance(action, NewGeneration)
@@ -626,3 +967,8 @@ class SecureSession:
         self._texts.clear()
         self._peers.clear()
         self._last_accepted.clear()
+        self._members.clear()
+        self.key_sent_to.clear()
+        self._view = None
+        self._view_dirty = False
+        self._sender_id = None  # closed: no member view, no roster comparison

@@ -123,6 +123,9 @@ class ErrorCode(enum.IntEnum):
     SESSION_REPLACED = 13
     #: An administrator removed the user.
     KICKED = 14
+    #: The login's user name is refused (``voipclient.names.check_name``: invisible, bidi,
+    #: format or control characters, not NFC, mixed scripts, stray spaces); the message says why.
+    INVALID_NAME = 15
     #: The named channel does not exist.
     NO_SUCH_CHANNEL = 20
     #: The channel password is missing or wrong.

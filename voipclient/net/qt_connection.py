@@ -38,9 +38,10 @@ from voipclient.audio.redundancy import (
 )
 from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
+from voipclient.crypto.keylog import KeyLogSink
 from voipclient.crypto.media import VoiceFrame
 from voipclient.crypto.replay import ReplayWindow
-from voipclient.crypto.tofu import TofuStore, TrustLevel
+from voipclient.crypto.tofu import TofuStore
 from voipclient.errors import LocalProtocolError
 from voipclient.fileio import atomic_write
 from voipclient.net import e2ee, hopctl
@@ -87,9 +88,6 @@ class ServerConnection(QObject):
     stats_changed = Signal(object)
     #: (channel id, why) a text message could not be sent (no sender key yet, not a member)
     text_failed = Signal(int, str)
-    #: (account name, "tofu" | "verified" | "changed" | "blocked") whenever a peer's key is seen
-    #: or the user verifies one; "changed": the key differs from the pinned one (warn the user)
-    peer_trust_changed = Signal(str, str)
 
     def __init__(
         self,
@@ -102,6 +100,7 @@ class ServerConnection(QObject):
         config: sv.SupervisorConfig | None = None,
         pin_file: PinFile | None = None,
         tofu_file: Path | None = None,
+        keylog: KeyLogSink | None = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -111,6 +110,8 @@ class ServerConnection(QObject):
         self._tofu = tofu or TofuStore()
         # Peers' pinned identity keys are written here when they change (not secret: public keys).
         self._tofu_file = tofu_file
+        # The key log (VOIPCLIENT_KEYLOGFILE, opt-in): every media key and hop secret in clear.
+        self._keylog = keylog
         self._clock = clock
         self.inbox: collections.deque[VoiceFrame] = collections.deque(maxlen=2000)
         # Loss reports the playback worker measured, sent on the next tick (a mailbox).
@@ -252,47 +253,25 @@ class ServerConnection(QObject):
         self._emit_secure(sec.flush(self._clock()))
         self._flush()
 
-    @Slot(str, bool, object)
-    def set_verified(self, account: str, verified: bool, ik_pub: bytes | None = None) -> None:
-        """The user compared the safety number with ``account`` (or takes it back).
-        ``ik_pub``: the key the compared number was computed from; if the account's key is a
-        different one now (it reconnected with a new key meanwhile), nothing is verified."""
-        sec, pin = self.secure, self._expected_pin
-        if sec is None or pin is None or self.session is None:
+    @Slot(int, bool, object)
+    def set_verified(self, sender_id: int, verified: bool, ik_pub: bytes) -> None:
+        """The user compared the safety number computed from ``ik_pub`` with ``sender_id`` (or
+        takes a verification back). Identity comes from the E2E layer only: if that member
+        holds another key now, nothing is verified. The member view follows as an event."""
+        sec = self.secure
+        if sec is None:
             return
-        user = self.session.roster.user_by_name(account)
-        if user is None:
-            return
-        if verified and ik_pub is not None and ik_pub != user.ik_pub:
-            self._trust_changed(user.name)  # the UI re-reads the level; nothing was verified
-            return
-        tofu_account = account.casefold()
-        now_ms = int(time.time() * 1000)
-        if verified:
-            self._tofu.mark_verified(pin, tofu_account, user.ik_pub, now_ms)
-            sec.peer_reverified(user.sender_id, self._clock())
-        else:
-            self._tofu.clear_verified(pin, tofu_account)
-        self._trust_changed(user.name)
+        if sec.set_verified(sender_id, ik_pub, verified, self._clock()):
+            self._save_tofu()
+        self._emit_secure(sec.take_events(self._clock()))
         self._flush()
 
-    def trust_level(self, account: str) -> str:
-        """What the UI shows for ``account``'s key (see ``peer_trust_changed``)."""
-        pin = self._expected_pin
-        pinned = None if pin is None else self._tofu.get(pin, account.casefold())
-        if pinned is None:
-            return "tofu"
-        if pinned.warning:
-            return "blocked" if pinned.level == TrustLevel.VERIFIED else "changed"
-        return str(pinned.level)
-
-    def _trust_changed(self, account: str) -> None:
+    def _save_tofu(self) -> None:
         if self._tofu_file is not None:
             try:
                 atomic_write(self._tofu_file, self._tofu.to_bytes())
             except OSError as exc:
                 log.warning("cannot save the pinned peer keys to %s: %s", self._tofu_file, exc)
-        self.peer_trust_changed.emit(account, self.trust_level(account))
 
     @Slot(object, object, bytes)
     def send_voice(self, targets: Sequence[int], ending: Sequence[int], payload: bytes) -> None:
@@ -370,10 +349,11 @@ class ServerConnection(QObject):
         self.secure = e2ee.SecureSession(
             self.session,
             self._identity,
-            self._name,
+            self.session.name,  # as sent: NFC-normalised
             self._tofu,
             self._expected_pin,
             wall_clock=time.time,
+            keylog=self._keylog,
         )
         self._set_state("logging_in", self._name)
         self.session.start(self._clock())
@@ -498,7 +478,7 @@ class ServerConnection(QObject):
                 self.inbox.append(event.frame)
             else:
                 if isinstance(event, e2ee.PeerTrust):
-                    self._trust_changed(event.name)
+                    self._save_tofu()  # a new pin, or a change recorded beside it
                 self.session_event.emit(event)
 
     # -- UDP ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The asyncio adapter (``voipclient.server``) owns the listening TLS socket, the UDP socket and the
 clock. It numbers connections itself and drives the core::
 
-    core.connection_made(conn_id, now)
+    core.connection_made(conn_id, now, address)  # address: the peer's IP, no port (optional)
     core.receive_data(conn_id, data, now)
     core.connection_lost(conn_id, now)
     core.handle_timer(now)                     # when get_timer() is due
@@ -20,9 +20,13 @@ Policies (documented in docs/protocol.md):
 * **Lobby.** Channel 1, "Lobby" by default, is the root of the tree. Every user is a member of
   it right after login (announced inside UserJoined, not as a MembershipChanged); a user may leave
   it like any channel. It has no password and no member limit.
-* **Names.** A name (compared case-insensitively) is bound to the identity key that first logged
-  in with it, for the life of the server run (``name_bindings``, a dict the adapter may persist and
-  pass back in). Another key → NAME_TAKEN. The same key while a session with that name is
+* **Names.** A name must pass :func:`voipclient.names.check_name` (no invisible, bidi, format or
+  control characters, NFC, one script, single inner spaces), else the login gets a fatal
+  INVALID_NAME. Names are compared by their account key (:func:`voipclient.names.name_key`: the
+  confusable skeleton of the casefolded name, so ``bob``, ``Bob`` and ``BOB`` in Greek capitals
+  are one account). A key is bound to the identity key that first logged in with it, for the
+  life of the server run (``name_bindings``, a dict the adapter may persist and pass back in).
+  Another identity key → NAME_TAKEN. The same key while a session with that name is
   connected → the old session gets a fatal SESSION_REPLACED error and leaves (UserLeft reason
   REPLACED) and the new login proceeds: that is how a client reconnects over a dead connection.
 * **Sender ids** count up from 1 and are never reused within a run; the hop secret is 32 bytes
@@ -38,6 +42,22 @@ Policies (documented in docs/protocol.md):
   beyond the token bucket (``rate_per_s``/``rate_burst``) → a fatal Error frame to that session and
   it is closed; other sessions are unaffected. Tunnelled voice has its own bucket
   (``tunnel_rate_per_s``) and excess datagrams are dropped, not punished (voice is bursty).
+* **Relayed bytes.** What the server sends on a session's behalf (KeyDist: every split part it
+  delivers; Text: blob size times recipients) is charged to a second per-session bucket, in bytes
+  (``relay_bytes_per_s``/``relay_bytes_burst``): a request it cannot pay for is a fatal
+  RATE_LIMITED, like the message bucket, and nothing of it is relayed. Few large messages to many
+  members would otherwise turn the message bucket into an egress amplifier.
+* **KeyDist bounds.** A KeyDist must be one *full batch*: as many envelopes as table rows, at
+  most ``keydist.MAX_RECIPIENTS`` (64), and its ``recipients`` list the same set as the table's
+  recipient ids; anything else is a fatal MALFORMED_MESSAGE. A big table with few envelopes
+  would make the per-recipient split copy the whole table to every recipient.
+* **Bans.** ``is_banned(ik_pub)`` (injected; default: nobody) is asked inside the login right
+  after the signature check: a banned key gets a fatal KICKED error instead of LoginOk, nobody
+  sees it join, and whatever it pipelined behind its Login is never read.
+* **Password guessing.** With a server password, wrong guesses are counted per peer address
+  (:class:`PasswordBackoff`, when the adapter passes addresses): after 3 in a row the address is
+  refused for 1 s, doubling with every further wrong guess up to 60 s, with a fatal RATE_LIMITED
+  error and without checking the password; a right password forgets the address.
 * **Loss reports.** A READY session may send LossReports (its loss/jitter figures of the
   speakers it hears). Each entry goes, as LossReportDelivery, only to the speaker it names, and
   only while reporter and speaker share at least one channel; an entry for anyone else (not
@@ -64,8 +84,10 @@ Policies (documented in docs/protocol.md):
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -77,6 +99,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from voipclient.crypto import keydist
 from voipclient.errors import LocalProtocolError, RemoteProtocolError
+from voipclient.names import InvalidName, check_name, name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
@@ -87,6 +110,7 @@ __all__ = [
     "LOBBY_ID",
     "LOSS_REPORT_COUNTERS",
     "ChannelConfig",
+    "PasswordBackoff",
     "ServerConfig",
     "ServerCore",
     "SessionInfo",
@@ -126,7 +150,8 @@ class ChannelConfig:
     password: ChannelPassword | None = None
     #: Member limit; 0 means unlimited.
     max_members: int = 0
-    #: Names (case-insensitive) allowed to transmit voice here; None: every member may.
+    #: Names allowed to transmit voice here, compared by account key (``names.name_key``: case
+    #: and look-alike letters do not matter); None: every member may.
     speakers: frozenset[str] | None = None
 
     def to_view(self) -> ChannelView:
@@ -142,8 +167,8 @@ class ChannelConfig:
     def allows_speaker(self, name: str) -> bool:
         if self.speakers is None:
             return True
-        folded = name.casefold()
-        return any(s.casefold() == folded for s in self.speakers)
+        key = name_key(name)
+        return any(name_key(s) == key for s in self.speakers)
 
 
 @dataclass(frozen=True)
@@ -186,6 +211,15 @@ class ServerConfig:
     loss_report_rate_per_s: float = 4.0
     #: LossReports bucket size, messages.
     loss_report_burst: int = 8
+    #: Bytes per second the server relays on one session's behalf (KeyDist: the split parts
+    #: it delivers; Text: blob size times recipients); a request beyond the bucket is a fatal
+    #: RATE_LIMITED.
+    relay_bytes_per_s: float = 1024.0 * 1024
+    #: Relay byte bucket size, bytes. An honest full KeyDist batch (48 recipients) makes the
+    #: server send ~167 KB, so 8 MiB pays for a whole default ``rate_burst`` of them (40 x
+    #: 167 KB = 6.7 MB): for honest KeyDists this bucket does not bite before the message
+    #: bucket does.
+    relay_bytes_burst: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         lobby = self.lobby
@@ -222,6 +256,10 @@ class ServerConfig:
             raise LocalProtocolError("udp_port must be 0..65535")
         if not (self.loss_report_rate_per_s > 0 and self.loss_report_burst >= 1):
             raise LocalProtocolError("loss_report_rate_per_s must be > 0, loss_report_burst >= 1")
+        if not (math.isfinite(self.relay_bytes_per_s) and self.relay_bytes_per_s > 0):
+            raise LocalProtocolError("relay_bytes_per_s must be > 0")
+        if self.relay_bytes_burst < 1:
+            raise LocalProtocolError("relay_bytes_burst must be >= 1")
         if any(len(k) != m.ED25519_PUB_LEN for k in self.admins):
             raise LocalProtocolError("an admin key is a raw 32-byte Ed25519 public key")
 
@@ -267,6 +305,79 @@ class TokenBucket:
         return False
 
 
+@dataclass(slots=True)
+class _Failures:
+    count: int  # wrong passwords in a row
+    until: float  # refused before this (seconds, adapter clock)
+    last: float  # time of the last wrong password
+
+
+class PasswordBackoff:
+    """Wrong server passwords per peer address, and how long that address must wait.
+
+    The first ``free_failures`` wrong passwords in a row cost nothing; from then on each one
+    makes the address wait ``base`` seconds, doubling with every further wrong password up to
+    ``cap`` (defaults: 1 s, 2 s, 4 s … 60 s after the 3rd, 4th, 5th … wrong password). While
+    it waits its logins are refused without looking at the password, so a guesser gets at most
+    one guess per ``cap`` seconds once it is up to speed. A right password forgets the
+    address, and so do ``forget_after`` seconds without a wrong one. At most ``max_addresses``
+    are remembered, the one whose last failure is oldest is forgotten first, so memory stays
+    bounded whatever the number of addresses. Pure: ``now`` is the caller's clock, seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        free_failures: int = 3,
+        base: float = 1.0,
+        cap: float = 60.0,
+        forget_after: float = 600.0,
+        max_addresses: int = 4096,
+    ) -> None:
+        if free_failures < 1 or max_addresses < 1 or not 0 < base <= cap <= forget_after:
+            raise LocalProtocolError("PasswordBackoff needs 0 < base <= cap <= forget_after")
+        self.free_failures = free_failures
+        self.base = base
+        self.cap = cap
+        self.forget_after = forget_after
+        self.max_addresses = max_addresses
+        # Ordered by last failure, oldest first: the eviction order.
+        self._entries: collections.OrderedDict[str, _Failures] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def retry_after(self, address: str, now: float) -> float:
+        """Seconds ``address`` must still wait before its password is checked (0.0: now)."""
+        entry = self._entries.get(address)
+        if entry is None:
+            return 0.0
+        if now - entry.last >= self.forget_after:
+            del self._entries[address]
+            return 0.0
+        return max(0.0, entry.until - now)
+
+    def failed(self, address: str, now: float) -> float:
+        """Count a wrong password from ``address``; returns the wait it now has (0.0: none)."""
+        entry = self._entries.pop(address, None)
+        if entry is None or now - entry.last >= self.forget_after:
+            entry = _Failures(0, now, now)
+        entry.count += 1
+        entry.last = now
+        extra = entry.count - self.free_failures
+        # The exponent is clamped so that a long run of failures stays cheap to compute.
+        wait = 0.0 if extra < 0 else min(self.cap, self.base * 2.0 ** min(extra, 64))
+        entry.until = now + wait
+        self._entries[address] = entry
+        while len(self._entries) > self.max_addresses:
+            self._entries.popitem(last=False)
+        return wait
+
+    def succeeded(self, address: str) -> None:
+        """A right password from ``address``: forget its failures."""
+        self._entries.pop(address, None)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
     """A logged-in session as the UDP relay and the admin see it."""
@@ -304,6 +415,8 @@ class _Session:
     bucket: TokenBucket
     tunnel_bucket: TokenBucket
     loss_bucket: TokenBucket
+    relay_bucket: TokenBucket  # bytes relayed on this session's behalf
+    address: str | None = None  # the peer's IP as the adapter gave it (password back-off)
     state: ServerState = ServerState.AWAIT_HELLO
     out: bytearray = field(default_factory=bytearray)
     challenge: bytes = b""
@@ -330,8 +443,14 @@ class ServerCore:
     Args:
         config: the server's configuration.
         rng: randomness source for login challenges and hop secrets (os.urandom in production).
-        name_bindings: casefolded user name → identity public key, mutated in place as new names
-            are registered (persist it and pass it back to keep bindings across restarts).
+        name_bindings: account key (:func:`voipclient.names.name_key` of the user name) →
+            identity public key, mutated in place as new names are registered (persist it and
+            pass it back to keep bindings across restarts).
+        is_banned: asked with the identity key of every login whose signature verified; True
+            refuses it (fatal KICKED). Called on every login, so it should be cheap; it must not
+            raise (the adapter decides what a failing ban store means).
+        password_backoff: the per-address record of wrong server passwords (a fresh
+            :class:`PasswordBackoff` by default; pass one to tune it or to look into it).
     """
 
     def __init__(
@@ -340,15 +459,19 @@ class ServerCore:
         *,
         rng: Callable[[int], bytes] = os.urandom,
         name_bindings: dict[str, bytes] | None = None,
+        is_banned: Callable[[bytes], bool] | None = None,
+        password_backoff: PasswordBackoff | None = None,
     ) -> None:
         self.config: Final = config
         self._rng = rng
+        self._is_banned: Callable[[bytes], bool] = is_banned or _nobody_is_banned
+        self.password_backoff: Final = password_backoff or PasswordBackoff()
         self._bindings: dict[str, bytes] = {} if name_bindings is None else name_bindings
         self._conns: dict[int, _Session] = {}
         # conn ids written to since the last outgoing() (a dict: an ordered set)
         self._dirty: dict[int, None] = {}
         self._by_sender: dict[int, _Session] = {}
-        self._by_name: dict[str, _Session] = {}  # casefolded name → logged-in session
+        self._by_name: dict[str, _Session] = {}  # account key (name_key) → logged-in session
         self._events: list[ev.ServerEvent] = []
         self._next_sender_id = 1
         self._shutting_down = False
@@ -361,8 +484,12 @@ class ServerCore:
 
     # -- adapter interface -----------------------------------------------------------------------
 
-    def connection_made(self, conn_id: int, now: float) -> None:
-        """A TLS connection was accepted (after the handshake). ``conn_id`` must be new."""
+    def connection_made(self, conn_id: int, now: float, address: str | None = None) -> None:
+        """A TLS connection was accepted (after the handshake). ``conn_id`` must be new.
+
+        ``address`` is the peer's IP address without the port (or any string naming where the
+        connection comes from): wrong server passwords are counted per address. None: not
+        known, and that connection's wrong passwords are not counted."""
         if conn_id in self._conns:
             raise LocalProtocolError(f"connection {conn_id} already exists")
         cfg = self.config
@@ -375,6 +502,8 @@ class ServerCore:
             bucket=TokenBucket(cfg.rate_per_s, cfg.rate_burst, now),
             tunnel_bucket=TokenBucket(cfg.tunnel_rate_per_s, cfg.tunnel_burst, now),
             loss_bucket=TokenBucket(cfg.loss_report_rate_per_s, cfg.loss_report_burst, now),
+            relay_bucket=TokenBucket(cfg.relay_bytes_per_s, cfg.relay_bytes_burst, now),
+            address=address,
         )
         self._conns[conn_id] = sess
         if self._shutting_down:
@@ -478,7 +607,8 @@ class ServerCore:
 
     @property
     def name_bindings(self) -> dict[str, bytes]:
-        """Casefolded name → identity key: the live dict (persist it; don't mutate it)."""
+        """Account key (``names.name_key``) → identity key: the live dict (persist it; don't
+        mutate it)."""
         return self._bindings
 
     def session_by_sender_id(self, sender_id: int) -> SessionInfo | None:
@@ -626,7 +756,7 @@ class ServerCore:
             case m.Hello():
                 self._on_hello(sess, msg)
             case m.Login():
-                self._on_login(sess, msg)
+                self._on_login(sess, msg, now)
             case m.JoinChannel():
                 self._on_join(sess, msg)
             case m.LeaveChannel():
@@ -698,18 +828,30 @@ class ServerCore:
             ),
         )
 
-    def _on_login(self, sess: _Session, msg: m.Login) -> None:
+    def _on_login(self, sess: _Session, msg: m.Login, now: float) -> None:
         cfg = self.config
-        if cfg.password is not None and (
-            msg.password is None or not _secret_equal(msg.password, cfg.password)
+        if cfg.password is not None and not self._server_password_ok(
+            sess, msg.password, cfg.password, now
         ):
-            self._close(sess, _Reason.LOGIN_FAILED, _Code.WRONG_PASSWORD, "wrong server password")
             return
         transcript = m.login_transcript(sess.challenge, msg.name, msg.ik_pub)
         if not _verify_ed25519(msg.ik_pub, msg.signature, transcript):
             self._close(sess, _Reason.LOGIN_FAILED, _Code.BAD_SIGNATURE, "bad login signature")
             return
-        key = msg.name.casefold()
+        # Before anything is announced or sent: a banned key gets no roster, nobody sees it
+        # join, and receive_data stops at the closed session (its pipelined requests are
+        # never read).
+        if self._is_banned(msg.ik_pub):
+            self._close(sess, _Reason.LOGIN_FAILED, _Code.KICKED, "banned from this server")
+            return
+        try:
+            # A name that could pass for another (invisible, bidi or format characters, mixed
+            # scripts, not NFC) is refused; the rest bind by their confusable skeleton.
+            key = check_name(msg.name)
+        except InvalidName as exc:
+            reason = f"name refused: {exc.reason}"
+            self._close(sess, _Reason.LOGIN_FAILED, _Code.INVALID_NAME, reason)
+            return
         bound = self._bindings.get(key)
         if bound is not None and not hmac.compare_digest(bound, msg.ik_pub):
             self._close(sess, _Reason.LOGIN_FAILED, _Code.NAME_TAKEN, f"name {msg.name!r} is taken")
@@ -747,6 +889,33 @@ class ServerCore:
         self._events.append(
             ev.SessionAuthenticated(sess.conn_id, sid, msg.name, msg.ik_pub, sess.hop_secret)
         )
+
+    def _server_password_ok(
+        self, sess: _Session, given: str | None, expected: str, now: float
+    ) -> bool:
+        """Check the server password under the per-address back-off; on False ``sess`` is
+        closed (RATE_LIMITED while its address must wait, else WRONG_PASSWORD)."""
+        address, backoff = sess.address, self.password_backoff
+        if address is not None:
+            wait = backoff.retry_after(address, now)
+            if wait > 0:
+                self._close(
+                    sess,
+                    _Reason.LOGIN_FAILED,
+                    _Code.RATE_LIMITED,
+                    f"too many wrong passwords from your address; try again in {math.ceil(wait)} s",
+                )
+                return False
+        if given is not None and _secret_equal(given, expected):
+            if address is not None:
+                backoff.succeeded(address)
+            return True
+        wait = 0.0 if address is None else backoff.failed(address, now)
+        text = "wrong server password"
+        if wait > 0:
+            text += f"; too many from your address, try again in {math.ceil(wait)} s"
+        self._close(sess, _Reason.LOGIN_FAILED, _Code.WRONG_PASSWORD, text)
+        return False
 
     def _send_login_ok(self, sess: _Session) -> None:
         """LoginOk plus as many RosterPages as the roster needs to fit 64 KiB frames."""
@@ -915,6 +1084,20 @@ class ServerCore:
             return False
         return True
 
+    def _pay_relay(self, sess: _Session, nbytes: int) -> bool:
+        """Charge ``nbytes`` the server is about to relay for ``sess`` to its relay byte
+        bucket; False (and ``sess`` closed, fatal RATE_LIMITED) if it cannot pay."""
+        # last_rx is the ``now`` of the receive_data call being handled.
+        if sess.relay_bucket.take(sess.last_rx, nbytes):
+            return True
+        self._close(
+            sess,
+            _Reason.RATE_LIMITED,
+            _Code.RATE_LIMITED,
+            f"more than {self.config.relay_bytes_per_s:g} relayed bytes/s",
+        )
+        return False
+
     def _on_keydist(self, sess: _Session, msg: m.KeyDist) -> None:
         if not self._check_member(sess, msg.channel_id):
             return
@@ -922,29 +1105,37 @@ class ServerCore:
         assert sid is not None
         # Each envelope goes only to its recipient (PROTOCOL §2): the blob is split into one
         # message per envelope (signed body + that envelope). The signature is not checked here
-        # (recipients do); a blob that does not even parse, or names another sender or channel,
-        # is a protocol violation.
+        # (recipients do); a blob that does not even parse, is not a full batch (m = n <= 64),
+        # names another sender or channel, or other recipients than its table, is a protocol
+        # violation: each part copies the whole table, so a long table with few envelopes
+        # would multiply what the relay sends.
         try:
-            header = keydist.parse_keydist_header(msg.blob)
-            parts = keydist.split_for_recipients(msg.blob)
+            header, parts = keydist.split_batch(msg.blob)
         except RemoteProtocolError as exc:
             self._close(sess, _Reason.PROTOCOL_ERROR, _Code.MALFORMED_MESSAGE, exc.message)
             return
+        problem = ""
         if header.sender_id != sid or header.channel_id != msg.channel_id:
-            self._close(
-                sess,
-                _Reason.PROTOCOL_ERROR,
-                _Code.MALFORMED_MESSAGE,
-                "KeyDist names another sender or channel",
-            )
+            problem = "KeyDist names another sender or channel"
+        elif set(msg.recipients) != set(header.recipients):
+            problem = "KeyDist recipients differ from its recipient table"
+        if problem:
+            self._close(sess, _Reason.PROTOCOL_ERROR, _Code.MALFORMED_MESSAGE, problem)
             return
         members = self._roster.members(msg.channel_id)
         # dict.fromkeys: drop duplicates, keep the sender's order.
-        for r in dict.fromkeys(msg.recipients):
-            part = parts.get(r)
-            target = self._by_sender.get(r)
-            if part is None or target is None or r == sid or r not in members:
-                continue
+        deliveries = [
+            (target, part)
+            for r in dict.fromkeys(msg.recipients)
+            if (part := parts.get(r)) is not None
+            and (target := self._by_sender.get(r)) is not None
+            and r != sid
+            and r in members
+            and target.state is ServerState.READY
+        ]
+        if not self._pay_relay(sess, sum(len(part) for _, part in deliveries)):
+            return
+        for target, part in deliveries:
             self._send_many(
                 (target,), m.KeyDistDelivery(sender_id=sid, channel_id=msg.channel_id, blob=part)
             )
@@ -959,6 +1150,8 @@ class ServerCore:
             for uid in sorted(self._roster.members(msg.channel_id))
             if uid != sid
         ]
+        if not self._pay_relay(sess, len(msg.blob) * len(targets)):
+            return
         self._send_many(
             targets, m.TextDelivery(sender_id=sid, channel_id=msg.channel_id, blob=msg.blob)
         )
@@ -1077,8 +1270,9 @@ class ServerCore:
         if sess.in_roster and sid is not None:
             sess.in_roster = False
             del self._by_sender[sid]
-            if self._by_name.get(sess.name.casefold()) is sess:
-                del self._by_name[sess.name.casefold()]
+            key = name_key(sess.name)
+            if self._by_name.get(key) is sess:
+                del self._by_name[key]
             self._roster.remove_user(sid)
             if not self._shutting_down:
                 self._broadcast(m.UserLeft(sender_id=sid, reason=leave))
@@ -1098,6 +1292,11 @@ class ServerCore:
         if sess.state is ServerState.READY:
             return sess.last_rx + self.config.idle_timeout
         return sess.opened_at + self.config.login_timeout
+
+
+def _nobody_is_banned(ik_pub: bytes) -> bool:
+    del ik_pub
+    return False
 
 
 def _is_closed(sess: _Session) -> bool:

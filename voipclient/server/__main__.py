@@ -114,6 +114,7 @@ def _operator_command(args: argparse.Namespace, data_dir: Path) -> int:
     import base64
     import binascii
 
+    from voipclient.names import name_key
     from voipclient.server.store import Store, StoreError
 
     try:
@@ -125,7 +126,8 @@ def _operator_command(args: argparse.Namespace, data_dir: Path) -> int:
         bindings = store.load_bindings()
 
         def resolve(target: str) -> tuple[bytes, str] | None:
-            bound = bindings.get(target.casefold())
+            # Bindings are keyed by account key: "BOB" or a look-alike finds the key of "bob".
+            bound = bindings.get(name_key(target))
             if bound is not None:
                 return bound, target
             try:

@@ -12,7 +12,7 @@ Control path, per TCP connection::
     accept ── caps on handshakes in flight (total, per IP) ── TLS 1.3 handshake (our own
     MemoryBIO layer, with a timeout) ── caps on sessions (total, per IP; a polite fatal
     SERVER_FULL frame) ──
-    core.connection_made(conn_id) ── data → core.receive_data ── core.outgoing() → write
+    core.connection_made(conn_id, address) ── data → core.receive_data ── core.outgoing() → write
 
 After every call into a core, :meth:`RelayServer._pump` handles ``core.events()``
 (SessionAuthenticated → relay.add_session, SessionClosed → relay.remove_session and close the
@@ -42,6 +42,7 @@ import collections
 import contextlib
 import errno
 import hashlib
+import ipaddress
 import json
 import logging
 import socket
@@ -53,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final, TextIO, cast
 
+from voipclient.names import name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import encode_frame
@@ -62,7 +64,7 @@ from voipclient.server.relay import Addr, RelayCore
 from voipclient.server.store import Store
 from voipclient.server.tls import TlsIdentity, make_server_context
 
-__all__ = ["RelayServer", "bind_sockets", "format_start_line"]
+__all__ = ["RelayServer", "backoff_address", "bind_sockets", "format_start_line"]
 
 log = logging.getLogger("voipclient.server")
 log_ctl = logging.getLogger("voipclient.server.control")
@@ -84,6 +86,21 @@ SHUTDOWN_GRACE: Final = 2.0
 BAN_SWEEP_INTERVAL: Final = 1.0
 #: Seconds between pushes of the relay's UDP counters to the core (reported in Pong).
 RECEIVED_SYNC_INTERVAL: Final = 0.5
+
+
+def backoff_address(ip: str) -> str | None:
+    """The address the core counts wrong server passwords under: the IP itself for IPv4,
+    its /64 network for IPv6 (one subscriber usually holds a whole /64, so counting single
+    IPv6 addresses would give a guesser as many fresh counts as it likes). None when unknown."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
 
 
 def format_start_line(host: str, port: int, pin: str) -> str:
@@ -381,7 +398,7 @@ class RelayServer:
             ),
             admins=frozenset(s.admins),
         )
-        self._core = ServerCore(config, name_bindings=bindings)
+        self._core = ServerCore(config, name_bindings=bindings, is_banned=self._login_banned)
         self._relay = RelayCore(self._core, limits=s.limits.relay_limits())
         log.info(
             "cores ready channels=%d name_bindings=%d bans=%d admins=%d password=%s",
@@ -544,7 +561,7 @@ class RelayServer:
         self._ip_established[conn.ip] += 1
         self._conns[conn_id] = conn
         log_ctl.debug("connection conn=%d ip=%s", conn_id, conn.ip)
-        core.connection_made(conn_id, loop.time())
+        core.connection_made(conn_id, loop.time(), backoff_address(conn.ip))
         self._pump()
 
     # -- control data ----------------------------------------------------------------------------
@@ -689,14 +706,26 @@ class RelayServer:
         if conn is not None:
             conn.sender_id = event.sender_id
         log_ctl.info("login conn=%d sender=%d name=%r", event.conn_id, event.sender_id, event.name)
-        key = event.name.casefold()
+        key = name_key(event.name)  # the core binds names by account key
         if key not in self._persisted_names and core.name_bindings.get(key) == event.ik_pub:
             self.store.add_binding(key, event.ik_pub)
             self._persisted_names.add(key)
             log_ctl.info("name bound name=%r", event.name)
         self._ik_of[event.sender_id] = event.ik_pub
-        if self.store.is_banned(event.ik_pub):
-            self._kick_banned(event.sender_id)
+
+    def _login_banned(self, ik_pub: bytes) -> bool:
+        """The core asks this inside every login (after the signature check, before anything
+        is sent): the store is read each time, so a ``--ban`` from another process counts at
+        once. A store that cannot be read lets the login through (the ban sweep retries)."""
+        try:
+            banned = self.store.is_banned(ik_pub)
+        except sqlite3.Error as exc:
+            log.warning("cannot read bans error=%r", exc)
+            return False
+        if banned:
+            self.counters.bans_enforced += 1
+            log_ctl.info("banned identity refused at login")
+        return banned
 
     def _kick_banned(self, sender_id: int) -> None:
         core = self._core

@@ -181,6 +181,8 @@ class LimitSettings:
     idle_timeout: float = 30.0
     rate_per_s: float = 20.0
     rate_burst: int = 40
+    relay_bytes_per_s: float = 1024.0 * 1024
+    relay_bytes_burst: int = 8 * 1024 * 1024
     tunnel_rate_per_s: float = 100.0
     tunnel_burst: int = 50
     max_frame_size: int = 65536
@@ -297,6 +299,8 @@ class Settings:
             idle_timeout=lim.idle_timeout,
             rate_per_s=lim.rate_per_s,
             rate_burst=lim.rate_burst,
+            relay_bytes_per_s=lim.relay_bytes_per_s,
+            relay_bytes_burst=lim.relay_bytes_burst,
             tunnel_rate_per_s=lim.tunnel_rate_per_s,
             tunnel_burst=lim.tunnel_burst,
             max_frame_size=lim.max_frame_size,
@@ -623,6 +627,8 @@ def _parse_limits(r: _Reader) -> LimitSettings:
         idle_timeout=r.number("idle_timeout", d.idle_timeout, 0.0),
         rate_per_s=r.number("rate_per_s", d.rate_per_s, 0.0),
         rate_burst=r.integer("rate_burst", d.rate_burst, 1, m.U32_MAX),
+        relay_bytes_per_s=r.number("relay_bytes_per_s", d.relay_bytes_per_s, 0.0),
+        relay_bytes_burst=r.integer("relay_bytes_burst", d.relay_bytes_burst, 1, m.U64_MAX),
         tunnel_rate_per_s=r.number("tunnel_rate_per_s", d.tunnel_rate_per_s, 0.0),
         tunnel_burst=r.integer("tunnel_burst", d.tunnel_burst, 1),
         max_frame_size=r.integer("max_frame_size", d.max_frame_size, 65536, m.U32_MAX),

@@ -1,8 +1,10 @@
 """What the server keeps on disk besides its certificate: name bindings and bans (SQLite).
 
-* **Name bindings**: casefolded user name → the Ed25519 identity key that first logged in with
-  it. Loaded into ``ServerCore.name_bindings`` at start, a row added when a new name binds, so
-  nobody can take over a name across restarts.
+* **Name bindings**: account key of a user name (``voipclient.names.name_key``: its confusable
+  skeleton, casefolded) → the Ed25519 identity key that first logged in with it. Loaded into
+  ``ServerCore.name_bindings`` at start, a row added when a new name binds, so nobody can take
+  over a name across restarts. Schema 1 keyed rows by ``casefold()``; opening such a file
+  re-keys them once (schema 2, :func:`_rekey_bindings`).
 * **Bans**: identity keys refused at login, with an optional label and reason.
 
 Nothing else: no voice, no text, no IP addresses, no session history. The file is created with
@@ -17,16 +19,20 @@ import logging
 import os
 import sqlite3
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from voipclient.names import InvalidName, check_name, name_key
 
 __all__ = ["DB_FILE", "Ban", "Store", "StoreError"]
 
 log = logging.getLogger("voipclient.server.store")
 
 DB_FILE: Final = "server.sqlite3"
-SCHEMA_VERSION: Final = 1
+#: 1: bindings keyed by ``casefold()``; 2: by ``names.name_key`` (a version 1 file is re-keyed).
+SCHEMA_VERSION: Final = 2
 _IK_LEN: Final = 32  # bytes, raw Ed25519 public key
 
 _SCHEMA: Final = """
@@ -35,7 +41,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS name_bindings (
-    name TEXT PRIMARY KEY,          -- casefolded user name
+    name TEXT PRIMARY KEY,          -- account key: voipclient.names.name_key(user name)
     ik_pub BLOB NOT NULL CHECK (length(ik_pub) = 32)
 );
 CREATE TABLE IF NOT EXISTS bans (
@@ -86,9 +92,13 @@ class Store:
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+            elif row[0] == "1":
+                _rekey_bindings(conn, path)
             elif row[0] != str(SCHEMA_VERSION):
                 conn.close()
-                raise StoreError(f"{path}: schema version {row[0]}, this server knows 1")
+                raise StoreError(
+                    f"{path}: schema version {row[0]}, this server knows {SCHEMA_VERSION}"
+                )
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: {exc}") from None
         return cls(conn, path)
@@ -99,24 +109,25 @@ class Store:
     # -- name bindings ---------------------------------------------------------------------------
 
     def load_bindings(self) -> dict[str, bytes]:
-        """Every binding: casefolded name → identity key."""
+        """Every binding: account key (``names.name_key``) → identity key."""
         rows = self._conn.execute("SELECT name, ik_pub FROM name_bindings").fetchall()
         return {str(name): bytes(key) for name, key in rows}
 
     def add_binding(self, name: str, ik_pub: bytes) -> bool:
-        """Bind ``name`` (casefolded here) to ``ik_pub`` unless it is bound already.
-        True when a row was added."""
+        """Bind the account key of ``name`` (``names.name_key``, computed here; a key passes
+        unchanged) to ``ik_pub`` unless it is bound already. True when a row was added."""
         if len(ik_pub) != _IK_LEN:
             raise ValueError("an identity key is 32 bytes")
         cur = self._conn.execute(
             "INSERT OR IGNORE INTO name_bindings (name, ik_pub) VALUES (?, ?)",
-            (name.casefold(), ik_pub),
+            (name_key(name), ik_pub),
         )
         return cur.rowcount == 1
 
     def remove_binding(self, name: str) -> bool:
-        """Free a name (an operator action). True when it was bound."""
-        cur = self._conn.execute("DELETE FROM name_bindings WHERE name = ?", (name.casefold(),))
+        """Free a name and every look-alike of it (an operator action): the row of its account
+        key. True when it was bound."""
+        cur = self._conn.execute("DELETE FROM name_bindings WHERE name = ?", (name_key(name),))
         return cur.rowcount == 1
 
     # -- bans ------------------------------------------------------------------------------------
@@ -144,3 +155,38 @@ class Store:
             "SELECT ik_pub, label, reason, created_ms FROM bans ORDER BY created_ms"
         ).fetchall()
         return [Ban(bytes(k), str(lbl), str(r), int(t)) for k, lbl, r, t in rows]
+
+
+def _rekey_bindings(conn: sqlite3.Connection, path: Path) -> None:
+    """Schema 1 → 2: re-key the bindings from ``casefold()`` to ``names.name_key``, in one
+    transaction. A row whose name ``names.check_name`` now refuses (invisible or bidi characters,
+    mixed scripts...) is dropped: nobody can log in with it any more, and its key could hold a
+    real name's key ("bob" spelt with a Cyrillic U+043E has the key of "bob"). Where two rows
+    meet on one key, the older (first bound) keeps it. Both are logged: a name becomes free."""
+    rows = conn.execute("SELECT name, ik_pub FROM name_bindings ORDER BY rowid").fetchall()
+    kept: dict[str, bytes] = {}
+    for name, ik_pub in rows:
+        legacy = str(name)
+        try:
+            # casefold() may have decomposed a letter; the name as sent was NFC
+            key = check_name(unicodedata.normalize("NFC", legacy))
+        except InvalidName as exc:
+            log.warning("name binding dropped name=%r reason=%s", legacy, exc.reason)
+            continue
+        if key in kept:
+            if kept[key] != bytes(ik_pub):
+                log.warning("name binding dropped name=%r reason=looks like an older one", legacy)
+            continue
+        kept[key] = bytes(ik_pub)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM name_bindings")
+        conn.executemany("INSERT INTO name_bindings (name, ik_pub) VALUES (?, ?)", kept.items())
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
+    except sqlite3.DatabaseError:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    log.info("name bindings re-keyed path=%s rows=%d kept=%d", path, len(rows), len(kept))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -35,11 +36,13 @@ from voipclient.audio.workers import CaptureWorker, PlaybackWorker
 from voipclient.crypto.accounts import AskPassphrase, open_identity
 from voipclient.crypto.fingerprint import format_safety_number, safety_number
 from voipclient.crypto.identity import IdentityKey
+from voipclient.crypto.keylog import KEYLOG_ENV, KeyLogSink, keylog_from_environment
 from voipclient.crypto.keystore import KeyringStore, KeystoreError
 from voipclient.crypto.tofu import TofuStore
 from voipclient.errors import AudioDeviceError, LocalProtocolError
 from voipclient.net import e2ee
 from voipclient.net import events as ev
+from voipclient.net import messages as m
 from voipclient.net import supervisor as sv
 from voipclient.net.pins import PinFile
 from voipclient.net.qt_connection import ConnectionStats, ServerConnection
@@ -206,7 +209,7 @@ class ClientController(QObject):
     _leave = Signal(int)
     _self_state = Signal(bool, bool)
     _text = Signal(int, str)
-    _verify = Signal(str, bool, object)
+    _verify = Signal(int, bool, object)
     _local_settings = Signal(object)
 
     def __init__(
@@ -252,7 +255,20 @@ class ClientController(QObject):
         self.ptt.add_listener(self._on_ptt)
         self.hotkeys = ""
         self._muted_before_deafen = False
+        #: why the pinned peer keys could not be read ("" when they could); shown as an error
+        self.tofu_problem = ""
+        self._tofu_writable = True
         self._tofu = self._load_tofu()
+        #: the key log (opt-in through VOIPCLIENT_KEYLOGFILE): while set, a warning stays shown
+        self.keylog: KeyLogSink | None = keylog_from_environment(os.environ)
+        self.keylog_warning = (
+            f"Key log on: every voice and chat key is written to {os.environ.get(KEYLOG_ENV)} "
+            f"({KEYLOG_ENV}). Anyone who reads that file can decrypt what you say and hear."
+            if self.keylog is not None
+            else ""
+        )
+        if self.keylog is not None:
+            log.warning("%s is set: session keys are written to a file", KEYLOG_ENV)
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
@@ -264,6 +280,8 @@ class ClientController(QObject):
     # -- start and stop ------------------------------------------------------------------------
     def start(self, shortcut_window: Any = None) -> None:
         """Open the audio devices and the hotkey source; connect nothing yet."""
+        if self.tofu_problem:
+            self.message.emit("error", self.tofu_problem)
         self._start_audio()
         self._start_hotkeys(shortcut_window)
         self._timer.start()
@@ -535,7 +553,8 @@ class ClientController(QObject):
             password=password or None,
             tofu=self._tofu,
             pin_file=PinFile(self.data_dir / "server-pins.json"),
-            tofu_file=self.data_dir / "peer-keys.json",
+            tofu_file=self.data_dir / "peer-keys.json" if self._tofu_writable else None,
+            keylog=self.keylog,
         )
         conn.moveToThread(thread)
         conn.state_changed.connect(self._on_state)
@@ -545,7 +564,6 @@ class ClientController(QObject):
         conn.supervisor_action.connect(self._on_supervisor)
         conn.stats_changed.connect(self._on_stats)
         conn.text_failed.connect(self._on_text_failed)
-        conn.peer_trust_changed.connect(self._on_trust)
         self._open.connect(conn.open)
         self._close.connect(conn.close)
         self._approve.connect(conn.approve_presented_pin)
@@ -605,7 +623,6 @@ class ClientController(QObject):
             conn.supervisor_action,
             conn.stats_changed,
             conn.text_failed,
-            conn.peer_trust_changed,
         ):
             source_signal.disconnect()
         thread.quit()
@@ -723,18 +740,23 @@ class ClientController(QObject):
         me = self.model.my_name or self.prefs.username
         self.text_received.emit(channel_id, me, text, int(time.time() * 1000), True)
 
-    def set_verified(self, account: str, verified: bool, ik_pub: bytes | None = None) -> None:
-        """``ik_pub``: the key the user compared (the safety number shown); None to unverify."""
-        self._verify.emit(account, verified, ik_pub)
+    def set_verified(self, sender_id: int, verified: bool, ik_pub: bytes) -> None:
+        """The user compared the safety number computed from ``ik_pub`` with ``sender_id`` (or
+        takes it back). The E2E layer refuses it if that member holds another key by now."""
+        self._verify.emit(sender_id, verified, ik_pub)
 
-    def safety_number(self, sender_id: int) -> str | None:
-        """The safety number to compare with ``sender_id`` (out of band), or None."""
-        user = self.model.roster.users.get(sender_id)
-        me = self.model.my_name
-        if user is None or self.identity is None or me is None:
+    def safety_number(self, sender_id: int, ik_pub: bytes | None = None) -> str | None:
+        """The safety number to compare with ``sender_id`` (out of band), or None. Computed
+        from the name and identity key the E2E layer pinned for that member (``ik_pub``, when
+        given, must be that key), never from the roster's or a name's."""
+        holder = self.model.holder(sender_id)
+        me = self.model.holder(self.model.me) if self.model.me is not None else None
+        if holder is None or me is None or self.identity is None:
+            return None
+        if ik_pub is not None and ik_pub != holder.ik_pub:
             return None
         digits = safety_number(
-            self.identity.public_bytes(), me.casefold(), user.ik_pub, user.name.casefold()
+            self.identity.public_bytes(), me.name.casefold(), holder.ik_pub, holder.name.casefold()
         )
         return format_safety_number(digits)
 
@@ -789,6 +811,27 @@ class ClientController(QObject):
             self.chat_notice.emit(
                 event.channel_id, f"a message from {name} was dropped: {event.reason}"
             )
+        elif isinstance(event, e2ee.KeyHolderNotice):
+            self._key_holder_notice(event)
+        elif isinstance(event, e2ee.KeyHolderAlarm):
+            names = ", ".join(
+                self.model.user_name(s) or f"user {s}" for s in sorted(event.extra | event.missing)
+            )
+            text = (
+                f"Key holders differ from the member list ({event.detail}: {names}). Nobody "
+                "outside the member list was sent a key. Tell whoever runs this server."
+            )
+            self.chat_notice.emit(event.channel_id, text)
+            self.message.emit("error", text)
+        elif (
+            isinstance(event, ev.ConnectionClosed) and event.code == m.ErrorCode.ROSTER_INCONSISTENT
+        ):
+            self.message.emit(
+                "error",
+                "Disconnected: the server tried to change who is in a channel in a way an "
+                f"honest server never does ({event.message}). Your keys were not handed to "
+                "anyone hidden. Tell whoever runs this server.",
+            )
         elif isinstance(event, ev.MembershipChanged) and event.sender_id == self.model.me:
             self._apply_bindings()
             self._apply_transmit()
@@ -841,24 +884,27 @@ class ClientController(QObject):
             return
         self.chat_notice.emit(channel_id, f"not sent: {why}")
 
-    @Slot(str, str)
-    def _on_trust(self, account: str, level: str) -> None:
-        if self._stale():
-            return
-        if self.model.set_trust(account, level):
-            self.model_changed.emit()
-        if level == "changed":
-            self.message.emit(
-                "warning",
-                f"{account}'s identity key changed since you last saw them. Compare safety "
-                "numbers before trusting what they say.",
-            )
-        elif level == "blocked":
-            self.message.emit(
-                "error",
-                f"{account}'s identity key changed after you verified it: their voice and "
-                "messages are blocked until you verify the new key.",
-            )
+    def _key_holder_notice(self, event: e2ee.KeyHolderNotice) -> None:
+        """A change of who holds our keys: a lasting line in that channel's conversation, and
+        an alert when a key is not the one pinned for that person."""
+        when = time.strftime("%H:%M:%S", time.localtime(event.at_ms / 1000))
+        text = key_holder_line(event, when)
+        self.chat_notice.emit(event.channel_id, text)
+        for holder in event.holders:
+            if event.change in {"verified", "unverified"}:
+                continue
+            if holder.trust == "changed":
+                self.message.emit(
+                    "warning",
+                    f"{holder.name}'s identity key changed since you last saw them. Compare "
+                    "safety numbers before trusting what they say.",
+                )
+            elif holder.trust == "blocked":
+                self.message.emit(
+                    "error",
+                    f"{holder.name}'s identity key changed after you verified it: their voice "
+                    "and messages are blocked until you verify the new key.",
+                )
 
     def _on_ptt(self, event: Any) -> None:
         # Any thread (the hotkey source's): only latest-value slots.
@@ -908,13 +954,27 @@ class ClientController(QObject):
         return Bookmark("Local server", address.host, address.port), address.pin
 
     def _load_tofu(self) -> TofuStore:
+        """The pinned peer keys. An unreadable file is never overwritten: it is moved aside
+        (``peer-keys.json.unreadable-<time>``), the user is told, and this run starts with an
+        empty store (so no earlier "verified" can be silently lost, nor silently trusted)."""
         path = self.data_dir / "peer-keys.json"
         try:
             return TofuStore.from_bytes(path.read_bytes())
         except FileNotFoundError:
             return TofuStore()
         except (OSError, ValueError, LocalProtocolError) as exc:
-            log.warning("ignoring unreadable pinned peer keys %s: %s", path, exc)
+            aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                path.replace(aside)
+                kept = f"It was kept as {aside}."
+            except OSError as move_error:
+                kept = f"It could not be moved aside ({move_error}); it is left untouched."
+                self._tofu_writable = False
+            log.error("unreadable pinned peer keys %s: %s", path, exc)
+            self.tofu_problem = (
+                f"Your pinned contact keys ({path}) could not be read: {exc}. {kept} Everyone "
+                "shows as not verified until you compare safety numbers again or restore it."
+            )
             return TofuStore()
 
 
@@ -941,6 +1001,31 @@ def _engine_sides(engine: AudioEngine) -> str:
 def _detached_deque() -> collections.deque[Any]:
     """A mailbox no connection reads yet (the workers get the connection's own on connect)."""
     return collections.deque(maxlen=2000)
+
+
+def key_holder_line(event: e2ee.KeyHolderNotice, when: str) -> str:
+    """The conversation line for a change of key holders (plain text, names as pinned)."""
+    people = ", ".join(f"{h.name} ({_trust_words(h)})" for h in event.holders if h.trust != "me")
+    what = {
+        "present": "Key holders here",
+        "joined": "Now holds this channel's keys",
+        "left": "No longer holds new keys",
+        "verified": "Verified",
+        "unverified": "No longer verified",
+    }.get(event.change, event.change)
+    return f"[{when}] {what}: {people}"
+
+
+def _trust_words(holder: e2ee.KeyHolder) -> str:
+    words = {
+        "verified": "verified",
+        "tofu": "not verified",
+        "changed": "KEY CHANGED",
+        "blocked": "KEY CHANGED after verification, blocked",
+    }.get(holder.trust, holder.trust)
+    if holder.new_key and holder.trust == "tofu":
+        words = "new key, not verified"
+    return f"{words}, key {holder.ik_pub[:4].hex()}"
 
 
 def stats_text(stats: ConnectionStats) -> str:

@@ -4,6 +4,8 @@ forwards the user's actions to :class:`ClientController`; it decides nothing its
 
 from __future__ import annotations
 
+import html
+from collections.abc import Sequence
 from typing import Any
 
 from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
@@ -32,6 +34,7 @@ from PySide6.QtWidgets import (
     QWidgetAction,
 )
 
+from voipclient.net.e2ee import KeyHolder
 from voipclient.ui.chat import ChatPanel
 from voipclient.ui.controller import ClientController, stats_text
 from voipclient.ui.hotkey_capture import HotkeyCaptureWidget
@@ -124,7 +127,7 @@ class ChannelTree(QTreeWidget):
                 tip.append("Listen only: the channel does not let you talk.")
             if row.ptt_keys:
                 tip.append(f"Push-to-talk: {', '.join(row.ptt_keys)}")
-            item.setToolTip(0, "\n".join(tip))
+            item.setToolTip(0, plain_tip("\n".join(tip)))
             if row.joined:
                 item.setFont(0, bold)
             if row.talking:
@@ -187,6 +190,16 @@ class ChannelControls(QGroupBox):
             "Talk into this channel without a key: voice activation or always on, as chosen in "
             "Settings → Transmission (one channel at most)"
         )
+        self.privacy_code = QLabel("")
+        self.privacy_code.setObjectName("privacyCode")
+        self.privacy_code.setTextFormat(Qt.TextFormat.PlainText)
+        self.privacy_code.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.privacy_code.setToolTip(
+            "Channel privacy code: computed from everyone who holds this channel's keys. If the "
+            "others in the channel see the same code, you all see the same members: the server "
+            "cannot have added a hidden listener or shown you a different list."
+        )
+        self.privacy_code.setAccessibleName("Channel privacy code")
         ptt_row = QHBoxLayout()
         ptt_row.addWidget(self.ptt, 1)
         ptt_row.addWidget(self.clear_ptt)
@@ -195,6 +208,7 @@ class ChannelControls(QGroupBox):
         form.addRow("Volume", self.volume)
         form.addRow(self.mute, self.hot_mic)
         form.addRow("Push-to-talk", ptt_row)
+        form.addRow("Privacy code", self.privacy_code)
         self.join_button.clicked.connect(self._toggle_join)
         self.volume.valueChanged.connect(self._volume_changed)
         self.mute.toggled.connect(self._mute_toggled)
@@ -227,6 +241,7 @@ class ChannelControls(QGroupBox):
         self.clear_ptt.setEnabled(row.joined and bool(row.ptt_keys))
         self.hot_mic.setChecked(row.hot_mic)
         self.hot_mic.setEnabled(row.joined and row.may_speak)
+        self.privacy_code.setText(row.privacy_code or "— (join to see it)")
         self._updating = False
 
     def _toggle_join(self) -> None:
@@ -352,19 +367,29 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(centre)
         # status bar
         self.state_label = QLabel("Not connected")
+        self.state_label.setTextFormat(
+            Qt.TextFormat.PlainText
+        )  # server and user text: never markup
         self.state_label.setObjectName("stateLabel")
         self.link_label = QLabel("")
+        self.link_label.setTextFormat(Qt.TextFormat.PlainText)  # server and user text: never markup
         self.link_label.setObjectName("linkLabel")
         self.link_label.setToolTip(
             "Voice path: UDP (best) or TLS fallback when UDP is blocked; round-trip time to the "
             "server; packet loss; voice bitrate sent and received"
         )
         self.notice_label = QLabel("")
+        self.notice_label.setTextFormat(
+            Qt.TextFormat.PlainText
+        )  # server and user text: never markup
         self.notice_label.setObjectName("noticeLabel")
         self._notice_timer = QTimer(self)
         self._notice_timer.setSingleShot(True)
         self._notice_timer.timeout.connect(lambda: self.notice_label.setText(""))
         self.warning_label = QLabel("")
+        self.warning_label.setTextFormat(
+            Qt.TextFormat.PlainText
+        )  # server and user text: never markup
         self.warning_label.setObjectName("warningLabel")
         self.hotkeys_label = QLabel("")
         self.hotkeys_label.setObjectName("hotkeysLabel")
@@ -404,6 +429,10 @@ class MainWindow(QMainWindow):
         self._joined: tuple[tuple[int, str], ...] = ()
         self._audio_status(controller.audio_problem)
         self._hotkeys_status(controller.hotkeys)
+        if controller.keylog_warning:  # for as long as this run writes keys to a file
+            self._warnings["keylog"] = "⚠ KEY LOG ON"
+            self.warning_label.setToolTip(controller.keylog_warning)
+            self._show_warnings()
         self.disconnect_action.setEnabled(False)
 
     # -- rendering ---------------------------------------------------------------------------
@@ -425,16 +454,18 @@ class MainWindow(QMainWindow):
         for cid, _name in joined:
             self.chat.set_members(cid, list(model.member_names(cid)))
         self._update_title()
-        self._key_warning(model.trust)
+        self._key_warning(model.flagged())
 
-    def _key_warning(self, trust: dict[str, str]) -> None:
-        """The status bar's key warning while any peer's key is changed or blocked."""
-        flagged = sorted(name for name, level in trust.items() if level in {"changed", "blocked"})
+    def _key_warning(self, holders: Sequence[KeyHolder]) -> None:
+        """The status bar's key warning while any member's key is changed or blocked."""
+        flagged = [h.name for h in holders]
         if flagged:
             self._warnings["keys"] = "⚠ key warning"
             self.warning_label.setToolTip(
-                f"Identity key changed: {', '.join(flagged)}. Compare safety numbers "
-                "(right-click the user → Safety number…)."
+                plain_tip(
+                    f"Identity key changed: {', '.join(flagged)}. Compare safety numbers "
+                    "(right-click the user → Safety number…)."
+                )
             )
         else:
             self._warnings.pop("keys", None)
@@ -466,7 +497,7 @@ class MainWindow(QMainWindow):
             "closed": "Not connected",
         }.get(state, state)
         self.state_label.setText(text)
-        self.state_label.setToolTip(detail)
+        self.state_label.setToolTip(plain_tip(detail))
         self.disconnect_action.setEnabled(state not in {"closed", "refused"})
         if state == "refused":
             self.banner.show_text(f"Connection refused: {detail}")
@@ -477,15 +508,18 @@ class MainWindow(QMainWindow):
     def notify(self, text: str, ms: int = 15_000) -> None:
         """A passing notice in the status bar (next to, not over, the connection figures)."""
         self.notice_label.setText(text)
-        self.notice_label.setToolTip(text)
+        self.notice_label.setToolTip(plain_tip(text))
         self._notice_timer.start(ms)
 
     def _message(self, level: str, text: str) -> None:
         self.notify(text)
         if level == "error":
-            QMessageBox.warning(self, "voipclient", text)
+            box = QMessageBox(QMessageBox.Icon.Warning, "voipclient", text, parent=self)
+            box.setTextFormat(Qt.TextFormat.PlainText)  # names and server text: never markup
+            box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+            box.open()
         if "identity key changed" in text:
-            self.warning_label.setToolTip(text)
+            self.warning_label.setToolTip(plain_tip(text))
 
     def _show_warnings(self) -> None:
         self.warning_label.setText("  ".join(self._warnings.values()))
@@ -575,7 +609,8 @@ class MainWindow(QMainWindow):
         verified = menu.addAction("Mark as verified")
         verified.setCheckable(True)
         verified.setChecked(member.trust == "verified")
-        verified.toggled.connect(lambda on: ctl.set_verified(user.name, on))
+        key = member.ik_pub  # the key the E2E layer pinned for this member
+        verified.toggled.connect(lambda on: ctl.set_verified(ident, on, key))
         menu.addSection("Volume")
         menu.addAction(self._slider_action(menu, member.volume, ctl.set_user_volume, ident))
         return menu
@@ -594,14 +629,16 @@ class MainWindow(QMainWindow):
         return action
 
     def show_safety_number(self, sender_id: int) -> QDialog | None:
-        number = self.controller.safety_number(sender_id)
-        user = self.controller.model.roster.users.get(sender_id)
-        if number is None or user is None:
+        holder = self.controller.model.holder(sender_id)
+        if holder is None:
             return None
-        dialog = SafetyNumberDialog(user.name, number, self)
+        key = holder.ik_pub  # verify the key this number was computed from, not a later one
+        number = self.controller.safety_number(sender_id, key)
+        if number is None:
+            return None
+        dialog = SafetyNumberDialog(holder.name, number, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        key = user.ik_pub  # verify the key this number was computed from, not a later one
-        dialog.verify.connect(lambda on: self.controller.set_verified(user.name, on, key))
+        dialog.verify.connect(lambda on: self.controller.set_verified(sender_id, on, key))
         dialog.open()
         return dialog
 
@@ -624,6 +661,12 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
 
 
+def plain_tip(text: str) -> str:
+    """A tooltip that shows ``text`` as it is: Qt renders tooltips that look like markup as
+    rich text, so names and server text are escaped inside a paragraph of our own."""
+    return "<p>" + html.escape(text).replace("\n", "<br>") + "</p>"
+
+
 class SafetyNumberDialog(QDialog):
     """The 60-digit number to compare with the other person, and the verify switch."""
 
@@ -637,8 +680,10 @@ class SafetyNumberDialog(QDialog):
             f"Compare this number with {name} in person or over another channel you trust. If it "
             "matches, nobody — not even the server — can listen in or pretend to be them."
         )
+        text.setTextFormat(Qt.TextFormat.PlainText)  # names are other people's text
         text.setWordWrap(True)
         self.number = QLabel(number)
+        self.number.setTextFormat(Qt.TextFormat.PlainText)
         self.number.setObjectName("safetyNumber")
         self.number.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         font = self.number.font()

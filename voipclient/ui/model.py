@@ -1,32 +1,34 @@
 """What the main window shows, computed from the session's events: pure, no Qt.
 
-:class:`ClientModel` folds roster events, who is talking, peers' key trust and the user's
-per-server preferences into immutable rows (:class:`ChannelRow` with its :class:`MemberRow`\\ s)
-in tree order. The Qt tree only renders rows; every decision (which marks, which PTT keys a
-channel shows, which bindings the router gets) is made here and unit-tested.
+:class:`ClientModel` folds roster events, who is talking, the E2E layer's member view and the
+user's per-server preferences into immutable rows (:class:`ChannelRow` with its
+:class:`MemberRow`\\ s) in tree order. The Qt tree only renders rows; every decision (which marks,
+which PTT keys a channel shows, which bindings the router gets) is made here and unit-tested.
+
+Who is drawn in a channel, under which name, with which identity key and trust, comes only from
+the E2E layer's :class:`~voipclient.net.e2ee.MemberView`: the same table its KeyDists are checked
+against, so the member list is exactly who holds our keys. The roster supplies the channel tree
+and the mute/deafen flags, nothing about identity.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Final
 
+from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net.roster import RosterSnapshot
 from voipclient.ptt.router import Binding, PttConfigError
 from voipclient.ui.prefs import BindingPref, ServerPrefs
 
 __all__ = [
-    "TRUST_LEVELS",
     "ChannelRow",
     "ClientModel",
     "MemberRow",
     "binding_conflict",
     "with_binding",
 ]
-
-TRUST_LEVELS: Final = ("tofu", "verified", "changed", "blocked")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,10 @@ class MemberRow:
     volume: float
     #: the channel's ACL lets it transmit here
     may_speak: bool
+    #: the Ed25519 identity key the E2E layer pinned for it (safety numbers, verification)
+    ik_pub: bytes = b""
+    #: first seen in this session with a key never seen before on this server
+    new_key: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,8 @@ class ChannelRow:
     hot_mic: bool
     volume: float
     muted: bool
+    #: the channel privacy code (we are a member), "" otherwise
+    privacy_code: str = ""
 
 
 class ClientModel:
@@ -77,7 +85,7 @@ class ClientModel:
         self.me: int | None = None
         self.server = ServerPrefs()
         self.talking: frozenset[tuple[int, int]] = frozenset()  # (sender, channel)
-        self.trust: dict[str, str] = {}  # account name (casefolded) → level
+        self.view = e2ee.MemberView()  # who holds our keys, per channel (the E2E layer's)
         self.self_muted = False
         self.self_deafened = False
         self._rows: tuple[ChannelRow, ...] | None = None
@@ -90,13 +98,23 @@ class ClientModel:
             return self._set_roster(event.roster)
         if isinstance(event, ev.RosterChanged):
             return self._set_roster(event.roster)
+        if isinstance(event, e2ee.MembersChanged):
+            return self.set_view(event.view)
         return False
+
+    def set_view(self, view: e2ee.MemberView) -> bool:
+        if view == self.view:
+            return False
+        self.view = view
+        self._rows = None
+        return True
 
     def reset(self) -> bool:
         """Disconnected: nothing to show until the next login."""
         changed = self.me is not None or bool(self.roster.channels)
         self.me = None
         self.talking = frozenset()
+        self.view = e2ee.MemberView()  # trust is per connection: nothing carries over
         self._set_roster(RosterSnapshot())
         return changed
 
@@ -115,15 +133,22 @@ class ClientModel:
         self._rows = None
         return True
 
-    def set_trust(self, account: str, level: str) -> bool:
-        if level not in TRUST_LEVELS:
-            raise ValueError(f"unknown trust level {level!r}")
-        key = account.casefold()
-        if self.trust.get(key) == level:
-            return False
-        self.trust[key] = level
-        self._rows = None
-        return True
+    def holder(self, sender_id: int) -> e2ee.KeyHolder | None:
+        """The identity the E2E layer pinned for ``sender_id`` (name, key, trust), or None."""
+        return self.view.holder(sender_id)
+
+    def trust_of(self, sender_id: int) -> str | None:
+        holder = self.view.holder(sender_id)
+        return None if holder is None else _trust(holder)
+
+    def flagged(self) -> tuple[e2ee.KeyHolder, ...]:
+        """Members whose key is not the pinned one (changed, or blocked after verification)."""
+        seen: dict[int, e2ee.KeyHolder] = {}
+        for holders in self.view.channels.values():
+            for h in holders:
+                if h.trust in {"changed", "blocked"}:
+                    seen[h.sender_id] = h
+        return tuple(sorted(seen.values(), key=lambda h: (h.name.casefold(), h.sender_id)))
 
     def set_server_prefs(self, prefs: ServerPrefs) -> bool:
         if prefs == self.server:
@@ -152,6 +177,9 @@ class ClientModel:
         return None if channel is None else channel.name
 
     def user_name(self, sender_id: int) -> str | None:
+        holder = self.view.holder(sender_id)
+        if holder is not None:
+            return holder.name
         user = self.roster.users.get(sender_id)
         return None if user is None else user.name
 
@@ -164,13 +192,7 @@ class ClientModel:
         return tuple((row.id, row.name) for row in self.rows() if row.joined)
 
     def member_names(self, channel_id: int) -> tuple[str, ...]:
-        users = self.roster.users
-        return tuple(
-            sorted(
-                (users[s].name for s in self.roster.members(channel_id) if s in users),
-                key=str.casefold,
-            )
-        )
+        return tuple(sorted((h.name for h in self.view.members(channel_id)), key=str.casefold))
 
     def hot_mic_channel(self) -> int | None:
         name = self.server.hot_mic
@@ -234,25 +256,23 @@ class ClientModel:
         def walk(parent: int | None, depth: int) -> None:
             for channel in sorted(roster.children(parent), key=lambda c: (c.id != 1, c.name)):
                 members: list[MemberRow] = []
-                for sid in roster.members(channel.id):
+                for holder in self.view.members(channel.id):
+                    sid = holder.sender_id
                     user = roster.users.get(sid)
-                    if user is None:
-                        continue
-                    is_me = sid == me
                     members.append(
                         MemberRow(
                             sender_id=sid,
-                            name=user.name,
-                            is_me=is_me,
-                            muted=user.muted,
-                            deafened=user.deafened,
+                            name=holder.name,
+                            is_me=holder.trust == "me",
+                            muted=user is not None and user.muted,
+                            deafened=user is not None and user.deafened,
                             talking=(sid, channel.id) in self.talking,
-                            trust="verified"
-                            if is_me
-                            else self.trust.get(user.name.casefold(), "tofu"),
-                            local_muted=user.name in prefs.user_muted,
-                            volume=prefs.user_volumes.get(user.name, 1.0),
-                            may_speak=roster.may_speak(sid, channel.id),
+                            trust=_trust(holder),
+                            local_muted=holder.name in prefs.user_muted,
+                            volume=prefs.user_volumes.get(holder.name, 1.0),
+                            may_speak=holder.may_speak,
+                            ik_pub=holder.ik_pub,
+                            new_key=holder.new_key,
                         )
                     )
                 members.sort(key=lambda m: (not m.is_me, m.name.casefold()))
@@ -272,12 +292,18 @@ class ClientModel:
                         hot_mic=channel.id == hot,
                         volume=prefs.channel_volumes.get(channel.name, 1.0),
                         muted=channel.name in prefs.channel_muted,
+                        privacy_code=self.view.codes.get(channel.id, ""),
                     )
                 )
                 walk(channel.id, depth + 1)
 
         walk(None, 0)
         return out
+
+
+def _trust(holder: e2ee.KeyHolder) -> str:
+    """The row's trust level (our own row shows as verified: it is our own key)."""
+    return "verified" if holder.trust == "me" else holder.trust
 
 
 def binding_conflict(prefs: ServerPrefs, channel: str, keys: str) -> str | None:

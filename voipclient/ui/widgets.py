@@ -72,6 +72,7 @@ class Banner(QLabel):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.setTextFormat(Qt.TextFormat.PlainText)  # server text (shutdown reasons): no markup
         self.setObjectName("banner")
         self.setWordWrap(True)
         self.setAccessibleName("Connection banner")

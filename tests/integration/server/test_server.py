@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -161,10 +162,36 @@ password = "{hash_password("open sesame", log2_n=10)}"
     vault = 2  # channels of the file come before --channel ones
 
     async def scenario() -> None:
-        nopass = await TestClient.connect(server.host, server.port, server.pin, "x", login=False)
-        await nopass.wait_for(lambda: nopass.closed is not None, what="refusal")
-        assert nopass.closed is not None and nopass.closed.code == m.ErrorCode.WRONG_PASSWORD
-        await nopass.close()
+        async def attempt(password: str | None, local_ip: str | None = None) -> ev.ConnectionClosed:
+            c = await TestClient.connect(
+                server.host,
+                server.port,
+                server.pin,
+                "x",
+                login=False,
+                password=password,
+                local_ip=local_ip,
+            )
+            try:
+                await c.wait_for(lambda: c.closed is not None, what="refusal")
+                assert c.closed is not None
+                return c.closed
+            finally:
+                await c.close()
+
+        nopass = await attempt(None)
+        assert nopass.code == m.ErrorCode.WRONG_PASSWORD
+        # Wrong passwords are counted per address: the third starts a back-off during which
+        # even the right password is refused unchecked; another address is not affected.
+        assert (await attempt("guess")).code == m.ErrorCode.WRONG_PASSWORD
+        third = await attempt("guess")
+        assert third.code == m.ErrorCode.WRONG_PASSWORD and "try again in 1 s" in third.message
+        waiting = await attempt("s3cret")
+        assert waiting.code == m.ErrorCode.RATE_LIMITED
+        assert "too many wrong passwords from your address" in waiting.message
+        async with clients(server, "bob", udp=False, password="s3cret", local_ip="127.0.0.2"):
+            pass
+        await asyncio.sleep(1.1)
         async with clients(server, "ann", udp=False, password="s3cret") as (ann,):
             ann.join(vault, "wrong")
             await ann.wait_for(lambda: bool(ann.of(ev.ServerError)), what="refusal")
@@ -577,6 +604,35 @@ async def operator(server: ServerProcess, *args: str) -> str:
     return out.decode()
 
 
+async def pipelining_login(
+    server: ServerProcess, key: IdentityKey, name: str, *after: m.Message
+) -> list[m.Message]:
+    """Log in by hand over TLS, with ``after`` in the same write as the Login; every message
+    the server sends until it closes the connection."""
+    reader, writer = await asyncio.open_connection(
+        server.host, server.port, ssl=client_ssl_context()
+    )
+    decoder = FrameDecoder()
+    try:
+        writer.write(encode_frame(m.encode(m.Hello(versions=("vc1",)))))
+        hello: list[m.Message] = []
+        while not hello:
+            hello += [m.decode(p) for p in decoder.feed(await reader.read(65536))]
+        [sh] = hello
+        assert isinstance(sh, m.ServerHello)
+        pub = key.public_bytes()
+        sig = key.sign(m.login_transcript(sh.challenge, name, pub))
+        msgs = (m.Login(name, pub, sig), *after)
+        writer.write(b"".join(encode_frame(m.encode(x)) for x in msgs))
+        out: list[m.Message] = []
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while data := await asyncio.wait_for(reader.read(65536), 10):
+                out += [m.decode(p) for p in decoder.feed(data)]
+        return out
+    finally:
+        writer.close()
+
+
 def test_ban_kicks_at_once_and_bindings_and_pin_survive_a_restart(start_server: Starter) -> None:
     server = start_server()
     ann_key = IdentityKey.generate()
@@ -595,12 +651,25 @@ def test_ban_kicks_at_once_and_bindings_and_pin_survive_a_restart(start_server: 
             listed = await operator(server, "--list-bans")
             assert base64.b64encode(ann_key.public_bytes()).decode() in listed
             assert "spam" in listed
-            # Coming back with the same key: removed right after login.
+            # Coming back with the same key: refused inside the login, before any roster,
+            # and the join and text the client pipelines behind its login are never read.
             await ann.close()
-            ann = await connect("ann", identity=ann_key)
-            await ann.wait_for(lambda: ann.closed is not None, what="kick again")
+            joined_before = len(bob.of(ev.UserJoined))
+            ann = await connect("ann", identity=ann_key, login=False)
+            await ann.wait_for(lambda: ann.closed is not None, what="refused again")
             assert ann.closed is not None and ann.closed.code == m.ErrorCode.KICKED
+            assert ann.closed.message == "banned from this server"
+            assert ann.sid is None and not ann.of(ev.LoggedIn)
+            assert not ann.of(ev.UserJoined) and not ann.of(ev.RosterChanged)
             await ann.close()
+            # A hand-made client pipelining Login, join and text in one TLS write.
+            raw = await pipelining_login(
+                server, ann_key, "ann", m.JoinChannel(A), m.Text(LOBBY, b"spam" * 100)
+            )
+            assert raw == [m.Error(m.ErrorCode.KICKED, "banned from this server", fatal=True)]
+            await settle(0.3)
+            assert len(bob.of(ev.UserJoined)) == joined_before
+            assert not bob.of(ev.TextReceived)
             await operator(server, "--unban", "ann")
             ann = await connect("ann", identity=ann_key)
             await asyncio.sleep(1.5)  # longer than the ban sweep

@@ -83,15 +83,16 @@ def test_verifying_a_stale_key_verifies_nothing(
     qtbot: Any, make_app: AppFactory, start_server: Starter
 ) -> None:
     alice, _bob = pair_in(qtbot, make_app, start_server())
+    bob = next(u for u in alice.controller.model.roster.users.values() if u.name == "bob")
     shown_key = IdentityKey.generate().public_bytes()  # a number computed from another key
-    alice.controller.set_verified("bob", True, shown_key)
+    assert alice.controller.safety_number(bob.sender_id, shown_key) is None
+    alice.controller.set_verified(bob.sender_id, True, shown_key)
     qtbot.wait(500)
-    assert alice.controller.model.trust.get("bob") != "verified"
-    bob_key = next(
-        u.ik_pub for u in alice.controller.model.roster.users.values() if u.name == "bob"
+    assert alice.controller.model.trust_of(bob.sender_id) == "tofu"
+    alice.controller.set_verified(bob.sender_id, True, bob.ik_pub)
+    qtbot.waitUntil(
+        lambda: alice.controller.model.trust_of(bob.sender_id) == "verified", timeout=5_000
     )
-    alice.controller.set_verified("bob", True, bob_key)
-    qtbot.waitUntil(lambda: alice.controller.model.trust.get("bob") == "verified", timeout=5_000)
 
 
 def test_signals_of_a_replaced_connection_are_ignored(

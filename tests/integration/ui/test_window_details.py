@@ -79,7 +79,7 @@ def test_user_menu_safety_number_and_verification(
     assert dialog.number.text() == number
     qtbot.mouseClick(dialog.verify_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: "✔" in member_text(alice, 1, "bob"), timeout=10_000)
-    assert alice.controller.model.trust["bob"] == "verified"
+    assert alice.controller.model.trust_of(bob_id) == "verified"
     assert (alice.controller.data_dir / "peer-keys.json").exists()  # remembered across runs
     # local mute: for alice only, by name, and applied to her mixer
     actions["Mute for me"].trigger()

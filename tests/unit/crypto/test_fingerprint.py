@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,44 @@ def test_qr_garbage_is_rejected(bad: bytes) -> None:
     a, b = IdentityKey.generate().public_bytes(), IdentityKey.generate().public_bytes()
     with pytest.raises(RemoteProtocolError):
         fp.verify_scanned(bad, a, "alice", b, "bob")
+
+
+# -- channel privacy code ------------------------------------------------------------------------
+PRIVACY = json.loads((Path(__file__).parents[2] / "data" / "vc1-privacy-code.json").read_text())
+
+
+def _privacy_code_from_the_spec(channel_id: int, holders: list[tuple[str, bytes]]) -> str:
+    """docs/protocol.md "Channel privacy code", written out again from the text."""
+    import hashlib
+
+    rows = sorted({(a.encode(), b"\xed" + k) for a, k in holders})
+    body = b"vc1 privacy code" + channel_id.to_bytes(4, "big") + len(rows).to_bytes(2, "big")
+    for account, key in rows:
+        body += len(account).to_bytes(2, "big") + account + key
+    d = hashlib.sha512(body).digest()
+    h = d
+    for _ in range(5200):
+        h = hashlib.sha512(h + d).digest()
+    return " ".join(f"{int.from_bytes(h[i : i + 5], 'big') % 100000:05d}" for i in range(0, 20, 5))
+
+
+def test_privacy_code_vectors_reproduce() -> None:
+    assert PRIVACY["iterations"] == fp.ITERATIONS
+    for case in PRIVACY["cases"]:
+        holders = [(a, bytes.fromhex(k)) for a, k in case["holders"]]
+        assert fp.privacy_code(case["channel_id"], holders) == case["code"]
+        assert _privacy_code_from_the_spec(case["channel_id"], holders) == case["code"]
+
+
+def test_privacy_code_depends_on_channel_and_every_holder_not_on_order() -> None:
+    a, b, g = (IdentityKey.generate().public_bytes() for _ in range(3))
+    base = fp.privacy_code(7, [("ann", a), ("bob", b)])
+    assert re.fullmatch(r"\d{5} \d{5} \d{5} \d{5}", base)
+    assert fp.privacy_code(7, [("bob", b), ("ann", a)]) == base
+    assert fp.privacy_code(7, [("ann", a), ("bob", b), ("bob", b)]) == base  # a set
+    assert fp.privacy_code(8, [("ann", a), ("bob", b)]) != base
+    assert fp.privacy_code(7, [("ann", a), ("bob", b), ("ghost", g)]) != base  # a ghost shows
+    assert fp.privacy_code(7, [("ann", a), ("bob", g)]) != base  # a swapped key shows
+    assert fp.privacy_code(7, [("ann", a), ("mallory", b)]) != base  # a renamed holder shows
+    with pytest.raises(LocalProtocolError):
+        fp.privacy_code(2**32, [("ann", a)])

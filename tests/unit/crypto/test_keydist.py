@@ -25,6 +25,7 @@ from voipclient.crypto.keydist import (
     open_keydist,
     parse_keydist_header,
     recipients_of,
+    split_batch,
     split_for_recipients,
 )
 from voipclient.crypto.session import (
@@ -260,6 +261,60 @@ def test_batching_small_limit(
     assert len(build(sender_ik, text_key, members[:1], max_bytes=1402)[0]) == 1402
 
 
+def test_batches_never_exceed_max_recipients(
+    sender_ik: IdentityKey, text_key: SigningKey, members: list[Member]
+) -> None:
+    assert kd.MAX_RECIPIENTS == 64
+    blobs = build(sender_ik, text_key, members[:70], max_bytes=200_000)
+    assert [len(recipients_of(b)) for b in blobs] == [64, 6]
+    assert all(split_batch(b)[0].recipients == recipients_of(b) for b in blobs)
+
+
+def test_split_batch_wants_a_full_batch_and_receivers_still_open_parts(
+    sender_ik: IdentityKey, text_key: SigningKey, members: list[Member]
+) -> None:
+    me, other = members[0], members[1]
+    ik_pub = sender_ik.public_bytes()
+    blob = build(sender_ik, text_key, members[:3])[0]
+    header, parts = split_batch(blob)
+    assert header == parse_keydist_header(blob)
+    assert parts == split_for_recipients(blob)
+    # A part (m = 1 < n) is what a receiver gets: it opens, but a relay refuses to split it.
+    part = parts[me.sender_id]
+    assert open_as(part, me, ik_pub).base_key == S
+    assert split_for_recipients(part) == {me.sender_id: part}
+    with pytest.raises(KeyDistRejected) as exc:
+        split_batch(part)
+    assert exc.value.reason is R.MALFORMED and "every envelope (1 of 3)" in exc.value.message
+    # A table with more rows than envelopes, signed by the real sender, is refused the same.
+    rows = [(x.sender_id, x.sk.sk_id, envelope(x, S)) for x in (me, other)]
+    rows.append((9_999, bytes(8), bytes(kd.ENVELOPE_LEN)))
+    short = assemble(sender_ik, rows, carried=[0, 1])
+    assert open_as(short, me, ik_pub).base_key == S
+    with pytest.raises(KeyDistRejected):
+        split_batch(short)
+
+
+def test_table_longer_than_max_recipients_is_malformed(
+    sender_ik: IdentityKey, members: list[Member]
+) -> None:
+    me = members[0]
+    env = envelope(me, S)
+
+    def rows(n: int) -> list[tuple[int, bytes, bytes]]:
+        filler = [(10_000 + i, bytes(8), bytes(kd.ENVELOPE_LEN)) for i in range(n - 1)]
+        return [(me.sender_id, me.sk.sk_id, env), *filler]
+
+    ok = assemble(sender_ik, rows(64), carried=[0])
+    assert len(parse_keydist_header(ok).recipients) == 64
+    assert open_as(ok, me, sender_ik.public_bytes()).base_key == S
+    too_long = assemble(sender_ik, rows(65), carried=[0])
+    rejected(R.MALFORMED, too_long, me, sender_ik.public_bytes())
+    for fn in (parse_keydist_header, split_for_recipients, split_batch):
+        with pytest.raises(KeyDistRejected):
+            fn(too_long)
+
+
 def test_no_recipients(sender_ik: IdentityKey, text_key: SigningKey) -> None:
     assert build(sender_ik, text_key, []) == []
 
@@ -489,7 +544,7 @@ def test_malformed_structures(
 @given(st.binary(max_size=3000))
 def test_arbitrary_bytes_raise_only_keydist_rejected(data: bytes) -> None:
     me = Member(1, _SK)
-    for fn in (recipients_of, parse_keydist_header, split_for_recipients):
+    for fn in (recipients_of, parse_keydist_header, split_for_recipients, split_batch):
         with contextlib.suppress(KeyDistRejected):
             fn(data)
     with pytest.raises(KeyDistRejected):

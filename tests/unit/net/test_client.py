@@ -170,6 +170,66 @@ def test_roster_inconsistency_closes() -> None:
     assert closed.code == m.ErrorCode.ROSTER_INCONSISTENT
 
 
+@pytest.mark.parametrize(
+    ("label", "update"),
+    [
+        ("rename", m.UserInfo(9, "bob", b"c" * 32, channels=(m.Membership(1),))),
+        ("new identity key", m.UserInfo(9, "cy", b"d" * 32, channels=(m.Membership(1),))),
+        ("hide from every channel", m.UserInfo(9, "cy", b"c" * 32, channels=())),
+        (
+            "move into a channel",
+            m.UserInfo(9, "cy", b"c" * 32, channels=(m.Membership(1), m.Membership(2))),
+        ),
+        ("speak right", m.UserInfo(9, "cy", b"c" * 32, channels=(m.Membership(1, False),))),
+        ("unknown user", m.UserInfo(77, "zed", b"z" * 32, channels=(m.Membership(1),))),
+    ],
+)
+def test_a_user_updated_that_rewrites_identity_or_memberships_closes(
+    label: str, update: m.UserInfo
+) -> None:
+    """A name and identity key never change within a session, and memberships change only
+    through the events the E2E layer sees: a relay that tries either is caught."""
+    client = ready_client()
+    newcomer = m.UserInfo(9, "cy", b"c" * 32, channels=(m.Membership(1),))
+    client.receive_data(
+        frames(m.UserJoined(newcomer), m.ChannelAdded(m.ChannelInfo(2, 1, "A"))), T0
+    )
+    events = client.receive_data(frames(m.UserUpdated(update)), T0)
+    assert [type(e) for e in events] == [ev.ConnectionClosed], label
+    assert events[0].code == m.ErrorCode.ROSTER_INCONSISTENT  # type: ignore[attr-defined]
+    assert client.roster.users[9].name == "cy"  # nothing of it was applied
+
+
+@pytest.mark.parametrize(
+    "name", ["bob\u200b", "b\u043eb", "bob\u202e", "jose\u0301", "BOB", "\u0412\u041e\u0412"]
+)
+def test_invalid_or_look_alike_names_in_the_roster_close(name: str) -> None:
+    """A relay cannot seat an invisible-character, mixed-script or confusable twin of a user
+    nor a name that is not NFC."""
+    client = ready_client()
+    bob = m.UserInfo(10, "bob", b"b" * 32, channels=(m.Membership(1),))
+    assert len(client.receive_data(frames(m.UserJoined(bob)), T0)) == 2  # joined + roster
+    twin = m.UserInfo(9, name, b"t" * 32, channels=(m.Membership(1),))
+    [closed] = client.receive_data(frames(m.UserJoined(twin)), T0)
+    assert isinstance(closed, ev.ConnectionClosed)
+    assert closed.code == m.ErrorCode.ROSTER_INCONSISTENT
+
+
+def test_a_departed_sender_id_cannot_come_back() -> None:
+    client = ready_client()
+    again = m.UserInfo(9, "cy", b"c" * 32, channels=(m.Membership(1),))
+    client.receive_data(frames(m.UserJoined(again), m.UserLeft(9)), T0)
+    [closed] = client.receive_data(frames(m.UserJoined(again)), T0)
+    assert isinstance(closed, ev.ConnectionClosed)
+    assert closed.code == m.ErrorCode.ROSTER_INCONSISTENT
+
+
+def test_our_own_name_is_checked_and_composed() -> None:
+    with pytest.raises(LocalProtocolError, match="U\\+200B"):
+        make_client("ann\u200b")
+    assert make_client(" jose\u0301 ").name == "jos\u00e9"
+
+
 def test_login_ok_without_ourselves_is_inconsistent() -> None:
     client = make_client("alice")
     client.start(T0)
@@ -182,7 +242,14 @@ def test_login_ok_without_ourselves_is_inconsistent() -> None:
 def test_roster_deltas_become_events() -> None:
     client = ready_client()
     newcomer = m.UserInfo(9, "cy", b"c" * 32, channels=(m.Membership(1),))
-    published = m.UserInfo(9, "cy", b"c" * 32, sk_pub=b"P", skc=b"C", channels=(m.Membership(1),))
+    published = m.UserInfo(
+        9,
+        "cy",
+        b"c" * 32,
+        sk_pub=b"P",
+        skc=b"C",
+        channels=(m.Membership(1), m.Membership(2, may_speak=False)),  # as they are now
+    )
     events = client.receive_data(
         frames(
             m.UserJoined(newcomer),
@@ -215,7 +282,7 @@ def test_roster_deltas_become_events() -> None:
     )
     roster = events[-1].roster  # type: ignore[attr-defined]
     assert set(roster.users) == {7, 9}
-    assert roster.channels_of(9) == {1}  # UserUpdated replaced the memberships too
+    assert roster.channels_of(9) == {1, 2}  # memberships change only through membership
     [removed] = [
         e
         for e in client.receive_data(frames(m.ChannelRemoved(2)), T0)
@@ -297,8 +364,9 @@ def test_bad_intent_arguments_are_local_errors() -> None:
 
 
 def test_bad_constructor_arguments() -> None:
+    assert make_client(" spaced ").name == "spaced"  # the ends are stripped, as typed
     with pytest.raises(LocalProtocolError):
-        make_client(" spaced ")
+        make_client("in\u200bvisible")
     with pytest.raises(LocalProtocolError):
         ClientSession("x", b"short", lambda b: bytes(64))
     with pytest.raises(LocalProtocolError):

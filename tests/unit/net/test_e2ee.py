@@ -18,6 +18,7 @@ from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.media import VoiceFrame, VoiceReceiver, parse_header
 from voipclient.crypto.tofu import TofuStore, TrustStatus
 from voipclient.errors import LocalProtocolError
+from voipclient.names import name_key
 from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net.client import ClientSession
@@ -290,9 +291,9 @@ def test_changed_identity_key_is_reported(world: World) -> None:
     ann = world.users["ann"]
     # Ann marks bob's key as verified; cat's stays trust-on-first-use.
     ann_tofu = world.tofu["ann"]
-    entry = ann_tofu.get(PIN, "bob")
+    entry = ann_tofu.get(PIN, name_key("bob"))
     assert entry is not None
-    ann_tofu.mark_verified(PIN, "bob", entry.ik_pub, 0)
+    ann_tofu.mark_verified(PIN, name_key("bob"), entry.ik_pub, 0)
 
     second = World()  # a fresh server process with no memory of who registered which name
     second.net.now = world.net.now
@@ -385,3 +386,84 @@ def test_close_forgets_every_key(world: World) -> None:
     assert "senders=0" in repr(ann.secure._texts)
     with pytest.raises(LocalProtocolError):
         ann.secure.seal_voice([A], b"x", world.net.now)
+
+
+# -- what a user sees is who can decrypt (issue 12) ----------------------------------------------
+def drawn(user: User, channel: int) -> set[int]:
+    return {h.sender_id for h in user.secure.view().members(channel)}
+
+
+def test_member_view_is_exactly_the_key_holders_with_pinned_identities(world: World) -> None:
+    ann, bob, cat = (world.users[n] for n in ("ann", "bob", "cat"))
+    for user in (ann, bob, cat):
+        view = user.secure.view()
+        roster = user.peer.client.roster
+        for channel in roster.channels:
+            assert drawn(user, channel) == set(roster.members(channel))
+            for h in view.members(channel):  # name and key are the real user's
+                real = next(u for u in world.users.values() if u.sid == h.sender_id)
+                assert (h.name, h.ik_pub) == (real.name, real.identity.public_bytes())
+                assert h.trust == ("me" if real is user else "tofu")
+        for channel in roster.channels_of(user.sid):
+            # our key went to exactly the drawn members (all have published session keys)
+            assert user.secure.key_sent_to.get(channel, set()) == drawn(user, channel) - {user.sid}
+    assert not [e for u in (ann, bob, cat) for e in u.of(e2ee.KeyHolderAlarm)]
+    # Members who share a view share the privacy code; other channels have other codes.
+    assert ann.secure.privacy_code(A) == cat.secure.privacy_code(A) is not None
+    assert ann.secure.privacy_code(B) == bob.secure.privacy_code(B) != ann.secure.privacy_code(A)
+    assert ann.secure.privacy_code(C) is None  # not a member: no code
+    # The last view was also announced as an event.
+    views = [e.view for e in ann.of(e2ee.MembersChanged) if isinstance(e, e2ee.MembersChanged)]
+    assert views and views[-1] == ann.secure.view()
+
+
+def test_joins_and_leaves_of_key_holders_leave_lasting_notices(world: World) -> None:
+    ann, bob = world.users["ann"], world.users["bob"]
+    ann.events.clear()
+    world.join(bob, A)
+    world.leave(bob, A)
+    notices = [
+        (e.change, [h.name for h in e.holders], e.channel_id)
+        for e in ann.of(e2ee.KeyHolderNotice)
+        if isinstance(e, e2ee.KeyHolderNotice)
+    ]
+    assert notices == [("joined", ["bob"], A), ("left", ["bob"], A)]
+    assert bob.sid not in drawn(ann, A)
+    present = [e for e in bob.of(e2ee.KeyHolderNotice) if isinstance(e, e2ee.KeyHolderNotice)]
+    assert any(e.change == "present" and e.channel_id == A for e in present)
+    assert bob.sid not in ann.secure.key_sent_to[A]  # the rotation after the leave excludes it
+
+
+def test_verification_is_by_sender_id_and_the_key_shown(world: World) -> None:
+    ann, bob = world.users["ann"], world.users["bob"]
+    other = IdentityKey.generate().public_bytes()
+    assert not ann.secure.set_verified(bob.sid, other, True, world.net.now)
+    assert ann.secure.view().holder(bob.sid).trust == "tofu"  # type: ignore[union-attr]
+    assert ann.secure.set_verified(bob.sid, bob.identity.public_bytes(), True, world.net.now)
+    events = ann.secure.take_events(world.net.now)
+    assert ann.secure.view().holder(bob.sid).trust == "verified"  # type: ignore[union-attr]
+    assert any(isinstance(e, e2ee.MembersChanged) for e in events)
+    assert any(isinstance(e, e2ee.KeyHolderNotice) and e.change == "verified" for e in events)
+    tofu = world.tofu["ann"].get(PIN, name_key("bob"))
+    assert tofu is not None and tofu.ik_pub == bob.identity.public_bytes()
+
+
+def test_a_key_for_someone_not_drawn_is_an_alarm_and_is_not_sent(world: World) -> None:
+    """Defence in depth: even if the key schedule named a recipient the member list does not
+    show (a bug, or a roster trick that got past the control session), nothing goes to it."""
+    ann, cat = world.users["ann"], world.users["cat"]
+    scheduler = ann.secure.scheduler
+    assert scheduler is not None
+    sent_before = ann.secure.keydists_sent
+    scheduler.member_joined(A, bob_id := world.users["bob"].sid, world.net.now)  # bob is not in A
+    world.advance(0.6)
+    alarms = [e for e in ann.of(e2ee.KeyHolderAlarm) if isinstance(e, e2ee.KeyHolderAlarm)]
+    assert alarms and alarms[-1].channel_id == A and alarms[-1].extra == {bob_id}
+    assert bob_id not in ann.secure.key_sent_to[A]
+    assert ann.secure.keydists_sent == sent_before  # the catch-up had no drawn recipient
+    assert not [
+        e
+        for e in world.users["bob"].of(e2ee.KeyAccepted)
+        if isinstance(e, e2ee.KeyAccepted) and e.channel_id == A
+    ]
+    assert cat.sid in ann.secure.key_sent_to[A]

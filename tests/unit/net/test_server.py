@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import get_args
 
@@ -11,10 +12,18 @@ from hypothesis import strategies as st
 
 from voipclient.crypto import keydist
 from voipclient.errors import LocalProtocolError
+from voipclient.names import name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import FrameDecoder, encode_frame
-from voipclient.net.server import ChannelConfig, ServerConfig, ServerCore, TokenBucket
+from voipclient.net.server import (
+    LOBBY_ID,
+    ChannelConfig,
+    PasswordBackoff,
+    ServerConfig,
+    ServerCore,
+    TokenBucket,
+)
 
 from ._harness import identity, real_keydist, seeded_rng
 from ._strategies import struct_strategy
@@ -29,10 +38,12 @@ def frames(*msgs: m.Message) -> bytes:
 class Raw:
     """A scripted client on one connection of ``core``."""
 
-    def __init__(self, core: ServerCore, conn_id: int, now: float = T0) -> None:
+    def __init__(
+        self, core: ServerCore, conn_id: int, now: float = T0, address: str | None = None
+    ) -> None:
         self.core, self.conn_id = core, conn_id
         self.decoder = FrameDecoder()
-        core.connection_made(conn_id, now)
+        core.connection_made(conn_id, now, address)
 
     def send(self, *msgs: m.Message, now: float = T0) -> list[m.Message]:
         self.core.receive_data(self.conn_id, frames(*msgs), now)
@@ -160,7 +171,7 @@ def test_name_bound_to_first_key() -> None:
     a = Raw(c, 1)
     a.login("Alice")
     a.send(m.Bye())
-    assert bindings == {"alice": identity("Alice")[1]}
+    assert bindings == {name_key("Alice"): identity("Alice")[1]}  # keyed by account key
     # Gone, but the name stays bound: another key (and another case) is refused.
     b = Raw(c, 2)
     [err] = b.login("ALICE", key_label="someone else")
@@ -191,6 +202,81 @@ def test_same_identity_replaces_old_session() -> None:
     ]
     kinds = [type(e) for e in c.events()]
     assert kinds == [ev.SessionClosed, ev.SessionAuthenticated]
+
+
+@pytest.mark.parametrize(
+    ("name", "named"),
+    [
+        ("b\u043eb", "U+043E CYRILLIC SMALL LETTER O"),
+        ("bob\u200b", "U+200B ZERO WIDTH SPACE"),
+        ("bob\u202e", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("jose\u0301", "U+0301 COMBINING ACUTE ACCENT"),
+        ("bob\u00a0x", "U+00A0 NO-BREAK SPACE"),
+    ],
+)
+def test_disguised_name_is_refused_and_nobody_sees_it(name: str, named: str) -> None:
+    bindings: dict[str, bytes] = {}
+    c = ServerCore(ServerConfig(), rng=seeded_rng(1), name_bindings=bindings)
+    watcher = Raw(c, 1)
+    watcher.login("alice")
+    c.events()
+    mallory = Raw(c, 2)
+    [err] = mallory.login(name)
+    assert isinstance(err, m.Error) and err.code == m.ErrorCode.INVALID_NAME and err.fatal
+    assert err.message.startswith("name refused: ") and named in err.message
+    assert watcher.recv() == []  # no user_joined
+    [closed] = closed_events(c)
+    assert closed.code == m.ErrorCode.INVALID_NAME and closed.sender_id is None
+    assert bindings == {name_key("alice"): identity("alice")[1]}  # nothing bound
+    assert [u.name for u in c.roster.users.values()] == ["alice"]
+
+
+def test_look_alike_of_a_bound_name_is_taken() -> None:
+    bindings: dict[str, bytes] = {}
+    c = ServerCore(ServerConfig(), rng=seeded_rng(1), name_bindings=bindings)
+    bob = Raw(c, 1)
+    bob.login("bob")
+    assert bindings == {name_key("bob"): identity("bob")[1]}
+    # Greek capitals, another case, a zero for the o, Cyrillic capitals: one account, bob's.
+    greek, cyrillic = "\u0392\u039f\u0392", "\u0412\u041e\u0412"
+    for conn_id, spoof in enumerate((greek, "Bob", "b0b", cyrillic), start=2):
+        [err] = Raw(c, conn_id).login(spoof, key_label="mallory")
+        assert isinstance(err, m.Error) and err.code == m.ErrorCode.NAME_TAKEN, spoof
+    assert bob.recv() == []
+    assert len(bindings) == 1
+
+
+def test_same_identity_under_another_spelling_replaces_the_session() -> None:
+    c = core()
+    old, watcher = Raw(c, 1), Raw(c, 2)
+    old.login("bob")
+    watcher.login("alice")
+    old.recv()
+    c.events()
+    new = Raw(c, 3)
+    [ok] = new.login("BOB", key_label="bob")
+    assert isinstance(ok, m.LoginOk) and {u.name for u in ok.users} == {"BOB", "alice"}
+    [err] = old.recv()
+    assert isinstance(err, m.Error) and err.code == m.ErrorCode.SESSION_REPLACED
+    assert watcher.recv() == [
+        m.UserLeft(1, m.LeaveReason.REPLACED),
+        m.UserJoined(m.UserInfo(3, "BOB", identity("bob")[1], channels=(m.Membership(1),))),
+    ]
+    # The replaced connection going away does not unseat the new session under its key.
+    c.connection_lost(1, T0)
+    newest = Raw(c, 4)
+    greek = "\u0392\u039f\u0392"  # BOB in Greek capitals
+    [ok] = newest.login(greek, key_label="bob")
+    assert isinstance(ok, m.LoginOk)
+    [err] = new.recv()
+    assert isinstance(err, m.Error) and err.code == m.ErrorCode.SESSION_REPLACED
+    assert sorted(u.name for u in c.roster.users.values()) == ["alice", greek]
+
+
+def test_speaker_acl_compares_account_keys() -> None:
+    stage = ChannelConfig(5, "Stage", speakers=frozenset({"Bob"}))
+    assert stage.allows_speaker("bob") and stage.allows_speaker("\u0412\u041e\u0412")  # Cyrillic
+    assert not stage.allows_speaker("rob")
 
 
 def test_login_timeout_and_idle_timeout() -> None:
@@ -807,3 +893,271 @@ def test_admin_keys_are_validated() -> None:
     with pytest.raises(LocalProtocolError):
         ServerConfig(admins=frozenset({b"short"}))
     assert ServerConfig(admins=frozenset({ROOT_KEY})).admins == {ROOT_KEY}
+
+
+# -- issue 12, item 6: a malicious client or a guessing attacker ------------------------------
+
+
+def login_frames(raw: Raw, name: str, password: str | None = None) -> m.Login:
+    """Hello → ServerHello on ``raw``, then the Login a client would send (not sent yet)."""
+    sh = raw.hello()
+    key, pub = identity(name)
+    return m.Login(name, pub, key.sign(m.login_transcript(sh.challenge, name, pub)), password)
+
+
+def test_banned_key_is_refused_inside_login_and_what_it_pipelined_is_dropped() -> None:
+    banned = identity("mallory")[1]
+    asked: list[bytes] = []
+
+    def is_banned(ik_pub: bytes) -> bool:
+        asked.append(ik_pub)
+        return ik_pub == banned
+
+    c = ServerCore(core().config, rng=seeded_rng(3), is_banned=is_banned)
+    a = Raw(c, 1)
+    a.login("alice")
+    a.send(m.JoinChannel(2))
+    a.recv()
+    assert asked == [identity("alice")[1]]
+    c.events()
+    mal = Raw(c, 2)
+    login = login_frames(mal, "mallory")
+    # Login and what a client pipelines behind it arrive in ONE read.
+    out = mal.send(
+        login,
+        m.JoinChannel(2),
+        m.Text(1, b"spam for the lobby"),
+        m.Text(2, b"spam for A"),
+        m.KeyDist(2, (1,), real_keydist(2, 2, [1])),
+        m.SetSelfState(muted=True),
+    )
+    assert out == [m.Error(m.ErrorCode.KICKED, "banned from this server", fatal=True)]
+    assert asked[-1] == banned
+    # Nobody saw it join, speak or leave; it never got a sender id or the roster.
+    assert a.recv() == []
+    events = c.events()
+    assert not [e for e in events if isinstance(e, ev.SessionAuthenticated)]
+    [closed] = [e for e in events if isinstance(e, ev.SessionClosed)]
+    assert (closed.conn_id, closed.sender_id, closed.code) == (2, None, m.ErrorCode.KICKED)
+    assert closed.reason is ev.CloseReason.LOGIN_FAILED
+    assert set(c.roster.users) == {1} and c.roster.members(2) == {1}
+    # Alice is still served; the next login is an ordinary one.
+    assert a.send(m.Ping(1, 0)) == [m.Pong(1, 0, 0)]
+    [ok] = Raw(c, 3).login("bob")
+    assert isinstance(ok, m.LoginOk)
+
+
+def test_ban_is_asked_only_after_the_signature_verified() -> None:
+    asked: list[bytes] = []
+    c = ServerCore(core().config, rng=seeded_rng(3), is_banned=lambda k: bool(asked.append(k)))
+    mal = Raw(c, 1)
+    sh = mal.hello()
+    _, pub = identity("alice")
+    forged = identity("mallory")[0].sign(m.login_transcript(sh.challenge, "alice", pub))
+    [err] = mal.send(m.Login("alice", pub, forged))
+    assert isinstance(err, m.Error) and err.code == m.ErrorCode.BAD_SIGNATURE
+    assert asked == []  # nobody can learn whether a key is banned without holding it
+
+
+def test_password_backoff_schedule_reset_and_memory_bound() -> None:
+    b = PasswordBackoff()
+    t = 0.0
+    waits = []
+    for _ in range(11):
+        t += b.retry_after("198.51.100.7", t)  # a guesser that waits exactly as told
+        waits.append(b.failed("198.51.100.7", t))
+    assert waits == [0, 0, 1, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert b.retry_after("198.51.100.7", t) == 60.0
+    assert b.retry_after("198.51.100.7", t + 59.5) == 0.5
+    assert b.retry_after("192.0.2.1", t) == 0.0  # another address is not affected
+    b.succeeded("198.51.100.7")  # a right password forgets the address
+    assert b.retry_after("198.51.100.7", t) == 0.0
+    assert [b.failed("198.51.100.7", t) for _ in range(3)] == [0, 0, 1]
+    # Ten quiet minutes forget the failures too.
+    assert b.retry_after("198.51.100.7", t + 600) == 0.0
+    assert b.failed("198.51.100.7", t + 601) == 0
+    # A long run of failures stays cheap and capped.
+    for i in range(5000):
+        b.failed("203.0.113.9", t + i)
+    assert b.retry_after("203.0.113.9", t + 4999) == 60.0
+    # At most max_addresses are remembered; the oldest failure goes first.
+    small = PasswordBackoff(max_addresses=3)
+    for i, addr in enumerate(("a", "b", "c", "a", "d")):
+        small.failed(addr, float(i))
+    assert len(small) == 3
+    assert small.failed("b", 10.0) == 0  # "b" was forgotten: its count starts again
+    for _ in range(2):
+        small.failed("d", 10.0)
+    assert small.retry_after("d", 10.0) == 1.0
+    with pytest.raises(LocalProtocolError):
+        PasswordBackoff(base=2.0, cap=1.0)
+
+
+def test_wrong_server_passwords_back_off_per_address() -> None:
+    c = core(password="pw")
+    ip, other = "198.51.100.7", "192.0.2.1"
+    conn = iter(range(1, 100))
+
+    def attempt(password: str, now: float, address: str | None = ip) -> m.Message:
+        raw = Raw(c, next(conn), now=now, address=address)
+        return raw.send(login_frames(raw, f"u{raw.conn_id}", password), now=now)[0]
+
+    def code(msg: m.Message) -> int:
+        return msg.code if isinstance(msg, m.Error) else 0
+
+    # Three wrong guesses cost nothing but the refusal; the third starts a 1 s wait.
+    assert [code(attempt("guess", T0)) for _ in range(2)] == [m.ErrorCode.WRONG_PASSWORD] * 2
+    third = attempt("guess", T0)
+    assert isinstance(third, m.Error) and third.code == m.ErrorCode.WRONG_PASSWORD
+    assert third.message == "wrong server password; too many from your address, try again in 1 s"
+    # While it waits, even the right password is refused, unchecked.
+    waiting = attempt("pw", T0 + 0.5)
+    assert waiting == m.Error(
+        m.ErrorCode.RATE_LIMITED,
+        "too many wrong passwords from your address; try again in 1 s",
+        fatal=True,
+    )
+    closed = closed_events(c)[-1]
+    assert closed.code == m.ErrorCode.RATE_LIMITED
+    assert closed.reason is ev.CloseReason.LOGIN_FAILED
+    # Another address, and a connection whose address the adapter does not know, are not.
+    assert isinstance(attempt("pw", T0 + 0.5, other), m.LoginOk)
+    assert isinstance(attempt("pw", T0 + 0.5, None), m.LoginOk)
+    # Each further wrong guess doubles the wait: 2 s, then 4 s.
+    assert "try again in 2 s" in attempt("guess", T0 + 1.0).message  # type: ignore[union-attr]
+    assert code(attempt("guess", T0 + 2.9)) == m.ErrorCode.RATE_LIMITED
+    assert "try again in 4 s" in attempt("guess", T0 + 3.0).message  # type: ignore[union-attr]
+    late = attempt("pw", T0 + 6.5)
+    assert isinstance(late, m.Error) and late.message.endswith("try again in 1 s")
+    # The right password once the wait is over logs in and resets the count.
+    assert isinstance(attempt("pw", T0 + 7.0), m.LoginOk)
+    assert [code(attempt("guess", T0 + 7.0)) for _ in range(3)] == [m.ErrorCode.WRONG_PASSWORD] * 3
+    assert c.password_backoff.retry_after(ip, T0 + 7.0) == 1.0
+    # Without a server password nothing is counted.
+    open_core = core()
+    for i in range(5):
+        raw = Raw(open_core, i + 1, address=ip)
+        assert isinstance(raw.send(login_frames(raw, f"v{i}", "whatever"))[0], m.LoginOk)
+    assert len(open_core.password_backoff) == 0
+
+
+def crafted_keydist(sender_id: int, channel_id: int, table: list[int], carried: list[int]) -> bytes:
+    """A structurally valid KeyDist (what the relay parses) with any table and envelopes: the
+    relay never checks signatures or envelopes, so zeros will do."""
+    body = struct.pack(">BBIIIHQ", 1, 1, channel_id, sender_id, 1, 0, 0) + bytes(64)
+    body += struct.pack(">H", len(table))
+    body += b"".join(struct.pack(">I", r) + bytes(8 + 32) for r in table)
+    tail = struct.pack(">H", len(carried))
+    tail += b"".join(struct.pack(">H", i) + bytes(keydist.ENVELOPE_LEN) for i in carried)
+    return body + bytes(64) + tail
+
+
+def channel_of(c: ServerCore, n: int, channel: int = 2) -> list[Raw]:
+    """``n`` logged-in members of ``channel`` (sender ids 1..n), outputs drained."""
+    raws = [Raw(c, i + 1) for i in range(n)]
+    for raw in raws:
+        raw.login(f"user{raw.conn_id}")
+        if channel != LOBBY_ID:
+            raw.send(m.JoinChannel(channel))
+    for raw in raws:
+        raw.recv()
+    c.events()
+    return raws
+
+
+def test_keydist_limits_match_the_message_schema() -> None:
+    assert keydist.MAX_RECIPIENTS == m.MAX_RECIPIENTS
+    # The largest full batch a KeyDist blob can hold is well under the table limit.
+    assert keydist.message_size(51) <= m.MAX_KEYDIST_BLOB < keydist.message_size(52)
+
+
+def test_crafted_keydist_table_would_amplify_and_is_refused() -> None:
+    # 26 envelopes under a 700-row table fit one blob; split per recipient, every part would
+    # copy the whole table: the relay would send 13x what it received.
+    table = list(range(2, 28)) + list(range(1000, 1674))
+    blob = crafted_keydist(1, 2, table, list(range(26)))
+    assert len(blob) <= m.MAX_KEYDIST_BLOB
+    egress = 26 * (len(blob) - 26 * keydist.CARRIED_LEN + keydist.CARRIED_LEN)
+    assert egress / len(blob) > 13
+    c = core()
+    raws = channel_of(c, 27)
+    [err] = raws[0].send(m.KeyDist(2, tuple(range(2, 28)), blob))
+    assert err == m.Error(m.ErrorCode.MALFORMED_MESSAGE, err.message, fatal=True)  # type: ignore[union-attr]
+    for raw in raws[1:]:  # nobody got a byte of it
+        assert raw.recv() == [m.UserLeft(1, m.LeaveReason.PROTOCOL_ERROR)]
+
+
+@pytest.mark.parametrize(
+    ("table", "carried", "recipients"),
+    [
+        ([2, 3, 4], [0, 1], (2, 3)),  # fewer envelopes than rows (m < n)
+        ([2, 3], [0], (2,)),  # a split part sent back to the relay
+        (list(range(2, 67)), [0, 1], (2, 3)),  # 65 rows > 64
+        ([2, 3], [0, 1], (2,)),  # the message names fewer recipients than the table
+        ([2, 3], [0, 1], (2, 3, 4)),  # ... or more
+        ([2, 3], [0, 1], (3, 4)),  # ... or others
+    ],
+)
+def test_keydist_must_be_a_full_batch_naming_its_table(
+    table: list[int], carried: list[int], recipients: tuple[int, ...]
+) -> None:
+    c = core()
+    alice, bob, dora, eve = channel_of(c, 4)
+    [err] = alice.send(m.KeyDist(2, recipients, crafted_keydist(1, 2, table, carried)))
+    assert isinstance(err, m.Error) and err.fatal
+    assert err.code == m.ErrorCode.MALFORMED_MESSAGE
+    for raw in (bob, dora, eve):
+        assert raw.recv() == [m.UserLeft(1, m.LeaveReason.PROTOCOL_ERROR)]
+    # The same shapes done right pass: a full batch naming exactly its table.
+    full = crafted_keydist(2, 2, [1, 3, 4], [0, 1, 2])
+    assert bob.send(m.KeyDist(2, (4, 3, 3, 1), full)) == []
+    assert [type(x) for x in dora.recv()] == [m.KeyDistDelivery]
+
+
+def test_honest_48_recipient_keydist_egress_stays_under_3x_and_within_the_byte_budget() -> None:
+    c = core()
+    raws = channel_of(c, 49)
+    blob = real_keydist(1, 2, list(range(2, 50)))  # one full batch of 48 (build_keydists' max)
+    assert len(keydist.recipients_of(blob)) == keydist.batch_size() == 48
+    sent = frames(m.KeyDist(2, tuple(range(2, 50)), blob))
+    assert raws[0].send_bytes(sent) == []
+    egress = sum(len(c.data_to_send(raw.conn_id)) for raw in raws[1:])
+    ratio = egress / len(sent)
+    # 48 x (3,470-byte part + ~20 bytes of frame and message) = 167,5xx bytes for 59,9xx in.
+    assert 2.7 < ratio < 3.0, ratio
+    assert c.session_by_sender_id(1) is not None  # not rate-limited
+    # Even the biggest full batch a blob can hold stays under 3x.
+    n = 51
+    assert n * keydist.message_size(n, 1) / keydist.message_size(n) < 3.0
+
+
+def test_relayed_text_bytes_are_rate_limited_where_the_message_bucket_is_not() -> None:
+    big = b"x" * m.MAX_TEXT_BLOB  # 16 KiB
+    # 40 users in the Lobby: each text is relayed 39 times, 639 KB; the 8 MiB burst pays 13.
+    c = core()
+    sender, *others = channel_of(c, 40, LOBBY_ID)
+    for _ in range(13):
+        assert sender.send(m.Text(1, big)) == []
+    [err] = sender.send(m.Text(1, big))
+    assert isinstance(err, m.Error) and err.fatal and err.code == m.ErrorCode.RATE_LIMITED
+    assert "relayed bytes/s" in err.message
+    [closed] = closed_events(c)
+    assert closed.reason is ev.CloseReason.RATE_LIMITED and closed.sender_id == 1
+    got = others[0].recv()
+    assert got[:13] == [m.TextDelivery(1, 1, big)] * 13
+    assert got[13:] == [m.UserLeft(1, m.LeaveReason.PROTOCOL_ERROR)]
+    # The message bucket alone (40 messages) lets all of them through, and more.
+    loose = core(relay_bytes_burst=1 << 40)
+    sender, *others = channel_of(loose, 40, LOBBY_ID)
+    for _ in range(30):
+        assert sender.send(m.Text(1, big)) == []
+    assert len(others[-1].recv()) == 30
+    # The bucket refills at relay_bytes_per_s: 1 MiB a second is one text a ~0.6 s here.
+    c = core(relay_bytes_burst=700_000)
+    sender, *_ = channel_of(c, 40, LOBBY_ID)
+    for i in range(10):
+        assert sender.send(m.Text(1, big), now=T0 + 0.61 * i) == []
+    with pytest.raises(LocalProtocolError):
+        ServerConfig(relay_bytes_per_s=0)
+    with pytest.raises(LocalProtocolError):
+        ServerConfig(relay_bytes_burst=0)

@@ -50,6 +50,8 @@ login_timeout = 8.5
 idle_timeout = 40
 rate_per_s = 10
 rate_burst = 20
+relay_bytes_per_s = 500000
+relay_bytes_burst = 2000000
 tunnel_rate_per_s = 60
 tunnel_burst = 30
 max_frame_size = 131072
@@ -104,6 +106,8 @@ def test_good_file_every_key(tmp_path: Path) -> None:
         idle_timeout=40.0,
         rate_per_s=10.0,
         rate_burst=20,
+        relay_bytes_per_s=500000.0,
+        relay_bytes_burst=2000000,
         tunnel_rate_per_s=60.0,
         tunnel_burst=30,
         max_frame_size=131072,
@@ -132,6 +136,7 @@ def test_good_file_every_key(tmp_path: Path) -> None:
     assert callable(raid.password) and raid.password("sesame") and not raid.password("open")
     assert (core.max_sessions, core.login_timeout, core.idle_timeout) == (50, 8.5, 40.0)
     assert (core.rate_per_s, core.rate_burst, core.max_frame_size) == (10.0, 20, 131072)
+    assert (core.relay_bytes_per_s, core.relay_bytes_burst) == (500000.0, 2000000)
     assert core.max_memberships == 4 and core.udp_port == 7000
     relay = s.limits.relay_limits()
     assert (relay.packets_per_s, relay.burst, relay.max_datagram) == (80.0, 40, 1000)
@@ -165,6 +170,8 @@ BAD: list[tuple[str, str, int]] = [
     ("[server]\nport = 1\nport = 2\n", "TOML syntax error", 3),
     ("\n\n[limits]\nrate_per_s = 0\n", "limits.rate_per_s: must be > 0", 4),
     ("[limits]\nidle_timeout = -1\n", "must be > 0", 2),
+    ("[limits]\nrelay_bytes_per_s = 0\n", "limits.relay_bytes_per_s: must be > 0", 2),
+    ("[limits]\nrelay_bytes_burst = 0\n", "limits.relay_bytes_burst: must be 1..", 2),
     ("[limits]\nmax_frame_size = 1000\n", "must be 65536..", 2),
     ("[limits]\nvoice_max_datagram = 2000\n", "must be 46..1200", 2),
     ('[limits]\nlogin_timeout = "soon"\n', "must be a number", 2),

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
+from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net.roster import ChannelView, Roster, RosterSnapshot, UserView
 from voipclient.ui.model import ClientModel, binding_conflict, with_binding
@@ -25,9 +24,31 @@ def roster(*, bob_muted: bool = False) -> RosterSnapshot:
     return r.snapshot()
 
 
+def view_of(snap: RosterSnapshot, trust: dict[int, str] | None = None) -> e2ee.MemberView:
+    """A fake of the E2E layer's member view: every roster member as a key holder."""
+    trust = trust or {}
+    channels = {
+        ch: tuple(
+            e2ee.KeyHolder(
+                sid,
+                snap.users[sid].name,
+                snap.users[sid].ik_pub,
+                "me" if sid == ME else trust.get(sid, "tofu"),
+                snap.may_speak(sid, ch),
+                True,
+            )
+            for sid in sorted(snap.members(ch), key=lambda s: (s != ME, snap.users[s].name))
+        )
+        for ch in snap.channels
+    }
+    return e2ee.MemberView(ME, channels, {GAMES: "12345 67890 12345 67890"})
+
+
 def logged_in() -> ClientModel:
     model = ClientModel()
-    assert model.apply(ev.LoggedIn(ME, b"\x00" * 32, 0, roster()))
+    snap = roster()
+    assert model.apply(ev.LoggedIn(ME, b"\x00" * 32, 0, snap))
+    assert model.apply(e2ee.MembersChanged(view_of(snap)))
     return model
 
 
@@ -72,14 +93,23 @@ def test_talking_marks_member_and_channel() -> None:
     assert not model.row(GAMES).talking  # type: ignore[union-attr]
 
 
-def test_trust_levels_by_account_name() -> None:
+def test_members_identity_and_trust_come_from_the_e2e_view_only() -> None:
     model = logged_in()
-    assert model.set_trust("BOB", "changed")
+    snap = roster()
+    assert model.apply(e2ee.MembersChanged(view_of(snap, {BOB: "changed"})))
     bob = next(m for m in model.row(GAMES).members if m.name == "Bob")  # type: ignore[union-attr]
-    assert bob.trust == "changed"
-    assert not model.set_trust("bob", "changed")
-    with pytest.raises(ValueError):
-        model.set_trust("bob", "trusted-ish")
+    assert bob.trust == "changed" and bob.ik_pub == b"\x02" * 32
+    assert model.trust_of(BOB) == "changed" and [h.name for h in model.flagged()] == ["Bob"]
+    assert not model.apply(e2ee.MembersChanged(view_of(snap, {BOB: "changed"})))
+    assert model.row(GAMES).privacy_code == "12345 67890 12345 67890"  # type: ignore[union-attr]
+    # A roster member the E2E layer does not hold is not drawn (and gets no key).
+    view = view_of(snap)
+    assert model.apply(
+        e2ee.MembersChanged(
+            e2ee.MemberView(ME, {**view.channels, GAMES: view.channels[GAMES][:1]}, view.codes)
+        )
+    )
+    assert [m.name for m in model.row(GAMES).members] == ["me"]  # type: ignore[union-attr]
 
 
 def test_bindings_resolve_channel_names_and_report_unknown_ones() -> None:
@@ -127,6 +157,7 @@ def test_reset_forgets_the_session() -> None:
     model.set_talking({(BOB, GAMES)})
     assert model.reset()
     assert model.rows() == () and model.me is None and model.talking == frozenset()
+    assert model.view == e2ee.MemberView()
     assert not model.reset()
 
 
