@@ -334,8 +334,8 @@ def _representative(members: list[str]) -> str:
 
 @functools.cache
 def _skeleton_table() -> Mapping[str, str]:
-    """Character → representative of its look-alike class, built once on first use (about 20 ms
-    plus reading the 0.9 MB JSON; tests/unit/test_names.py holds it under 0.5 s).
+    """Character → representative of its look-alike class, built once on first use (about 45 ms
+    with reading the 0.9 MB JSON, 20 ms without; tests/unit/test_names.py holds it under 0.5 s).
 
     A union-find over three kinds of edges:
 

@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from voipclient.names import InvalidName, check_name, prepare_name
 from voipclient.net.discovery import DiscoveredServer, DiscoveryUnavailable, LanBrowser
 from voipclient.ui.prefs import DEFAULT_PORT, Bookmark, Preferences
 
@@ -77,6 +78,10 @@ def validate_username(name: str) -> str | None:
         return f"A user name has at most {MAX_USERNAME_LEN} characters."
     if not _NAME_RE.match(name):
         return "A user name cannot contain control characters."
+    try:  # the rules the server and every other member apply (invisible, bidi, mixed scripts)
+        check_name(prepare_name(name))
+    except InvalidName as exc:
+        return f"This user name cannot be used: {exc.reason}"
     return None
 
 
@@ -124,6 +129,7 @@ class _BookmarkEditor(QGroupBox):
             "editorUsername", "User name", "The name to use on this server (optional)"
         )
         self.error_label = QLabel()
+        self.error_label.setTextFormat(Qt.TextFormat.PlainText)  # may quote server text
         self.error_label.setObjectName("editorError")
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet(_ERROR_STYLE)
@@ -301,6 +307,7 @@ class ConnectDialog(QDialog):
         lan_label = QLabel("&Local network")
         lan_label.setBuddy(self.lan_list)
         self.lan_status = QLabel()
+        self.lan_status.setTextFormat(Qt.TextFormat.PlainText)
         self.lan_status.setObjectName("lanStatus")
         self.lan_status.setWordWrap(True)
         self.lan_status.setAccessibleName("Local network status")
@@ -323,6 +330,7 @@ class ConnectDialog(QDialog):
         name_row.addRow("User &name:", self.username_edit)
 
         self.error_label = QLabel()
+        self.error_label.setTextFormat(Qt.TextFormat.PlainText)  # may quote server text
         self.error_label.setObjectName("connectError")
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet(_ERROR_STYLE)

@@ -277,3 +277,53 @@ def test_voice_that_never_decrypts_exits_non_zero(start_server: Starter) -> None
     rc, err = asyncio.run(scenario())
     assert rc == 1
     assert "could not decrypt any of" in err and "voice datagrams" in err
+
+
+def test_the_key_log_is_honoured_only_when_asked(start_server: Starter, tmp_path: Path) -> None:
+    """VOIPCLIENT_KEYLOGFILE (PROTOCOL §7): each bot appends its hop secret and every media key it
+    creates or accepts, in a file only its user can read, and says so on stderr; the listener's
+    log holds the very key the talker created (what lets an outside tool decrypt a capture)."""
+    import os
+    import stat
+
+    server = start_server()
+    logs = {name: tmp_path / f"{name}.keys" for name in ("ann", "bob")}
+
+    def run(name: str, *args: str) -> subprocess.Popen[str]:
+        env = dict(os.environ, VOIPCLIENT_KEYLOGFILE=str(logs[name]))
+        return subprocess.Popen(
+            [*bot_cmd(server, name, *args), "--no-highpass"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    listener = run("bob", "--join", "A", "--seconds", "4")
+    talker = run(
+        "ann",
+        "--join",
+        "A",
+        "--talk",
+        "A",
+        "--start-delay",
+        "1",
+        "--play",
+        str(SPEECH0),
+        "--seconds",
+        "2.5",
+    )
+    rc, _out, err = finish(listener)
+    assert rc == 0, err
+    assert "VOIPCLIENT_KEYLOGFILE is set" in err
+    rc, _out, err = finish(talker)
+    assert rc == 0, err
+    for path in logs.values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    ann_lines = logs["ann"].read_text().splitlines()
+    bob_lines = logs["bob"].read_text().splitlines()
+    assert any(line.startswith("VC1_HOP ") for line in ann_lines)
+    assert any(line.startswith("VC1_HOP ") for line in bob_lines)
+    created = {line for line in ann_lines if line.startswith("VC1_MEDIA ")}
+    accepted = {line for line in bob_lines if line.startswith("VC1_MEDIA ")}
+    assert created & accepted, "bob accepted none of the keys ann created"

@@ -87,3 +87,24 @@ def test_scheduler_logs_through_its_sender_keys() -> None:
     sched.open_channel(7, [1, 2], 0.0)
     assert lines == [media_key_line(7, 42, 3, 0, S0)]
     assert sframe.ratchet(S0) == S1
+
+
+def test_the_key_log_never_follows_a_symlink_and_narrows_a_wide_mode(tmp_path: Path) -> None:
+    """Someone who can create the key log's path before us must not get our keys: a symlink
+    is refused (nothing written through it) and an existing file readable by others is made
+    0600 before the first key goes in."""
+    import os
+    import stat
+
+    target = tmp_path / "theirs.txt"
+    target.write_text("")
+    link = tmp_path / "keys.log"
+    link.symlink_to(target)
+    FileKeyLog(str(link))("VC1_HOP 1 " + "00" * 32)
+    assert target.read_text() == ""
+    wide = tmp_path / "wide.log"
+    wide.write_text("")
+    os.chmod(wide, 0o644)
+    FileKeyLog(str(wide))("VC1_HOP 1 " + "00" * 32)
+    assert stat.S_IMODE(wide.stat().st_mode) == 0o600
+    assert wide.read_text() == "VC1_HOP 1 " + "00" * 32 + "\n"
