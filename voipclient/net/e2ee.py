@@ -222,6 +222,19 @@ class KeyHolderAlarm(SecureEvent):
     detail: str
 
 
+#: Control events that change who is a member of what.
+_ROSTER_EVENTS = (
+    ev.LoggedIn,
+    ev.UserJoined,
+    ev.UserLeft,
+    ev.UserUpdated,
+    ev.MembershipChanged,
+    ev.ChannelAdded,
+    ev.ChannelRemoved,
+    ev.RosterChanged,
+)
+
+
 # -- the session ---------------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Peer:
@@ -309,12 +322,15 @@ class SecureSession:
     def handle_events(self, events: Iterable[ev.ClientEvent], now: float) -> list[SecureEvent]:
         """Feed the control session's events; returns what the UI should hear about."""
         out: list[SecureEvent] = []
+        roster_changed = False
         for event in events:
+            roster_changed = roster_changed or isinstance(event, _ROSTER_EVENTS)
             try:
                 self._handle(event, now, out)
             except RemoteProtocolError as exc:  # one peer's bad input never aborts the batch
                 out.append(KeyRejected(getattr(event, "sender_id", 0), None, exc.message))
-        self._check_roster_agrees()
+        if roster_changed:  # not per tunnelled voice packet: only batches that change members
+            self._check_roster_agrees()
         self._flush_actions(now, out)
         self._finish(out)
         return out
@@ -951,6 +967,8 @@ class SecureSession:
         """Send KeyDists for rotations that sealing triggered (call after :meth:`seal_voice`)."""
         out: list[SecureEvent] = []
         self._flush_actions(now, out)
+        if self._pending or self._view_dirty:
+            self._finish(out)
         return out
 
     def close(self) -> None:

@@ -223,8 +223,12 @@ class ChannelControls(QGroupBox):
         self.show_row(None)
 
     def show_row(self, row: ChannelRow | None) -> None:
+        new_id = None if row is None else row.id
+        if self._volume_timer.isActive() and new_id != self.channel_id:
+            self._volume_timer.stop()
+            self._volume_commit()  # the move belongs to the channel it was made in
         self._updating = True
-        self.channel_id = None if row is None else row.id
+        self.channel_id = new_id
         self.setEnabled(row is not None)
         if row is None:
             self.setTitle("Channel")
@@ -232,7 +236,9 @@ class ChannelControls(QGroupBox):
             return
         self.setTitle(row.name)
         self.join_button.setText("Leave" if row.joined else "Join")
-        if not self.volume.isSliderDown():
+        # Not while the user moves it, nor while their last move waits to be committed: a
+        # refresh (someone joined, a key arrived) would put the old volume back and commit it.
+        if not self.volume.isSliderDown() and not self._volume_timer.isActive():
             self.volume.setValue(round(row.volume * 100))
         self.mute.setChecked(row.muted)
         if not self.ptt.is_capturing():
