@@ -59,7 +59,7 @@ echo "bundle-smoke: 2. versions"
 echo "bundle-smoke: 3. the bundle's self-test"
 out=$("$bundle/voipclient" --self-test 2>/dev/null) || { echo "$out"; fail "self-test failed"; }
 echo "$out" | cut -c1-140
-[ "$(echo "$out" | grep -c '^ok ')" = 9 ] || fail "expected 9 ok lines"
+[ "$(echo "$out" | grep -c '^ok ')" = 10 ] || fail "expected 10 ok lines"
 
 echo "bundle-smoke: 4. the window on the embedded local server (Xvfb)"
 home=$(mktemp -d)

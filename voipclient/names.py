@@ -26,6 +26,7 @@ Everything here is pure: text in, text or :class:`InvalidName` out.
 from __future__ import annotations
 
 import functools
+import json
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
@@ -354,9 +355,11 @@ def _skeleton_table() -> Mapping[str, str]:
     """
     from confusable_homoglyphs import utils
 
-    # The package's own loader (honours its CONFUSABLE_DATA override); a local dict, dropped
-    # once the table is built, rather than the module-level copy ``confusables`` keeps.
-    data: Mapping[str, Iterable[Mapping[str, str]]] = utils.load("confusables.json")
+    # The package's data path (honours its CONFUSABLE_DATA override), read as UTF-8 whatever the
+    # locale (the package's own loader uses the locale's encoding, not UTF-8 on a default Windows
+    # install); a local dict, dropped once the table is built.
+    with open(utils.path("confusables.json"), encoding="utf-8") as file:
+        data: Mapping[str, Iterable[Mapping[str, str]]] = json.load(file)
     pairs = _homoglyph_pairs(data)
     classes = _Classes()
     chars = {ch for pair in pairs for ch in pair} | {chr(cp) for cp in range(0x80)}

@@ -87,6 +87,24 @@ def _check_fingerprint() -> str:
     return "libsignal NumericFingerprint v1 vector reproduces"
 
 
+def _check_names_and_privacy_code() -> str:
+    from voipclient.names import InvalidName, check_name, name_key
+
+    for case in _vectors("vc1-privacy-code.json")["cases"]:
+        holders = [(a, bytes.fromhex(k)) for a, k in case["holders"]]
+        if fingerprint.privacy_code(case["channel_id"], holders) != case["code"]:
+            raise AssertionError("channel privacy code differs from its vector")
+    try:
+        check_name("b\u043eb")
+    except InvalidName:
+        pass
+    else:
+        raise AssertionError("a mixed-script name was accepted")
+    if name_key("\u0392\u039f\u0392") != name_key("bob"):  # Greek capitals
+        raise AssertionError("the confusable skeleton tables are missing")
+    return "privacy code vectors reproduce; name rules and confusable tables load"
+
+
 def _check_keydist_and_text() -> str:
     alice = IdentityKey.generate()
     bob_session = SessionKemKey.generate()
@@ -221,6 +239,7 @@ CORE_CHECKS: tuple[Check, ...] = (
     ("sframe", _check_sframe),
     ("datagram", _check_datagrams),
     ("safety-number", _check_fingerprint),
+    ("names+code", _check_names_and_privacy_code),
     ("keydist+text", _check_keydist_and_text),
 )
 #: Everything ``--self-test`` runs: the core, then the native parts a bundle must carry.

@@ -20,7 +20,9 @@ def test_all_checks_pass() -> None:
     assert all(line.startswith("ok ") for line in lines)
 
 
-@pytest.mark.parametrize("name", ["vc1-datagram-vectors.json", "libsignal-fingerprint.json"])
+@pytest.mark.parametrize(
+    "name", ["vc1-datagram-vectors.json", "libsignal-fingerprint.json", "vc1-privacy-code.json"]
+)
 def test_packaged_vectors_equal_the_test_copies(name: str) -> None:
     assert json.loads((PACKAGED / name).read_text()) == json.loads((DATA / name).read_text())
 

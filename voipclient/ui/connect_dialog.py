@@ -46,6 +46,7 @@ from PySide6.QtWidgets import (
 from voipclient.names import InvalidName, check_name, prepare_name
 from voipclient.net.discovery import DiscoveredServer, DiscoveryUnavailable, LanBrowser
 from voipclient.ui.prefs import DEFAULT_PORT, Bookmark, Preferences
+from voipclient.ui.widgets import plain_tip
 
 __all__ = ["ConnectDialog", "default_username", "validate_username"]
 
@@ -441,7 +442,9 @@ class ConnectDialog(QDialog):
             text = mark.label if mark.label == where else f"{mark.label} — {where}"
             item = QListWidgetItem(text)
             item.setData(_ROLE, index)
-            item.setToolTip(f"{where}" + (f", as {mark.username}" if mark.username else ""))
+            item.setToolTip(
+                plain_tip(f"{where}" + (f", as {mark.username}" if mark.username else ""))
+            )
             self.bookmark_list.addItem(item)
         self.bookmark_list.blockSignals(False)
         self.welcome_label.setVisible(not self._bookmarks)
@@ -585,7 +588,7 @@ class ConnectDialog(QDialog):
                 item.setText(f"{text} (another version: {server.version or 'unknown'})")
                 item.setFlags(Qt.ItemFlag.NoItemFlags)
                 tip = "This server speaks another protocol version"
-            item.setToolTip(tip)
+            item.setToolTip(plain_tip(tip))  # announced over the network: never markup
             self.lan_list.addItem(item)
             if keep is not None and server.service == keep.service and server.compatible:
                 reselect = item

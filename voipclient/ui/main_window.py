@@ -4,7 +4,6 @@ forwards the user's actions to :class:`ClientController`; it decides nothing its
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +38,7 @@ from voipclient.ui.chat import ChatPanel
 from voipclient.ui.controller import ClientController, stats_text
 from voipclient.ui.hotkey_capture import HotkeyCaptureWidget
 from voipclient.ui.model import ChannelRow, MemberRow
-from voipclient.ui.widgets import Banner, LevelMeter
+from voipclient.ui.widgets import Banner, LevelMeter, plain_tip
 
 ROLE_KIND = Qt.ItemDataRole.UserRole  # "channel" | "user"
 ROLE_ID = Qt.ItemDataRole.UserRole + 1  # channel id | sender id
@@ -138,7 +137,9 @@ class ChannelTree(QTreeWidget):
                 child.setData(0, ROLE_KIND, "user")
                 child.setData(0, ROLE_ID, member.sender_id)
                 child.setData(0, ROLE_CHANNEL, row.id)
-                child.setToolTip(0, TRUST_TIPS.get(member.trust, ""))
+                key = f"Identity key {member.ik_pub[:8].hex(' ', 2)}…" if member.ik_pub else ""
+                trust = TRUST_TIPS.get(member.trust, "")
+                child.setToolTip(0, plain_tip(f"{member.name}\n{key}\n{trust}".strip()))
                 if member.talking:
                     child.setForeground(0, talking_colour)
             self._items[row.id] = item
@@ -665,12 +666,6 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         if state is not None:
             self.restoreState(state)
-
-
-def plain_tip(text: str) -> str:
-    """A tooltip that shows ``text`` as it is: Qt renders tooltips that look like markup as
-    rich text, so names and server text are escaped inside a paragraph of our own."""
-    return "<p>" + html.escape(text).replace("\n", "<br>") + "</p>"
 
 
 class SafetyNumberDialog(QDialog):

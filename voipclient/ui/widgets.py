@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 
 from PySide6.QtCore import QRectF, QSize, Qt
@@ -65,6 +66,12 @@ class LevelMeter(QWidget):
         x = w * self.threshold
         p.drawLine(int(x), int(half + 1), int(x), h)
         p.end()
+
+
+def plain_tip(text: str) -> str:
+    """A tooltip that shows ``text`` as it is: Qt renders tooltips that look like markup as
+    rich text, so names and server text are escaped inside a paragraph of our own."""
+    return "<p>" + html.escape(text).replace("\n", "<br>") + "</p>"
 
 
 class Banner(QLabel):
