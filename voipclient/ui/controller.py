@@ -884,12 +884,31 @@ class ClientController(QObject):
             return
         self.chat_notice.emit(channel_id, f"not sent: {why}")
 
+    def _append_key_holder_log(self, event: e2ee.KeyHolderNotice, line: str) -> None:
+        """The same line, with the date, server and channel, in ``key-holders.log`` in the data
+        directory: a record that outlives the window and the chat history (public facts only:
+        names, trust, the first bytes of public identity keys). Kept under 1 MB: the previous
+        megabyte moves to ``key-holders.log.1``."""
+        path = self.data_dir / KEY_HOLDER_LOG
+        channel = self.model.channel_name(event.channel_id) or f"channel {event.channel_id}"
+        day = time.strftime("%Y-%m-%d", time.localtime(event.at_ms / 1000))
+        record = f"{day} {self.server_key or '?'} #{channel} {line}\n"
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            if path.exists() and path.stat().st_size > KEY_HOLDER_LOG_MAX:
+                path.replace(path.with_name(KEY_HOLDER_LOG + ".1"))
+            with path.open("a", encoding="utf-8") as log_file:
+                log_file.write(record)
+        except OSError as exc:
+            log.warning("cannot append to %s: %s", path, exc)
+
     def _key_holder_notice(self, event: e2ee.KeyHolderNotice) -> None:
         """A change of who holds our keys: a lasting line in that channel's conversation, and
         an alert when a key is not the one pinned for that person."""
         when = time.strftime("%H:%M:%S", time.localtime(event.at_ms / 1000))
         text = key_holder_line(event, when)
         self.chat_notice.emit(event.channel_id, text)
+        self._append_key_holder_log(event, text)
         for holder in event.holders:
             if event.change in {"verified", "unverified"}:
                 continue
@@ -979,6 +998,9 @@ class ClientController(QObject):
 
 
 LOCAL_PORT = 64738
+#: Who held which channel's keys, when (data directory); rotated past this many bytes.
+KEY_HOLDER_LOG = "key-holders.log"
+KEY_HOLDER_LOG_MAX = 1_000_000
 
 
 def _sides(use_input: bool, use_output: bool) -> str:
