@@ -246,6 +246,7 @@ class ClientController(QObject):
         self._thread: QThread | None = None
         self._stuck_threads: list[tuple[QThread, ServerConnection]] = []
         self._rejoin_pending = False
+        self._key_warned: set[tuple[int, str]] = set()  # (sender id, trust) already alerted
         self._bridge = _VoiceBridge()
         self.pipeline: AudioPipeline | None = None
         self.audio_problem = ""
@@ -849,6 +850,7 @@ class ClientController(QObject):
 
     def _after_login(self) -> None:
         """Logged in (again): rejoin what the user had joined last time, apply bindings."""
+        self._key_warned.clear()
         self._apply_bindings()
         self._apply_transmit()
         if self.model.set_self_state(self.muted, self.deafened):
@@ -912,6 +914,11 @@ class ClientController(QObject):
         for holder in event.holders:
             if event.change in {"verified", "unverified"}:
                 continue
+            warned = (holder.sender_id, holder.trust)
+            if warned in self._key_warned:
+                continue  # once per member and connection, not once per channel
+            if holder.trust in {"changed", "blocked"}:
+                self._key_warned.add(warned)
             if holder.trust == "changed":
                 self.message.emit(
                     "warning",
