@@ -35,6 +35,7 @@ def test_self_test_prints_one_ok_line_per_check() -> None:
         "sframe",
         "datagram",
         "safety-number",
+        "names+code",
         "keydist+text",
         "opus",
         "audio-devices",

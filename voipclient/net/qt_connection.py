@@ -447,6 +447,9 @@ class ServerConnection(QObject):
     def _handle(self, events: list[ev.ClientEvent]) -> None:
         sec = self.secure
         now = self._clock()
+        # The E2E layer first (key upkeep takes milliseconds at login), so a LoggedIn or a join
+        # reaches the window right before the member view it implies, never long before it.
+        secure_events = sec.handle_events(events, now) if sec is not None and events else []
         for event in events:
             if isinstance(event, ev.LoggedIn):
                 k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
@@ -466,8 +469,7 @@ class ServerConnection(QObject):
             elif isinstance(event, ev.ConnectionClosed) and self.state != "refused":
                 self._set_state("closed", event.message or str(event.reason.value))
             self.session_event.emit(event)
-        if sec is not None and events:
-            self._emit_secure(sec.handle_events(events, now))
+        self._emit_secure(secure_events)
         for event in events:
             self._act(self.supervisor.handle_event(event, now))
         self._flush()

@@ -52,8 +52,13 @@ def make_app(qtbot: Any, tmp_path: Path) -> Iterator[AppFactory]:
 
 def connect(qtbot: Any, app: App, server: ServerProcess) -> None:
     app.connect_to(Bookmark("test", server.host, server.port), pin=server.pin)
-    qtbot.waitUntil(
-        lambda: app.controller.state == "ready" and app.controller.model.me is not None,
+    model = app.controller.model
+    qtbot.waitUntil(  # logged in, and the E2E layer's member view (who is drawn) is there
+        lambda: (
+            app.controller.state == "ready"
+            and model.me is not None
+            and model.holder(model.me) is not None
+        ),
         timeout=15_000,
     )
 
