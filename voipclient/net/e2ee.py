@@ -199,7 +199,8 @@ class KeyHolderNotice(SecureEvent):
     the channel's conversation as a lasting line, so even a member for 200 ms leaves a trace.
 
     ``change``: "present" (we joined or logged in: who holds keys there now), "joined", "left",
-    "key_changed" (a member's identity key is not the pinned one), "verified", "unverified".
+    "verified", "unverified". Each holder carries its trust at that moment ("changed" or
+    "blocked" when its key is not the pinned one).
     """
 
     channel_id: int
@@ -509,13 +510,6 @@ class SecureSession:
                 }
                 self._changed()
 
-    def peer(self, sender_id: int) -> KeyHolder | None:
-        """A peer's pinned identity (name, key, trust), or None when unknown."""
-        if sender_id == self._sender_id:
-            return self._holder(sender_id, False)
-        peer = self._peers.get(sender_id)
-        return None if peer is None else self._holder(sender_id, False)
-
     def set_verified(self, sender_id: int, ik_pub: bytes, verified: bool, now: float) -> bool:
         """The user compared the safety number computed from ``ik_pub`` with ``sender_id``
         (``verified``) or takes a verification back. Refused (False) when ``ik_pub`` is not
@@ -669,10 +663,6 @@ class SecureSession:
             if recipient == sender_id:
                 del self._held[(recipient, channel_id)]
                 self._send_keydist(action, [sender_id], now)
-
-    def peer_reverified(self, sender_id: int, now: float) -> None:
-        """The user verified a peer's (changed) key in the TOFU store: send it what was held."""
-        self._release_held(sender_id, now)
 
     # -- memberships -------------------------------------------------------------------------------
     def _open_channel(self, channel_id: int, may_speak: bool, now: float) -> None:
