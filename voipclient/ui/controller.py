@@ -893,8 +893,8 @@ class ClientController(QObject):
         megabyte moves to ``key-holders.log.1``."""
         path = self.data_dir / KEY_HOLDER_LOG
         channel = self.model.channel_name(event.channel_id) or f"channel {event.channel_id}"
-        day = time.strftime("%Y-%m-%d", time.localtime(event.at_ms / 1000))
-        record = f"{day} {self.server_key or '?'} #{channel} {line}\n"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.at_ms / 1000))
+        record = f"{when} {self.server_key or '?'} #{channel} {line}\n"
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             if path.exists() and path.stat().st_size > KEY_HOLDER_LOG_MAX:
@@ -907,8 +907,7 @@ class ClientController(QObject):
     def _key_holder_notice(self, event: e2ee.KeyHolderNotice) -> None:
         """A change of who holds our keys: a lasting line in that channel's conversation, and
         an alert when a key is not the one pinned for that person."""
-        when = time.strftime("%H:%M:%S", time.localtime(event.at_ms / 1000))
-        text = key_holder_line(event, when)
+        text = key_holder_line(event)  # the chat stamps its own time on the line
         self.chat_notice.emit(event.channel_id, text)
         self._append_key_holder_log(event, text)
         for holder in event.holders:
@@ -1032,7 +1031,7 @@ def _detached_deque() -> collections.deque[Any]:
     return collections.deque(maxlen=2000)
 
 
-def key_holder_line(event: e2ee.KeyHolderNotice, when: str) -> str:
+def key_holder_line(event: e2ee.KeyHolderNotice) -> str:
     """The conversation line for a change of key holders (plain text, names as pinned)."""
     people = ", ".join(f"{h.name} ({_trust_words(h)})" for h in event.holders if h.trust != "me")
     what = {
@@ -1042,7 +1041,7 @@ def key_holder_line(event: e2ee.KeyHolderNotice, when: str) -> str:
         "verified": "Verified",
         "unverified": "No longer verified",
     }.get(event.change, event.change)
-    return f"[{when}] {what}: {people}"
+    return f"{what}: {people}"
 
 
 def _trust_words(holder: e2ee.KeyHolder) -> str:
