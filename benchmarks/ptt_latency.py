@@ -107,20 +107,20 @@ def main() -> None:
             encoded.append((time.monotonic(), tuple(targets)))
             bridge.voice.emit(tuple(targets), tuple(ending), payload)
 
+        routed: list[tuple[float, frozenset[int]]] = []
+        service = PttService(
+            PttRouter([Binding.parse("a", "f13", [A]), Binding.parse("b", "f14", [B])])
+        )
         worker = CaptureWorker(
             engine,
             CaptureProcessor(CaptureSettings(noise_suppression="off", agc=False)),
             VoiceSender(OpusEncoder()),
             TransmitGate(release_ms=0),
             from_worker,
-        )
-        routed: list[tuple[float, frozenset[int]]] = []
-        service = PttService(
-            PttRouter([Binding.parse("a", "f13", [A]), Binding.parse("b", "f14", [B])])
+            route=service.route,  # read every frame; the service writes it before its listeners
         )
 
         def on_change(event: Any) -> None:
-            worker.wanted = event.after
             routed.append((time.monotonic(), event.after))
 
         service.add_listener(on_change)

@@ -1,22 +1,30 @@
 """Relay load: many simulated clients over real TLS and UDP through a real server process.
 
 The server (``python -m voipclient.server``) runs as a subprocess pinned to one core; this load
-generator runs on the other. Every client logs in over real TLS 1.3 (the server's key checked
-against the pin of its start line, a real Ed25519-signed login), joins its channel (so the
-server's roster holds real memberships), and validates its UDP address with the hop-control
-handshake (BIND -> CHALLENGE -> BIND_CONFIRM -> BIND_OK, real hop MACs). Talkers send real voice
-datagrams: a real :class:`SenderKey` per talker (AES-256-GCM sealing of an 84-byte payload, the
-size of a 20 ms Opus frame at 32 kb/s) plus the real c2s hop MAC, 50 packets/s each, staggered
-over the 20 ms frame. The relay runs every check on them (hop MAC, validated address, ACL,
-replay window, rate limit) and re-MACs every copy per listener. The end-to-end key exchange
-(KeyDists) is left out: the relay is blind, it only needs valid hop MACs, and listeners do not
-decrypt here (a sample of received copies is checked against each listener's s2c hop key).
+generator runs on the other. Every client is the client core users run,
+:class:`~voipclient.net.connection.ClientConnection`, under a thin asyncio adapter (a TLS
+transport, a connected UDP socket, one timer re-armed from ``get_timer()``): it checks the
+server's key against the pin of the start line before any application byte, logs in (a real
+Ed25519-signed login), runs the real end-to-end layer (session key and certificate published,
+peers' certificates verified, sender keys and KeyDists for its channel), leaves the Lobby for its
+own channel (so the server's roster holds real memberships), validates its UDP address with the
+hop-control handshake (BIND -> CHALLENGE -> BIND_CONFIRM -> BIND_OK, real hop MACs) and pings
+the relay over UDP, as the app does. Talkers send real voice datagrams sealed by their core
+(``send_voice``: the channel's sender key, AES-256-GCM of an 84-byte payload, the size of a
+20 ms Opus frame at 32 kb/s, plus the c2s hop MAC), 50 packets/s each, staggered over the 20 ms
+frame. The relay runs every check on them (hop MAC, validated address, ACL, replay window, rate
+limit) and re-MACs every copy per listener.
 
-Datagrams are sealed before the measuring window and sent in paced batches from each talker's
-own validated UDP socket; every listener socket is read with non-blocking reads driven by one
-epoll. The header (sender_id, ctr) that the relay never changes identifies each copy, so the
-time through the relay is receive time minus send time (both this process's monotonic clock;
-it includes the loopback hops and this generator's own reaction time).
+So that the client's own per-packet cost does not become part of the relay's figures, the
+datagrams of a step are sealed by the talkers' cores before the measuring window (taken from
+``datagrams_to_send``, the event loop served between batches) and sent in paced batches, one
+``send`` each, from each talker's own validated UDP socket; every listener socket is read with
+non-blocking reads driven by one epoll, and the copies are not decrypted (a sample is checked
+against each listener's s2c hop key; PONGs go to the core at once). Meanwhile the step serves
+the clients' due timers in slices (pings, the core's stats tick). The header (sender_id, gen,
+ctr) that the relay never changes identifies each copy, so the time through the relay is receive
+time minus send time (both this process's monotonic clock; it includes the loopback hops and
+this generator's own reaction time).
 
 Per run (0.5 s of warm-up, then the measuring window): loss % = 1 - received copies / expected
 copies, where expected = datagrams sent x (validated members of the channel - 1);
@@ -68,11 +76,17 @@ from typing import Any
 
 from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
-from voipclient.crypto.media import HEADER_STRUCT, PTYPE_VOICE, SenderKey
-from voipclient.crypto.replay import ReplayWindow
 from voipclient.net import events as ev
-from voipclient.net import hopctl
-from voipclient.net.client import ClientSession
+from voipclient.net import supervisor as sv
+from voipclient.net.connection import (
+    ClientConnection,
+    CloseTransport,
+    OpenTransport,
+    OpenUdp,
+    TransportChanged,
+    VoiceTransport,
+)
+from voipclient.net.hopctl import HOP_CONTROL_LEN
 from voipclient.server.tls import pin_of_der_certificate
 
 HOST = "127.0.0.1"
@@ -88,12 +102,19 @@ START_LINE = re.compile(
 )
 START_TIMEOUT = 30.0  # s
 LOGIN_CONCURRENCY = 32  # TLS handshakes + logins in flight (below the server's default cap, 64)
-CONTROL_TICK = 1.0  # s between control-session services (Pings, timers, coalesced input)
+CONTROL_TICK = 1.0  # s: during a step, each client's due timers are served this often
+# After its own login a client hands TLS input to its core in batches this far apart (s): one
+# member-view rebuild per batch instead of one per message. Longer while 500 users log in and
+# join (every client's view changes with each of them), shorter once the roster is still.
+SETUP_COALESCE_S = 5.0
+COALESCE_S = 1.0
+#: The core's delays, but a login may wait longer: the generator's one core plays every client.
+SUPERVISOR = sv.SupervisorConfig(connect_timeout=120.0)
 STATS_INTERVAL = 0.5  # s between the server's JSON stats lines
 DRAIN_S = 0.3  # s of silence after the last datagram was sent that ends a run ...
 MAX_DRAIN_S = 2.0  # ... or this long after it: later copies count as lost
 WARMUP_S = 0.5  # s of sending before the measuring window opens (not counted)
-CONTROL_SLICE = 0.02  # s: during a step, one slice of the control sessions is serviced this often
+CONTROL_SLICE = 0.02  # s: during a step, one slice of the clients is served this often
 QUIET_PCT = 15.0  # a step starts once the server and other processes use less CPU than this ...
 QUIET_WAIT_S = 15.0  # ... or after this long
 QUIET_SAMPLE_S = 0.3
@@ -402,7 +423,7 @@ def udp_drops(ports: set[int]) -> dict[int, int]:
 
 
 def client_ssl_context() -> ssl.SSLContext:
-    """TLS 1.3 without CA or host name: the pin is checked before any application byte."""
+    """TLS 1.3 without CA or host name: the core checks the pin before any application byte."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
@@ -411,127 +432,302 @@ def client_ssl_context() -> ssl.SSLContext:
 
 
 class _Control(asyncio.Protocol):
-    def __init__(self, client: Client) -> None:
+    """The TLS connection of one ``OpenTransport``; its callbacks are tagged with the generation."""
+
+    def __init__(self, client: Client, generation: int) -> None:
         self.client = client
+        self.generation = generation
+        self.transport: asyncio.Transport | None = None
+        self.closing = False  # the core sent CloseTransport for it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.client.connection_made(transport)  # type: ignore[arg-type]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.closing:
+            transport.abort()
+        else:
+            self.client.tls_up(self)
 
     def data_received(self, data: bytes) -> None:
-        self.client.data_received(data)
+        self.client.data_received(self, data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client.lost = True
-        if not self.client.logged_in.done():
-            self.client.logged_in.set_exception(ConnectionError("connection lost before login"))
+        self.client.tls_lost(self)
+
+
+def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+        fut.add_done_callback(lambda f: f.exception())  # retrieved: no "never retrieved" noise
 
 
 @dataclass(eq=False)
 class Client:
-    """One simulated user: a real ClientSession over TLS, and a UDP socket."""
+    """One simulated user: the client core users run (:class:`ClientConnection`: pin verdict,
+    login, end-to-end layer, UDP hop handshake and pings, UDP/tunnel choice) under a thin asyncio
+    adapter: a TLS transport, a connected UDP socket read by the event loop, one timer re-armed
+    from ``get_timer()``. During a step the event loop is busy sending, so the step serves the
+    clients' due timers in slices and hands hop-control datagrams (PONGs) to the core itself."""
 
     index: int
     pin: str
     channel: int
     identity: IdentityKey = field(default_factory=IdentityKey.generate)
-    transport: asyncio.Transport | None = None
-    inbox: list[bytes] = field(default_factory=list)
-    urgent: bool = True  # feed input at once (login); later it is coalesced per control tick
-    lost: bool = False
+    lost: bool = False  # the core would have reconnected (not done: counted instead)
     closed: str | None = None
     sid: int | None = None
-    c2s: HopMac | None = None
-    s2c: HopMac | None = None
-    joined: bool = False
+    s2c: HopMac | None = None  # this login's s2c hop key, for the spot check of relay MACs
     udp: socket.socket | None = None
-    hop_seq: int = 0
-    bound: bool = False
-    sender_key: SenderKey | None = None
     ref_udp: socket.socket | None = None  # registered with the bare relay
+    tunnelled: int = 0  # times the core moved our voice into the TLS tunnel
 
     def __post_init__(self) -> None:
         self.name = f"bench{self.index:04d}"
-        self.session = ClientSession(self.name, self.identity.public_bytes(), self.identity.sign)
         self.loop = asyncio.get_running_loop()
+        self.conn = ClientConnection(
+            self.name, self.identity, wall_clock=time.time, config=SUPERVISOR
+        )
         self.logged_in: asyncio.Future[None] = self.loop.create_future()
-        self.hop_window = ReplayWindow()
+        self.joined: asyncio.Future[None] = self.loop.create_future()
+        self.bound_once: asyncio.Future[None] = self.loop.create_future()
+        self.control: _Control | None = None
+        self.udp_generation = 0
+        self.inbox: list[bytes] = []
+        self.urgent = True  # feed TLS input at once (login); later in batches (coalesce_s)
+        self.coalesce_s = SETUP_COALESCE_S
+        self.feed_handle: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.abort_on_close = False
+        self.tasks: set[asyncio.Task[None]] = set()
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        ssl_object = transport.get_extra_info("ssl_object")
+    @property
+    def bound(self) -> bool:
+        """Our UDP address is validated and the core sends (and gets) voice over UDP."""
+        return self.conn.udp_bound and self.conn.transport is VoiceTransport.UDP
+
+    # -- driving the core --------------------------------------------------------------------------
+
+    def call(self, action: Callable[[float], object]) -> None:
+        """Hand something to the core at the loop's clock, then carry out what it asks."""
+        action(self.loop.time())
+        self.pump()
+
+    def pump(self) -> None:
+        conn = self.conn
+        while (event := conn.next_event()) is not None:
+            self.carry_out(event)
+        data = conn.data_to_send()
+        if data:
+            self.write(data)
+        for datagram in conn.datagrams_to_send():
+            self.send(datagram)
+        if self.bound and not self.bound_once.done():
+            self.bound_once.set_result(None)
+        self.rearm()
+
+    def carry_out(self, event: object) -> None:
+        if isinstance(event, OpenTransport):
+            self.open_tls(event)
+        elif isinstance(event, CloseTransport):
+            self.close_transport(event)
+        elif isinstance(event, OpenUdp):
+            self.open_udp(event)
+        elif isinstance(event, ev.LoggedIn):
+            self.sid = event.sender_id
+            self.s2c = HopMac(derive_hop_keys(event.hop_secret)[1])
+            if LOBBY_ID in event.roster.channels_of(event.sender_id):
+                # Off to our own channel (joined in the next phase): users who stayed would
+                # make every E2E layer hand Lobby keys to all 500 (O(n²) KeyDists at login).
+                self.conn.leave(LOBBY_ID, self.loop.time())
+            if not self.logged_in.done():
+                self.logged_in.set_result(None)
+        elif isinstance(event, ev.MembershipChanged):
+            mine = event.sender_id == self.sid and event.channel_id == self.channel
+            if mine and event.joined and not self.joined.done():
+                self.joined.set_result(None)
+        elif isinstance(event, TransportChanged):
+            self.tunnelled += event.transport is VoiceTransport.TUNNEL
+        elif isinstance(event, ev.ConnectionClosed):
+            self.closed = f"{event.reason.value}: {event.message}"
+            _fail(self.logged_in, ConnectionError(self.closed))
+        elif isinstance(event, sv.ReconnectScheduled):
+            # A reconnect would be a new session in the middle of a measurement: count it.
+            self.lost = True
+            _fail(self.logged_in, ConnectionError(f"{self.name}: {event.why}"))
+            self.conn.close(self.loop.time())
+
+    def rearm(self) -> None:
+        due = self.conn.get_timer()
+        timer = self.timer
+        if timer is not None:
+            if due is not None and timer.when() == due:
+                return
+            timer.cancel()
+            self.timer = None
+        if due is not None:
+            self.timer = self.loop.call_at(due, self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        self.call(self.conn.handle_timer)
+
+    def service(self) -> None:
+        """During a step: what the timer would have done by now."""
+        due = self.conn.get_timer()
+        if due is not None and due <= self.loop.time():
+            self.call(self.conn.handle_timer)
+
+    # -- TLS ---------------------------------------------------------------------------------------
+
+    def start(self, host: str, port: int) -> None:
+        self.call(lambda now: self.conn.connect(host, port, self.pin, now))
+
+    def join(self) -> None:
+        self.call(lambda now: self.conn.join(self.channel, None, now))
+
+    def open_tls(self, event: OpenTransport) -> None:
+        control = _Control(self, event.generation)
+        self.control = control
+
+        async def connect() -> None:
+            try:
+                await self.loop.create_connection(
+                    lambda: control, event.host, event.port, ssl=SSL_CONTEXT
+                )
+            except OSError as exc:  # ssl.SSLError is one
+                why, gen = str(exc), event.generation
+                self.call(lambda now: self.conn.transport_failed(why, now, generation=gen))
+
+        task = self.loop.create_task(connect())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def tls_up(self, control: _Control) -> None:
+        assert control.transport is not None
+        ssl_object = control.transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if der is None or pin_of_der_certificate(der) != self.pin:
-            transport.abort()  # before any application byte
-            self.logged_in.set_exception(RuntimeError("server key does not match the pin"))
-            return
-        self.transport = transport
-        self.session.start(self.loop.time())
-        self.flush()
+        presented = pin_of_der_certificate(der) if der else None
+        gen = control.generation
+        self.call(lambda now: self.conn.transport_connected(presented, now, generation=gen))
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, control: _Control, data: bytes) -> None:
+        if control is not self.control:
+            return
         self.inbox.append(data)
         if self.urgent:
             self.feed()
+        elif self.feed_handle is None:
+            self.feed_handle = self.loop.call_later(self.coalesce_s, self.feed)
 
     def feed(self) -> None:
-        """Hand buffered input to the session (coalesced: one roster snapshot per call)."""
-        if not self.inbox:
+        """Buffered TLS input to the core in one call (one roster snapshot per batch)."""
+        self.feed_handle = None
+        control = self.control
+        if not self.inbox or control is None:
             return
         data = b"".join(self.inbox)
         self.inbox.clear()
-        self.handle(self.session.receive_data(data, self.loop.time()))
+        gen = control.generation
+        self.call(lambda now: self.conn.receive_data(data, now, generation=gen))
 
-    def tick(self) -> None:
-        self.feed()
-        self.handle(self.session.handle_timer(self.loop.time()))
+    def tls_lost(self, control: _Control) -> None:
+        if control is self.control:
+            self.feed()
+            gen = control.generation
+            self.call(lambda now: self.conn.connection_lost(now, generation=gen))
 
-    def handle(self, events: list[ev.ClientEvent]) -> None:
-        for event in events:
-            if isinstance(event, ev.LoggedIn):
-                self.sid = event.sender_id
-                k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
-                self.c2s, self.s2c = HopMac(k_c2s), HopMac(k_s2c)
-                if not self.logged_in.done():
-                    self.logged_in.set_result(None)
-            elif isinstance(event, ev.MembershipChanged):
-                if event.sender_id == self.sid and event.channel_id == self.channel:
-                    self.joined = event.joined
-            elif isinstance(event, ev.ConnectionClosed):
-                self.closed = f"{event.reason.value}: {event.message}"
-                if not self.logged_in.done():
-                    self.logged_in.set_exception(ConnectionError(self.closed))
-        self.flush()
+    def write(self, data: bytes) -> None:
+        control = self.control
+        transport = control.transport if control is not None else None
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
-    def flush(self) -> None:
-        data = self.session.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+    def close_transport(self, event: CloseTransport) -> None:
+        control = self.control
+        if control is not None and control.generation == event.generation:
+            self.control = None
+            self.inbox.clear()
+            control.closing = True
+            transport = control.transport
+            if transport is not None:
+                if event.abort or self.abort_on_close:
+                    transport.abort()
+                else:
+                    if event.data:
+                        transport.write(event.data)
+                    transport.close()
+        if self.udp is not None and self.udp_generation == event.generation:
+            self.close_udp()
 
-    # -- UDP --------------------------------------------------------------------------------------
+    # -- UDP ---------------------------------------------------------------------------------------
 
-    def open_udp(self, server: tuple[str, int]) -> socket.socket:
-        self.udp = connected_udp(server)
-        return self.udp
+    def open_udp(self, event: OpenUdp) -> None:
+        self.close_udp()
+        self.udp = connected_udp((event.host, event.port))
+        self.udp_generation = event.generation
+        self.loop.add_reader(self.udp.fileno(), self.udp_readable)
 
-    def next_seq(self) -> int:
-        self.hop_seq += 1
-        return self.hop_seq - 1
+    def close_udp(self) -> None:
+        sock, self.udp = self.udp, None
+        if sock is not None:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
 
-    def send_bind(self) -> None:
-        assert self.udp is not None and self.c2s is not None and self.sid is not None
-        with contextlib.suppress(BlockingIOError):
-            self.udp.send(hopctl.encode_bind(self.c2s, self.sid, self.next_seq()))
+    def udp_readable(self) -> None:
+        sock = self.udp
+        if sock is None:
+            return
+        now, gen = self.loop.time(), self.udp_generation
+        for _ in range(64):
+            try:
+                data = sock.recv(2048)
+            except BlockingIOError:
+                break
+            except OSError:  # ICMP errors reported on the connected socket
+                continue
+            self.conn.datagram_received(data, now, generation=gen)
+        self.pump()
 
     def hop_datagram(self, data: bytes) -> None:
-        assert self.udp is not None and self.c2s is not None and self.s2c is not None
-        msg = hopctl.open_hop_control(data, self.s2c, self.hop_window, ptypes=hopctl.S2C_PTYPES)
-        if msg is None or self.sid is None:
-            return
-        if msg.ptype == hopctl.PTYPE_CHALLENGE:
-            confirm = hopctl.encode_bind_confirm(self.c2s, self.sid, self.next_seq(), msg.body)
-            with contextlib.suppress(BlockingIOError):
-                self.udp.send(confirm)
-        elif msg.ptype == hopctl.PTYPE_BIND_OK:
-            self.bound = True
+        """During a step: a hop-control datagram (a PONG) read by the step goes to the core."""
+        gen = self.udp_generation
+        self.call(lambda now: self.conn.datagram_received(data, now, generation=gen))
+
+    def send(self, datagram: bytes) -> None:
+        if self.udp is not None:
+            with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+                self.udp.send(datagram)
+
+    def seal(self, payload: bytes) -> bytes:
+        """One voice datagram for our channel as the core makes it (the E2E layer's sender key,
+        AES-GCM, the c2s hop MAC), taken from ``datagrams_to_send`` before it leaves: the step
+        sends it later, paced, with one ``send`` call."""
+        self.conn.send_voice((self.channel,), (), payload, self.loop.time())
+        voice = []
+        for datagram in self.conn.datagrams_to_send():
+            if len(datagram) == HOP_CONTROL_LEN:
+                self.send(datagram)
+            else:
+                voice.append(datagram)
+        self.pump()
+        if len(voice) != 1:
+            raise RuntimeError(f"{self.name}: the core sealed {len(voice)} datagrams, not 1")
+        return voice[0]
+
+    def shutdown(self) -> None:
+        """The core closes (its CloseTransport aborts the TLS connection: the server is stopped
+        next, no Bye round trips) and every socket goes."""
+        self.abort_on_close = True
+        self.call(self.conn.close)
+        for handle in (self.timer, self.feed_handle):
+            if handle is not None:
+                handle.cancel()
+        self.close_udp()
+        if self.ref_udp is not None:
+            self.ref_udp.close()
+
+
+SSL_CONTEXT = client_ssl_context()
 
 
 def connected_udp(peer: tuple[str, int]) -> socket.socket:
@@ -565,27 +761,15 @@ def register_bare(clients: list[Client], relay: BareRelay, timeout: float = 10.0
         ep.close()
 
 
-async def control_ticks(clients: list[Client], stop: asyncio.Event) -> None:
-    """Service every control session once per CONTROL_TICK: coalesced input, Pings, timers."""
-    while not stop.is_set():
-        for c in clients:
-            if not c.lost:
-                c.tick()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), CONTROL_TICK)
-
-
 async def login_all(server: Server, channels: list[int], n: int, timeout: float) -> list[Client]:
     """n clients logged in over TLS, client i destined for channels[i % len(channels)]."""
-    loop = asyncio.get_running_loop()
-    ctx = client_ssl_context()
     sem = asyncio.Semaphore(LOGIN_CONCURRENCY)
     clients = [Client(i, server.pin, channels[i % len(channels)]) for i in range(n)]
 
     async def one(c: Client) -> None:
         async with sem:
-            await loop.create_connection(lambda: _Control(c), server.host, server.port, ssl=ctx)
-            await asyncio.wait_for(c.logged_in, timeout)
+            c.start(server.host, server.port)
+            await c.logged_in
             c.urgent = False
 
     await asyncio.wait_for(asyncio.gather(*(one(c) for c in clients)), timeout)
@@ -594,45 +778,19 @@ async def login_all(server: Server, channels: list[int], n: int, timeout: float)
 
 async def join_all(clients: list[Client], timeout: float) -> None:
     for c in clients:
-        c.session.join(c.channel)
-        c.flush()
-    deadline = time.monotonic() + timeout
-    while not all(c.joined for c in clients):
-        if time.monotonic() > deadline:
-            missing = sum(not c.joined for c in clients)
-            raise TimeoutError(f"{missing} clients did not get their join confirmed")
-        await asyncio.sleep(0.1)
-        for c in clients:
-            if not c.joined:
-                c.feed()
-
-
-def bind_all(clients: list[Client], server: tuple[str, int], timeout: float = 10.0) -> None:
-    """Validate every client's UDP address (BIND, CHALLENGE, BIND_CONFIRM, BIND_OK)."""
-    ep = select.epoll()
-    by_fd: dict[int, Client] = {}
+        c.join()
     try:
-        for c in clients:
-            sock = c.open_udp(server)
-            by_fd[sock.fileno()] = c
-            ep.register(sock.fileno(), select.EPOLLIN)
-        deadline = time.monotonic() + timeout
-        next_try = 0.0
-        while not all(c.bound for c in clients) and time.monotonic() < deadline:
-            if time.monotonic() >= next_try:  # at most 2 BINDs/s per session are answered
-                for c in clients:
-                    if not c.bound:
-                        c.send_bind()
-                next_try = time.monotonic() + 1.0
-            for fd, _ in ep.poll(0.05):
-                c = by_fd[fd]
-                with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
-                    while True:
-                        data = c.udp.recv(2048)  # type: ignore[union-attr]
-                        if len(data) == hopctl.HOP_CONTROL_LEN:
-                            c.hop_datagram(data)
-    finally:
-        ep.close()
+        await asyncio.wait_for(asyncio.gather(*(c.joined for c in clients)), timeout)
+    except TimeoutError:
+        missing = sum(not c.joined.done() for c in clients)
+        raise TimeoutError(f"{missing} clients did not get their join confirmed") from None
+
+
+async def bound_all(clients: list[Client], timeout: float) -> None:
+    """The core binds our UDP address by itself from the login on: until every one is bound
+    (or ``timeout``: the ones left are reported and not used)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(c.bound_once for c in clients)), timeout)
 
 
 # -- one step -----------------------------------------------------------------------------------
@@ -656,69 +814,71 @@ def pick_talkers(clients: list[Client], channels: list[int], talkers: int) -> li
 
 
 @dataclass
-class Talker:
-    client: Client
-    key: SenderKey
-    sid_bytes: bytes = b""
+class Sealed:
+    """One step's voice, sealed by the talkers' cores before the step, in send order: datagram
+    k is talker k % T's frame k // T."""
+
+    talkers: list[Client]
+    frames: int
+    warm_frames: int
+    datagrams: list[bytes]
+    #: The header bytes the relay never changes (sender_id, gen, ctr) → send index k.
+    index_of: dict[bytes, int]
 
 
-def make_talkers(picked: list[Client]) -> list[Talker]:
-    """One sender key per client for the whole run: its ctr goes on across steps, so the
-    relay's replay window sees only new packets."""
-    out = []
-    for c in picked:
-        assert c.sid is not None
-        if c.sender_key is None:
-            c.sender_key = SenderKey(c.channel, c.sid)
-            c.sender_key.new_generation(0, os.urandom(64))
-        out.append(Talker(c, c.sender_key, struct.pack(">I", c.sid)))
-    return out
+async def seal_step(talkers: list[Client], seconds: float) -> Sealed:
+    """Every datagram of a step sealed by its talker's core (``send_voice``), the event loop
+    served between batches so the control sessions and UDP pings go on meanwhile."""
+    warm_frames = round(WARMUP_S * PACKETS_PER_S)
+    frames = warm_frames + max(1, round(seconds * PACKETS_PER_S))
+    opus = os.urandom(OPUS_FRAME)
+    datagrams: list[bytes] = []
+    index_of: dict[bytes, int] = {}
+    for frame in range(frames):
+        payload = struct.pack(">I", frame) + opus
+        for t in talkers:
+            dg = t.seal(payload)
+            index_of[dg[8:20]] = len(datagrams)
+            datagrams.append(dg)
+        await asyncio.sleep(0)
+    return Sealed(talkers, frames, warm_frames, datagrams, index_of)
 
 
 def run_step(
     server: Proc,
     clients: list[Client],
-    talkers: list[Talker],
-    seconds: float,
+    sealed: Sealed,
     gen_cpu: int | None,
 ) -> dict[str, Any]:
-    """Send ``seconds`` of voice from every talker and measure what comes back, through the
-    relay server or (``server`` a :class:`BareRelay`) through the bare reference loop."""
+    """Send the sealed voice of every talker and measure what comes back, through the relay
+    server or (``server`` a :class:`BareRelay`) through the bare reference loop."""
     real = isinstance(server, Server)
 
     def sock_of(c: Client) -> socket.socket | None:
         return c.udp if real else c.ref_udp
 
+    talkers, datagrams, index_of = sealed.talkers, sealed.datagrams, sealed.index_of
     t_count = len(talkers)
-    warm_frames = round(WARMUP_S * PACKETS_PER_S)
-    frames = warm_frames + max(1, round(seconds * PACKETS_PER_S))
+    warm_frames, frames = sealed.warm_frames, sealed.frames
     rate = t_count * PACKETS_PER_S  # datagrams/s in
     n = t_count * frames
-    opus = os.urandom(OPUS_FRAME)
 
-    # Pre-seal every datagram (real AES-GCM + c2s hop MAC) in send order: k -> talker k % T.
+    # One send call per datagram, from its talker's socket, in send order: k -> talker k % T.
     sends: list[Callable[[bytes], int]] = []
-    datagrams: list[bytes] = []
-    ctr0: list[int] = []
-    talker_socks = [sock_of(t.client) for t in talkers]
-    for frame in range(frames):
-        payload = struct.pack(">I", frame) + opus
-        for i, t in enumerate(talkers):
-            c2s, sock = t.client.c2s, talker_socks[i]
-            assert c2s is not None and sock is not None
-            dg = c2s.append(t.key.seal(PTYPE_VOICE, payload))
-            if frame == 0:
-                ctr0.append(HEADER_STRUCT.unpack_from(dg)[6])
-            sends.append(sock.send)
-            datagrams.append(dg)
-    talker_of_sid = {t.sid_bytes: i for i, t in enumerate(talkers)}
+    talker_sends = []
+    for t in talkers:
+        sock = sock_of(t)
+        assert sock is not None
+        talker_sends.append(sock.send)
+    for _ in range(frames):
+        sends.extend(talker_sends)
 
     # Expected copies: validated members of the channel, minus the talker.
     validated: dict[int, int] = {}
     for c in clients:
         if c.bound if real else c.ref_udp is not None:
             validated[c.channel] = validated.get(c.channel, 0) + 1
-    expected_per_dg = [validated[t.client.channel] - 1 for t in talkers]
+    expected_per_dg = [validated[t.channel] - 1 for t in talkers]
     expected = (frames - warm_frames) * sum(expected_per_dg)
 
     socks = {c: sock for c in clients if (c.bound or not real) and (sock := sock_of(c))}
@@ -736,10 +896,15 @@ def run_step(
         client_of_fd[fd] = c
     ports = {sock.getsockname()[1] for sock in socks.values()}
     stale = 0  # copies that arrived after an earlier run had stopped listening
-    for sock in socks.values():
+    hop_control = 0  # hop-control datagrams (PONGs) that came in during the step: to the core
+    for c, sock in socks.items():
         with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
-            while sock.recv(2048):
-                stale += 1
+            while data := sock.recv(2048):
+                if real and len(data) == HOP_CONTROL_LEN:
+                    hop_control += 1
+                    c.hop_datagram(data)
+                else:
+                    stale += 1
     drops_before = udp_drops({*ports, server.port})
     stats_before = server.stats_after(time.time() - 10) if isinstance(server, Server) else {}
 
@@ -749,8 +914,9 @@ def run_step(
     interval = 1.0 / rate
     k = 0
     send_errors = 0
-    # The control sessions keep running during the step: every CONTROL_SLICE s a slice of the
-    # clients is ticked (due Pings go out, as real clients send them; Pongs are read after).
+    # The clients' cores keep running during the step: every CONTROL_SLICE s a slice of the
+    # clients has its due timers served (Pings go out, as real clients send them; the PONGs
+    # that come back are handed to the core as they arrive).
     slices = max(1, round(CONTROL_TICK / CONTROL_SLICE))
     next_slice, slice_no = 0.0, 0
     measure_from = warm_frames * t_count  # the first datagram that counts
@@ -789,7 +955,7 @@ def run_step(
                     wait = 0.0 if wait < 0 else (0.001 if wait > 0.001 else wait)
                 if now >= next_slice:
                     for c in clients[slice_no % slices :: slices]:
-                        c.tick()
+                        c.service()
                     slice_no += 1
                     next_slice = now + CONTROL_SLICE
             else:
@@ -807,6 +973,10 @@ def run_step(
                 try:
                     data = recv_of[fd](2048)
                 except (BlockingIOError, ConnectionRefusedError):
+                    continue
+                if len(data) == HOP_CONTROL_LEN and real:
+                    hop_control += 1
+                    client_of_fd[fd].hop_datagram(data)
                     continue
                 last_rx = t_rx = perf()
                 data_lists[fd].append(data)
@@ -830,19 +1000,15 @@ def run_step(
         assert listener.s2c is not None
         checked_here = 0
         for data, t_rx in zip(data_list, time_list, strict=True):
-            ti = talker_of_sid.get(data[8:12])
-            if ti is None or len(data) == hopctl.HOP_CONTROL_LEN:
-                unknown += 1
-                continue
-            frame = int.from_bytes(data[16:20], "big") - ctr0[ti]
-            if not 0 <= frame < frames:
+            sent = index_of.get(data[8:20])  # (sender_id, gen, ctr): the relay never changes it
+            if sent is None:
                 unknown += 1
                 continue
             received_all += 1
-            if frame < warm_frames:
+            if sent < measure_from:  # warm-up
                 continue
             received += 1
-            latencies.append(t_rx - send_times[frame * t_count + ti])
+            latencies.append(t_rx - send_times[sent])
             if real and checked_here < 2:
                 checked_here += 1
                 mac_checked += 1
@@ -908,6 +1074,7 @@ def run_step(
         "send_errors": send_errors,
         "unknown_datagrams": unknown,
         "stale_datagrams": stale,
+        "hop_control_datagrams": hop_control,
         "s2c_mac_checked": mac_checked,
         "s2c_mac_bad": mac_bad,
     }
@@ -995,6 +1162,7 @@ def sanity_totals(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "send_errors": sum(f["send_errors"] for f in runs),
         "unknown_datagrams": sum(f["unknown_datagrams"] for f in runs),
         "stale_datagrams": sum(f["stale_datagrams"] for f in runs),
+        "hop_control_datagrams": sum(f["hop_control_datagrams"] for f in runs),
         "s2c_mac_checked": sum(f["s2c_mac_checked"] for f in runs),
         "s2c_mac_bad": sum(f["s2c_mac_bad"] for f in runs),
     }
@@ -1055,18 +1223,18 @@ async def bench(
     clients = await login_all(server, chans, args.clients, timeout=120.0)
     login_s = time.perf_counter() - t
     say(f"logged in {len(clients)} clients over TLS in {login_s:.1f} s")
-    stop = asyncio.Event()
-    ticker = asyncio.ensure_future(control_ticks(clients, stop))
     try:
         t = time.perf_counter()
-        await join_all(clients, timeout=60.0)
+        await join_all(clients, timeout=120.0)
         join_s = time.perf_counter() - t
         say(f"joined {args.channels} channels in {join_s:.1f} s")
         t = time.perf_counter()
-        bind_all(clients, (server.host, server.port))
+        await bound_all(clients, timeout=60.0)
         bind_s = time.perf_counter() - t
         bound = sum(c.bound for c in clients)
-        say(f"validated {bound}/{len(clients)} UDP addresses in {bind_s:.1f} s")
+        say(f"validated {bound}/{len(clients)} UDP addresses in {bind_s:.1f} s more")
+        for c in clients:  # the roster is still from now on
+            c.coalesce_s = COALESCE_S
         if bare is not None:
             register_bare(clients, bare)
         await asyncio.sleep(0.2)
@@ -1077,11 +1245,9 @@ async def bench(
         reference: dict[str, Any] = {}
 
         async def run_once(talkers: int, target: Proc = server) -> dict[str, Any]:
-            for c in clients:  # catch up with the control sessions between runs
-                c.tick()
+            sealed = await seal_step(pick_talkers(clients, chans, talkers), args.seconds)
             before = await wait_quiet(server, gen_cpu)
-            picked = pick_talkers(clients, chans, talkers)
-            figures = run_step(target, clients, make_talkers(picked), args.seconds, gen_cpu)
+            figures = run_step(target, clients, sealed, gen_cpu)
             figures["foreign_cpu_pct_before"] = before
             if target is server:
                 runs.append(figures)
@@ -1170,20 +1336,15 @@ async def bench(
             "bind_s": round(bind_s, 1),
             "validated": bound,
             "sessions_lost": lost,
+            "tunnelled": sum(c.tunnelled for c in clients),
             "best": best,
             "steps": steps,
             "runs": runs,
             "reference": reference,
         }
     finally:
-        stop.set()
-        await ticker
         for c in clients:
-            if c.transport is not None:
-                c.transport.abort()
-            for sock in (c.udp, c.ref_udp):
-                if sock is not None:
-                    sock.close()
+            c.shutdown()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -1260,6 +1421,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "bind_s": run["bind_s"],
             "validated": run["validated"],
             "sessions_lost": run["sessions_lost"],
+            "tunnelled": run["tunnelled"],
             "server_traceback": traceback,
             "steps": [{k: f[k] for k in STEP_KEYS} for f in run["steps"]],
             **run["reference"],

@@ -5,9 +5,14 @@ identity, joins channels, binds its UDP address (hop control) or falls back to t
 runs the real voice path on an audio engine: a WAV file as microphone (``--play``) and a WAV file
 as speaker (``--record``), or real sound devices (``--input-device`` / ``--output-device``)::
 
-    capture ring ─► TransmitGate ─► VoiceSender (Opus once) ─► SecureSession.seal_voice per
-    channel ─► UDP/tunnel ─► relay ─► UDP/tunnel ─► open_voice ─► VoicePlayback (jitter buffer,
-    FEC/copies/concealment, mixer) ─► playback ring
+    capture ring ─► CaptureProcessor (VAD) ─► PttRouter ─► TransmitGate ─► VoiceSender (Opus
+    once) ─► SecureSession.seal_voice per channel ─► UDP/tunnel ─► relay ─► UDP/tunnel ─►
+    open_voice ─► VoicePlayback (jitter buffer, FEC/copies/concealment, mixer) ─► playback ring
+
+Who hears the bot is the push-to-talk router's decision, as in the desktop app: the ``--talk``
+channels are its hot mic, ``continuous`` or (``--voice-activation``) ``voice_activation``, and
+each frame's VAD decision is fed to it (:meth:`PttRouter.set_vad`; the bot owns the router on its
+one thread, so no lock and no slot are needed).
 
 Receivers' loss reports go back to each speaker over the control channel; the speaker's
 RedundancyPolicy sets the Opus loss hint and the copies of earlier frames.
@@ -59,6 +64,7 @@ from voipclient.crypto.tofu import TofuStore
 from voipclient.net import e2ee, hopctl
 from voipclient.net import events as ev
 from voipclient.net.client import ClientSession
+from voipclient.ptt.router import Mode, PttRouter
 from voipclient.server.tls import pin_of_der_certificate
 
 log = logging.getLogger("voipclient.bot")
@@ -202,6 +208,10 @@ class VoiceBot:
         self.sender = VoiceSender(
             OpusEncoder(frame_ms=options.frame_ms, bitrate=options.bitrate),
             first_frame_no=int.from_bytes(os.urandom(4), "big"),
+        )
+        #: who hears us: the --talk channels are the hot mic (set once they are resolved)
+        self.router = PttRouter(
+            mode=Mode.VOICE_ACTIVATION if options.voice_activation else Mode.CONTINUOUS
         )
         self.gate = TransmitGate(options.release_ms)
         self.cues = CuePlayer(n)
@@ -360,6 +370,7 @@ class VoiceBot:
         missing = set(self.talk_ids) - set(self.channel_ids)
         if missing:
             raise BotError("--talk channels must also be in --join")
+        self.router.set_hot_mic(self.talk_ids, self._loop.time())
         for channel_id in self.channel_ids:
             self.session.join(channel_id)
         self._flush()
@@ -528,8 +539,8 @@ class VoiceBot:
         sec = self.secure
         assert sec is not None
         processed = self.capture.process(self._frame)
-        wanted = self.talk_ids if processed.is_speech or not self.o.voice_activation else ()
-        decision = self.gate.update(wanted, now)
+        self.router.set_vad(processed.is_speech, now)  # the VAD is one of the router's inputs
+        decision = self.gate.update(self.router.wanted(now), now)
         if self.o.cues and (decision.started or decision.stopped):
             self.cues.trigger(CueKind.START if decision.started else CueKind.STOP)
             self.cues_played += 1

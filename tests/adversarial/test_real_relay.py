@@ -63,14 +63,30 @@ def test_an_invisible_eavesdropper_is_refused_and_never_sent_a_key(
     alice.controller.message.connect(lambda level, text: errors.append(f"{level}: {text}"))
     bob.controller.join(A)  # bob first: he holds A's keys when the ghost appears to alice
     qtbot.waitUntil(lambda: bob.controller.model.row(A).joined, timeout=10_000)
+    refused_session = alice.controller.model.me  # sender ids are never reused by the server
+    assert refused_session in bob.controller.model.roster.users
     alice.controller.join(A)  # the relay answers with the honest membership... and the ghost
     qtbot.waitUntil(lambda: any(r.get("injected") for r in _records(log)), timeout=10_000)
     qtbot.waitUntil(lambda: any("honest server never does" in e for e in errors), timeout=10_000)
-    qtbot.wait(1500)  # whatever alice would have sent the ghost has been sent by now
+    # Whatever alice would have sent the ghost, she sent on the session she then closed: once
+    # the relay has handled that session's end (bob sees her leave), it has handled every
+    # KeyDist before it, and logged it.
+    qtbot.waitUntil(
+        lambda: refused_session not in bob.controller.model.roster.users, timeout=10_000
+    )
     assert _ghost_keydists(log) == []
+    # The supervisor reconnects alice to a consistent roster (a new session: her channel tree,
+    # cleared when she refused the lie, is drawn again), where the ghost is drawn nowhere; bob
+    # never saw a ghost.
+    qtbot.waitUntil(
+        lambda: (
+            alice.controller.state == "ready"
+            and alice.controller.model.me not in (None, refused_session)
+            and alice.window.tree.item_for(A) is not None
+        ),
+        timeout=20_000,
+    )
     assert member_text(alice, A, GHOST_NAME) == ""
-    # The supervisor reconnects alice to a consistent roster; bob never saw a ghost.
-    qtbot.waitUntil(lambda: alice.controller.state == "ready", timeout=20_000)
     assert member_text(bob, A, GHOST_NAME) == ""
     assert _ghost_keydists(log) == []
 

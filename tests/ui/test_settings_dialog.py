@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -87,7 +88,8 @@ def null_sink_pcms() -> Iterator[None]:
 
 
 class Recorder:
-    """``parec`` on a sink's monitor: raw 48 kHz mono s16 until stopped."""
+    """``parec`` on a sink's monitor: raw 48 kHz mono s16 until stopped, read as it comes (so a
+    test can wait for what it needs to have heard instead of sleeping)."""
 
     def __init__(self, source: str) -> None:
         self.proc = subprocess.Popen(
@@ -103,7 +105,27 @@ class Recorder:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, name="parec-reader", daemon=True)
+        self._reader.start()
         self._wait_recording()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := self.proc.stdout.read1(65536):
+            self._chunks.append(chunk)
+
+    def samples(self) -> npt.NDArray[np.float64]:
+        """What was recorded so far, full scale 1.0."""
+        out = b"".join(list(self._chunks))
+        return np.frombuffer(out[: len(out) // 2 * 2], dtype="<i2").astype(np.float64) / 32768
+
+    def heard_the_end(self, quiet_s: float = 0.1) -> bool:
+        """Sound was recorded, then ``quiet_s`` of silence: a sound that has ended came through
+        the sound server whole (what a fixed wait after its end used to hope for)."""
+        x = self.samples()
+        loud = np.flatnonzero(np.abs(x) > 0.01)
+        return loud.size > 0 and x.size - 1 - int(loud[-1]) >= quiet_s * RATE
 
     def _wait_recording(self) -> None:
         """Return once the sound server lists this recording: a slow start (a busy machine)
@@ -116,9 +138,10 @@ class Recorder:
 
     def stop(self) -> npt.NDArray[np.float64]:
         self.proc.terminate()
-        out, err = self.proc.communicate(timeout=10)
+        self._reader.join(10)  # reads to the end of the pipe
+        _out, err = self.proc.communicate(timeout=10)
         assert self.proc.returncode in (0, -15), err
-        return np.frombuffer(out[: len(out) // 2 * 2], dtype="<i2").astype(np.float64) / 32768
+        return self.samples()
 
 
 def _source_output_pids() -> list[str]:
@@ -580,7 +603,7 @@ def test_test_tone_comes_out_of_the_chosen_output(qtbot: Any, null_sink_pcms: No
         with qtbot.waitSignal(tester.tone_finished, timeout=AUDIO_WAIT_MS):
             assert tester.play_tone("voip_vsink2", seconds=1.0)
             assert tester.tone_playing()
-        qtbot.wait(200)
+        qtbot.waitUntil(chosen.heard_the_end, timeout=AUDIO_WAIT_MS)  # the tail is recorded too
     finally:
         heard, elsewhere = chosen.stop(), other.stop()
     assert errors == []
@@ -603,7 +626,7 @@ def test_play_tone_button_uses_the_chosen_output(qtbot: Any, null_sink_pcms: Non
     try:
         with qtbot.waitSignal(dialog.tester.tone_finished, timeout=AUDIO_WAIT_MS):
             qtbot.mouseClick(find(dialog, QPushButton, "playTone"), Qt.MouseButton.LeftButton)
-        qtbot.wait(200)
+        qtbot.waitUntil(recorder.heard_the_end, timeout=AUDIO_WAIT_MS)
     finally:
         heard = recorder.stop()
     _peak, hz, _share = tone_analysis(heard)
@@ -635,7 +658,8 @@ def test_microphone_loopback_level_and_playback(qtbot: Any, null_sink_pcms: None
         assert meter.fraction() > 0.5 or max(levels[-5:]) < -60
         with qtbot.waitSignal(source.tone_finished, timeout=AUDIO_WAIT_MS):
             pass
-        qtbot.wait(300)
+        # the tone's end has come through the loopback to the chosen output
+        qtbot.waitUntil(recorder.heard_the_end, timeout=AUDIO_WAIT_MS)
         with qtbot.waitSignal(dialog.tester.loopback_changed, timeout=2000) as stopped:
             qtbot.mouseClick(toggle, Qt.MouseButton.LeftButton)
         assert stopped.args == [False] and not toggle.isChecked()

@@ -1,5 +1,6 @@
 """Capture processing for the microphone path, pure numpy: high-pass → noise suppression → VAD →
-AGC → limiter, plus an input level meter. See docs/audio-dsp.md for the choices and their figures.
+AGC → limiter, plus the input level meter (:mod:`voipclient.audio.meter`, the mixer's meter too).
+See docs/audio-dsp.md for the choices and their figures.
 
 Format: 48 kHz mono int16 frames of 960 samples (20 ms) or 480 (10 ms). The capture worker calls
 :meth:`CaptureProcessor.process` once per frame from one thread; :meth:`CaptureProcessor.configure`
@@ -26,7 +27,7 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from voipclient.audio.mixer import Level
+from voipclient.audio.meter import SILENT, Level, measure_level
 
 __all__ = [
     "BACKENDS",
@@ -47,7 +48,6 @@ __all__ = [
     "NsStatus",
     "available_backends",
     "design_highpass",
-    "measure_level",
     "open_backend",
 ]
 
@@ -57,7 +57,6 @@ NS_BLOCK: Final = 480  # samples: every backend works on 10 ms blocks at 48 kHz
 FULL_SCALE: Final = 32768.0  # int16 full scale in the float32 work buffer
 HIGHPASS_HZ: Final = 80.0  # Hz, -3 dB: below the lowest male F0 (~85 Hz), above mains hum/rumble
 _HP_BLOCK: Final = 96  # samples per sub-block of the vectorised IIR (benchmark: 48..240 all ok)
-_AES17_DB: Final = 20 * math.log10(math.sqrt(2))  # 3.01 dB: a full-scale sine's RMS reads 0 dBFS
 _TINY: Final = 1e-12  # power floor (full scale 1.0) so log10 never sees 0: -120 dBFS
 
 # name -> (module, what to install). "off" has no module. The order is the UI's order.
@@ -70,26 +69,9 @@ BACKENDS: Final[dict[str, tuple[str, str]]] = {
 DEFAULT_BACKEND: Final = "webrtc"  # best PESQ gain per CPU µs: docs/audio-dsp.md
 
 
-def _dbfs(amplitude: float) -> float:
-    """Amplitude relative to full scale 1.0 → dBFS (-inf for 0)."""
-    return 20 * math.log10(amplitude) if amplitude > 0 else -math.inf
-
-
 def _power_db(power: float) -> float:
     """Mean square (full scale 1.0) → dBFS, floored at -120."""
     return 10 * math.log10(power + _TINY)
-
-
-# --------------------------------------------------------------------------------------------
-# Level meter
-
-
-def measure_level(x: npt.NDArray[np.float32], scratch: npt.NDArray[np.float32]) -> Level:
-    """Peak and RMS of an int16-scaled float32 frame in dBFS (RMS per AES17, like the mixer)."""
-    np.abs(x, out=scratch)
-    peak = float(scratch.max()) / FULL_SCALE
-    rms = math.sqrt(float(np.dot(x, x)) / x.shape[0]) / FULL_SCALE
-    return Level(_dbfs(peak), _dbfs(rms) + _AES17_DB if rms > 0 else -math.inf)
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,7 +461,7 @@ class CaptureProcessor:
         self._vad = EnergyVad()
         self._ns: NoiseSuppressor | None = None
         self._hang_left = 0  # samples of hangover left
-        self.level = Level(-math.inf, -math.inf)
+        self.level = SILENT
         self.settings = CaptureSettings(noise_suppression="off")
         self.ns_status = NsStatus("off", "off")
         self.configure(settings or CaptureSettings())
@@ -534,7 +516,7 @@ class CaptureProcessor:
             agc.max_gain_db = self.settings.agc_max_gain_db
         x = buffers.work
         np.copyto(x, frame, casting="safe")  # int16 -> float32 is exact
-        level = measure_level(x, buffers.scratch)
+        level = measure_level(x, buffers.scratch, FULL_SCALE)  # the raw input: int16 scale
         self.level = level
         settings = self.settings
         if settings.highpass:

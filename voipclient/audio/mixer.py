@@ -23,7 +23,8 @@ above the threshold with a tanh knee, which is exactly the identity below it —
 
 Meter: peak and RMS (AES17: a full-scale sine reads 0 dBFS, so RMS + 3.01 dB) of the last output
 frame in dBFS, -∞ for digital silence, published as one :class:`Level` tuple: a latest-value slot
-(one reference store per frame) that a UI thread may read at any time.
+(one reference store per frame) that a UI thread may read at any time. It is the capture path's
+meter too (:func:`voipclient.audio.meter.measure_level`).
 
 Real-time: the accumulator and scratch buffers are preallocated; ``add``/``mix_into`` allocate no
 arrays (``mix`` allocates just the frame it returns).
@@ -32,10 +33,12 @@ arrays (``mix`` allocates just the frame it returns).
 from __future__ import annotations
 
 import math
-from typing import Final, NamedTuple
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+
+from voipclient.audio.meter import SILENT, Level, measure_level
 
 __all__ = [
     "DEDUPE_WINDOW",
@@ -53,21 +56,6 @@ _FRAME_NO_MODULUS: Final = 1 << 32
 _HALF: Final = 1 << 31
 _MASK: Final = (1 << DEDUPE_WINDOW) - 1
 _INT16_SCALE: Final = np.float32(1 / 32768)
-_AES17_DB: Final = 20 * math.log10(math.sqrt(2))  # 3.01 dB: sine RMS → peak-equivalent
-
-
-class Level(NamedTuple):
-    """Output level of the last mixed frame, in dBFS (-inf for silence)."""
-
-    peak_dbfs: float
-    rms_dbfs: float
-
-
-SILENT: Final = Level(-math.inf, -math.inf)
-
-
-def _dbfs(value: float) -> float:
-    return 20 * math.log10(value) if value > 0 else -math.inf
 
 
 class _Seen:
@@ -226,11 +214,7 @@ class Mixer:
             self._gain = min(1.0, self._gain + (1.0 - self._gain) * self._release)
             return
         self._limit(acc, tmp, tmp2)
-        # meter on the limited float signal (full scale 1.0)
-        np.abs(acc, out=tmp)
-        peak = float(tmp.max())
-        rms = math.sqrt(float(np.dot(acc, acc)) / self.frame_samples)
-        self.level = Level(_dbfs(peak), _dbfs(rms) + _AES17_DB if rms > 0 else -math.inf)
+        self.level = measure_level(acc, tmp)  # the limited float signal, full scale 1.0
         np.multiply(acc, np.float32(32768), out=acc)
         np.rint(acc, out=acc)
         np.clip(acc, -32767, 32767, out=acc)  # symmetric: the tanh knee may reach ±1.0

@@ -119,10 +119,11 @@ _IDLE: Final = GateDecision((), (), started=False, stopped=False)
 class TransmitGate:
     """Which channels get my voice now, with a release delay per channel.
 
-    The caller passes the channels it *wants* every frame (the push-to-talk router's held keys,
-    the hot-mic channel while voice activity is detected, ...). A channel that drops out of the
-    wanted set keeps receiving for ``release_ms`` (the end of a word is not cut off), then gets
-    one last frame sealed as VOICE_LAST so receivers end the stream cleanly.
+    The caller passes the channels it *wants* every frame: the push-to-talk router's decision
+    for this frame's speech decision (``Route.wanted(is_speech)``; the router alone decides who
+    hears me). A channel that drops out of the wanted set keeps receiving for ``release_ms``
+    (the end of a word is not cut off), then gets one last frame sealed as VOICE_LAST so
+    receivers end the stream cleanly.
     """
 
     def __init__(self, release_ms: float = DEFAULT_RELEASE_MS) -> None:

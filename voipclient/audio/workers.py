@@ -1,8 +1,11 @@
 """The desktop client's audio threads: capture and playback workers around the pure pipeline.
 
-Capture (one thread): engine capture ring → CaptureProcessor → TransmitGate (the channels the
-push-to-talk router wants, read from a latest-value slot every frame) → VoiceSender (Opus once)
-→ ``send(targets, ending, payload)`` (the connection seals once per channel on its own thread).
+Capture (one thread): engine capture ring → CaptureProcessor (DSP, VAD) → the push-to-talk
+router's :class:`~voipclient.ptt.router.Route`, read from its latest-value slot every frame, picks
+the channels for this frame's speech decision (``route.wanted(is_speech)``: the router decides who
+hears me, voice activation included; the worker only supplies the speech decision) →
+TransmitGate (release delay, VOICE_LAST) → VoiceSender (Opus once) → ``send(targets, ending,
+payload)`` (the connection seals once per channel on its own thread).
 
 Playback (one thread): the connection's ``inbox`` (opened voice frames, a deque) → VoicePlayback
 (jitter buffer per speaker, decoder, mixer) → cues → engine playback ring, one frame whenever the
@@ -30,10 +33,13 @@ from voipclient.audio.mixer import Level
 from voipclient.audio.redundancy import LossReport, RedundancyLevel
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.crypto.media import VoiceFrame
+from voipclient.ptt.router import Route
 
 log = logging.getLogger("voipclient.audio.workers")
 
 SendVoice = Callable[[Sequence[int], Sequence[int], bytes], None]
+#: Reads the push-to-talk router's latest Route without a lock (``PttService.route``).
+RouteSlot = Callable[[], Route]
 #: A settings change for a worker's objects, run on the worker's thread between two frames (the
 #: UI never touches the pipeline's objects directly).
 Command = Callable[[], None]
@@ -59,8 +65,9 @@ class _FrameThread:
 
 
 class CaptureWorker:
-    """Owns the capture side: processor, gate, sender. ``wanted`` and ``level`` are the slots the
-    push-to-talk router and the redundancy policy write (any thread)."""
+    """Owns the capture side: processor, gate, sender. ``route`` reads the push-to-talk router's
+    decision (``PttService.route``, lock-free); ``level`` is the slot the redundancy policy writes
+    (any thread)."""
 
     def __init__(
         self,
@@ -70,6 +77,7 @@ class CaptureWorker:
         gate: TransmitGate,
         send: SendVoice,
         *,
+        route: RouteSlot,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -78,8 +86,9 @@ class CaptureWorker:
         self.gate = gate
         self._send = send
         self._clock = clock
-        self.wanted: frozenset[int] = frozenset()  # slot: the router's current targets
-        self.voice_activated: frozenset[int] = frozenset()  # slot: sent only while speech
+        # The router's slot itself, not a copy the GUI re-points: a rebuilt pipeline, an unmute
+        # or a key pressed during the rebuild need nobody to carry the current route over.
+        self._route = route
         self.level: RedundancyLevel | None = None  # slot: the policy's latest level
         self.cues: collections.deque[CueKind] = collections.deque(maxlen=8)  # to playback
         self.cues_enabled = True  # slot: the user's "play start/stop cues" setting
@@ -120,10 +129,9 @@ class CaptureWorker:
         result = self.processor.process(frame)
         self.input_level = result.level
         self.speech_probability = result.speech_probability
-        wanted = self.wanted
-        if result.is_speech and self.voice_activated:
-            wanted = wanted | self.voice_activated
-        decision = self.gate.update(wanted, now)
+        # Who hears this frame is the router's decision; the speech decision is its per-frame
+        # input, applied here (one attribute read, one of two stored frozensets: no allocation).
+        decision = self.gate.update(self._route().wanted(result.is_speech), now)
         if decision.started and self.cues_enabled:
             self.cues.append(CueKind.START)
         elif decision.stopped and self.cues_enabled:

@@ -13,6 +13,20 @@ the table for the current state is forbidden:
 Client: IDLE → HELLO_SENT → LOGIN_SENT → SYNCING → READY → CLOSING → CLOSED.
 Server (per connection): AWAIT_HELLO → AWAIT_LOGIN → READY → CLOSED.
 
+One floor above, the client connection (:class:`~voipclient.net.connection.ClientConnection`: TLS
+transport, pin verdict, login, reconnects) has its own table, :data:`CONNECTION_TRANSITIONS`, keyed
+by :class:`ConnectionTrigger`; a trigger missing from it is a
+:class:`~voipclient.errors.LocalProtocolError` (a bug in the connection, never a peer's doing)::
+
+    IDLE ─open_transport─► CONNECTING ─pin_matched─► LOGGING_IN ─logged_in─► READY
+                               │ pin_unknown               ▲
+                               ▼                           │ pin_approved
+                    AWAITING_PIN_APPROVAL ─────────────────┘
+    CONNECTING / AWAITING_PIN_APPROVAL ─pin_refused─► REFUSED
+    CONNECTING … READY ─lost─► WAITING ─open_transport─► CONNECTING   (backoff, reconnect)
+    any live state or WAITING ─stopped─► CLOSED   (the user closed it, or the server refused us)
+    CLOSED / REFUSED ─open_transport─► CONNECTING                      (the user connects again)
+
 A session changes state when it *sends* the message that moves the conversation on (the client
 its Login, the server its ServerHello and LoginOk), so a refused Hello or Login never passes
 through a state it should not be in.
@@ -21,23 +35,27 @@ through a state it should not be in.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Final, TypeAlias, TypeVar, get_args
+from typing import Final, TypeAlias, TypeVar, cast, get_args
 
 from voipclient.errors import LocalProtocolError, RemoteProtocolError
 from voipclient.net import messages as m
 
 __all__ = [
     "CLIENT_TRANSITIONS",
+    "CONNECTION_TRANSITIONS",
     "SERVER_TRANSITIONS",
     "ClientState",
+    "ConnectionState",
+    "ConnectionTrigger",
     "Direction",
     "ServerState",
     "TransitionKey",
     "Trigger",
     "describe",
     "next_client_state",
+    "next_connection_state",
     "next_server_state",
 ]
 
@@ -70,6 +88,53 @@ class ServerState(enum.Enum):
     CLOSED = "CLOSED"
 
 
+class ConnectionState(enum.Enum):
+    """The client connection's one state (what the status line shows). The values are the
+    strings the desktop app used before this enum existed."""
+
+    #: Created; ``connect()`` not called yet.
+    IDLE = "idle"
+    #: A TLS connection is being opened (``OpenTransport`` issued, handshake not done).
+    CONNECTING = "connecting"
+    #: First contact: the TLS handshake is done and the user is asked about the server's key.
+    #: Nothing has been sent.
+    AWAITING_PIN_APPROVAL = "awaiting_approval"
+    #: The pin matched (or was approved): negotiation, login and the roster are under way.
+    LOGGING_IN = "logging_in"
+    #: Logged in with a complete roster: intents and voice allowed.
+    READY = "ready"
+    #: The connection ended; the supervisor reconnects when its backoff (or the server's
+    #: shutdown delay) ends.
+    WAITING = "waiting"
+    #: The server's key was refused (mismatch, no certificate, or the user said no). Nothing
+    #: was sent; no reconnect until the user connects again.
+    REFUSED = "refused"
+    #: Closed by the user, or stopped for good by the server's refusal (wrong password, kicked,
+    #: name taken, …). No reconnect until the user connects again.
+    CLOSED = "closed"
+
+
+class ConnectionTrigger(enum.Enum):
+    """What moves the client connection from one :class:`ConnectionState` to the next."""
+
+    #: A connection attempt starts: the adapter is told to open the TLS transport.
+    OPEN_TRANSPORT = "open_transport"
+    #: The TLS handshake finished and the presented pin is the expected one.
+    PIN_MATCHED = "pin_matched"
+    #: The TLS handshake finished and no pin is known for this server (first contact).
+    PIN_UNKNOWN = "pin_unknown"
+    #: The user trusted the presented pin.
+    PIN_APPROVED = "pin_approved"
+    #: The presented pin differs from the expected one, there was none, or the user said no.
+    PIN_REFUSED = "pin_refused"
+    #: The control session logged in (``LoggedIn``).
+    LOGGED_IN = "logged_in"
+    #: The attempt or the session ended and the supervisor waits before reconnecting.
+    LOST = "lost"
+    #: No more reconnects: the user closed it, or the server refused us for good.
+    STOPPED = "stopped"
+
+
 class Direction(enum.Enum):
     SEND = "send"
     RECV = "recv"
@@ -89,14 +154,15 @@ TransitionKey: TypeAlias = tuple[Direction, MessageType] | Trigger
 RECV: Final = Direction.RECV
 SEND: Final = Direction.SEND
 
-_S = TypeVar("_S", ClientState, ServerState)
+_S = TypeVar("_S", ClientState, ServerState, ConnectionState)
+_K = TypeVar("_K", bound=Hashable)
 
 
 def _build(
-    rows: Iterable[tuple[Iterable[_S], TransitionKey, _S | None]],
-) -> Mapping[_S, Mapping[TransitionKey, _S]]:
+    rows: Iterable[tuple[Iterable[_S], _K, _S | None]],
+) -> Mapping[_S, Mapping[_K, _S]]:
     """Expand rows of (from-states, key, to-state or None for "stay") into the lookup table."""
-    table: dict[_S, dict[TransitionKey, _S]] = {}
+    table: dict[_S, dict[_K, _S]] = {}
     for states, key, target in rows:
         for state in states:
             row = table.setdefault(state, {})
@@ -200,6 +266,31 @@ SERVER_TRANSITIONS: Final[Mapping[ServerState, Mapping[TransitionKey, ServerStat
 )
 
 
+# -- client connection ---------------------------------------------------------------------------
+
+CS = ConnectionState
+CT = ConnectionTrigger
+#: States with a transport open or being opened (the supervisor is CONNECTING or CONNECTED).
+_CS_LIVE: Final = (CS.CONNECTING, CS.AWAITING_PIN_APPROVAL, CS.LOGGING_IN, CS.READY)
+
+CONNECTION_TRANSITIONS: Final[
+    Mapping[ConnectionState, Mapping[ConnectionTrigger, ConnectionState]]
+] = _build(
+    [
+        ((CS.IDLE, CS.WAITING, CS.CLOSED, CS.REFUSED), CT.OPEN_TRANSPORT, CS.CONNECTING),
+        ((CS.CONNECTING,), CT.PIN_MATCHED, CS.LOGGING_IN),
+        ((CS.CONNECTING,), CT.PIN_UNKNOWN, CS.AWAITING_PIN_APPROVAL),
+        ((CS.AWAITING_PIN_APPROVAL,), CT.PIN_APPROVED, CS.LOGGING_IN),
+        ((CS.CONNECTING, CS.AWAITING_PIN_APPROVAL), CT.PIN_REFUSED, CS.REFUSED),
+        ((CS.LOGGING_IN,), CT.LOGGED_IN, CS.READY),
+        (_CS_LIVE, CT.LOST, CS.WAITING),
+        ((*_CS_LIVE, CS.WAITING), CT.STOPPED, CS.CLOSED),
+        # The supervisor's Stopped that follows a refused pin: stay refused.
+        ((CS.REFUSED,), CT.STOPPED, None),
+    ]
+)
+
+
 def _next(
     table: Mapping[_S, Mapping[TransitionKey, _S]], role: str, state: _S, key: TransitionKey
 ) -> _S:
@@ -232,15 +323,28 @@ def next_server_state(state: ServerState, key: TransitionKey) -> ServerState:
     return _next(SERVER_TRANSITIONS, "server", state, key)
 
 
-def describe(table: Mapping[_S, Mapping[TransitionKey, _S]]) -> str:
+def next_connection_state(state: ConnectionState, trigger: ConnectionTrigger) -> ConnectionState:
+    """The client connection's state after ``trigger``. Raises
+    :class:`~voipclient.errors.LocalProtocolError` if the table does not allow it: the
+    connection asked for a transition it must not make (a bug, never a peer's doing)."""
+    target = CONNECTION_TRANSITIONS.get(state, {}).get(trigger)
+    if target is None:
+        raise LocalProtocolError(
+            f"connection: {trigger.value} is not allowed in state {state.value}"
+        )
+    return target
+
+
+def describe(table: Mapping[_S, Mapping[_K, _S]]) -> str:
     """The table as Markdown (state | event | next state), for the protocol documentation."""
     lines = ["| state | event | next state |", "|---|---|---|"]
     for state, row in table.items():
         for key, target in row.items():
-            if isinstance(key, Trigger):
+            if isinstance(key, enum.Enum):  # a Trigger or a ConnectionTrigger
                 what = f"*{key.value}*"
             else:
-                what = f"{key[0].value} `{key[1].__struct_config__.tag}`"
+                direction, msg_type = cast(tuple[Direction, MessageType], key)
+                what = f"{direction.value} `{msg_type.__struct_config__.tag}`"
             nxt = "(same)" if target is state else target.value
             lines.append(f"| {state.value} | {what} | {nxt} |")
     return "\n".join(lines)

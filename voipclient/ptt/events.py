@@ -1,9 +1,10 @@
 """Every event the push-to-talk router returns, as frozen dataclasses documented field by field.
 
 :class:`~voipclient.ptt.router.PttRouter` returns a list of :data:`PttEvent` from each call that
-can change who hears me (``press``, ``release``, ``set_vad``, ``set_mode``, ...). The list is empty
-when nothing changed (an auto-repeated press, a VAD flip while no hot mic is configured, a key
-that is part of no binding).
+can change who hears me (``press``, ``release``, ``set_vad``, ``set_mode``, ``set_muted``, ...).
+The list is empty when nothing changed (an auto-repeated press, a VAD flip while no hot mic is
+configured, a key that is part of no binding, a mode change that only changes what a speech frame
+would do).
 """
 
 from __future__ import annotations
@@ -35,16 +36,21 @@ class Cause(enum.Enum):
     CONTROL = "control"
     #: Everything was let go at once (focus lost, source stopped, ``release_all``).
     RELEASE_ALL = "release_all"
+    #: Self-mute went on or off (``trigger`` is "on" / "off").
+    MUTE = "mute"
 
 
 @dataclass(frozen=True, slots=True)
 class WantedChanged:
     """The set of channels my voice goes to changed.
 
-    This is the router's *wanted* set: the capture worker passes it to
-    :meth:`voipclient.audio.voice.TransmitGate.update` each frame, which adds the release delay
-    and the VOICE_LAST frame. A channel leaving ``after`` therefore still hears the tail of the
-    last word for ``release_ms``.
+    This is the router's *wanted* set with the last speech decision fed to
+    :meth:`~voipclient.ptt.router.PttRouter.set_vad`. The capture worker does not listen for it:
+    it reads the router's :class:`~voipclient.ptt.router.Route` each frame, picks the set for
+    its own frame's speech decision and passes it to
+    :meth:`voipclient.audio.voice.TransmitGate.update`, which adds the release delay and the
+    VOICE_LAST frame. A channel leaving ``after`` therefore still hears the tail of the last word
+    for ``release_ms``.
     """
 
     #: Channel ids that were wanted before the call.
@@ -57,7 +63,8 @@ class WantedChanged:
     #: hotkeys the time the source saw the input.
     at: float
     #: What triggered it, for logs and the UI: the input name for PRESS/RELEASE/LATCH, the command
-    #: for CONTROL, the mode value for MODE, the channel id as text for HOT_MIC, else None.
+    #: for CONTROL, the mode value for MODE, the channel id(s) as text for HOT_MIC ("3", "2,3"),
+    #: "on"/"off" for MUTE, else None.
     trigger: str | None = None
 
     @property

@@ -1,8 +1,19 @@
 """The push-to-talk router: which channels get my voice right now (pure, time passed in).
 
-Inputs arrive as normalized names (:mod:`voipclient.ptt.keys`) with the time the source saw
-them; the router answers :meth:`PttRouter.wanted` and returns a
-:class:`~voipclient.ptt.events.WantedChanged` from every call that changes it.
+This is the one decision of who hears me. Every client feeds it and none decides again: hotkey
+sources (inputs as normalized names, :mod:`voipclient.ptt.keys`, with the time the source saw
+them), the control socket, the settings (mode, hot mic), self-mute, and the voice activity
+detector's speech decision. The router answers :meth:`PttRouter.wanted`, returns a
+:class:`~voipclient.ptt.events.WantedChanged` from every call that changes it, and publishes its
+decision for the capture side as a :class:`Route` (:meth:`PttRouter.route`).
+
+**The speech decision.** It is the one input that changes every frame, and it is known on the
+capture thread. A :class:`Route` therefore holds the answer for both values of it: the capture
+worker calls ``route.wanted(is_speech)`` with its own frame's VAD decision, so voice activation
+starts on the frame that holds the speech and the capture thread never takes a lock. An owner
+that runs the router on its own thread (the bot) feeds the decision with :meth:`PttRouter.set_vad`
+instead; both give the same answer, because :meth:`PttRouter.wanted` is
+``route().wanted(last set_vad)``.
 
 Rules (docs/ptt.md has the long form):
 
@@ -19,19 +30,25 @@ Rules (docs/ptt.md has the long form):
   releases.
 * **Auto-repeat.** A press of an input that is already down is ignored; so is a release of an
   input that is not down.
-* **Global mode** decides the hot-mic channel (one optional channel id): ``ptt`` - the hot mic is
-  off, only bindings transmit; ``voice_activation`` - the hot mic transmits while the VAD says
-  speech (:meth:`PttRouter.set_vad`); ``continuous`` - the hot mic always transmits. Bindings and
-  control commands work in every mode.
+* **Global mode** decides the hot-mic channel (one optional channel id; the bot may give several):
+  ``ptt`` - the hot mic is off, only bindings transmit; ``voice_activation`` - the hot mic
+  transmits frames the VAD calls speech (:attr:`Route.speaking`, :meth:`PttRouter.set_vad`);
+  ``continuous`` - the hot mic always transmits. Bindings and control commands work in every
+  mode and do not wait for speech.
 * **Control commands** (the local control socket, :mod:`voipclient.ptt.control`) address
   channels directly: ``press`` adds a channel, ``release`` removes it, ``toggle`` flips it.
+* **Self-mute** (:meth:`PttRouter.set_muted`): nobody hears me, whatever is held or latched or
+  hot. Inputs keep being tracked, so on unmute a key still held, a latch and the hot mic talk
+  again at once.
 
-**No release delay here.** The router's wanted set changes the instant a key goes up.
-:class:`voipclient.audio.voice.TransmitGate` keeps a channel that left the wanted set for
-``release_ms`` and then ends its stream with VOICE_LAST; doing it twice would double the tail.
+**No release delay or hangover here.** The router's wanted set changes the instant a key goes
+up or the speech decision flips. The VAD's hangover (``vad_hangover_s``, in
+:class:`voipclient.audio.dsp.CaptureProcessor`) keeps a pause between words counted as speech,
+and :class:`voipclient.audio.voice.TransmitGate` keeps a channel that left the wanted set for
+``release_ms`` and then ends its stream with VOICE_LAST; doing either twice would double the tail.
 
-Not thread-safe: one owner (the hotkey thread, or :class:`voipclient.ptt.service.PttService`
-behind its lock).
+Not thread-safe: one owner (the bot's loop, or :class:`voipclient.ptt.service.PttService` behind
+its lock). A :class:`Route` is immutable and may be read from any thread.
 """
 
 from __future__ import annotations
@@ -40,17 +57,20 @@ import enum
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from voipclient.errors import LocalProtocolError
 from voipclient.ptt.events import Cause, PttEvent, WantedChanged
 from voipclient.ptt.keys import SIDES, UnknownInputName, canonical_input, parse_chord
 
 __all__ = [
+    "NOBODY",
     "Binding",
     "Mode",
     "PttConfigError",
     "PttRouter",
     "PttState",
+    "Route",
     "load_bindings",
 ]
 
@@ -189,14 +209,45 @@ def _check_unique(bindings: Sequence[Binding]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """The router's decision for the capture side: who hears this frame, for either answer of
+    the VAD. Immutable: the router replaces it whole (a latest-value slot any thread may read).
+
+    The capture worker calls :meth:`wanted` once per frame; it returns one of the two stored
+    sets, so the real-time path allocates nothing.
+    """
+
+    #: Channels that hear every frame: held and latched bindings, control commands, the hot mic
+    #: in ``continuous`` mode.
+    always: frozenset[int]
+    #: Channels that hear a frame the VAD calls speech: ``always`` plus the hot mic in
+    #: ``voice_activation`` mode (equal to ``always`` in the other modes).
+    speaking: frozenset[int]
+
+    def wanted(self, is_speech: bool) -> frozenset[int]:
+        """The channels that get a frame with this speech decision (before the gate's release
+        delay)."""
+        return self.speaking if is_speech else self.always
+
+    @property
+    def voice_activated(self) -> frozenset[int]:
+        """Channels that hear me only while I speak."""
+        return self.speaking - self.always
+
+
+#: Nobody hears me (muted, or nothing held and no hot mic).
+NOBODY: Final = Route(frozenset(), frozenset())
+
+
+@dataclass(frozen=True, slots=True)
 class PttState:
     """A snapshot for the UI (immutable; take a new one after each event)."""
 
     #: The global mode.
     mode: Mode
-    #: The hot-mic channel, or None.
+    #: The hot-mic channel (the lowest of :attr:`hot_mics` if several), or None.
     hot_mic: int | None
-    #: Whether the hot mic transmits right now (mode and VAD).
+    #: Whether the hot mic transmits right now (mode, the last VAD decision fed, mute).
     hot_mic_open: bool
     #: The last VAD decision passed to :meth:`PttRouter.set_vad`.
     vad_speech: bool
@@ -212,6 +263,12 @@ class PttState:
     wanted: frozenset[int]
     #: The configured bindings, in configuration order.
     bindings: tuple[Binding, ...]
+    #: Every hot-mic channel (the desktop app has at most one; the bot's ``--talk`` channels).
+    hot_mics: frozenset[int] = frozenset()
+    #: Self-muted: nobody hears me.
+    muted: bool = False
+    #: The decision for the capture side (what :meth:`PttRouter.route` returns).
+    route: Route = NOBODY
 
 
 def _finite(now: float) -> float:
@@ -230,26 +287,29 @@ def _normalize(name: str) -> str:
 
 
 class PttRouter:
-    """Decides the wanted channel set from hotkeys, the VAD, the mode and control commands."""
+    """Decides the wanted channel set from hotkeys, the VAD, the mode, the hot mic, self-mute and
+    control commands."""
 
     def __init__(
         self,
         bindings: Iterable[Binding] = (),
         *,
         mode: Mode | str = Mode.PTT,
-        hot_mic: int | None = None,
+        hot_mic: int | Iterable[int] | None = None,
     ) -> None:
         self._bindings: tuple[Binding, ...] = ()
         self._by_name: dict[str, Binding] = {}
         self._set_bindings(tuple(bindings))
         self._mode = self._check_mode(mode)
-        self._hot_mic = None if hot_mic is None else self._check_hot_mic(hot_mic)
+        self._hot: frozenset[int] = self._check_hot_mic(hot_mic)
         self._held: set[str] = set()
         self._engaged: set[str] = set()
         self._latched: set[str] = set()
         self._control: set[int] = set()
         self._vad = False
-        self._wanted: frozenset[int] = self._compute()
+        self._muted = False
+        self._route: Route = self._compute()
+        self._wanted: frozenset[int] = self._route.wanted(self._vad)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -262,8 +322,14 @@ class PttRouter:
             raise PttConfigError(f"unknown mode {mode!r} (one of {modes})") from None
 
     @staticmethod
-    def _check_hot_mic(channel: int) -> int:
-        return _check_channel(channel, None)
+    def _check_hot_mic(channel: int | Iterable[int] | None) -> frozenset[int]:
+        if channel is None:
+            return frozenset()
+        if isinstance(channel, int):
+            return frozenset({_check_channel(channel, None)})
+        if not isinstance(channel, Iterable):
+            raise PttConfigError(f"hot mic must be a channel id or a list of them, not {channel!r}")
+        return frozenset(_check_channel(c, None) for c in channel)
 
     def _set_bindings(self, bindings: tuple[Binding, ...]) -> None:
         for b in bindings:
@@ -283,16 +349,23 @@ class PttRouter:
 
     @property
     def hot_mic(self) -> int | None:
-        return self._hot_mic
+        """The hot-mic channel (the lowest if several), or None."""
+        return min(self._hot) if self._hot else None
+
+    @property
+    def hot_mics(self) -> frozenset[int]:
+        return self._hot
+
+    @property
+    def muted(self) -> bool:
+        return self._muted
 
     @property
     def configured_channels(self) -> frozenset[int]:
         """Every channel a binding or the hot mic can route to (control commands aside)."""
-        out: set[int] = set()
+        out: set[int] = set(self._hot)
         for b in self._bindings:
             out |= b.channels
-        if self._hot_mic is not None:
-            out.add(self._hot_mic)
         return frozenset(out)
 
     def set_bindings(self, bindings: Iterable[Binding], now: float) -> list[PttEvent]:
@@ -309,10 +382,19 @@ class PttRouter:
         self._mode = self._check_mode(mode)
         return self._update(Cause.MODE, now, self._mode.value)
 
-    def set_hot_mic(self, channel: int | None, now: float) -> list[PttEvent]:
+    def set_hot_mic(self, channel: int | Iterable[int] | None, now: float) -> list[PttEvent]:
+        """The channel(s) the global mode drives; None (or none) switches the hot mic off."""
         _finite(now)
-        self._hot_mic = None if channel is None else self._check_hot_mic(channel)
-        return self._update(Cause.HOT_MIC, now, None if channel is None else str(channel))
+        self._hot = self._check_hot_mic(channel)
+        trigger = ",".join(str(c) for c in sorted(self._hot)) or None
+        return self._update(Cause.HOT_MIC, now, trigger)
+
+    def set_muted(self, muted: bool, now: float) -> list[PttEvent]:
+        """Self-mute on or off. While muted nobody hears me; held inputs, latches, control
+        channels and the hot mic are kept, so unmuting brings back whatever is still on."""
+        _finite(now)
+        self._muted = bool(muted)
+        return self._update(Cause.MUTE, now, "on" if self._muted else "off")
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -365,10 +447,20 @@ class PttRouter:
         return self._update(Cause.RELEASE_ALL, now, None)
 
     def set_vad(self, is_speech: bool, now: float) -> list[PttEvent]:
-        """The capture side's voice activity decision for the frame at ``now`` (s)."""
+        """The capture side's voice activity decision for the frame at ``now`` (s), for an owner
+        that runs the router on the capture thread (the bot calls it every frame). It does not
+        change the :class:`Route` (which holds the answer for both decisions), so an unchanged
+        decision costs a comparison."""
         _finite(now)
-        self._vad = bool(is_speech)
-        return self._update(Cause.VAD, now, None)
+        speech = bool(is_speech)
+        if speech == self._vad:
+            return []
+        self._vad = speech
+        before, after = self._wanted, self._route.wanted(speech)
+        if after == before:
+            return []
+        self._wanted = after
+        return [WantedChanged(before, after, Cause.VAD, now, None)]
 
     def control_press(self, channel: int, now: float) -> list[PttEvent]:
         """``press CHANNEL`` from the control socket: transmit to ``channel`` until released."""
@@ -389,38 +481,53 @@ class PttRouter:
     # -- queries ----------------------------------------------------------------------------
 
     def _hot_open(self) -> bool:
-        if self._hot_mic is None:
+        if not self._hot or self._muted:
             return False
         if self._mode is Mode.CONTINUOUS:
             return True
         return self._mode is Mode.VOICE_ACTIVATION and self._vad
 
-    def _compute(self) -> frozenset[int]:
-        out = set(self._control)
+    def _compute(self) -> Route:
+        """The route from everything but the speech decision (the one rule of who hears me)."""
+        if self._muted:
+            return NOBODY
+        always = set(self._control)
         for n in self._engaged | self._latched:
-            out |= self._by_name[n].channels
-        if self._hot_open() and self._hot_mic is not None:
-            out.add(self._hot_mic)
-        return frozenset(out)
+            always |= self._by_name[n].channels
+        if self._mode is Mode.CONTINUOUS:
+            always |= self._hot
+        keyed = frozenset(always)
+        if self._mode is Mode.VOICE_ACTIVATION and not self._hot <= keyed:
+            return Route(keyed, keyed | self._hot)
+        return Route(keyed, keyed)
 
     def _update(self, cause: Cause, now: float, trigger: str | None) -> list[PttEvent]:
-        before, after = self._wanted, self._compute()
+        route = self._compute()
+        if route != self._route:
+            self._route = route
+        before, after = self._wanted, route.wanted(self._vad)
         if after == before:
             return []
         self._wanted = after
         return [WantedChanged(before, after, cause, now, trigger)]
 
     def wanted(self, now: float) -> frozenset[int]:
-        """Channel ids my voice goes to for the frame at ``now`` (s), before the gate's release
-        delay. Does not depend on ``now`` today (the VAD's hangover lives in the VAD); the
-        parameter keeps the pure-core shape."""
+        """Channel ids my voice goes to for the frame at ``now`` (s), with the last speech
+        decision fed to :meth:`set_vad`, before the gate's release delay. Does not depend on
+        ``now`` today (the VAD's hangover lives in the VAD); the parameter keeps the pure-core
+        shape."""
         _finite(now)
         return self._wanted
+
+    def route(self) -> Route:
+        """The decision for the capture side, for either speech decision (immutable; the same
+        object until an input changes it)."""
+        return self._route
 
     def state(self) -> PttState:
         return PttState(
             mode=self._mode,
-            hot_mic=self._hot_mic,
+            hot_mic=self.hot_mic,
             hot_mic_open=self._hot_open(),
             vad_speech=self._vad,
             held_inputs=frozenset(self._held),
@@ -429,4 +536,7 @@ class PttRouter:
             control_channels=frozenset(self._control),
             wanted=self._wanted,
             bindings=self._bindings,
+            hot_mics=self._hot,
+            muted=self._muted,
+            route=self._route,
         )

@@ -1,11 +1,18 @@
-"""The router's one owner across threads: hotkey sources, the capture worker and the control socket.
+"""The router's one owner across threads: hotkey sources, the control socket, the GUI, the capture
+worker.
 
 :class:`PttService` holds a :class:`~voipclient.ptt.router.PttRouter` behind a lock. Writers (a
-source's thread, the control socket's threads, the capture worker's ``set_vad``) take the lock,
-feed the router and pass the resulting events to the listeners *while still holding it*, so every
-listener sees the changes in order; listeners must be quick (emit a queued Qt signal, put into a
-queue). The capture worker reads :meth:`PttService.wanted` every frame without the lock: it is
-the latest-value slot (one frozenset, replaced whole).
+source's thread, the control socket's threads, the GUI thread for bindings, mode, hot mic and
+self-mute) take the lock, feed the router, store its :class:`~voipclient.ptt.router.Route` in
+the latest-value slot and pass the resulting events to the listeners *while still holding it*,
+so every listener sees the changes in order; listeners must be quick (emit a queued Qt signal,
+put into a queue).
+
+The capture worker never takes the lock (a busy GUI thread holding it must not stall audio). It
+reads :meth:`PttService.route` every frame, a plain attribute holding one immutable
+:class:`~voipclient.ptt.router.Route` replaced whole, and applies its own frame's speech decision
+with ``route.wanted(is_speech)``: voice activation is the router's rule, evaluated where the
+speech decision is made, without a thread hop that would cut the first syllable.
 
 :meth:`PttService.handle_command` implements the control-socket line protocol
 (docs/ptt.md): ``press|release|toggle CHANNEL`` and ``status``.
@@ -19,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from voipclient.ptt.events import PttEvent
-from voipclient.ptt.router import Binding, Mode, PttConfigError, PttRouter, PttState
+from voipclient.ptt.router import Binding, Mode, PttConfigError, PttRouter, PttState, Route
 from voipclient.ptt.sources import HotkeySource, InputEvent
 
 __all__ = ["ChannelResolver", "PttService", "numeric_channels"]
@@ -51,6 +58,7 @@ class PttService:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._wanted: frozenset[int] = router.wanted(clock())
+        self._route: Route = router.route()
         self._sources: list[HotkeySource] = []
 
     def add_listener(self, listener: Listener) -> None:
@@ -62,7 +70,10 @@ class PttService:
             self._listeners.remove(listener)
 
     def _publish(self, events: list[PttEvent]) -> list[PttEvent]:
-        # Called with the lock held.
+        # Called with the lock held, after every router call: the route can change without a
+        # WantedChanged (voice activation switched on while I am silent). The slot is written
+        # before the listeners run, so whoever hears of a change finds the capture side told.
+        self._route = self._router.route()
         if events:
             self._wanted = events[-1].after
             for event in events:
@@ -83,6 +94,8 @@ class PttService:
         self.on_input(event)
 
     def set_vad(self, is_speech: bool, now: float) -> list[PttEvent]:
+        """The speech decision, for callers that may take the lock (not the capture worker: it
+        applies its decision to :meth:`route` each frame). Changes :meth:`wanted`, not the route."""
         with self._lock:
             return self._publish(self._router.set_vad(is_speech, now))
 
@@ -99,6 +112,11 @@ class PttService:
         with self._lock:
             return self._publish(self._router.set_hot_mic(channel, self._now(now)))
 
+    def set_muted(self, muted: bool, now: float | None = None) -> list[PttEvent]:
+        """Self-mute (the mute and deafen buttons): nobody hears me until unmuted."""
+        with self._lock:
+            return self._publish(self._router.set_muted(muted, self._now(now)))
+
     def release_all(self, now: float | None = None) -> list[PttEvent]:
         with self._lock:
             return self._publish(self._router.release_all(self._now(now)))
@@ -109,8 +127,14 @@ class PttService:
     # -- reading ------------------------------------------------------------------------------
 
     def wanted(self) -> frozenset[int]:
-        """The current wanted set (lock-free; the capture worker calls this every frame)."""
+        """The current wanted set with the last speech decision fed to :meth:`set_vad` (lock-free;
+        for replies, tests and the UI)."""
         return self._wanted
+
+    def route(self) -> Route:
+        """The router's decision for the capture side (lock-free latest-value slot; the capture
+        worker calls this every frame and picks ``route.wanted(is_speech)``)."""
+        return self._route
 
     def state(self) -> PttState:
         with self._lock:

@@ -67,6 +67,13 @@ _SCRYPT_RE: Final = re.compile(
     r"^scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$"
 )
 
+#: The cores' own defaults. A setting that a core also has takes its default from the core
+#: (``ServerConfig`` for the control core, ``RelayLimits`` for the UDP relay), so each default
+#: is written once; only the adapter's own limits (handshakes, per-IP sessions, password
+#: checks) have their defaults here.
+_CORE: Final = ServerConfig()
+_RELAY: Final = RelayLimits()
+
 
 class ConfigError(Exception):
     """A configuration problem; ``line`` is 1-based when known."""
@@ -157,7 +164,7 @@ class ChannelSettings:
 
     name: str
     #: Parent channel name; None only for the Lobby.
-    parent: str | None = "Lobby"
+    parent: str | None = _CORE.lobby.name
     description: str = ""
     #: scrypt hash string; None: no password.
     password_hash: str | None = None
@@ -173,25 +180,25 @@ class ChannelSettings:
 class LimitSettings:
     """``[limits]``: capacities, rates and timeouts (seconds, per second, bytes)."""
 
-    max_sessions: int = 256
+    max_sessions: int = _CORE.max_sessions
     max_sessions_per_ip: int = 16
     max_handshakes: int = 64
     handshake_timeout: float = 10.0
-    login_timeout: float = 10.0
-    idle_timeout: float = 30.0
-    rate_per_s: float = 20.0
-    rate_burst: int = 40
-    relay_bytes_per_s: float = 1024.0 * 1024
-    relay_bytes_burst: int = 8 * 1024 * 1024
-    tunnel_rate_per_s: float = 100.0
-    tunnel_burst: int = 50
-    max_frame_size: int = 65536
-    voice_packets_per_s: float = 100.0
-    voice_burst: int = 50
-    voice_max_datagram: int = 1200
-    bind_challenge_lifetime: float = 5.0
-    binds_per_s: float = 2.0
-    bind_burst: int = 2
+    login_timeout: float = _CORE.login_timeout
+    idle_timeout: float = _CORE.idle_timeout
+    rate_per_s: float = _CORE.rate_per_s
+    rate_burst: int = _CORE.rate_burst
+    relay_bytes_per_s: float = _CORE.relay_bytes_per_s
+    relay_bytes_burst: int = _CORE.relay_bytes_burst
+    tunnel_rate_per_s: float = _CORE.tunnel_rate_per_s
+    tunnel_burst: int = _CORE.tunnel_burst
+    max_frame_size: int = _CORE.max_frame_size
+    voice_packets_per_s: float = _RELAY.packets_per_s
+    voice_burst: int = _RELAY.burst
+    voice_max_datagram: int = _RELAY.max_datagram
+    bind_challenge_lifetime: float = _RELAY.challenge_lifetime_s
+    binds_per_s: float = _RELAY.binds_per_s
+    bind_burst: int = _RELAY.bind_burst
     channel_password_checks_per_s: float = 10.0
 
     def relay_limits(self) -> RelayLimits:
@@ -209,19 +216,19 @@ class LimitSettings:
 class Settings:
     """Everything the server needs, after merging defaults, the file, environment and CLI."""
 
-    server_name: str = "voipclient-server"
+    server_name: str = _CORE.server_name
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     password: str | None = field(default=None, repr=False)
     data_dir: Path | None = None
     stats_interval: float = DEFAULT_STATS_INTERVAL
     log_level: str = "info"
-    max_memberships: int = 8
+    max_memberships: int = _CORE.max_memberships
     #: Advertise the server on the LAN (mDNS/DNS-SD, ``voipclient.net.discovery``).
     announce: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    lobby: ChannelSettings = ChannelSettings(name="Lobby", parent=None)
+    lobby: ChannelSettings = ChannelSettings(name=_CORE.lobby.name, parent=None)
     channels: tuple[ChannelSettings, ...] = ()
     limits: LimitSettings = LimitSettings()
     #: Identity keys (raw 32 bytes) of administrators.
@@ -533,7 +540,7 @@ def parse_config(text: str, path: Path | None = None) -> Settings:
     log_level = (server.string("log_level", "info") or "info").lower()
     if log_level not in LOG_LEVELS:
         raise server.error(f"must be one of {', '.join(LOG_LEVELS)}", "log_level")
-    server_name = server.string("name", "voipclient-server") or ""
+    server_name = server.string("name", _CORE.server_name) or ""
     try:
         m.encode_checked(
             m.ServerHello(
@@ -571,7 +578,7 @@ def parse_config(text: str, path: Path | None = None) -> Settings:
     lobby_r = top.sub("lobby")
     lobby_r.check_keys(_LOBBY_KEYS)
     lobby = ChannelSettings(
-        name=lobby_r.string("name", "Lobby") or "",
+        name=lobby_r.string("name", _CORE.lobby.name) or "",
         parent=None,
         description=lobby_r.string("description", "") or "",
         speakers=lobby_r.string_list("speakers"),
@@ -603,7 +610,9 @@ def parse_config(text: str, path: Path | None = None) -> Settings:
         data_dir=(base / data_dir) if data_dir else None,
         stats_interval=server.number("stats_interval", DEFAULT_STATS_INTERVAL, 0.0, strict=False),
         log_level=log_level,
-        max_memberships=server.integer("max_memberships", 8, 1, m.MAX_MEMBERSHIPS),
+        max_memberships=server.integer(
+            "max_memberships", _CORE.max_memberships, 1, m.MAX_MEMBERSHIPS
+        ),
         announce=server.boolean("announce", False),
         tls_cert=(base / cert) if cert else None,
         tls_key=(base / key_file) if key_file else None,

@@ -32,19 +32,18 @@ from voipclient.audio.engine import AudioEngine, DeviceEvent, NullEngine
 from voipclient.audio.mixer import Mixer
 from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
-from voipclient.audio.workers import CaptureWorker, PlaybackWorker
+from voipclient.audio.workers import CaptureWorker, PlaybackWorker, RouteSlot
 from voipclient.crypto.accounts import AskPassphrase, open_identity
 from voipclient.crypto.fingerprint import format_safety_number, safety_number
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.keylog import KEYLOG_ENV, KeyLogSink, keylog_from_environment
 from voipclient.crypto.keystore import KeyringStore, KeystoreError
-from voipclient.crypto.tofu import TofuStore
-from voipclient.errors import AudioDeviceError, LocalProtocolError
+from voipclient.errors import AudioDeviceError
 from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net import supervisor as sv
-from voipclient.net.pins import PinFile
+from voipclient.net.pins import PinFile, TofuFile
 from voipclient.net.qt_connection import ConnectionStats, ServerConnection
 from voipclient.ptt.router import Mode, PttRouter
 from voipclient.ptt.service import PttService
@@ -88,7 +87,13 @@ class AudioPipeline:
     the frame size changes, reconfigured in place (through commands) for everything else."""
 
     def __init__(
-        self, prefs: Preferences, engine: AudioEngine, inbox: Any, reports: Any, send: Any
+        self,
+        prefs: Preferences,
+        engine: AudioEngine,
+        inbox: Any,
+        reports: Any,
+        send: Any,
+        route: RouteSlot,
     ) -> None:
         a, t = prefs.audio, prefs.transmit
         n = engine.frame_samples
@@ -100,6 +105,7 @@ class AudioPipeline:
             VoiceSender(OpusEncoder(frame_ms=a.frame_ms, bitrate=a.bitrate)),
             TransmitGate(t.release_ms),
             send,
+            route=route,  # the push-to-talk router's slot: who hears each frame
         )
         self.mixer = Mixer(frame_samples=n)
         self.playback = PlaybackWorker(
@@ -248,18 +254,26 @@ class ClientController(QObject):
         self._rejoin_pending = False
         self._key_warned: set[tuple[int, str]] = set()  # (sender id, trust) already alerted
         self._bridge = _VoiceBridge()
+        # The workers' mailboxes, for the app's lifetime: every connection writes opened voice
+        # into ``_inbox`` and reads loss reports from ``_reports``; the GUI never re-points them.
+        self._inbox: collections.deque[Any] = collections.deque(maxlen=2000)
+        self._reports: collections.deque[Any] = collections.deque(maxlen=256)
         self.pipeline: AudioPipeline | None = None
         self.audio_problem = ""
         self.output_missing = False
         self.router = PttRouter(())
         self.ptt = PttService(self.router)
-        self.ptt.add_listener(self._on_ptt)
         self.hotkeys = ""
         self._muted_before_deafen = False
+        # The peers' pinned identity keys: read once here, saved by the connection on a change.
+        # An unreadable file is moved aside (never overwritten) and this run starts empty.
+        self._tofu_file = TofuFile(self.data_dir / "peer-keys.json")
+        loaded = self._tofu_file.load()
+        self._tofu = loaded.store
         #: why the pinned peer keys could not be read ("" when they could); shown as an error
-        self.tofu_problem = ""
-        self._tofu_writable = True
-        self._tofu = self._load_tofu()
+        self.tofu_problem = loaded.problem
+        if loaded.problem:
+            log.error("unreadable pinned peer keys: %s", loaded.problem)
         #: the key log (opt-in through VOIPCLIENT_KEYLOGFILE): while set, a warning stays shown
         self.keylog: KeyLogSink | None = keylog_from_environment(os.environ)
         self.keylog_warning = (
@@ -340,9 +354,7 @@ class ClientController(QObject):
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
-        conn = self.conn
-        inbox = conn.inbox if conn is not None else _detached_deque()
-        reports = conn.loss_reports_out if conn is not None else _detached_deque()
+        inbox, reports = self._inbox, self._reports
         failures: dict[str, str] = {}
         pipeline: AudioPipeline | None = None
         self.output_missing = False
@@ -351,7 +363,7 @@ class ClientController(QObject):
                 engine = self._engine_factory(self.prefs, use_input, use_output)
                 engine.on_event = self._device_event
                 candidate = AudioPipeline(
-                    self.prefs, engine, inbox, reports, self._bridge.voice.emit
+                    self.prefs, engine, inbox, reports, self._bridge.voice.emit, self.ptt.route
                 )
             except AudioDeviceError as exc:
                 failures[_sides(use_input, use_output)] = str(exc)
@@ -368,7 +380,9 @@ class ClientController(QObject):
         if pipeline is None:
             engine = NullEngine(frame_samples=frame_samples(self.prefs.audio.frame_ms))
             engine.on_event = self._device_event
-            pipeline = AudioPipeline(self.prefs, engine, inbox, reports, self._bridge.voice.emit)
+            pipeline = AudioPipeline(
+                self.prefs, engine, inbox, reports, self._bridge.voice.emit, self.ptt.route
+            )
             pipeline.start()
             self.output_missing = True
         working = _engine_sides(pipeline.engine)
@@ -390,10 +404,11 @@ class ClientController(QObject):
         ns = pipeline.processor.ns_status
         if ns.reason:
             self.message.emit("warning", ns.reason)
+        if self.conn is not None:  # a rebuilt capture worker starts at the current level
+            pipeline.capture.level = self.conn.redundancy_level
         self.pipeline = pipeline
         self._apply_transmit()
         self._apply_mixer()
-        self._restore_wanted()
         self.audio_status.emit(self.audio_problem)
 
     def _device_event(self, event: DeviceEvent) -> None:
@@ -457,18 +472,12 @@ class ClientController(QObject):
             log.info("push-to-talk binding not active: %s", problem)
 
     def _apply_transmit(self) -> None:
-        """The hot-mic channel and the transmission mode → router and capture worker."""
-        mode = self.prefs.transmit.mode
+        """The transmission mode, the hot-mic channel and self-mute → the router, which alone
+        decides who hears me (the capture worker reads its route every frame)."""
         hot = self.model.hot_mic_channel() if self.state == "ready" else None
-        if mode == "continuous" and hot is not None:
-            self.ptt.set_mode(Mode.CONTINUOUS)
-            self.ptt.set_hot_mic(hot)
-        else:
-            self.ptt.set_hot_mic(None)
-            self.ptt.set_mode(Mode.PTT)
-        if self.pipeline is not None:
-            va = mode == "voice_activation" and hot is not None and not self.muted
-            self.pipeline.capture.voice_activated = frozenset({hot}) if va and hot else frozenset()
+        self.ptt.set_muted(self.muted)
+        self.ptt.set_mode(Mode(self.prefs.transmit.mode))
+        self.ptt.set_hot_mic(hot)
 
     def _apply_mixer(self) -> None:
         """Volumes and mutes (by name in the preferences) → the mixer (by id), on its thread."""
@@ -554,9 +563,14 @@ class ClientController(QObject):
             password=password or None,
             tofu=self._tofu,
             pin_file=PinFile(self.data_dir / "server-pins.json"),
-            tofu_file=self.data_dir / "peer-keys.json" if self._tofu_writable else None,
+            tofu_file=self._tofu_file,
             keylog=self.keylog,
+            inbox=self._inbox,
+            loss_reports=self._reports,
         )
+        # What listeners report about us goes straight from the connection's thread into the
+        # capture worker's slot (whichever pipeline is current), no GUI timer in between.
+        conn.redundancy_slot = self._redundancy_to_capture
         conn.moveToThread(thread)
         conn.state_changed.connect(self._on_state)
         conn.pin_approval_needed.connect(self._on_pin_needed)
@@ -578,9 +592,6 @@ class ClientController(QObject):
         thread.finished.connect(conn.deleteLater)
         thread.start()
         self.conn, self._thread = conn, thread
-        if self.pipeline is not None:  # the workers' mailboxes: this connection's
-            self.pipeline.playback.inbox = conn.inbox
-            self.pipeline.playback.reports = conn.loss_reports_out
         self._self_state.emit(self.muted, self.deafened)
         self._open.emit(bookmark.host, bookmark.port, pin)
         return True
@@ -652,13 +663,13 @@ class ClientController(QObject):
 
     def set_muted(self, muted: bool) -> None:
         self.muted = muted
+        self.ptt.set_muted(muted)  # first: nothing of what is let go below goes out meanwhile
         if muted:
             self.ptt.release_all()
         self._self_state.emit(self.muted, self.deafened)
         if self.model.set_self_state(self.muted, self.deafened):
             self.model_changed.emit()
         self._apply_transmit()
-        self._apply_mute_to_capture()
         self.self_state_changed.emit(self.muted, self.deafened)
 
     def set_deafened(self, deafened: bool) -> None:
@@ -672,18 +683,6 @@ class ClientController(QObject):
         self._self_state.emit(self.muted, self.deafened)
         self._apply_mixer()
         self.self_state_changed.emit(self.muted, self.deafened)
-
-    def _apply_mute_to_capture(self) -> None:
-        if self.pipeline is not None and self.muted:
-            self.pipeline.capture.wanted = frozenset()
-        else:
-            self._restore_wanted()
-
-    def _restore_wanted(self) -> None:
-        """The router's current targets into the (new or unmuted) capture worker's slot: keys
-        held and the hot mic keep working across an unmute or a pipeline rebuild."""
-        if self.pipeline is not None and not self.muted:
-            self.pipeline.capture.wanted = self.ptt.wanted()
 
     def set_channel_volume(self, channel_id: int, volume: float) -> None:
         self._set_volume("channel_volumes", self.model.channel_name(channel_id), volume)
@@ -787,7 +786,7 @@ class ClientController(QObject):
         if state == "ready":
             self.banner.emit("")
         self.connection_state.emit(state, detail)
-        if state in {"closed", "refused"} and self.model.reset():
+        if state in {"closed", "refused", "waiting"} and self.model.reset():
             self.model_changed.emit()
 
     @Slot(str)
@@ -931,19 +930,18 @@ class ClientController(QObject):
                     "and messages are blocked until you verify the new key.",
                 )
 
-    def _on_ptt(self, event: Any) -> None:
-        # Any thread (the hotkey source's): only latest-value slots.
+    def _redundancy_to_capture(self, level: Any) -> None:
+        """The connection's thread: the redundancy listeners ask of us, into the current capture
+        worker's latest-value slot (an attribute write; a rebuilt pipeline reads it anew)."""
         pipeline = self.pipeline
-        if pipeline is not None and not self.muted:
-            pipeline.capture.wanted = event.after
+        if pipeline is not None:
+            pipeline.capture.level = level
 
     # -- polling -------------------------------------------------------------------------------
     def _poll(self) -> None:
-        pipeline, conn = self.pipeline, self.conn
+        pipeline = self.pipeline
         if pipeline is None:
             return
-        if conn is not None:
-            pipeline.capture.level = conn.redundancy_level
         if self.output_missing:
             # no output device (the null engine, or an input-only one): discard what the
             # playback worker mixed so it keeps running (talking marks, settings commands)
@@ -978,30 +976,6 @@ class ClientController(QObject):
         address = self.local_server.address
         return Bookmark("Local server", address.host, address.port), address.pin
 
-    def _load_tofu(self) -> TofuStore:
-        """The pinned peer keys. An unreadable file is never overwritten: it is moved aside
-        (``peer-keys.json.unreadable-<time>``), the user is told, and this run starts with an
-        empty store (so no earlier "verified" can be silently lost, nor silently trusted)."""
-        path = self.data_dir / "peer-keys.json"
-        try:
-            return TofuStore.from_bytes(path.read_bytes())
-        except FileNotFoundError:
-            return TofuStore()
-        except (OSError, ValueError, LocalProtocolError) as exc:
-            aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
-            try:
-                path.replace(aside)
-                kept = f"It was kept as {aside}."
-            except OSError as move_error:
-                kept = f"It could not be moved aside ({move_error}); it is left untouched."
-                self._tofu_writable = False
-            log.error("unreadable pinned peer keys %s: %s", path, exc)
-            self.tofu_problem = (
-                f"Your pinned contact keys ({path}) could not be read: {exc}. {kept} Everyone "
-                "shows as not verified until you compare safety numbers again or restore it."
-            )
-            return TofuStore()
-
 
 LOCAL_PORT = 64738
 #: Who held which channel's keys, when (data directory); rotated past this many bytes.
@@ -1024,11 +998,6 @@ def _engine_sides(engine: AudioEngine) -> str:
     if has_in and has_out:
         return "microphone and speakers"
     return "microphone" if has_in else ("speakers" if has_out else "")
-
-
-def _detached_deque() -> collections.deque[Any]:
-    """A mailbox no connection reads yet (the workers get the connection's own on connect)."""
-    return collections.deque(maxlen=2000)
 
 
 def key_holder_line(event: e2ee.KeyHolderNotice) -> str:

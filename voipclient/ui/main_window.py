@@ -500,6 +500,7 @@ class MainWindow(QMainWindow):
             "awaiting_approval": "Waiting for you to trust the server's key",
             "logging_in": "Logging in…",
             "ready": "Connected",
+            "waiting": "Reconnecting…",
             "refused": "Refused",
             "closed": "Not connected",
         }.get(state, state)

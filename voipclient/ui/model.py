@@ -9,24 +9,33 @@ Who is drawn in a channel, under which name, with which identity key and trust, 
 the E2E layer's :class:`~voipclient.net.e2ee.MemberView`: the same table its KeyDists are checked
 against, so the member list is exactly who holds our keys. The roster supplies the channel tree
 and the mute/deafen flags, nothing about identity.
+
+Hotkey conflicts follow one rule, :func:`chord_overlap`: the settings dialog's warnings
+(:func:`find_conflicts`), the channel controls' refusal (:func:`binding_conflict`) and the
+router's bindings (:meth:`ClientModel.bindings`, first of the same chord wins) all use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net.roster import RosterSnapshot
+from voipclient.ptt.keys import SIDES
 from voipclient.ptt.router import Binding, PttConfigError
 from voipclient.ui.prefs import BindingPref, ServerPrefs
 
 __all__ = [
     "ChannelRow",
     "ClientModel",
+    "Conflict",
     "MemberRow",
     "binding_conflict",
+    "chord_overlap",
+    "find_conflicts",
     "with_binding",
 ]
 
@@ -203,7 +212,7 @@ class ClientModel:
         naming no known channel is left out and reported (the channel may come back later)."""
         out: list[Binding] = []
         problems: list[str] = []
-        seen: dict[frozenset[str], str] = {}  # chord → the binding that has it (first wins)
+        seen: list[tuple[frozenset[str], str]] = []  # chords taken, and by what (first wins)
         for i, pref in enumerate(self.server.bindings, start=1):
             ids = [self.channel_id(name) for name in pref.channels]
             known = [c for c in ids if c is not None]
@@ -219,11 +228,11 @@ class ClientModel:
             except PttConfigError as exc:
                 problems.append(str(exc))
                 continue
-            first = seen.get(binding.chord)
+            first = next((by for c, by in seen if chord_overlap(binding.chord, c) == "same"), None)
             if first is not None:
                 problems.append(f"{pref.keys}: the same keys as {first}; only the first is used")
                 continue
-            seen[binding.chord] = f"{pref.keys} → {', '.join(pref.channels)}"
+            seen.append((binding.chord, f"{pref.keys} → {', '.join(pref.channels)}"))
             out.append(binding)
         return tuple(out), problems
 
@@ -306,8 +315,89 @@ def _trust(holder: e2ee.KeyHolder) -> str:
     return "verified" if holder.trust == "me" else holder.trust
 
 
+# -- hotkey conflicts: one rule for the settings dialog, the channel controls and the router ------
+
+#: How two chords stand to each other (see :func:`chord_overlap`).
+Overlap = Literal["same", "inside", "contains"]
+
+
+def _completes(pressed: frozenset[str], chord: frozenset[str]) -> bool:
+    """Whether holding ``pressed`` completes ``chord`` (``ctrl`` in a chord matches ``ctrl_l``)."""
+    return all(any(p in SIDES.get(c, {c}) for p in pressed) for c in chord)
+
+
+def chord_overlap(a: frozenset[str], b: frozenset[str]) -> Overlap | None:
+    """How chord ``a`` gets in the way of chord ``b``: the one rule every conflict check uses.
+
+    ``"same"``: holding either completes the other (``f13``/``F13``): only one of them can be a
+    binding. ``"inside"``: holding ``b`` completes ``a`` (``f13`` inside ``ctrl+f13``, ``ctrl+t``
+    inside ``ctrl_l+t``): it still works, but pressing ``b`` key by key engages ``a`` first, so
+    ``a``'s channels hear the start. ``"contains"``: the same the other way round. None: neither.
+    """
+    a_in_b, b_in_a = _completes(b, a), _completes(a, b)
+    if a_in_b and b_in_a:
+        return "same"
+    if a_in_b:
+        return "inside"
+    return "contains" if b_in_a else None
+
+
+def _chord(keys: str) -> frozenset[str] | None:
+    try:
+        return Binding.parse("binding", keys, [0]).chord
+    except PttConfigError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Bindings that get in each other's way, or one that is unusable (rows are 0-based)."""
+
+    rows: tuple[int, ...]
+    message: str
+    #: "invalid" (unknown key names), or the :func:`chord_overlap` of the two rows ("same";
+    #: "part" when one chord is inside the other).
+    kind: Literal["invalid", "same", "part"] = "same"
+
+
+def find_conflicts(keys: Sequence[str]) -> list[Conflict]:
+    """Chords that are unusable (unknown names), bound twice, or part of a larger chord.
+
+    A chord inside a larger one (``f13`` and ``ctrl+f13``) still works, but pressing the larger
+    chord key by key engages the smaller one first, so its channels hear the start.
+    """
+    conflicts: list[Conflict] = []
+    chords = [_chord(k) for k in keys]
+    for i, chord in enumerate(chords):
+        if chord is None:
+            conflicts.append(
+                Conflict((i,), f"row {i + 1}: {keys[i]!r} is not a valid hotkey", "invalid")
+            )
+    for i, a in enumerate(chords):
+        for j in range(i + 1, len(chords)):
+            b = chords[j]
+            overlap = None if a is None or b is None else chord_overlap(a, b)
+            if overlap == "same":
+                conflicts.append(
+                    Conflict((i, j), f"rows {i + 1} and {j + 1} use the same hotkey ({keys[i]})")
+                )
+            elif overlap is not None:
+                small, big = (i, j) if overlap == "inside" else (j, i)
+                conflicts.append(
+                    Conflict(
+                        (i, j),
+                        f"{keys[small]} (row {small + 1}) is part of {keys[big]} (row {big + 1}): "
+                        f"pressing {keys[big]} can start row {small + 1}'s channels too",
+                        "part",
+                    )
+                )
+    return conflicts
+
+
 def binding_conflict(prefs: ServerPrefs, channel: str, keys: str) -> str | None:
-    """Why ``keys`` cannot become ``channel``'s own key: another binding has the same chord."""
+    """Why ``keys`` cannot become ``channel``'s own key: they are not valid, or another binding
+    has the same chord (:func:`chord_overlap`; a chord inside another one is allowed, as in the
+    settings dialog, which warns about it)."""
     try:
         chord = Binding.parse("new", keys, 0).chord
     except PttConfigError as exc:
@@ -316,11 +406,8 @@ def binding_conflict(prefs: ServerPrefs, channel: str, keys: str) -> str | None:
     for b in prefs.bindings:
         if len(b.channels) == 1 and b.channels[0].casefold() == folded:
             continue  # the binding being replaced
-        try:
-            other = Binding.parse("old", b.keys, 0).chord
-        except PttConfigError:
-            continue
-        if other == chord:
+        other = _chord(b.keys)
+        if other is not None and chord_overlap(chord, other) == "same":
             return f"{keys} already talks to {', '.join(b.channels)}; remove it there first"
     return None
 

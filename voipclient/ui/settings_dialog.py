@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final
 
 from PySide6.QtCore import QRectF, QSize, Qt, Signal, Slot
@@ -48,10 +48,9 @@ from PySide6.QtWidgets import (
 from voipclient.audio import dsp
 from voipclient.audio.sd_engine import DeviceInfo, list_devices
 from voipclient.errors import AudioDeviceError
-from voipclient.ptt.keys import SIDES
-from voipclient.ptt.router import Binding, PttConfigError
 from voipclient.ui.audio_test import AudioTester
 from voipclient.ui.hotkey_capture import HotkeyCaptureWidget
+from voipclient.ui.model import Conflict, find_conflicts
 from voipclient.ui.prefs import AudioPrefs, BindingPref, Preferences, TransmitPrefs
 from voipclient.ui.theme import WARNING_COLOUR, status_colours
 
@@ -123,59 +122,6 @@ def probe_noise_suppression() -> dict[str, str]:
         else:
             out[name] = ""
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class Conflict:
-    """Two bindings that get in each other's way (rows are 0-based)."""
-
-    rows: tuple[int, ...]
-    message: str
-
-
-def _chord(keys: str) -> frozenset[str] | None:
-    try:
-        return Binding.parse("binding", keys, [0]).chord
-    except PttConfigError:
-        return None
-
-
-def _completes(pressed: frozenset[str], chord: frozenset[str]) -> bool:
-    """Whether holding ``pressed`` completes ``chord`` (``ctrl`` in a chord matches ``ctrl_l``)."""
-    return all(any(p in SIDES.get(c, {c}) for p in pressed) for c in chord)
-
-
-def find_conflicts(keys: Sequence[str]) -> list[Conflict]:
-    """Chords that are unusable (unknown names), bound twice, or part of a larger chord.
-
-    A chord inside a larger one (``f13`` and ``ctrl+f13``) still works, but pressing the larger
-    chord key by key engages the smaller one first, so its channels hear the start.
-    """
-    conflicts: list[Conflict] = []
-    chords = [_chord(k) for k in keys]
-    for i, chord in enumerate(chords):
-        if chord is None:
-            conflicts.append(Conflict((i,), f"row {i + 1}: {keys[i]!r} is not a valid hotkey"))
-    for i, a in enumerate(chords):
-        for j in range(i + 1, len(chords)):
-            b = chords[j]
-            if a is None or b is None:
-                continue
-            a_in_b, b_in_a = _completes(b, a), _completes(a, b)
-            if a_in_b and b_in_a:
-                conflicts.append(
-                    Conflict((i, j), f"rows {i + 1} and {j + 1} use the same hotkey ({keys[i]})")
-                )
-            elif a_in_b or b_in_a:
-                small, big = (i, j) if a_in_b else (j, i)
-                conflicts.append(
-                    Conflict(
-                        (i, j),
-                        f"{keys[small]} (row {small + 1}) is part of {keys[big]} (row {big + 1}): "
-                        f"pressing {keys[big]} can start row {small + 1}'s channels too",
-                    )
-                )
-    return conflicts
 
 
 # -- widgets -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QCoreApplication, QObject, Signal
 
 from voipclient.audio.dsp import CaptureProcessor, CaptureSettings
 from voipclient.audio.file_engine import FileEngine
@@ -61,6 +61,17 @@ def connected(qtbot: Any, server: ServerProcess, name: str, *channels: int) -> S
     return conn
 
 
+def holds_key(listener: ServerConnection, channel_id: int, sender_id: int | None) -> bool:
+    """The listener's E2E layer holds a sender key of ``sender_id`` for the channel (a KeyDist
+    was accepted), so that sender's frames there open at once."""
+    sec = listener.secure
+    receiver = None if sec is None else sec.receiver
+    return receiver is not None and any(
+        info.channel_id == channel_id and info.sender_id == sender_id and info.gens
+        for info in receiver.key_info()
+    )
+
+
 def xdotool(*args: str) -> float:
     t0 = time.monotonic()
     subprocess.run(["xdotool", *args], check=True, timeout=5, env=os.environ.copy())
@@ -74,29 +85,35 @@ def test_held_keys_choose_who_hears_me(qtbot: Any, start_server: Starter) -> Non
     only_b = connected(qtbot, server, "only-b", B)
     # keys: wait until both listeners hold the talker's sender keys (KeyDist), so the first
     # frames after a key press open at once
-    qtbot.wait(1500)
+    talker_id = talker.session.sender_id  # type: ignore[union-attr]
+    qtbot.waitUntil(
+        lambda: holds_key(only_a, A, talker_id) and holds_key(only_b, B, talker_id),
+        timeout=10_000,
+    )
 
     sent_at: dict[int, float] = {}
+    sends = [0]  # voice frames the talker sent
     bridge = VoiceBridge()
 
     def on_voice(targets: Any, ending: Any, payload: bytes) -> None:
         now = time.monotonic()
         for channel in targets:
             sent_at.setdefault(channel, now)
+        sends[0] += 1
         talker.send_voice(targets, ending, payload)
 
     bridge.voice.connect(on_voice)
     engine = FileEngine(SPEECH, None, realtime=True)
+    router = PttRouter([Binding.parse("alpha", "f13", [A]), Binding.parse("bravo", "f14", [B])])
+    service = PttService(router)
     worker = CaptureWorker(
         engine,
         CaptureProcessor(CaptureSettings(noise_suppression="off", agc=False)),
         VoiceSender(OpusEncoder()),
         TransmitGate(release_ms=100),
         lambda targets, ending, payload: bridge.voice.emit(tuple(targets), tuple(ending), payload),
+        route=service.route,  # the router's slot, read every frame without its lock
     )
-    router = PttRouter([Binding.parse("alpha", "f13", [A]), Binding.parse("bravo", "f14", [B])])
-    service = PttService(router)
-    service.add_listener(lambda event: setattr(worker, "wanted", event.after))
     source = PynputSource()
     ok, reason = source.available()
     assert ok, reason
@@ -117,8 +134,16 @@ def test_held_keys_choose_who_hears_me(qtbot: Any, start_server: Starter) -> Non
     def heard() -> tuple[int, int]:
         return len(only_a.inbox), len(only_b.inbox)
 
+    def decided(frames: int) -> None:
+        """Wait until the capture worker has decided ``frames`` more frames, then deliver what
+        it emitted for them (queued to this thread) to ``on_voice``."""
+        target = worker.frames + frames + 1  # the counter moves before a frame is sent
+        qtbot.waitUntil(lambda: worker.frames >= target, timeout=10_000)
+        QCoreApplication.processEvents()
+
     try:
-        qtbot.wait(500)
+        decided(25)  # 500 ms of microphone with no key held...
+        assert sends == [0]  # ... sent nothing
         assert heard() == (0, 0)  # no key held: nobody hears anything
         pressed_a = xdotool("keydown", "F13")
         qtbot.waitUntil(lambda: heard()[0] >= 25, timeout=10_000)
@@ -128,9 +153,14 @@ def test_held_keys_choose_who_hears_me(qtbot: Any, start_server: Starter) -> Non
         qtbot.waitUntil(lambda: heard()[1] >= 25, timeout=10_000)
         assert heard()[0] > before_b[0] + 20  # both keys: A keeps hearing, B hears too
         xdotool("keyup", "F13", "keyup", "F14")
-        qtbot.wait(600)  # release delay (100 ms) + VOICE_LAST + in flight
-        settled = heard()
-        qtbot.wait(500)
+        # release delay (100 ms), then VOICE_LAST: both ends have it, and what was sent before it
+        qtbot.waitUntil(
+            lambda: any(f.last for f in only_a.inbox) and any(f.last for f in only_b.inbox),
+            timeout=10_000,
+        )
+        settled, sent = heard(), sends[0]
+        decided(25)  # 500 ms more of microphone with no key held...
+        assert sends[0] == sent  # ... sent nothing after the VOICE_LASTs
         assert heard() == settled  # released: silence again
         last_a = [f for f in only_a.inbox if f.last]
         last_b = [f for f in only_b.inbox if f.last]

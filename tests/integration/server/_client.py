@@ -1,11 +1,18 @@
-"""A small real client for the server's integration tests (asyncio, loopback only).
+"""A small real client for the server's integration tests: a thin asyncio driver of the client
+core users run, :class:`~voipclient.net.connection.ClientConnection` (loopback only).
 
-It speaks real TLS 1.3 and checks the server's key against the pin from the start line (no CA:
-the SPKI hash of the presented certificate must equal the pin, or it closes before writing a
-byte), drives ``ClientSession`` + ``SecureSession`` (the real end-to-end layer: session keys,
-KeyDists, sealing), binds its UDP address with the hop-control handshake
-(BIND → CHALLENGE → BIND_CONFIRM → BIND_OK) and sends/receives voice over real UDP or over the
-TLS tunnel. Everything it hears is recorded for the tests to assert on.
+The core decides everything: the pin verdict (the SPKI pin of the presented certificate against
+the one from the start line, before any application byte), the login, the end-to-end layer
+(session keys, KeyDists, sealing), the UDP hop handshake (BIND → CHALLENGE → BIND_CONFIRM →
+BIND_OK) and pings, and whether voice goes over UDP or the TLS tunnel. This adapter only owns the
+I/O, as the module docstring of ``connection.py`` describes it: a real TLS 1.3 connection (an
+asyncio transport), a real UDP socket (read from the event loop's reader callback) and one timer
+re-armed from ``get_timer()``; nothing polls.
+
+On top of that it records what the tests assert on (every event, every voice frame heard and its
+route) and offers forging helpers for datagrams the core would never send, keyed with hop keys
+derived from ``LoggedIn.hop_secret`` (which passes through as an event). It does not reconnect:
+a test client is one connection, so when the core schedules a reconnect the adapter closes it.
 """
 
 from __future__ import annotations
@@ -13,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import ssl
+import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,17 +32,31 @@ from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.media import PTYPE_VOICE, SenderKey, VoiceFrame
 from voipclient.crypto.replay import ReplayWindow
-from voipclient.crypto.tofu import TofuStore
+from voipclient.net import connection as cn
 from voipclient.net import e2ee, hopctl
 from voipclient.net import events as ev
-from voipclient.net.client import ClientSession
+from voipclient.net import supervisor as sv
+from voipclient.net.client import ClientSession, LossReportLike
+from voipclient.net.states import ConnectionState
 from voipclient.server.tls import pin_of_der_certificate
+
+__all__ = ["DEFAULT_TIMEOUT", "Heard", "PinMismatch", "TestClient", "client_ssl_context", "payload"]
 
 DEFAULT_TIMEOUT = 10.0
 
+#: wait_for() calls in progress; resolved whenever any client's core produced something.
+_waiters: set[asyncio.Future[None]] = set()
+
+
+def _wake_waiters() -> None:
+    for fut in _waiters:
+        if not fut.done():
+            fut.set_result(None)
+    _waiters.clear()
+
 
 class PinMismatch(Exception):
-    """The server presented a key other than the pinned one."""
+    """The server presented a key other than the pinned one (the core refused it)."""
 
 
 def payload(frame_no: int, tag: bytes = b"") -> bytes:
@@ -45,21 +66,40 @@ def payload(frame_no: int, tag: bytes = b"") -> bytes:
 
 @dataclass
 class Heard:
-    """One voice frame a client opened, and the path it came by."""
+    """One voice frame the core opened, and the path it came by."""
 
     frame: VoiceFrame
-    via: str  # "udp", "tunnel" or "released" (opened once its KeyDist arrived)
+    via: str  # VoiceRoute's value: "udp", "tunnel" or "released" (opened once its key came)
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, owner: TestClient) -> None:
+class _Tls(asyncio.Protocol):
+    """The TLS connection of one ``OpenTransport``; every callback is tagged with its generation."""
+
+    def __init__(self, owner: TestClient, generation: int) -> None:
         self.owner = owner
+        self.generation = generation
+        self.transport: asyncio.Transport | None = None
+        self.closing = False  # CloseTransport came: the core is done with it
+        self.lost: asyncio.Future[None] = owner._loop.create_future()
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.owner._udp_datagram(data)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.closing:  # closed while the handshake was under way
+            transport.abort()
+            return
+        self.owner._tls_up(self)
 
-    def error_received(self, exc: Exception) -> None:
-        self.owner.udp_errors += 1
+    def data_received(self, data: bytes) -> None:
+        gen = self.generation
+        self.owner._call(lambda now: self.owner.conn.receive_data(data, now, generation=gen))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.owner.transport_closed = True
+        gen = self.generation
+        self.owner._call(lambda now: self.owner.conn.connection_lost(now, generation=gen))
 
 
 @dataclass(eq=False)
@@ -78,31 +118,30 @@ class TestClient:
 
     events: list[object] = field(default_factory=list)
     heard: list[Heard] = field(default_factory=list)
-    udp_voice_datagrams: int = 0  # voice datagrams that arrived over UDP (opened or not)
-    tunnel_voice_datagrams: int = 0
     udp_errors: int = 0
     transport_closed: bool = False
     closed: ev.ConnectionClosed | None = None
+    tls_version: str | None = None
+    #: (client_time_ms, datagrams the relay received from us) of the relay's PONGs (udp_ping).
+    pongs: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.session = ClientSession(
-            self.name, self.identity.public_bytes(), self.identity.sign, self.password
-        )
-        self.secure = e2ee.SecureSession(
-            self.session, self.identity, self.name, TofuStore(), self.pin, wall_clock=time.time
-        )
         self._loop = asyncio.get_running_loop()
-        self._changed = asyncio.Event()
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._udp: asyncio.DatagramTransport | None = None
+        self.conn = cn.ClientConnection(
+            self.name, self.identity, wall_clock=time.time, password=self.password
+        )
+        self._tls: _Tls | None = None
+        self._udp: socket.socket | None = None
+        self._udp_generation = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connect_error: BaseException | None = None
+        self._sid: int | None = None
+        # Forging helpers and the PONG tap: hop keys of the current login, from LoggedIn.
         self._c2s: HopMac | None = None
         self._s2c: HopMac | None = None
-        self._hop_seq = 0
-        self._hop_window = ReplayWindow()
-        self.udp_bound = asyncio.Event()
-        self.pongs: list[tuple[int, int]] = []
+        self._tap_window = ReplayWindow()
+        self._pongs_from_ms = 0
 
     # -- connecting ------------------------------------------------------------------------------
 
@@ -110,106 +149,261 @@ class TestClient:
     async def connect(
         cls, host: str, port: int, pin: str, name: str, *, login: bool = True, **kw: Any
     ) -> TestClient:
+        """Connect (the core checks ``pin`` before any application byte: PinMismatch) and, with
+        ``login``, wait until logged in (ConnectionError if the server refuses the login)."""
         client = cls(name, host, port, pin, **kw)
-        await client.open_tls()
-        client.session.start(client._loop.time())
-        client._flush()
-        client._tasks.append(asyncio.ensure_future(client._read_loop()))
-        client._tasks.append(asyncio.ensure_future(client._tick_loop()))
-        if login:
-            await client.wait_for(lambda: client.sid is not None, what="login")
-        return client
-
-    async def open_tls(self) -> None:
-        local = (self.local_ip, 0) if self.local_ip else None
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                self.host, self.port, ssl=client_ssl_context(), local_addr=local
-            ),
-            DEFAULT_TIMEOUT,
+        client._call(lambda now: client.conn.connect(host, port, pin, now))
+        await client.wait_for(
+            lambda: client.conn.state is not ConnectionState.CONNECTING, what="TLS handshake"
         )
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True)
-        if der is None or pin_of_der_certificate(der) != self.pin:
-            writer.close()  # before any application byte
-            raise PinMismatch(f"server key does not match {self.pin}")
-        self.tls_version = ssl_object.version()
-        self._reader, self._writer = reader, writer
+        if client.conn.state is ConnectionState.REFUSED:
+            await client.close()
+            raise PinMismatch(client.conn.detail)
+        if client._connect_error is not None:
+            await client.close()
+            raise ConnectionError(f"{name}: {client._connect_error!r}")
+        if login:
+            await client.wait_for(
+                lambda: client.sid is not None or client.closed is not None, what="login"
+            )
+            if client.sid is None:
+                await client.close()
+                raise ConnectionError(f"{name}: the server refused the login: {client.closed}")
+        return client
 
     @property
     def sid(self) -> int | None:
-        """Our sender id once the E2E layer saw LoggedIn."""
-        return self.secure.sender_id
+        """Our sender id once logged in (it stays after the connection closed)."""
+        return self._sid
 
-    # -- the control loop ------------------------------------------------------------------------
+    @property
+    def session(self) -> ClientSession:
+        """The core's control session, for inspection (roster, hop secret)."""
+        session = self.conn.session
+        assert session is not None, f"{self.name}: no session (no TLS, or the pin was refused)"
+        return session
 
-    async def _read_loop(self) -> None:
-        assert self._reader is not None
+    @property
+    def secure(self) -> e2ee.SecureSession | None:
+        """The core's E2E layer, for inspection."""
+        return self.conn.secure
+
+    # -- driving the core ------------------------------------------------------------------------
+
+    def _call(self, action: Callable[[float], object]) -> None:
+        """Hand something to the core at the loop's clock, then carry out what it asks."""
+        action(self._loop.time())
+        self._pump()
+
+    def _pump(self) -> None:
+        """Events first, then the TLS bytes, then the datagrams, then the timer (in that order,
+        as ``connection.py`` says)."""
+        conn = self.conn
+        while (event := conn.next_event()) is not None:
+            self.events.append(event)
+            self._carry_out(event)
+        data = conn.data_to_send()
+        if data:
+            self._write(data)
+        for datagram in conn.datagrams_to_send():
+            self._send(datagram)
+        self._rearm()
+        _wake_waiters()
+
+    def _carry_out(self, event: object) -> None:
+        if isinstance(event, cn.OpenTransport):
+            self._open_tls(event)
+        elif isinstance(event, cn.CloseTransport):
+            self._close_transport(event)
+        elif isinstance(event, cn.OpenUdp):
+            self._open_udp(event)
+        elif isinstance(event, cn.VoiceReceived):
+            self.heard.append(Heard(event.frame, event.route.value))
+        elif isinstance(event, ev.LoggedIn):
+            self._sid = event.sender_id
+            k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
+            self._c2s, self._s2c = HopMac(k_c2s), HopMac(k_s2c)
+            self._tap_window = ReplayWindow()
+        elif isinstance(event, ev.ConnectionClosed):
+            self.closed = event
+        elif isinstance(event, sv.ReconnectScheduled):
+            # One connection per test client: no reconnect behind the test's back.
+            self.conn.close(self._loop.time())
+
+    def _rearm(self) -> None:
+        due = self.conn.get_timer()
+        timer = self._timer
+        if timer is not None:
+            if due is not None and timer.when() == due:
+                return
+            timer.cancel()
+            self._timer = None
+        if due is not None:
+            self._timer = self._loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._call(self.conn.handle_timer)
+
+    # -- TLS -------------------------------------------------------------------------------------
+
+    def _open_tls(self, event: cn.OpenTransport) -> None:
+        proto = _Tls(self, event.generation)
+        self._tls = proto
+        task = self._loop.create_task(self._connect_tls(proto, event.host, event.port))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect_tls(self, proto: _Tls, host: str, port: int) -> None:
+        local = (self.local_ip, 0) if self.local_ip else None
         try:
-            while True:
-                data = await self._reader.read(65536)
-                if not data:
-                    break
-                self._feed(self.session.receive_data(data, self._loop.time()))
-        except (ConnectionError, ssl.SSLError):
-            pass
-        self._feed(self.session.connection_lost(self._loop.time()))
-        self.transport_closed = True
-        self._changed.set()
+            await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: proto, host, port, ssl=client_ssl_context(), local_addr=local
+                ),
+                DEFAULT_TIMEOUT,
+            )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            self._connect_error = exc
+            why = str(exc) or type(exc).__name__
+            gen = proto.generation
+            self._call(lambda now: self.conn.transport_failed(why, now, generation=gen))
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.05)
-            events = self.session.handle_timer(self._loop.time())
-            self._feed(events)
-            self._feed_secure(self.secure.tick(self._loop.time()))
-            self._flush()
+    def _tls_up(self, proto: _Tls) -> None:
+        """The TLS handshake finished: hand the presented pin to the core for its verdict."""
+        assert proto.transport is not None
+        ssl_object = proto.transport.get_extra_info("ssl_object")
+        self.tls_version = ssl_object.version()
+        der = ssl_object.getpeercert(binary_form=True)
+        presented = pin_of_der_certificate(der) if der else None
+        gen = proto.generation
+        self._call(lambda now: self.conn.transport_connected(presented, now, generation=gen))
 
-    def _feed(self, events: list[ev.ClientEvent]) -> None:
-        if not events:
+    def _write(self, data: bytes) -> None:
+        proto = self._tls
+        if proto is not None and proto.transport is not None and not proto.transport.is_closing():
+            proto.transport.write(data)
+
+    def _close_transport(self, event: cn.CloseTransport) -> None:
+        """TLS and UDP of ``event.generation`` are done: write the last bytes and close, or
+        abort (a refused pin: nothing written, no close_notify)."""
+        proto = self._tls
+        if proto is not None and proto.generation == event.generation:
+            self._tls = None
+            proto.closing = True
+            transport = proto.transport
+            if transport is not None:
+                if event.abort:
+                    transport.abort()
+                else:
+                    if event.data:
+                        transport.write(event.data)
+                    transport.close()
+        if self._udp_generation == event.generation:
+            self._close_udp()
+
+    # -- UDP -------------------------------------------------------------------------------------
+
+    def _open_udp(self, event: cn.OpenUdp) -> None:
+        self._close_udp()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind((self.local_ip or "127.0.0.1", 0))
+        sock.connect((event.host, event.port))  # only the relay's datagrams come in
+        self._udp, self._udp_generation = sock, event.generation
+        self._loop.add_reader(sock.fileno(), self._udp_readable)
+
+    def _close_udp(self) -> None:
+        sock, self._udp = self._udp, None
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _udp_readable(self) -> None:
+        sock, gen = self._udp, self._udp_generation
+        if sock is None:
             return
-        self.events.extend(events)
-        for event in events:
-            if isinstance(event, ev.LoggedIn):
-                k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
-                self._c2s, self._s2c = HopMac(k_c2s), HopMac(k_s2c)
-            elif isinstance(event, ev.VoiceTunnelReceived):
-                self.tunnel_voice_datagrams += 1
-                frame = self.secure.open_voice(event.datagram, self._loop.time())
-                if frame is not None:
-                    self.heard.append(Heard(frame, "tunnel"))
-            elif isinstance(event, ev.ConnectionClosed):
-                self.closed = event
-        self._feed_secure(self.secure.handle_events(events, self._loop.time()))
-        self._flush()
+        for _ in range(64):
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:  # e.g. ICMP port unreachable reported on the connected socket
+                self.udp_errors += 1
+                continue
+            self._tap_pong(data)
+            self.conn.datagram_received(data, self._loop.time(), generation=gen)
+        self._pump()
 
-    def _feed_secure(self, events: list[e2ee.SecureEvent]) -> None:
-        if not events:
+    def _send(self, datagram: bytes) -> None:
+        sock = self._udp
+        if sock is None:
+            self.udp_errors += 1
             return
-        self.events.extend(events)
-        for event in events:
-            if isinstance(event, e2ee.VoiceReleased):
-                self.heard.append(Heard(event.frame, "released"))
-        self._changed.set()
+        try:
+            sock.send(datagram)
+        except OSError:
+            self.udp_errors += 1
 
-    def _flush(self) -> None:
-        data = self.session.data_to_send()
-        if data and self._writer is not None and not self._writer.is_closing():
-            self._writer.write(data)
-        self._changed.set()
+    def _tap_pong(self, data: bytes) -> None:
+        """A read-only look at the relay's PONGs (with our own copy of the s2c key and window);
+        the datagram still goes to the core unchanged."""
+        s2c = self._s2c
+        if s2c is None or len(data) != hopctl.HOP_CONTROL_LEN or data[1] != hopctl.PTYPE_PONG:
+            return
+        msg = hopctl.open_hop_control(
+            data, s2c, self._tap_window, ptypes=frozenset((hopctl.PTYPE_PONG,))
+        )
+        if msg is not None:
+            pong = hopctl.decode_pong(msg.body)
+            if pong[0] >= self._pongs_from_ms:
+                self.pongs.append(pong)
+
+    async def bind_udp(self) -> None:
+        """Until the core's hop handshake validated our UDP address (it starts by itself at
+        login); TimeoutError if the core fell back to the tunnel instead."""
+        tunnel = (sv.VoicePath.TUNNEL, sv.VoicePath.TUNNEL_ONLY)
+        await self.wait_for(
+            lambda: self.conn.udp_bound or self.conn.supervisor.voice_path in tunnel,
+            what="UDP bind",
+        )
+        if not self.conn.udp_bound:
+            raise TimeoutError(f"{self.name}: UDP bind got no BIND_OK")
+
+    def udp_ping(self) -> None:
+        """The core PINGs the relay every ``udp_ping_interval`` by itself: from now on
+        :attr:`pongs` holds only PONGs answering PINGs sent after this call."""
+        self.pongs.clear()
+        self._pongs_from_ms = int(self._loop.time() * 1000)
+
+    @property
+    def udp_voice_datagrams(self) -> int:
+        """Voice datagrams that arrived over UDP (opened or not)."""
+        return self.conn.datagrams_in - self.conn.tunnel_datagrams_in
+
+    @property
+    def tunnel_voice_datagrams(self) -> int:
+        """Voice datagrams that arrived through the TLS tunnel (opened or not)."""
+        return self.conn.tunnel_datagrams_in
+
+    # -- waiting ---------------------------------------------------------------------------------
 
     async def wait_for(
         self, predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT, what: str = ""
     ) -> None:
-        """Until ``predicate()`` holds (checked whenever something arrives)."""
+        """Until ``predicate()`` holds (checked whenever any client's core produced something)."""
         deadline = self._loop.time() + timeout
         while not predicate():
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 raise TimeoutError(f"{self.name}: timed out waiting for {what or predicate}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
+            fut: asyncio.Future[None] = self._loop.create_future()
+            _waiters.add(fut)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fut, remaining)
+            finally:
+                _waiters.discard(fut)
 
     def of(self, kind: type[Any]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -236,118 +430,78 @@ class TestClient:
             and (channel_id is None or h.frame.channel_id == channel_id)
         ]
 
-    # -- intents ---------------------------------------------------------------------------------
-
-    def join(self, channel_id: int, password: str | None = None) -> None:
-        self.session.join(channel_id, password)
-        self._flush()
-
-    def leave(self, channel_id: int) -> None:
-        self.session.leave(channel_id)
-        self._flush()
-
-    def admin(
-        self, action: str, target: int, channel_id: int | None = None, reason: str = ""
-    ) -> None:
-        self.session.admin(action, target, channel_id, reason)
-        self._flush()
-
-    def send_text(self, channel_id: int, text: str) -> None:
-        self.secure.send_text(channel_id, text, self._loop.time())
-        self._flush()
-
-    def send_loss_reports(self, reports: list[Any]) -> None:
-        """Loss/jitter reports about speakers (``LossReport``-like objects)."""
-        self.session.send_loss_reports(reports)
-        self._flush()
-
-    def set_tunnel(self, tunnel: bool) -> None:
-        self.session.set_voice_transport(tunnel)
-        self._flush()
-
-    def write_raw(self, data: bytes) -> None:
-        """Bytes on the TLS connection, bypassing the session (garbage tests)."""
-        assert self._writer is not None
-        self._writer.write(data)
-
     def is_member(self, channel_id: int) -> bool:
         sid = self.sid
         return sid is not None and channel_id in self.session.roster.channels_of(sid)
 
-    # -- UDP -------------------------------------------------------------------------------------
+    # -- intents (through the core) --------------------------------------------------------------
 
-    async def bind_udp(self) -> None:
-        """Open a UDP socket to the server and validate its address with the hop handshake."""
-        local = (self.local_ip or "127.0.0.1", 0)
-        transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=local, remote_addr=(self.host, self.port)
+    def join(self, channel_id: int, password: str | None = None) -> None:
+        self._call(lambda now: self.conn.join(channel_id, password, now))
+
+    def leave(self, channel_id: int) -> None:
+        self._call(lambda now: self.conn.leave(channel_id, now))
+
+    def admin(
+        self, action: str, target: int, channel_id: int | None = None, reason: str = ""
+    ) -> None:
+        self._call(
+            lambda now: self.conn.admin(action, target, now, channel_id=channel_id, reason=reason)
         )
-        self._udp = transport
-        assert self._c2s is not None and self.sid is not None
-        for _ in range(3):
-            self.send_udp(hopctl.encode_bind(self._c2s, self.sid, self._next_seq()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.udp_bound.wait(), 2.0)
-                return
-        raise TimeoutError(f"{self.name}: UDP bind got no BIND_OK")
 
-    def _next_seq(self) -> int:
-        seq = self._hop_seq
-        self._hop_seq += 1
-        return seq
+    def send_text(self, channel_id: int, text: str) -> None:
+        self._call(lambda now: self.conn.send_text(channel_id, text, now))
+
+    def send_loss_reports(self, reports: Iterable[LossReportLike]) -> None:
+        """Loss/jitter reports about speakers (``LossReport``-like objects)."""
+        self._call(lambda now: self.conn.send_loss_reports(reports, now))
+
+    def set_tunnel(self, tunnel: bool) -> None:
+        """The "always use the TLS tunnel" setting: voice both ways through TLS (UDP "blocked")."""
+        self._call(lambda now: self.conn.set_force_tunnel(tunnel, now))
+
+    def speak(self, channels: Sequence[int], data: bytes, *, tunnel: bool = False) -> list[bytes]:
+        """The core seals ``data`` for each channel and sends it by the path it chose, which
+        must be the one the test expects (UDP, or the tunnel with ``tunnel``). Returns the
+        datagrams that went over UDP."""
+        conn = self.conn
+        on_udp = conn.udp_bound and conn.transport is cn.VoiceTransport.UDP
+        if on_udp == tunnel:
+            raise AssertionError(
+                f"{self.name}: the core sends voice over {'UDP' if on_udp else 'the tunnel'}"
+            )
+        self._pump()  # nothing else queued: what follows is this voice only
+        conn.send_voice(channels, (), data, self._loop.time())
+        sent = conn.datagrams_to_send()
+        for datagram in sent:
+            self._send(datagram)
+        self._pump()
+        return sent
+
+    # -- forging (datagrams the core would not send) ---------------------------------------------
+
+    def write_raw(self, data: bytes) -> None:
+        """Bytes on the TLS connection, bypassing the core (garbage tests)."""
+        proto = self._tls
+        assert proto is not None and proto.transport is not None
+        proto.transport.write(data)
 
     def send_udp(self, datagram: bytes) -> None:
-        assert self._udp is not None
-        self._udp.sendto(datagram)
+        """A datagram of our own making on the core's UDP socket."""
+        assert self._udp is not None, f"{self.name}: no UDP socket"
+        self._send(datagram)
 
-    def udp_ping(self) -> None:
-        assert self._c2s is not None and self.sid is not None
-        ms = int(time.time() * 1000)
-        self.send_udp(hopctl.encode_ping(self._c2s, self.sid, self._next_seq(), ms))
-
-    def _udp_datagram(self, data: bytes) -> None:
-        if len(data) == hopctl.HOP_CONTROL_LEN and data[1] in hopctl.S2C_PTYPES:
-            assert self._s2c is not None and self._c2s is not None and self.sid is not None
-            msg = hopctl.open_hop_control(
-                data, self._s2c, self._hop_window, ptypes=hopctl.S2C_PTYPES
-            )
-            if msg is None:
-                return
-            if msg.ptype == hopctl.PTYPE_CHALLENGE:
-                self.send_udp(
-                    hopctl.encode_bind_confirm(self._c2s, self.sid, self._next_seq(), msg.body)
-                )
-            elif msg.ptype == hopctl.PTYPE_BIND_OK:
-                self.udp_bound.set()
-            elif msg.ptype == hopctl.PTYPE_PONG:
-                self.pongs.append(hopctl.decode_pong(msg.body))
-            self._changed.set()
-            return
-        self.udp_voice_datagrams += 1
-        frame = self.secure.open_voice(data, self._loop.time())
-        if frame is not None:
-            self.heard.append(Heard(frame, "udp"))
-        self._changed.set()
-
-    # -- voice out -------------------------------------------------------------------------------
-
-    def seal(self, channels: list[int], data: bytes) -> list[bytes]:
-        """Seal one payload for each channel (E2E + c2s hop MAC), sending nothing."""
-        out = self.secure.seal_voice(channels, data, self._loop.time())
-        self._feed_secure(self.secure.flush(self._loop.time()))
-        self._flush()
+    def seal(self, channels: Sequence[int], data: bytes) -> list[bytes]:
+        """What the core seals for ``channels`` (E2E + c2s hop MAC) and would send over UDP,
+        taken before it leaves: nothing is sent. Channels without a sender key of ours (e.g.
+        listen-only) give nothing."""
+        conn = self.conn
+        assert conn.udp_bound and conn.transport is cn.VoiceTransport.UDP, "seal() needs UDP"
+        self._pump()  # nothing else queued: what follows is this voice only
+        conn.send_voice(channels, (), data, self._loop.time())
+        out = conn.datagrams_to_send()
+        self._pump()
         return out
-
-    def speak(self, channels: list[int], data: bytes, *, tunnel: bool = False) -> list[bytes]:
-        """Seal and send over UDP (or the TLS tunnel); returns the datagrams sent."""
-        datagrams = self.seal(channels, data)
-        for d in datagrams:
-            if tunnel:
-                self.session.send_voice_tunnel(d)
-            else:
-                self.send_udp(d)
-        self._flush()
-        return datagrams
 
     def forge(self, channel_id: int, data: bytes, *, sender_id: int | None = None) -> bytes:
         """A datagram sealed with a throw-away sender key of our own (for channels where we
@@ -365,20 +519,21 @@ class TestClient:
     # -- ending ----------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Say Bye (if still open), close the sockets, stop the tasks."""
-        if self.closed is None and self._writer is not None and not self._writer.is_closing():
-            self.session.close(now=self._loop.time())
-            self._flush()
+        """Say Bye (if still connected: the core writes it with its CloseTransport), wait up to
+        2 s for the server to close its end, and stop the timer and sockets."""
+        proto = self._tls
+        self._call(self.conn.close)
+        if proto is not None and proto.transport is not None:
             with contextlib.suppress(TimeoutError):
-                await self.wait_for(lambda: self.closed is not None, timeout=2.0, what="bye")
-        for task in self._tasks:
+                await asyncio.wait_for(asyncio.shield(proto.lost), 2.0)
+            if not proto.lost.done():
+                proto.transport.abort()
+        for task in list(self._tasks):
             task.cancel()
-        for task in self._tasks:
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._writer.wait_closed(), 2.0)
-        if self._udp is not None:
-            self._udp.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._close_udp()

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QObject, QSettings, Qt, Slot
 from PySide6.QtWidgets import QApplication, QTreeWidgetItem
 
+from voipclient.net import e2ee
 from voipclient.ui.app import App
 from voipclient.ui.main_window import ROLE_KIND, TALKING
 from voipclient.ui.prefs import Bookmark
@@ -86,8 +87,12 @@ def join_by_double_click(qtbot: Any, app: App, channel_id: int) -> None:
     # a real double click: press/release, then the double-click event on the same item
     qtbot.mouseClick(tree.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     qtbot.mouseDClick(tree.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    qtbot.waitUntil(
-        lambda: (row := app.controller.model.row(channel_id)) is not None and row.joined,
+    qtbot.waitUntil(  # joined, and drawn among the channel's members (the E2E view)
+        lambda: (
+            (row := app.controller.model.row(channel_id)) is not None
+            and row.joined
+            and any(m.is_me for m in row.members)
+        ),
         timeout=10_000,
     )
 
@@ -103,6 +108,45 @@ def talking(app: App, channel_id: int, name: str) -> bool:
     return TALKING in member_text(app, channel_id, name)
 
 
+class KeyWatch(QObject):
+    """The KeyDists an app's connection accepted from now on (``e2ee.KeyAccepted``): whose voice
+    and text it can open, in which channel. Start it before the keys are due. It lives on the
+    GUI thread, so it sees each event in order with what the window saw before it."""
+
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        conn = app.controller.conn
+        assert conn is not None, "connect first"
+        self.accepted: list[tuple[int, int]] = []  # (sender id, channel id)
+        conn.session_event.connect(self._on_event, Qt.ConnectionType.QueuedConnection)
+
+    @Slot(object)
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, e2ee.KeyAccepted):
+            self.accepted.append((event.sender_id, event.channel_id))
+
+    def holds(self, sender: App, channel_id: int) -> bool:
+        """A sender key of ``sender`` (its current session) for the channel was accepted."""
+        return (sender.controller.model.me, channel_id) in self.accepted
+
+
+def round_trip(qtbot: Any, app: App) -> None:
+    """A round trip through ``app``'s connection thread and the server, queued after whatever
+    the app asked before: a self-mute and back, each seen echoed in the roster. Whatever the
+    connection or the server did about an earlier request has reached the window when this
+    returns: the positive marker a negative assertion waits for instead of a fixed sleep."""
+    model = app.controller.model
+    me = model.me
+    assert me is not None, "connect first"
+    was = app.controller.muted
+    for muted in (not was, was):
+        app.controller.set_muted(muted)
+        qtbot.waitUntil(
+            lambda m=muted: (user := model.roster.users.get(me)) is not None and user.muted == m,
+            timeout=10_000,
+        )
+
+
 def pair_in(
     qtbot: Any, make_app: AppFactory, server: ServerProcess, channel_id: int | None = None
 ) -> tuple[App, App]:
@@ -113,7 +157,20 @@ def pair_in(
         connect(qtbot, app, server)
     qtbot.waitUntil(lambda: member_item(alice, 1, "bob") is not None, timeout=10_000)
     if channel_id is not None:
+        alice_keys, bob_keys = KeyWatch(alice), KeyWatch(bob)
         for app in (alice, bob):
             join_by_double_click(qtbot, app, channel_id)
-        qtbot.wait(1500)  # KeyDist: the sender keys reach the other, so the first frames open
+        # KeyDist: each holds the other's sender key for the channel, so the first frames open,
+        # and each window draws both in it (names complete, the privacy codes agree)
+        qtbot.waitUntil(
+            lambda: (
+                alice_keys.holds(bob, channel_id)
+                and bob_keys.holds(alice, channel_id)
+                and all(
+                    set(app.controller.model.member_names(channel_id)) == {"alice", "bob"}
+                    for app in (alice, bob)
+                )
+            ),
+            timeout=10_000,
+        )
     return alice, bob

@@ -15,7 +15,14 @@ from voipclient.crypto.identity import IdentityKey
 from voipclient.net.qt_connection import ServerConnection
 
 from ..conftest import A, B, Starter
-from .conftest import AppFactory, channel_item, connect, join_by_double_click, pair_in
+from .conftest import (
+    AppFactory,
+    channel_item,
+    connect,
+    join_by_double_click,
+    pair_in,
+    round_trip,
+)
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
 
@@ -58,8 +65,12 @@ def test_a_channel_left_is_not_rejoined_after_a_reconnect(
     qtbot.waitUntil(lambda: app.controller.state != "ready", timeout=10_000)
     start_server("--port", str(server.port), data_dir=server.data_dir)
     qtbot.waitUntil(lambda: app.controller.state == "ready", timeout=40_000)
-    qtbot.waitUntil(lambda: app.controller.model.row(B).joined, timeout=10_000)  # type: ignore[union-attr]
-    qtbot.wait(1000)
+    qtbot.waitUntil(
+        lambda: (row := app.controller.model.row(B)) is not None and row.joined, timeout=10_000
+    )
+    # The restore's joins went out in one batch: a round trip queued after them proves that the
+    # server's answer to a join of A, had there been one, has reached the window.
+    round_trip(qtbot, app)
     assert not app.controller.model.row(A).joined  # type: ignore[union-attr]
     assert channel_item(app, B).font(0).bold() and not channel_item(app, A).font(0).bold()
 
@@ -69,8 +80,10 @@ def test_an_answer_about_another_pin_is_ignored(qtbot: Any, start_server: Starte
     conn = ServerConnection("qt-ann", IdentityKey.generate())
     with qtbot.waitSignal(conn.pin_approval_needed, timeout=10_000):
         conn.open(server.host, server.port, None)
-    conn.approve_presented_pin("sha256/" + "B" * 43 + "=", True)  # not the key presented now
-    qtbot.wait(300)
+    # The answer is handled at once on this thread (the connection was not moved to another):
+    # had it been taken, the state would change during the call.
+    with qtbot.assertNotEmitted(conn.state_changed):
+        conn.approve_presented_pin("sha256/" + "B" * 43 + "=", True)  # not the key presented now
     assert conn.state == "awaiting_approval" and conn.session is None
     with qtbot.waitSignal(
         conn.state_changed, timeout=10_000, check_params_cb=lambda s, d: s == "ready"
@@ -87,7 +100,7 @@ def test_verifying_a_stale_key_verifies_nothing(
     shown_key = IdentityKey.generate().public_bytes()  # a number computed from another key
     assert alice.controller.safety_number(bob.sender_id, shown_key) is None
     alice.controller.set_verified(bob.sender_id, True, shown_key)
-    qtbot.wait(500)
+    round_trip(qtbot, alice)  # queued after it on the connection's thread: its answer is in
     assert alice.controller.model.trust_of(bob.sender_id) == "tofu"
     alice.controller.set_verified(bob.sender_id, True, bob.ik_pub)
     qtbot.waitUntil(

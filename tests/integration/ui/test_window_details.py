@@ -20,7 +20,15 @@ from voipclient.ui.settings import QSettingsBackend
 from voipclient.ui.tray import Tray
 
 from ..conftest import A, Starter
-from .conftest import AppFactory, connect, member_item, member_text, pair_in, talking
+from .conftest import (
+    AppFactory,
+    KeyWatch,
+    connect,
+    member_item,
+    member_text,
+    pair_in,
+    talking,
+)
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
 
@@ -163,8 +171,10 @@ def test_a_missing_audio_device_is_explained_and_the_rest_keeps_working(
     engine = alice.controller.pipeline.engine  # type: ignore[union-attr]
     assert engine.output_device is not None and engine.input_device is None  # type: ignore[attr-defined]
     connect(qtbot, alice, server)
+    alice_keys = KeyWatch(alice)
     connect(qtbot, bob, server)
-    qtbot.wait(1500)  # sender keys
+    # sender keys: alice holds bob's for the Lobby, so his first frames open
+    qtbot.waitUntil(lambda: alice_keys.holds(bob, 1), timeout=10_000)
     bob.controller.ptt.handle_command("press 1")  # bob talks into the Lobby
     try:
         qtbot.waitUntil(lambda: talking(alice, 1, "bob"), timeout=10_000)

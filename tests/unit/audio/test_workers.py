@@ -1,5 +1,6 @@
 """Capture and playback workers: the per-frame steps (driven directly) and the threads (on the
-device-less NullEngine / a WAV engine), with a named fake for the connection's send slot."""
+device-less NullEngine / a WAV engine), with a named fake for the connection's send slot. Who
+hears the capture worker is decided by a real push-to-talk router behind its PttService."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from voipclient.audio.payload import decode_payload
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.audio.workers import CaptureWorker, PlaybackWorker
 from voipclient.crypto.media import VoiceFrame
+from voipclient.ptt.router import Binding, PttRouter
+from voipclient.ptt.service import PttService
+from voipclient.ptt.sources import InputEvent
 
 N = 960
 SPEECH = read_wav_mono16(Path(__file__).parents[2] / "data" / "speech-0-48k.wav")
@@ -34,31 +38,39 @@ class FakeConnection:
         self.sent.append((tuple(targets), tuple(ending), payload))  # type: ignore[arg-type]
 
 
-def capture_worker(conn: FakeConnection) -> CaptureWorker:
+def capture_worker(conn: FakeConnection, ptt: PttService) -> CaptureWorker:
     return CaptureWorker(
         NullEngine(),
         CaptureProcessor(CaptureSettings(noise_suppression="off", agc=False)),
         VoiceSender(OpusEncoder()),
         TransmitGate(release_ms=100),
         conn.send,
+        route=ptt.route,
     )
+
+
+def keys_service() -> PttService:
+    """A router with one key per channel: f2 → 2, f3 → 3, f4 → 4."""
+    return PttService(PttRouter([Binding.parse(f"k{c}", f"f{c}", [c]) for c in (2, 3, 4)]))
 
 
 def test_capture_sends_only_to_the_wanted_channels_and_ends_each() -> None:
     conn = FakeConnection()
-    w = capture_worker(conn)
+    ptt = keys_service()
+    w = capture_worker(conn, ptt)
     t = 0.0
     for k in range(10):  # nobody wants our voice: nothing sent, frame numbers still advance
         w.process_frame(SPEECH[k * N : (k + 1) * N], t)
         t += 0.02
     assert conn.sent == [] and w.sender.frame_no == 10
-    w.wanted = frozenset({2, 3})  # two push-to-talk keys held
+    ptt.on_input(InputEvent("f2", True, t))  # two push-to-talk keys held
+    ptt.on_input(InputEvent("f3", True, t))
     for k in range(10, 20):
         w.process_frame(SPEECH[k * N : (k + 1) * N], t)
         t += 0.02
     assert all(targets == (2, 3) for targets, _, _ in conn.sent)
     assert w.cues.popleft() == CueKind.START and w.speaking
-    w.wanted = frozenset()
+    ptt.release_all(t)
     for k in range(20, 30):
         w.process_frame(SPEECH[k * N : (k + 1) * N], t)
         t += 0.02
@@ -72,8 +84,7 @@ def test_capture_sends_only_to_the_wanted_channels_and_ends_each() -> None:
 
 def test_voice_activated_channel_sends_speech_not_silence() -> None:
     conn = FakeConnection()
-    w = capture_worker(conn)
-    w.voice_activated = frozenset({7})
+    w = capture_worker(conn, PttService(PttRouter(mode="voice_activation", hot_mic=7)))
     silence = np.zeros(N, dtype=np.int16)
     for k in range(50):
         w.process_frame(silence, k * 0.02)
@@ -81,6 +92,57 @@ def test_voice_activated_channel_sends_speech_not_silence() -> None:
     for k in range(50, 100):
         w.process_frame(SPEECH[(k + 20) * N : (k + 21) * N], k * 0.02)
     assert conn.sent and {targets for targets, _, _ in conn.sent} == {(7,)}
+
+
+def test_voice_activation_is_the_routers_decision_fed_by_the_workers_vad() -> None:
+    """The worker supplies only the speech decision; the router (voice activation, hot mic 7,
+    F2 → channel 2) decides who hears each frame, mute and hot-mic changes included, and the
+    worker reads the router's slot while another thread holds the service's lock."""
+    conn = FakeConnection()
+    ptt = PttService(
+        PttRouter([Binding.parse("k2", "f2", [2])], mode="voice_activation", hot_mic=7)
+    )
+    w = capture_worker(conn, ptt)  # release delay 100 ms = 5 frames
+    silence = np.zeros(N, dtype=np.int16)
+    t = 0.0
+
+    def run(frames: int, speech: bool) -> list[tuple[tuple[int, ...], tuple[int, ...], bytes]]:
+        nonlocal t
+        start = len(conn.sent)
+        for k in range(frames):
+            w.process_frame(SPEECH[(k + 20) * N : (k + 21) * N] if speech else silence, t)
+            t += 0.02
+        return conn.sent[start:]
+
+    def targets(sent: list[tuple[tuple[int, ...], tuple[int, ...], bytes]]) -> set[object]:
+        return {s[0] for s in sent}
+
+    def endings(sent: list[tuple[tuple[int, ...], tuple[int, ...], bytes]]) -> list[object]:
+        return [s[1] for s in sent if s[1]]
+
+    assert run(20, speech=False) == []  # silence, no key: nobody
+    ptt.on_input(InputEvent("f2", True, t))
+    assert targets(run(10, speech=False)) == {(2,)}  # a key does not wait for speech
+    lock = ptt._lock  # the GUI thread stuck while holding it: audio must not need it
+    lock.acquire()
+    try:
+        sent = run(30, speech=True)
+    finally:
+        lock.release()
+    assert (2, 7) in targets(sent)  # speech adds the voice-activated hot mic
+    ptt.on_input(InputEvent("f2", False, t))
+    ptt.set_muted(True, t)  # mid-word: both end after the release delay, once each
+    sent = run(20, speech=True)
+    assert endings(sent) == [(2, 7)] and len(sent) == 6 and not w.speaking
+    ptt.set_muted(False, t)
+    assert targets(run(10, speech=True)) == {(7,)}  # unmuted: the hot mic is back by itself
+    ptt.set_hot_mic(8, t)  # while speaking: 7 ends, 8 starts
+    sent = run(10, speech=True)
+    assert endings(sent) == [(7,)] and (8,) in targets(sent)
+    sent = run(40, speech=False)  # the speech ends: VAD hangover + release delay, VOICE_LAST
+    assert endings(sent) == [(8,)] and sent[-1][1] == (8,)
+    assert 5 < len(sent) < 25 and not w.speaking
+    assert run(10, speech=False) == []
 
 
 def test_playback_thread_plays_what_the_inbox_brings_and_reports_loss() -> None:
@@ -114,14 +176,15 @@ def test_playback_thread_plays_what_the_inbox_brings_and_reports_loss() -> None:
 
 def test_talking_channels_slot_and_cues_switch() -> None:
     conn = FakeConnection()
-    w = capture_worker(conn)
+    ptt = keys_service()
+    w = capture_worker(conn, ptt)
     w.cues_enabled = False  # the user switched the cues off
     w.commands.append(lambda: setattr(w.gate, "release_s", 0.0))  # a settings command
-    w.wanted = frozenset({4})
+    ptt.on_input(InputEvent("f4", True, 0.0))
     w.process_frame(SPEECH[:N], 0.0)
     assert w.gate.release_s == 0.0  # commands run between frames, on the worker's thread
     assert w.talking_channels == frozenset({4}) and not w.cues
-    w.wanted = frozenset()
+    ptt.on_input(InputEvent("f4", False, 0.01))
     for k in range(1, 4):
         w.process_frame(SPEECH[k * N : (k + 1) * N], k * 0.02)
     assert w.talking_channels == frozenset() and not w.cues

@@ -1,4 +1,5 @@
-"""Server pin store: first contact, match, mismatch; the JSON file (atomic, errors name lines)."""
+"""Server pin store: first contact, match, mismatch; the JSON file (atomic, errors name lines).
+The peers' pinned keys file (TofuFile): atomic like it, an unreadable one kept aside."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from voipclient.crypto.tofu import TofuStore, TrustLevel
 from voipclient.net.pins import (
     PinFile,
     PinStatus,
     PinStore,
     PinStoreCorrupt,
+    TofuFile,
     server_key,
 )
 
@@ -142,3 +145,80 @@ def test_not_utf8_names_the_line() -> None:
 def test_unreadable_file_is_an_error_not_a_reset(tmp_path: Path) -> None:
     with pytest.raises(PinStoreCorrupt, match="cannot read"):
         PinFile(tmp_path).load()  # a directory
+
+
+# -- the peers' pinned identity keys ---------------------------------------------------------------
+
+IK = bytes(range(32))
+NOON = 1_700_000_000.0  # a fixed wall clock: names the file kept aside
+BROKEN = b'{"format": "voipclient-tofu", "version": 1, "entries": [{"account": 7'
+
+
+def test_tofu_file_round_trip_atomic_and_mode(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "peer-keys.json"
+    tofu = TofuFile(path)
+    loaded = tofu.load()
+    assert len(loaded.store) == 0 and loaded.problem == "" and loaded.kept_as is None
+    assert not path.exists()  # no file yet: nothing created
+    store = loaded.store
+    store.observe(PIN_A, "bob", IK, 1000)
+    store.mark_verified(PIN_A, "bob", IK, 2000)
+    tofu.save(store)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left over
+    again = TofuFile(path).load()
+    assert again.problem == "" and again.store.to_bytes() == store.to_bytes()
+    pinned = again.store.get(PIN_A, "bob")
+    assert pinned is not None and pinned.level is TrustLevel.VERIFIED
+
+
+def test_an_unreadable_tofu_file_is_kept_aside_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "peer-keys.json"
+    path.write_bytes(BROKEN)
+    tofu = TofuFile(path, clock=lambda: NOON)
+    loaded = tofu.load()
+    assert len(loaded.store) == 0 and tofu.writable
+    assert loaded.kept_as is not None and loaded.kept_as.read_bytes() == BROKEN
+    assert loaded.kept_as.name.startswith("peer-keys.json.unreadable-")
+    assert not path.exists()
+    assert f"({path}) could not be read" in loaded.problem
+    assert f"It was kept as {loaded.kept_as}." in loaded.problem
+    assert "not verified" in loaded.problem
+    # broken again within the same second: a second name; the first one kept is never replaced
+    path.write_bytes(BROKEN + b"2")
+    second = TofuFile(path, clock=lambda: NOON).load()
+    assert second.kept_as is not None and second.kept_as != loaded.kept_as
+    assert second.kept_as.name == loaded.kept_as.name + "-2"
+    assert loaded.kept_as.read_bytes() == BROKEN and second.kept_as.read_bytes() == BROKEN + b"2"
+    # the next save writes a fresh file beside what was kept
+    tofu.save(TofuStore())
+    assert TofuFile(path).load().problem == ""
+    assert loaded.kept_as.read_bytes() == BROKEN
+
+
+def test_a_tofu_file_that_cannot_be_moved_aside_is_left_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "peer-keys.json"
+    path.write_bytes(BROKEN)
+
+    def refuse(self: Path, target: object) -> Path:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "replace", refuse)
+    tofu = TofuFile(path, clock=lambda: NOON)
+    loaded = tofu.load()
+    assert len(loaded.store) == 0 and loaded.kept_as is None
+    assert "could not be moved aside" in loaded.problem and "left untouched" in loaded.problem
+    assert not tofu.writable
+    tofu.save(TofuStore())  # writes nothing: the unreadable file must not be overwritten
+    assert path.read_bytes() == BROKEN
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_tofu_file_that_is_not_a_file_is_reported_too(tmp_path: Path) -> None:
+    path = tmp_path / "peer-keys.json"
+    path.mkdir()
+    loaded = TofuFile(path, clock=lambda: NOON).load()
+    assert "could not be read" in loaded.problem and loaded.kept_as is not None
+    assert loaded.kept_as.is_dir() and not path.exists()

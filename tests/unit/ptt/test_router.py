@@ -6,9 +6,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from voipclient.audio.voice import TransmitGate
 from voipclient.errors import LocalProtocolError
 from voipclient.ptt.events import Cause, WantedChanged
-from voipclient.ptt.router import Binding, Mode, PttConfigError, PttRouter, load_bindings
+from voipclient.ptt.router import (
+    NOBODY,
+    Binding,
+    Mode,
+    PttConfigError,
+    PttRouter,
+    Route,
+    load_bindings,
+)
 
 F13 = Binding.parse("squad", "f13", [2])
 MOUSE4 = Binding.parse("command", "mouse4", [3])
@@ -391,3 +400,141 @@ def test_without_latching_releasing_each_key_returns_to_hot_mic_only(
     for name in sorted(r.state().held_inputs):
         r.release(name, 100)
     assert r.wanted(100) == _hot_only(r)
+
+
+# --- voice activation: the speech decision is one of the router's inputs -----------------------
+
+
+def test_voice_activation_route_answers_for_both_speech_decisions() -> None:
+    r = router(hot_mic=7)
+    assert r.route() == NOBODY  # ptt mode: the hot mic is off
+    assert r.set_mode("voice_activation", 1) == []  # silent: nobody hears more than before...
+    assert r.route() == Route(frozenset(), frozenset({7}))  # ...but a speech frame would
+    assert r.route().voice_activated == {7}
+    r.press("f13", 2)
+    route = r.route()
+    assert (route.always, route.speaking) == ({2}, {2, 7})  # keys do not wait for speech
+    assert route.wanted(False) == {2} and route.wanted(True) == {2, 7}
+    assert route.wanted(True) is route.speaking  # the capture worker allocates nothing
+    r.set_mode("continuous", 3)
+    assert r.route() == Route(frozenset({2, 7}), frozenset({2, 7}))
+    assert r.route().voice_activated == frozenset()
+
+
+def test_speech_starts_and_stops_the_hot_mic() -> None:
+    r = router(mode="voice_activation", hot_mic=7)
+    route = r.route()
+    (ev,) = r.set_vad(True, 1.0)
+    assert (ev.started, ev.cause, ev.at) == ({7}, Cause.VAD, 1.0)
+    assert r.state().hot_mic_open and r.state().vad_speech
+    assert r.set_vad(True, 1.02) == []  # every frame says so again: nothing new
+    (ev,) = r.set_vad(False, 2.0)
+    assert (ev.stopped, ev.after) == ({7}, frozenset())
+    assert r.route() is route  # the speech decision never changes the route itself
+    r.press("f13", 3.0)
+    (ev,) = r.set_vad(True, 3.1)  # speech while a key is held adds the hot mic...
+    assert (ev.before, ev.after) == ({2}, {2, 7})
+    (ev,) = r.release("f13", 3.2)  # ...and letting go of the key keeps it
+    assert ev.after == {7}
+    assert r.wanted(3.2) == r.route().wanted(True)
+
+
+def test_the_router_adds_no_release_delay_the_gate_does() -> None:
+    """The tail after speech (and after a key) comes from TransmitGate, once: the router's set
+    changes on the frame the speech decision flips; the gate keeps the channel for release_ms,
+    bridges a shorter pause without a new start, and ends with one VOICE_LAST."""
+    r = router(mode="voice_activation", hot_mic=7)
+    gate = TransmitGate(release_ms=100)
+    speech = [True] * 10 + [False] * 3 + [True] * 10 + [False] * 20  # 60 ms pause, then the end
+    starts, endings, sent_to_7 = 0, [], []
+    for k, is_speech in enumerate(speech):
+        now = k * 0.02
+        wanted = r.route().wanted(is_speech)
+        assert wanted == ({7} if is_speech else frozenset())  # no hangover in the router
+        d = gate.update(wanted, now)
+        starts += d.started
+        if d.ending:
+            endings.append((k, d.ending))
+        if 7 in d.targets:
+            sent_to_7.append(k)
+    assert starts == 1  # the 60 ms pause is bridged by the 100 ms release delay
+    assert sent_to_7 == list(range(0, 23 + 5))  # 5 frames (100 ms) after the last speech
+    assert endings == [(28, (7,))]  # then one VOICE_LAST
+
+
+def test_hot_mic_changes_under_voice_activation() -> None:
+    r = router(mode="voice_activation", hot_mic=7)
+    r.set_vad(True, 1)
+    (ev,) = r.set_hot_mic(8, 2)  # while speaking: 7 stops, 8 starts at once
+    assert (ev.stopped, ev.started, ev.cause, ev.trigger) == ({7}, {8}, Cause.HOT_MIC, "8")
+    r.set_vad(False, 3)
+    assert r.set_hot_mic(9, 4) == []  # while silent: nothing changes now...
+    assert r.route().speaking == {9}  # ...the next speech frame goes to 9
+    assert r.set_hot_mic(None, 5) == [] and r.route() == NOBODY
+    assert r.set_vad(True, 6) == []  # no hot mic: speech alone reaches nobody
+    (ev,) = r.set_hot_mic([3, 4], 7)  # the bot: its --talk channels are the hot mic
+    assert (ev.after, ev.trigger) == ({3, 4}, "3,4")
+    assert r.hot_mic == 3 and r.hot_mics == {3, 4} and r.configured_channels >= {3, 4}
+
+
+def test_mute_silences_every_input_and_unmute_brings_back_what_is_still_on() -> None:
+    r = router(mode="voice_activation", hot_mic=7)
+    r.press("f13", 0)
+    r.set_vad(True, 0.5)
+    (ev,) = r.set_muted(True, 1)
+    assert (ev.before, ev.after, ev.cause, ev.trigger) == ({2, 7}, frozenset(), Cause.MUTE, "on")
+    assert r.route() == NOBODY and r.route().wanted(True) == frozenset()
+    assert r.press("mouse4", 2) == [] and r.control_press(5, 2) == []  # tracked, not heard
+    assert r.set_vad(False, 3) == [] and r.set_vad(True, 3.5) == []
+    assert r.set_mode("continuous", 4) == [] and r.set_hot_mic(8, 4) == []
+    state = r.state()
+    assert state.muted and not state.hot_mic_open and state.wanted == frozenset()
+    assert state.engaged == {"squad", "command"}
+    r.release("f13", 5)  # let go while muted: stays let go
+    (ev,) = r.set_muted(False, 6)
+    assert (ev.after, ev.cause, ev.trigger) == ({3, 5, 8}, Cause.MUTE, "off")
+    assert r.set_muted(False, 7) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    configs(),
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("press"), st.sampled_from(INPUTS)),
+            st.tuples(st.just("release"), st.sampled_from(INPUTS)),
+            st.tuples(st.just("vad"), st.booleans()),
+            st.tuples(st.just("mode"), st.sampled_from(list(Mode))),
+            st.tuples(st.just("mute"), st.booleans()),
+            st.tuples(st.just("hot"), st.none() | st.integers(0, 9)),
+        ),
+        max_size=40,
+    ),
+)
+def test_wanted_is_always_the_route_applied_to_the_last_speech_decision(
+    config: tuple[list[Binding], int | None, Mode], actions: list[tuple[str, object]]
+) -> None:
+    bindings, hot, mode = config
+    r = PttRouter(bindings, mode=mode, hot_mic=hot)
+    for i, (kind, arg) in enumerate(actions):
+        now = i * 0.02
+        if kind == "press":
+            r.press(str(arg), now)
+        elif kind == "release":
+            r.release(str(arg), now)
+        elif kind == "vad":
+            r.set_vad(bool(arg), now)
+        elif kind == "mode":
+            r.set_mode(arg, now)  # type: ignore[arg-type]
+        elif kind == "mute":
+            r.set_muted(bool(arg), now)
+        else:
+            r.set_hot_mic(arg, now)  # type: ignore[arg-type]
+        s, route = r.state(), r.route()
+        assert r.wanted(now) == route.wanted(s.vad_speech) == s.wanted
+        assert route.always <= route.speaking and s.route is route
+        assert route.voice_activated <= s.hot_mics
+        if s.muted:
+            assert route == NOBODY
+        elif s.mode is not Mode.VOICE_ACTIVATION:
+            assert route.voice_activated == frozenset()

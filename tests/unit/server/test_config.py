@@ -4,11 +4,14 @@ CLI's merge order and its error exit."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from voipclient.net.server import LOBBY_ID
+from voipclient.net.server import LOBBY_ID, ServerConfig
 from voipclient.server import __main__ as cli
 from voipclient.server.config import (
     PASSWORD_ENV,
@@ -21,6 +24,7 @@ from voipclient.server.config import (
     parse_config,
     password_from_environment,
 )
+from voipclient.server.relay import RelayLimits
 
 ADMIN = base64.b64encode(bytes(range(32))).decode()
 FAST_HASH = hash_password("sesame", log2_n=10)
@@ -304,3 +308,20 @@ def test_cli_hash_password_reads_stdin(
     assert cli.main(["--hash-password"]) == 0
     out = capsys.readouterr().out.strip()
     assert PasswordHash.parse(out)("sesame")
+
+
+def test_limit_defaults_are_the_cores_defaults() -> None:
+    """Each default is written once: what the control core (ServerConfig) and the relay
+    (RelayLimits) also have, LimitSettings and Settings take from them. A server started
+    without a [limits] table (or without a file) runs both cores with their own defaults, and
+    the documented example of every key shows the defaults."""
+    assert LimitSettings().relay_limits() == RelayLimits()
+    assert Settings().server_config(udp_port=0) == ServerConfig()
+    assert parse_config("") == Settings()
+    assert parse_config("[limits]\n[server]\n").server_config(udp_port=0) == ServerConfig()
+    docs = (Path(__file__).parents[3] / "docs" / "server.md").read_text(encoding="utf-8")
+    example = re.search(r"```toml\n(\[server\].*?)```", docs, re.DOTALL)
+    assert example is not None, "docs/server.md lost its example of every key"
+    documented = tomllib.loads(example.group(1))
+    assert documented["limits"] == dataclasses.asdict(LimitSettings())
+    assert documented["server"]["max_memberships"] == Settings().max_memberships

@@ -5,7 +5,13 @@ from __future__ import annotations
 from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net.roster import ChannelView, Roster, RosterSnapshot, UserView
-from voipclient.ui.model import ClientModel, binding_conflict, with_binding
+from voipclient.ui.model import (
+    ClientModel,
+    binding_conflict,
+    chord_overlap,
+    find_conflicts,
+    with_binding,
+)
 from voipclient.ui.prefs import BindingPref, ServerPrefs
 
 LOBBY, GAMES, SQUAD, AFK = 1, 2, 3, 4
@@ -193,3 +199,27 @@ def test_binding_conflict_names_the_channel_that_has_the_keys() -> None:
         "f14+ctrl already talks to Games, Squad; remove it there first"
     )
     assert binding_conflict(prefs, "AFK", "nosuchkey") is not None
+
+
+def test_one_conflict_rule_for_the_dialog_the_channel_controls_and_the_router() -> None:
+    """The settings dialog warns, the channel controls refuse and the router drops a duplicate
+    by the same rule: only "same" keys are refused or dropped, a chord inside another is
+    warned about and kept."""
+    assert chord_overlap(frozenset({"f13"}), frozenset({"f13"})) == "same"
+    assert chord_overlap(frozenset({"ctrl", "t"}), frozenset({"ctrl_l", "t"})) == "inside"
+    assert chord_overlap(frozenset({"ctrl_l", "t"}), frozenset({"ctrl", "t"})) == "contains"
+    assert chord_overlap(frozenset({"f13"}), frozenset({"f14"})) is None
+    cases = [("f13", "F13"), ("ctrl+f14", "f14+ctrl"), ("ctrl+t", "ctrl_l+t"), ("f13", "f14")]
+    cases += [("shift+f13", "ctrl+shift+f13"), ("ctrl_l+ctrl+t", "ctrl_l+t")]
+    for old, new in cases:
+        [kind] = [c.kind for c in find_conflicts([old, new])] or [None]
+        prefs = ServerPrefs(bindings=(BindingPref(old, ("Games",)),))
+        refused = binding_conflict(prefs, "Squad", new) is not None
+        assert refused == (kind == "same"), (old, new, kind)
+        model = logged_in()
+        model.set_server_prefs(
+            ServerPrefs(bindings=(BindingPref(old, ("Games",)), BindingPref(new, ("Squad",))))
+        )
+        bindings, problems = model.bindings()
+        assert len(bindings) == (1 if kind == "same" else 2), (old, new)
+        assert bool(problems) == (kind == "same")
