@@ -1,25 +1,32 @@
 """``voipclient-bot``: a headless client on the same core as the desktop app.
 
-It connects over TLS 1.3 with the server's SPKI pin (or trust on first use), logs in with a fresh
-identity, joins channels, binds its UDP address (hop control) or falls back to the TLS tunnel, and
-runs the real voice path on an audio engine: a WAV file as microphone (``--play``) and a WAV file
+It is an asyncio driver of the client core users run,
+:class:`~voipclient.net.connection.ClientConnection`, which decides the pin verdict (the SPKI pin
+from ``--pin``, or trust on first use), the login with a fresh identity, the end-to-end layer,
+the UDP hop handshake, the UDP ↔ TLS-tunnel switching (re-probing UDP while on the tunnel),
+reconnects with restored memberships and the redundancy policy. The bot owns the I/O (a TLS
+transport, a UDP socket read from the loop, one timer re-armed from ``get_timer()``) and runs the
+real voice path on an audio engine: a WAV file as microphone (``--play``) and a WAV file
 as speaker (``--record``), or real sound devices (``--input-device`` / ``--output-device``)::
 
     capture ring ─► CaptureProcessor (VAD) ─► PttRouter ─► TransmitGate ─► VoiceSender (Opus
-    once) ─► SecureSession.seal_voice per channel ─► UDP/tunnel ─► relay ─► UDP/tunnel ─►
-    open_voice ─► VoicePlayback (jitter buffer, FEC/copies/concealment, mixer) ─► playback ring
+    once) ─► ClientConnection.send_voice ─► UDP/tunnel ─► relay ─► UDP/tunnel ─►
+    VoiceReceived ─► VoicePlayback (jitter buffer, FEC/copies/concealment, mixer) ─► playback ring
 
 Who hears the bot is the push-to-talk router's decision, as in the desktop app: the ``--talk``
 channels are its hot mic, ``continuous`` or (``--voice-activation``) ``voice_activation``, and
 each frame's VAD decision is fed to it (:meth:`PttRouter.set_vad`; the bot owns the router on its
 one thread, so no lock and no slot are needed).
 
-Receivers' loss reports go back to each speaker over the control channel; the speaker's
-RedundancyPolicy sets the Opus loss hint and the copies of earlier frames.
+Receivers' loss reports go back to each speaker over the control channel; the speaker's core
+turns them into a redundancy level (``RedundancyChanged``) for the Opus loss hint and the copies
+of earlier frames.
 
 Everything runs on one asyncio loop: the workers are a few hundred microseconds per frame, and a
-bot has no UI to keep responsive. Exit status: 0 on success, 1 for a failure to connect, log in,
-join or decrypt (one line on stderr says which), 2 for a usage error.
+bot has no UI to keep responsive. A connection lost after login is re-established by the core
+(memberships restored; one line on stderr says so). Exit status: 0 on success, 1 for a failure to
+connect, log in, join or decrypt, a refused key or a closed connection (one line on stderr says
+which), 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import json
 import logging
 import math
 import os
+import socket
 import ssl
 import sys
 import time
@@ -48,22 +56,16 @@ from voipclient.audio.engine import AudioEngine, DeviceEvent
 from voipclient.audio.file_engine import FileEngine
 from voipclient.audio.mixer import Mixer
 from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
-from voipclient.audio.redundancy import (
-    LossReport,
-    RedundancyLevel,
-    RedundancyPolicy,
-    bitrate_cost,
-)
+from voipclient.audio.redundancy import RedundancyLevel, bitrate_cost
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
-from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.keylog import KEYLOG_ENV, keylog_from_environment
 from voipclient.crypto.media import VoiceFrame
-from voipclient.crypto.replay import ReplayWindow
-from voipclient.crypto.tofu import TofuStore
-from voipclient.net import e2ee, hopctl
+from voipclient.net import connection as cn
+from voipclient.net import e2ee
 from voipclient.net import events as ev
-from voipclient.net.client import ClientSession
+from voipclient.net import supervisor as sv
+from voipclient.net.states import ConnectionState
 from voipclient.ptt.router import Mode, PttRouter
 from voipclient.server.tls import pin_of_der_certificate
 
@@ -72,8 +74,6 @@ log = logging.getLogger("voipclient.bot")
 CONNECT_TIMEOUT_S = 10.0
 JOIN_TIMEOUT_S = 10.0
 KEY_TIMEOUT_S = 10.0
-UDP_BIND_TRIES = 3
-UDP_BIND_WAIT_S = 1.0
 
 
 class BotError(Exception):
@@ -145,19 +145,49 @@ class BotStats:
     device_events: list[dict[str, str]] = field(default_factory=list)
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, bot: VoiceBot) -> None:
+class _Tls(asyncio.Protocol):
+    """The TLS connection of one ``OpenTransport``; every callback is tagged with its generation."""
+
+    def __init__(self, bot: VoiceBot, generation: int) -> None:
         self.bot = bot
+        self.generation = generation
+        self.transport: asyncio.Transport | None = None
+        self.closing = False  # CloseTransport came: the core is done with it
+        self.lost: asyncio.Future[None] = bot._loop.create_future()
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.bot._udp_datagram(data)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.closing:  # closed while the handshake was under way
+            transport.abort()
+            return
+        der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        presented = pin_of_der_certificate(der) if der else None
+        gen = self.generation
+        self.bot._call(
+            lambda now: self.bot.conn.transport_connected(presented, now, generation=gen)
+        )
 
-    def error_received(self, exc: Exception) -> None:
-        self.bot.udp_errors += 1
+    def data_received(self, data: bytes) -> None:
+        gen = self.generation
+        self.bot._call(lambda now: self.bot.conn.receive_data(data, now, generation=gen))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        gen = self.generation
+        self.bot._call(lambda now: self.bot.conn.connection_lost(now, generation=gen))
 
 
 class VoiceBot:
-    """One headless user. ``await bot.run()`` does everything the options say."""
+    """One headless user. ``await bot.run()`` does everything the options say.
+
+    The connection itself (pin verdict, login, E2E keys, UDP hop handshake and re-probing, the
+    UDP ↔ tunnel decision, reconnects, the redundancy policy) is the client core's,
+    :class:`~voipclient.net.connection.ClientConnection`; this class is its asyncio adapter (a
+    TLS transport, a UDP socket read from the loop, one timer re-armed from ``get_timer()``) plus
+    the audio side.
+    """
 
     def __init__(
         self,
@@ -169,11 +199,6 @@ class VoiceBot:
         self.o = options
         self.stats = BotStats()
         self.identity = identity or IdentityKey.generate()
-        self.session = ClientSession(
-            options.name, self.identity.public_bytes(), self.identity.sign, options.password
-        )
-        self.pin: str | None = options.pin
-        self.secure: e2ee.SecureSession | None = None
         # PROTOCOL §7: keys go to a file only when VOIPCLIENT_KEYLOGFILE asks for it.
         self.keylog = keylog_from_environment(os.environ)
         if self.keylog is not None:
@@ -182,22 +207,26 @@ class VoiceBot:
                 KEYLOG_ENV,
                 os.environ[KEYLOG_ENV],
             )
+        self.conn = cn.ClientConnection(
+            options.name,
+            self.identity,
+            wall_clock=time.time,
+            password=options.password,
+            keylog=self.keylog,
+        )
         self._engine_factory = engine_factory or default_engine
         self.engine: AudioEngine | None = None
         self.udp_errors = 0
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._udp: asyncio.DatagramTransport | None = None
-        self._c2s: HopMac | None = None
-        self._s2c: HopMac | None = None
-        self._hop_seq = 0
-        self._hop_window = ReplayWindow()
-        self._udp_bound = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closed: ev.ConnectionClosed | None = None
-        self._failure: str | None = None
+        self._tls: _Tls | None = None
+        self._udp: socket.socket | None = None
+        self._udp_generation = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sid: int | None = None
+        self._failure: str | None = None  # why the first connection could not be made
+        self._transport = cn.VoiceTransport.TUNNEL if options.tunnel else cn.VoiceTransport.UDP
         self.channel_ids: list[int] = []
         self.talk_ids: list[int] = []
         n = frame_samples(options.frame_ms)
@@ -226,132 +255,242 @@ class VoiceBot:
         )
         if self.capture.ns_status.reason:
             print(f"voipclient-bot: {self.capture.ns_status.reason}", file=sys.stderr)
-        self.policy = RedundancyPolicy()
         self._frame = np.zeros(n, dtype=np.int16)
         self._out = np.zeros(n, dtype=np.int16)
         self._names: dict[int, str | None] = {}  # speakers heard (kept after they leave)
         self._t0 = self._loop.time()  # s: start of the audio (for the statistics' times)
 
-    # -- control connection ------------------------------------------------------------------------
-
-    async def connect(self) -> None:
-        local = (self.o.local_ip, 0) if self.o.local_ip else None
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    self.o.host, self.o.port, ssl=client_ssl_context(), local_addr=local
-                ),
-                CONNECT_TIMEOUT_S,
-            )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise BotError(
-                f"cannot connect to {self.o.host}:{self.o.port}: {exc or 'timed out'}"
-            ) from None
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        presented = pin_of_der_certificate(der) if der else None
-        if self.pin is None:
-            if presented is None:
-                writer.close()
-                raise BotError("the server presented no certificate")
-            self.pin = presented
-            print(f"voipclient-bot: trusting {self.o.host}:{self.o.port} pin={presented}")
-        elif presented != self.pin:
-            writer.close()  # before any application byte
-            raise BotError(
-                f"server key mismatch: {self.o.host}:{self.o.port} presented {presented}, "
-                f"expected {self.pin}; refusing to connect"
-            )
-        self._reader, self._writer = reader, writer
-        self.secure = e2ee.SecureSession(
-            self.session,
-            self.identity,
-            self.session.name,  # as sent: NFC-normalised
-            TofuStore(),
-            self.pin,
-            wall_clock=time.time,
-            keylog=self.keylog,
-        )
-        self.session.start(self._loop.time())
-        self._flush()
-        self._tasks.append(asyncio.ensure_future(self._read_loop()))
-        self._tasks.append(asyncio.ensure_future(self._tick_loop()))
-        await self.wait_for(lambda: self.sid is not None, CONNECT_TIMEOUT_S, "login")
+    @property
+    def secure(self) -> e2ee.SecureSession | None:
+        """The core's E2E layer of the current connection (for inspection)."""
+        return self.conn.secure
 
     @property
     def sid(self) -> int | None:
-        return None if self.secure is None else self.secure.sender_id
+        """Our sender id of the latest login."""
+        return self._sid
 
-    async def _read_loop(self) -> None:
-        assert self._reader is not None
-        try:
-            while data := await self._reader.read(65536):
-                self._feed(self.session.receive_data(data, self._loop.time()))
-        except (ConnectionError, ssl.SSLError):
-            pass
-        self._feed(self.session.connection_lost(self._loop.time()))
+    # -- driving the core --------------------------------------------------------------------------
+
+    def _call(self, action: Callable[[float], object]) -> None:
+        """Hand something to the core at the loop's clock, then carry out what it asks."""
+        action(self._loop.time())
+        self._pump()
+
+    def _pump(self) -> None:
+        """Events, then the TLS bytes, then the datagrams, then the timer (``connection.py``)."""
+        conn = self.conn
+        while (event := conn.next_event()) is not None:
+            self._carry_out(event)
+        data = conn.data_to_send()
+        if data:
+            self._write(data)
+        for datagram in conn.datagrams_to_send():
+            self._send_udp(datagram)
+        due = conn.get_timer()
+        timer = self._timer
+        if timer is None or due is None or timer.when() != due:
+            if timer is not None:
+                timer.cancel()
+            self._timer = None if due is None else self._loop.call_at(due, self._on_timer)
         self._changed.set()
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.05)
-            now = self._loop.time()
-            self._feed(self.session.handle_timer(now))
-            if self.secure is not None:
-                self._feed_secure(self.secure.tick(now))
-            self._flush()
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._call(self.conn.handle_timer)
 
-    def _feed(self, events: list[ev.ClientEvent]) -> None:
-        if not events:
-            return
+    def _carry_out(self, event: cn.Event) -> None:
         now = self._loop.time()
-        for event in events:
-            if isinstance(event, ev.LoggedIn):
-                k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
-                self._c2s, self._s2c = HopMac(k_c2s), HopMac(k_s2c)
-            elif isinstance(event, ev.VoiceTunnelReceived):
-                self._voice_datagram(event.datagram)
-            elif isinstance(event, ev.LossReportReceived):
-                self._loss_report(event, now)
-            elif isinstance(event, ev.UserLeft):
-                self.playback.forget_sender(event.user.sender_id)
-                self.policy.forget(event.user.sender_id)
-            elif isinstance(event, ev.ServerError):
-                log.warning("server error: %s", event)
-            elif isinstance(event, ev.ConnectionClosed):
-                self._closed = event
-        if self.secure is not None:
-            self._feed_secure(self.secure.handle_events(events, now))
-        self._flush()
+        if isinstance(event, cn.OpenTransport):
+            self._open_tls(event)
+        elif isinstance(event, cn.CloseTransport):
+            self._close_transport(event)
+        elif isinstance(event, cn.OpenUdp):
+            self._open_udp(event)
+        elif isinstance(event, cn.VoiceReceived):
+            self._voice_frame(event.frame)
+        elif isinstance(event, cn.PinApprovalNeeded):
+            # Only without --pin (trust on first use): the presented key is accepted.
+            print(f"voipclient-bot: trusting {event.host}:{event.port} pin={event.pin}")
+            self.conn.approve_pin(event.pin, True, now)
+        elif isinstance(event, cn.RedundancyChanged):
+            self._apply_level(event.level, now)
+        elif isinstance(event, cn.TransportChanged):
+            self._transport = event.transport
+        elif isinstance(event, ev.LoggedIn):
+            self._sid = event.sender_id
+        elif isinstance(event, ev.LossReportReceived):
+            self.stats.reports_received += 1
+        elif isinstance(event, ev.UserLeft):
+            self.playback.forget_sender(event.user.sender_id)
+        elif isinstance(event, ev.ServerError):
+            log.warning("server error: %s", event)
+        elif isinstance(event, sv.ReconnectScheduled):
+            if self._sid is None and self._failure is None:
+                # The first connection failed: a bot reports it rather than retrying.
+                self._failure = event.why
+            else:
+                print(
+                    f"voipclient-bot: connection lost ({event.why}); reconnecting in "
+                    f"{event.delay:.1f} s",
+                    file=sys.stderr,
+                )
+        elif isinstance(event, sv.RestoreSkipped):
+            print(f"voipclient-bot: not back in {event.channel_name}: {event.why}", file=sys.stderr)
 
-    def _feed_secure(self, events: list[e2ee.SecureEvent]) -> None:
-        for event in events:
-            if isinstance(event, e2ee.VoiceReleased):
-                self._voice_frame(event.frame)
-        if events:
-            self._changed.set()
-
-    def _flush(self) -> None:
-        data = self.session.data_to_send()
-        if data and self._writer is not None and not self._writer.is_closing():
-            self._writer.write(data)
-        self._changed.set()
+    def _fatal(self) -> str | None:
+        """Why the bot cannot go on, or None."""
+        state, conn = self.conn.state, self.conn
+        if state is ConnectionState.REFUSED:
+            presented = conn.presented_pin
+            if presented is not None and conn.expected_pin not in (None, presented):
+                return (
+                    f"server key mismatch: {conn.host}:{conn.port} presented {presented}, "
+                    f"expected {conn.expected_pin}; refusing to connect"
+                )
+            return conn.detail
+        if state is ConnectionState.CLOSED:
+            return f"connection closed: {conn.detail}"
+        if self._failure is not None:
+            return f"cannot connect to {self.o.host}:{self.o.port}: {self._failure}"
+        return None
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = self._loop.time() + timeout
         while not predicate():
-            if self._closed is not None:
-                raise BotError(f"connection closed while waiting for {what}: {self._closed}")
+            fatal = self._fatal()
+            if fatal is not None:
+                raise BotError(fatal)
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 raise BotError(f"timed out after {timeout:.0f} s waiting for {what}")
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    # -- TLS ---------------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect and log in (the core checks the pin before any application byte)."""
+        if self.o.tunnel:
+            self._call(lambda now: self.conn.set_force_tunnel(True, now))
+        self._call(lambda now: self.conn.connect(self.o.host, self.o.port, self.o.pin, now))
+        await self.wait_for(lambda: self.conn.sender_id is not None, CONNECT_TIMEOUT_S, "login")
+
+    def _open_tls(self, event: cn.OpenTransport) -> None:
+        proto = _Tls(self, event.generation)
+        self._tls = proto
+        task = self._loop.create_task(self._connect_tls(proto, event.host, event.port))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect_tls(self, proto: _Tls, host: str, port: int) -> None:
+        local = (self.o.local_ip, 0) if self.o.local_ip else None
+        try:
+            await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: proto, host, port, ssl=client_ssl_context(), local_addr=local
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            why = str(exc) or "timed out"
+            gen = proto.generation
+            self._call(lambda now: self.conn.transport_failed(why, now, generation=gen))
+
+    def _write(self, data: bytes) -> None:
+        proto = self._tls
+        if proto is not None and proto.transport is not None and not proto.transport.is_closing():
+            proto.transport.write(data)
+
+    def _close_transport(self, event: cn.CloseTransport) -> None:
+        """TLS and UDP of ``event.generation`` are done: write the last bytes and close, or
+        abort (a refused pin: nothing written, no close_notify)."""
+        proto = self._tls
+        if proto is not None and proto.generation == event.generation:
+            self._tls = None
+            proto.closing = True
+            transport = proto.transport
+            if transport is not None:
+                if event.abort:
+                    transport.abort()
+                else:
+                    if event.data:
+                        transport.write(event.data)
+                    transport.close()
+        if self._udp_generation == event.generation:
+            self._close_udp()
+
+    # -- UDP ---------------------------------------------------------------------------------------
+
+    def _open_udp(self, event: cn.OpenUdp) -> None:
+        self._close_udp()
+        proto = self._tls
+        if proto is None or proto.transport is None or proto.generation != event.generation:
+            return
+        if self.o.udp_addr is not None:
+            peer: tuple[str, int] = self.o.udp_addr  # a test proxy
+        else:
+            peer = (proto.transport.get_extra_info("peername")[0], event.port)
+        family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.o.local_ip or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))  # noqa: S104
+            sock.connect(peer)  # only the relay's datagrams come in
+        except OSError as exc:
+            sock.close()
+            log.warning("cannot open a UDP socket: %s", exc)
+            return  # no BIND_OK will come: the core moves voice to the tunnel
+        self._udp, self._udp_generation = sock, event.generation
+        self._loop.add_reader(sock.fileno(), self._udp_readable)
+
+    def _close_udp(self) -> None:
+        sock, self._udp = self._udp, None
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _udp_readable(self) -> None:
+        sock, gen = self._udp, self._udp_generation
+        if sock is None:
+            return
+        for _ in range(64):
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:  # e.g. ICMP port unreachable reported on the connected socket
+                self.udp_errors += 1
+                continue
+            self.conn.datagram_received(data, self._loop.time(), generation=gen)
+        self._pump()
+
+    def _send_udp(self, datagram: bytes) -> None:
+        sock = self._udp
+        if sock is None:
+            return
+        try:
+            sock.send(datagram)
+        except OSError:
+            self.udp_errors += 1
+
+    async def bind_udp(self) -> bool:
+        """Until the core validated our UDP address (it starts by itself at login); False when
+        it moved voice to the TLS tunnel instead (it keeps re-probing UDP meanwhile)."""
+        tunnel = (sv.VoicePath.TUNNEL, sv.VoicePath.TUNNEL_ONLY)
+        await self.wait_for(
+            lambda: self.conn.udp_bound or self.conn.supervisor.voice_path in tunnel,
+            CONNECT_TIMEOUT_S,
+            "UDP bind",
+        )
+        return self.conn.udp_bound
 
     # -- channels ----------------------------------------------------------------------------------
 
     def resolve_channels(self, names: Sequence[str]) -> list[int]:
-        channels = self.session.roster.channels
+        roster = self.conn.roster
+        channels = {} if roster is None else roster.channels
         ids = []
         for name in names:
             if name.isdigit() and int(name) in channels:
@@ -372,15 +511,15 @@ class VoiceBot:
             raise BotError("--talk channels must also be in --join")
         self.router.set_hot_mic(self.talk_ids, self._loop.time())
         for channel_id in self.channel_ids:
-            self.session.join(channel_id)
-        self._flush()
+            self.conn.join(channel_id, None, self._loop.time())
+        self._pump()
         await self.wait_for(
             lambda: all(self._is_member(c) for c in self.channel_ids), JOIN_TIMEOUT_S, "join"
         )
 
     def _is_member(self, channel_id: int) -> bool:
-        sid = self.sid
-        return sid is not None and channel_id in self.session.roster.channels_of(sid)
+        sid, roster = self.conn.sender_id, self.conn.roster
+        return sid is not None and roster is not None and channel_id in roster.channels_of(sid)
 
     def _keys_ready(self) -> bool:
         """We hold a key for every talk channel and every other member there holds ours."""
@@ -389,81 +528,17 @@ class VoiceBot:
             return False
         return all(sec.scheduler.is_open(c) for c in self.talk_ids)
 
-    # -- UDP ---------------------------------------------------------------------------------------
-
-    async def bind_udp(self) -> bool:
-        """Open the UDP socket and validate our address; False when UDP gets no answer."""
-        local = (self.o.local_ip or ("::" if ":" in self.o.host else "0.0.0.0"), 0)  # noqa: S104
-        transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: _Udp(self),
-            local_addr=local,
-            remote_addr=self.o.udp_addr or (self.o.host, self.o.port),
-        )
-        self._udp = transport
-        assert self._c2s is not None and self.sid is not None
-        for _ in range(UDP_BIND_TRIES):
-            self._send_udp(hopctl.encode_bind(self._c2s, self.sid, self._next_seq()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._udp_bound.wait(), UDP_BIND_WAIT_S)
-                return True
-        return False
-
-    def _next_seq(self) -> int:
-        seq = self._hop_seq
-        self._hop_seq += 1
-        return seq
-
-    def _send_udp(self, datagram: bytes) -> None:
-        if self._udp is not None:
-            self._udp.sendto(datagram)
-
-    def _udp_datagram(self, data: bytes) -> None:
-        if len(data) == hopctl.HOP_CONTROL_LEN and data[1] in hopctl.S2C_PTYPES:
-            if self._s2c is None or self._c2s is None or self.sid is None:
-                return
-            msg = hopctl.open_hop_control(
-                data, self._s2c, self._hop_window, ptypes=hopctl.S2C_PTYPES
-            )
-            if msg is None:
-                return
-            if msg.ptype == hopctl.PTYPE_CHALLENGE:
-                self._send_udp(
-                    hopctl.encode_bind_confirm(self._c2s, self.sid, self._next_seq(), msg.body)
-                )
-            elif msg.ptype == hopctl.PTYPE_BIND_OK:
-                self._udp_bound.set()
-            return
-        self._voice_datagram(data)
-
     # -- voice in ----------------------------------------------------------------------------------
-
-    def _voice_datagram(self, data: bytes) -> None:
-        self.stats.datagrams_received += 1
-        if self.secure is None:
-            return
-        frame = self.secure.open_voice(data, self._loop.time())
-        if frame is not None:
-            self._voice_frame(frame)
 
     def _voice_frame(self, frame: VoiceFrame) -> None:
         self.stats.voice_opened += 1
         if frame.sender_id not in self._names:
-            user = self.session.roster.users.get(frame.sender_id)
+            roster = self.conn.roster
+            user = None if roster is None else roster.users.get(frame.sender_id)
             self._names[frame.sender_id] = None if user is None else user.name
         self.playback.push(
             frame.sender_id, frame.channel_id, frame.payload, frame.last, self._loop.time()
         )
-
-    def _loss_report(self, event: ev.LossReportReceived, now: float) -> None:
-        self.stats.reports_received += 1
-        report = LossReport(
-            sender_id=event.listener_id,
-            loss=event.loss,
-            burst=event.burst,
-            jitter_ms=event.jitter_ms,
-            window_frames=event.frames,
-        )
-        self._apply_level(self.policy.add_report(event.listener_id, report, now), now)
 
     def _apply_level(self, level: RedundancyLevel, now: float) -> None:
         if level != self.sender.level:
@@ -482,7 +557,7 @@ class VoiceBot:
     async def run_audio(self, seconds: float | None) -> None:
         """Move audio until ``seconds`` passed (or the --play file ended, plus 1 s of tail)."""
         engine = self.engine
-        assert engine is not None and self.secure is not None
+        assert engine is not None
         n = engine.frame_samples
         period = n / engine.sample_rate
         start = self._loop.time()
@@ -519,14 +594,13 @@ class VoiceBot:
                 engine.capture.read_into(self._frame)
                 self._capture_frame(now)
             reports = self.playback.loss_reports(now)
-            if reports and self._closed is None:
-                self.session.send_loss_reports(reports)
+            if reports and self.conn.state is ConnectionState.READY:
+                self.conn.send_loss_reports(reports, now)
+                self._pump()
                 self.stats.reports_sent += len(reports)
-                self._flush()
-            if k % 50 == 0:
-                self._apply_level(self.policy.level(now), now)
-            if self._closed is not None:
-                raise BotError(f"connection closed: {self._closed}")
+            fatal = self._fatal()
+            if fatal is not None:
+                raise BotError(fatal)
             if end_at is not None and now >= end_at:
                 break
             if end_at is None and isinstance(engine, FileEngine) and engine.input_exhausted:
@@ -536,8 +610,6 @@ class VoiceBot:
         self._finish_talking(self._loop.time())
 
     def _capture_frame(self, now: float) -> None:
-        sec = self.secure
-        assert sec is not None
         processed = self.capture.process(self._frame)
         self.router.set_vad(processed.is_speech, now)  # the VAD is one of the router's inputs
         decision = self.gate.update(self.router.wanted(now), now)
@@ -548,32 +620,28 @@ class VoiceBot:
             self.sender.skip()
             return
         payload = self.sender.encode(processed.frame)
-        datagrams = sec.seal_voice(decision.targets, payload, now)
-        if decision.ending:
-            datagrams += sec.seal_voice(decision.ending, payload, now, last=True)
-        self._send_voice(datagrams)
+        self._send_voice(decision.targets, decision.ending, payload, now)
         self.stats.frames_sent += 1
         self.stats.payload_bytes_sent += len(payload)
-        self._feed_secure(sec.flush(now))
-        self._flush()
 
     def _finish_talking(self, now: float) -> None:
         """End every transmission with a VOICE_LAST frame of silence."""
-        if self.secure is None or not self.gate.active:
+        if not self.gate.active:
             return
         self._frame.fill(0)
         payload = self.sender.encode(self._frame)
-        self._send_voice(self.secure.seal_voice(sorted(self.gate.active), payload, now, last=True))
+        self._send_voice((), sorted(self.gate.active), payload, now)
         for channel in list(self.gate.active):
             self.gate.drop(channel)
 
-    def _send_voice(self, datagrams: list[bytes]) -> None:
-        for d in datagrams:
-            if self.o.tunnel:
-                self.session.send_voice_tunnel(d)
-            else:
-                self._send_udp(d)
-        self.stats.datagrams_sent += len(datagrams)
+    def _send_voice(
+        self, targets: Sequence[int], ending: Sequence[int], payload: bytes, now: float
+    ) -> None:
+        """The core seals for each channel and sends by the path it chose (UDP or tunnel)."""
+        before = self.conn.datagrams_out
+        self.conn.send_voice(targets, ending, payload, now)
+        self.stats.datagrams_sent += self.conn.datagrams_out - before
+        self._pump()
 
     def _device_event(self, event: DeviceEvent) -> None:
         self.stats.device_events.append({"kind": event.kind, "message": event.message})
@@ -585,14 +653,8 @@ class VoiceBot:
     async def run(self) -> None:
         await self.connect()
         await self.join_channels()
-        if self.o.tunnel:
-            self.session.set_voice_transport(True)
-            self._flush()
-        elif not await self.bind_udp():
+        if not self.o.tunnel and not await self.bind_udp():
             print("voipclient-bot: UDP gets no answer; voice goes over TLS", file=sys.stderr)
-            self.o.tunnel = True
-            self.session.set_voice_transport(True)
-            self._flush()
         if self.talk_ids:
             await self.wait_for(self._keys_ready, KEY_TIMEOUT_S, "sender keys")
         if self.o.start_delay_s > 0:
@@ -611,10 +673,10 @@ class VoiceBot:
 
     def check_decrypt(self) -> None:
         """Voice that arrived but none of it opened is a failure to decrypt."""
-        if self.stats.datagrams_received and not self.stats.voice_opened:
+        received = self.conn.datagrams_in
+        if received and not self.stats.voice_opened:
             raise BotError(
-                f"could not decrypt any of {self.stats.datagrams_received} voice datagrams "
-                f"({self.drop_summary()})"
+                f"could not decrypt any of {received} voice datagrams ({self.drop_summary()})"
             )
 
     def drop_summary(self) -> str:
@@ -658,13 +720,13 @@ class VoiceBot:
         return {
             "name": self.o.name,
             "sender_id": self.sid,
-            "transport": "tunnel" if self.o.tunnel else "udp",
+            "transport": self._transport.value,
             "frame_ms": self.o.frame_ms,
             "bitrate": self.o.bitrate,
             "frames_sent": self.stats.frames_sent,
             "datagrams_sent": self.stats.datagrams_sent,
             "payload_bits_per_s": round(self.stats.payload_bytes_sent * 8 / seconds),
-            "datagrams_received": self.stats.datagrams_received,
+            "datagrams_received": self.conn.datagrams_in,
             "voice_opened": self.stats.voice_opened,
             "malformed_payloads": self.playback.malformed,
             "decrypt_drops": drops,
@@ -691,22 +753,24 @@ class VoiceBot:
         return self._names.get(sender_id)
 
     async def close(self) -> None:
-        if self._closed is None and self._writer is not None and not self._writer.is_closing():
-            self.session.close(now=self._loop.time())
-            self._flush()
-            with contextlib.suppress(BotError):
-                await self.wait_for(lambda: self._closed is not None, 2.0, "bye")
-        for task in self._tasks:
+        """Say Bye (the core writes it with its CloseTransport), wait up to 2 s for the server
+        to close its end, and stop the timer and sockets."""
+        proto = self._tls
+        self._call(self.conn.close)
+        if proto is not None and proto.transport is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proto.lost), 2.0)
+            if not proto.lost.done():
+                proto.transport.abort()
+        for task in list(self._tasks):
             task.cancel()
-        for task in self._tasks:
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._writer.wait_closed(), 2.0)
-        if self._udp is not None:
-            self._udp.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._close_udp()
 
 
 def default_engine(o: BotOptions) -> AudioEngine:
