@@ -4,10 +4,11 @@ It is an asyncio driver of the client core users run,
 :class:`~voipclient.net.connection.ClientConnection`, which decides the pin verdict (the SPKI pin
 from ``--pin``, or trust on first use), the login with a fresh identity, the end-to-end layer,
 the UDP hop handshake, the UDP ↔ TLS-tunnel switching (re-probing UDP while on the tunnel),
-reconnects with restored memberships and the redundancy policy. The bot owns the I/O (a TLS
-transport, a UDP socket read from the loop, one timer re-armed from ``get_timer()``) and runs the
-real voice path on an audio engine: a WAV file as microphone (``--play``) and a WAV file
-as speaker (``--record``), or real sound devices (``--input-device`` / ``--output-device``)::
+reconnects with restored memberships and the redundancy policy. The I/O (a TLS transport, a UDP
+socket read from the loop, one timer re-armed from ``get_timer()``) is the shared asyncio
+adapter's, :class:`~voipclient.client.asyncio_driver.AsyncioConnection`; the bot runs the real
+voice path on an audio engine: a WAV file as microphone (``--play``) and a WAV file as speaker
+(``--record``), or real sound devices (``--input-device`` / ``--output-device``)::
 
     capture ring ─► CaptureProcessor (VAD) ─► PttRouter ─► TransmitGate ─► VoiceSender (Opus
     once) ─► ClientConnection.send_voice ─► UDP/tunnel ─► relay ─► UDP/tunnel ─►
@@ -38,8 +39,6 @@ import json
 import logging
 import math
 import os
-import socket
-import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +57,7 @@ from voipclient.audio.mixer import Mixer
 from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
 from voipclient.audio.redundancy import RedundancyLevel, bitrate_cost
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
+from voipclient.client.asyncio_driver import AsyncioConnection, client_ssl_context
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.keylog import KEYLOG_ENV, keylog_from_environment
 from voipclient.crypto.media import VoiceFrame
@@ -67,7 +67,6 @@ from voipclient.net import events as ev
 from voipclient.net import supervisor as sv
 from voipclient.net.states import ConnectionState
 from voipclient.ptt.router import Mode, PttRouter
-from voipclient.server.tls import pin_of_der_certificate
 
 log = logging.getLogger("voipclient.bot")
 
@@ -81,16 +80,6 @@ class BotError(Exception):
 
 
 # --- the TLS part -------------------------------------------------------------------------------
-
-
-def client_ssl_context() -> ssl.SSLContext:
-    """TLS 1.3 with no CA and no host name: the SPKI pin is the check (made before any
-    application byte is written)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def parse_server(text: str) -> tuple[str, int]:
@@ -145,48 +134,15 @@ class BotStats:
     device_events: list[dict[str, str]] = field(default_factory=list)
 
 
-class _Tls(asyncio.Protocol):
-    """The TLS connection of one ``OpenTransport``; every callback is tagged with its generation."""
-
-    def __init__(self, bot: VoiceBot, generation: int) -> None:
-        self.bot = bot
-        self.generation = generation
-        self.transport: asyncio.Transport | None = None
-        self.closing = False  # CloseTransport came: the core is done with it
-        self.lost: asyncio.Future[None] = bot._loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if self.closing:  # closed while the handshake was under way
-            transport.abort()
-            return
-        der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        presented = pin_of_der_certificate(der) if der else None
-        gen = self.generation
-        self.bot._call(
-            lambda now: self.bot.conn.transport_connected(presented, now, generation=gen)
-        )
-
-    def data_received(self, data: bytes) -> None:
-        gen = self.generation
-        self.bot._call(lambda now: self.bot.conn.receive_data(data, now, generation=gen))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
-        gen = self.generation
-        self.bot._call(lambda now: self.bot.conn.connection_lost(now, generation=gen))
-
-
 class VoiceBot:
     """One headless user. ``await bot.run()`` does everything the options say.
 
     The connection itself (pin verdict, login, E2E keys, UDP hop handshake and re-probing, the
     UDP ↔ tunnel decision, reconnects, the redundancy policy) is the client core's,
-    :class:`~voipclient.net.connection.ClientConnection`; this class is its asyncio adapter (a
-    TLS transport, a UDP socket read from the loop, one timer re-armed from ``get_timer()``) plus
-    the audio side.
+    :class:`~voipclient.net.connection.ClientConnection`, driven through
+    :class:`~voipclient.client.asyncio_driver.AsyncioConnection` (a TLS transport, a UDP socket
+    read from the loop, one timer re-armed from ``get_timer()``); this class adds the audio side,
+    the command line's choices and the statistics.
     """
 
     def __init__(
@@ -216,14 +172,18 @@ class VoiceBot:
         )
         self._engine_factory = engine_factory or default_engine
         self.engine: AudioEngine | None = None
-        self.udp_errors = 0
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
-        self._tls: _Tls | None = None
-        self._udp: socket.socket | None = None
-        self._udp_generation = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.io = AsyncioConnection(
+            self.conn,
+            on_event=self._carry_out,
+            on_pumped=self._changed.set,
+            ssl_context=client_ssl_context(),
+            loop=self._loop,
+            local_ip=options.local_ip,
+            udp_addr=options.udp_addr,
+            connect_timeout=CONNECT_TIMEOUT_S,
+        )
         self._sid: int | None = None
         self._failure: str | None = None  # why the first connection could not be made
         self._transport = cn.VoiceTransport.TUNNEL if options.tunnel else cn.VoiceTransport.UDP
@@ -272,42 +232,14 @@ class VoiceBot:
 
     # -- driving the core --------------------------------------------------------------------------
 
-    def _call(self, action: Callable[[float], object]) -> None:
-        """Hand something to the core at the loop's clock, then carry out what it asks."""
-        action(self._loop.time())
-        self._pump()
-
-    def _pump(self) -> None:
-        """Events, then the TLS bytes, then the datagrams, then the timer (``connection.py``)."""
-        conn = self.conn
-        while (event := conn.next_event()) is not None:
-            self._carry_out(event)
-        data = conn.data_to_send()
-        if data:
-            self._write(data)
-        for datagram in conn.datagrams_to_send():
-            self._send_udp(datagram)
-        due = conn.get_timer()
-        timer = self._timer
-        if timer is None or due is None or timer.when() != due:
-            if timer is not None:
-                timer.cancel()
-            self._timer = None if due is None else self._loop.call_at(due, self._on_timer)
-        self._changed.set()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._call(self.conn.handle_timer)
+    @property
+    def udp_errors(self) -> int:
+        """Datagrams the UDP socket could not send or receive."""
+        return self.io.udp_errors
 
     def _carry_out(self, event: cn.Event) -> None:
         now = self._loop.time()
-        if isinstance(event, cn.OpenTransport):
-            self._open_tls(event)
-        elif isinstance(event, cn.CloseTransport):
-            self._close_transport(event)
-        elif isinstance(event, cn.OpenUdp):
-            self._open_udp(event)
-        elif isinstance(event, cn.VoiceReceived):
+        if isinstance(event, cn.VoiceReceived):
             self._voice_frame(event.frame)
         elif isinstance(event, cn.PinApprovalNeeded):
             # Only without --pin (trust on first use): the presented key is accepted.
@@ -368,112 +300,14 @@ class VoiceBot:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    # -- TLS ---------------------------------------------------------------------------------------
+    # -- connecting --------------------------------------------------------------------------------
 
     async def connect(self) -> None:
         """Connect and log in (the core checks the pin before any application byte)."""
         if self.o.tunnel:
-            self._call(lambda now: self.conn.set_force_tunnel(True, now))
-        self._call(lambda now: self.conn.connect(self.o.host, self.o.port, self.o.pin, now))
+            self.io.call(lambda now: self.conn.set_force_tunnel(True, now))
+        self.io.call(lambda now: self.conn.connect(self.o.host, self.o.port, self.o.pin, now))
         await self.wait_for(lambda: self.conn.sender_id is not None, CONNECT_TIMEOUT_S, "login")
-
-    def _open_tls(self, event: cn.OpenTransport) -> None:
-        proto = _Tls(self, event.generation)
-        self._tls = proto
-        task = self._loop.create_task(self._connect_tls(proto, event.host, event.port))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _connect_tls(self, proto: _Tls, host: str, port: int) -> None:
-        local = (self.o.local_ip, 0) if self.o.local_ip else None
-        try:
-            await asyncio.wait_for(
-                self._loop.create_connection(
-                    lambda: proto, host, port, ssl=client_ssl_context(), local_addr=local
-                ),
-                CONNECT_TIMEOUT_S,
-            )
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            why = str(exc) or "timed out"
-            gen = proto.generation
-            self._call(lambda now: self.conn.transport_failed(why, now, generation=gen))
-
-    def _write(self, data: bytes) -> None:
-        proto = self._tls
-        if proto is not None and proto.transport is not None and not proto.transport.is_closing():
-            proto.transport.write(data)
-
-    def _close_transport(self, event: cn.CloseTransport) -> None:
-        """TLS and UDP of ``event.generation`` are done: write the last bytes and close, or
-        abort (a refused pin: nothing written, no close_notify)."""
-        proto = self._tls
-        if proto is not None and proto.generation == event.generation:
-            self._tls = None
-            proto.closing = True
-            transport = proto.transport
-            if transport is not None:
-                if event.abort:
-                    transport.abort()
-                else:
-                    if event.data:
-                        transport.write(event.data)
-                    transport.close()
-        if self._udp_generation == event.generation:
-            self._close_udp()
-
-    # -- UDP ---------------------------------------------------------------------------------------
-
-    def _open_udp(self, event: cn.OpenUdp) -> None:
-        self._close_udp()
-        proto = self._tls
-        if proto is None or proto.transport is None or proto.generation != event.generation:
-            return
-        if self.o.udp_addr is not None:
-            peer: tuple[str, int] = self.o.udp_addr  # a test proxy
-        else:
-            peer = (proto.transport.get_extra_info("peername")[0], event.port)
-        family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.bind((self.o.local_ip or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))  # noqa: S104
-            sock.connect(peer)  # only the relay's datagrams come in
-        except OSError as exc:
-            sock.close()
-            log.warning("cannot open a UDP socket: %s", exc)
-            return  # no BIND_OK will come: the core moves voice to the tunnel
-        self._udp, self._udp_generation = sock, event.generation
-        self._loop.add_reader(sock.fileno(), self._udp_readable)
-
-    def _close_udp(self) -> None:
-        sock, self._udp = self._udp, None
-        if sock is not None:
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-
-    def _udp_readable(self) -> None:
-        sock, gen = self._udp, self._udp_generation
-        if sock is None:
-            return
-        for _ in range(64):
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError:  # e.g. ICMP port unreachable reported on the connected socket
-                self.udp_errors += 1
-                continue
-            self.conn.datagram_received(data, self._loop.time(), generation=gen)
-        self._pump()
-
-    def _send_udp(self, datagram: bytes) -> None:
-        sock = self._udp
-        if sock is None:
-            return
-        try:
-            sock.send(datagram)
-        except OSError:
-            self.udp_errors += 1
 
     async def bind_udp(self) -> bool:
         """Until the core validated our UDP address (it starts by itself at login); False when
@@ -512,7 +346,7 @@ class VoiceBot:
         self.router.set_hot_mic(self.talk_ids, self._loop.time())
         for channel_id in self.channel_ids:
             self.conn.join(channel_id, None, self._loop.time())
-        self._pump()
+        self.io.pump()
         await self.wait_for(
             lambda: all(self._is_member(c) for c in self.channel_ids), JOIN_TIMEOUT_S, "join"
         )
@@ -596,7 +430,7 @@ class VoiceBot:
             reports = self.playback.loss_reports(now)
             if reports and self.conn.state is ConnectionState.READY:
                 self.conn.send_loss_reports(reports, now)
-                self._pump()
+                self.io.pump()
                 self.stats.reports_sent += len(reports)
             fatal = self._fatal()
             if fatal is not None:
@@ -641,7 +475,7 @@ class VoiceBot:
         before = self.conn.datagrams_out
         self.conn.send_voice(targets, ending, payload, now)
         self.stats.datagrams_sent += self.conn.datagrams_out - before
-        self._pump()
+        self.io.pump()
 
     def _device_event(self, event: DeviceEvent) -> None:
         self.stats.device_events.append({"kind": event.kind, "message": event.message})
@@ -755,22 +589,7 @@ class VoiceBot:
     async def close(self) -> None:
         """Say Bye (the core writes it with its CloseTransport), wait up to 2 s for the server
         to close its end, and stop the timer and sockets."""
-        proto = self._tls
-        self._call(self.conn.close)
-        if proto is not None and proto.transport is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proto.lost), 2.0)
-            if not proto.lost.done():
-                proto.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._close_udp()
+        await self.io.close()
 
 
 def default_engine(o: BotOptions) -> AudioEngine:

@@ -1,13 +1,13 @@
 """A small real client for the server's integration tests: a thin asyncio driver of the client
-core users run, :class:`~voipclient.net.connection.ClientConnection` (loopback only).
+core users run, :class:`~voipclient.net.connection.ClientConnection` (loopback only), through the
+shared asyncio adapter :class:`~voipclient.client.asyncio_driver.AsyncioConnection`.
 
 The core decides everything: the pin verdict (the SPKI pin of the presented certificate against
 the one from the start line, before any application byte), the login, the end-to-end layer
 (session keys, KeyDists, sealing), the UDP hop handshake (BIND → CHALLENGE → BIND_CONFIRM →
-BIND_OK) and pings, and whether voice goes over UDP or the TLS tunnel. This adapter only owns the
-I/O, as the module docstring of ``connection.py`` describes it: a real TLS 1.3 connection (an
-asyncio transport), a real UDP socket (read from the event loop's reader callback) and one timer
-re-armed from ``get_timer()``; nothing polls.
+BIND_OK) and pings, and whether voice goes over UDP or the TLS tunnel. The adapter owns the I/O
+(a real TLS 1.3 connection, a real UDP socket read from the event loop's reader callback, one
+timer re-armed from ``get_timer()``; nothing polls).
 
 On top of that it records what the tests assert on (every event, every voice frame heard and its
 route) and offers forging helpers for datagrams the core would never send, keyed with hop keys
@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from voipclient.bot import client_ssl_context
+from voipclient.client.asyncio_driver import AsyncioConnection, client_ssl_context
 from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.media import PTYPE_VOICE, SenderKey, VoiceFrame
@@ -38,7 +37,6 @@ from voipclient.net import events as ev
 from voipclient.net import supervisor as sv
 from voipclient.net.client import ClientSession, LossReportLike
 from voipclient.net.states import ConnectionState
-from voipclient.server.tls import pin_of_der_certificate
 
 __all__ = ["DEFAULT_TIMEOUT", "Heard", "PinMismatch", "TestClient", "client_ssl_context", "payload"]
 
@@ -72,36 +70,6 @@ class Heard:
     via: str  # VoiceRoute's value: "udp", "tunnel" or "released" (opened once its key came)
 
 
-class _Tls(asyncio.Protocol):
-    """The TLS connection of one ``OpenTransport``; every callback is tagged with its generation."""
-
-    def __init__(self, owner: TestClient, generation: int) -> None:
-        self.owner = owner
-        self.generation = generation
-        self.transport: asyncio.Transport | None = None
-        self.closing = False  # CloseTransport came: the core is done with it
-        self.lost: asyncio.Future[None] = owner._loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if self.closing:  # closed while the handshake was under way
-            transport.abort()
-            return
-        self.owner._tls_up(self)
-
-    def data_received(self, data: bytes) -> None:
-        gen = self.generation
-        self.owner._call(lambda now: self.owner.conn.receive_data(data, now, generation=gen))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
-        self.owner.transport_closed = True
-        gen = self.generation
-        self.owner._call(lambda now: self.owner.conn.connection_lost(now, generation=gen))
-
-
 @dataclass(eq=False)
 class TestClient:
     """One user. ``await TestClient.connect(...)`` returns it logged in."""
@@ -118,10 +86,7 @@ class TestClient:
 
     events: list[object] = field(default_factory=list)
     heard: list[Heard] = field(default_factory=list)
-    udp_errors: int = 0
-    transport_closed: bool = False
     closed: ev.ConnectionClosed | None = None
-    tls_version: str | None = None
     #: (client_time_ms, datagrams the relay received from us) of the relay's PONGs (udp_ping).
     pongs: list[tuple[int, int]] = field(default_factory=list)
 
@@ -130,12 +95,16 @@ class TestClient:
         self.conn = cn.ClientConnection(
             self.name, self.identity, wall_clock=time.time, password=self.password
         )
-        self._tls: _Tls | None = None
-        self._udp: socket.socket | None = None
-        self._udp_generation = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._connect_error: BaseException | None = None
+        self.io = AsyncioConnection(
+            self.conn,
+            on_event=self._on_event,
+            on_pumped=_wake_waiters,
+            on_datagram=self._tap_pong,
+            ssl_context=client_ssl_context(),
+            loop=self._loop,
+            local_ip=self.local_ip,
+            connect_timeout=DEFAULT_TIMEOUT,
+        )
         self._sid: int | None = None
         # Forging helpers and the PONG tap: hop keys of the current login, from LoggedIn.
         self._c2s: HopMac | None = None
@@ -159,9 +128,9 @@ class TestClient:
         if client.conn.state is ConnectionState.REFUSED:
             await client.close()
             raise PinMismatch(client.conn.detail)
-        if client._connect_error is not None:
+        if client.io.connect_error is not None:
             await client.close()
-            raise ConnectionError(f"{name}: {client._connect_error!r}")
+            raise ConnectionError(f"{name}: {client.io.connect_error!r}")
         if login:
             await client.wait_for(
                 lambda: client.sid is not None or client.closed is not None, what="login"
@@ -170,6 +139,21 @@ class TestClient:
                 await client.close()
                 raise ConnectionError(f"{name}: the server refused the login: {client.closed}")
         return client
+
+    @property
+    def udp_errors(self) -> int:
+        """Datagrams the UDP socket could not send or receive."""
+        return self.io.udp_errors
+
+    @property
+    def transport_closed(self) -> bool:
+        """A TLS connection of ours was closed or lost."""
+        return self.io.transport_closed
+
+    @property
+    def tls_version(self) -> str | None:
+        """The TLS version of the latest handshake."""
+        return self.io.tls_version
 
     @property
     def sid(self) -> int | None:
@@ -192,32 +176,11 @@ class TestClient:
 
     def _call(self, action: Callable[[float], object]) -> None:
         """Hand something to the core at the loop's clock, then carry out what it asks."""
-        action(self._loop.time())
-        self._pump()
+        self.io.call(action)
 
-    def _pump(self) -> None:
-        """Events first, then the TLS bytes, then the datagrams, then the timer (in that order,
-        as ``connection.py`` says)."""
-        conn = self.conn
-        while (event := conn.next_event()) is not None:
-            self.events.append(event)
-            self._carry_out(event)
-        data = conn.data_to_send()
-        if data:
-            self._write(data)
-        for datagram in conn.datagrams_to_send():
-            self._send(datagram)
-        self._rearm()
-        _wake_waiters()
-
-    def _carry_out(self, event: object) -> None:
-        if isinstance(event, cn.OpenTransport):
-            self._open_tls(event)
-        elif isinstance(event, cn.CloseTransport):
-            self._close_transport(event)
-        elif isinstance(event, cn.OpenUdp):
-            self._open_udp(event)
-        elif isinstance(event, cn.VoiceReceived):
+    def _on_event(self, event: cn.Event) -> None:
+        self.events.append(event)
+        if isinstance(event, cn.VoiceReceived):
             self.heard.append(Heard(event.frame, event.route.value))
         elif isinstance(event, ev.LoggedIn):
             self._sid = event.sender_id
@@ -230,120 +193,7 @@ class TestClient:
             # One connection per test client: no reconnect behind the test's back.
             self.conn.close(self._loop.time())
 
-    def _rearm(self) -> None:
-        due = self.conn.get_timer()
-        timer = self._timer
-        if timer is not None:
-            if due is not None and timer.when() == due:
-                return
-            timer.cancel()
-            self._timer = None
-        if due is not None:
-            self._timer = self._loop.call_at(due, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._call(self.conn.handle_timer)
-
-    # -- TLS -------------------------------------------------------------------------------------
-
-    def _open_tls(self, event: cn.OpenTransport) -> None:
-        proto = _Tls(self, event.generation)
-        self._tls = proto
-        task = self._loop.create_task(self._connect_tls(proto, event.host, event.port))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _connect_tls(self, proto: _Tls, host: str, port: int) -> None:
-        local = (self.local_ip, 0) if self.local_ip else None
-        try:
-            await asyncio.wait_for(
-                self._loop.create_connection(
-                    lambda: proto, host, port, ssl=client_ssl_context(), local_addr=local
-                ),
-                DEFAULT_TIMEOUT,
-            )
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            self._connect_error = exc
-            why = str(exc) or type(exc).__name__
-            gen = proto.generation
-            self._call(lambda now: self.conn.transport_failed(why, now, generation=gen))
-
-    def _tls_up(self, proto: _Tls) -> None:
-        """The TLS handshake finished: hand the presented pin to the core for its verdict."""
-        assert proto.transport is not None
-        ssl_object = proto.transport.get_extra_info("ssl_object")
-        self.tls_version = ssl_object.version()
-        der = ssl_object.getpeercert(binary_form=True)
-        presented = pin_of_der_certificate(der) if der else None
-        gen = proto.generation
-        self._call(lambda now: self.conn.transport_connected(presented, now, generation=gen))
-
-    def _write(self, data: bytes) -> None:
-        proto = self._tls
-        if proto is not None and proto.transport is not None and not proto.transport.is_closing():
-            proto.transport.write(data)
-
-    def _close_transport(self, event: cn.CloseTransport) -> None:
-        """TLS and UDP of ``event.generation`` are done: write the last bytes and close, or
-        abort (a refused pin: nothing written, no close_notify)."""
-        proto = self._tls
-        if proto is not None and proto.generation == event.generation:
-            self._tls = None
-            proto.closing = True
-            transport = proto.transport
-            if transport is not None:
-                if event.abort:
-                    transport.abort()
-                else:
-                    if event.data:
-                        transport.write(event.data)
-                    transport.close()
-        if self._udp_generation == event.generation:
-            self._close_udp()
-
     # -- UDP -------------------------------------------------------------------------------------
-
-    def _open_udp(self, event: cn.OpenUdp) -> None:
-        self._close_udp()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.bind((self.local_ip or "127.0.0.1", 0))
-        sock.connect((event.host, event.port))  # only the relay's datagrams come in
-        self._udp, self._udp_generation = sock, event.generation
-        self._loop.add_reader(sock.fileno(), self._udp_readable)
-
-    def _close_udp(self) -> None:
-        sock, self._udp = self._udp, None
-        if sock is not None:
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-
-    def _udp_readable(self) -> None:
-        sock, gen = self._udp, self._udp_generation
-        if sock is None:
-            return
-        for _ in range(64):
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError:  # e.g. ICMP port unreachable reported on the connected socket
-                self.udp_errors += 1
-                continue
-            self._tap_pong(data)
-            self.conn.datagram_received(data, self._loop.time(), generation=gen)
-        self._pump()
-
-    def _send(self, datagram: bytes) -> None:
-        sock = self._udp
-        if sock is None:
-            self.udp_errors += 1
-            return
-        try:
-            sock.send(datagram)
-        except OSError:
-            self.udp_errors += 1
 
     def _tap_pong(self, data: bytes) -> None:
         """A read-only look at the relay's PONGs (with our own copy of the s2c key and window);
@@ -470,26 +320,26 @@ class TestClient:
             raise AssertionError(
                 f"{self.name}: the core sends voice over {'UDP' if on_udp else 'the tunnel'}"
             )
-        self._pump()  # nothing else queued: what follows is this voice only
+        self.io.pump()  # nothing else queued: what follows is this voice only
         conn.send_voice(channels, (), data, self._loop.time())
         sent = conn.datagrams_to_send()
         for datagram in sent:
-            self._send(datagram)
-        self._pump()
+            self.io.send_datagram(datagram)
+        self.io.pump()
         return sent
 
     # -- forging (datagrams the core would not send) ---------------------------------------------
 
     def write_raw(self, data: bytes) -> None:
         """Bytes on the TLS connection, bypassing the core (garbage tests)."""
-        proto = self._tls
-        assert proto is not None and proto.transport is not None
-        proto.transport.write(data)
+        transport = self.io.tls_transport
+        assert transport is not None
+        transport.write(data)
 
     def send_udp(self, datagram: bytes) -> None:
         """A datagram of our own making on the core's UDP socket."""
-        assert self._udp is not None, f"{self.name}: no UDP socket"
-        self._send(datagram)
+        assert self.io.has_udp, f"{self.name}: no UDP socket"
+        self.io.send_datagram(datagram)
 
     def seal(self, channels: Sequence[int], data: bytes) -> list[bytes]:
         """What the core seals for ``channels`` (E2E + c2s hop MAC) and would send over UDP,
@@ -497,10 +347,10 @@ class TestClient:
         listen-only) give nothing."""
         conn = self.conn
         assert conn.udp_bound and conn.transport is cn.VoiceTransport.UDP, "seal() needs UDP"
-        self._pump()  # nothing else queued: what follows is this voice only
+        self.io.pump()  # nothing else queued: what follows is this voice only
         conn.send_voice(channels, (), data, self._loop.time())
         out = conn.datagrams_to_send()
-        self._pump()
+        self.io.pump()
         return out
 
     def forge(self, channel_id: int, data: bytes, *, sender_id: int | None = None) -> bytes:
@@ -521,19 +371,4 @@ class TestClient:
     async def close(self) -> None:
         """Say Bye (if still connected: the core writes it with its CloseTransport), wait up to
         2 s for the server to close its end, and stop the timer and sockets."""
-        proto = self._tls
-        self._call(self.conn.close)
-        if proto is not None and proto.transport is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proto.lost), 2.0)
-            if not proto.lost.done():
-                proto.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._close_udp()
+        await self.io.close()

@@ -1,0 +1,1 @@
+"""The client's adapters: drivers of the pure ClientConnection."""
