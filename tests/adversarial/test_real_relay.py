@@ -99,8 +99,9 @@ def test_a_ghost_shown_to_one_user_is_drawn_logged_and_breaks_the_privacy_code(
     notices: list[str] = []
     alice.controller.chat_notice.connect(lambda cid, text: notices.append(f"{cid}: {text}"))
     bob.controller.join(A)
-    qtbot.waitUntil(lambda: bob.controller.model.row(A).joined, timeout=10_000)
+    qtbot.waitUntil(lambda: "bob" in member_text(bob, A, "bob"), timeout=10_000)
     honest_code = bob.controller.model.row(A).privacy_code  # bob alone in A
+    assert honest_code
     alice.controller.join(A)
     qtbot.waitUntil(lambda: GHOST_NAME in member_text(alice, A, GHOST_NAME), timeout=10_000)
     # The ghost is drawn, as a new key nobody verified, with a lasting line in A's conversation.
@@ -121,6 +122,8 @@ def test_a_ghost_shown_to_one_user_is_drawn_logged_and_breaks_the_privacy_code(
         ),
         timeout=10_000,
     )
+    # bob's view changes too (alice joined): wait until he draws her before reading his code
+    qtbot.waitUntil(lambda: "alice" in member_text(bob, A, "alice"), timeout=10_000)
     alice_code = alice.controller.model.row(A).privacy_code
     bob_code = bob.controller.model.row(A).privacy_code
     assert alice_code and bob_code and alice_code != bob_code
