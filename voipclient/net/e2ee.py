@@ -45,6 +45,7 @@ from voipclient.net import events as ev
 from voipclient.net.client import ClientSession
 from voipclient.net.messages import LeaveReason
 from voipclient.net.roster import UserView
+from voipclient.net.states import ClientState
 
 #: How long our session certificate is valid, in milliseconds.
 SKC_LIFETIME_MS = 24 * 3600 * 1000
@@ -599,8 +600,16 @@ class SecureSession:
             self._notice(channel_id, "present", roster.members(channel_id) - {me})
             self._open_channel(channel_id, roster.may_speak(me, channel_id), now)
 
+    def _can_send(self) -> bool:
+        """The control session still takes intents. A batch of events can end the session (a
+        shutdown notice behind a published key) before this layer has seen it: nothing is sent
+        then, and the keys go with the session."""
+        return self._session.state is ClientState.READY
+
     def _publish_certificate(self, sender_id: int) -> None:
         assert self._kem is not None
+        if not self._can_send():
+            return
         self._skc_not_after_ms = self._wall_ms() + SKC_LIFETIME_MS
         skc = SessionCertificate.build(
             self._identity,
@@ -821,6 +830,8 @@ class SecureSession:
 
     def _send_keydist(self, action: KeyAction, recipients: Sequence[int], now: float) -> None:
         assert not isinstance(action, StepAdvanced)
+        if not self._can_send():
+            return
         signing = self._text_keys.get((action.channel_id, action.gen))
         if signing is None:
             return  # superseded generation: a newer action carries the current key

@@ -22,6 +22,7 @@ from voipclient.names import name_key
 from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net.client import ClientSession
+from voipclient.net.messages import LeaveReason
 from voipclient.net.server import ChannelConfig, ServerConfig
 
 PIN = "sha256/fake-server-pin"
@@ -467,3 +468,20 @@ def test_a_key_for_someone_not_drawn_is_an_alarm_and_is_not_sent(world: World) -
         if isinstance(e, e2ee.KeyAccepted) and e.channel_id == A
     ]
     assert cat.sid in ann.secure.key_sent_to[A]
+
+
+def test_nothing_is_sent_once_the_control_session_stopped_taking_intents(world: World) -> None:
+    """A batch can end the session (a shutdown notice right behind a published key or a
+    departure) before the E2E layer has seen it: the rotation it would trigger sends nothing,
+    instead of raising LocalProtocolError out of the adapter's read callback."""
+    ann, bob = world.users["ann"], world.users["bob"]
+    client = ann.peer.client
+    bob_view = client.roster.users[bob.sid]
+    client.close(now=world.net.now)  # CLOSING: no more intents
+    client.data_to_send()  # the Bye
+    sent = ann.secure.keydists_sent
+    events = ann.secure.handle_events(
+        [ev.UserLeft(bob_view, frozenset({1, B}), int(LeaveReason.QUIT))], world.net.now
+    )
+    assert ann.secure.keydists_sent == sent and client.data_to_send() == b""
+    assert not [e for e in events if isinstance(e, e2ee.KeyRejected)]
