@@ -42,12 +42,10 @@ def make_client(name: str, key_label: str | None = None, **kwargs: Any) -> Clien
     return ClientSession(name, pub, key.sign, rng=seeded_rng(zlib.crc32(name.encode())), **kwargs)
 
 
-@dataclass
-class Peer:
-    conn_id: int
-    client: ClientSession
-    events: list[ev.ClientEvent] = field(default_factory=list)
-    transport_open: bool = True
+class EventLog:
+    """Look-ups in an ``events`` list (the in-memory harnesses' clients record what they get)."""
+
+    events: list[Any]
 
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -57,6 +55,14 @@ class Peer:
         found: list[E] = [e for e in self.events if isinstance(e, kind)]
         self.events = [e for e in self.events if not isinstance(e, kind)]
         return found
+
+
+@dataclass
+class Peer(EventLog):
+    conn_id: int
+    client: ClientSession
+    events: list[ev.ClientEvent] = field(default_factory=list)
+    transport_open: bool = True
 
     @property
     def sender_id(self) -> int:

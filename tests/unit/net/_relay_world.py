@@ -34,6 +34,8 @@ from voipclient.net.connection import (
 from voipclient.net.server import ServerConfig, ServerCore
 from voipclient.server.relay import Addr, RelayCore
 
+from ._harness import EventLog
+
 E = TypeVar("E")
 
 HOST = "relay.example"
@@ -57,7 +59,7 @@ def seeded(seed: int) -> Any:
 
 
 @dataclass(eq=False)
-class Client:
+class Client(EventLog):
     """One ClientConnection and what its adapter holds."""
 
     name: str
@@ -81,15 +83,6 @@ class Client:
     handshake_pending: bool = False
     udp_open: bool = False
     udp_datagrams_sent: int = 0  # that left the client (dropped or not)
-
-    def of(self, kind: type[E]) -> list[E]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    def take(self, kind: type[E]) -> list[E]:
-        """Events of ``kind`` so far, removing them from the log."""
-        found: list[E] = [e for e in self.events if isinstance(e, kind)]
-        self.events = [e for e in self.events if not isinstance(e, kind)]
-        return found
 
     @property
     def heard(self) -> list[VoiceReceived]:
