@@ -87,7 +87,7 @@ from voipclient.net.connection import (
     VoiceTransport,
 )
 from voipclient.net.hopctl import HOP_CONTROL_LEN
-from voipclient.server.tls import pin_of_der_certificate
+from voipclient.net.pins import pin_of_der_certificate
 
 HOST = "127.0.0.1"
 PACKETS_PER_S = 50  # one 20 ms frame per packet, per talker (the relay allows 100/s per session)

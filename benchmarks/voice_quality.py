@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from netem import Impairment, LossModel, LossyProxy
 from pesq import pesq
 from pystoi import stoi
 from scipy.signal import resample_poly
@@ -41,7 +42,6 @@ from voipclient.audio.file_engine import read_wav_mono16
 from voipclient.audio.opus import OpusDecoder, OpusEncoder
 from voipclient.audio.redundancy import LEVEL_DISTANCES, RedundancyLevel, bitrate_cost
 from voipclient.bot import BotOptions, VoiceBot
-from voipclient.net.netem import Impairment, LossModel, LossyProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"

@@ -131,7 +131,7 @@ def shoot(qapp: QApplication, out: Path, apps: list[App], alice: App, bob: App, 
             Bookmark("Local server", bookmark.host, bookmark.port, "alice"),
         ),
     )
-    from voipclient.net.discovery import Announcer
+    from voipclient.lan import Announcer
 
     announcer = Announcer()  # a LAN server for the "Local network" list (on loopback only)
     announcer.start("Team server", bookmark.port, pin, host="127.0.0.1")

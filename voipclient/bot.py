@@ -59,7 +59,7 @@ from voipclient.audio.redundancy import RedundancyLevel, bitrate_cost
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.client.asyncio_driver import AsyncioConnection, client_ssl_context
 from voipclient.crypto.identity import IdentityKey
-from voipclient.crypto.keylog import KEYLOG_ENV, keylog_from_environment
+from voipclient.crypto.keylog import KEYLOG_ENV
 from voipclient.crypto.media import VoiceFrame
 from voipclient.net import connection as cn
 from voipclient.net import e2ee
@@ -67,6 +67,7 @@ from voipclient.net import events as ev
 from voipclient.net import supervisor as sv
 from voipclient.net.states import ConnectionState
 from voipclient.ptt.router import Mode, PttRouter
+from voipclient.storage.keylog import keylog_from_environment
 
 log = logging.getLogger("voipclient.bot")
 

@@ -27,7 +27,7 @@ from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.session import SessionCertificate, SessionKemKey
 from voipclient.net import messages as m
 from voipclient.net.frames import encode_frame
-from voipclient.net.server import ServerCore
+from voipclient.server.control import ServerCore
 
 GHOST_ID = 4_000_000_000  # far above any sender id a test server hands out
 GHOST_NAME = "ghost"

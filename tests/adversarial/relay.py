@@ -1,6 +1,6 @@
 """A scriptable malicious relay on the sans-IO cores (no sockets, fake clocks).
 
-An honest :class:`~voipclient.net.server.ServerCore` does the real work. Between the core and
+An honest :class:`~voipclient.server.control.ServerCore` does the real work. Between the core and
 each victim client sits the relay: every frame the core writes to a victim is decoded to a
 message and passed through that victim's *script*, which may pass it, drop it, hold it back (to
 release later, reordered), rewrite it or add messages around it. What comes out of one flush of
@@ -42,8 +42,8 @@ from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.client import ClientSession
 from voipclient.net.frames import FrameDecoder, encode_frame
-from voipclient.net.server import LOBBY_ID, ChannelConfig, ServerConfig, ServerCore
 from voipclient.net.states import ClientState
+from voipclient.server.control import LOBBY_ID, ChannelConfig, ServerConfig, ServerCore
 
 __all__ = [
     "CONFIG",

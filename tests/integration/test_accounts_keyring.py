@@ -13,12 +13,13 @@ import keyring
 import keyring.backends.fail
 import pytest
 
-from voipclient.crypto.accounts import (
+from voipclient.crypto.keystore import WrongPassphrase
+from voipclient.storage.accounts import (
     PassphraseRequest,
     StoreKind,
     open_identity,
 )
-from voipclient.crypto.keystore import KeyringStore, WrongPassphrase
+from voipclient.storage.keystore import KeyringStore
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(60)]
 
@@ -50,8 +51,8 @@ def test_identity_per_server_and_account_in_the_real_keyring(tmp_path: Path) -> 
         # a restarted app (another process) gets the same key from the keyring
         script = textwrap.dedent(
             f"""
-            from voipclient.crypto.accounts import open_identity
-            from voipclient.crypto.keystore import KeyringStore
+            from voipclient.storage.accounts import open_identity
+            from voipclient.storage.keystore import KeyringStore
             got = open_identity({SERVER!r}, "ann", keyring_store=KeyringStore({SERVICE!r}),
                                 key_dir={str(tmp_path)!r}, ask_passphrase=lambda r: None)
             print(got.key.public_bytes().hex(), got.kind.value)

@@ -19,12 +19,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QListWidget, QPushButton
 
 from tests.integration.conftest import ServerProcess, Starter
-from voipclient.net.discovery import (
-    Announcer,
-    DiscoveredServer,
-    DiscoveryUnavailable,
-    LanBrowser,
-)
+from voipclient.lan import Announcer, LanBrowser
+from voipclient.net.discovery import DiscoveredServer, DiscoveryUnavailable
 from voipclient.ui.connect_dialog import ConnectDialog
 from voipclient.ui.prefs import Bookmark, Preferences
 from voipclient.ui.trust_dialogs import PinApprovalDialog

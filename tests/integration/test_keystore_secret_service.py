@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from voipclient.crypto.keystore import KeyringStore, load_or_create_identity
+from voipclient.crypto.keystore import load_or_create_identity
+from voipclient.storage.keystore import KeyringStore
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(30)]
 
@@ -26,7 +27,7 @@ def test_identity_survives_in_the_real_keyring_and_is_per_account() -> None:
         # A second process (a restarted app) reads the same key back from the keyring.
         script = textwrap.dedent(
             f"""
-            from voipclient.crypto.keystore import KeyringStore
+            from voipclient.storage.keystore import KeyringStore
             key = KeyringStore(service="voipclient-test").load({server!r}, {account!r})
             print(key.public_bytes().hex())
             """

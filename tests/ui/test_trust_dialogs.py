@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QFontInfo, QGuiApplication
 from PySide6.QtWidgets import QApplication, QDialog, QLabel, QLineEdit, QPushButton, QWidget
 
-from voipclient.crypto.accounts import PassphraseRequest
+from voipclient.storage.accounts import PassphraseRequest
 from voipclient.ui.trust_dialogs import (
     MIN_PASSPHRASE_LEN,
     PassphraseDialog,

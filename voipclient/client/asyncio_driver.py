@@ -24,7 +24,7 @@ import ssl
 from collections.abc import Callable
 
 from voipclient.net import connection as cn
-from voipclient.server.tls import pin_of_der_certificate
+from voipclient.net.pins import pin_of_der_certificate
 
 __all__ = ["AsyncioConnection", "client_ssl_context"]
 

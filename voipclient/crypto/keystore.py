@@ -1,16 +1,17 @@
 """Where this device keeps its identity keys (PROTOCOL §1): the OS keyring, or a passphrase file.
 
-This is an adapter (it touches the keyring and the file system) and the only module that imports
-``keyring`` (lazily, so the pure core never needs it).
+The format and the rules live here (pure); the stores that touch the keyring and the file
+system are adapters in :mod:`voipclient.storage.keystore` (the only module that imports
+``keyring``, lazily).
 
-* :class:`KeyringStore` -- service ``"voipclient"``, user name ``ik:<account>@<server>`` (both
+* ``KeyringStore`` -- service ``"voipclient"``, user name ``ik:<account>@<server>`` (both
   percent-encoded, so the pair is unambiguous), secret ``"vc1-ed25519:" + base64(private key)``.
   Without a usable backend (keyring's ``fail`` backend, ``NoKeyringError``/``KeyringError``)
   it raises :class:`KeyringUnavailable`; it also refuses ``keyrings.alt`` backends, which keep
   secrets in plaintext files.
-* :class:`EncryptedFileStore` -- one file per (server, account), named
-  ``ik-<first 32 hex digits of SHA-256(u16 len ‖ server ‖ account)>.vc1key``, mode 0600, written
-  atomically (temporary file, fsync, rename). Layout::
+* ``EncryptedFileStore`` (its format: :class:`KeyFileCodec`) -- one file per (server,
+  account), named ``ik-<first 32 hex digits of SHA-256(u16 len ‖ server ‖ account)>.vc1key``,
+  mode 0600, written atomically (temporary file, fsync, rename). Layout::
 
       off  len  field
       0    5    magic b"VC1IK"
@@ -37,16 +38,10 @@ given, and the caller asks the user before choosing the file store.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import hashlib
-import os
 import secrets
 import unicodedata
-from pathlib import Path
 from typing import Final, Protocol
-from urllib.parse import quote
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -54,10 +49,6 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from voipclient.crypto.identity import PRIVATE_KEY_LEN, IdentityKey
 from voipclient.errors import LocalProtocolError
-from voipclient.fileio import atomic_write
-
-SERVICE_NAME: Final = "voipclient"
-SECRET_PREFIX: Final = "vc1-ed25519:"  # noqa: S105 -- a format tag, not a secret
 
 FILE_MAGIC: Final = b"VC1IK"
 FILE_VERSION: Final = 1
@@ -112,102 +103,9 @@ def load_or_create_identity(store: IdentityStore, server: str, account: str) -> 
     return key
 
 
-def _check_names(server: str, account: str) -> None:
+def check_names(server: str, account: str) -> None:
     if not isinstance(server, str) or not server or not isinstance(account, str) or not account:
         raise LocalProtocolError("server and account must be non-empty strings")
-
-
-_NO_KEYRING_HELP: Final = (
-    "No usable OS keyring is available{why}. Start a Secret Service provider (GNOME Keyring, "
-    "KWallet, KeePassXC) in your desktop session, or choose a passphrase-protected key file "
-    "instead."
-)
-
-
-class KeyringStore:
-    """Identity keys in the OS keyring through ``keyring``."""
-
-    def __init__(self, service: str = SERVICE_NAME) -> None:
-        if not service:
-            raise LocalProtocolError("service name must not be empty")
-        self.service = service
-
-    @staticmethod
-    def username(server: str, account: str) -> str:
-        """``ik:<account>@<server>``, both percent-encoded (so ``@`` inside stays unambiguous)."""
-        return f"ik:{quote(account, safe='')}@{quote(server, safe='')}"
-
-    def _backend(self) -> object:
-        import keyring  # lazily: only this adapter needs keyring, and only when used
-        import keyring.backends.fail
-
-        try:
-            backend: object = keyring.get_keyring()
-        except Exception as exc:  # keyring's own initialisation can fail in many ways
-            raise KeyringUnavailable(_NO_KEYRING_HELP.format(why=f" ({exc})")) from exc
-        chained = getattr(backend, "backends", None)
-        parts = list(chained) if isinstance(chained, list | tuple) else [backend]
-        if not parts or all(isinstance(b, keyring.backends.fail.Keyring) for b in parts):
-            raise KeyringUnavailable(_NO_KEYRING_HELP.format(why=" (keyring found no backend)"))
-        for b in parts:
-            if type(b).__module__.startswith("keyrings.alt"):
-                raise KeyringUnavailable(
-                    _NO_KEYRING_HELP.format(why=f" ({type(b).__module__} stores plaintext)")
-                )
-        return backend
-
-    def is_available(self) -> bool:
-        try:
-            self._backend()
-        except KeyringUnavailable:
-            return False
-        return True
-
-    def load(self, server: str, account: str) -> IdentityKey | None:
-        _check_names(server, account)
-        import keyring
-        import keyring.errors
-
-        self._backend()
-        try:
-            secret = keyring.get_password(self.service, self.username(server, account))
-        except keyring.errors.KeyringError as exc:
-            raise KeyringUnavailable(_NO_KEYRING_HELP.format(why=f" ({exc})")) from exc
-        if secret is None:
-            return None
-        if not secret.startswith(SECRET_PREFIX):
-            raise KeystoreCorrupt(f"keyring entry for {account}@{server} is not a vc1 key")
-        try:
-            raw = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
-            return IdentityKey.from_private_bytes(raw)
-        except (binascii.Error, ValueError, LocalProtocolError):
-            raise KeystoreCorrupt(
-                f"keyring entry for {account}@{server} is not a valid key"
-            ) from None
-
-    def save(self, server: str, account: str, key: IdentityKey) -> None:
-        _check_names(server, account)
-        import keyring
-        import keyring.errors
-
-        self._backend()
-        secret = SECRET_PREFIX + base64.b64encode(key.private_bytes()).decode("ascii")
-        try:
-            keyring.set_password(self.service, self.username(server, account), secret)
-        except keyring.errors.KeyringError as exc:
-            raise KeyringUnavailable(_NO_KEYRING_HELP.format(why=f" ({exc})")) from exc
-
-    def delete(self, server: str, account: str) -> None:
-        _check_names(server, account)
-        import keyring
-        import keyring.errors
-
-        self._backend()
-        with contextlib.suppress(keyring.errors.PasswordDeleteError):
-            keyring.delete_password(self.service, self.username(server, account))
-
-    def __repr__(self) -> str:
-        return f"KeyringStore(service={self.service!r})"
 
 
 def _scrypt_ok(log2_n: int, r: int, p: int) -> bool:
@@ -223,33 +121,32 @@ def _lp(raw: bytes) -> bytes:
     return len(raw).to_bytes(2, "big") + raw
 
 
-class EncryptedFileStore:
-    """Identity keys in passphrase-encrypted files (scrypt + AES-256-GCM), one per account."""
+class KeyFileCodec:
+    """The key file format: scrypt + AES-256-GCM around one identity key (pure: bytes in, out)."""
 
-    __slots__ = ("_log2_n", "_passphrase", "directory")
+    __slots__ = ("_log2_n", "_passphrase")
 
-    def __init__(
-        self,
-        directory: str | os.PathLike[str],
-        passphrase: str,
-        *,
-        scrypt_log2_n: int = DEFAULT_LOG2_N,
-    ) -> None:
+    def __init__(self, passphrase: str, *, scrypt_log2_n: int = DEFAULT_LOG2_N) -> None:
         if not isinstance(passphrase, str) or not passphrase:
             raise LocalProtocolError("the passphrase must be a non-empty string")
         if not _scrypt_ok(scrypt_log2_n, DEFAULT_R, DEFAULT_P):
             raise LocalProtocolError(
                 f"scrypt_log2_n must be {MIN_LOG2_N}..{MAX_LOG2_N} (default {DEFAULT_LOG2_N})"
             )
-        self.directory = Path(directory)
         # NFC so the same passphrase typed through different input methods derives the same key.
         self._passphrase = unicodedata.normalize("NFC", passphrase).encode("utf-8")
         self._log2_n = scrypt_log2_n
 
-    def path_for(self, server: str, account: str) -> Path:
-        _check_names(server, account)
+    @property
+    def scrypt_log2_n(self) -> int:
+        return self._log2_n
+
+    @staticmethod
+    def file_name(server: str, account: str) -> str:
+        """``ik-<first 32 hex digits of SHA-256(u16 len ‖ server ‖ account)>.vc1key``."""
+        check_names(server, account)
         digest = hashlib.sha256(_lp(server.encode()) + account.encode()).hexdigest()
-        return self.directory / f"ik-{digest[:32]}{FILE_SUFFIX}"
+        return f"ik-{digest[:32]}{FILE_SUFFIX}"
 
     def _derive(self, salt: bytes, log2_n: int, r: int, p: int) -> AESGCM:
         key = Scrypt(salt=salt, length=32, n=1 << log2_n, r=r, p=p).derive(self._passphrase)
@@ -261,7 +158,7 @@ class EncryptedFileStore:
 
     def encode(self, server: str, account: str, key: IdentityKey) -> bytes:
         """The file contents for ``key`` (fresh salt and nonce every time)."""
-        _check_names(server, account)
+        check_names(server, account)
         salt = secrets.token_bytes(SALT_LEN)
         nonce = secrets.token_bytes(NONCE_LEN)
         header = (
@@ -297,27 +194,5 @@ class EncryptedFileStore:
             ) from None
         return IdentityKey.from_private_bytes(raw)
 
-    def load(self, server: str, account: str) -> IdentityKey | None:
-        path = self.path_for(server, account)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise KeystoreError(f"cannot read {path}: {exc.strerror}") from exc
-        return self.decode(server, account, data, source=str(path))
-
-    def save(self, server: str, account: str, key: IdentityKey) -> None:
-        path = self.path_for(server, account)
-        data = self.encode(server, account, key)
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            atomic_write(path, data)
-        except OSError as exc:
-            raise KeystoreError(f"cannot write {path}: {exc.strerror}") from exc
-
-    def delete(self, server: str, account: str) -> None:
-        self.path_for(server, account).unlink(missing_ok=True)
-
     def __repr__(self) -> str:
-        return f"EncryptedFileStore({str(self.directory)!r}, scrypt_log2_n={self._log2_n})"
+        return f"KeyFileCodec(scrypt_log2_n={self._log2_n})"

@@ -81,7 +81,7 @@ from voipclient.audio.redundancy import (
     RedundancyLevel,
     RedundancyPolicy,
 )
-from voipclient.crypto.hop import HopMac, derive_hop_keys
+from voipclient.crypto.hop import HopMac
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.keylog import KeyLogSink
 from voipclient.crypto.media import VoiceFrame
@@ -924,7 +924,7 @@ class ClientConnection:
                 self._voice_in(event.datagram, VoiceRoute.TUNNEL, now)
                 continue
             if isinstance(event, ev.LoggedIn):
-                self._logged_in(event)
+                self._logged_in(sec)
                 logged_in = event
             elif isinstance(event, ev.LossReportReceived):
                 report = LossReport(
@@ -949,9 +949,12 @@ class ClientConnection:
         for event in events:
             self._act(sup.handle_event(event, now), now)
 
-    def _logged_in(self, event: ev.LoggedIn) -> None:
-        k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
-        self._c2s, self._s2c = HopMac(k_c2s), HopMac(k_s2c)
+    def _logged_in(self, secure: e2ee.SecureSession | None) -> None:
+        # The hop keys come from the E2E layer, which derived them once from the hop secret.
+        macs = secure.hop_macs if secure is not None else None
+        if macs is None:  # pragma: no cover - SecureSession handled LoggedIn just before
+            raise LocalProtocolError("LoggedIn without hop keys")
+        self._c2s, self._s2c = macs
         self._hop_seq = 0
         self._hop_window = ReplayWindow()
         self._udp_sent = self._udp_received = self._udp_lost = 0

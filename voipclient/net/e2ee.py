@@ -278,6 +278,7 @@ class SecureSession:
         self._scheduler: SenderKeyScheduler | None = None
         self._receiver: VoiceReceiver | None = None
         self._c2s: HopMac | None = None
+        self._s2c: HopMac | None = None
         self._texts = TextOpener()
         self._sealers: dict[int, TextSealer] = {}
         self._text_keys: dict[tuple[int, int], SigningKey] = {}  # (channel, gen) -> signing key
@@ -315,6 +316,14 @@ class SecureSession:
     def scheduler(self) -> SenderKeyScheduler | None:
         """Our sender keys, once logged in."""
         return self._scheduler
+
+    @property
+    def hop_macs(self) -> tuple[HopMac, HopMac] | None:
+        """This login's hop MACs (client→server, server→client), derived once from
+        ``LoggedIn.hop_secret``; the connection core signs its hop control datagrams with them."""
+        if self._c2s is None or self._s2c is None:
+            return None
+        return self._c2s, self._s2c
 
     def transmit_channels(self) -> tuple[int, ...]:
         """Channels we hold a sender key for (member and allowed to speak)."""
@@ -573,9 +582,9 @@ class SecureSession:
     # -- login and peers ---------------------------------------------------------------------------
     def _logged_in(self, event: ev.LoggedIn, now: float, out: list[SecureEvent]) -> None:
         self._sender_id = me = event.sender_id
-        k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
-        self._c2s = HopMac(k_c2s)
-        self._receiver = VoiceReceiver(k_s2c, keylog=self._keylog)
+        k_c2s, k_s2c = derive_hop_keys(event.hop_secret)  # the one derivation per login
+        self._c2s, self._s2c = HopMac(k_c2s), HopMac(k_s2c)
+        self._receiver = VoiceReceiver(self._s2c, keylog=self._keylog)
         if self._keylog is not None:
             self._keylog(hop_key_line(event.sender_id, event.hop_secret))
         self._scheduler = SenderKeyScheduler(
@@ -979,7 +988,7 @@ class SecureSession:
         self._kem = None
         self._scheduler = None
         self._receiver = None
-        self._c2s = None
+        self._c2s = self._s2c = None
         self._sealers.clear()
         self._text_keys.clear()
         self._held.clear()

@@ -2,7 +2,7 @@
 
 :class:`~voipclient.net.client.ClientSession` returns :class:`ClientEvent` instances from
 ``receive_data``, ``handle_timer`` and ``connection_lost``;
-:class:`~voipclient.net.server.ServerCore` queues :class:`ServerEvent` instances for its adapter
+:class:`~voipclient.server.control.ServerCore` queues :class:`ServerEvent` instances for its adapter
 (``events()``). Events carry plain Python values (ints, bytes, strings, roster views) and never a
 wire Struct, except :class:`Negotiated` which passes the server's announced limits on as they are.
 

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from voipclient import __version__
 from voipclient.errors import LocalProtocolError
-from voipclient.fileio import user_data_dir
 from voipclient.server.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -35,9 +34,10 @@ from voipclient.server.config import (
     load_config,
     password_from_environment,
 )
+from voipclient.storage.atomic import user_data_dir
 
 if TYPE_CHECKING:
-    from voipclient.net.discovery import Announcer
+    from voipclient.lan import Announcer
 
 log = logging.getLogger("voipclient.server")
 
@@ -287,7 +287,8 @@ async def _announce(name: str, host: str, port: int, pin: str) -> Announcer | No
     zeroconf blocks while it probes (~1.5 s), so it runs in a worker thread with its own loop.
     Any failure (no multicast, a sandbox, zeroconf missing) is a warning, never fatal: the server
     works the same without it."""
-    from voipclient.net.discovery import Announcer, DiscoveryUnavailable
+    from voipclient.lan import Announcer
+    from voipclient.net.discovery import DiscoveryUnavailable
 
     announcer = Announcer()
     try:

@@ -2,7 +2,7 @@
 
 It owns the sockets and the clock (``loop.time()``, seconds) and drives two pure cores:
 
-* :class:`~voipclient.net.server.ServerCore` — every control session (login, roster, KeyDist and
+* :class:`~voipclient.server.control.ServerCore` — every control session (login, roster, KeyDist and
   text relay, rate limits, login/idle timeouts);
 * :class:`~voipclient.server.relay.RelayCore` — hop MACs, address validation, ACL, replay window,
   rate limit and fan-out of voice datagrams.
@@ -58,8 +58,8 @@ from voipclient.names import name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import encode_frame
-from voipclient.net.server import ServerCore, TokenBucket
 from voipclient.server.config import PasswordHash, Settings
+from voipclient.server.control import ServerCore, TokenBucket
 from voipclient.server.relay import Addr, RelayCore
 from voipclient.server.store import Store
 from voipclient.server.tls import TlsIdentity, make_server_context

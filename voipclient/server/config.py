@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from voipclient.errors import LocalProtocolError
 from voipclient.net import messages as m
-from voipclient.net.server import LOBBY_ID, ChannelConfig, ServerConfig
+from voipclient.server.control import LOBBY_ID, ChannelConfig, ServerConfig
 from voipclient.server.relay import RelayLimits
 
 __all__ = [

@@ -124,7 +124,7 @@ _SEQ_EXHAUSTED: Final = int(RelayDrop.SEQ_EXHAUSTED)
 
 
 class RelayRoster(Protocol):
-    """What the relay asks the roster (``voipclient.net.server.ServerCore`` satisfies it)."""
+    """What the relay asks the roster (``voipclient.server.control.ServerCore`` satisfies it)."""
 
     def may_speak(self, sender_id: int, channel_id: int) -> bool:
         """``sender_id`` is a member of ``channel_id`` and may transmit there."""

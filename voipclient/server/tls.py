@@ -12,9 +12,7 @@ When the configuration names a certificate and key, those are used as they are.
 
 from __future__ import annotations
 
-import base64
 import datetime
-import hashlib
 import logging
 import ssl
 import stat
@@ -27,7 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from voipclient.fileio import atomic_write
+from voipclient.net.pins import pin_of_certificate
+from voipclient.storage.atomic import atomic_write
 
 __all__ = [
     "CERT_FILE",
@@ -36,8 +35,6 @@ __all__ = [
     "TlsIdentity",
     "load_or_create",
     "make_server_context",
-    "pin_of_certificate",
-    "pin_of_der_certificate",
 ]
 
 log = logging.getLogger("voipclient.server.tls")
@@ -47,7 +44,6 @@ KEY_FILE: Final = "server-key.pem"
 #: RFC 5280 §4.1.2.5: "no well-defined expiration date". Clients pin the key, and a pinning
 #: client that also rejected expired certificates would lock its users out one day.
 _NOT_AFTER: Final = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
-_PIN_PREFIX: Final = "sha256/"
 
 
 class TlsError(Exception):
@@ -64,19 +60,6 @@ class TlsIdentity:
     pin: str
     #: True when this start created the key and certificate.
     created: bool
-
-
-def pin_of_certificate(cert: x509.Certificate) -> str:
-    """``sha256/<base64(SHA-256(DER SubjectPublicKeyInfo))>``."""
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return _PIN_PREFIX + base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
-
-
-def pin_of_der_certificate(der: bytes) -> str:
-    """The pin of a DER certificate as a TLS peer presents it (``getpeercert(True)``)."""
-    return pin_of_certificate(x509.load_der_x509_certificate(der))
 
 
 def _new_certificate(key: ec.EllipticCurvePrivateKey, common_name: str) -> x509.Certificate:

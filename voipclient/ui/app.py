@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from voipclient import __version__
-from voipclient.fileio import user_data_dir
+from voipclient.storage.atomic import user_data_dir
 
 log = logging.getLogger("voipclient.ui")
 

@@ -11,7 +11,7 @@
 - :meth:`ConnectDialog.discovered_pin` — the pin the chosen server announced on the LAN, if it
   was seen there, for :class:`~voipclient.ui.trust_dialogs.PinApprovalDialog` to compare.
 
-LAN discovery (:class:`voipclient.net.discovery.LanBrowser`) runs while the dialog is open. Its
+LAN discovery (:class:`voipclient.lan.LanBrowser`) runs while the dialog is open. Its
 callbacks arrive on zeroconf's thread and cross to the GUI thread through
 :class:`_DiscoveryBridge`'s queued signals; the browser stops when the dialog closes. When
 discovery cannot work here the list says "LAN discovery unavailable: <reason>".
@@ -43,8 +43,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from voipclient.lan import LanBrowser
 from voipclient.names import InvalidName, check_name, prepare_name
-from voipclient.net.discovery import DiscoveredServer, DiscoveryUnavailable, LanBrowser
+from voipclient.net.discovery import DiscoveredServer, DiscoveryUnavailable
 from voipclient.ui.prefs import DEFAULT_PORT, Bookmark, Preferences
 from voipclient.ui.widgets import plain_tip
 

@@ -2,7 +2,7 @@
 
 :class:`ClientController` lives on the GUI thread and owns
 
-* the :class:`~voipclient.net.qt_connection.ServerConnection`, moved to its own ``QThread``; the
+* the :class:`~voipclient.client.qt_connection.ServerConnection`, moved to its own ``QThread``; the
   controller talks to it only through queued signals and reads its plain attributes;
 * the audio pipeline (:class:`AudioPipeline`): engine + capture and playback workers on their
   own threads; settings reach them as commands in their mailboxes, never as shared objects;
@@ -33,21 +33,23 @@ from voipclient.audio.mixer import Mixer
 from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.audio.workers import CaptureWorker, PlaybackWorker, RouteSlot
-from voipclient.crypto.accounts import AskPassphrase, open_identity
+from voipclient.client.qt_connection import ConnectionStats, ServerConnection
 from voipclient.crypto.fingerprint import format_safety_number, safety_number
 from voipclient.crypto.identity import IdentityKey
-from voipclient.crypto.keylog import KEYLOG_ENV, KeyLogSink, keylog_from_environment
-from voipclient.crypto.keystore import KeyringStore, KeystoreError
+from voipclient.crypto.keylog import KEYLOG_ENV, KeyLogSink
+from voipclient.crypto.keystore import KeystoreError
 from voipclient.errors import AudioDeviceError
 from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net import supervisor as sv
-from voipclient.net.pins import PinFile, TofuFile
-from voipclient.net.qt_connection import ConnectionStats, ServerConnection
 from voipclient.ptt.router import Mode, PttRouter
 from voipclient.ptt.service import PttService
 from voipclient.ptt.sources import HotkeySource, choose_source
+from voipclient.storage.accounts import AskPassphrase, open_identity
+from voipclient.storage.keylog import keylog_from_environment
+from voipclient.storage.keystore import KeyringStore
+from voipclient.storage.trust import PinFile, TofuFile
 from voipclient.ui.model import ClientModel, binding_conflict, with_binding
 from voipclient.ui.prefs import Bookmark, Preferences, PrefsBackend, ServerPrefs, save_preferences
 

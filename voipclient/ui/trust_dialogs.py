@@ -5,7 +5,7 @@ and the passphrase of an identity key kept in a file (when there is no OS keyrin
   ``exec()`` → ``Accepted`` means "trust this key" (the app calls ``approve_pin(True)``).
   *Cancel* is the default button: Enter never trusts a key without a deliberate choice.
 - :func:`ask_server_password` asks for the server password (after a wrong one, says so).
-- :func:`ask_passphrase` is a :data:`voipclient.crypto.accounts.AskPassphrase`: it asks twice when
+- :func:`ask_passphrase` is a :data:`voipclient.storage.accounts.AskPassphrase`: it asks twice when
   a key file is created, once (showing the attempt and the previous error) when one is opened.
 
 Every function here runs on the GUI thread and blocks in a nested event loop (``exec()``).
@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from voipclient.crypto.accounts import PassphraseRequest
+from voipclient.storage.accounts import PassphraseRequest
 
 __all__ = [
     "MIN_PASSPHRASE_LEN",
@@ -376,7 +376,7 @@ class PassphraseDialog(QDialog):
 
 
 def ask_passphrase(parent: QWidget | None, request: PassphraseRequest) -> str | None:
-    """:data:`~voipclient.crypto.accounts.AskPassphrase` with ``parent`` bound (use
+    """:data:`~voipclient.storage.accounts.AskPassphrase` with ``parent`` bound (use
     ``functools.partial(ask_passphrase, window)``): the passphrase, or None when cancelled."""
     dialog = PassphraseDialog(request, parent)
     try:

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmarks.netem import Impairment, LossyProxy
 from voipclient.audio.cues import CueKind, cue
 from voipclient.audio.file_engine import read_wav_mono16
 from voipclient.bot import BotOptions, VoiceBot
-from voipclient.net.netem import Impairment, LossyProxy
 
 from ...audio_similarity import segment_similarity, similarity
 from ..conftest import ServerProcess, Starter

@@ -23,8 +23,8 @@ from voipclient.audio.file_engine import FileEngine
 from voipclient.audio.opus import OpusEncoder
 from voipclient.audio.voice import TransmitGate, VoiceSender
 from voipclient.audio.workers import CaptureWorker
+from voipclient.client.qt_connection import ServerConnection
 from voipclient.crypto.identity import IdentityKey
-from voipclient.net.qt_connection import ServerConnection
 from voipclient.ptt.pynput_source import PynputSource
 from voipclient.ptt.router import Binding, PttRouter
 from voipclient.ptt.service import PttService

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from voipclient.client.qt_connection import ServerConnection
 from voipclient.crypto.identity import IdentityKey
-from voipclient.net.qt_connection import ServerConnection
 
 from ..conftest import A, B, Starter
 from .conftest import (

@@ -11,7 +11,13 @@ import keyring.backends.fail
 import keyring.errors
 import pytest
 
-from voipclient.crypto.accounts import (
+from voipclient.crypto.identity import IdentityKey
+from voipclient.crypto.keystore import (
+    KeyringUnavailable,
+    WrongPassphrase,
+)
+from voipclient.errors import LocalProtocolError
+from voipclient.storage.accounts import (
     OpenedIdentity,
     PassphraseCancelled,
     PassphraseRequest,
@@ -19,14 +25,7 @@ from voipclient.crypto.accounts import (
     key_file_path,
     open_identity,
 )
-from voipclient.crypto.identity import IdentityKey
-from voipclient.crypto.keystore import (
-    EncryptedFileStore,
-    KeyringStore,
-    KeyringUnavailable,
-    WrongPassphrase,
-)
-from voipclient.errors import LocalProtocolError
+from voipclient.storage.keystore import EncryptedFileStore, KeyringStore
 
 SERVER, ACCOUNT = "voice.example.org:64738", "alice"
 FAST = 10  # scrypt log2(N), tests only

@@ -13,11 +13,11 @@ from voipclient.crypto import fingerprint
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.keystore import (
     FILE_MAGIC,
-    EncryptedFileStore,
     KeystoreCorrupt,
     WrongPassphrase,
 )
 from voipclient.crypto.tofu import TofuStore, TofuStoreCorrupt, TrustStatus
+from voipclient.storage.keystore import EncryptedFileStore
 
 names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
 keys = st.binary(min_size=32, max_size=32)

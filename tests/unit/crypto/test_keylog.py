@@ -9,15 +9,10 @@ from pathlib import Path
 
 from voipclient.crypto import sframe
 from voipclient.crypto.hop import HopMac, derive_hop_keys
-from voipclient.crypto.keylog import (
-    KEYLOG_ENV,
-    FileKeyLog,
-    hop_key_line,
-    keylog_from_environment,
-    media_key_line,
-)
+from voipclient.crypto.keylog import KEYLOG_ENV, hop_key_line, media_key_line
 from voipclient.crypto.media import PTYPE_VOICE, SenderKey, VoiceReceiver
 from voipclient.crypto.rotation import SenderKeyScheduler
+from voipclient.storage.keylog import FileKeyLog, keylog_from_environment
 
 VECTORS = json.loads((Path(__file__).parents[2] / "data" / "vc1-datagram-vectors.json").read_text())
 S0 = bytes.fromhex(VECTORS["base_key_step0"])

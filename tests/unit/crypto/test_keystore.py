@@ -20,14 +20,13 @@ from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.keystore import (
     DEFAULT_LOG2_N,
     FILE_LEN,
-    EncryptedFileStore,
-    KeyringStore,
     KeyringUnavailable,
     KeystoreCorrupt,
     WrongPassphrase,
     load_or_create_identity,
 )
 from voipclient.errors import LocalProtocolError
+from voipclient.storage.keystore import EncryptedFileStore, KeyringStore
 
 SERVER, ACCOUNT = "voice.example.org:64738", "alice"
 FAST = 10  # scrypt log2(N) for tests only

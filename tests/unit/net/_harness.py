@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from voipclient.net import events as ev
 from voipclient.net.client import ClientSession
-from voipclient.net.server import ServerConfig, ServerCore
 from voipclient.net.states import ClientState
+from voipclient.server.control import ServerConfig, ServerCore
 
 E = TypeVar("E")
 

@@ -31,7 +31,7 @@ from voipclient.net.connection import (
     OpenUdp,
     VoiceReceived,
 )
-from voipclient.net.server import ServerConfig, ServerCore
+from voipclient.server.control import ServerConfig, ServerCore
 from voipclient.server.relay import Addr, RelayCore
 
 from ._harness import EventLog

@@ -23,7 +23,7 @@ from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net.client import ClientSession
 from voipclient.net.messages import LeaveReason
-from voipclient.net.server import ChannelConfig, ServerConfig
+from voipclient.server.control import ChannelConfig, ServerConfig
 
 PIN = "sha256/fake-server-pin"
 A, B, C = 2, 3, 4

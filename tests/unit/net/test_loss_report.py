@@ -17,12 +17,12 @@ from voipclient.errors import LocalProtocolError, RemoteProtocolError
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import FrameDecoder, encode_frame
-from voipclient.net.server import (
+from voipclient.net.states import ClientState
+from voipclient.server.control import (
     LOSS_REPORT_COUNTERS,
     ChannelConfig,
     ServerConfig,
 )
-from voipclient.net.states import ClientState
 
 from ._harness import Net, Peer, make_client
 from ._strategies import struct_strategy

@@ -11,14 +11,8 @@ from pathlib import Path
 import pytest
 
 from voipclient.crypto.tofu import TofuStore, TrustLevel
-from voipclient.net.pins import (
-    PinFile,
-    PinStatus,
-    PinStore,
-    PinStoreCorrupt,
-    TofuFile,
-    server_key,
-)
+from voipclient.net.pins import PinStatus, PinStore, PinStoreCorrupt, server_key
+from voipclient.storage.trust import PinFile, TofuFile
 
 PIN_A = "sha256/" + base64.b64encode(bytes(range(32))).decode()
 PIN_B = "sha256/" + base64.b64encode(bytes(range(1, 33))).decode()

@@ -10,8 +10,8 @@ from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.client import ClientSession
 from voipclient.net.frames import encode_frame
-from voipclient.net.server import ChannelConfig, ServerConfig
 from voipclient.net.states import ClientState
+from voipclient.server.control import ChannelConfig, ServerConfig
 
 from ._harness import Net, Peer, identity, real_keydist
 
@@ -400,6 +400,6 @@ def test_core_imports_no_io_modules() -> None:
         "import sys\n"
         "for mod in ('PySide6', 'sounddevice', 'pynput', 'asyncio', 'socket', 'threading'):\n"
         "    sys.modules[mod] = None\n"
-        "import voipclient.net.client, voipclient.net.server\n"
+        "import voipclient.net.client, voipclient.server.control\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from voipclient.net.server import LOBBY_ID, ServerConfig
 from voipclient.server import __main__ as cli
 from voipclient.server.config import (
     PASSWORD_ENV,
@@ -24,6 +23,7 @@ from voipclient.server.config import (
     parse_config,
     password_from_environment,
 )
+from voipclient.server.control import LOBBY_ID, ServerConfig
 from voipclient.server.relay import RelayLimits
 
 ADMIN = base64.b64encode(bytes(range(32))).decode()

@@ -15,14 +15,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from voipclient.net.pins import pin_of_certificate, pin_of_der_certificate
 from voipclient.server.tls import (
     CERT_FILE,
     KEY_FILE,
     TlsError,
     load_or_create,
     make_server_context,
-    pin_of_certificate,
-    pin_of_der_certificate,
 )
 
 

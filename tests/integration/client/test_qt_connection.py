@@ -17,11 +17,12 @@ from PySide6.QtCore import QObject, QThread, Signal
 
 from voipclient.audio.payload import decode_payload, encode_payload
 from voipclient.bot import BotOptions, VoiceBot
+from voipclient.client.qt_connection import ServerConnection
 from voipclient.crypto.identity import IdentityKey
 from voipclient.net.events import ServerShuttingDown
-from voipclient.net.pins import PinFile, server_key
-from voipclient.net.qt_connection import ServerConnection
+from voipclient.net.pins import server_key
 from voipclient.net.supervisor import ApplyLocalSettings, ReconnectScheduled, SupervisorConfig
+from voipclient.storage.trust import PinFile
 
 from ..conftest import A, B, ServerProcess, Starter
 

@@ -10,13 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.net._harness import identity, real_keydist, seeded_rng
+from tests.unit.net._strategies import struct_strategy
 from voipclient.crypto import keydist
 from voipclient.errors import LocalProtocolError
 from voipclient.names import name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import FrameDecoder, encode_frame
-from voipclient.net.server import (
+from voipclient.server.control import (
     LOBBY_ID,
     ChannelConfig,
     PasswordBackoff,
@@ -24,9 +26,6 @@ from voipclient.net.server import (
     ServerCore,
     TokenBucket,
 )
-
-from ._harness import identity, real_keydist, seeded_rng
-from ._strategies import struct_strategy
 
 T0 = 100.0
 

@@ -28,13 +28,12 @@ from pathlib import Path
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.keystore import (
     DEFAULT_LOG2_N,
-    EncryptedFileStore,
-    KeyringStore,
     KeystoreError,
     WrongPassphrase,
     load_or_create_identity,
 )
 from voipclient.errors import LocalProtocolError
+from voipclient.storage.keystore import EncryptedFileStore, KeyringStore
 
 __all__ = [
     "OpenedIdentity",

@@ -43,9 +43,9 @@ from voipclient.net import connection as cc
 from voipclient.net import e2ee
 from voipclient.net import supervisor as sv
 from voipclient.net.client import ClientSession
-from voipclient.net.pins import PinFile, TofuFile, server_key
+from voipclient.net.pins import pin_of_der_certificate, server_key
 from voipclient.net.states import ConnectionState
-from voipclient.server.tls import pin_of_der_certificate
+from voipclient.storage.trust import PinFile, TofuFile
 
 log = logging.getLogger("voipclient.net.connection")
 _UNCONNECTED = QAbstractSocket.SocketState.UnconnectedState
