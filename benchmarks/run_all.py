@@ -302,8 +302,12 @@ def table(name: str, figures: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Modules in this folder that are not benchmarks (the lossy proxy is a library for them).
+HELPERS = frozenset({"run_all", "netem"})
+
+
 def main() -> int:
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name != Path(__file__).name)
+    scripts = sorted(p for p in HERE.glob("*.py") if p.stem not in HELPERS)
     results = {p.stem: run(p) for p in scripts}
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     machine = f"{platform.machine()}, Python {platform.python_version()}"
