@@ -244,6 +244,9 @@ class _Peer:
     name: str
     ik_pub: bytes
     recipient: keydist.KeyDistRecipient | None = None  # set once its SKC verified
+    #: (sk_pub, SKC) published and not verified yet: verified once the peer shares a channel
+    #: with us (a 500-user server must not cost 499 verifications at login).
+    published: tuple[bytes, bytes] | None = None
     status: TrustStatus = TrustStatus.UNCHANGED  # what TOFU said when we first saw it
 
 
@@ -662,6 +665,29 @@ class SecureSession:
             peer = self._peers.get(sender_id)
         if peer is None:
             return
+        peer.published = (sk_pub, skc_bytes)
+        if sender_id in self._sharing_peers() or any(r == sender_id for r, _ in self._held):
+            self._verify_published(peer, now, out)
+
+    def _sharing_peers(self, channels: Iterable[int] | None = None) -> set[int]:
+        """Everyone in ``channels`` (default: every channel we are in), us excluded."""
+        roster = self._session.roster
+        me = self._sender_id
+        if channels is None:
+            channels = roster.channels_of(me) if me is not None else ()
+        out: set[int] = set()
+        for channel_id in channels:
+            out |= roster.members(channel_id)
+        out.discard(me)
+        return out
+
+    def _verify_published(self, peer: _Peer, now: float, out: list[SecureEvent]) -> None:
+        """Check the peer's published certificate, if one waits; keys held for it go out."""
+        published, peer.published = peer.published, None
+        if published is None:
+            return
+        sk_pub, skc_bytes = published
+        sender_id = peer.sender_id
         try:
             skc = SessionCertificate.from_bytes(skc_bytes)
             skc.verify(peer.ik_pub, self._wall_ms(), account=peer.name, sender_id=sender_id)
@@ -671,7 +697,15 @@ class SecureSession:
             out.append(KeyRejected(sender_id, None, f"session certificate: {exc.message}"))
             return
         peer.recipient = keydist.KeyDistRecipient.from_certificate(skc)
+        self._changed()
         self._release_held(sender_id, now)
+
+    def _verify_sharing(self, channels: Iterable[int], now: float) -> None:
+        """Verify the waiting certificates of everyone in ``channels`` (they now share one)."""
+        for sender_id in self._sharing_peers(channels):
+            peer = self._peers.get(sender_id)
+            if peer is not None and peer.published is not None:
+                self._verify_published(peer, now, self._pending)
 
     def _release_held(self, sender_id: int, now: float) -> None:
         """Send the keys held for ``sender_id`` (the newest per channel), if we may."""
@@ -700,6 +734,11 @@ class SecureSession:
             return
         if event.joined:
             self._set_member(event.channel_id, event.sender_id, event.may_speak)
+            me = self._sender_id
+            if event.sender_id == me or me in self._session.roster.members(event.channel_id):
+                # Now sharing the channel: the certificates that matter are checked before
+                # the key actions below want them.
+                self._verify_sharing((event.channel_id,), now)
         else:
             self._drop_member(event.channel_id, event.sender_id)
         if event.sender_id == self._sender_id:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from tests.unit.net._harness import Net, Peer
 from voipclient.crypto.hop import HopMac, derive_hop_keys
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.media import VoiceFrame, VoiceReceiver, parse_header
+from voipclient.crypto.session import SessionCertificate
 from voipclient.crypto.tofu import TofuStore, TrustStatus
 from voipclient.errors import LocalProtocolError
 from voipclient.names import name_key
@@ -23,7 +25,7 @@ from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net.client import ClientSession
 from voipclient.net.messages import LeaveReason
-from voipclient.server.control import ChannelConfig, ServerConfig
+from voipclient.server.control import LOBBY_ID, ChannelConfig, ServerConfig
 
 PIN = "sha256/fake-server-pin"
 A, B, C = 2, 3, 4
@@ -325,6 +327,53 @@ def test_changed_identity_key_is_reported(world: World) -> None:
         if isinstance(e, e2ee.KeyAccepted) and e.sender_id == ann2.sid
     ]
     assert cat2.sid != bob2.sid
+
+
+def test_a_certificate_is_checked_once_its_owner_shares_a_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Peers' session certificates are verified when they come to share a channel with us, not
+    for every user of the server at login; a bad one is reported then, and no key goes to it."""
+    checked: list[int] = []  # sender ids whose certificate someone verified
+    real_verify = SessionCertificate.verify
+
+    def counting(self: SessionCertificate, *args: Any, **kwargs: Any) -> None:
+        checked.append(kwargs["sender_id"])
+        real_verify(self, *args, **kwargs)
+
+    monkeypatch.setattr(SessionCertificate, "verify", counting)
+    w = World()
+    ann = w.login("ann")
+    w.leave(ann, LOBBY_ID)
+    w.join(ann, A)
+    bob = w.login("bob")
+    w.leave(bob, LOBBY_ID)
+    w.join(bob, B)
+    dan = w.login("dan")
+    w.leave(dan, LOBBY_ID)
+    w.join(dan, C)
+    assert checked == []  # three users, no channel in common: nothing to verify yet
+
+    w.join(bob, A)
+    assert sorted(checked) == sorted([ann.sid, bob.sid])  # each checked the other, once
+    w.advance(0.6)
+    assert any(
+        isinstance(e, e2ee.KeyAccepted) and e.sender_id == ann.sid and e.channel_id == A
+        for e in bob.events
+    )
+
+    # A relay swaps dan's certificate for a forged one while dan is elsewhere: nothing to
+    # report yet; the moment dan joins ann's channel the forgery is caught and nothing is sent.
+    forged = ev.SessionKeyPublished(dan.sid, bytes(1216), b"\x01" + bytes(40))
+    ann.events += ann.secure.handle_events([forged], w.net.now)
+    assert not ann.of(e2ee.KeyRejected)
+    w.join(dan, A)
+    w.advance(0.6)
+    rejected = [e for e in ann.of(e2ee.KeyRejected) if isinstance(e, e2ee.KeyRejected)]
+    assert [e.sender_id for e in rejected] == [dan.sid]
+    assert "session certificate" in rejected[0].reason
+    assert dan.sid not in ann.secure.key_sent_to.get(A, set())
+    assert not any(isinstance(e, e2ee.KeyAccepted) and e.sender_id == ann.sid for e in dan.events)
 
 
 def test_joiner_cannot_read_text_sent_before_it_joined(world: World) -> None:
