@@ -306,9 +306,19 @@ def table(name: str, figures: dict[str, object]) -> str:
 HELPERS = frozenset({"run_all", "netem"})
 
 
+#: Every run's figures, so the page can be rewritten (``--rewrite``) after its prose changes
+#: without running the benchmarks again.
+RESULTS = HERE.parent / "build" / "bench-results.json"
+
+
 def main() -> int:
-    scripts = sorted(p for p in HERE.glob("*.py") if p.stem not in HELPERS)
-    results = {p.stem: run(p) for p in scripts}
+    if sys.argv[1:] == ["--rewrite"]:
+        results = json.loads(RESULTS.read_text())
+    else:
+        scripts = sorted(p for p in HERE.glob("*.py") if p.stem not in HELPERS)
+        results = {p.stem: run(p) for p in scripts}
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     machine = f"{platform.machine()}, Python {platform.python_version()}"
     parts = [
