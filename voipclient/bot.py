@@ -65,6 +65,7 @@ from voipclient.net import connection as cn
 from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net import supervisor as sv
+from voipclient.net.roster import ChannelNotFound, find_channel
 from voipclient.net.states import ConnectionState
 from voipclient.ptt.router import Mode, PttRouter
 from voipclient.storage.keylog import keylog_from_environment
@@ -325,18 +326,11 @@ class VoiceBot:
 
     def resolve_channels(self, names: Sequence[str]) -> list[int]:
         roster = self.conn.roster
-        channels = {} if roster is None else roster.channels
-        ids = []
-        for name in names:
-            if name.isdigit() and int(name) in channels:
-                ids.append(int(name))
-                continue
-            found = [c.id for c in channels.values() if c.name.casefold() == name.casefold()]
-            if not found:
-                known = ", ".join(sorted(c.name for c in channels.values()))
-                raise BotError(f"no channel {name!r} on the server (channels: {known})")
-            ids.append(found[0])
-        return ids
+        pairs = [] if roster is None else [(c.id, c.name) for c in roster.channels.values()]
+        try:
+            return [find_channel(name, pairs) for name in names]
+        except ChannelNotFound as exc:
+            raise BotError(str(exc)) from None
 
     async def join_channels(self) -> None:
         self.channel_ids = self.resolve_channels(self.o.join)

@@ -527,7 +527,9 @@ class CaptureProcessor:
         p = math.nan
         if self._ns is not None:
             p = self._ns.process(x)
-        if math.isnan(p):
+        if math.isnan(p) or self._vad.frame_db < EnergyVad.abs_floor_dbfs:
+            # No backend probability, or a frame too quiet to be anyone's voice (digital
+            # silence, a mic's own hiss): WebRTC's model reads 0.5, its "don't know", there.
             p = energy_p
         if p > settings.vad_threshold:
             self._hang_left = round(settings.vad_hangover_s * SAMPLE_RATE)

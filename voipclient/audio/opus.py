@@ -30,6 +30,14 @@ MAX_PACKET: Final = 1275  # bytes: the largest Opus packet (RFC 6716)
 Pcm = npt.NDArray[np.int16]
 
 
+def libopus_version() -> str:
+    """The loaded libopus, as it names itself (``"libopus 1.3.1"``)."""
+    from opuslib_next.api.info import get_version_string
+
+    raw = get_version_string()
+    return raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+
+
 def frame_samples(frame_ms: int) -> int:
     """Samples per channel in one frame of ``frame_ms`` milliseconds at 48 kHz."""
     if frame_ms not in FRAME_MS_CHOICES:

@@ -15,6 +15,7 @@ Invariants the model enforces (a change that would break one raises :class:`Rost
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,7 +23,15 @@ from typing import Final
 
 from voipclient.net import messages as m
 
-__all__ = ["ChannelView", "Roster", "RosterError", "RosterSnapshot", "UserView"]
+__all__ = [
+    "ChannelNotFound",
+    "ChannelView",
+    "Roster",
+    "RosterError",
+    "RosterSnapshot",
+    "UserView",
+    "find_channel",
+]
 
 _EMPTY: Final[frozenset[int]] = frozenset()
 
@@ -400,3 +409,41 @@ class Roster:
 
 def _memberships_from_wire(user: m.UserInfo) -> dict[int, bool]:
     return {mb.channel_id: mb.may_speak for mb in user.channels}
+
+
+class ChannelNotFound(LookupError):
+    """A channel a user named does not exist or is ambiguous; ``str(exc)`` says which and lists
+    what there is."""
+
+
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip().casefold()
+
+
+def find_channel(text: str, channels: Iterable[tuple[int, str]]) -> int:
+    """The id of the channel a user typed: its name (case-insensitive), else its id (``5`` or
+    ``#5``). The one rule for the control socket, the bot's ``--join``/``--talk`` and the app.
+
+    Raises:
+        ChannelNotFound: no such channel, or the name is shared by several channels (the message
+            lists the candidates with their ids, or every channel there is).
+    """
+    pairs = sorted(channels)
+    wanted = _fold(text)
+    if not wanted:
+        raise ChannelNotFound("a channel name or id is needed")
+    named = [(cid, name) for cid, name in pairs if _fold(name) == wanted]
+    if len(named) == 1:
+        return named[0][0]
+    if named:
+        listed = ", ".join(f"{name} (#{cid})" for cid, name in named)
+        raise ChannelNotFound(f"{text.strip()!r} names {len(named)} channels: {listed}; use the id")
+    number = wanted.removeprefix("#")
+    if number.isdecimal() and number.isascii():
+        cid = int(number)
+        if any(c == cid for c, _ in pairs):
+            return cid
+    if not pairs:
+        raise ChannelNotFound(f"no channel {text.strip()!r}: not connected to a server")
+    listed = ", ".join(f"{name} (#{cid})" for cid, name in pairs)
+    raise ChannelNotFound(f"no channel {text.strip()!r}; the channels are: {listed}")

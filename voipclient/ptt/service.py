@@ -31,7 +31,8 @@ from voipclient.ptt.sources import HotkeySource, InputEvent
 
 __all__ = ["ChannelResolver", "PttService", "numeric_channels"]
 
-#: Maps a channel as the user typed it (a name or an id) to a channel id, or None if unknown.
+#: Maps a channel as the user typed it (a name or an id) to a channel id; None or
+#: :class:`LookupError` (``ChannelNotFound``, whose message lists the channels) if unknown.
 ChannelResolver = Callable[[str], "int | None"]
 
 Listener = Callable[[PttEvent], None]
@@ -50,10 +51,12 @@ class PttService:
         router: PttRouter,
         *,
         resolve_channel: ChannelResolver = numeric_channels,
+        channel_name: Callable[[int], str | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._router = router
         self._resolve = resolve_channel
+        self._name = channel_name
         self._clock = clock
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -171,7 +174,10 @@ class PttService:
         if len(parts) != 2:
             return f"error {verb} needs a channel name or id"
         text = parts[1].strip()
-        channel = self._resolve(text)
+        try:
+            channel = self._resolve(text)
+        except LookupError as exc:
+            return f"error {exc}"
         if channel is None:
             return f"error unknown channel {text!r}"
         now = self._clock()
@@ -190,13 +196,16 @@ class PttService:
 
     def _status(self) -> dict[str, object]:
         state = self.state()
+        wanted = sorted(state.wanted)
         return {
             "mode": state.mode.value,
             "hot_mic": state.hot_mic,
             "hot_mic_open": state.hot_mic_open,
-            "wanted": sorted(state.wanted),
+            "wanted": wanted,
             "held": sorted(state.held_inputs),
             "engaged": sorted(state.engaged),
             "latched": sorted(state.latched),
             "control": sorted(state.control_channels),
+            # what a person reads: the names of the channels being talked into
+            "talking_to": [self._name(c) or str(c) if self._name else str(c) for c in wanted],
         }

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from voipclient import __version__
+from voipclient import __version__, diagnostics
 from voipclient.storage.atomic import user_data_dir
 
 log = logging.getLogger("voipclient.ui")
@@ -63,6 +63,7 @@ class App:
     """Everything the running desktop app is made of; ``run()`` builds it, tests build it too."""
 
     def __init__(self, args: argparse.Namespace, qapp: Any, *, backend: Any = None) -> None:
+        from PySide6.QtCore import QTimer
         from PySide6.QtGui import QIcon
         from PySide6.QtWidgets import QSystemTrayIcon
 
@@ -88,6 +89,13 @@ class App:
         qapp.setWindowIcon(self.icon)
         data_dir = args.data_dir or default_data_dir()
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Crash dumps, unhandled exceptions and hangs go to <data>/logs from here on.
+        self._owns_diagnostics = diagnostics.installed() is None
+        self.diagnostics = diagnostics.install(data_dir / "logs")
+        self._heartbeat = QTimer()
+        self._heartbeat.setInterval(1000)
+        self._heartbeat.timeout.connect(self.diagnostics.heartbeat)
+        self._heartbeat.start()
         self.controller = ClientController(
             self.backend,
             prefs,
@@ -109,6 +117,8 @@ class App:
         self.window.connect_requested.connect(self.show_connect_dialog)
         self.window.settings_requested.connect(self.show_settings)
         self.window.quit_requested.connect(self.quit)
+        self.window.diagnostics_requested.connect(self.copy_diagnostics)
+        self.window.log_folder_requested.connect(self.open_log_folder)
         self.window.chat.mentioned.connect(self._mentioned)
         self.controller.pin_approval_needed.connect(self._approve_pin)
         self.controller.connection_state.connect(self._state)
@@ -158,6 +168,71 @@ class App:
             f"joined={len(ctl.model.joined())} audio={'ok' if not ctl.audio_problem else 'none'} "
             f"hotkeys={ctl.hotkeys.split(' ')[0] or '-'}"
         )
+
+    def diagnostics_text(self) -> str:
+        """What "Copy diagnostics" puts on the clipboard: versions, devices, connection, the
+        last errors. Never keys, passwords or pins' secrets (a pin is a public hash anyway)."""
+        import platform
+
+        ctl = self.controller
+
+        def versions() -> list[str]:
+            import PySide6
+            import sounddevice
+            from PySide6.QtCore import qVersion
+
+            from voipclient.audio.opus import libopus_version
+
+            return [
+                f"voipclient {__version__}",
+                f"Python {platform.python_version()} ({platform.python_implementation()})",
+                f"PySide6 {PySide6.__version__}, Qt {qVersion()}",
+                f"PortAudio {sounddevice.get_portaudio_version()[1]}",
+                libopus_version(),
+                f"{platform.system()} {platform.release()} {platform.machine()}",
+            ]
+
+        def devices() -> list[str]:
+            pipeline = ctl.pipeline
+            engine = None if pipeline is None else pipeline.engine
+            chosen = ctl.prefs.audio
+            lines = [f"chosen: input {chosen.input_device!r}, output {chosen.output_device!r}"]
+            for side in ("input_device", "output_device"):
+                device = getattr(engine, side, None)
+                lines.append(f"{side.split('_')[0]} in use: {device or 'none'}")
+            if ctl.audio_problem:
+                lines.append(f"problem: {ctl.audio_problem}")
+            return lines
+
+        def connection() -> str:
+            where = ctl.bookmark
+            server = "-" if where is None else f"{where.host}:{where.port}"
+            return f"{ctl.state}, server {server}, transport {ctl.transport}"
+
+        return diagnostics.report(
+            [
+                ("versions", versions),
+                ("audio", devices),
+                ("connection", connection),
+                ("push-to-talk", lambda: f"{ctl.hotkeys}; {ctl.control_status}"),
+                ("log folder", lambda: self.diagnostics.log_dir),
+                ("unhandled exceptions", lambda: self.diagnostics.unhandled),
+                ("window stalls over 5 s", lambda: self.diagnostics.hangs),
+                ("last errors", self.diagnostics.last_errors),
+            ]
+        )
+
+    def copy_diagnostics(self) -> None:
+        from PySide6.QtWidgets import QApplication
+
+        QApplication.clipboard().setText(self.diagnostics_text())
+        self.window.notify("Diagnostics copied: paste them into your bug report.", 5000)
+
+    def open_log_folder(self) -> None:
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.diagnostics.log_dir)))
 
     def start_local(self) -> None:
         from PySide6.QtWidgets import QMessageBox
@@ -305,6 +380,9 @@ class App:
         if self.tray is not None:
             self.tray.hide()
         self.window.hide()
+        self._heartbeat.stop()
+        if self._owns_diagnostics:
+            self.diagnostics.close()
 
 
 def _os_user() -> str:

@@ -43,6 +43,8 @@ from voipclient.net import e2ee
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net import supervisor as sv
+from voipclient.net.roster import find_channel
+from voipclient.ptt.control import ControlServer
 from voipclient.ptt.router import Mode, PttRouter
 from voipclient.ptt.service import PttService
 from voipclient.ptt.sources import HotkeySource, choose_source
@@ -264,7 +266,14 @@ class ClientController(QObject):
         self.audio_problem = ""
         self.output_missing = False
         self.router = PttRouter(())
-        self.ptt = PttService(self.router)
+        # The control socket's threads resolve channels against the model's roster snapshot
+        # (immutable, replaced whole on the GUI thread): no lock, no GUI round trip.
+        self.ptt = PttService(
+            self.router, resolve_channel=self._find_channel, channel_name=self._channel_name
+        )
+        self.control: ControlServer | None = None
+        #: where ``voipclient ptt`` reaches this app, or why it cannot
+        self.control_status = ""
         self.hotkeys = ""
         self._muted_before_deafen = False
         # The peers' pinned identity keys: read once here, saved by the connection on a change.
@@ -301,6 +310,7 @@ class ClientController(QObject):
             self.message.emit("error", self.tofu_problem)
         self._start_audio()
         self._start_hotkeys(shortcut_window)
+        self._start_control()
         self._timer.start()
         self._device_timer.start()
 
@@ -311,6 +321,9 @@ class ClientController(QObject):
         self._remember_joined()
         self.disconnect_server()
         self._stop_connection_thread()
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
         self.ptt.close()
         if self.pipeline is not None:
             self.pipeline.stop()
@@ -319,6 +332,29 @@ class ClientController(QObject):
             self.local_server.stop()
             self.local_server = None
         self._save()
+
+    def _find_channel(self, text: str) -> int:
+        roster = self.model.roster  # one immutable snapshot for the whole look-up
+        return find_channel(text, [(c.id, c.name) for c in roster.channels.values()])
+
+    def _channel_name(self, channel_id: int) -> str | None:
+        channel = self.model.roster.channels.get(channel_id)
+        return None if channel is None else channel.name
+
+    def _start_control(self) -> None:
+        """The local control socket (``voipclient ptt press General``: Wayland compositor
+        shortcuts, stream decks, scripts), for as long as the app runs."""
+        server = ControlServer(self.ptt.handle_command)
+        try:
+            server.start()
+        except OSError as exc:  # another instance holds it, or the runtime dir is unusable
+            self.control_status = f"voipclient ptt unavailable: {exc}"
+            log.warning("control socket not started: %s", exc)
+        else:
+            self.control = server
+            self.control_status = f"voipclient ptt listens on {server.address}"
+            log.info("control socket on %s", server.address)
+        self.hotkeys_status.emit(self.hotkeys)
 
     def _start_hotkeys(self, window: Any) -> None:
         if self._hotkey_sources is not None:

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSlider,
     QSplitter,
+    QToolButton,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -33,6 +34,7 @@ from PySide6.QtWidgets import (
     QWidgetAction,
 )
 
+from voipclient import __version__
 from voipclient.net.e2ee import KeyHolder
 from voipclient.ui.chat import ChatPanel
 from voipclient.ui.controller import ClientController, stats_text
@@ -298,6 +300,8 @@ class MainWindow(QMainWindow):
     settings_requested = Signal()
     connect_requested = Signal()
     quit_requested = Signal()
+    diagnostics_requested = Signal()
+    log_folder_requested = Signal()
 
     def __init__(self, controller: ClientController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -342,6 +346,28 @@ class MainWindow(QMainWindow):
             bar.addAction(action)
             action.setObjectName(action.text().rstrip("…").replace(" ", "_").lower() + "_action")
         self.addAction(self.quit_action)
+        # Help: what a bug report needs, one click away
+        self.help_menu = QMenu("Help", self)
+        self.help_menu.setObjectName("helpMenu")
+        self.diagnostics_action = self.help_menu.addAction("Copy diagnostics")
+        self.diagnostics_action.setObjectName("copy_diagnostics_action")
+        self.diagnostics_action.setToolTip(
+            "Versions, audio devices, connection and the last errors, for a bug report "
+            "(never keys or passwords)"
+        )
+        self.diagnostics_action.triggered.connect(self.diagnostics_requested)
+        self.log_folder_action = self.help_menu.addAction("Open log folder")
+        self.log_folder_action.setObjectName("open_log_folder_action")
+        self.log_folder_action.triggered.connect(self.log_folder_requested)
+        self.help_menu.addSeparator()
+        about = self.help_menu.addAction(f"About voipclient {__version__}")
+        about.setEnabled(False)
+        self.help_action = self.help_menu.menuAction()
+        self.help_action.setObjectName("help_action")
+        bar.addAction(self.help_action)
+        button = bar.widgetForAction(self.help_action)
+        if isinstance(button, QToolButton):
+            button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         # centre
         self.banner = Banner()
         self.tree = ChannelTree()
@@ -543,7 +569,10 @@ class MainWindow(QMainWindow):
 
     def _hotkeys_status(self, text: str) -> None:
         self.hotkeys_label.setText("⌨ global keys" if "unavailable" not in text else "⌨ in-window")
-        self.hotkeys_label.setToolTip(f"Push-to-talk keys: {text}")
+        control = self.controller.control_status
+        self.hotkeys_label.setToolTip(
+            f"Push-to-talk keys: {text}" + (f"\nControl socket: {control}" if control else "")
+        )
 
     def _levels(self, level_in: float, _level_out: float, sending: bool, speech: float) -> None:
         self.meter.set_levels(level_in, speech, sending)

@@ -52,12 +52,18 @@ def served(tmp_path: Path) -> Iterator[tuple[PttService, ControlServer]]:
     assert not (tmp_path / "ptt.sock").exists()
 
 
-def test_default_path_is_in_the_runtime_dir() -> None:
+def test_default_path_is_in_the_runtime_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from voipclient.ptt.control import default_socket_path
 
-    env = os.environ.get("VOIPCLIENT_PTT_SOCKET")
-    if env is None:
-        assert default_socket_path() == Path(os.environ["XDG_RUNTIME_DIR"]) / "voipclient-ptt.sock"
+    assert default_socket_path() == Path(os.environ["VOIPCLIENT_PTT_SOCKET"])  # the override
+    monkeypatch.delenv("VOIPCLIENT_PTT_SOCKET")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert default_socket_path() == tmp_path / "voipclient-ptt.sock"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))  # else a private folder
+    assert default_socket_path().name == "ptt.sock"
+    assert default_socket_path().parent.name == f"voipclient-{os.getuid()}"
 
 
 def test_socket_is_private(served: tuple[PttService, ControlServer]) -> None:

@@ -205,6 +205,17 @@ def test_backend_vad_probability_drives_the_decision(name: str) -> None:
     assert not any(silent.process(zeros).is_speech for _ in range(50))
 
 
+@pytest.mark.parametrize("name", ["off", *DECLARED])
+def test_digital_silence_reads_as_silence(name: str) -> None:
+    """Zeros (a muted or idle mic) read 0, not WebRTC's "don't know" 0.5 at the default
+    threshold; a quiet real signal still gets the backend's own probability."""
+    proc = dsp.CaptureProcessor(dsp.CaptureSettings(noise_suppression=name))
+    zeros = np.zeros(FRAME, dtype=np.int16)
+    assert {proc.process(zeros).speech_probability for _ in range(50)} == {0.0}
+    hiss = np.random.default_rng(1).normal(0, 8, FRAME * 50).astype(np.int16)  # ~-72 dBFS
+    assert all(r.speech_probability == 0.0 for r in (proc.process(f) for f in hiss.reshape(50, -1)))
+
+
 def test_hangover_and_threshold() -> None:
     x = speech()[: 3 * RATE]
     tail = np.zeros(RATE, dtype=np.int16)

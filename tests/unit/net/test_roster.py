@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from voipclient.net import messages as m
-from voipclient.net.roster import ChannelView, Roster, RosterError, RosterSnapshot, UserView
+from voipclient.net.roster import (
+    ChannelNotFound,
+    ChannelView,
+    Roster,
+    RosterError,
+    RosterSnapshot,
+    UserView,
+    find_channel,
+)
 
 IK = b"k" * 32
 
@@ -164,3 +172,35 @@ def test_version_grows_on_every_change_and_only_then() -> None:
     v = r.version
     r.remove_user(11)
     assert r.version > v
+
+
+# -- find_channel: the one rule for naming a channel ---------------------------------------------
+
+
+def test_find_channel_by_name_in_any_case_then_by_id() -> None:
+    channels = [(1, "Lobby"), (2, "General"), (3, "Straße"), (7, "42")]
+    assert find_channel("general", channels) == 2
+    assert find_channel("  GENERAL ", channels) == 2
+    assert find_channel("STRASSE", channels) == 3  # casefold, not lower()
+    assert find_channel("42", channels) == 7  # a name wins over an id
+    assert find_channel("#2", channels) == 2
+    assert find_channel("1", channels) == 1
+
+
+def test_find_channel_explains_unknown_and_ambiguous_names() -> None:
+    channels = [(1, "Lobby"), (2, "Squad"), (5, "squad")]
+    with pytest.raises(ChannelNotFound) as ambiguous:
+        find_channel("SQUAD", channels)
+    assert str(ambiguous.value) == "'SQUAD' names 2 channels: Squad (#2), squad (#5); use the id"
+    assert find_channel("5", channels) == 5
+    with pytest.raises(ChannelNotFound) as unknown:
+        find_channel("Nowhere", channels)
+    assert str(unknown.value) == (
+        "no channel 'Nowhere'; the channels are: Lobby (#1), Squad (#2), squad (#5)"
+    )
+    with pytest.raises(ChannelNotFound, match="no channel '9'"):
+        find_channel("9", channels)
+    with pytest.raises(ChannelNotFound, match="not connected"):
+        find_channel("Lobby", [])
+    with pytest.raises(ChannelNotFound, match="needed"):
+        find_channel("  ", channels)
