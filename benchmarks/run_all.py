@@ -64,6 +64,25 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "runs": "runs of each",
         },
     ),
+    "idle": (
+        "The client at rest: connected, push-to-talk, nobody talking",
+        "The real desktop app (`python -m voipclient --connect`) on a real relay process, under "
+        "Xvfb with its devices open on the PulseAudio null sink, the server's pin approved "
+        "beforehand; after a warm-up, the app's process is read from /proc over a fixed window. "
+        "Wake-ups are the context switches of all its threads per second (the targets: <= 1.5 % "
+        "of a core and <= 200 wake-ups/s on this machine).",
+        {
+            "state": "the connection state at the end (must be ready)",
+            "window_s": "seconds measured, after the warm-up",
+            "cpu_core_pct": "process CPU (utime + stime, every thread), % of one core",
+            "rss_mib": "resident memory at the end, MiB",
+            "wakeups_per_s": "context switches of all threads per second",
+            "threads": "threads in the process",
+            "target_cpu_core_pct": "the target for cpu_core_pct",
+            "target_wakeups_per_s": "the target for wakeups_per_s",
+            "busiest_threads": "the threads that wake most",
+        },
+    ),
     "relay_load": (
         "Relay server under load: the largest load that holds",
         "A real server process pinned to one core; on the other core, simulated clients over "
@@ -244,6 +263,16 @@ What the figures say:
   itself is ~4.7 µs per datagram + ~1.1 µs per copy. Next levers: `sendmmsg` batching (needs a
   native helper) and a smaller socket buffer so overload sheds stale voice instead of queueing
   it. Fan-out 1 (every datagram to one listener) costs ~30 µs per datagram: ~25-30 k in/s.
+- Relay benchmark clients: since issue 13 the simulated clients are the client core users run
+  (`ClientConnection` with the end-to-end layer, through the same asyncio driver as the bot).
+  Forwarding is unchanged by that (the relay sees the same datagrams; the last run held 350
+  talkers, 158 k copies/s, where the old lighter client was measured at 150-175 talkers on a
+  busier host: compare `ratio_relay_to_bare`, 1.45 in both). Two set-up figures are not
+  comparable with the runs before it: `login_s` now includes each client's end-to-end work at
+  login (session certificate, KeyDists for the Lobby it then leaves; 19 s for 500 clients in one
+  generator process, 52-61 s before a peer's certificate was checked only once it shares a
+  channel), and `server_rss_mb` (~390 MB, was ~70) counts the session keys and KeyDists of 500
+  real clients passing through the server's TLS buffers: a figure for the relay-scaling issue.
 - Voice quality: with loss-adaptive redundancy the product stays near its loss-free PESQ-WB at
   5-20 % random loss, where plain Opus falls to 1.4-3.1; the price is bitrate (each copy is one
   more packet, +33 kb/s at 32 kb/s) and, while loss lasts, up to 4 frames of jitter-buffer wait
@@ -268,6 +297,15 @@ What the figures say:
   core links OpenBLAS even though the app does no linear algebra) and cryptography (11 MiB).
   Launch to window is ~0.55-0.6 s, under the venv's ~0.65-0.7 s (the bundle imports from one
   archive).
+- Idle (connected, push-to-talk, nobody talking): 2-4 % of a core (it varies run to run on this
+  shared host), ~170 MiB and ~800-870 wake-ups/s, against targets of 1.5 % and 200/s: not met
+  yet. The audio workers no longer poll every 5 ms (they sleep until the device's callback has a
+  whole frame or wants one, or voice arrives), which took their share from ~400/s to ~130/s
+  each (GIL hand-offs included); what remains is PulseAudio's client thread (`threaded-ml`,
+  ~220/s, paced by the stream latency), the capture chain running every frame while nobody can
+  hear us, rendering silence every frame, and the GUI and pynput threads. Next: the audio host
+  process (issue 14) with larger device periods when idle, and no capture chain or silence
+  rendering while push-to-talk is idle.
 - Client CPU: receiving 10 speakers costs ~5 % of a core, ~1.4x bare Opus decoding; transmitting
   to three channels is ~3 %, essentially the Opus encoder (sealing three times is ~13 µs).
 """

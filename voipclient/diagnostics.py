@@ -96,8 +96,11 @@ class _Recent(logging.Handler):
             text = self.format(record)
         except Exception:  # a handler must never raise into the code that logged
             return
-        # the first line of a traceback is enough here; the log file has all of it
-        self.lines.append(text.splitlines()[0] if "\n" in text else text)
+        # the message and the exception's own line are enough here; the log file has the rest
+        line = text.splitlines()[0] if text else ""
+        if record.exc_text:
+            line += " — " + record.exc_text.strip().splitlines()[-1]
+        self.lines.append(line)
 
 
 class Diagnostics:

@@ -18,10 +18,16 @@ Thread safety (exactly one writer thread and one reader thread, CPython with the
   makes this side more conservative (less data / less room), never wrong.
 * The counters (``overrun_samples`` on the producer side, ``underrun_samples`` on the consumer
   side) likewise have a single writer each.
+
+Waking the other side: :attr:`SampleRing.on_write` (called by the producer after it published
+new samples) and :attr:`SampleRing.on_read` (called by the consumer after it freed room) let a
+worker sleep until the device clock moves instead of polling. The worker that waits installs
+``threading.Event.set`` there; the ring itself stays free of threads and locks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,6 +49,10 @@ class SampleRing:
         self._read = 0  # total samples ever read or discarded; assigned by the consumer only
         self.overrun_samples = 0  # samples dropped by write() for lack of room (producer side)
         self.underrun_samples = 0  # samples zero-filled by read_into() (consumer side)
+        #: called (no arguments) after write() published samples: the consumer's wake-up
+        self.on_write: Callable[[], object] | None = None
+        #: called after read_into() or discard() freed room: the producer's wake-up
+        self.on_read: Callable[[], object] | None = None
 
     @property
     def capacity(self) -> int:
@@ -84,6 +94,9 @@ class SampleRing:
             self._buf[start:] = samples[:first]
             self._buf[: n - first] = samples[first:n]
         self._written = written + n  # publish after the copy
+        wake = self.on_write
+        if wake is not None:
+            wake()
         return n
 
     def read_into(self, out: npt.NDArray[Any]) -> int:
@@ -108,6 +121,9 @@ class SampleRing:
             self.underrun_samples += n_out - n
         if n > 0:
             self._read = read + n  # publish after the copy
+            wake = self.on_read
+            if wake is not None:
+                wake()
         return n
 
     def discard(self, max_samples: int | None = None) -> int:
@@ -115,4 +131,7 @@ class SampleRing:
         avail = self._written - self._read
         n = avail if max_samples is None else max(0, min(avail, max_samples))
         self._read += n
+        wake = self.on_read
+        if n and wake is not None:
+            wake()
         return n

@@ -19,7 +19,9 @@ UI holds; they sleep until the next frame is due (the engine's clock is the devi
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,11 +50,24 @@ TALKING_HOLD_S = 0.3  # a speaker counts as talking until this long after its la
 TALKING_CHECK_FRAMES = 5  # the talking slot is recomputed every this many output frames
 
 
+def name_os_thread(name: str) -> None:
+    """Name the calling thread for the OS (``top -H``, /proc, the idle benchmark); Linux only,
+    best effort (15 bytes)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None)
+            libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+        except (OSError, AttributeError):
+            pass
+
+
 class _FrameThread:
     """A daemon thread running one worker loop until ``stop()`` (which joins it)."""
 
     def __init__(self, name: str, run: Callable[[], None]) -> None:
         self.stopping = threading.Event()
+        #: set by whatever the loop waits on (a ring's callback, arriving voice) and by stop()
+        self.wake = threading.Event()
         self._thread = threading.Thread(target=run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -60,8 +75,19 @@ class _FrameThread:
 
     def stop(self) -> None:
         self.stopping.set()
+        self.wake.set()
         if self._thread.is_alive():
             self._thread.join(2.0)
+
+    def sleep_until(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Sleep until ``wake`` is set (then re-check) unless ``ready()`` already holds. Clearing
+        before the re-check means a wake-up between the two is never lost. ``timeout`` only
+        covers a source that stopped (a device gone): the device clock wakes us otherwise."""
+        wake = self.wake
+        wake.clear()
+        if ready() or self.stopping.is_set():
+            return
+        wake.wait(timeout)
 
 
 class CaptureWorker:
@@ -112,12 +138,28 @@ class CaptureWorker:
         engine = self.engine
         n = engine.frame_samples
         period = n / engine.sample_rate
-        while not self._thread.stopping.is_set():
-            if engine.capture.available < n:
-                time.sleep(period / 4)
-                continue
-            engine.capture.read_into(self._frame)
-            self.process_frame(self._frame, self._clock())
+        ring, thread = engine.capture, self._thread
+        wake = thread.wake.set
+        name_os_thread("vc-capture")
+
+        def ready() -> bool:
+            return ring.available >= n
+
+        def on_write() -> None:  # the input callback: wake us once a whole frame is there
+            if ring.available >= n:
+                wake()
+
+        ring.on_write = on_write
+
+        try:
+            while not thread.stopping.is_set():
+                if ring.available < n:
+                    thread.sleep_until(ready, 2 * period)
+                    continue
+                ring.read_into(self._frame)
+                self.process_frame(self._frame, self._clock())
+        finally:
+            ring.on_write = None
 
     def process_frame(self, frame: np.ndarray, now: float) -> None:
         """One captured frame (also the entry point for tests driving it without a thread)."""
@@ -188,12 +230,36 @@ class PlaybackWorker:
         engine = self.engine
         n = engine.frame_samples
         period = n / engine.sample_rate
-        while not self._thread.stopping.is_set():
-            self.drain(self._clock())
-            if engine.playback.available >= n:
-                time.sleep(period / 4)
-                continue
-            self.render(self._clock())
+        ring, thread = engine.playback, self._thread
+        wake = thread.wake.set
+        inbox = self.inbox
+        name_os_thread("vc-playback")
+
+        def ready() -> bool:
+            return bool(inbox) or ring.available < n
+
+        def on_read() -> None:  # the output callback: wake us once a frame fits again
+            if ring.available < n:
+                wake()
+
+        ring.on_read = on_read
+
+        try:
+            while not thread.stopping.is_set():
+                self.drain(self._clock())
+                if ring.available >= n:
+                    # Until the device needs the next frame or voice arrives (``wake``, which
+                    # the connection sets after each append: arrival times stay exact).
+                    thread.sleep_until(ready, 2 * period)
+                    continue
+                self.render(self._clock())
+        finally:
+            ring.on_read = None
+
+    @property
+    def wake(self) -> Callable[[], None]:
+        """Call after appending to :attr:`inbox` (any thread): the worker takes it at once."""
+        return self._thread.wake.set
 
     def drain(self, now: float) -> None:
         """Move opened voice frames from the connection into the jitter buffers."""

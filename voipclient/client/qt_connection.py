@@ -126,6 +126,8 @@ class ServerConnection(QObject):
         self.redundancy_level: RedundancyLevel = LEVEL_CLEAN
         #: when set, called (on this thread) with each new level: the capture worker's slot
         self.redundancy_slot: Callable[[RedundancyLevel], None] | None = None
+        #: called after each frame appended to ``inbox``: wakes the playback worker at once
+        self.voice_wake: Callable[[], None] | None = None
         self.udp_addr: tuple[str, int] | None = None  # voice to this address instead (tests)
         self._tls: QSslSocket | None = None
         self._tls_generation = -1
@@ -296,6 +298,9 @@ class ServerConnection(QObject):
     def _carry_out(self, event: Any) -> None:
         if isinstance(event, cc.VoiceReceived):
             self.inbox.append(event.frame)  # to the playback worker, never the GUI
+            wake = self.voice_wake
+            if wake is not None:
+                wake()
         elif isinstance(event, cc.RedundancyChanged):
             self.redundancy_level = event.level
             if self.redundancy_slot is not None:

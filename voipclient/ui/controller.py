@@ -609,6 +609,7 @@ class ClientController(QObject):
         # What listeners report about us goes straight from the connection's thread into the
         # capture worker's slot (whichever pipeline is current), no GUI timer in between.
         conn.redundancy_slot = self._redundancy_to_capture
+        conn.voice_wake = self._wake_playback
         conn.moveToThread(thread)
         conn.state_changed.connect(self._on_state)
         conn.pin_approval_needed.connect(self._on_pin_needed)
@@ -967,6 +968,13 @@ class ClientController(QObject):
                     f"{holder.name}'s identity key changed after you verified it: their voice "
                     "and messages are blocked until you verify the new key.",
                 )
+
+    def _wake_playback(self) -> None:
+        """Connection thread: voice is in the inbox; the current playback worker takes it now
+        (its arrival time feeds the jitter estimate) instead of at its next output frame."""
+        pipeline = self.pipeline  # one read: a rebuild may replace it meanwhile
+        if pipeline is not None:
+            pipeline.playback.wake()
 
     def _redundancy_to_capture(self, level: Any) -> None:
         """The connection's thread: the redundancy listeners ask of us, into the current capture

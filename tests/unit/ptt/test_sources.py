@@ -204,6 +204,7 @@ def test_service_with_fake_source_and_commands() -> None:
         "latched": [],
         "mode": "continuous",
         "wanted": [1, 2, 7],
+        "talking_to": ["1", "2", "7"],  # no names without a channel_name look-up
     }
     service.close()
     assert fake.stopped == 1 and service.wanted() == {1}
