@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voipclient.crypto.hop import HopMac, derive_hop_keys
+from voipclient.crypto.hop import HopMac
 from voipclient.crypto.identity import IdentityKey
 from voipclient.net import events as ev
 from voipclient.net import supervisor as sv
@@ -535,7 +535,8 @@ class Client:
             self.open_udp(event)
         elif isinstance(event, ev.LoggedIn):
             self.sid = event.sender_id
-            self.s2c = HopMac(derive_hop_keys(event.hop_secret)[1])
+            macs = self.conn.hop_macs  # the core's, derived once per login
+            self.s2c = None if macs is None else macs[1]
             if LOBBY_ID in event.roster.channels_of(event.sender_id):
                 # Off to our own channel (joined in the next phase): users who stayed would
                 # make every E2E layer hand Lobby keys to all 500 (O(n²) KeyDists at login).

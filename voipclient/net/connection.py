@@ -412,6 +412,12 @@ class ClientConnection:
     # -- read-only views ---------------------------------------------------------------------------
 
     @property
+    def hop_macs(self) -> tuple[HopMac, HopMac] | None:
+        """This login's hop MACs (client→server, server→client), once logged in: the ones the
+        E2E layer derived from the hop secret (tools that forge or check datagrams use these)."""
+        return self._secure.hop_macs if self._secure is not None else None
+
+    @property
     def state(self) -> ConnectionState:
         return self._state
 

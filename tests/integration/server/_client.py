@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voipclient.client.asyncio_driver import AsyncioConnection, client_ssl_context
-from voipclient.crypto.hop import HopMac, derive_hop_keys
+from voipclient.crypto.hop import HopMac
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.media import PTYPE_VOICE, SenderKey, VoiceFrame
 from voipclient.crypto.replay import ReplayWindow
@@ -184,8 +184,9 @@ class TestClient:
             self.heard.append(Heard(event.frame, event.route.value))
         elif isinstance(event, ev.LoggedIn):
             self._sid = event.sender_id
-            k_c2s, k_s2c = derive_hop_keys(event.hop_secret)
-            self._c2s, self._s2c = HopMac(k_c2s), HopMac(k_s2c)
+            macs = self.conn.hop_macs  # the core's, derived once per login
+            assert macs is not None
+            self._c2s, self._s2c = macs
             self._tap_window = ReplayWindow()
         elif isinstance(event, ev.ConnectionClosed):
             self.closed = event
