@@ -64,6 +64,23 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "runs": "runs of each",
         },
     ),
+    "gui_stalls": (
+        "The window never freezes: the longest GUI stall per flow",
+        "The real desktop app in-process under Xvfb with its devices on the PulseAudio null sink, "
+        "real relay processes; a 10 ms QTimer (the UI tests' probe) measures the event loop's "
+        "longest gap while each flow runs, from the user's action until it is done plus 0.5 s. "
+        "The target is 50 ms.",
+        {
+            "target_ms": "the target for every flow",
+            "connect_worst_ms": "first connection: identity key (keyring), TLS, login, view",
+            "reconnect_worst_ms": "the relay killed and restarted on its port; the app reconnects",
+            "server_switch_worst_ms": "from one relay to another while connected",
+            "settings_worst_ms": "bitrate, noise suppression and threshold applied",
+            "device_change_worst_ms": "the input device switched: the audio engine rebuilt",
+            "disconnect_worst_ms": "leaving the server",
+            "flows_over_target": "flows whose worst stall is above the target",
+        },
+    ),
     "idle": (
         "The client at rest: connected, push-to-talk, nobody talking",
         "The real desktop app (`python -m voipclient --connect`) on a real relay process, under "

@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -156,6 +157,9 @@ class VoiceBot:
     ) -> None:
         self.o = options
         self.stats = BotStats()
+        #: set by :meth:`request_stop` (SIGTERM): the audio loop ends at its next frame, as if
+        #: --seconds had run out (the recording and the statistics are written as usual)
+        self.stop_requested = False
         self.identity = identity or IdentityKey.generate()
         # PROTOCOL §7: keys go to a file only when VOIPCLIENT_KEYLOGFILE asks for it.
         self.keylog = keylog_from_environment(os.environ)
@@ -383,6 +387,11 @@ class VoiceBot:
 
     # -- the frame clock ---------------------------------------------------------------------------
 
+    def request_stop(self) -> None:
+        """End the run at the next frame, normally (SIGTERM): for a listener that should record
+        until someone else is done rather than for a fixed time."""
+        self.stop_requested = True
+
     async def run_audio(self, seconds: float | None) -> None:
         """Move audio until ``seconds`` passed (or the --play file ended, plus 1 s of tail)."""
         engine = self.engine
@@ -430,7 +439,7 @@ class VoiceBot:
             fatal = self._fatal()
             if fatal is not None:
                 raise BotError(fatal)
-            if end_at is not None and now >= end_at:
+            if self.stop_requested or (end_at is not None and now >= end_at):
                 break
             if end_at is None and isinstance(engine, FileEngine) and engine.input_exhausted:
                 tail_until = tail_until or now + 1.0
@@ -636,7 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=Path, help="WAV file the mixed output is written to")
     p.add_argument("--input-device", help="capture from this sound device (name or index)")
     p.add_argument("--output-device", help="play to this sound device (name or index)")
-    p.add_argument("--seconds", type=float, help="run this long (default: to the end of --play)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        help="run this long (default: to the end of --play); SIGTERM ends the run early, normally",
+    )
     p.add_argument("--stats-json", type=Path, help="write statistics here at the end")
     p.add_argument("--frame-ms", type=int, choices=(10, 20), default=20)
     p.add_argument("--bitrate", type=int, default=32_000, help="Opus bitrate, 16000-128000")
@@ -708,6 +721,8 @@ def options_from_args(args: argparse.Namespace) -> BotOptions:
 
 async def run_bot(options: BotOptions, stats_json: Path | None = None) -> dict[str, Any]:
     bot = VoiceBot(options)
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals on Windows loops
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, bot.request_stop)
     try:
         await bot.run()
     finally:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,21 @@ class _VoiceBridge(QObject):
     """The capture thread's door to the connection's thread (a queued signal)."""
 
     voice = Signal(object, object, bytes)
+
+
+@dataclass
+class _Answer:
+    """A passphrase asked on the GUI thread for the identity thread, which waits on ``done``."""
+
+    value: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class _Generated:
+    """An identity key made for this run only (the local server without an OS keyring)."""
+
+    key: IdentityKey
 
 
 class AudioPipeline:
@@ -211,6 +227,10 @@ class ClientController(QObject):
     #: (muted, deafened): our own microphone / hearing state, for the window and the tray
     self_state_changed = Signal(bool, bool)
 
+    # the identity look-up's thread → the GUI thread
+    _identity_opened = Signal(int, object)  # (attempt, IdentityKey or KeystoreError)
+    _passphrase_wanted = Signal(object, object)  # (PassphraseRequest, _Answer)
+
     # queued calls into the connection's thread
     _open = Signal(str, int, object)
     _close = Signal()
@@ -302,6 +322,11 @@ class ClientController(QObject):
         self._device_timer.setInterval(DEVICE_POLL_MS)
         self._device_timer.timeout.connect(self._poll_devices)
         self.local_server: Any = None
+        self._attempt = 0  # connect_to calls: a late identity answer for an older one is dropped
+        self._pending_connect: tuple[Bookmark, str, str | None, str] | None = None
+        self._closing = False
+        self._identity_opened.connect(self._on_identity_opened)
+        self._passphrase_wanted.connect(self._on_passphrase_wanted)
 
     # -- start and stop ------------------------------------------------------------------------
     def start(self, shortcut_window: Any = None) -> None:
@@ -316,6 +341,8 @@ class ClientController(QObject):
 
     def shutdown(self) -> None:
         """Leave cleanly: say goodbye, stop audio, hotkeys and the local server, save."""
+        self._closing = True
+        self._pending_connect = None
         self._timer.stop()
         self._device_timer.stop()
         self._remember_joined()
@@ -554,35 +581,89 @@ class ClientController(QObject):
         pin: str | None = None,
         password: str = "",
         local: bool = False,
-    ) -> bool:
-        """Open (or switch to) a server. False (and ``message``) when the identity cannot be
-        opened: the keyring is locked, the passphrase was refused or cancelled.
+    ) -> None:
+        """Open (or switch to) a server. The identity key is looked up off the GUI thread (the
+        OS keyring answers over D-Bus, a passphrase file runs scrypt: both take a noticeable
+        time); the connection starts when it is there. When it cannot be opened (the keyring
+        is locked, the passphrase was refused or cancelled) ``message`` says why.
 
         ``local``: our own embedded server on loopback. Without an OS keyring its identity key is
         kept in memory for this run (nobody else can reach that server, and a key is never
         written in plaintext) instead of asking for a passphrase on the first start."""
         self.disconnect_server()
-        key = bookmark.key
-        if local and not self._keyring.is_available():
-            self.identity = IdentityKey.generate()
-            self.message.emit(
-                "info",
-                "No OS keyring: your identity on the local server lasts until you quit.",
-            )
-        else:
-            try:
-                opened = open_identity(
+        self._attempt += 1
+        attempt = self._attempt
+        self._pending_connect = (bookmark, username, pin, password)
+        worker = threading.Thread(
+            target=self._open_identity,
+            args=(attempt, bookmark.key, username, local),
+            name="identity",
+            daemon=True,
+        )
+        worker.start()
+
+    def _open_identity(self, attempt: int, key: str, username: str, local: bool) -> None:
+        """The identity thread: the keyring or key file; the answer goes to the GUI thread."""
+        result: object
+        try:
+            if local and not self._keyring.is_available():
+                result = _Generated(IdentityKey.generate())
+            else:
+                result = open_identity(
                     key,
                     username,
                     keyring_store=self._keyring,
                     key_dir=self.data_dir / "keys",
-                    ask_passphrase=self._ask_passphrase,
-                )
-            except KeystoreError as exc:
-                self.message.emit("error", f"cannot open your identity key for {key}: {exc}")
-                return False
-            self.identity = opened.key
+                    ask_passphrase=self._passphrase_from_gui,
+                ).key
+        except KeystoreError as exc:
+            result = exc
+        except Exception as exc:  # never lose the answer: the GUI waits for it
+            log.exception("opening the identity key failed")
+            result = KeystoreError(f"{type(exc).__name__}: {exc}")
+        self._identity_opened.emit(attempt, result)
+
+    def _passphrase_from_gui(self, request: Any) -> str | None:
+        """Identity thread: ask on the GUI thread (a dialog) and wait for the answer."""
+        answer = _Answer()
+        self._passphrase_wanted.emit(request, answer)
+        answer.done.wait()
+        return answer.value
+
+    @Slot(object, object)
+    def _on_passphrase_wanted(self, request: Any, answer: Any) -> None:
+        try:
+            answer.value = None if self._closing else self._ask_passphrase(request)
+        finally:
+            answer.done.set()
+
+    @Slot(int, object)
+    def _on_identity_opened(self, attempt: int, result: object) -> None:
+        pending = self._pending_connect
+        if attempt != self._attempt or pending is None or self._closing:
+            return  # a newer connect_to (or quitting) superseded this one
+        self._pending_connect = None
+        bookmark, username, pin, password = pending
+        key = bookmark.key
+        if isinstance(result, KeystoreError):
+            self.message.emit("error", f"cannot open your identity key for {key}: {result}")
+            return
+        if isinstance(result, _Generated):
+            result = result.key
+            self.message.emit(
+                "info",
+                "No OS keyring: your identity on the local server lasts until you quit.",
+            )
+        assert isinstance(result, IdentityKey)
+        self.identity = result
+        self._start_connection(bookmark, username, pin, password)
+
+    def _start_connection(
+        self, bookmark: Bookmark, username: str, pin: str | None, password: str
+    ) -> None:
+        key = bookmark.key
         identity = self.identity
+        assert identity is not None
         self.bookmark, self.server_key, self.username = bookmark, key, username
         self.pin = pin  # the pin this connection was opened with (None: the stored one / ask)
         self.model.reset()
@@ -633,7 +714,6 @@ class ClientController(QObject):
         self.conn, self._thread = conn, thread
         self._self_state.emit(self.muted, self.deafened)
         self._open.emit(bookmark.host, bookmark.port, pin)
-        return True
 
     def approve_pin(self, pin: str, approved: bool) -> None:
         """The user's answer about ``pin`` (ignored if the connection presents another by now)."""

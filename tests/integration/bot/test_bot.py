@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -70,13 +71,13 @@ def sounds_like(source: np.ndarray, recording: np.ndarray) -> float:
 
 def test_speech_crosses_the_relay_and_arrives_intact(start_server: Starter, tmp_path: Path) -> None:
     server = start_server()
-    listener = start_bot(
+    listener = start_bot(  # records until the talker is done (SIGTERM below)
         server,
         "bob",
         "--join",
         "A",
         "--seconds",
-        "6",
+        "60",
         "--record",
         str(tmp_path / "bob.wav"),
         "--stats-json",
@@ -101,6 +102,8 @@ def test_speech_crosses_the_relay_and_arrives_intact(start_server: Starter, tmp_
     rc_talker, out, err = finish(talker)
     assert rc_talker == 0, err
     assert "ann: sent" in out
+    assert listener.poll() is None, "the listener ended before the talker was done"
+    listener.send_signal(signal.SIGTERM)
     rc_listener, out, err = finish(listener)
     assert rc_listener == 0, err
     stats = json.loads((tmp_path / "bob.json").read_text())
@@ -111,7 +114,7 @@ def test_speech_crosses_the_relay_and_arrives_intact(start_server: Starter, tmp_
     source = read_wav_mono16(SPEECH0)[: RATE * 3]
     recording = read_wav_mono16(tmp_path / "bob.wav")
     _, lag = similarity(source, recording)
-    assert 0.5 < lag < 4.0
+    assert lag > 0.5  # the talker starts 1.5 s after its own join, which follows bob's
     score = segment_similarity(source, recording, start=round(lag * RATE))
     assert score > 0.85, f"recording does not match the speech sent (similarity {score:.2f})"
     talker_stats = json.loads((tmp_path / "ann.json").read_text())
@@ -123,13 +126,15 @@ def test_member_of_a_and_b_hears_both_member_of_a_only_hears_a(
     start_server: Starter, tmp_path: Path
 ) -> None:
     server = start_server()
+    # The listeners record until both talkers are done (SIGTERM ends a bot's run normally), so
+    # how late the talkers' processes get going on a loaded machine cannot cut their speech.
+    listen = ("--seconds", "60")
     both = start_bot(
         server,
         "both",
         "--join",
         "A,B",
-        "--seconds",
-        "6",
+        *listen,
         "--record",
         str(tmp_path / "both.wav"),
         "--stats-json",
@@ -140,8 +145,7 @@ def test_member_of_a_and_b_hears_both_member_of_a_only_hears_a(
         "only-a",
         "--join",
         "A",
-        "--seconds",
-        "6",
+        *listen,
         "--record",
         str(tmp_path / "only_a.wav"),
         "--stats-json",
@@ -154,7 +158,12 @@ def test_member_of_a_and_b_hears_both_member_of_a_only_hears_a(
     in_b = start_bot(
         server, "talks-b", "--join", "B", "--talk", "B", "--play", str(SPEECH1), *common
     )
-    for proc in (in_a, in_b, both, only_a):
+    for proc in (in_a, in_b):
+        rc, _, err = finish(proc)
+        assert rc == 0, err
+    for proc in (both, only_a):
+        assert proc.poll() is None, "a listener ended before the talkers were done"
+        proc.send_signal(signal.SIGTERM)
         rc, _, err = finish(proc)
         assert rc == 0, err
     heard_both = {
@@ -299,7 +308,7 @@ def test_the_key_log_is_honoured_only_when_asked(start_server: Starter, tmp_path
             env=env,
         )
 
-    listener = run("bob", "--join", "A", "--seconds", "4")
+    listener = run("bob", "--join", "A", "--seconds", "60")  # until ann is done (SIGTERM)
     talker = run(
         "ann",
         "--join",
@@ -313,11 +322,13 @@ def test_the_key_log_is_honoured_only_when_asked(start_server: Starter, tmp_path
         "--seconds",
         "2.5",
     )
+    rc, _out, err = finish(talker)
+    assert rc == 0, err
+    assert listener.poll() is None, "the listener ended before the talker was done"
+    listener.send_signal(signal.SIGTERM)
     rc, _out, err = finish(listener)
     assert rc == 0, err
     assert "VOIPCLIENT_KEYLOGFILE is set" in err
-    rc, _out, err = finish(talker)
-    assert rc == 0, err
     for path in logs.values():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     ann_lines = logs["ann"].read_text().splitlines()
