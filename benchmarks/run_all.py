@@ -314,6 +314,11 @@ What the figures say:
   core links OpenBLAS even though the app does no linear algebra) and cryptography (11 MiB).
   Launch to window is ~0.55-0.6 s, under the venv's ~0.65-0.7 s (the bundle imports from one
   archive).
+- The window never waits: every flow's longest GUI stall is under 50 ms (connect ~40 ms, the
+  rest 10-35 ms). Two causes were found with the hang watchdog's stacks (diagnostics.py with a
+  30-60 ms threshold): the identity key looked up in the keyring on the GUI thread (now on a
+  thread of its own), and Qt setting its TLS backend up in the first QSslSocket (~70 ms holding
+  the GIL, so the connection thread froze the window): now done once while the app starts.
 - Idle (connected, push-to-talk, nobody talking): 2-4 % of a core (it varies run to run on this
   shared host), ~170 MiB and ~800-870 wake-ups/s, against targets of 1.5 % and 200/s: not met
   yet. The audio workers no longer poll every 5 ms (they sleep until the device's callback has a

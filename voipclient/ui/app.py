@@ -38,6 +38,15 @@ def icon_path() -> Path | None:
     return next((p for p in candidates if p.exists()), None)
 
 
+def warm_up_tls() -> None:
+    """Qt sets its TLS backend up when the first QSslSocket is made (~70 ms here, holding the
+    GIL): do it while the app starts, not when the user connects, where the connection thread
+    would hold the GIL and freeze the window for as long."""
+    from PySide6.QtNetwork import QSslSocket
+
+    QSslSocket().deleteLater()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--local-server",
@@ -87,6 +96,7 @@ class App:
         path = icon_path()
         self.icon = QIcon(str(path)) if path is not None else QIcon()
         qapp.setWindowIcon(self.icon)
+        warm_up_tls()
         data_dir = args.data_dir or default_data_dir()
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Crash dumps, unhandled exceptions and hangs go to <data>/logs from here on.
