@@ -81,6 +81,36 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "flows_over_target": "flows whose worst stall is above the target",
         },
     ),
+    "soak": (
+        "Soak: the app among 20 bots that come, talk, go and get killed",
+        "A real relay; the real desktop app under Xvfb on the PulseAudio null sink, in the Lobby, "
+        "pressing push-to-talk now and then through `voipclient ptt`; a CPU hog beside it; 20 bot "
+        "processes at a time living 6-40 s each (70 % talk, half join a second channel, a quarter "
+        "SIGKILLed midway), their voice through a lossy proxy (5 %). Growth is measured from the "
+        "end of a 15 s warm-up to the end. Targets: RSS growth <= 20 MB, no growth in threads or "
+        "descriptors, no unhandled exception.",
+        {
+            "soak_s": "seconds of churn after the warm-up",
+            "bots_at_a_time": "bot processes kept running",
+            "bots_spawned": "bots started in all",
+            "bots_killed": "bots SIGKILLed midway (no goodbye)",
+            "bots_failed": "bots that exited with an error (should be 0)",
+            "ptt_presses": "push-to-talk presses of the app through its control socket",
+            "app_rss_growth_mb": "the app's resident memory growth, MB",
+            "relay_rss_growth_mb": "the relay's resident memory growth, MB",
+            "app_threads_before_after": "the app's threads after the warm-up and at the end",
+            "app_fds_before_after": "the app's open descriptors after the warm-up and at the end",
+            "app_exceptions_logged": "unhandled exceptions in the app's log (should be 0)",
+            "app_errors_logged": "ERROR/CRITICAL lines in the app's log",
+            "relay_tracebacks": "tracebacks the relay logged (should be 0)",
+            "audio_host_restarts": "audio-host restarts (the app has no audio host yet)",
+            "app_frames_lost_to_stalls": "frames the app's device lost because the app was late "
+            "(capture overrun + playback underrun, warm-up included)",
+            "app_state_at_end": "the app's connection state at the end (must be ready)",
+            "target_rss_growth_mb": "the target for app_rss_growth_mb",
+            "bot_errors": "the first errors of failed bots",
+        },
+    ),
     "idle": (
         "The client at rest: connected, push-to-talk, nobody talking",
         "The real desktop app (`python -m voipclient --connect`) on a real relay process, under "

@@ -654,6 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-ms", type=int, choices=(10, 20), default=20)
     p.add_argument("--bitrate", type=int, default=32_000, help="Opus bitrate, 16000-128000")
     p.add_argument("--tunnel", action="store_true", help="send voice over TLS, not UDP")
+    p.add_argument("--udp-via", metavar="HOST:PORT", help=argparse.SUPPRESS)  # a lossy proxy
     p.add_argument(
         "--noise-suppression", choices=sorted(BACKENDS), default="off", help="capture NS backend"
     )
@@ -693,6 +694,12 @@ def options_from_args(args: argparse.Namespace) -> BotOptions:
         raise ValueError("give --seconds (or --play, which ends the run when the file ends)")
     if not 16_000 <= args.bitrate <= 128_000:
         raise ValueError("--bitrate must be 16000..128000")
+    udp_addr = None
+    if args.udp_via:
+        via_host, _, via_port = args.udp_via.rpartition(":")
+        if not via_host or not via_port.isdigit():
+            raise ValueError("--udp-via must be HOST:PORT")
+        udp_addr = (via_host, int(via_port))
     return BotOptions(
         host=host,
         port=port,
@@ -708,6 +715,7 @@ def options_from_args(args: argparse.Namespace) -> BotOptions:
         frame_ms=args.frame_ms,
         bitrate=args.bitrate,
         tunnel=args.tunnel,
+        udp_addr=udp_addr,
         password=args.password or os.environ.get("VOIPCLIENT_PASSWORD"),
         release_ms=args.release_ms,
         start_delay_s=args.start_delay,

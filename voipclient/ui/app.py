@@ -12,6 +12,7 @@ import argparse
 import getpass
 import logging
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -445,6 +446,9 @@ def run(args: argparse.Namespace) -> int:
         app.shutdown()
         return int(code)
     QTimer.singleShot(0, app.first_connect)
+    # A session logging out (or a supervisor) sends SIGTERM: quit as the menu would, saving the
+    # settings and saying goodbye. Python runs the handler at the next timer of ours (<= 1 s).
+    signal.signal(signal.SIGTERM, lambda *_: QTimer.singleShot(0, app.quit))
     if args.quit_after is not None:
 
         def done() -> None:

@@ -186,6 +186,17 @@ class AudioPipeline:
     def stop(self) -> None:
         self.capture.stop()
         self.playback.stop()
+        stats = self.engine.stats()
+        n = max(1, self.engine.frame_samples)
+        # What the device lost because we were late (the soak benchmark reads this line).
+        log.info(
+            "audio engine stopped: %d frames in, %d out; capture overrun %d frames, playback "
+            "underrun %d frames",
+            stats.frames_in,
+            stats.frames_out,
+            -(-stats.overruns // n),
+            -(-stats.underruns // n),
+        )
         self.engine.stop()
         close = getattr(self.engine, "close", None)
         if close is not None:
