@@ -7,11 +7,12 @@ set -euo pipefail
 
 profile=${1:-run}
 
-# Audio (PortAudio, Opus) and Qt on X11/offscreen; gcc/libc6-dev because pynput's dependency evdev
-# ships no wheel. See docs/architecture.md "System packages".
+# Audio (PortAudio, Opus) and Qt on X11/offscreen with a font to draw with (DejaVu: sans and the
+# fixed-pitch one pins and safety numbers use); gcc/libc6-dev because pynput's dependency evdev
+# ships no wheel.
 run_pkgs=(
   libportaudio2 libopus0
-  libglib2.0-0 libegl1 libgl1 libfontconfig1 libxkbcommon0 libdbus-1-3
+  libglib2.0-0 libegl1 libgl1 libfontconfig1 fonts-dejavu-core libxkbcommon0 libdbus-1-3
   libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 libxcb-shape0
   libxcb-xkb1 libxkbcommon-x11-0
   gcc libc6-dev
