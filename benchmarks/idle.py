@@ -135,8 +135,12 @@ def main() -> int:
     elapsed = t1 - t0
     ticks = sum(after[k][0] - before.get(k, (0, 0))[0] for k in after)
     per_thread = dict.fromkeys((k.split("#")[0] for k in after), 0.0)  # names may repeat
-    for k, (_, switches) in after.items():
+    cpu_thread = dict.fromkeys(per_thread, 0.0)
+    for k, (ticks_k, switches) in after.items():
         per_thread[k.split("#")[0]] += (switches - before.get(k, (0, 0))[1]) / elapsed
+        cpu_thread[k.split("#")[0]] += (
+            100.0 * (ticks_k - before.get(k, (0, 0))[0]) / TICKS / elapsed
+        )
     wakeups = sum(per_thread.values())
     cpu_pct = 100.0 * ticks / TICKS / elapsed
     busiest = sorted(per_thread.items(), key=lambda kv: -kv[1])[:8]
@@ -146,7 +150,7 @@ def main() -> int:
         f"{wakeups:.0f} wake-ups/s"
     )
     for name, rate in busiest:
-        print(f"  {name:24s} {rate:7.1f} /s")
+        print(f"  {name:24s} {rate:7.1f} /s  {cpu_thread[name]:5.2f} % of a core")
     result = {
         "benchmark": "idle",
         "state": "ready" if "state=ready" in report else report.strip(),
@@ -157,7 +161,10 @@ def main() -> int:
         "threads": len(after),
         "target_cpu_core_pct": TARGET_CPU_PCT,
         "target_wakeups_per_s": TARGET_WAKEUPS,
-        "busiest_threads": [{"thread": n, "wakeups_per_s": round(r, 1)} for n, r in busiest],
+        "busiest_threads": [
+            {"thread": n, "wakeups_per_s": round(r, 1), "cpu_core_pct": round(cpu_thread[n], 2)}
+            for n, r in busiest
+        ],
     }
     print(json.dumps(result))
     return 0

@@ -100,6 +100,7 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "relay_rss_growth_mb": "the relay's resident memory growth, MB",
             "app_threads_before_after": "the app's threads after the warm-up and at the end",
             "app_fds_before_after": "the app's open descriptors after the warm-up and at the end",
+            "app_fds_new": "what descriptors opened since the warm-up point at",
             "app_exceptions_logged": "unhandled exceptions in the app's log (should be 0)",
             "app_errors_logged": "ERROR/CRITICAL lines in the app's log",
             "relay_tracebacks": "tracebacks the relay logged (should be 0)",

@@ -69,12 +69,30 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def census(pid: int) -> dict[str, float]:
+def fd_targets(pid: int) -> dict[str, str]:
+    out = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            out[fd.name] = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+    return out
+
+
+def census(pid: int) -> dict[str, object]:
+    fds = fd_targets(pid)
     return {
         "rss_mb": round(rss_mb(pid), 1),
         "threads": len(list(Path(f"/proc/{pid}/task").iterdir())),
-        "fds": len(list(Path(f"/proc/{pid}/fd").iterdir())),
+        "fds": len(fds),
+        "fd_targets": fds,
     }
+
+
+def growth(before: dict[str, object], after: dict[str, object]) -> float:
+    a, b = after["rss_mb"], before["rss_mb"]
+    assert isinstance(a, float) and isinstance(b, float)
+    return round(a - b, 1)
 
 
 class Soak:
@@ -267,10 +285,15 @@ class Soak:
             "bots_killed": self.killed,
             "bots_failed": self.failed,
             "ptt_presses": presses,
-            "app_rss_growth_mb": round(app_after["rss_mb"] - app_before["rss_mb"], 1),
-            "relay_rss_growth_mb": round(relay_after["rss_mb"] - relay_before["rss_mb"], 1),
+            "app_rss_growth_mb": growth(app_before, app_after),
+            "relay_rss_growth_mb": growth(relay_before, relay_after),
             "app_threads_before_after": [app_before["threads"], app_after["threads"]],
             "app_fds_before_after": [app_before["fds"], app_after["fds"]],
+            # what the descriptors opened since the warm-up point at (a leak repeats; a file
+            # opened once on first use does not)
+            "app_fds_new": sorted(
+                set(app_after["fd_targets"].values()) - set(app_before["fd_targets"].values())
+            ),
             "app_exceptions_logged": log.count("unhandled exception"),
             "app_errors_logged": log.count(" ERROR ") + log.count(" CRITICAL "),
             "relay_tracebacks": relay_log.count("Traceback"),
