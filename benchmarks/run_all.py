@@ -98,6 +98,8 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "ptt_presses": "push-to-talk presses of the app through its control socket",
             "app_rss_growth_mb": "the app's resident memory growth, MB",
             "relay_rss_growth_mb": "the relay's resident memory growth, MB",
+            "app_rss_every_30s_mb": "the app's RSS every 30 s from the warm-up on (a leak climbs "
+            "steadily; bounded histories level off)",
             "app_threads_before_after": "the app's threads after the warm-up and at the end",
             "app_fds_before_after": "the app's open descriptors after the warm-up and at the end",
             "app_fds_new": "what descriptors opened since the warm-up point at",
@@ -350,6 +352,12 @@ What the figures say:
   30-60 ms threshold): the identity key looked up in the keyring on the GUI thread (now on a
   thread of its own), and Qt setting its TLS backend up in the first QSslSocket (~70 ms holding
   the GIL, so the connection thread froze the window): now done once while the app starts.
+- Soak (4 min of 20 bots coming, talking and being killed, 5 % loss, a CPU hog, on 2 cores):
+  the app stays connected with no exception, its threads stay at 17 and its descriptors grow by
+  the icon-theme cache Qt maps on first use; its memory grows ~14 MB (target 20). With the hog,
+  20 bot processes and the relay on the same two cores, its audio device loses ~8 % of frames
+  to late rendering (capture overruns and playback underruns): the case the audio host process
+  with its own real-time scheduling (issue 14) is for.
 - Idle (connected, push-to-talk, nobody talking): 2-4 % of a core (it varies run to run on this
   shared host), ~170 MiB and ~800-870 wake-ups/s, against targets of 1.5 % and 200/s: not met
   yet. The audio workers no longer poll every 5 ms (they sleep until the device's callback has a

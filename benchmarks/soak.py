@@ -236,6 +236,14 @@ class Soak:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
 
+    async def sample_rss(self, until: float) -> list[float]:
+        """The app's RSS every 30 s: a leak climbs steadily, bounded buffers level off."""
+        series = [round(rss_mb(self.app.pid), 1)]
+        while time.monotonic() + 30 <= until:
+            await asyncio.sleep(30)
+            series.append(round(rss_mb(self.app.pid), 1))
+        return series
+
     async def press_now_and_then(self, until: float) -> int:
         presses = 0
         while time.monotonic() < until:
@@ -255,8 +263,10 @@ class Soak:
             bots = asyncio.create_task(self.keep_bots(bots_until))
             await asyncio.sleep(WARMUP_S)
             app_before, relay_before = census(self.app.pid), census(self.relay.pid)
+            sampler = asyncio.create_task(self.sample_rss(bots_until))
             presses = await self.press_now_and_then(bots_until)
             await bots
+            series = await sampler
             await asyncio.sleep(3.0)  # the last sessions time out or leave
             app_after, relay_after = census(self.app.pid), census(self.relay.pid)
             states = STATE_LINE.findall(self.app_log.read_text("utf-8"))
@@ -287,6 +297,7 @@ class Soak:
             "ptt_presses": presses,
             "app_rss_growth_mb": growth(app_before, app_after),
             "relay_rss_growth_mb": growth(relay_before, relay_after),
+            "app_rss_every_30s_mb": series,
             "app_threads_before_after": [app_before["threads"], app_after["threads"]],
             "app_fds_before_after": [app_before["fds"], app_after["fds"]],
             # what the descriptors opened since the warm-up point at (a leak repeats; a file
