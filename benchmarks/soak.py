@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEECH = [ROOT / "tests" / "data" / f"speech-{i}-48k.wav" for i in (0, 1)]
 SOAK_S = min(float(os.environ.get("VOIPCLIENT_SOAK_S", "240")), 900.0)
 WARMUP_S = 15.0
+#: VOIPCLIENT_SOAK_TRACE=1: trace the app's Python allocations and print where they grew
+TRACE = bool(os.environ.get("VOIPCLIENT_SOAK_TRACE"))
 BOTS = 20
 LOSS = 0.05
 KILL_SHARE = 0.25
@@ -141,6 +143,8 @@ class Soak:
         self.app_log = data / "logs" / "voipclient.log"
         self.socket = self.home / "ptt.sock"
         env = dict(os.environ, HOME=str(self.home), VOIPCLIENT_PTT_SOCKET=str(self.socket))
+        if TRACE:
+            env["VOIPCLIENT_TRACEMALLOC"] = "1"
         self.app = subprocess.Popen(
             [
                 sys.executable,
@@ -263,12 +267,17 @@ class Soak:
             bots = asyncio.create_task(self.keep_bots(bots_until))
             await asyncio.sleep(WARMUP_S)
             app_before, relay_before = census(self.app.pid), census(self.relay.pid)
+            if TRACE:
+                self.app.send_signal(signal.SIGUSR1)  # the allocation baseline
             sampler = asyncio.create_task(self.sample_rss(bots_until))
             presses = await self.press_now_and_then(bots_until)
             await bots
             series = await sampler
             await asyncio.sleep(3.0)  # the last sessions time out or leave
             app_after, relay_after = census(self.app.pid), census(self.relay.pid)
+            if TRACE:
+                self.app.send_signal(signal.SIGUSR1)  # where Python memory grew: in the log
+                await asyncio.sleep(2.0)
             states = STATE_LINE.findall(self.app_log.read_text("utf-8"))
             state_at_end = states[-1] if states else "unknown"
         finally:
@@ -284,6 +293,9 @@ class Soak:
             self.relay.wait(10)
             self.relay_err.close()
         log = self.app_log.read_text("utf-8") if self.app_log.exists() else ""
+        if TRACE:
+            at = log.rfind("tracemalloc: growth")
+            print(log[at : log.find(" INFO ", at + 30)] if at >= 0 else "no tracemalloc dump")
         engine = ENGINE_LINE.findall(log)
         lost = sum(int(m[2]) + int(m[3]) for m in engine)
         relay_log = (self.home / "relay.err").read_text()

@@ -30,7 +30,9 @@ import collections
 import faulthandler
 import logging
 import logging.handlers
+import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -47,6 +49,8 @@ CRASH_FILE: Final = "crash.log"
 MAX_LOG_BYTES: Final = 1_000_000
 LOG_BACKUPS: Final = 3
 KEEP_ERRORS: Final = 20
+#: set to trace Python allocations (SIGUSR1 logs the growth): the soak benchmark's leak hunt
+TRACEMALLOC_ENV: Final = "VOIPCLIENT_TRACEMALLOC"
 FORMAT: Final = "%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"
 
 _HEX_RUN: Final = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{32,}")
@@ -155,6 +159,8 @@ class Diagnostics:
         sys.excepthook = self._excepthook
         threading.excepthook = self._thread_excepthook
         sys.unraisablehook = self._unraisablehook
+        if os.environ.get(TRACEMALLOC_ENV) and hasattr(signal, "SIGUSR1"):
+            self._start_tracemalloc()
         self._watchdog = threading.Thread(target=self._watch, name="hang-watchdog", daemon=True)
         self._watchdog.start()
         log.info("diagnostics: log %s, crash dumps %s", self.log_file, self.crash_file)
@@ -212,6 +218,29 @@ class Diagnostics:
             (type(exc) if exc is not None else None, exc, unraisable.exc_traceback),
         )
         self._previous["unraisable"](unraisable)
+
+    # -- memory (a soak's leak hunt) -----------------------------------------------------------
+    def _start_tracemalloc(self) -> None:
+        """``VOIPCLIENT_TRACEMALLOC=1``: trace Python allocations; each SIGUSR1 logs where memory
+        grew since the first SIGUSR1 (the baseline), by the line that allocated it."""
+        import tracemalloc
+
+        tracemalloc.start(1)
+        self._baseline: Any = None
+
+        def dump(_signum: int, _frame: Any) -> None:
+            snapshot = tracemalloc.take_snapshot()
+            if self._baseline is None:
+                self._baseline = snapshot
+                log.info("tracemalloc: baseline taken")
+                return
+            top = snapshot.compare_to(self._baseline, "lineno")[:15]
+            log.info(
+                "tracemalloc: growth since the baseline, by line:\n%s",
+                "\n".join(str(stat) for stat in top),
+            )
+
+        signal.signal(signal.SIGUSR1, dump)
 
     # -- hangs ---------------------------------------------------------------------------------
     def heartbeat(self) -> None:
