@@ -55,35 +55,50 @@ FORMAT: Final = "%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"
 
 _HEX_RUN: Final = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{32,}")
 #: A server pin (public: kept), or a base64 run of 43+ characters mixing upper case, lower case
-#: and digits, as a key's encoding does (masked). A run never starts with "/", so paths stay.
+#: and digits, as a key's encoding does (masked unless it is a path: "/" then lower-case words).
 _B64_RUN: Final = re.compile(
     r"(sha256/[A-Za-z0-9+/]+=*)"
-    r"|(?<![A-Za-z0-9+/=_-])(?=[A-Za-z0-9+_-])"
+    r"|(?<![A-Za-z0-9+/_-])"
     r"(?=[A-Za-z0-9+/_-]*[A-Z])(?=[A-Za-z0-9+/_-]*[a-z])(?=[A-Za-z0-9+/_-]*[0-9])"
     r"[A-Za-z0-9+/_-]{43,}={0,2}"
 )
+_PATH_LIKE: Final = re.compile(r"(/[A-Za-z0-9._-]{0,40})+/?")
+#: A bytes repr with 16+ escaped bytes (``b'\xc8\x01...'``): raw key material printed by repr.
+_BYTES_REPR: Final = re.compile(r"b'(?:[^'\\]|\\.){16,}'|b\"(?:[^\"\\]|\\.){16,}\"")
+
+
+def _mask_b64(match: re.Match[str]) -> str:
+    run = match.group()
+    if match.group(1) or (
+        run.startswith("/") and _PATH_LIKE.fullmatch(run) and run.count("/") >= 2
+    ):
+        return run  # a pin (public) or a path
+    return f"<{len(run)} base64 characters hidden>"
+
 
 log = logging.getLogger("voipclient.diagnostics")
 
 
 def redact(text: str) -> str:
     """``text`` with anything shaped like raw key material masked (pins stay readable)."""
+    text = _BYTES_REPR.sub(lambda m: "<bytes hidden>" if "\\x" in m.group() else m.group(), text)
     text = _HEX_RUN.sub(lambda m: f"<{len(m.group())} hex digits hidden>", text)
-    return _B64_RUN.sub(
-        lambda m: m.group(1) or f"<{len(m.group())} base64 characters hidden>", text
-    )
+    return _B64_RUN.sub(_mask_b64, text)
 
 
 class _Redact(logging.Filter):
     """Masks key-shaped runs in the fully formatted message (arguments and traceback too)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        record.msg, record.args = redact(message), None
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+        try:
+            message = record.getMessage()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.msg, record.args = redact(message), None
+            if record.exc_text:
+                record.exc_text = redact(record.exc_text)
+        except Exception:  # a malformed log call: the handler reports it, the caller goes on
+            return True
         return True
 
 
@@ -130,6 +145,8 @@ class Diagnostics:
         self._previous: dict[str, Any] = {}
         self._root_level = logging.NOTSET
         self._faulthandler_was_on = faulthandler.is_enabled()
+        self._dump_asked = False
+        self._baseline: Any = None
 
     # -- set-up --------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -181,6 +198,11 @@ class Diagnostics:
             sys.excepthook = self._previous["excepthook"]
             threading.excepthook = self._previous["threading"]
             sys.unraisablehook = self._previous["unraisable"]
+        if "sigusr1" in self._previous:
+            import tracemalloc
+
+            signal.signal(signal.SIGUSR1, self._previous["sigusr1"])
+            tracemalloc.stop()
         faulthandler.disable()
         if self._faulthandler_was_on and sys.__stderr__ is not None:
             faulthandler.enable(file=sys.__stderr__)
@@ -213,8 +235,12 @@ class Diagnostics:
     def _unraisablehook(self, unraisable: Any) -> None:
         what = unraisable.err_msg or "an unraisable exception"
         exc = unraisable.exc_value
+        try:
+            described = repr(unraisable.object)
+        except Exception:
+            described = f"a {type(unraisable.object).__name__} whose repr failed"
         self._report(
-            f"{what} ({unraisable.object!r})",
+            f"{what} ({described})",
             (type(exc) if exc is not None else None, exc, unraisable.exc_traceback),
         )
         self._previous["unraisable"](unraisable)
@@ -226,21 +252,25 @@ class Diagnostics:
         import tracemalloc
 
         tracemalloc.start(1)
-        self._baseline: Any = None
 
-        def dump(_signum: int, _frame: Any) -> None:
-            snapshot = tracemalloc.take_snapshot()
-            if self._baseline is None:
-                self._baseline = snapshot
-                log.info("tracemalloc: baseline taken")
-                return
-            top = snapshot.compare_to(self._baseline, "lineno")[:15]
-            log.info(
-                "tracemalloc: growth since the baseline, by line:\n%s",
-                "\n".join(str(stat) for stat in top),
-            )
+        def asked(_signum: int, _frame: Any) -> None:
+            self._dump_asked = True  # the watchdog thread does the work (no logging in here)
 
-        signal.signal(signal.SIGUSR1, dump)
+        self._previous["sigusr1"] = signal.signal(signal.SIGUSR1, asked)
+
+    def _dump_memory(self) -> None:
+        import tracemalloc
+
+        snapshot = tracemalloc.take_snapshot()
+        if self._baseline is None:
+            self._baseline = snapshot
+            log.info("tracemalloc: baseline taken")
+            return
+        top = snapshot.compare_to(self._baseline, "lineno")[:15]
+        log.info(
+            "tracemalloc: growth since the baseline, by line:\n%s",
+            "\n".join(str(stat) for stat in top),
+        )
 
     # -- hangs ---------------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -250,6 +280,9 @@ class Diagnostics:
     def _watch(self) -> None:
         period = max(self.hang_after / 4, 0.05)
         while not self._stop.wait(period):
+            if self._dump_asked:
+                self._dump_asked = False
+                self._dump_memory()
             stalled = time.monotonic() - self._beat > self.hang_after
             if stalled and not self._stalled:
                 self.hangs += 1

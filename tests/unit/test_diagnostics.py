@@ -105,6 +105,9 @@ def test_key_shaped_text_is_masked_but_pins_stay_readable(diag: Diagnostics) -> 
     assert redact(pin) == pin
     path = "/tmp/pytest-of-root/pytest-140/test_a_stalled_gui_thread_leaves_every_stack0/logs"
     assert redact(path) == path
+    assert redact(f"key={b64}") == "key=<44 base64 characters hidden>"
+    assert redact("/" + b64[1:]) == "<44 base64 characters hidden>"  # a key may start with /
+    assert redact(repr(bytes(range(200, 232)))) == "<bytes hidden>"  # repr of raw key bytes
     logging.getLogger("voipclient.test").error("oops %s and %s", key, pin)
     try:
         raise KeyError(key)
@@ -113,6 +116,39 @@ def test_key_shaped_text_is_masked_but_pins_stay_readable(diag: Diagnostics) -> 
     text = logged(diag)
     assert key not in text and "<64 hex digits hidden>" in text and pin in text
     assert all(key not in line for line in diag.last_errors())
+
+
+def test_the_redaction_filter_never_raises_on_a_malformed_record() -> None:
+    """A log call with too few arguments is the handler's to report ("--- Logging error ---");
+    the redaction filter, which runs before any handler catches anything, must not raise."""
+    record = logging.LogRecord(
+        "voipclient.test", logging.INFO, __file__, 1, "%s and %s", ("x",), None
+    )
+    assert diagnostics._Redact().filter(record) is True
+
+
+def test_sigusr1_logs_where_python_memory_grew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    monkeypatch.setenv(diagnostics.TRACEMALLOC_ENV, "1")
+    d = install(tmp_path / "logs", hang_after=0.3)
+    try:
+        d.heartbeat()
+        os.kill(os.getpid(), signal.SIGUSR1)  # the baseline
+        wait_for(lambda: "tracemalloc: baseline taken" in logged(d))
+        kept = [bytearray(1000) for _ in range(2000)]  # ~2 MB that stays
+        os.kill(os.getpid(), signal.SIGUSR1)
+        wait_for(lambda: "tracemalloc: growth since the baseline" in logged(d))
+        assert "test_diagnostics.py" in logged(d).split("growth since the baseline")[1]
+        assert len(kept) == 2000
+    finally:
+        d.close()
+    assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None) or callable(
+        signal.getsignal(signal.SIGUSR1)
+    )
 
 
 CRASH = textwrap.dedent(

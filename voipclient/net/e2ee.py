@@ -344,7 +344,7 @@ class SecureSession:
             except RemoteProtocolError as exc:  # one peer's bad input never aborts the batch
                 out.append(KeyRejected(getattr(event, "sender_id", 0), None, exc.message))
         if roster_changed:  # not per tunnelled voice packet: only batches that change members
-            self._check_roster_agrees()
+            self._check_roster_agrees(now)
         self._flush_actions(now, out)
         self._finish(out)
         return out
@@ -500,7 +500,7 @@ class SecureSession:
         del members[sender_id]
         self._changed()
 
-    def _check_roster_agrees(self) -> None:
+    def _check_roster_agrees(self, now: float) -> None:
         """The control session's roster and our membership table are fed the same events; if
         they ever disagree, say so (it would mean a member list that is not who gets keys)."""
         if self._sender_id is None:
@@ -522,6 +522,8 @@ class SecureSession:
                     sid: roster.may_speak(sid, channel_id) for sid in listed
                 }
                 self._changed()
+                if self._sender_id in listed:  # members now drawn: their certificates matter
+                    self._verify_sharing((channel_id,), now)
 
     def set_verified(self, sender_id: int, ik_pub: bytes, verified: bool, now: float) -> bool:
         """The user compared the safety number computed from ``ik_pub`` with ``sender_id``
@@ -598,10 +600,13 @@ class SecureSession:
         )
         self._kem = SessionKemKey.generate()
         self._publish_certificate(event.sender_id)
+        sharing = self._sharing_peers()  # once: a 500-member Lobby is 500 users
         for user in event.roster.users.values():
             self._see_user(user, now, out)
             if user.sk_pub is not None and user.skc is not None:
-                self._key_published(user.sender_id, user.sk_pub, user.skc, now, out)
+                self._key_published(
+                    user.sender_id, user.sk_pub, user.skc, now, out, sharing=sharing
+                )
         roster = event.roster
         self._members = {
             ch: {sid: roster.may_speak(sid, ch) for sid in roster.members(ch)}
@@ -654,7 +659,14 @@ class SecureSession:
         return peer.ik_pub
 
     def _key_published(
-        self, sender_id: int, sk_pub: bytes, skc_bytes: bytes, now: float, out: list[SecureEvent]
+        self,
+        sender_id: int,
+        sk_pub: bytes,
+        skc_bytes: bytes,
+        now: float,
+        out: list[SecureEvent],
+        *,
+        sharing: set[int] | None = None,
     ) -> None:
         if sender_id == self._sender_id:
             return
@@ -666,7 +678,9 @@ class SecureSession:
         if peer is None:
             return
         peer.published = (sk_pub, skc_bytes)
-        if sender_id in self._sharing_peers() or any(r == sender_id for r, _ in self._held):
+        if sharing is None:
+            sharing = self._sharing_peers()
+        if sender_id in sharing or any(r == sender_id for r, _ in self._held):
             self._verify_published(peer, now, out)
 
     def _sharing_peers(self, channels: Iterable[int] | None = None) -> set[int]:

@@ -57,6 +57,8 @@ class PttService:
         self._router = router
         self._resolve = resolve_channel
         self._name = channel_name
+        #: control-socket presses by the name they were pressed with (case-folded) → channel
+        self._pressed_as: dict[str, int] = {}
         self._clock = clock
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -174,12 +176,18 @@ class PttService:
         if len(parts) != 2:
             return f"error {verb} needs a channel name or id"
         text = parts[1].strip()
+        folded = text.casefold()
         try:
             channel = self._resolve(text)
+            problem = f"unknown channel {text!r}"
         except LookupError as exc:
-            return f"error {exc}"
+            channel, problem = None, str(exc)
+        if channel is None and verb in ("release", "toggle"):
+            # What was pressed under this name: a channel renamed or gone, or a roster empty
+            # while reconnecting, must never leave a press that cannot be released.
+            channel = self._pressed_as.get(folded)
         if channel is None:
-            return f"error unknown channel {text!r}"
+            return f"error {problem}"
         now = self._clock()
         with self._lock:
             try:
@@ -191,6 +199,10 @@ class PttService:
                     self._publish(self._router.control_toggle(channel, now))
             except PttConfigError as exc:
                 return f"error {exc}"
+            held = self._router.state().control_channels
+            if channel in held:
+                self._pressed_as[folded] = channel
+            self._pressed_as = {k: c for k, c in self._pressed_as.items() if c in held}
             wanted = self._router.wanted(now)
         return "ok wanted=" + ",".join(str(c) for c in sorted(wanted))
 

@@ -91,6 +91,7 @@ class _VoiceBridge(QObject):
 class _Answer:
     """A passphrase asked on the GUI thread for the identity thread, which waits on ``done``."""
 
+    attempt: int  # the connect_to it belongs to: a superseded one is not asked
     value: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -336,6 +337,7 @@ class ClientController(QObject):
         self._attempt = 0  # connect_to calls: a late identity answer for an older one is dropped
         self._pending_connect: tuple[Bookmark, str, str | None, str] | None = None
         self._closing = False
+        self._identity_lock = threading.Lock()
         self._identity_opened.connect(self._on_identity_opened)
         self._passphrase_wanted.connect(self._on_passphrase_wanted)
 
@@ -614,7 +616,15 @@ class ClientController(QObject):
         worker.start()
 
     def _open_identity(self, attempt: int, key: str, username: str, local: bool) -> None:
-        """The identity thread: the keyring or key file; the answer goes to the GUI thread."""
+        """The identity thread: the keyring or key file; the answer goes to the GUI thread.
+        One look-up at a time (a second connect waits for the first): two threads must never
+        both find "no key yet" and create two identities for one account."""
+        with self._identity_lock:
+            if attempt != self._attempt:
+                return  # superseded while waiting: its answer would be dropped anyway
+            self._open_identity_now(attempt, key, username, local)
+
+    def _open_identity_now(self, attempt: int, key: str, username: str, local: bool) -> None:
         result: object
         try:
             if local and not self._keyring.is_available():
@@ -625,7 +635,7 @@ class ClientController(QObject):
                     username,
                     keyring_store=self._keyring,
                     key_dir=self.data_dir / "keys",
-                    ask_passphrase=self._passphrase_from_gui,
+                    ask_passphrase=lambda request: self._passphrase_from_gui(attempt, request),
                 ).key
         except KeystoreError as exc:
             result = exc
@@ -634,9 +644,9 @@ class ClientController(QObject):
             result = KeystoreError(f"{type(exc).__name__}: {exc}")
         self._identity_opened.emit(attempt, result)
 
-    def _passphrase_from_gui(self, request: Any) -> str | None:
+    def _passphrase_from_gui(self, attempt: int, request: Any) -> str | None:
         """Identity thread: ask on the GUI thread (a dialog) and wait for the answer."""
-        answer = _Answer()
+        answer = _Answer(attempt)
         self._passphrase_wanted.emit(request, answer)
         answer.done.wait()
         return answer.value
@@ -644,7 +654,8 @@ class ClientController(QObject):
     @Slot(object, object)
     def _on_passphrase_wanted(self, request: Any, answer: Any) -> None:
         try:
-            answer.value = None if self._closing else self._ask_passphrase(request)
+            stale = self._closing or answer.attempt != self._attempt
+            answer.value = None if stale else self._ask_passphrase(request)  # None: cancelled
         finally:
             answer.done.set()
 
@@ -731,6 +742,10 @@ class ClientController(QObject):
         self._approve.emit(pin, approved)
 
     def disconnect_server(self) -> None:
+        # A connection still waiting for its identity key is cancelled too (Disconnect clicked
+        # during a slow keyring or a passphrase dialog): its late answer is dropped.
+        self._pending_connect = None
+        self._attempt += 1
         if self.conn is not None:
             self._remember_joined()
             self._close.emit()

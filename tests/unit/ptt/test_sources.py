@@ -210,3 +210,26 @@ def test_service_with_fake_source_and_commands() -> None:
     assert fake.stopped == 1 and service.wanted() == {1}
     assert [type(e).__name__ for e in seen] == ["WantedChanged"] * 3
     assert InputEvent("f13", True, 1.0).pressed
+
+
+def test_a_control_press_can_always_be_released_by_the_name_it_was_pressed_with() -> None:
+    """The channel is renamed, or the roster is empty while reconnecting: ``release General``
+    still ends the press made as ``press General`` (a stuck open mic is the worst outcome)."""
+    channels = {2: "General"}
+
+    def resolve(text: str) -> int:
+        from voipclient.net.roster import find_channel
+
+        return find_channel(text, channels.items())
+
+    service = PttService(PttRouter(), resolve_channel=resolve)
+    assert service.handle_command("press General") == "ok wanted=2"
+    channels.clear()  # reconnecting: no channels known
+    assert service.handle_command("press Other").startswith("error no channel 'Other'")
+    assert service.handle_command("release general") == "ok wanted="
+    assert service.handle_command("release General").startswith("error")  # nothing pressed
+    channels[2] = "General"
+    assert service.handle_command("toggle General") == "ok wanted=2"
+    channels[2] = "Squad"  # renamed while pressed
+    assert service.handle_command("toggle GENERAL") == "ok wanted="
+    service.close()
