@@ -119,13 +119,16 @@ def test_escape_alone_cancels_but_counts_inside_a_chord(qtbot: Any, window: Any)
 
 
 def test_tab_and_enter_are_captured_not_acted_on(qtbot: Any, window: Any) -> None:
-    _top, capture, other = window
+    top, capture, other = window
     start_by_click(qtbot, capture)
+    assert top.focusWidget() is capture
     with qtbot.waitSignal(capture.captured, timeout=1000) as blocker:
         qtbot.keyPress(capture, Key.Key_Tab)  # would move the focus outside a capture
         qtbot.keyRelease(capture, Key.Key_Tab)
     assert blocker.args == ["tab"]
-    assert capture.hasFocus() and not other.hasFocus()
+    # The window's focus widget, not hasFocus(): that also needs the window to be the active
+    # one, which a loaded X server without a window manager does not always keep.
+    assert top.focusWidget() is capture and top.focusWidget() is not other
 
 
 def test_enter_and_space_start_a_capture(qtbot: Any, window: Any) -> None:
