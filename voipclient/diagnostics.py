@@ -213,8 +213,8 @@ class Diagnostics:
 
     # -- the hooks -----------------------------------------------------------------------------
     def _report(self, where: str, exc_info: tuple[Any, Any, Any]) -> None:
-        self.unhandled += 1
         log.critical("unhandled exception in %s", where, exc_info=exc_info)
+        self.unhandled += 1  # counted once it is in the log
 
     def _excepthook(
         self, kind: type[BaseException], value: BaseException, tb: TracebackType | None
@@ -285,13 +285,13 @@ class Diagnostics:
                 self._dump_memory()
             stalled = time.monotonic() - self._beat > self.hang_after
             if stalled and not self._stalled:
-                self.hangs += 1
                 stacks = _all_stacks()
                 log.error(
                     "the window has not responded for %.1f s; every thread's stack:\n%s",
                     time.monotonic() - self._beat,
                     stacks,
                 )
+                self.hangs += 1  # counted once it is in the log: whoever waits for it finds it
             elif not stalled and self._stalled:
                 log.warning("the window responds again")
             self._stalled = stalled

@@ -88,7 +88,7 @@ def test_an_exception_in_a_slot_goes_through_excepthook(
 def test_a_stalled_gui_thread_leaves_every_stack_in_the_log(diag: Diagnostics) -> None:
     diag.heartbeat()
     wait_for(lambda: diag.hangs == 1)  # nobody beats: 0.3 s later the watchdog reports
-    text = logged(diag)
+    text = logged(diag)  # counted only once written
     assert "the window has not responded" in text
     assert "--- thread 'MainThread'" in text and "wait_for" in text  # where it was stuck
     diag.heartbeat()
