@@ -71,13 +71,13 @@ def sounds_like(source: np.ndarray, recording: np.ndarray) -> float:
 
 def test_speech_crosses_the_relay_and_arrives_intact(start_server: Starter, tmp_path: Path) -> None:
     server = start_server()
-    listener = start_bot(  # records until the talker is done (SIGTERM below)
+    listener = start_bot(
         server,
         "bob",
         "--join",
         "A",
         "--seconds",
-        "60",
+        "6",
         "--record",
         str(tmp_path / "bob.wav"),
         "--stats-json",
@@ -102,8 +102,6 @@ def test_speech_crosses_the_relay_and_arrives_intact(start_server: Starter, tmp_
     rc_talker, out, err = finish(talker)
     assert rc_talker == 0, err
     assert "ann: sent" in out
-    assert listener.poll() is None, "the listener ended before the talker was done"
-    listener.send_signal(signal.SIGTERM)
     rc_listener, out, err = finish(listener)
     assert rc_listener == 0, err
     stats = json.loads((tmp_path / "bob.json").read_text())
@@ -114,7 +112,7 @@ def test_speech_crosses_the_relay_and_arrives_intact(start_server: Starter, tmp_
     source = read_wav_mono16(SPEECH0)[: RATE * 3]
     recording = read_wav_mono16(tmp_path / "bob.wav")
     _, lag = similarity(source, recording)
-    assert lag > 0.5  # the talker starts 1.5 s after its own join, which follows bob's
+    assert 0.5 < lag < 4.0
     score = segment_similarity(source, recording, start=round(lag * RATE))
     assert score > 0.85, f"recording does not match the speech sent (similarity {score:.2f})"
     talker_stats = json.loads((tmp_path / "ann.json").read_text())
