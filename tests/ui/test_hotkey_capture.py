@@ -183,7 +183,7 @@ def test_focus_loss_cancels_and_releases_the_grab(qtbot: Any, window: Any) -> No
     # manager the activation can come late or lapse: wait for it before moving the focus.
     top.activateWindow()
     qtbot.waitActive(top)
-    with qtbot.waitSignal(capture.cancelled, timeout=1000):
+    with qtbot.waitSignal(capture.cancelled, timeout=5000):  # returns as soon as it comes
         other.setFocus()
     assert not capture.is_capturing()
     assert QWidget.keyboardGrabber() is None and QWidget.mouseGrabber() is None
