@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,38 +27,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from relay_process import Relay
+
 TARGET_MS = 50.0
-START_LINE = re.compile(r"listening on (?P<host>\S+):(?P<port>\d+) .*pin=(?P<pin>sha256/\S+)")
-
-
-class Relay:
-    def __init__(self, data: Path, port: int = 0) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "voipclient.server",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        match = START_LINE.search(self.proc.stdout.readline())
-        if match is None:
-            self.proc.kill()
-            raise SystemExit("gui_stalls: the relay did not start")
-        self.host, self.port, self.pin = match["host"], int(match["port"]), match["pin"]
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
 
 
 def main() -> int:
@@ -133,7 +102,7 @@ def main() -> int:
         one.stop()
         spin(lambda: ctl.state != "ready", 20, "noticing the relay is gone")
         # the relay starts on another thread: waiting for its start line is not the app's stall
-        restart = threading.Thread(target=lambda: relays.append(Relay(tmp / "one", port)))
+        restart = threading.Thread(target=lambda: relays.append(Relay(tmp / "one", port=port)))
         flows["reconnect"] = measure("reconnect", restart.start, ready)
         restart.join()
         second = Bookmark("two", two.host, two.port)

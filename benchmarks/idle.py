@@ -14,46 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from relay_process import ROOT, Relay
+
 WARMUP_S = 8.0
 WINDOW_S = 20.0
 TARGET_CPU_PCT = 1.5
 TARGET_WAKEUPS = 200.0
-START_LINE = re.compile(r"listening on (?P<host>\S+):(?P<port>\d+) .*pin=(?P<pin>sha256/\S+)")
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def start_server(data: Path) -> tuple[subprocess.Popen[str], str, int, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voipclient.server", "--port", "0", "--data-dir", str(data)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = START_LINE.search(line)
-    if match is None:
-        proc.kill()
-        raise SystemExit(f"idle benchmark: unexpected server start line {line!r}")
-    return proc, match["host"], int(match["port"]), match["pin"]
-
-
-def approve_pin(data_dir: Path, host: str, port: int, pin: str) -> None:
-    from voipclient.net.pins import PinStore, server_key
-    from voipclient.storage.trust import PinFile
-
-    store = PinStore()
-    store.approve(server_key(host, port), pin, int(time.time() * 1000))
-    PinFile(data_dir / "server-pins.json").save(store)
 
 
 def tasks(pid: int) -> dict[str, tuple[int, int]]:
@@ -86,10 +59,11 @@ def rss_mib(pid: int) -> float:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        server, host, port, pin = start_server(home / "server")
+        server = Relay(home / "server")
+        host, port = server.host, server.port
         data = home / "data"
         data.mkdir()
-        approve_pin(data, host, port, pin)
+        server.approve_pin(data)
         env = dict(
             os.environ,
             HOME=str(home),
@@ -130,8 +104,7 @@ def main() -> int:
         finally:
             if app.poll() is None:
                 app.kill()
-            server.kill()
-            server.wait(10)
+            server.stop()
     elapsed = t1 - t0
     ticks = sum(after[k][0] - before.get(k, (0, 0))[0] for k in after)
     per_thread = dict.fromkeys((k.split("#")[0] for k in after), 0.0)  # names may repeat

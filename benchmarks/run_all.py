@@ -405,8 +405,8 @@ def table(name: str, figures: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: Modules in this folder that are not benchmarks (the lossy proxy is a library for them).
-HELPERS = frozenset({"run_all", "netem"})
+#: Modules in this folder that are not benchmarks (libraries for them: the lossy proxy, the relay).
+HELPERS = frozenset({"run_all", "netem", "relay_process"})
 
 
 #: Every run's figures, so the page can be rewritten (``--rewrite``) after its prose changes

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from netem import Impairment, LossyProxy
+from relay_process import ROOT, Relay
 
-ROOT = Path(__file__).resolve().parents[1]
 SPEECH = [ROOT / "tests" / "data" / f"speech-{i}-48k.wav" for i in (0, 1)]
 SOAK_S = min(float(os.environ.get("VOIPCLIENT_SOAK_S", "240")), 900.0)
 WARMUP_S = 15.0
@@ -42,7 +42,6 @@ BOTS = 20
 LOSS = 0.05
 KILL_SHARE = 0.25
 TARGET_RSS_GROWTH_MB = 20.0
-START_LINE = re.compile(r"listening on (?P<host>\S+):(?P<port>\d+) .*pin=(?P<pin>sha256/\S+)")
 STATE_LINE = re.compile(r"voipclient\.net\.connection INFO connection (\w+):")
 ENGINE_LINE = re.compile(
     r"audio engine stopped: (\d+) frames in, (\d+) out; capture overrun (\d+) frames, "
@@ -109,37 +108,12 @@ class Soak:
         cfg = self.home / "server.toml"
         cfg.write_text(CONFIG)
         self.relay_err = (self.home / "relay.err").open("w")
-        self.relay = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "voipclient.server",
-                "--port",
-                "0",
-                "--data-dir",
-                str(self.home / "relay"),
-                "--config",
-                str(cfg),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self.relay_err,
-            text=True,
-            cwd=ROOT,
-        )
-        assert self.relay.stdout is not None
-        match = START_LINE.search(self.relay.stdout.readline())
-        if match is None:
-            raise SystemExit("soak: the relay did not start")
-        self.host, self.port, self.pin = match["host"], int(match["port"]), match["pin"]
+        self.relay = Relay(self.home / "relay", config=cfg, stderr=self.relay_err)
+        self.host, self.port, self.pin = self.relay.host, self.relay.port, self.relay.pin
 
     def start_app(self) -> None:
-        from voipclient.net.pins import PinStore, server_key
-        from voipclient.storage.trust import PinFile
-
         data = self.home / "data"
-        store = PinStore()
-        store.approve(server_key(self.host, self.port), self.pin, int(time.time() * 1000))
-        PinFile(data / "server-pins.json").save(store)
+        self.relay.approve_pin(data)
         self.app_log = data / "logs" / "voipclient.log"
         self.socket = self.home / "ptt.sock"
         env = dict(os.environ, HOME=str(self.home), VOIPCLIENT_PTT_SOCKET=str(self.socket))
@@ -289,8 +263,7 @@ class Soak:
                     self.app.wait(20)
                 except subprocess.TimeoutExpired:
                     self.app.kill()
-            self.relay.kill()
-            self.relay.wait(10)
+            self.relay.stop()
             self.relay_err.close()
         log = self.app_log.read_text("utf-8") if self.app_log.exists() else ""
         if TRACE:
