@@ -48,7 +48,17 @@ pactl load-module module-null-sink sink_name=vsink rate=48000 channels=1 >/dev/n
 pactl load-module module-null-sink sink_name=vsink2 rate=48000 channels=1 >/dev/null
 pactl set-default-sink vsink
 pactl set-default-source vsink.monitor
-log "PulseAudio up (sinks: vsink, vsink2)"
+# Keep both sinks running with a quiet 20 ms stream each, as a sound card that is playing is. An
+# idle null sink sleeps for its 2 s maximum latency and only notices a new stream when it wakes,
+# so a stream opened then gets its first callback up to 2 s late: no hardware sink does that, and
+# it would hide how fast audio resumes after the audio host restarts. Silence mixed in changes no
+# sample.
+for sink in vsink vsink2; do
+  pacat --playback --device="$sink" --format=s16le --rate=48000 --channels=1 \
+    --latency-msec=20 --raw /dev/zero --client-name="test-env keep-alive" 2>>"$rt/pulseaudio.log" &
+  pids+=($!)
+done
+log "PulseAudio up (sinks: vsink, vsink2, kept running)"
 
 # --- Xvfb --------------------------------------------------------------------------------------
 exec 9<> "$rt/displayfd"

@@ -14,6 +14,10 @@ def main(argv: list[str] | None = None) -> int:
         from voipclient.ptt.control import ptt_cli
 
         return ptt_cli(args_list[1:])
+    if "--audio-host" in args_list:  # the sound-device child process (no Qt in it)
+        from voipclient.audio.host import main as audio_host
+
+        return audio_host(args_list)
     parser = argparse.ArgumentParser(
         prog="voipclient",
         description="Multi-channel push-to-talk voice with end-to-end encryption.",

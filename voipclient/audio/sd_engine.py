@@ -252,7 +252,10 @@ class SoundDeviceEngine:
         stall_timeout: float = STALL_TIMEOUT,
         start_timeout: float = START_TIMEOUT,
         retry_interval: float = RETRY_INTERVAL,
+        rings: tuple[SampleRing, SampleRing] | None = None,
     ) -> None:
+        """``rings`` = (capture, playback) to use instead of new ones (the audio host passes its
+        shared-memory rings)."""
         if frame_samples <= 0:
             raise ValueError(f"frame_samples must be positive, not {frame_samples}")
         if not (input_enabled or output_enabled):
@@ -263,8 +266,9 @@ class SoundDeviceEngine:
         self.stall_timeout = stall_timeout  # s
         self.start_timeout = start_timeout  # s
         self.retry_interval = retry_interval  # s
-        self.capture = SampleRing(ring_samples)
-        self.playback = SampleRing(ring_samples)
+        if rings is None:
+            rings = (SampleRing(ring_samples), SampleRing(ring_samples))
+        self.capture, self.playback = rings
         self.on_event = on_event
         # Written only by the callback threads (one writer each), read anywhere.
         self.frames_in = 0  # input callbacks (frames of frame_samples) since construction
@@ -473,6 +477,52 @@ class SoundDeviceEngine:
             return select_device(devices, None, kind)
         except AudioDeviceError:
             return None
+
+    # -- back to the chosen device -------------------------------------------------------------
+
+    def away_from_chosen(self) -> list[Kind]:
+        """The sides running on another device than the one asked for (after a fallback), or
+        lost: they should go back once the chosen device is listed again."""
+        return [
+            s.kind
+            for s in self._sides
+            if self.running
+            and (s.lost or (s.device is not None and s.device.name != s.requested.name))
+        ]
+
+    def return_to_chosen(self, now: float) -> list[DeviceEvent]:
+        """Reopen every side on the device asked for, now that it is listed again (a probe of a
+        fresh PortAudio said so). PortAudio can re-read its device list only with no stream open,
+        so both streams close for the moment of the switch; a side whose chosen device still
+        fails goes back to what worked. Events are returned and passed to ``on_event``."""
+        away = self.away_from_chosen()
+        if not away:
+            return []
+        previous = {s.kind: s.device for s in self._sides}
+        self._close_all()
+        refresh_devices()
+        devices = list_devices()
+        events: list[DeviceEvent] = []
+        for side in self._sides:
+            wanted = find_by_name(devices, side.requested.name, side.kind)
+            if side.kind in away and wanted is not None and self._open(side, wanted) is None:
+                events.append(
+                    DeviceEvent(
+                        "returned",
+                        f"{side.kind} device {wanted.name!r} is back; using it again",
+                    )
+                )
+                continue
+            before = previous[side.kind]
+            again = find_by_name(devices, before.name, side.kind) if before else None
+            fallback = again or self._default(devices, side.kind)
+            if fallback is None or self._open(side, fallback) is not None:
+                side.lost = True
+                side.next_retry = now + self.retry_interval
+        for event in events:
+            if self.on_event is not None:
+                self.on_event(event)
+        return events
 
     # -- streams -----------------------------------------------------------------------------
 

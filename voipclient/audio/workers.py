@@ -19,8 +19,11 @@ UI holds; they sleep until the next frame is due (the engine's clock is the devi
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import logging
+import os
+import select
 import sys
 import threading
 import time
@@ -61,13 +64,64 @@ def name_os_thread(name: str) -> None:
             pass
 
 
-class _FrameThread:
-    """A daemon thread running one worker loop until ``stop()`` (which joins it)."""
+class FdWaker:
+    """A wake-up flag that can also be woken by another process: ``set``/``clear``/``wait`` as a
+    :class:`threading.Event`, on a pipe of its own, and ``wait`` also returns when ``extra_fd`` (the
+    audio host's wake pipe) becomes readable. What was read from either pipe is drained."""
 
-    def __init__(self, name: str, run: Callable[[], None]) -> None:
+    def __init__(self, extra_fd: int) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._extra = extra_fd
+        self._fds = (self._r, extra_fd)
+        self._flag = False
+
+    def set(self) -> None:
+        if not self._flag:  # one byte per wake-up, not per caller
+            self._flag = True
+            try:  # noqa: SIM105 - per frame: no context-manager object
+                os.write(self._w, b"\0")
+            except OSError:
+                pass  # full (a wake-up is pending anyway)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float) -> None:
+        try:
+            readable, _, _ = select.select(self._fds, (), (), timeout)
+        except (OSError, ValueError):
+            return  # closed under us: the thread is stopping
+        for fd in readable:
+            try:
+                while os.read(fd, 4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+
+    def __del__(self) -> None:
+        # Closed only when nobody can call set() any more (another thread may hold an old
+        # pipeline's waker a moment after stop(): closing there could write into a reused fd).
+        for fd in (self._r, self._w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class _FrameThread:
+    """A daemon thread running one worker loop until ``stop()`` (which joins it). With
+    ``wake_fd`` (a descriptor another process writes to when its ring moved: the audio host),
+    the thread sleeps on that descriptor and its own pipe instead of a threading.Event."""
+
+    def __init__(self, name: str, run: Callable[[], None], wake_fd: int | None = None) -> None:
         self.stopping = threading.Event()
         #: set by whatever the loop waits on (a ring's callback, arriving voice) and by stop()
-        self.wake = threading.Event()
+        self.wake: threading.Event | FdWaker = (
+            threading.Event() if wake_fd is None else FdWaker(wake_fd)
+        )
         self._thread = threading.Thread(target=run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -126,7 +180,7 @@ class CaptureWorker:
         self.commands: collections.deque[Command] = collections.deque(maxlen=64)  # from the UI
         self.frames = 0
         self._frame = np.zeros(engine.frame_samples, dtype=np.int16)
-        self._thread = _FrameThread("capture", self._run)
+        self._thread = _FrameThread("capture", self._run, getattr(engine, "capture_wake_fd", None))
 
     def start(self) -> None:
         self._thread.start()
@@ -218,7 +272,9 @@ class PlaybackWorker:
         self.frames = 0
         self._clock = clock
         self._out = np.zeros(engine.frame_samples, dtype=np.int16)
-        self._thread = _FrameThread("playback", self._run)
+        self._thread = _FrameThread(
+            "playback", self._run, getattr(engine, "playback_wake_fd", None)
+        )
 
     def start(self) -> None:
         self._thread.start()

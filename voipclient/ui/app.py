@@ -213,6 +213,12 @@ class App:
                 lines.append(f"{side.split('_')[0]} in use: {device or 'none'}")
             if ctl.audio_problem:
                 lines.append(f"problem: {ctl.audio_problem}")
+            host = ctl.audio_host
+            if host is not None:
+                lines.append(
+                    f"audio host: pid {host.pid}, {host.restarts} restarts"
+                    + (f", last: it {host.last_exit}" if host.last_exit else "")
+                )
             return lines
 
         def connection() -> str:
@@ -293,7 +299,11 @@ class App:
         ctl = self.controller
         channels = [row.name for row in ctl.model.rows()]
         dialog = SettingsDialog(
-            ctl.prefs, server_key=ctl.server_key, channels=channels, parent=self.window
+            ctl.prefs,
+            server_key=ctl.server_key,
+            channels=channels,
+            devices=ctl.audio_devices,
+            parent=self.window,
         )
         dialog.applied.connect(self.apply_prefs)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)

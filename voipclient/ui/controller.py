@@ -28,10 +28,15 @@ from typing import Any
 
 from PySide6.QtCore import QMetaObject, QObject, Qt, QThread, QTimer, Signal, Slot
 
+from voipclient import diagnostics
+from voipclient.audio import host_engine
 from voipclient.audio.dsp import CaptureProcessor, CaptureSettings
 from voipclient.audio.engine import AudioEngine, DeviceEvent, NullEngine
+from voipclient.audio.host import ATTEMPTS, sides_name
+from voipclient.audio.host_engine import HostEngine
 from voipclient.audio.mixer import Mixer
 from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
+from voipclient.audio.sd_engine import DeviceInfo
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.audio.workers import CaptureWorker, PlaybackWorker, RouteSlot
 from voipclient.client.qt_connection import ConnectionStats, ServerConnection
@@ -59,7 +64,9 @@ from voipclient.ui.prefs import Bookmark, Preferences, PrefsBackend, ServerPrefs
 log = logging.getLogger("voipclient.ui.controller")
 
 POLL_MS = 100  # meters, talking marks, redundancy level hand-over
-DEVICE_POLL_MS = 500  # the audio engine's device watch
+DEVICE_POLL_MS = 250  # the audio engine's device watch (with the audio host: its news)
+#: "0": open the sound devices in the app's own process instead of the audio host
+AUDIO_HOST_ENV = "VOIPCLIENT_AUDIO_HOST"
 
 
 #: (preferences, input wanted, output wanted) → an engine; AudioDeviceError when it cannot
@@ -295,6 +302,8 @@ class ClientController(QObject):
         self._inbox: collections.deque[Any] = collections.deque(maxlen=2000)
         self._reports: collections.deque[Any] = collections.deque(maxlen=256)
         self.pipeline: AudioPipeline | None = None
+        #: the supervised `voipclient --audio-host` process, started with the first pipeline
+        self.audio_host: host_engine.AudioHost | None = None
         self.audio_problem = ""
         self.output_missing = False
         self.router = PttRouter(())
@@ -368,6 +377,9 @@ class ClientController(QObject):
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
+        if self.audio_host is not None:
+            self.audio_host.close()
+            self.audio_host = None
         if self.local_server is not None:
             self.local_server.stop()
             self.local_server = None
@@ -428,7 +440,11 @@ class ClientController(QObject):
     def _start_audio(self) -> None:
         """Open the devices: both sides, else whichever side works (a missing microphone must
         not silence the speakers, nor the other way round), else no device at all. What failed
-        is said in the status bar with what to do."""
+        is said in the status bar with what to do.
+
+        With the real devices (``device_engine``) on POSIX, the devices live in the audio host
+        process (:mod:`voipclient.audio.host_engine`): the pipeline starts at once and what
+        opened arrives as an ``"opened"`` device event; the GUI never waits on PortAudio."""
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
@@ -436,7 +452,24 @@ class ClientController(QObject):
         failures: dict[str, str] = {}
         pipeline: AudioPipeline | None = None
         self.output_missing = False
-        for use_input, use_output in ((True, True), (False, True), (True, False)):
+        if self._engine_factory is device_engine and self._use_audio_host():
+            assert self.audio_host is not None
+            a = self.prefs.audio
+            engine: AudioEngine = HostEngine(
+                self.audio_host,
+                a.input_device,
+                a.output_device,
+                frame_samples=frame_samples(a.frame_ms),
+            )
+            engine.on_event = self._device_event
+            pipeline = AudioPipeline(
+                self.prefs, engine, inbox, reports, self._bridge.voice.emit, self.ptt.route
+            )
+            pipeline.start()
+            self.audio_problem = ""
+            self._audio_started(pipeline)
+            return
+        for use_input, use_output in ATTEMPTS:
             try:
                 engine = self._engine_factory(self.prefs, use_input, use_output)
                 engine.on_event = self._device_event
@@ -444,13 +477,13 @@ class ClientController(QObject):
                     self.prefs, engine, inbox, reports, self._bridge.voice.emit, self.ptt.route
                 )
             except AudioDeviceError as exc:
-                failures[_sides(use_input, use_output)] = str(exc)
+                failures[sides_name(use_input, use_output)] = str(exc)
                 continue
             try:
                 candidate.start()
             except AudioDeviceError as exc:
                 candidate.stop()
-                failures[_sides(use_input, use_output)] = str(exc)
+                failures[sides_name(use_input, use_output)] = str(exc)
                 continue
             pipeline = candidate
             self.output_missing = not use_output
@@ -463,22 +496,25 @@ class ClientController(QObject):
             )
             pipeline.start()
             self.output_missing = True
-        working = _engine_sides(pipeline.engine)
-        if not failures:
-            self.audio_problem = ""
-        elif working:
-            lost = "microphone" if working == "speakers" else "speakers"
-            why = failures.get(lost, failures.get("microphone and speakers", ""))
-            verb = "works" if working == "microphone" else "work"
-            self.audio_problem = (
-                f"The {lost} could not be opened ({why}); the {working} {verb}. Choose another "
-                "device in Settings → Audio."
-            )
-        else:
-            why = failures.get("microphone and speakers", "") or "; ".join(failures.values())
-            self.audio_problem = (
-                f"No audio device could be opened: {why} Choose a device in Settings → Audio."
-            )
+        self.audio_problem = _audio_problem(failures, _engine_sides(pipeline.engine))
+        self._audio_started(pipeline)
+
+    def _use_audio_host(self) -> bool:
+        """Start the audio host if it is not running yet; False where it cannot run (Windows,
+        or VOIPCLIENT_AUDIO_HOST=0 for a developer who wants PortAudio in-process)."""
+        if self.audio_host is not None:
+            return True
+        if not host_engine.supported() or os.environ.get(AUDIO_HOST_ENV, "1") == "0":
+            return False
+        diag = diagnostics.installed()
+        try:
+            self.audio_host = host_engine.AudioHost(log_dir=None if diag is None else diag.log_dir)
+        except OSError as exc:
+            log.error("audio host not started (%s): devices open in the app", exc)
+            return False
+        return True
+
+    def _audio_started(self, pipeline: AudioPipeline) -> None:
         ns = pipeline.processor.ns_status
         if ns.reason:
             self.message.emit("warning", ns.reason)
@@ -489,13 +525,33 @@ class ClientController(QObject):
         self._apply_mixer()
         self.audio_status.emit(self.audio_problem)
 
+    def audio_devices(self) -> list[DeviceInfo]:
+        """The devices for the settings dialog: the audio host's last list (no PortAudio call
+        in this process), else PortAudio's own."""
+        if self.audio_host is not None:
+            return list(self.audio_host.devices)
+        from voipclient.audio.sd_engine import list_devices
+
+        return list_devices()
+
     def _device_event(self, event: DeviceEvent) -> None:
-        # from the engine's poll (GUI thread): lost/fallback/recovered
+        # GUI thread, from the engine's poll: lost/fallback/recovered/returned, and from the
+        # audio host also opened (what works after an open) and host_restarted
         kind, detail = event.kind, event.message
-        if kind in {"lost", "fallback"}:
+        log.info("audio: %s: %s", kind, detail)
+        if kind == "opened":
+            engine = self.pipeline.engine if self.pipeline is not None else None
+            failures = getattr(engine, "failures", {})
+            self.audio_problem = _audio_problem(failures, _engine_sides(engine))
+            self.audio_status.emit(self.audio_problem)
+        elif kind in {"lost", "fallback"}:
             self.audio_problem = f"audio device {kind}: {detail}"
             self.audio_status.emit(self.audio_problem)
-        elif kind in {"recovered", "started"} and self.audio_problem.startswith("audio device"):
+        elif kind in {"host_restarted", "host_failed"}:
+            self.message.emit("warning", f"{detail}.")
+        elif kind in {"recovered", "started", "returned"} and self.audio_problem.startswith(
+            "audio device"
+        ):
             self.audio_problem = ""
             self.audio_status.emit("")
 
@@ -1135,15 +1191,25 @@ KEY_HOLDER_LOG = "key-holders.log"
 KEY_HOLDER_LOG_MAX = 1_000_000
 
 
-def _sides(use_input: bool, use_output: bool) -> str:
-    if use_input and use_output:
-        return "microphone and speakers"
-    return "microphone" if use_input else "speakers"
+def _audio_problem(failures: dict[str, str], working: str) -> str:
+    """The status bar's words for what failed at an open ("" when nothing did)."""
+    if not failures:
+        return ""
+    if working:
+        lost = "microphone" if working == "speakers" else "speakers"
+        why = failures.get(lost, failures.get("microphone and speakers", ""))
+        verb = "works" if working == "microphone" else "work"
+        return (
+            f"The {lost} could not be opened ({why}); the {working} {verb}. Choose another "
+            "device in Settings → Audio."
+        )
+    why = failures.get("microphone and speakers", "") or "; ".join(failures.values())
+    return f"No audio device could be opened: {why} Choose a device in Settings → Audio."
 
 
-def _engine_sides(engine: AudioEngine) -> str:
+def _engine_sides(engine: AudioEngine | None) -> str:
     """Which sides of a started engine work: "microphone and speakers", one of them, or ""."""
-    if isinstance(engine, NullEngine):
+    if engine is None or isinstance(engine, NullEngine):
         return ""
     has_in = getattr(engine, "input_device", None) is not None
     has_out = getattr(engine, "output_device", None) is not None

@@ -164,7 +164,8 @@ def test_a_missing_audio_device_is_explained_and_the_rest_keeps_working(
         replace(prefs, audio=replace(prefs.audio, input_device="No Such Microphone 9000"))
     )
     label = alice.window.warning_label
-    assert "audio" in label.text()
+    # the audio host opens devices without the window waiting: the outcome arrives a moment later
+    qtbot.waitUntil(lambda: "audio" in label.text(), timeout=10_000)
     assert "No Such Microphone 9000" in label.toolTip() and "Settings" in label.toolTip()
     # only the microphone is missing: the speakers keep working
     assert "the speakers work" in label.toolTip()
@@ -188,7 +189,9 @@ def test_missing_speakers_keep_the_microphone(qtbot: Any, make_app: AppFactory) 
     alice = make_app("alice")
     prefs = alice.controller.prefs
     alice.apply_prefs(replace(prefs, audio=replace(prefs.audio, output_device="No Such Speakers")))
-    tip = alice.window.warning_label.toolTip()
+    label = alice.window.warning_label
+    qtbot.waitUntil(lambda: "No Such Speakers" in label.toolTip(), timeout=10_000)
+    tip = label.toolTip()
     assert "No Such Speakers" in tip and "the microphone works" in tip
     pipeline = alice.controller.pipeline
     assert pipeline is not None and pipeline.engine.input_device is not None  # type: ignore[attr-defined]

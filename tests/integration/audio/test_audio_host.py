@@ -1,0 +1,103 @@
+"""The audio host process on its own (real PortAudio on the PulseAudio null sink): it opens what
+it can and says what failed, it is replaced when it aborts, and close() leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voipclient.audio import shm
+from voipclient.audio.engine import DeviceEvent
+from voipclient.audio.host_engine import AudioHost, HostEngine
+
+pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[AudioHost]:
+    h = AudioHost(log_dir=tmp_path / "logs")
+    yield h
+    h.close()
+
+
+def pump(engine: HostEngine, until: Callable[[], bool], timeout: float = 10.0) -> list[DeviceEvent]:
+    """Be the app's workers and GUI timer: drain the microphone, keep the speakers fed, collect
+    the engine's events, until ``until()`` holds."""
+    events: list[DeviceEvent] = []
+    silence = np.zeros(engine.playback.capacity, dtype=np.int16)
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"timed out; events so far: {events}"
+        engine.capture.discard()
+        engine.playback.write(silence[: engine.playback.free])
+        events += engine.poll(time.monotonic())
+        time.sleep(0.01)
+    return events + engine.poll(time.monotonic())
+
+
+def test_devices_open_in_the_host_and_samples_flow_both_ways(host: AudioHost) -> None:
+    engine = HostEngine(host, None, None, frame_samples=960)
+    engine.start()
+    events = pump(engine, lambda: engine.opened)
+    assert any(e.kind == "opened" for e in events)
+    assert engine.input_device and engine.output_device and engine.failures == {}
+    start = host.block[shm.Slot.CAPTURE_WRITTEN], host.block[shm.Slot.PLAYBACK_READ]
+    pump(
+        engine,
+        lambda: (
+            host.block[shm.Slot.CAPTURE_WRITTEN] > start[0] + 48_000 // 2
+            and host.block[shm.Slot.PLAYBACK_READ] > start[1] + 48_000 // 2
+        ),
+    )
+    assert host.devices and any(d.max_input_channels for d in host.devices)
+    stats = engine.stats()
+    assert stats.frames_in > 0 and stats.frames_out > 0
+
+
+def test_a_missing_microphone_is_reported_and_the_speakers_still_open(host: AudioHost) -> None:
+    engine = HostEngine(host, "No Such Microphone 9000", None, frame_samples=960)
+    engine.start()
+    pump(engine, lambda: engine.opened)
+    assert engine.input_device is None and engine.output_device
+    assert "No Such Microphone 9000" in engine.failures["microphone and speakers"]
+    before = host.block[shm.Slot.PLAYBACK_READ]
+    pump(engine, lambda: host.block[shm.Slot.PLAYBACK_READ] > before + 9600)
+
+
+def test_an_abort_inside_the_host_is_survived(host: AudioHost) -> None:
+    engine = HostEngine(host, None, None, frame_samples=960)
+    engine.start()
+    pump(engine, lambda: engine.opened)
+    first = host.pid
+    aborted = time.monotonic_ns()
+    host.kill(signal.SIGABRT)  # what PortAudio's assertion does
+    events = pump(
+        engine,
+        lambda: host.restarts == 1 and host.block[shm.Slot.CAPTURE_STAMP_NS] > aborted,
+    )
+    assert host.pid != first
+    restarted = [e for e in events if e.kind == "host_restarted"]
+    assert restarted and "SIGABRT" in restarted[0].message
+    assert "crashed inside the sound library" in host.last_exit
+    # the same devices again, from the replayed request
+    pump(engine, lambda: engine.opened and engine.input_device is not None)
+    log = (Path(host._log_dir or ".") / "audio-host.log").read_text()
+    assert "Fatal Python error: Aborted" in log  # faulthandler's dump went to the host's log
+
+
+def test_close_ends_the_host_and_leaves_no_process(tmp_path: Path) -> None:
+    h = AudioHost(log_dir=tmp_path)
+    engine = HostEngine(h, None, None, frame_samples=960)
+    engine.start()
+    pump(engine, lambda: engine.opened)
+    pid = h.pid
+    h.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert h.restarts == 0  # an orderly end is not a crash

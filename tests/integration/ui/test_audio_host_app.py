@@ -1,0 +1,126 @@
+"""The sound devices live in a supervised child process (``voipclient --audio-host``): killing it
+during a call leaves the app up, audio resumes within a second on the same devices, the window
+says what happened and the call goes on; a host that hangs is ended and replaced the same way.
+Real parts: two apps under Xvfb, a relay process, PortAudio on the PulseAudio null sink."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voipclient.audio import shm
+from voipclient.ui.app import App
+
+from ..conftest import Starter
+from .conftest import AppFactory, pair_in, talking
+
+pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(90)]
+GENERAL = 2
+RESUME_S = 1.0  # the promise: audio flows again within a second of the host's death
+
+
+def host_of(app: App) -> Any:
+    host = app.controller.audio_host
+    assert host is not None, "the app runs its devices in the audio host"
+    return host
+
+
+def wait_opened(qtbot: Any, app: App) -> None:
+    """The app's host has its devices open and both directions are moving."""
+    host = host_of(app)
+    qtbot.waitUntil(
+        lambda: (
+            host.block[shm.Slot.CAPTURE_STAMP_NS] > 0 and host.block[shm.Slot.PLAYBACK_STAMP_NS] > 0
+        ),
+        timeout=10_000,
+    )
+
+
+def test_the_app_runs_its_devices_in_an_audio_host_process(
+    qtbot: Any, make_app: AppFactory
+) -> None:
+    app = make_app("solo")
+    host = host_of(app)
+    wait_opened(qtbot, app)
+    argv = Path(f"/proc/{host.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"--audio-host" in argv
+    assert os.getppid() != host.pid and host.pid != os.getpid()
+    # the GUI's process has no PortAudio stream: the engine it holds is the host's
+    engine = app.controller.pipeline.engine  # type: ignore[union-attr]
+    assert type(engine).__name__ == "HostEngine"
+    qtbot.waitUntil(lambda: engine.opened, timeout=10_000)
+    assert engine.input_device and engine.output_device
+    assert app.controller.audio_problem == ""
+    assert app.controller.audio_devices(), "the settings dialog gets the host's device list"
+
+
+def test_killing_the_audio_host_mid_call_resumes_audio_within_a_second(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server(channels=("General",))
+    alice, bob = pair_in(qtbot, make_app, server, GENERAL)
+    host = host_of(alice)
+    wait_opened(qtbot, alice)
+    alice.controller.ptt.handle_command(f"press {GENERAL}")
+    qtbot.waitUntil(lambda: talking(bob, GENERAL, "alice"), timeout=10_000)
+
+    old_pid = host.pid
+    killed_ns = time.monotonic_ns()
+    assert host.kill(signal.SIGKILL) == old_pid
+
+    def resumed() -> bool:
+        return (
+            host.restarts == 1
+            and host.block[shm.Slot.CAPTURE_STAMP_NS] > killed_ns
+            and host.block[shm.Slot.PLAYBACK_STAMP_NS] > killed_ns
+        )
+
+    qtbot.waitUntil(resumed, timeout=10_000)
+    mic_back = (host.block[shm.Slot.CAPTURE_STAMP_NS] - killed_ns) / 1e9
+    speakers_back = (host.block[shm.Slot.PLAYBACK_STAMP_NS] - killed_ns) / 1e9
+    print(
+        f"audio host SIGKILL: microphone back after {mic_back * 1000:.0f} ms, "
+        f"speakers after {speakers_back * 1000:.0f} ms"
+    )
+    assert host.pid != old_pid
+    assert mic_back < RESUME_S and speakers_back < RESUME_S
+    # the window says what happened
+    qtbot.waitUntil(lambda: "audio process" in alice.window.notice_label.text(), timeout=5_000)
+    assert "SIGKILL" in alice.window.notice_label.text()
+    assert alice.controller.audio_problem == ""
+
+    # the call goes on: what alice says after the restart reaches bob
+    alice.controller.ptt.handle_command(f"release {GENERAL}")
+    qtbot.waitUntil(lambda: not talking(bob, GENERAL, "alice"), timeout=10_000)
+    frames = alice.controller.pipeline.capture.frames  # type: ignore[union-attr]
+    alice.controller.ptt.handle_command(f"press {GENERAL}")
+    try:
+        qtbot.waitUntil(lambda: talking(bob, GENERAL, "alice"), timeout=10_000)
+    finally:
+        alice.controller.ptt.handle_command(f"release {GENERAL}")
+    assert alice.controller.pipeline.capture.frames > frames  # type: ignore[union-attr]
+
+
+def test_a_hung_audio_host_is_ended_and_replaced(qtbot: Any, make_app: AppFactory) -> None:
+    app = make_app("solo")
+    host = host_of(app)
+    wait_opened(qtbot, app)
+    stopped = host.pid
+    os.kill(stopped, signal.SIGSTOP)  # a driver hung in a call: no heartbeat any more
+    try:
+        qtbot.waitUntil(lambda: host.restarts == 1, timeout=host.hang_s * 1000 + 5_000)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped, signal.SIGCONT)
+    assert "stopped responding" in host.last_exit
+    since = time.monotonic_ns()
+    qtbot.waitUntil(lambda: host.block[shm.Slot.CAPTURE_STAMP_NS] > since, timeout=5_000)
+    qtbot.waitUntil(lambda: "audio process" in app.window.notice_label.text(), timeout=5_000)
+    with pytest.raises(ProcessLookupError):
+        os.kill(stopped, 0)  # ended and reaped, not left behind

@@ -1,0 +1,346 @@
+"""``voipclient --audio-host``: the child process that owns the sound devices.
+
+PortAudio runs here and nowhere else in the desktop app, so that what goes wrong inside it (a C
+``abort()`` when a stream is reopened right after the sound server dropped it, a driver that hangs
+in a call) ends or freezes this process, not the app: the app's supervisor
+(:mod:`voipclient.audio.host_engine`) sees it die or stop beating and starts another one, which
+reopens the same devices on the same shared rings.
+
+What it does:
+
+* maps the shared block the app passed as a descriptor (:mod:`voipclient.audio.shm`) and runs a
+  :class:`~voipclient.audio.sd_engine.SoundDeviceEngine` on its two rings: the input callback
+  writes the capture ring, the output callback reads the playback ring; each callback then writes
+  one byte to the app's wake pipe for that ring, so the app's worker sleeps on the device clock
+  as it does with an in-process engine;
+* every :data:`POLL_S` its main loop stamps the heartbeat, copies the device counters into the
+  header, polls the engine (stream stopped or stalled → reopen / fall back / lost / recovered),
+  and while a side runs on a fallback device probes a fresh PortAudio for the chosen one and
+  switches back when it is listed again;
+* reads commands from stdin and answers on stdout, one JSON object per line (nothing per frame):
+  ``open`` (devices, frame size) → ``opened`` (which devices run, what failed), ``stop`` →
+  ``stopped``, ``devices`` → ``devices``; device events go out as ``event``. EOF on stdin (the
+  app quit or died) ends the process.
+
+``voipclient --audio-host --list-devices`` prints the device list as JSON and exits: the probe.
+Its log and any crash dump go to stderr, which the app points at ``audio-host.log`` in its log
+folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import faulthandler
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Final
+
+from voipclient.audio import shm
+from voipclient.audio.engine import DeviceEvent
+from voipclient.errors import AudioDeviceError
+
+log = logging.getLogger("voipclient.audio.host")
+
+ARG: Final = "--audio-host"
+POLL_S: Final = 0.1  # main loop: heartbeat, counters, device watch
+PROBE_INTERVAL_S: Final = 5.0  # while on a fallback device: how often to look for the chosen one
+PROBE_TIMEOUT_S: Final = 10.0
+
+#: (input wanted, output wanted) in the order they are tried, and what each is called in messages
+ATTEMPTS: Final = ((True, True), (False, True), (True, False))
+
+
+def sides_name(use_input: bool, use_output: bool) -> str:
+    if use_input and use_output:
+        return "microphone and speakers"
+    return "microphone" if use_input else "speakers"
+
+
+def host_argv() -> list[str]:
+    """The command line that starts the host: the bundle's executable, or this interpreter."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, ARG]
+    return [sys.executable, "-m", "voipclient", ARG]
+
+
+def device_dicts() -> list[dict[str, Any]]:
+    from voipclient.audio.sd_engine import list_devices
+
+    return [dataclasses.asdict(d) for d in list_devices()]
+
+
+# -- the process ------------------------------------------------------------------------------
+
+
+class _Host:
+    def __init__(self, block: shm.SharedBlock, out: IO[str], wake_capture: int, wake_playback: int):
+        self.block = block
+        self.out = out
+        self.engine: Any = None
+        self.frame_samples = 960
+        self.request: dict[str, Any] = {}
+        self.next_probe = 0.0
+        self.probe_mark: object = None
+        self._wake_capture = wake_capture
+        self._wake_playback = wake_playback
+        capture, playback = block.capture, block.playback
+        header = block.header
+        stamp_ns, stamp_pos = shm.Slot.CAPTURE_STAMP_NS, shm.Slot.CAPTURE_STAMP_POS
+        played_ns = shm.Slot.PLAYBACK_STAMP_NS
+        written = shm.Slot.CAPTURE_WRITTEN
+        monotonic_ns, write, poke = time.monotonic_ns, os.write, b"\0"
+
+        # PortAudio's callback threads, after a publish: a stamp (the latency benchmark, the
+        # restart test), and a byte into the app's wake pipe (non-blocking; a full pipe means
+        # the app has a wake-up pending anyway).
+        def captured() -> None:
+            header[stamp_ns] = monotonic_ns()
+            header[stamp_pos] = header[written]
+            try:  # noqa: SIM105 - no context-manager object per callback
+                write(wake_capture, poke)
+            except OSError:
+                pass
+
+        def played() -> None:
+            header[played_ns] = monotonic_ns()
+            try:  # noqa: SIM105 - no context-manager object per callback
+                write(wake_playback, poke)
+            except OSError:
+                pass
+
+        capture.on_write = captured
+        playback.on_read = played
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.out.write(json.dumps(message) + "\n")
+        self.out.flush()
+
+    def event(self, event: DeviceEvent) -> None:
+        log.info("device event %s: %s", event.kind, event.message)
+        self.send({"op": "event", "kind": event.kind, "message": event.message})
+
+    # -- commands ----------------------------------------------------------------------------
+    def handle(self, command: dict[str, Any], now: float) -> None:
+        op = command.get("op")
+        if op == "open":
+            self.open(command, now)
+        elif op == "stop":
+            self.close_engine()
+            self.send({"op": "stopped"})
+        elif op == "devices":
+            self.send({"op": "devices", "list": self.devices()})
+        else:
+            log.warning("unknown command %r", op)
+
+    def open(self, command: dict[str, Any], now: float) -> None:
+        from voipclient.audio.sd_engine import SoundDeviceEngine
+
+        self.close_engine()
+        self.request = command
+        self.frame_samples = int(command.get("frame_samples", 960))
+        failures: dict[str, str] = {}
+        for use_input, use_output in ATTEMPTS:
+            try:
+                engine = SoundDeviceEngine(
+                    input_device=command.get("input"),
+                    output_device=command.get("output"),
+                    frame_samples=self.frame_samples,
+                    input_enabled=use_input,
+                    output_enabled=use_output,
+                    rings=(self.block.capture, self.block.playback),
+                    on_event=self.event,
+                )
+                engine.start()
+            except AudioDeviceError as exc:
+                failures[sides_name(use_input, use_output)] = str(exc)
+                continue
+            self.engine = engine
+            break
+        engine = self.engine
+        self.send(
+            {
+                "op": "opened",
+                "attempt": command.get("attempt", 0),
+                "input": _name(engine.input_device) if engine else None,
+                "output": _name(engine.output_device) if engine else None,
+                "failures": failures,
+                "devices": self.devices(),
+            }
+        )
+        self.next_probe = now + PROBE_INTERVAL_S
+
+    def close_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.on_event = None
+            self.engine.close()
+            self.engine = None
+
+    def devices(self) -> list[dict[str, Any]]:
+        try:
+            return device_dicts()
+        except AudioDeviceError as exc:
+            log.warning("cannot list devices: %s", exc)
+            return []
+
+    # -- the main loop's turn ------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        block, engine = self.block, self.engine
+        block[shm.Slot.HEARTBEAT_NS] = time.monotonic_ns()
+        if engine is None:
+            block.playback.discard()  # no output: keep the app's playback worker moving
+            return
+        block[shm.Slot.FRAMES_IN] = engine.frames_in
+        block[shm.Slot.FRAMES_OUT] = engine.frames_out
+        block[shm.Slot.INPUT_OVERFLOWS] = engine.input_overflows
+        block[shm.Slot.OUTPUT_UNDERFLOWS] = engine.output_underflows
+        engine.poll(now)
+        if engine.output_device is None:
+            block.playback.discard()
+        if engine.away_from_chosen() and now >= self.next_probe:
+            self.next_probe = now + PROBE_INTERVAL_S
+            self.probe_for_chosen(now)
+
+    def probe_for_chosen(self, now: float) -> None:
+        """PortAudio lists devices as they were when it started; a fresh process sees today's."""
+        mark = _device_mark()
+        if mark is not None and mark == self.probe_mark:
+            return  # nothing changed in the OS's device list since the last probe
+        self.probe_mark = mark
+        try:
+            done = subprocess.run(  # noqa: S603 - our own executable, fixed arguments
+                [*host_argv(), "--list-devices"],
+                capture_output=True,
+                text=True,
+                timeout=PROBE_TIMEOUT_S,
+                check=True,
+            )
+            names = {d["name"] for d in json.loads(done.stdout)}
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+            log.warning("device probe failed: %s", exc)
+            return
+        wanted = {self.request.get("input"), self.request.get("output")}
+        if any(isinstance(w, str) and any(w in n for n in names) for w in wanted):
+            self.engine.return_to_chosen(now)
+            self.send({"op": "devices", "list": self.devices()})
+
+
+def _name(device: Any) -> str | None:
+    return None if device is None else str(device.name)
+
+
+def _device_mark() -> object:
+    """Something that changes when the OS's sound-device list may have changed, or None where
+    there is nothing cheap to look at (then every probe runs)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parts: list[object] = []
+    try:
+        parts.append(tuple(sorted(os.listdir("/dev/snd"))))
+    except OSError:
+        parts.append(None)
+    for path in (Path.home() / ".asoundrc", Path("/etc/asound.conf")):
+        try:
+            parts.append(path.stat().st_mtime_ns)
+        except OSError:
+            parts.append(None)
+    return tuple(parts)
+
+
+def _read_commands(stream: IO[str], commands: queue.SimpleQueue[dict[str, Any] | None]) -> None:
+    for line in stream:
+        try:
+            command = json.loads(line)
+        except ValueError:
+            log.warning("unreadable command line dropped (%d bytes)", len(line))
+            continue
+        if isinstance(command, dict):
+            commands.put(command)
+    commands.put(None)  # EOF: the app is gone
+
+
+def serve(
+    block: shm.SharedBlock,
+    wake_capture: int,
+    wake_playback: int,
+    *,
+    commands_in: IO[str],
+    answers_out: IO[str],
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Run the host until ``commands_in`` ends."""
+    host = _Host(block, answers_out, wake_capture, wake_playback)
+    block[shm.Slot.HOST_PID] = os.getpid()
+    commands: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+    reader = threading.Thread(
+        target=_read_commands, args=(commands_in, commands), name="host-commands", daemon=True
+    )
+    reader.start()
+    host.tick(clock())
+    host.send({"op": "ready", "pid": os.getpid()})
+    next_tick = clock()
+    try:
+        while True:
+            now = clock()
+            if now >= next_tick:
+                host.tick(now)
+                next_tick = now + POLL_S
+            try:
+                command = commands.get(timeout=max(0.0, next_tick - clock()))
+            except queue.Empty:
+                continue
+            if command is None:
+                return 0
+            host.handle(command, clock())
+    finally:
+        host.close_engine()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="voipclient --audio-host")
+    parser.add_argument(ARG, action="store_true")
+    parser.add_argument("--list-devices", action="store_true", help="print the devices as JSON")
+    parser.add_argument("--shm-fd", type=int)
+    parser.add_argument("--capture-wake-fd", type=int)
+    parser.add_argument("--playback-wake-fd", type=int)
+    args = parser.parse_args(argv)
+    if args.list_devices:
+        try:
+            print(json.dumps(device_dicts()))
+        except AudioDeviceError as exc:
+            print(f"voipclient --audio-host: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if None in (args.shm_fd, args.capture_wake_fd, args.playback_wake_fd):
+        parser.error("--shm-fd, --capture-wake-fd and --playback-wake-fd are needed")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format=f"%(asctime)s audio-host[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+    )
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    from voipclient.audio.workers import name_os_thread
+
+    name_os_thread("vc-audio-host")
+    for fd in (args.capture_wake_fd, args.playback_wake_fd):
+        os.set_blocking(fd, False)
+    block = shm.attach(args.shm_fd)
+    log.info("started (pid %d)", os.getpid())
+    try:
+        return serve(
+            block,
+            args.capture_wake_fd,
+            args.playback_wake_fd,
+            commands_in=sys.stdin,
+            answers_out=sys.stdout,
+        )
+    finally:
+        log.info("exiting")
