@@ -7,7 +7,9 @@
 #      (proves the libraries really are hidden);
 #   2. the bundle's `voipclient --version` and `voipclient-server --version`;
 #   3. the bundle's `voipclient --self-test`: every check ok (one line each);
-#   4. the bundle's window on its embedded local server, under Xvfb, connected with 5 channels.
+#   4. the bundle's audio host lists devices (`voipclient --audio-host --list-devices`);
+#   5. the bundle's window on its embedded local server, under Xvfb, connected with 5 channels,
+#      with its audio host process running.
 #   scripts/bundle-smoke.sh BUNDLE_DIR [VENV_PYTHON]
 set -euo pipefail
 bundle=$(readlink -f "${1:?usage: bundle-smoke.sh BUNDLE_DIR [VENV_PYTHON]}")
@@ -61,7 +63,12 @@ out=$("$bundle/voipclient" --self-test 2>/dev/null) || { echo "$out"; fail "self
 echo "$out" | cut -c1-140
 [ "$(echo "$out" | grep -c '^ok ')" = 10 ] || fail "expected 10 ok lines"
 
-echo "bundle-smoke: 4. the window on the embedded local server (Xvfb)"
+echo "bundle-smoke: 4. the audio host's device probe (the bundle's own PortAudio)"
+probe=$("$bundle/voipclient" --audio-host --list-devices) || fail "the audio host's probe failed"
+echo "$probe" | "$py" -c 'import json, sys; d = json.load(sys.stdin); assert isinstance(d, list); print(f"bundle-smoke: {len(d)} devices")' \
+  || fail "the audio host's probe printed no device list: $probe"
+
+echo "bundle-smoke: 5. the window on the embedded local server (Xvfb), its audio host started"
 home=$(mktemp -d)
 report=$(HOME=$home XDG_CONFIG_HOME=$home/config XDG_DATA_HOME=$home/data \
   timeout 60 xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" \
@@ -69,5 +76,7 @@ report=$(HOME=$home XDG_CONFIG_HOME=$home/config XDG_DATA_HOME=$home/data \
 echo "$report"
 echo "$report" | grep -Eq '^voipclient: state=ready channels=5 joined=1 ' \
   || { tail -20 "$home/stderr"; fail "the bundled app did not connect to its local server"; }
+echo "$report" | grep -Eq ' audio_host=[0-9]+$' \
+  || { tail -20 "$home/stderr"; fail "the bundled app did not start its audio host"; }
 rm -rf "$home" "$empty"
 echo "bundle-smoke: ok"

@@ -130,5 +130,7 @@ def test_make_run_without_a_display_opens_the_window_on_the_local_server(tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     assert "virtual X server" in result.stderr
     line = result.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"voipclient: state=ready channels=5 joined=1 audio=\w+ hotkeys=\S+", line)
+    assert re.fullmatch(
+        r"voipclient: state=ready channels=5 joined=1 audio=\w+ hotkeys=\S+ audio_host=\d+", line
+    )
     assert (tmp_path / "data" / "voipclient" / "local-server" / "server-cert.pem").exists()

@@ -88,6 +88,7 @@ class _Host:
         self.engine: Any = None
         self.frame_samples = 960
         self.request: dict[str, Any] = {}
+        self.on_defaults = False  # opened on the defaults because the chosen devices were gone
         self.next_probe = 0.0
         self.probe_mark: object = None
         self._wake_capture = wake_capture
@@ -126,7 +127,17 @@ class _Host:
 
     def event(self, event: DeviceEvent) -> None:
         log.info("device event %s: %s", event.kind, event.message)
-        self.send({"op": "event", "kind": event.kind, "message": event.message})
+        engine = self.engine
+        self.send(
+            {
+                "op": "event",
+                "kind": event.kind,
+                "message": event.message,
+                # the devices in use after it, so the app's view stays true
+                "input": _name(engine.input_device) if engine is not None else None,
+                "output": _name(engine.output_device) if engine is not None else None,
+            }
+        )
 
     # -- commands ----------------------------------------------------------------------------
     def handle(self, command: dict[str, Any], now: float) -> None:
@@ -146,13 +157,51 @@ class _Host:
 
         self.close_engine()
         self.request = command
+        self.on_defaults = False
         self.frame_samples = int(command.get("frame_samples", 960))
+        failures = self._open_engine(SoundDeviceEngine, command.get("input"), command.get("output"))
+        chosen = command.get("input") is not None or command.get("output") is not None
+        fell_back = False
+        if failures and command.get("replay") and chosen:
+            # A host started after a crash, whose devices went away meanwhile (a headset pulled
+            # out may be what crashed it): the defaults, and back to the chosen ones later.
+            self.close_engine()
+            if not self._open_engine(SoundDeviceEngine, None, None):
+                self.on_defaults = fell_back = True
+                failures = {}
+        engine = self.engine
+        self.send(
+            {
+                "op": "opened",
+                "attempt": command.get("attempt", 0),
+                "input": _name(engine.input_device) if engine else None,
+                "output": _name(engine.output_device) if engine else None,
+                "failures": failures,
+                "devices": self.devices(),
+            }
+        )
+        if fell_back:
+            self.event(
+                DeviceEvent(
+                    "fallback",
+                    "the chosen audio devices are gone; now using the default devices until "
+                    "they are back",
+                )
+            )
+        elif command.get("returning"):
+            self.event(DeviceEvent("returned", "the chosen audio devices are back; using them"))
+        self.next_probe = now + PROBE_INTERVAL_S
+
+    def _open_engine(
+        self, engine_class: Any, input_device: Any, output_device: Any
+    ) -> dict[str, str]:
+        """Both sides, else output only, else input only; what failed, by the sides tried."""
         failures: dict[str, str] = {}
         for use_input, use_output in ATTEMPTS:
             try:
-                engine = SoundDeviceEngine(
-                    input_device=command.get("input"),
-                    output_device=command.get("output"),
+                engine = engine_class(
+                    input_device=input_device,
+                    output_device=output_device,
                     frame_samples=self.frame_samples,
                     input_enabled=use_input,
                     output_enabled=use_output,
@@ -165,18 +214,7 @@ class _Host:
                 continue
             self.engine = engine
             break
-        engine = self.engine
-        self.send(
-            {
-                "op": "opened",
-                "attempt": command.get("attempt", 0),
-                "input": _name(engine.input_device) if engine else None,
-                "output": _name(engine.output_device) if engine else None,
-                "failures": failures,
-                "devices": self.devices(),
-            }
-        )
-        self.next_probe = now + PROBE_INTERVAL_S
+        return failures
 
     def close_engine(self) -> None:
         if self.engine is not None:
@@ -205,7 +243,7 @@ class _Host:
         engine.poll(now)
         if engine.output_device is None:
             block.playback.discard()
-        if engine.away_from_chosen() and now >= self.next_probe:
+        if (self.on_defaults or engine.away_from_chosen()) and now >= self.next_probe:
             self.next_probe = now + PROBE_INTERVAL_S
             self.probe_for_chosen(now)
 
@@ -227,8 +265,17 @@ class _Host:
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
             log.warning("device probe failed: %s", exc)
             return
-        wanted = {self.request.get("input"), self.request.get("output")}
-        if any(isinstance(w, str) and any(w in n for n in names) for w in wanted):
+        away = ("input", "output") if self.on_defaults else self.engine.away_from_chosen()
+        wanted = [self.request.get(kind) for kind in away]
+
+        def listed(spec: object) -> bool:
+            return spec is None or any(str(spec).casefold() in n.casefold() for n in names)
+
+        if not wanted or not all(listed(w) for w in wanted):
+            return  # still gone: stay where we are, without a gap
+        if self.on_defaults:
+            self.open({**self.request, "replay": False, "returning": True}, now)
+        else:
             self.engine.return_to_chosen(now)
             self.send({"op": "devices", "list": self.devices()})
 

@@ -232,7 +232,7 @@ class AudioHost:
             with self._lock:
                 self._proc = proc
                 if self._request is not None:  # the devices the user had: same ones again
-                    self._send(self._request)
+                    self._send({**self._request, "replay": True})
             self._watch(proc, started)
             code = proc.wait()
             with self._lock:
@@ -316,9 +316,8 @@ class AudioHost:
         if op == "opened":
             self.events.append(("opened", message))
         elif op == "event":
-            self.events.append(
-                ("event", DeviceEvent(str(message.get("kind")), str(message.get("message"))))
-            )
+            event = DeviceEvent(str(message.get("kind")), str(message.get("message")))
+            self.events.append(("event", (event, message.get("input"), message.get("output"))))
 
 
 def _exit_words(code: int, hung: bool) -> str:
@@ -401,8 +400,10 @@ class HostEngine:
                 self.failures = dict(payload.get("failures") or {})
                 self.opened = True
                 event = DeviceEvent("opened", _opened_words(self.input_device, self.output_device))
+            elif isinstance(payload, tuple):  # a device event, with the devices in use after it
+                event, self.input_device, self.output_device = payload
             else:
-                event = payload
+                event = payload  # the supervisor's own (host_restarted, host_failed)
             out.append(event)
             if self.on_event is not None:
                 self.on_event(event)

@@ -177,7 +177,8 @@ class App:
         return (
             f"voipclient: state={ctl.state} channels={len(ctl.model.rows())} "
             f"joined={len(ctl.model.joined())} audio={'ok' if not ctl.audio_problem else 'none'} "
-            f"hotkeys={ctl.hotkeys.split(' ')[0] or '-'}"
+            f"hotkeys={ctl.hotkeys.split(' ')[0] or '-'} "
+            f"audio_host={ctl.audio_host.pid if ctl.audio_host is not None else '-'}"
         )
 
     def diagnostics_text(self) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +126,49 @@ def test_a_hung_audio_host_is_ended_and_replaced(qtbot: Any, make_app: AppFactor
     qtbot.waitUntil(lambda: "audio process" in app.window.notice_label.text(), timeout=5_000)
     with pytest.raises(ProcessLookupError):
         os.kill(stopped, 0)  # ended and reaped, not left behind
+
+
+ALSA_DEVICE = "voipclient_test"
+ASOUNDRC = f"pcm.{ALSA_DEVICE} {{ type pulse device vtest }}\nctl.{ALSA_DEVICE} {{ type pulse }}\n"
+
+
+def pactl(*args: str) -> str:
+    done = subprocess.run(["pactl", *args], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_after_a_fallback_the_app_returns_to_the_chosen_speakers(
+    qtbot: Any, make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device that stops and leaves the list (a USB headset pulled out: here an ALSA device
+    on a null sink of its own, suspended and removed from ~/.asoundrc), then comes back."""
+    home = tmp_path / "home"
+    home.mkdir()
+    asoundrc = home / ".asoundrc"
+    asoundrc.write_text(ASOUNDRC)
+    monkeypatch.setenv("HOME", str(home))  # the audio host (and its probes) read this ALSA config
+    module = pactl("load-module", "module-null-sink", "sink_name=vtest", "rate=48000", "channels=1")
+    try:
+        app = make_app("solo")
+        prefs = app.controller.prefs
+        app.apply_prefs(replace(prefs, audio=replace(prefs.audio, output_device=ALSA_DEVICE)))
+        engine = app.controller.pipeline.engine  # type: ignore[union-attr]
+        qtbot.waitUntil(lambda: engine.output_device == ALSA_DEVICE, timeout=10_000)
+
+        asoundrc.unlink()
+        pactl("suspend-sink", "vtest", "1")  # the device stops calling back, then is gone
+        qtbot.waitUntil(lambda: engine.output_device not in (None, ALSA_DEVICE), timeout=30_000)
+        assert "fallback" in app.controller.audio_problem
+        assert "⚠ audio" in app.window.warning_label.text()
+
+        pactl("suspend-sink", "vtest", "0")
+        asoundrc.write_text(ASOUNDRC)  # plugged in again
+        qtbot.waitUntil(lambda: engine.output_device == ALSA_DEVICE, timeout=30_000)
+        qtbot.waitUntil(lambda: app.controller.audio_problem == "", timeout=5_000)
+        before = app.controller.audio_host.block[shm.Slot.PLAYBACK_READ]  # type: ignore[union-attr]
+        qtbot.waitUntil(
+            lambda: app.controller.audio_host.block[shm.Slot.PLAYBACK_READ] > before + 9600,  # type: ignore[union-attr]
+            timeout=10_000,
+        )
+    finally:
+        pactl("unload-module", module)
