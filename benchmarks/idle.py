@@ -29,8 +29,30 @@ TARGET_WAKEUPS = 200.0
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (the app and its audio host)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
 def tasks(pid: int) -> dict[str, tuple[int, int]]:
-    """Per thread: (name, cpu ticks, context switches)."""
+    """Per thread of the app and its child processes: (cpu ticks, context switches), keyed
+    ``name#tid``."""
+    out: dict[str, tuple[int, int]] = {}
+    for p in family(pid):
+        out.update(_tasks(p))
+    return out
+
+
+def _tasks(pid: int) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -50,10 +72,32 @@ def tasks(pid: int) -> dict[str, tuple[int, int]]:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of the app and its child processes (the audio host), each counted
+    whole: pages they share (the Python runtime, numpy) are counted twice, so this is an upper
+    bound; ``pss_mib`` splits shared pages fairly."""
+    return sum(_status_kib(p, "VmRSS:") for p in family(pid)) / 1024
+
+
+def pss_mib(pid: int) -> float:
+    total = 0
+    for p in family(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def main() -> int:
@@ -97,7 +141,8 @@ def main() -> int:
             before, t0 = tasks(app.pid), time.monotonic()
             time.sleep(WINDOW_S)
             after, t1 = tasks(app.pid), time.monotonic()
-            rss = rss_mib(app.pid)
+            rss, pss = rss_mib(app.pid), pss_mib(app.pid)
+            processes = len(family(app.pid))
             assert app.stdout is not None
             report = app.stdout.read()  # --quit-after prints the state line, then it exits
             app.wait(30)
@@ -119,8 +164,8 @@ def main() -> int:
     busiest = sorted(per_thread.items(), key=lambda kv: -kv[1])[:8]
     print(f"app: {report.strip()}")
     print(
-        f"idle for {elapsed:.1f} s: {cpu_pct:.2f} % of a core, {rss:.0f} MiB, "
-        f"{wakeups:.0f} wake-ups/s"
+        f"idle for {elapsed:.1f} s ({processes} processes): {cpu_pct:.2f} % of a core, "
+        f"RSS {rss:.0f} MiB (PSS {pss:.0f} MiB), {wakeups:.0f} wake-ups/s"
     )
     for name, rate in busiest:
         print(f"  {name:24s} {rate:7.1f} /s  {cpu_thread[name]:5.2f} % of a core")
@@ -130,6 +175,8 @@ def main() -> int:
         "window_s": round(elapsed, 1),
         "cpu_core_pct": round(cpu_pct, 2),
         "rss_mib": round(rss, 1),
+        "pss_mib": round(pss, 1),
+        "processes": processes,
         "wakeups_per_s": round(wakeups),
         "threads": len(after),
         "target_cpu_core_pct": TARGET_CPU_PCT,

@@ -106,7 +106,10 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "app_exceptions_logged": "unhandled exceptions in the app's log (should be 0)",
             "app_errors_logged": "ERROR/CRITICAL lines in the app's log",
             "relay_tracebacks": "tracebacks the relay logged (should be 0)",
-            "audio_host_restarts": "audio-host restarts (the app has no audio host yet)",
+            "audio_host_kills": "times the soak SIGKILLed the app's audio host process",
+            "audio_host_restarts": "audio-host restarts the app logged (must equal the kills)",
+            "audio_host_rss_before_each_kill_mb": "the audio host's RSS just before each kill "
+            "(its memory across its lives), MB",
             "app_frames_lost_to_stalls": "frames the app's device lost because the app was late "
             "(capture overrun + playback underrun, warm-up included)",
             "app_state_at_end": "the app's connection state at the end (must be ready)",

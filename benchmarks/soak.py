@@ -10,10 +10,11 @@ each one gone is replaced by a new one. Bounded: SOAK_S seconds (default 240, at
 
 Reported: the app's and the relay's resident memory growth from the end of a warm-up to the end,
 the app's threads and open descriptors before and after, exceptions the app and the relay logged,
-audio-host restarts (the app has no audio host yet: always 0), the frames the app's audio device
-lost because the app was late (capture overrun + playback underrun, from the engine's counters
-logged at quit), and the bots' own counts. Targets: RSS growth <= 20 MB, no growth in threads or
-descriptors, no unhandled exception. Ends with one JSON line for run_all.py.
+audio-host restarts (the soak SIGKILLs the app's audio host process every HOST_KILL_EVERY_S: each
+must be restarted and the app must stay connected), the audio host's own memory growth, the frames
+the app's audio device lost because the app was late (capture overrun + playback underrun, from
+the engine's counters logged at quit), and the bots' own counts. Targets: RSS growth <= 20 MB,
+no growth in threads or descriptors, no unhandled exception. Ends with one JSON line for run_all.py.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ BOTS = 20
 LOSS = 0.05
 KILL_SHARE = 0.25
 TARGET_RSS_GROWTH_MB = 20.0
+HOST_KILL_EVERY_S = 60.0
 STATE_LINE = re.compile(r"voipclient\.net\.connection INFO connection (\w+):")
 ENGINE_LINE = re.compile(
     r"audio engine stopped: (\d+) frames in, (\d+) out; capture overrun (\d+) frames, "
@@ -68,6 +70,19 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def audio_host(app_pid: int) -> int | None:
+    """The pid of the app's `voipclient --audio-host` child, if it runs."""
+    for children in Path(f"/proc/{app_pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--audio-host" in argv:
+                return int(child)
+    return None
 
 
 def fd_targets(pid: int) -> dict[str, str]:
@@ -222,6 +237,20 @@ class Soak:
             series.append(round(rss_mb(self.app.pid), 1))
         return series
 
+    async def kill_audio_host(self, until: float) -> tuple[int, list[float]]:
+        """SIGKILL the app's audio host every HOST_KILL_EVERY_S; (kills, host RSS each time just
+        before the kill: the host's own memory across its lives)."""
+        kills, rss = 0, []
+        while time.monotonic() + HOST_KILL_EVERY_S <= until:
+            await asyncio.sleep(HOST_KILL_EVERY_S)
+            pid = audio_host(self.app.pid)
+            if pid is None:
+                continue
+            rss.append(round(rss_mb(pid), 1))
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+        return kills, rss
+
     async def press_now_and_then(self, until: float) -> int:
         presses = 0
         while time.monotonic() < until:
@@ -244,9 +273,11 @@ class Soak:
             if TRACE:
                 self.app.send_signal(signal.SIGUSR1)  # the allocation baseline
             sampler = asyncio.create_task(self.sample_rss(bots_until))
+            killer = asyncio.create_task(self.kill_audio_host(bots_until))
             presses = await self.press_now_and_then(bots_until)
             await bots
             series = await sampler
+            host_kills, host_rss = await killer
             await asyncio.sleep(3.0)  # the last sessions time out or leave
             app_after, relay_after = census(self.app.pid), census(self.relay.pid)
             if TRACE:
@@ -293,7 +324,9 @@ class Soak:
             "app_exceptions_logged": log.count("unhandled exception"),
             "app_errors_logged": log.count(" ERROR ") + log.count(" CRITICAL "),
             "relay_tracebacks": relay_log.count("Traceback"),
-            "audio_host_restarts": 0,
+            "audio_host_kills": host_kills,
+            "audio_host_restarts": log.count("; restarted it (restart"),
+            "audio_host_rss_before_each_kill_mb": host_rss,
             "app_frames_lost_to_stalls": lost if engine else None,
             "app_state_at_end": state_at_end,
             "target_rss_growth_mb": TARGET_RSS_GROWTH_MB,

@@ -55,7 +55,7 @@ pactl set-default-source vsink.monitor
 # sample.
 for sink in vsink vsink2; do
   pacat --playback --device="$sink" --format=s16le --rate=48000 --channels=1 \
-    --latency-msec=20 --raw /dev/zero --client-name="test-env keep-alive" 2>>"$rt/pulseaudio.log" &
+    --latency-msec=100 --raw /dev/zero --client-name="test-env keep-alive" 2>>"$rt/pulseaudio.log" &
   pids+=($!)
 done
 log "PulseAudio up (sinks: vsink, vsink2, kept running)"

@@ -35,10 +35,9 @@ import faulthandler
 import json
 import logging
 import os
-import queue
+import select
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +50,8 @@ from voipclient.errors import AudioDeviceError
 log = logging.getLogger("voipclient.audio.host")
 
 ARG: Final = "--audio-host"
-POLL_S: Final = 0.1  # main loop: heartbeat, counters, device watch
+POLL_S: Final = 0.25  # main loop: heartbeat, counters, device watch
+IDLE_POLL_S: Final = 0.5  # the same while both streams are paused (the app's hang limit is 2 s)
 PROBE_INTERVAL_S: Final = 5.0  # while on a fallback device: how often to look for the chosen one
 PROBE_TIMEOUT_S: Final = 10.0
 
@@ -180,6 +180,7 @@ class _Host:
                 "devices": self.devices(),
             }
         )
+        self.apply_wants()
         if fell_back:
             self.event(
                 DeviceEvent(
@@ -229,6 +230,25 @@ class _Host:
             log.warning("cannot list devices: %s", exc)
             return []
 
+    # -- pausing what nobody needs -------------------------------------------------------------
+    def apply_wants(self) -> None:
+        """Start or stop each stream as the app's wanted flags say (push-to-talk idle and
+        nobody talking: no callbacks, no wake-ups on either side)."""
+        engine, block = self.engine, self.block
+        if engine is None:
+            return
+        for kind, want, paused in (
+            ("input", shm.Slot.WANT_INPUT, shm.Slot.INPUT_PAUSED),
+            ("output", shm.Slot.WANT_OUTPUT, shm.Slot.OUTPUT_PAUSED),
+        ):
+            if engine.set_paused(kind, not block[want]):
+                log.debug("%s %s", kind, "paused" if block[want] == 0 else "resumed")
+            block[paused] = int(engine.is_paused(kind))
+
+    def idle(self) -> bool:
+        engine = self.engine
+        return engine is None or (engine.is_paused("input") and engine.is_paused("output"))
+
     # -- the main loop's turn ------------------------------------------------------------------
     def tick(self, now: float) -> None:
         block, engine = self.block, self.engine
@@ -246,6 +266,8 @@ class _Host:
         if (self.on_defaults or engine.away_from_chosen()) and now >= self.next_probe:
             self.next_probe = now + PROBE_INTERVAL_S
             self.probe_for_chosen(now)
+        if self.engine is not None:  # a stream reopened above starts running: pause it again
+            self.apply_wants()
 
     def probe_for_chosen(self, now: float) -> None:
         """PortAudio lists devices as they were when it started; a fresh process sees today's."""
@@ -302,18 +324,6 @@ def _device_mark() -> object:
     return tuple(parts)
 
 
-def _read_commands(stream: IO[str], commands: queue.SimpleQueue[dict[str, Any] | None]) -> None:
-    for line in stream:
-        try:
-            command = json.loads(line)
-        except ValueError:
-            log.warning("unreadable command line dropped (%d bytes)", len(line))
-            continue
-        if isinstance(command, dict):
-            commands.put(command)
-    commands.put(None)  # EOF: the app is gone
-
-
 def serve(
     block: shm.SharedBlock,
     wake_capture: int,
@@ -321,16 +331,18 @@ def serve(
     *,
     commands_in: IO[str],
     answers_out: IO[str],
+    host_wake: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Run the host until ``commands_in`` ends."""
+    """Run the host until ``commands_in`` ends (the app quit or died). One thread: it sleeps in
+    ``select`` on the commands, the app's wake pipe (``host_wake``: the wanted flags changed)
+    and the next turn of the main loop."""
     host = _Host(block, answers_out, wake_capture, wake_playback)
     block[shm.Slot.HOST_PID] = os.getpid()
-    commands: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-    reader = threading.Thread(
-        target=_read_commands, args=(commands_in, commands), name="host-commands", daemon=True
-    )
-    reader.start()
+    commands = commands_in.fileno()
+    os.set_blocking(commands, False)
+    fds = [commands] if host_wake is None else [commands, host_wake]
+    pending = b""
     host.tick(clock())
     host.send({"op": "ready", "pid": os.getpid()})
     next_tick = clock()
@@ -339,16 +351,39 @@ def serve(
             now = clock()
             if now >= next_tick:
                 host.tick(now)
-                next_tick = now + POLL_S
-            try:
-                command = commands.get(timeout=max(0.0, next_tick - clock()))
-            except queue.Empty:
+                next_tick = now + (IDLE_POLL_S if host.idle() else POLL_S)
+            readable, _, _ = select.select(fds, (), (), max(0.0, next_tick - clock()))
+            if host_wake is not None and host_wake in readable:
+                _drain(host_wake)
+                host.apply_wants()
+            if commands not in readable:
                 continue
-            if command is None:
-                return 0
-            host.handle(command, clock())
+            try:
+                chunk = os.read(commands, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return 0  # EOF: the app is gone
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                try:
+                    command = json.loads(line)
+                except ValueError:
+                    log.warning("unreadable command line dropped (%d bytes)", len(line))
+                    continue
+                if isinstance(command, dict):
+                    host.handle(command, clock())
     finally:
         host.close_engine()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
 
 
 def main(argv: list[str]) -> int:
@@ -358,6 +393,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--shm-fd", type=int)
     parser.add_argument("--capture-wake-fd", type=int)
     parser.add_argument("--playback-wake-fd", type=int)
+    parser.add_argument("--host-wake-fd", type=int, help="the app pokes it when it wants more")
     args = parser.parse_args(argv)
     if args.list_devices:
         try:
@@ -377,8 +413,9 @@ def main(argv: list[str]) -> int:
     from voipclient.audio.workers import name_os_thread
 
     name_os_thread("vc-audio-host")
-    for fd in (args.capture_wake_fd, args.playback_wake_fd):
-        os.set_blocking(fd, False)
+    for fd in (args.capture_wake_fd, args.playback_wake_fd, args.host_wake_fd):
+        if fd is not None:
+            os.set_blocking(fd, False)
     block = shm.attach(args.shm_fd)
     log.info("started (pid %d)", os.getpid())
     try:
@@ -388,6 +425,7 @@ def main(argv: list[str]) -> int:
             args.playback_wake_fd,
             commands_in=sys.stdin,
             answers_out=sys.stdout,
+            host_wake=args.host_wake_fd,
         )
     finally:
         log.info("exiting")

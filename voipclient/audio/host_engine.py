@@ -71,9 +71,13 @@ class AudioHost:
         argv: list[str] | None = None,
     ) -> None:
         self.block = shm.create(ring_samples)
-        self._wake = (os.pipe(), os.pipe())  # (capture, playback): we read, the host writes
-        for r, _w in self._wake:
+        # (capture, playback): we read, the host writes; then (host): we write, the host reads
+        self._wake = (os.pipe(), os.pipe(), os.pipe())
+        for r, _w in self._wake[:2]:
             os.set_blocking(r, False)
+        self._poke_host = self._wake[2][1]
+        os.set_blocking(self._poke_host, False)
+        self.block[shm.Slot.WANT_INPUT] = self.block[shm.Slot.WANT_OUTPUT] = 1
         self.capture_wake_fd = self._wake[0][0]
         self.playback_wake_fd = self._wake[1][0]
         self.hang_s = hang_s
@@ -89,6 +93,7 @@ class AudioHost:
         self._lock = threading.Lock()  # _proc and _request, between the GUI and supervisor
         self._proc: subprocess.Popen[str] | None = None
         self._request: dict[str, Any] | None = None
+        self._request_sent = False  # some host got _request (a later one gets it as a replay)
         self._attempt = 0
         self._stopping = threading.Event()
         self._counts_base = [0, 0, 0, 0]  # frames in/out, overflows, underflows of dead hosts
@@ -108,7 +113,8 @@ class AudioHost:
                 "output": output_device,
                 "frame_samples": frame_samples,
             }
-            self._send(self._request)
+            # False if no host runs yet: the supervisor sends it as a first open, not a replay
+            self._request_sent = self._send(self._request)
             return self._attempt
 
     def stop_streams(self) -> None:
@@ -138,6 +144,20 @@ class AudioHost:
         self.block.close()
         os.close(self.block.fd)
 
+    def want(self, slot: shm.Slot, wanted: bool) -> None:
+        """Say whether the microphone (``WANT_INPUT``) or the speakers (``WANT_OUTPUT``) are
+        needed; the host starts or stops that stream at once. Any thread, lock-free, no
+        allocation: a header store and, only on a change, one byte into the host's wake pipe."""
+        value = 1 if wanted else 0
+        header = self.block.header
+        if header[slot] == value:
+            return
+        header[slot] = value
+        try:  # noqa: SIM105 - called from audio threads: no context-manager object
+            os.write(self._poke_host, b"\0")
+        except OSError:
+            pass  # full: a wake-up is pending anyway; closed: we are shutting down
+
     def stats(self) -> tuple[int, int, int, int]:
         """(frames in, frames out, input overflows, output underflows) over all hosts so far."""
         b, base = self.block, self._counts_base
@@ -158,21 +178,23 @@ class AudioHost:
         return proc.pid
 
     # -- both threads ------------------------------------------------------------------------
-    def _send(self, message: dict[str, Any]) -> None:
-        """Write one command line to the current host (under ``_lock``). A host that is gone is
-        not an error: the supervisor starts another and replays ``_request``."""
+    def _send(self, message: dict[str, Any]) -> bool:
+        """Write one command line to the current host (under ``_lock``); False if none took it.
+        A host that is gone is not an error: the supervisor starts another and replays
+        ``_request``."""
         proc = self._proc
         if proc is None or proc.stdin is None:
-            return
+            return False
         try:
             proc.stdin.write(json.dumps(message) + "\n")
             proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
-            pass
+            return False
+        return True
 
     # -- supervisor thread -------------------------------------------------------------------
     def _spawn(self) -> subprocess.Popen[str]:
-        fds = (self.block.fd, self._wake[0][1], self._wake[1][1])
+        fds = (self.block.fd, self._wake[0][1], self._wake[1][1], self._wake[2][0])
         argv = [
             *self._argv,
             "--shm-fd",
@@ -181,6 +203,8 @@ class AudioHost:
             str(fds[1]),
             "--playback-wake-fd",
             str(fds[2]),
+            "--host-wake-fd",
+            str(fds[3]),
         ]
         stderr = self._open_log()
         try:
@@ -232,7 +256,8 @@ class AudioHost:
             with self._lock:
                 self._proc = proc
                 if self._request is not None:  # the devices the user had: same ones again
-                    self._send({**self._request, "replay": True})
+                    self._send({**self._request, "replay": self._request_sent})
+                    self._request_sent = True
             self._watch(proc, started)
             code = proc.wait()
             with self._lock:
@@ -376,8 +401,18 @@ class HostEngine:
     def frame_samples(self) -> int:
         return self._frame_samples
 
+    def want_input(self, wanted: bool) -> None:
+        """Whether anything needs the microphone now (see :meth:`AudioHost.want`)."""
+        self.host.want(shm.Slot.WANT_INPUT, wanted)
+
+    def want_output(self, wanted: bool) -> None:
+        """Whether anything needs the speakers now (see :meth:`AudioHost.want`)."""
+        self.host.want(shm.Slot.WANT_OUTPUT, wanted)
+
     def start(self) -> None:
         self.capture.discard()  # what an earlier pipeline left unread is stale
+        self.want_input(True)  # a new pipeline starts listening; its workers pause what idles
+        self.want_output(True)
         self._attempt = self.host.open(self._spec[0], self._spec[1], self._frame_samples)
 
     def stop(self) -> None:

@@ -233,6 +233,7 @@ class _Side:
         self.clock_known = False  # opened_at/progress_at are set on the poll clock
         self.lost = False  # no device works; retry at next_retry
         self.next_retry = 0.0
+        self.paused = False  # stopped on purpose (nothing to play or capture): not a failure
 
 
 class SoundDeviceEngine:
@@ -405,8 +406,36 @@ class SoundDeviceEngine:
                 self.on_event(event)
         return events
 
+    def set_paused(self, kind: Kind, paused: bool) -> bool:
+        """Stop ``kind``'s stream while nothing needs it (the device stays open; no callbacks,
+        no wake-ups) or start it again; True if that changed anything. A paused side is not
+        watched for stalls. Starting again takes one device period (~20-40 ms to the first
+        input callback on PulseAudio)."""
+        side = self._input if kind == "input" else self._output
+        if side is None or side.stream is None or side.paused == paused:
+            return False
+        if paused:
+            side.paused = True
+            side.stream.abort(ignore_errors=True)  # abort: stop() may wait on a stuck sink
+            return True
+        side.finished = False  # the abort's finished_callback was ours, not a failure
+        side.clock_known = False  # judge it from the next poll on, as a new stream
+        side.progressed = False
+        side.paused = False
+        try:
+            side.stream.start()
+        except self._sd.PortAudioError:
+            side.finished = True  # poll() recovers it like any stream that stopped
+        return True
+
+    def is_paused(self, kind: Kind) -> bool:
+        side = self._input if kind == "input" else self._output
+        return side is not None and side.paused
+
     def _check(self, side: _Side, now: float) -> str | None:
         """Why this side's stream is not working, or None if it is."""
+        if side.paused:
+            return None
         frames = self._frames(side.kind)
         if not side.clock_known:  # first poll since (re)opening: put the stream on poll's clock
             side.clock_known = True
@@ -555,6 +584,7 @@ class SoundDeviceEngine:
         _open_streams += 1
         side.stream = stream
         side.device = device
+        side.paused = False
         side.finished = False
         side.progressed = False
         side.clock_known = False

@@ -62,6 +62,10 @@ class Slot(IntEnum):
     CAPTURE_STAMP_NS = 8  # host's input callback: monotonic ns of its last publish ...
     CAPTURE_STAMP_POS = 9  # ... and the capture ring's write position after it
     PLAYBACK_STAMP_NS = 10  # host's output callback: monotonic ns of its last read
+    WANT_INPUT = 11  # app: 1 while something needs the microphone (push-to-talk held, ...)
+    WANT_OUTPUT = 12  # app: 1 while something needs the speakers (voice, a cue)
+    INPUT_PAUSED = 13  # host: 1 while the input stream is stopped because nobody wants it
+    OUTPUT_PAUSED = 14  # host: the same for the output stream
     CAPTURE_WRITTEN = 16  # host: the capture ring (see SharedSampleRing)
     CAPTURE_READ = 17  # app
     CAPTURE_OVERRUN = 18  # host

@@ -50,6 +50,11 @@ RouteSlot = Callable[[], Route]
 Command = Callable[[], None]
 
 TALKING_HOLD_S = 0.3  # a speaker counts as talking until this long after its last frame
+#: With the audio host: after this long with nothing to capture (push-to-talk idle, nothing
+#: transmitting, no meter shown) or nothing to play (silence, no cue), the worker tells the host
+#: to stop that stream; it starts again on the next press or the next voice.
+IDLE_PAUSE_S = 1.0
+IDLE_SLEEP_S = 1.0  # a worker whose stream is paused sleeps this long between checks
 TALKING_CHECK_FRAMES = 5  # the talking slot is recomputed every this many output frames
 
 
@@ -179,6 +184,13 @@ class CaptureWorker:
         self._talking_targets: tuple[int, ...] = ()
         self.commands: collections.deque[Command] = collections.deque(maxlen=64)  # from the UI
         self.frames = 0
+        #: slot: the UI shows the input meter (the settings dialog): keep the microphone running
+        self.metering = False
+        # The audio host's "microphone / speakers wanted" (absent for in-process engines).
+        self._want_input: Callable[[bool], None] | None = getattr(engine, "want_input", None)
+        self._want_output: Callable[[bool], None] | None = getattr(engine, "want_output", None)
+        self._idle_frames = 0
+        self._idle_after = max(1, round(IDLE_PAUSE_S * engine.sample_rate / engine.frame_samples))
         self._frame = np.zeros(engine.frame_samples, dtype=np.int16)
         self._thread = _FrameThread("capture", self._run, getattr(engine, "capture_wake_fd", None))
 
@@ -208,7 +220,8 @@ class CaptureWorker:
         try:
             while not thread.stopping.is_set():
                 if ring.available < n:
-                    thread.sleep_until(ready, 2 * period)
+                    paused = self._idle_frames >= self._idle_after and self._want_input
+                    thread.sleep_until(ready, IDLE_SLEEP_S if paused else 2 * period)
                     continue
                 ring.read_into(self._frame)
                 self.process_frame(self._frame, self._clock())
@@ -230,8 +243,13 @@ class CaptureWorker:
         decision = self.gate.update(self._route().wanted(result.is_speech), now)
         if decision.started and self.cues_enabled:
             self.cues.append(CueKind.START)
+            if self._want_output is not None:
+                self._want_output(True)  # the cue needs the speakers
         elif decision.stopped and self.cues_enabled:
             self.cues.append(CueKind.STOP)
+            if self._want_output is not None:
+                self._want_output(True)
+        self._watch_idle(decision.sending)
         self.speaking = decision.sending and not decision.stopped
         targets = decision.targets if self.speaking else ()
         if targets != self._talking_targets:  # tuples: no allocation while nothing changes
@@ -243,6 +261,23 @@ class CaptureWorker:
             return
         payload = self.sender.encode(result.frame)
         self._send(decision.targets, decision.ending, payload)
+
+    def _watch_idle(self, sending: bool) -> None:
+        """Tell the audio host to stop the microphone after IDLE_PAUSE_S of nothing to do. The
+        push-to-talk router's route hook starts it again on a press (``want_input(True)``); the
+        route is read again after the store, so a press in between is never lost."""
+        want = self._want_input
+        if want is None:
+            return
+        if sending or self.metering or self._route().speaking:
+            self._idle_frames = 0
+            return
+        self._idle_frames += 1
+        if self._idle_frames >= self._idle_after:
+            want(False)
+            if self._route().speaking or self.metering:
+                want(True)
+                self._idle_frames = 0
 
 
 class PlaybackWorker:
@@ -271,6 +306,9 @@ class PlaybackWorker:
         self._heard_changed = False
         self.frames = 0
         self._clock = clock
+        self._want_output: Callable[[bool], None] | None = getattr(engine, "want_output", None)
+        self._silent_frames = 0
+        self._idle_after = max(1, round(IDLE_PAUSE_S * engine.sample_rate / engine.frame_samples))
         self._out = np.zeros(engine.frame_samples, dtype=np.int16)
         self._thread = _FrameThread(
             "playback", self._run, getattr(engine, "playback_wake_fd", None)
@@ -306,7 +344,8 @@ class PlaybackWorker:
                 if ring.available >= n:
                     # Until the device needs the next frame or voice arrives (``wake``, which
                     # the connection sets after each append: arrival times stay exact).
-                    thread.sleep_until(ready, 2 * period)
+                    paused = self._silent_frames >= self._idle_after and self._want_output
+                    thread.sleep_until(ready, IDLE_SLEEP_S if paused else 2 * period)
                     continue
                 self.render(self._clock())
         finally:
@@ -320,6 +359,10 @@ class PlaybackWorker:
     def drain(self, now: float) -> None:
         """Move opened voice frames from the connection into the jitter buffers."""
         inbox, playback, heard = self.inbox, self.playback, self._heard
+        if inbox and self._silent_frames:
+            self._silent_frames = 0
+            if self._want_output is not None:
+                self._want_output(True)  # voice: the speakers again (a no-op if they run)
         while inbox:
             frame = inbox.popleft()
             playback.push(frame.sender_id, frame.channel_id, frame.payload, frame.last, now)
@@ -341,11 +384,26 @@ class PlaybackWorker:
         self.playback.render_into(self._out, now)
         self.cue_player.mix_into(self._out)
         self.engine.playback.write(self._out)
+        if self._want_output is not None:
+            self._watch_idle()
         self.output_level = self.playback.mixer.level
         self.frames += 1
         if self.frames % TALKING_CHECK_FRAMES == 0 or self._heard_changed:
             self._update_talking(now)
         self.reports.extend(self.playback.loss_reports(now))
+
+    def _watch_idle(self) -> None:
+        """Tell the audio host to stop the speakers after IDLE_PAUSE_S of digital silence with
+        no cue due; voice in the inbox or a cue starts them again (drain, the capture worker)."""
+        if self._out.any() or self.cue_player.active or self.cue_requests:
+            self._silent_frames = 0
+            return
+        self._silent_frames += 1
+        if self._silent_frames == self._idle_after and self._want_output is not None:
+            self._want_output(False)
+            if self.inbox or self.cue_requests:
+                self._want_output(True)
+                self._silent_frames = 0
 
     def _update_talking(self, now: float) -> None:
         heard = self._heard

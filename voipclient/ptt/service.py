@@ -65,6 +65,10 @@ class PttService:
         self._wanted: frozenset[int] = router.wanted(clock())
         self._route: Route = router.route()
         self._sources: list[HotkeySource] = []
+        #: called with each new route, right after the slot is written, on the thread that changed
+        #: it (hotkeys, control socket, GUI), with the service's lock held: it must not block.
+        #: The app starts the microphone there when the route wants it.
+        self.on_route: Callable[[Route], None] | None = None
 
     def add_listener(self, listener: Listener) -> None:
         with self._lock:
@@ -78,7 +82,9 @@ class PttService:
         # Called with the lock held, after every router call: the route can change without a
         # WantedChanged (voice activation switched on while I am silent). The slot is written
         # before the listeners run, so whoever hears of a change finds the capture side told.
-        self._route = self._router.route()
+        self._route = route = self._router.route()
+        if self.on_route is not None:
+            self.on_route(route)
         if events:
             self._wanted = events[-1].after
             for event in events:

@@ -313,11 +313,13 @@ class App:
             dialog.set_input_level(level, speech > ctl.prefs.transmit.vad_threshold)
 
         def closed() -> None:
+            ctl.set_metering(False)
             ctl.levels.disconnect(meter)
             if self.settings_dialog is dialog:
                 self.settings_dialog = None
 
         ctl.levels.connect(meter)
+        ctl.set_metering(True)  # the dialog's input meter: keep the microphone running
         dialog.finished.connect(closed)
         self.settings_dialog = dialog
         dialog.open()

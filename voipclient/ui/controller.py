@@ -51,7 +51,7 @@ from voipclient.net import messages as m
 from voipclient.net import supervisor as sv
 from voipclient.net.roster import find_channel
 from voipclient.ptt.control import ControlServer
-from voipclient.ptt.router import Mode, PttRouter
+from voipclient.ptt.router import Mode, PttRouter, Route
 from voipclient.ptt.service import PttService
 from voipclient.ptt.sources import HotkeySource, choose_source
 from voipclient.storage.accounts import AskPassphrase, open_identity
@@ -304,6 +304,7 @@ class ClientController(QObject):
         self.pipeline: AudioPipeline | None = None
         #: the supervised `voipclient --audio-host` process, started with the first pipeline
         self.audio_host: host_engine.AudioHost | None = None
+        self._metering = False  # the input meter is on screen (see set_metering)
         self.audio_problem = ""
         self.output_missing = False
         self.router = PttRouter(())
@@ -312,6 +313,7 @@ class ClientController(QObject):
         self.ptt = PttService(
             self.router, resolve_channel=self._find_channel, channel_name=self._channel_name
         )
+        self.ptt.on_route = self._route_changed
         self.control: ControlServer | None = None
         #: where ``voipclient ptt`` reaches this app, or why it cannot
         self.control_status = ""
@@ -514,7 +516,27 @@ class ClientController(QObject):
             return False
         return True
 
+    def _route_changed(self, route: Route) -> None:
+        """Any thread, with the push-to-talk lock held: a press starts the microphone in the
+        audio host at once (its capture worker stops it again after a second of nothing)."""
+        pipeline = self.pipeline  # one read: a rebuild may replace it meanwhile
+        if route.speaking and pipeline is not None:
+            want = getattr(pipeline.engine, "want_input", None)
+            if want is not None:
+                want(True)
+
+    def set_metering(self, on: bool) -> None:
+        """The input meter is shown (the settings dialog): keep the microphone running."""
+        self._metering = on
+        pipeline = self.pipeline
+        if pipeline is not None:
+            pipeline.capture.metering = on
+            want = getattr(pipeline.engine, "want_input", None)
+            if on and want is not None:
+                want(True)
+
     def _audio_started(self, pipeline: AudioPipeline) -> None:
+        pipeline.capture.metering = self._metering
         ns = pipeline.processor.ns_status
         if ns.reason:
             self.message.emit("warning", ns.reason)

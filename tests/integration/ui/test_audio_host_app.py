@@ -69,8 +69,11 @@ def test_killing_the_audio_host_mid_call_resumes_audio_within_a_second(
     alice, bob = pair_in(qtbot, make_app, server, GENERAL)
     host = host_of(alice)
     wait_opened(qtbot, alice)
+    # a conversation: alice talks (her microphone runs) and hears bob (her speakers run)
     alice.controller.ptt.handle_command(f"press {GENERAL}")
+    bob.controller.ptt.handle_command(f"press {GENERAL}")
     qtbot.waitUntil(lambda: talking(bob, GENERAL, "alice"), timeout=10_000)
+    qtbot.waitUntil(lambda: talking(alice, GENERAL, "bob"), timeout=10_000)
 
     old_pid = host.pid
     killed_ns = time.monotonic_ns()
@@ -98,6 +101,7 @@ def test_killing_the_audio_host_mid_call_resumes_audio_within_a_second(
     assert alice.controller.audio_problem == ""
 
     # the call goes on: what alice says after the restart reaches bob
+    bob.controller.ptt.handle_command(f"release {GENERAL}")
     alice.controller.ptt.handle_command(f"release {GENERAL}")
     qtbot.waitUntil(lambda: not talking(bob, GENERAL, "alice"), timeout=10_000)
     frames = alice.controller.pipeline.capture.frames  # type: ignore[union-attr]
@@ -122,7 +126,11 @@ def test_a_hung_audio_host_is_ended_and_replaced(qtbot: Any, make_app: AppFactor
             os.kill(stopped, signal.SIGCONT)
     assert "stopped responding" in host.last_exit
     since = time.monotonic_ns()
-    qtbot.waitUntil(lambda: host.block[shm.Slot.CAPTURE_STAMP_NS] > since, timeout=5_000)
+    app.controller.set_metering(True)  # something needs the microphone: the new host runs it
+    try:
+        qtbot.waitUntil(lambda: host.block[shm.Slot.CAPTURE_STAMP_NS] > since, timeout=5_000)
+    finally:
+        app.controller.set_metering(False)
     qtbot.waitUntil(lambda: "audio process" in app.window.notice_label.text(), timeout=5_000)
     with pytest.raises(ProcessLookupError):
         os.kill(stopped, 0)  # ended and reaped, not left behind
@@ -138,10 +146,15 @@ def pactl(*args: str) -> str:
 
 
 def test_after_a_fallback_the_app_returns_to_the_chosen_speakers(
-    qtbot: Any, make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    qtbot: Any,
+    make_app: AppFactory,
+    start_server: Starter,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A device that stops and leaves the list (a USB headset pulled out: here an ALSA device
-    on a null sink of its own, suspended and removed from ~/.asoundrc), then comes back."""
+    """alice listens to bob on her chosen speakers when they stop and leave the device list (a
+    USB headset pulled out: here an ALSA device on a null sink of its own, suspended and removed
+    from ~/.asoundrc); they come back and she hears bob on them again."""
     home = tmp_path / "home"
     home.mkdir()
     asoundrc = home / ".asoundrc"
@@ -149,26 +162,27 @@ def test_after_a_fallback_the_app_returns_to_the_chosen_speakers(
     monkeypatch.setenv("HOME", str(home))  # the audio host (and its probes) read this ALSA config
     module = pactl("load-module", "module-null-sink", "sink_name=vtest", "rate=48000", "channels=1")
     try:
-        app = make_app("solo")
-        prefs = app.controller.prefs
-        app.apply_prefs(replace(prefs, audio=replace(prefs.audio, output_device=ALSA_DEVICE)))
-        engine = app.controller.pipeline.engine  # type: ignore[union-attr]
+        alice, bob = pair_in(qtbot, make_app, start_server(channels=("General",)), GENERAL)
+        prefs = alice.controller.prefs
+        alice.apply_prefs(replace(prefs, audio=replace(prefs.audio, output_device=ALSA_DEVICE)))
+        engine = alice.controller.pipeline.engine  # type: ignore[union-attr]
         qtbot.waitUntil(lambda: engine.output_device == ALSA_DEVICE, timeout=10_000)
+        bob.controller.ptt.handle_command(f"press {GENERAL}")  # bob talks throughout
+        qtbot.waitUntil(lambda: talking(alice, GENERAL, "bob"), timeout=10_000)
 
         asoundrc.unlink()
         pactl("suspend-sink", "vtest", "1")  # the device stops calling back, then is gone
         qtbot.waitUntil(lambda: engine.output_device not in (None, ALSA_DEVICE), timeout=30_000)
-        assert "fallback" in app.controller.audio_problem
-        assert "⚠ audio" in app.window.warning_label.text()
+        assert "fallback" in alice.controller.audio_problem
+        assert "⚠ audio" in alice.window.warning_label.text()
 
         pactl("suspend-sink", "vtest", "0")
         asoundrc.write_text(ASOUNDRC)  # plugged in again
         qtbot.waitUntil(lambda: engine.output_device == ALSA_DEVICE, timeout=30_000)
-        qtbot.waitUntil(lambda: app.controller.audio_problem == "", timeout=5_000)
-        before = app.controller.audio_host.block[shm.Slot.PLAYBACK_READ]  # type: ignore[union-attr]
-        qtbot.waitUntil(
-            lambda: app.controller.audio_host.block[shm.Slot.PLAYBACK_READ] > before + 9600,  # type: ignore[union-attr]
-            timeout=10_000,
-        )
+        qtbot.waitUntil(lambda: alice.controller.audio_problem == "", timeout=5_000)
+        host = host_of(alice)
+        before = host.block[shm.Slot.PLAYBACK_READ]
+        qtbot.waitUntil(lambda: host.block[shm.Slot.PLAYBACK_READ] > before + 9600, timeout=10_000)
+        bob.controller.ptt.handle_command(f"release {GENERAL}")
     finally:
         pactl("unload-module", module)

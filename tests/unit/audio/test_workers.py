@@ -213,3 +213,120 @@ def test_playback_talking_slot_marks_speakers_per_channel_until_they_stop() -> N
     for k in range(1, 30):  # silence from then on: the mark goes after the 0.3 s hold
         w.render(0.04 + k * 0.02)
     assert w.talking == frozenset()
+
+
+class FakeHostEngine(NullEngine):
+    """A NullEngine that records the workers' "microphone / speakers wanted" calls, as the
+    audio host's engine (HostEngine) receives them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_wanted: list[bool] = []
+        self.output_wanted: list[bool] = []
+
+    def want_input(self, wanted: bool) -> None:
+        if not self.input_wanted or self.input_wanted[-1] != wanted:
+            self.input_wanted.append(wanted)
+
+    def want_output(self, wanted: bool) -> None:
+        if not self.output_wanted or self.output_wanted[-1] != wanted:
+            self.output_wanted.append(wanted)
+
+
+def test_capture_stops_the_microphone_after_a_second_of_nothing_to_send() -> None:
+    engine = FakeHostEngine()
+    ptt = keys_service()
+    w = CaptureWorker(
+        engine,
+        CaptureProcessor(CaptureSettings(noise_suppression="off", agc=False)),
+        VoiceSender(OpusEncoder()),
+        TransmitGate(release_ms=100),
+        FakeConnection().send,
+        route=ptt.route,
+    )
+    silence = np.zeros(N, dtype=np.int16)
+    t = 0.0
+    for _ in range(49):  # 0.98 s of push-to-talk idle: still listening
+        w.process_frame(silence, t)
+        t += 0.02
+    assert engine.input_wanted == []
+    w.process_frame(silence, t)  # a second: stop it
+    assert engine.input_wanted == [False]
+    # the meter on screen keeps it (the UI sets the slot and wants it at once)
+    w.metering = True
+    for _ in range(60):
+        w.process_frame(silence, t)
+    assert engine.input_wanted == [False]  # nothing new from the worker while metering
+    w.metering = False
+    # a press: the service's route hook (the app's) wants it, the worker keeps it while it sends
+    ptt.on_route = lambda route: engine.want_input(True) if route.speaking else None
+    ptt.on_input(InputEvent("f2", True, t))
+    assert engine.input_wanted == [False, True]
+    assert w.cues == collections.deque() and engine.output_wanted == []
+    for _ in range(100):
+        w.process_frame(SPEECH[:N], t)
+        t += 0.02
+    assert engine.input_wanted == [False, True]
+    assert engine.output_wanted == [True]  # the start cue needs the speakers
+    ptt.on_input(InputEvent("f2", False, t))  # released: 0.1 s release delay, then 1 s idle
+    for _ in range(5 + 49):
+        w.process_frame(silence, t)
+        t += 0.02
+    assert engine.input_wanted == [False, True]
+    for _ in range(2):
+        w.process_frame(silence, t)
+        t += 0.02
+    assert engine.input_wanted == [False, True, False]
+
+
+def test_capture_restarts_the_microphone_if_a_press_comes_as_it_stops() -> None:
+    engine = FakeHostEngine()
+    ptt = keys_service()
+
+    def route() -> object:
+        # The press lands right after the worker stored "not wanted", and the service has no
+        # route hook here: only the worker's second look at the route can catch it.
+        if engine.input_wanted == [False] and not ptt.route().speaking:
+            ptt.on_input(InputEvent("f3", True, 1.0))
+        return ptt.route()
+
+    w = CaptureWorker(
+        engine,
+        CaptureProcessor(CaptureSettings(noise_suppression="off", agc=False)),
+        VoiceSender(OpusEncoder()),
+        TransmitGate(release_ms=100),
+        FakeConnection().send,
+        route=route,  # type: ignore[arg-type]
+    )
+    for k in range(50):
+        w.process_frame(np.zeros(N, dtype=np.int16), k * 0.02)
+    assert engine.input_wanted == [False, True]  # the double check after the store saw it
+
+
+def test_playback_stops_the_speakers_after_a_second_of_silence_and_voice_restarts_them() -> None:
+    engine = FakeHostEngine()
+    playback = VoicePlayback(Mixer(frame_samples=N), OpusDecoder)
+    inbox: collections.deque[VoiceFrame] = collections.deque()
+    w = PlaybackWorker(engine, playback, inbox)
+    t = 0.0
+    for _ in range(49):
+        w.render(t)
+        t += 0.02
+    assert engine.output_wanted == []
+    w.render(t)
+    assert engine.output_wanted == [False]
+    sender = VoiceSender(OpusEncoder())
+    inbox.append(VoiceFrame(5, 7, 0, 0, 0, False, sender.encode(SPEECH[: 1 * N])))
+    w.drain(t)
+    assert engine.output_wanted == [False, True]
+    for k in range(1, 40):  # someone talks: the speakers stay on
+        inbox.append(VoiceFrame(5, 7, 0, 0, k, False, sender.encode(SPEECH[k * N : (k + 1) * N])))
+        w.drain(t)
+        w.render(t)
+        t += 0.02
+    assert engine.output_wanted == [False, True]
+    w.cue_requests.append(CueKind.START)  # a cue keeps them on while it plays
+    for _ in range(120):
+        w.render(t)
+        t += 0.02
+    assert engine.output_wanted == [False, True, False]
