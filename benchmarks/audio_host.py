@@ -11,7 +11,10 @@ Real PortAudio on the PulseAudio null sink (run inside scripts/with-test-env.sh)
    (capture); for every frame the output callback takes, the delay until the worker has written
    the next one (playback refill). The audio host's added mouth-to-ear latency is the difference
    of the two medians, capture plus playback.
-2. **Restart.** SIGKILL the host ``KILLS`` times; for each, the time from the kill until the new
+2. **Idle streams.** With both streams stopped (push-to-talk idle, nothing heard), the time
+   from "wanted" (a press; voice arriving) to the first input callback's publish and the first
+   output callback's read.
+3. **Restart.** SIGKILL the host ``KILLS`` times; for each, the time from the kill until the new
    host's input callback has published a frame and its output callback has taken one.
 
 Ends with one JSON line for run_all.py.
@@ -204,11 +207,52 @@ def restarts(host: AudioHost) -> list[float]:
     return out
 
 
+def resumes(host: AudioHost, times: int = 20) -> tuple[list[float], list[float]]:
+    """Idle streams start again: from ``want_input(True)`` (a push-to-talk press) to the first
+    input callback's publish, and from ``want_output(True)`` (voice arrived) to the first output
+    callback's read, in ms."""
+    engine = HostEngine(host, None, None, frame_samples=N)
+    engine.start()
+    wait_opened(engine)
+    block = host.block
+    silence = np.zeros(48_000, dtype=np.int16)
+    mic: list[float] = []
+    speakers: list[float] = []
+    for _ in range(times):
+        engine.want_input(False)
+        engine.want_output(False)
+        deadline = time.monotonic() + 5
+        while not (block[shm.Slot.INPUT_PAUSED] and block[shm.Slot.OUTPUT_PAUSED]):
+            if time.monotonic() > deadline:
+                raise SystemExit("the host did not pause the streams")
+            time.sleep(0.005)
+        time.sleep(0.3)
+        engine.capture.discard()
+        engine.playback.write(silence[: engine.playback.free])
+        pressed = time.monotonic_ns()
+        engine.want_input(True)
+        engine.want_output(True)
+        deadline = time.monotonic() + 5
+        while (
+            block[shm.Slot.CAPTURE_STAMP_NS] < pressed
+            or block[shm.Slot.PLAYBACK_STAMP_NS] < pressed
+        ):
+            if time.monotonic() > deadline:
+                raise SystemExit("the host did not start the streams again")
+            engine.capture.discard()
+            time.sleep(0.001)
+        mic.append((block[shm.Slot.CAPTURE_STAMP_NS] - pressed) / 1e6)
+        speakers.append((block[shm.Slot.PLAYBACK_STAMP_NS] - pressed) / 1e6)
+    engine.stop()
+    return mic, speakers
+
+
 def main() -> int:
     local_capture, local_refill = in_process()
     host = AudioHost()
     try:
         host_capture, host_refill = in_host(host)
+        mic_resume, speakers_resume = resumes(host)
         resume = restarts(host)
     finally:
         host.close()
@@ -224,6 +268,12 @@ def main() -> int:
         f"resume after SIGKILL ({len(resume)} kills): median {statistics.median(resume) * 1000:.0f}"
         f" ms, max {max(resume) * 1000:.0f} ms (target < {TARGET_RESUME_S * 1000:.0f} ms)"
     )
+    print(
+        f"idle streams started again ({len(mic_resume)} times): first input callback after "
+        f"{statistics.median(mic_resume):.1f} ms (max {max(mic_resume):.1f}), first output "
+        f"callback after {statistics.median(speakers_resume):.1f} ms "
+        f"(max {max(speakers_resume):.1f})"
+    )
     result = {
         "benchmark": "audio_host",
         "window_s": WINDOW_S,
@@ -233,6 +283,10 @@ def main() -> int:
         "host_refill": host_refill,
         "added_latency_ms": round(added, 3),
         "target_added_latency_ms": TARGET_ADDED_MS,
+        "press_to_first_input_ms_p50": round(statistics.median(mic_resume), 1),
+        "press_to_first_input_ms_max": round(max(mic_resume), 1),
+        "voice_to_first_output_ms_p50": round(statistics.median(speakers_resume), 1),
+        "voice_to_first_output_ms_max": round(max(speakers_resume), 1),
         "kills": len(resume),
         "resume_median_ms": round(statistics.median(resume) * 1000),
         "resume_max_ms": round(max(resume) * 1000),

@@ -81,6 +81,37 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "flows_over_target": "flows whose worst stall is above the target",
         },
     ),
+    "audio_host": (
+        "The audio host process: added latency, idle streams, restart",
+        "Real PortAudio on the PulseAudio null sink, 20 ms frames. Delivery: for each frame an "
+        "input callback publishes, the delay until a thread waiting like the capture worker has "
+        "read it; for each frame an output callback takes, the delay until a thread waiting like "
+        "the playback worker has written the next one; once with the engine in this process "
+        "(woken through a threading.Event) and once in the audio host (shared-memory rings, woken "
+        "through its wake pipe). The added mouth-to-ear latency is the difference of the medians, "
+        "both directions summed (target <= 1 ms). Idle streams: from 'wanted' (a push-to-talk "
+        "press, voice arriving) to the first callback of a stopped stream. Restart: from SIGKILL "
+        "to the new host's first input and output callbacks (target < 1 s).",
+        {
+            "window_s": "seconds of delivery measured per engine",
+            "in_process_capture": "input callback → capture thread, engine in-process, ms",
+            "host_capture": "input callback → capture thread, engine in the audio host, ms",
+            "in_process_refill": "output callback → playback thread's next frame, in-process, ms",
+            "host_refill": "output callback → playback thread's next frame, audio host, ms",
+            "added_latency_ms": "what the audio host adds (medians, capture + playback), ms",
+            "target_added_latency_ms": "the target for added_latency_ms",
+            "press_to_first_input_ms_p50": "a stopped microphone wanted again (a press) → its "
+            "first callback, median ms",
+            "press_to_first_input_ms_max": "the same, slowest",
+            "voice_to_first_output_ms_p50": "stopped speakers wanted again (voice) → their first "
+            "callback, median ms",
+            "voice_to_first_output_ms_max": "the same, slowest",
+            "kills": "SIGKILLs of the audio host",
+            "resume_median_ms": "SIGKILL → audio flowing again both ways, median ms",
+            "resume_max_ms": "the same, slowest",
+            "target_resume_ms": "the target for resume_max_ms",
+        },
+    ),
     "soak": (
         "Soak: the app among 20 bots that come, talk, go and get killed",
         "A real relay; the real desktop app under Xvfb on the PulseAudio null sink, in the Lobby, "
@@ -121,14 +152,17 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
         "The client at rest: connected, push-to-talk, nobody talking",
         "The real desktop app (`python -m voipclient --connect`) on a real relay process, under "
         "Xvfb with its devices open on the PulseAudio null sink, the server's pin approved "
-        "beforehand; after a warm-up, the app's process is read from /proc over a fixed window. "
+        "beforehand; after a warm-up, the app's process and its audio host are read from /proc "
+        "over a fixed window. "
         "Wake-ups are the context switches of all its threads per second (the targets: <= 1.5 % "
         "of a core and <= 200 wake-ups/s on this machine).",
         {
             "state": "the connection state at the end (must be ready)",
             "window_s": "seconds measured, after the warm-up",
             "cpu_core_pct": "process CPU (utime + stime, every thread), % of one core",
-            "rss_mib": "resident memory at the end, MiB",
+            "rss_mib": "resident memory at the end, app and audio host each counted whole, MiB",
+            "pss_mib": "the same as proportional set size (shared pages split), MiB",
+            "processes": "processes measured (the app and its audio host)",
             "wakeups_per_s": "context switches of all threads per second",
             "threads": "threads in the process",
             "target_cpu_core_pct": "the target for cpu_core_pct",
@@ -365,15 +399,20 @@ What the figures say:
   20 bot processes and the relay on the same two cores, its audio device loses ~8 % of frames
   to late rendering (capture overruns and playback underruns): the case the audio host process
   with its own real-time scheduling (issue 14) is for.
-- Idle (connected, push-to-talk, nobody talking): 2-4 % of a core (it varies run to run on this
-  shared host), ~170 MiB and ~800-870 wake-ups/s, against targets of 1.5 % and 200/s: not met
-  yet. The audio workers no longer poll every 5 ms (they sleep until the device's callback has a
-  whole frame or wants one, or voice arrives), which took their share from ~400/s to ~130/s
-  each (GIL hand-offs included); what remains is PulseAudio's client thread (`threaded-ml`,
-  ~220/s, paced by the stream latency), the capture chain running every frame while nobody can
-  hear us, rendering silence every frame, and the GUI and pynput threads. Next: the audio host
-  process (issue 14) with larger device periods when idle, and no capture chain or silence
-  rendering while push-to-talk is idle.
+- Idle (connected, push-to-talk, nobody talking): ~0.5 % of a core and ~40 wake-ups/s for the
+  app and its audio host together (targets 1.5 % and 200/s; it was 2-4 % and ~800/s). What did
+  it: nothing runs that nobody needs. While push-to-talk is idle the input stream is stopped
+  (after 1 s; a press starts it from the hotkey's thread, first callback 20-40 ms later), and
+  while nothing is heard the output stream is stopped (after 1 s of digital silence; arriving
+  voice starts it), so PortAudio's callbacks and PulseAudio's client threads (~480 wake-ups/s
+  together) sleep; the audio workers sleep on their rings' wake pipes and the host's main loop
+  on its commands. What is left is the GUI's 100 ms poll for meters and talking marks, the
+  supervisor's 4 checks a second and the connection's keep-alives. Memory: the audio host is a
+  second Python process (~45 MiB RSS, most of it the interpreter and numpy it shares with the
+  app's pages: PSS counts those once).
+- Audio host: the shared-memory rings add 0.02-0.08 ms to the voice path (the wake pipe instead
+  of an in-process event; target 1 ms). Killed with SIGKILL, it is back with audio flowing both
+  ways in ~0.2 s (max ~0.25 s; ~0.6 s beside a CPU hog in the end-to-end test).
 - Client CPU: receiving 10 speakers costs ~5 % of a core, ~1.4x bare Opus decoding; transmitting
   to three channels is ~3 %, essentially the Opus encoder (sealing three times is ~13 µs).
 """

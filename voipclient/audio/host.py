@@ -316,7 +316,12 @@ def _device_mark() -> object:
         parts.append(tuple(sorted(os.listdir("/dev/snd"))))
     except OSError:
         parts.append(None)
-    for path in (Path.home() / ".asoundrc", Path("/etc/asound.conf")):
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    for path in (
+        Path.home() / ".asoundrc",
+        config_home / "alsa" / "asoundrc",
+        Path("/etc/asound.conf"),
+    ):
         try:
             parts.append(path.stat().st_mtime_ns)
         except OSError:

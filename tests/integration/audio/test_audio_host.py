@@ -16,6 +16,8 @@ from voipclient.audio import shm
 from voipclient.audio.engine import DeviceEvent
 from voipclient.audio.host_engine import AudioHost, HostEngine
 
+from .test_sd_engine import pactl, vtmp_sink
+
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(60)]
 
 
@@ -101,3 +103,40 @@ def test_close_ends_the_host_and_leaves_no_process(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert h.restarts == 0  # an orderly end is not a crash
+
+
+def test_the_sound_server_dropping_us_ends_on_the_default_devices_with_audio_flowing(
+    tmp_path: Path,
+) -> None:
+    """The sound server drops our connection (its socket's module is unloaded, like a USB device
+    or a sound server going away). Reopening a stream right then sometimes ends in a C abort()
+    inside PortAudio: that is why the devices live in the audio host. Either the host falls back
+    in place, or it dies and its successor opens the defaults; both ways audio flows again on
+    the default devices and the app is told."""
+    with vtmp_sink() as vtmp:
+        host = AudioHost(log_dir=tmp_path)
+        try:
+            engine = HostEngine(host, "voip_vtmp_monitor", "voip_vtmp", frame_samples=960)
+            engine.start()
+            pump(engine, lambda: engine.opened)
+            assert (engine.input_device, engine.output_device) == ("voip_vtmp_monitor", "voip_vtmp")
+            pactl("unload-module", vtmp["native"])  # the sound server drops us
+            events = pump(
+                engine,
+                lambda: (engine.input_device, engine.output_device) == ("default", "default"),
+                timeout=20.0,
+            )
+            kinds = [e.kind for e in events]
+            assert "fallback" in kinds, events
+            if host.restarts:  # PortAudio aborted: the successor said why, and fell back
+                assert "host_restarted" in kinds and "crashed" in host.last_exit, events
+            moved = host.block[shm.Slot.CAPTURE_WRITTEN], host.block[shm.Slot.PLAYBACK_READ]
+            pump(
+                engine,
+                lambda: (
+                    host.block[shm.Slot.CAPTURE_WRITTEN] > moved[0] + 25 * 960
+                    and host.block[shm.Slot.PLAYBACK_READ] > moved[1] + 25 * 960
+                ),
+            )
+        finally:
+            host.close()
