@@ -30,6 +30,7 @@ folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import faulthandler
 import json
@@ -54,6 +55,7 @@ POLL_S: Final = 0.25  # main loop: heartbeat, counters, device watch
 IDLE_POLL_S: Final = 0.5  # the same while both streams are paused (the app's hang limit is 2 s)
 PROBE_INTERVAL_S: Final = 5.0  # while on a fallback device: how often to look for the chosen one
 PROBE_TIMEOUT_S: Final = 10.0
+PROBE_FORCED_S: Final = 60.0  # probe at least this often while away, file marks or not
 
 #: (input wanted, output wanted) in the order they are tried, and what each is called in messages
 ATTEMPTS: Final = ((True, True), (False, True), (True, False))
@@ -91,6 +93,10 @@ class _Host:
         self.on_defaults = False  # opened on the defaults because the chosen devices were gone
         self.next_probe = 0.0
         self.probe_mark: object = None
+        self.probe_pending_mark: object = None
+        self.probe_forced_at = 0.0
+        self.probe: subprocess.Popen[str] | None = None
+        self.probe_started = 0.0
         self._wake_capture = wake_capture
         self._wake_playback = wake_playback
         capture, playback = block.capture, block.playback
@@ -153,16 +159,20 @@ class _Host:
             log.warning("unknown command %r", op)
 
     def open(self, command: dict[str, Any], now: float) -> None:
-        from voipclient.audio.sd_engine import SoundDeviceEngine
+        from voipclient.audio.sd_engine import SoundDeviceEngine, refresh_devices
 
         self.close_engine()
+        # nothing is open now: today's devices, not those at our start (if PortAudio is missing,
+        # the engine below says so)
+        with contextlib.suppress(AudioDeviceError):
+            refresh_devices()
         self.request = command
         self.on_defaults = False
         self.frame_samples = int(command.get("frame_samples", 960))
         failures = self._open_engine(SoundDeviceEngine, command.get("input"), command.get("output"))
         chosen = command.get("input") is not None or command.get("output") is not None
         fell_back = False
-        if failures and command.get("replay") and chosen:
+        if failures and (command.get("replay") or command.get("returning")) and chosen:
             # A host started after a crash, whose devices went away meanwhile (a headset pulled
             # out may be what crashed it): the defaults, and back to the chosen ones later.
             self.close_engine()
@@ -263,6 +273,7 @@ class _Host:
         engine.poll(now)
         if engine.output_device is None:
             block.playback.discard()
+        self.probe_done(now)
         if (self.on_defaults or engine.away_from_chosen()) and now >= self.next_probe:
             self.next_probe = now + PROBE_INTERVAL_S
             self.probe_for_chosen(now)
@@ -270,22 +281,54 @@ class _Host:
             self.apply_wants()
 
     def probe_for_chosen(self, now: float) -> None:
-        """PortAudio lists devices as they were when it started; a fresh process sees today's."""
+        """PortAudio lists devices as they were when it started; a fresh process sees today's.
+        The probe runs beside the main loop (its answer is read by :meth:`probe_done` on a later
+        turn): the heartbeat and push-to-talk pokes never wait for it."""
+        if self.probe is not None:
+            return
         mark = _device_mark()
-        if mark is not None and mark == self.probe_mark:
+        if mark is not None and mark == self.probe_mark and now < self.probe_forced_at:
             return  # nothing changed in the OS's device list since the last probe
-        self.probe_mark = mark
         try:
-            done = subprocess.run(  # noqa: S603 - our own executable, fixed arguments
+            self.probe = subprocess.Popen(  # noqa: S603 - our own executable, fixed arguments
                 [*host_argv(), "--list-devices"],
-                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
                 text=True,
-                timeout=PROBE_TIMEOUT_S,
-                check=True,
             )
-            names = {d["name"] for d in json.loads(done.stdout)}
-        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+        except OSError as exc:
+            log.warning("device probe not started: %s", exc)
+            return
+        self.probe_started = now
+        self.probe_pending_mark = mark
+
+    def probe_done(self, now: float) -> None:
+        """Take the probe's answer if it is there; switch back when the chosen devices are."""
+        probe = self.probe
+        if probe is None:
+            return
+        if probe.poll() is None:
+            if now - self.probe_started > PROBE_TIMEOUT_S:
+                probe.kill()
+                probe.communicate()
+                self.probe = None
+                log.warning("device probe took over %g s; killed", PROBE_TIMEOUT_S)
+            return
+        out, _ = probe.communicate()
+        self.probe = None
+        try:
+            if probe.returncode != 0:
+                raise ValueError(f"exit status {probe.returncode}")
+            names = {d["name"] for d in json.loads(out)}
+        except (ValueError, KeyError, TypeError) as exc:
             log.warning("device probe failed: %s", exc)
+            return
+        # Only a probe that answered settles the mark; a forced one comes every minute anyway
+        # (a sound server's devices coming back show in no file we can watch).
+        self.probe_mark = self.probe_pending_mark
+        self.probe_forced_at = now + PROBE_FORCED_S
+        if self.engine is None:
             return
         away = ("input", "output") if self.on_defaults else self.engine.away_from_chosen()
         wanted = [self.request.get(kind) for kind in away]
@@ -300,6 +343,16 @@ class _Host:
         else:
             self.engine.return_to_chosen(now)
             self.send({"op": "devices", "list": self.devices()})
+
+
+def _portaudio_version() -> str:
+    """PortAudio's version text for "Copy diagnostics", or why there is none."""
+    from voipclient.audio.sd_engine import _sounddevice
+
+    try:
+        return str(_sounddevice().get_portaudio_version()[1])
+    except AudioDeviceError as exc:
+        return f"unavailable ({exc})"
 
 
 def _name(device: Any) -> str | None:
@@ -349,7 +402,7 @@ def serve(
     fds = [commands] if host_wake is None else [commands, host_wake]
     pending = b""
     host.tick(clock())
-    host.send({"op": "ready", "pid": os.getpid()})
+    host.send({"op": "ready", "pid": os.getpid(), "portaudio": _portaudio_version()})
     next_tick = clock()
     try:
         while True:
@@ -381,14 +434,15 @@ def serve(
                     host.handle(command, clock())
     finally:
         host.close_engine()
+        if host.probe is not None:
+            host.probe.kill()
+            host.probe.communicate()
 
 
 def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except OSError:
-        pass
+    """One read: the pipe holds a few bytes between two turns (no second, failing read)."""
+    with contextlib.suppress(OSError):
+        os.read(fd, 4096)
 
 
 def main(argv: list[str]) -> int:
@@ -423,6 +477,12 @@ def main(argv: list[str]) -> int:
             os.set_blocking(fd, False)
     block = shm.attach(args.shm_fd)
     log.info("started (pid %d)", os.getpid())
+    try:  # load PortAudio now, not inside the first open (the app times that open)
+        from voipclient.audio.sd_engine import _sounddevice
+
+        _sounddevice()
+    except AudioDeviceError as exc:
+        log.warning("%s", exc)
     try:
         return serve(
             block,

@@ -88,12 +88,15 @@ class AudioHost:
         #: the host's device list as of its last answer (the settings dialog shows it)
         self.devices: list[DeviceInfo] = []
         self.restarts = 0
+        #: PortAudio's version as the host reported it ("" until it started)
+        self.portaudio = ""
         self.last_exit = ""  # why the last host ended, in words
         self.pid = 0
         self._lock = threading.Lock()  # _proc and _request, between the GUI and supervisor
         self._proc: subprocess.Popen[str] | None = None
         self._request: dict[str, Any] | None = None
         self._request_sent = False  # some host got _request (a later one gets it as a replay)
+        self._open_pending = False  # an open was sent and not answered yet
         self._attempt = 0
         self._stopping = threading.Event()
         self._counts_base = [0, 0, 0, 0]  # frames in/out, overflows, underflows of dead hosts
@@ -115,6 +118,7 @@ class AudioHost:
             }
             # False if no host runs yet: the supervisor sends it as a first open, not a replay
             self._request_sent = self._send(self._request)
+            self._open_pending = True  # PortAudio work: judged by START_GRACE_S, not hang_s
             return self._attempt
 
     def stop_streams(self) -> None:
@@ -137,6 +141,9 @@ class AudioHost:
                 proc.kill()
                 proc.wait()
         self._thread.join(timeout)
+        if self._thread.is_alive():  # still busy with a host: it may read the block; leave it
+            log.error("audio host supervisor did not stop within %.0f s", timeout)
+            return
         for r, w in self._wake:
             for fd in (r, w):
                 with contextlib.suppress(OSError):
@@ -216,6 +223,9 @@ class AudioHost:
                 pass_fds=fds,
                 text=True,
                 bufsize=1,
+                # Not in the terminal's process group: Ctrl-C or Ctrl-Z there is for the app
+                # (the host ends on EOF when the app does).
+                start_new_session=True,
             )
         finally:
             if stderr is not None:
@@ -254,12 +264,20 @@ class AudioHost:
                 continue
             started = time.monotonic()
             with self._lock:
+                if self._stopping.is_set():  # close() ran while we were starting it
+                    _end(proc)
+                    break
                 self._proc = proc
                 if self._request is not None:  # the devices the user had: same ones again
                     self._send({**self._request, "replay": self._request_sent})
                     self._request_sent = True
+                    self._open_pending = True
             self._watch(proc, started)
             code = proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        stream.close()
             with self._lock:
                 self._proc = None
                 frames = self.stats()
@@ -313,9 +331,15 @@ class AudioHost:
                 for line in lines:
                     self._answer(line)
                 continue
-            beat = self.block[shm.Slot.HEARTBEAT_NS] / 1e9
+            try:
+                beat = self.block[shm.Slot.HEARTBEAT_NS] / 1e9
+            except ValueError:  # the block was released: we are shutting down
+                return
             now = time.monotonic()
-            grace = START_GRACE_S if beat < started else self.hang_s
+            # Opening devices (PortAudio's own calls) may take a while on a cold or loaded
+            # machine: only a host that is idle or running is held to hang_s.
+            slow_ok = beat < started or self._open_pending
+            grace = START_GRACE_S if slow_ok else self.hang_s
             if now - max(beat, started) > grace and proc.poll() is None:
                 self._hung = True
                 log.error(
@@ -338,11 +362,26 @@ class AudioHost:
                 self.devices = [DeviceInfo(**d) for d in found]
             except TypeError:
                 log.warning("audio host sent a device list of another shape")
+        if op == "ready":
+            self.portaudio = str(message.get("portaudio", ""))
         if op == "opened":
+            self._open_pending = False
             self.events.append(("opened", message))
         elif op == "event":
             event = DeviceEvent(str(message.get("kind")), str(message.get("message")))
             self.events.append(("event", (event, message.get("input"), message.get("output"))))
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    """End a host nobody will use: EOF, then SIGKILL if it does not go."""
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError, ValueError):
+            proc.stdin.close()
+    try:
+        proc.wait(2.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _exit_words(code: int, hung: bool) -> str:

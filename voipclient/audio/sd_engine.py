@@ -419,9 +419,8 @@ class SoundDeviceEngine:
             side.stream.abort(ignore_errors=True)  # abort: stop() may wait on a stuck sink
             return True
         side.finished = False  # the abort's finished_callback was ours, not a failure
-        side.clock_known = False  # judge it from the next poll on, as a new stream
-        side.progressed = False
-        side.paused = False
+        side.clock_known = False  # judge it from the next poll on (progressed stays: the
+        side.paused = False  # device worked before the pause, so a failure reopens it first)
         try:
             side.stream.start()
         except self._sd.PortAudioError:

@@ -101,11 +101,10 @@ class FdWaker:
             readable, _, _ = select.select(self._fds, (), (), timeout)
         except (OSError, ValueError):
             return  # closed under us: the thread is stopping
-        for fd in readable:
-            try:
-                while os.read(fd, 4096):
-                    pass
-            except (BlockingIOError, OSError):
+        for fd in readable:  # one read each: a few bytes at most wait between two turns
+            try:  # noqa: SIM105 - per frame: no context-manager object
+                os.read(fd, 4096)
+            except OSError:
                 pass
 
     def __del__(self) -> None:

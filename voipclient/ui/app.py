@@ -188,9 +188,17 @@ class App:
 
         ctl = self.controller
 
+        def portaudio() -> str:
+            # The audio host's (the app itself does not load PortAudio when it runs one).
+            host = ctl.audio_host
+            if host is not None and host.portaudio:
+                return f"{host.portaudio} (audio host)"
+            import sounddevice
+
+            return str(sounddevice.get_portaudio_version()[1])
+
         def versions() -> list[str]:
             import PySide6
-            import sounddevice
             from PySide6.QtCore import qVersion
 
             from voipclient.audio.opus import libopus_version
@@ -199,7 +207,7 @@ class App:
                 f"voipclient {__version__}",
                 f"Python {platform.python_version()} ({platform.python_implementation()})",
                 f"PySide6 {PySide6.__version__}, Qt {qVersion()}",
-                f"PortAudio {sounddevice.get_portaudio_version()[1]}",
+                f"PortAudio {portaudio()}",
                 libopus_version(),
                 f"{platform.system()} {platform.release()} {platform.machine()}",
             ]

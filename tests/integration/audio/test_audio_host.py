@@ -16,7 +16,7 @@ from voipclient.audio import shm
 from voipclient.audio.engine import DeviceEvent
 from voipclient.audio.host_engine import AudioHost, HostEngine
 
-from .test_sd_engine import pactl, vtmp_sink
+from .test_sd_engine import asoundrc, pactl, vtmp_sink, write_pcms
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(60)]
 
@@ -140,3 +140,32 @@ def test_the_sound_server_dropping_us_ends_on_the_default_devices_with_audio_flo
             )
         finally:
             host.close()
+
+
+def test_a_host_restarted_without_the_chosen_device_returns_to_it_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The host dies while the chosen speakers are gone (they may be why it died): its successor
+    opens the defaults, and when the speakers are listed again (a fresh PortAudio probe) it
+    opens them, with a fresh device list of its own."""
+    module = pactl("load-module", "module-null-sink", "sink_name=vret", "rate=48000", "channels=1")
+    host = AudioHost(log_dir=tmp_path)
+    try:
+        write_pcms({"voip_vret": "vret"})
+        engine = HostEngine(host, None, "voip_vret", frame_samples=960)
+        engine.start()
+        pump(engine, lambda: engine.opened and engine.output_device == "voip_vret")
+        asoundrc().unlink()  # the device leaves the list ...
+        host.kill(signal.SIGKILL)  # ... and the host dies
+        events = pump(engine, lambda: host.restarts == 1 and engine.output_device == "default")
+        assert "fallback" in [e.kind for e in events], events
+        assert engine.failures == {}  # nothing failed for good: it waits for the device
+        write_pcms({"voip_vret": "vret"})  # plugged in again
+        events = pump(engine, lambda: engine.output_device == "voip_vret", timeout=20.0)
+        assert "returned" in [e.kind for e in events], events
+        before = host.block[shm.Slot.PLAYBACK_READ]
+        pump(engine, lambda: host.block[shm.Slot.PLAYBACK_READ] > before + 9600)
+    finally:
+        host.close()
+        asoundrc().unlink(missing_ok=True)
+        pactl("unload-module", module)
