@@ -14,7 +14,11 @@ def main(argv: list[str] | None = None) -> int:
         from voipclient.ptt.control import ptt_cli
 
         return ptt_cli(args_list[1:])
-    if "--audio-host" in args_list:  # the sound-device child process (no Qt in it)
+    if "--audio-host" in args_list:  # the sound-device child processes (no Qt in them)
+        if "--device-test" in args_list:
+            from voipclient.audio.device_test import main as device_test
+
+            return device_test(args_list)
         from voipclient.audio.host import main as audio_host
 
         return audio_host(args_list)

@@ -692,6 +692,13 @@ def test_closing_the_dialog_stops_the_tests(qtbot: Any, null_sink_pcms: None) ->
     outputs.setCurrentIndex(outputs.findData("voip_vsink2"))
     find(dialog, QPushButton, "testMicrophone").click()
     assert dialog.tester.loopback_running()
+    # the test runs in a child process of its own, not in the app (PortAudio never loads here)
+    child = dialog.tester._loop
+    assert child is not None
+    qtbot.waitUntil(lambda: child.processId() > 0, timeout=5_000)
+    pid = child.processId()
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"--audio-host" in argv and b"--device-test" in argv and b"loopback" in argv
     changes: list[bool] = []
     dialog.tester.loopback_changed.connect(changes.append)
     outputs.setCurrentIndex(outputs.findData("voip_vsink"))  # the test moves to the new device
@@ -700,4 +707,5 @@ def test_closing_the_dialog_stops_the_tests(qtbot: Any, null_sink_pcms: None) ->
     assert dialog.tester.play_tone("voip_vsink2", seconds=5.0)
     dialog.reject()
     assert not dialog.tester.loopback_running() and not dialog.tester.tone_playing()
+    assert not Path(f"/proc/{pid}").exists()  # ended and reaped
     assert refresh_devices()  # no stream of ours is left open

@@ -1,133 +1,32 @@
 """Device tests for the settings dialog: a test tone, and a microphone loopback with a level meter.
 
-Both use sounddevice directly in short-lived streams of their own (48 kHz mono int16), not the
-voice engine, so the user can try devices before choosing them. The PortAudio callbacks only copy
-between preallocated arrays (:class:`~voipclient.audio.ring.SampleRing` and the precomputed tone)
-and set flags; the GUI thread polls the flags and the meter ring with a 50 ms timer (the ``level``
-signal's ~20 Hz), closes finished streams and reports problems through ``error`` as one sentence
-saying what went wrong and what to do.
+Each test runs in a child process (``voipclient --audio-host --device-test ...``,
+:mod:`voipclient.audio.device_test`) with short-lived streams of its own, not the voice engine,
+so the user can try devices before choosing them, and so that PortAudio never runs in the app:
+a driver that crashes or hangs ends the test with a message, never the app, and the GUI thread
+never waits on a device. :class:`AudioTester` starts the child with a :class:`QProcess` and turns
+what it says (JSON lines) into signals; stopping a test ends the child (SIGKILL: its streams go
+with it) and disconnects it, so nothing of it reaches a tester that is gone.
 
-Device names are resolved like the voice engine does (:func:`~voipclient.audio.sd_engine.
-select_device`; None = the system default). Streams opened here are counted in
-``sd_engine._open_streams`` so that :func:`~voipclient.audio.sd_engine.refresh_devices` never
-terminates PortAudio under them.
+The start is asynchronous: ``play_tone`` and ``start_loopback`` return True once the child is
+launched; a device that cannot be opened arrives as ``error`` (one sentence saying what went
+wrong and what to do), with ``tone_finished`` / ``loopback_changed(False)`` just before it.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Final
+import contextlib
+import json
+import logging
 
-import numpy as np
-import numpy.typing as npt
-from PySide6.QtCore import QObject, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, QProcess, Signal, Slot
 
-from voipclient.audio import sd_engine
-from voipclient.audio.ring import SampleRing
-from voipclient.audio.sd_engine import DeviceInfo, Kind, list_devices, select_device
-from voipclient.errors import AudioDeviceError
+from voipclient.audio.device_test import SILENCE_DBFS, make_tone
+from voipclient.audio.host import host_argv
 
-__all__ = ["AudioTester", "make_tone"]
+__all__ = ["SILENCE_DBFS", "AudioTester", "make_tone"]
 
-SAMPLE_RATE: Final = 48_000  # Hz
-BLOCK: Final = 480  # samples per callback: 10 ms
-TONE_HZ: Final = 440.0
-TONE_DBFS: Final = -12.0  # peak level of the test tone
-FADE_S: Final = 0.02  # s of raised-cosine fade in and out (no clicks)
-POLL_MS: Final = 50  # GUI poll period: the level signal's ~20 Hz
-LOOP_MAX_SAMPLES: Final = SAMPLE_RATE // 5  # loopback delay cap: 200 ms, older audio is dropped
-SILENCE_DBFS: Final = -120.0  # what the meter reports for digital silence
-# s a stream may take to finish after its last sample: an idle PulseAudio null sink starts calling
-# back only ~2 s after the stream starts.
-FINISH_GRACE_S: Final = 6.0
-TAIL_S: Final = 0.1  # s the tone stream stays open after its last sample's DAC time
-
-
-def make_tone(
-    seconds: float, hz: float = TONE_HZ, dbfs: float = TONE_DBFS
-) -> npt.NDArray[np.int16]:
-    """A sine of ``seconds`` at ``dbfs`` peak with raised-cosine fades, int16 at 48 kHz."""
-    n = max(1, round(seconds * SAMPLE_RATE))
-    t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
-    wave = np.sin(2 * np.pi * hz * t) * (10 ** (dbfs / 20))
-    fade = min(round(FADE_S * SAMPLE_RATE), n // 2)
-    if fade:
-        ramp = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, fade))
-        wave[:fade] *= ramp
-        wave[n - fade :] *= ramp[::-1]
-    return np.round(wave * 32767).astype(np.int16)
-
-
-def _track(delta: int) -> None:
-    # PortAudio's stream set is process-wide; sd_engine's counter guards Pa_Terminate.
-    sd_engine._open_streams += delta
-
-
-class _Stream:
-    """One open sounddevice stream and the flag its finished callback sets."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.finished = False  # set on PortAudio's thread
-
-    def on_finished(self) -> None:
-        self.finished = True
-
-    def close(self) -> None:
-        try:
-            self.stream.abort(ignore_errors=True)  # abort: stop() can hang on a suspended sink
-        finally:
-            self.stream.close(ignore_errors=True)
-            _track(-1)
-
-
-class _TonePlayer:
-    """The output callback's state: the tone, how far it has played, and when it ends."""
-
-    def __init__(self, tone: npt.NDArray[np.int16]) -> None:
-        self.tone = tone
-        self.pos = 0
-        #: Stream time (s) at which the tone's last sample reaches the speaker; NaN until known.
-        self.end_time = math.nan
-
-    def callback(
-        self, outdata: npt.NDArray[np.int16], frames: int, time: Any, _status: Any
-    ) -> None:
-        out = outdata[:, 0]
-        pos = self.pos
-        n = min(frames, self.tone.shape[0] - pos)
-        if n > 0:
-            out[:n] = self.tone[pos : pos + n]
-            self.pos = pos + n
-        out[max(n, 0) :] = 0
-        if n < frames and math.isnan(self.end_time):
-            # Not CallbackStop: closing a stream once PortAudio has drained it cuts off what the
-            # sound server still buffers. Play silence until the DAC time says the tone is out.
-            self.end_time = time.outputBufferDacTime + max(n, 0) / SAMPLE_RATE
-
-
-class _Loop:
-    """The loopback callbacks' state: microphone → ``loop`` → speakers, and → ``meter``."""
-
-    def __init__(self) -> None:
-        self.loop = SampleRing(SAMPLE_RATE)  # 1 s; LOOP_MAX_SAMPLES keeps it far from full
-        self.meter = SampleRing(SAMPLE_RATE)
-        self.dropped = 0
-
-    def input_callback(
-        self, indata: npt.NDArray[np.int16], _frames: int, _time: Any, _status: Any
-    ) -> None:
-        samples = indata[:, 0]
-        self.loop.write(samples)
-        self.meter.write(samples)
-
-    def output_callback(
-        self, outdata: npt.NDArray[np.int16], frames: int, _time: Any, _status: Any
-    ) -> None:
-        excess = self.loop.available - LOOP_MAX_SAMPLES
-        if excess > 0:  # the input started first or runs faster: keep the delay short
-            self.dropped += self.loop.discard(excess)
-        self.loop.read_into(outdata[:, 0])
+log = logging.getLogger("voipclient.ui.audio_test")
 
 
 class AudioTester(QObject):
@@ -144,15 +43,9 @@ class AudioTester(QObject):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._tone: _Stream | None = None
-        self._player: _TonePlayer | None = None
-        self._tone_deadline = 0.0  # s of timer ticks left before a stuck tone is aborted
-        self._loop: _Loop | None = None
-        self._loop_streams: list[_Stream] = []
-        self._meter_buf = np.zeros(SAMPLE_RATE, dtype=np.int16)  # meter reads, preallocated
-        self._timer = QTimer(self)
-        self._timer.setInterval(POLL_MS)
-        self._timer.timeout.connect(self._poll)
+        self._tone: QProcess | None = None
+        self._loop: QProcess | None = None
+        self._pending: dict[QProcess, bytes] = {}  # a child's unfinished output line
 
     # -- public API --------------------------------------------------------------------------
 
@@ -163,68 +56,27 @@ class AudioTester(QObject):
         return self._loop is not None
 
     def play_tone(self, output_device: str | None, seconds: float = 1.0) -> bool:
-        """Play a 440 Hz tone at -12 dBFS on ``output_device`` (None = system default).
-
-        Returns False (and emits ``error``) when the device cannot be opened.
-        """
+        """Play a 440 Hz tone at -12 dBFS on ``output_device`` (None = system default)."""
         if not 0 < seconds <= 30:
             raise ValueError(f"tone length must be 0..30 s, not {seconds}")
         self.stop_tone()
-        try:
-            sd = sd_engine._sounddevice()  # the one lazy import of sounddevice
-            device = self._resolve(output_device, "output")
-        except AudioDeviceError as exc:
-            self.error.emit(f"Cannot play the test tone: {exc}")
-            return False
-        player = _TonePlayer(make_tone(seconds))
-        stream = self._open(sd, "output", device, player.callback)
-        if stream is None:
-            return False
-        self._tone = stream
-        self._player = player
-        self._tone_deadline = seconds + FINISH_GRACE_S
-        self._timer.start()
+        args = ["tone", "--seconds", f"{seconds:g}", *_named("--output", output_device)]
+        self._tone = self._start(args)
         return True
 
     @Slot()
     def stop_tone(self) -> None:
         if self._tone is None:
             return
-        tone, self._tone = self._tone, None
-        self._player = None
-        tone.close()
-        self._stop_timer_if_idle()
+        proc, self._tone = self._tone, None
+        self._release(proc)
         self.tone_finished.emit()
 
     def start_loopback(self, input_device: str | None, output_device: str | None) -> bool:
-        """Play the microphone back on the output and report its level (``level``).
-
-        Returns False (and emits ``error``) when a device cannot be opened.
-        """
+        """Play the microphone back on the output and report its level (``level``)."""
         self.stop_loopback()
-        try:
-            sd = sd_engine._sounddevice()
-            source = self._resolve(input_device, "input")
-            sink = self._resolve(output_device, "output")
-        except AudioDeviceError as exc:
-            self.error.emit(f"Cannot test the microphone: {exc}")
-            return False
-        loop = _Loop()
-        streams: list[_Stream] = []
-        sides: tuple[tuple[Kind, DeviceInfo, Any], ...] = (
-            ("output", sink, loop.output_callback),
-            ("input", source, loop.input_callback),
-        )
-        for kind, device, callback in sides:
-            stream = self._open(sd, kind, device, callback)
-            if stream is None:
-                for opened in streams:
-                    opened.close()
-                return False
-            streams.append(stream)
-        self._loop = loop
-        self._loop_streams = streams
-        self._timer.start()
+        args = ["loopback", *_named("--input", input_device), *_named("--output", output_device)]
+        self._loop = self._start(args)
         self.loopback_changed.emit(True)
         return True
 
@@ -232,11 +84,8 @@ class AudioTester(QObject):
     def stop_loopback(self) -> None:
         if self._loop is None:
             return
-        streams, self._loop_streams = self._loop_streams, []
-        self._loop = None
-        for stream in streams:
-            stream.close()
-        self._stop_timer_if_idle()
+        proc, self._loop = self._loop, None
+        self._release(proc)
         self.loopback_changed.emit(False)
 
     @Slot()
@@ -245,79 +94,79 @@ class AudioTester(QObject):
         self.stop_tone()
         self.stop_loopback()
 
-    # -- internals -----------------------------------------------------------------------------
+    # -- the children --------------------------------------------------------------------------
 
-    @staticmethod
-    def _resolve(name: str | None, kind: Kind) -> DeviceInfo:
-        return select_device(list_devices(), name, kind)
+    def _start(self, args: list[str]) -> QProcess:
+        argv = host_argv()
+        proc = QProcess(self)
+        proc.setProgram(argv[0])
+        proc.setArguments([*argv[1:], "--device-test", *args])
+        proc.setProcessChannelMode(QProcess.ProcessChannelMode.ForwardedErrorChannel)
+        proc.readyReadStandardOutput.connect(lambda: self._read(proc))
+        proc.finished.connect(lambda *_: self._finished(proc))
+        proc.errorOccurred.connect(lambda err: self._failed_to_start(proc, err))
+        self._pending[proc] = b""
+        proc.start()
+        return proc
 
-    def _open(self, sd: Any, kind: Kind, device: DeviceInfo, callback: Any) -> _Stream | None:
-        cls = sd.OutputStream if kind == "output" else sd.InputStream
-        holder: list[_Stream] = []
-        try:
-            stream = cls(
-                device=device.index,
-                samplerate=SAMPLE_RATE,
-                channels=1,
-                dtype="int16",
-                blocksize=BLOCK,
-                callback=callback,
-                finished_callback=lambda: holder[0].on_finished() if holder else None,
-            )
-        except (sd.PortAudioError, ValueError) as exc:
-            self.error.emit(self._open_failed(kind, device, exc))
-            return None
-        _track(+1)
-        wrapped = _Stream(stream)
-        holder.append(wrapped)
-        try:
-            stream.start()
-        except sd.PortAudioError as exc:
-            wrapped.close()
-            self.error.emit(self._open_failed(kind, device, exc))
-            return None
-        return wrapped
+    def _read(self, proc: QProcess) -> None:
+        data = self._pending.get(proc, b"") + bytes(proc.readAllStandardOutput().data())
+        *lines, self._pending[proc] = data.split(b"\n")
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(message, dict):
+                self._message(proc, message)
 
-    @staticmethod
-    def _open_failed(kind: Kind, device: DeviceInfo, exc: BaseException) -> str:
-        what = "microphone" if kind == "input" else "output device"
-        return (
-            f"Cannot open the {what} {device.name!r} ({exc}); close other programs that use it "
-            "exclusively, or choose another device"
-        )
-
-    def _stop_timer_if_idle(self) -> None:
-        if self._tone is None and self._loop is None:
-            self._timer.stop()
-
-    @Slot()
-    def _poll(self) -> None:
-        if self._tone is not None:
-            self._tone_deadline -= POLL_MS / 1000
-            end = self._player.end_time if self._player is not None else math.nan
-            if not math.isnan(end) and self._tone.stream.time >= end + TAIL_S:
+    def _message(self, proc: QProcess, message: dict[str, object]) -> None:
+        if proc is self._tone:
+            if "error" in message:
                 self.stop_tone()
-            elif self._tone.finished or self._tone_deadline <= 0:
+                self.error.emit(str(message["error"]))
+            elif message.get("done"):
                 self.stop_tone()
-                self.error.emit(
-                    "The output device did not play the test tone; check that it is connected "
-                    "and not suspended, or choose another device"
-                )
-        loop = self._loop
-        if loop is None:
-            return
-        if any(s.finished for s in self._loop_streams):
-            self.stop_loopback()
-            self.error.emit(
-                "The microphone test stopped because a device went away; reconnect it or choose "
-                "another device"
+        elif proc is self._loop:
+            if "error" in message:
+                self.stop_loopback()
+                self.error.emit(str(message["error"]))
+            elif isinstance(level := message.get("level"), int | float):
+                self.level.emit(float(level))
+
+    def _finished(self, proc: QProcess) -> None:
+        self._read(proc)  # what it said last
+        if proc is self._tone or proc is self._loop:  # it ended without saying why
+            why = (
+                f"The audio test process ended unexpectedly (exit {proc.exitCode()}); try "
+                "again, or choose another device"
             )
-            return
-        n = min(loop.meter.available, self._meter_buf.shape[0])
-        if n == 0:
-            self.level.emit(SILENCE_DBFS)
-            return
-        view = self._meter_buf[:n]
-        loop.meter.read_into(view)
-        peak = int(np.max(np.abs(view.astype(np.int32))))
-        self.level.emit(max(SILENCE_DBFS, 20 * math.log10(peak / 32768)) if peak else SILENCE_DBFS)
+            if proc is self._tone:
+                self.stop_tone()
+            else:
+                self.stop_loopback()
+            self.error.emit(why)
+        else:
+            self._release(proc)
+
+    def _failed_to_start(self, proc: QProcess, err: QProcess.ProcessError) -> None:
+        if err != QProcess.ProcessError.FailedToStart:
+            return  # a crash is reported by finished
+        log.error("audio test process not started: %s", proc.errorString())
+        self._finished(proc)
+
+    def _release(self, proc: QProcess) -> None:
+        """Forget a child for good: no signal of it reaches us again (nor a tester being
+        destroyed), it is ended if it still runs, and Qt deletes it."""
+        self._pending.pop(proc, None)
+        for signal in (proc.readyReadStandardOutput, proc.finished, proc.errorOccurred):
+            with contextlib.suppress(RuntimeError, TypeError):  # nothing connected any more
+                signal.disconnect()
+        if proc.state() != QProcess.ProcessState.NotRunning:
+            proc.kill()  # its streams go with it
+            proc.waitForFinished(500)  # SIGKILL: a few ms; no PortAudio call is waited on
+        proc.deleteLater()
+
+
+def _named(flag: str, value: str | None) -> list[str]:
+    return [] if value is None else [flag, value]
