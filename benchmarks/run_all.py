@@ -136,6 +136,7 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "app_fds_new": "what descriptors opened since the warm-up point at",
             "app_exceptions_logged": "unhandled exceptions in the app's log (should be 0)",
             "app_errors_logged": "ERROR/CRITICAL lines in the app's log",
+            "app_errors_first": "the first of them (errors shown to the user are logged too)",
             "relay_tracebacks": "tracebacks the relay logged (should be 0)",
             "audio_host_kills": "times the soak SIGKILLed the app's audio host process",
             "audio_host_restarts": "audio-host restarts the app logged (must equal the kills)",

@@ -323,6 +323,11 @@ class Soak:
             ),
             "app_exceptions_logged": log.count("unhandled exception"),
             "app_errors_logged": log.count(" ERROR ") + log.count(" CRITICAL "),
+            "app_errors_first": [
+                line[line.find(" ERROR ") :][:200]
+                for line in log.splitlines()
+                if " ERROR " in line or " CRITICAL " in line
+            ][:3],
             "relay_tracebacks": relay_log.count("Traceback"),
             "audio_host_kills": host_kills,
             "audio_host_restarts": log.count("; restarted it (restart"),

@@ -832,7 +832,7 @@ class SecureSession:
             if isinstance(action, NewGeneration):
                 self.key_sent_to[action.channel_id] = set()
             ready = []
-            for recipient in self._checked_recipients(action, action.recipients):
+            for recipient in self._checked_recipients(action, action.recipients, complete=True):
                 peer = self._peers.get(recipient)
                 if (
                     peer is not None
@@ -869,16 +869,21 @@ class SecureSession:
         elif sealer.step != action.step:
             sealer.set_step(action.step, action.base_key)
 
-    def _checked_recipients(self, action: KeyAction, recipients: Sequence[int]) -> list[int]:
-        """Defence in depth: the recipients of a key must be drawn members of its channel. A
-        new generation goes to exactly the drawn members; a catch-up to joiners among them.
-        Any difference raises :class:`KeyHolderAlarm` and only drawn members get the key."""
+    def _checked_recipients(
+        self, action: KeyAction, recipients: Sequence[int], *, complete: bool = False
+    ) -> list[int]:
+        """Defence in depth: the recipients of a key must be drawn members of its channel. With
+        ``complete`` (the key schedule's whole list), a new generation must also name every
+        drawn member; a catch-up names joiners among them. Any difference raises
+        :class:`KeyHolderAlarm` and only drawn members get the key. A send to part of the list
+        (those whose session keys are verified now; the rest are held and sent later) is
+        checked for strangers only: the part is not the whole."""
         assert not isinstance(action, StepAdvanced)
         members = self._members.get(action.channel_id, {})
         drawn = frozenset(members) - {self._sender_id}
         named = frozenset(recipients)
         extra = named - drawn
-        missing = drawn - named if isinstance(action, NewGeneration) else frozenset()
+        missing = drawn - named if complete and isinstance(action, NewGeneration) else frozenset()
         if extra or missing:
             self._pending.append(
                 KeyHolderAlarm(

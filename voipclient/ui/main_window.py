@@ -4,6 +4,7 @@ forwards the user's actions to :class:`ClientController`; it decides nothing its
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +57,8 @@ TRUST_TIPS = {
     "until you verify the new key.",
     "tofu": "Not verified yet: right-click → Safety number to compare it with them.",
 }
+
+log = logging.getLogger("voipclient.ui.main_window")
 
 
 def channel_label(row: ChannelRow) -> str:
@@ -459,6 +462,8 @@ class MainWindow(QMainWindow):
             lambda p: self.meter.set_threshold(p.transmit.vad_threshold)
         )
         self._warnings: dict[str, str] = {}
+        self._open_error_box: QMessageBox | None = None
+        self._errors_in_box = 0
         self._joined: tuple[tuple[int, str], ...] = ()
         self._audio_status(controller.audio_problem)
         self._hotkeys_status(controller.hotkeys)
@@ -548,12 +553,31 @@ class MainWindow(QMainWindow):
     def _message(self, level: str, text: str) -> None:
         self.notify(text)
         if level == "error":
-            box = QMessageBox(QMessageBox.Icon.Warning, "voipclient", text, parent=self)
-            box.setTextFormat(Qt.TextFormat.PlainText)  # names and server text: never markup
-            box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-            box.open()
+            log.error("told the user: %s", text)
+            self._error_box(text)
         if "identity key changed" in text:
             self.warning_label.setToolTip(plain_tip(text))
+
+    def _error_box(self, text: str) -> None:
+        """One message box for errors: while it is open, a new error replaces its text and says
+        how many came before (an error that repeats must not stack up windows nobody closes)."""
+        box = self._open_error_box
+        if box is not None and box.isVisible():
+            self._errors_in_box += 1
+            box.setText(
+                f"{text}\n\n({self._errors_in_box - 1} earlier errors since this box opened)"
+            )
+            return
+        box = QMessageBox(QMessageBox.Icon.Warning, "voipclient", text, parent=self)
+        box.setTextFormat(Qt.TextFormat.PlainText)  # names and server text: never markup
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(self._error_box_closed)
+        self._open_error_box = box
+        self._errors_in_box = 1
+        box.open()
+
+    def _error_box_closed(self) -> None:
+        self._open_error_box = None
 
     def _show_warnings(self) -> None:
         self.warning_label.setText("  ".join(self._warnings.values()))

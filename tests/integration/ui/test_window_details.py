@@ -198,3 +198,22 @@ def test_missing_speakers_keep_the_microphone(qtbot: Any, make_app: AppFactory) 
     frames = pipeline.playback.frames
     qtbot.waitUntil(lambda: pipeline.capture.frames > 10, timeout=5_000)  # the mic is read
     qtbot.waitUntil(lambda: pipeline.playback.frames > frames + 10, timeout=5_000)  # no stall
+
+
+def test_repeated_errors_share_one_message_box(qtbot: Any, make_app: AppFactory) -> None:
+    """An error that repeats (a flaky device, an alarm raised again and again) must not stack
+    up windows nobody closes: one box, its text the newest error, counting the earlier ones."""
+    from PySide6.QtWidgets import QMessageBox
+
+    app = make_app("solo")
+    for n in range(3):
+        app.controller.message.emit("error", f"something went wrong #{n}")
+    boxes = [w for w in app.window.findChildren(QMessageBox) if w.isVisible()]
+    assert len(boxes) == 1
+    assert "something went wrong #2" in boxes[0].text()
+    assert "2 earlier errors" in boxes[0].text()
+    boxes[0].accept()
+    qtbot.waitUntil(lambda: not boxes[0].isVisible(), timeout=5_000)
+    app.controller.message.emit("error", "a new one")
+    fresh = [w for w in app.window.findChildren(QMessageBox) if w.isVisible()]
+    assert len(fresh) == 1 and fresh[0].text() == "a new one"
