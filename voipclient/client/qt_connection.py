@@ -25,6 +25,7 @@ and nothing is written until ``approve_presented_pin``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -266,6 +267,9 @@ class ServerConnection(QObject):
         if self._timer is not None:
             self._timer.stop()
         self._reap_timer.stop()  # a socket still closing stays our child until we go
+        for sock in (self._tls, self._udp):  # none should be left; if one is, it stays quiet
+            if sock is not None:
+                _silence(sock, _signals_of(sock))
 
     # -- driving the core --------------------------------------------------------------------------
 
@@ -386,6 +390,11 @@ class ServerConnection(QObject):
                     tls.write(event.data)
                 if tls.state() != QAbstractSocket.SocketState.UnconnectedState:
                     tls.disconnectFromHost()
+            # Its late callbacks would be ignored anyway (the generation moved on): disconnect
+            # them now, so that nothing of it calls into Python again, not even while Qt
+            # destroys it with us (a QSslSocket emits while it is destroyed; a lambda into a
+            # half-destroyed ServerConnection crashed the process).
+            _silence(tls, (tls.encrypted, tls.readyRead, tls.disconnected, tls.errorOccurred))
             self._retired.append(tls)
             # Deleted later from a timer of our own, never from inside one of its own signals
             # (deleting an aborted QSslSocket from its handler chain crashed PySide6 here).
@@ -393,6 +402,7 @@ class ServerConnection(QObject):
         if event.generation == self._udp_generation and self._udp is not None:
             udp, self._udp = self._udp, None
             self._udp_generation = -1
+            _silence(udp, (udp.readyRead,))
             udp.close()
             udp.deleteLater()
 
@@ -460,3 +470,16 @@ class ServerConnection(QObject):
 
 
 __all__ = ["ConnectionState", "ConnectionStats", "ServerConnection"]
+
+
+def _signals_of(sock: Any) -> tuple[Any, ...]:
+    if isinstance(sock, QSslSocket):
+        return (sock.encrypted, sock.readyRead, sock.disconnected, sock.errorOccurred)
+    return (sock.readyRead,)
+
+
+def _silence(sock: Any, signals: tuple[Any, ...]) -> None:
+    """Disconnect our Python slots from a socket we are done with."""
+    for signal in signals:
+        with contextlib.suppress(RuntimeError, TypeError):  # nothing connected any more
+            signal.disconnect()
