@@ -406,8 +406,6 @@ class HostEngine:
     (reopened, fallback, lost, recovered, returned, host_restarted) come the same way.
     """
 
-    asynchronous = True
-
     def __init__(
         self,
         host: AudioHost,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from voipclient.audio import shm
 from voipclient.ui.app import App
 
+from ..audio.test_sd_engine import pactl
 from ..conftest import Starter
 from .conftest import AppFactory, pair_in, talking
 
@@ -138,11 +138,6 @@ def test_a_hung_audio_host_is_ended_and_replaced(qtbot: Any, make_app: AppFactor
 
 ALSA_DEVICE = "voipclient_test"
 ASOUNDRC = f"pcm.{ALSA_DEVICE} {{ type pulse device vtest }}\nctl.{ALSA_DEVICE} {{ type pulse }}\n"
-
-
-def pactl(*args: str) -> str:
-    done = subprocess.run(["pactl", *args], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
 
 
 def test_after_a_fallback_the_app_returns_to_the_chosen_speakers(

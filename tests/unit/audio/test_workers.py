@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,14 +39,18 @@ class FakeConnection:
         self.sent.append((tuple(targets), tuple(ending), payload))  # type: ignore[arg-type]
 
 
-def capture_worker(conn: FakeConnection, ptt: PttService) -> CaptureWorker:
+def capture_worker(
+    conn: FakeConnection, ptt: PttService, engine: NullEngine | None = None, route: Any = None
+) -> CaptureWorker:
+    """A capture worker on ``engine`` (default: a NullEngine) whose route is the service's, or
+    ``route`` when given."""
     return CaptureWorker(
-        NullEngine(),
+        engine or NullEngine(),
         CaptureProcessor(CaptureSettings(noise_suppression="off", agc=False)),
         VoiceSender(OpusEncoder()),
         TransmitGate(release_ms=100),
         conn.send,
-        route=ptt.route,
+        route=route or ptt.route,
     )
 
 
@@ -236,14 +241,7 @@ class FakeHostEngine(NullEngine):
 def test_capture_stops_the_microphone_after_a_second_of_nothing_to_send() -> None:
     engine = FakeHostEngine()
     ptt = keys_service()
-    w = CaptureWorker(
-        engine,
-        CaptureProcessor(CaptureSettings(noise_suppression="off", agc=False)),
-        VoiceSender(OpusEncoder()),
-        TransmitGate(release_ms=100),
-        FakeConnection().send,
-        route=ptt.route,
-    )
+    w = capture_worker(FakeConnection(), ptt, engine)
     silence = np.zeros(N, dtype=np.int16)
     t = 0.0
     for _ in range(49):  # 0.98 s of push-to-talk idle: still listening
@@ -290,14 +288,7 @@ def test_capture_restarts_the_microphone_if_a_press_comes_as_it_stops() -> None:
             ptt.on_input(InputEvent("f3", True, 1.0))
         return ptt.route()
 
-    w = CaptureWorker(
-        engine,
-        CaptureProcessor(CaptureSettings(noise_suppression="off", agc=False)),
-        VoiceSender(OpusEncoder()),
-        TransmitGate(release_ms=100),
-        FakeConnection().send,
-        route=route,  # type: ignore[arg-type]
-    )
+    w = capture_worker(FakeConnection(), ptt, engine, route)
     for k in range(50):
         w.process_frame(np.zeros(N, dtype=np.int16), k * 0.02)
     assert engine.input_wanted == [False, True]  # the double check after the store saw it
