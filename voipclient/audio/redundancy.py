@@ -1,72 +1,115 @@
-"""Loss-adaptive redundancy policy, pure (time is passed in, nothing here does I/O).
+"""Loss-adaptive, congestion-aware redundancy policy, pure (time is passed in, no I/O here).
 
 Receivers measure each sender's path with a :class:`LossMeter` and send a :class:`LossReport`
-every ``report_interval_s`` over the control channel. The sender feeds every listener's reports
-to one :class:`RedundancyPolicy` (it encodes each frame once for all its channels, so the worst
-listener heard in the last ``hold_s`` decides) and applies the resulting
-:class:`RedundancyLevel`: ``OpusEncoder.set_loss_percent(level.loss_hint_percent)`` and, per
-frame, copies of the frames ``level.distances`` back in the voice payload
-(:func:`~voipclient.audio.payload.encode_payload_fitting`).
+over the control channel: every 0.5 s for the first 3 s of a stream (and after a long silence),
+every 2 s after that. The sender feeds every listener's reports to one :class:`RedundancyPolicy`
+(it encodes each frame once for all its channels, so the worst listener heard in the last
+``hold_s`` decides) and applies the resulting :class:`RedundancyLevel`:
+``OpusEncoder.set_loss_percent(level.loss_hint_percent)``, the primary bitrate capped at
+``level.bitrate_cap`` and, per frame, copies of the frames ``level.distances`` back in the voice
+payload (:func:`~voipclient.audio.payload.encode_payload_fitting`).
 
-Why the loss hint starts at 0 and follows measured loss: BENCHMARKS §1 — telling Opus to expect
-10 % loss on a clean path costs 0.47 PESQ, while in-band FEC (which carries the previous frame at
-lower quality) recovers ~90 % of random single losses but only ~50 % in bursts. Measured through
-:mod:`voipclient.audio.voice` with real libopus (8 s of speech, similarity to the source, clean =
-0.964; ``tests/unit/audio/test_voice.py``): the FEC hint itself is what costs quality — hint 20 %
-scores 0.927 with *no* loss, and at 20 % random loss FEC alone gives 0.92 whatever copies are added
-on top — whereas full-quality copies of earlier frames with the hint at 0 give 0.96 at 10 % and
-20 % random loss, i.e. loss-free quality. So: FEC for light random loss (it costs no bits), full
-copies and no FEC hint beyond that (they cost bits, reported below).
+**Compact copies** (issue 15). A copy is not the primary packet again: a second Opus encoder fed
+the same audio at ``level.copy_bitrate`` (12 kb/s, 30-byte packets) makes it, the way WebRTC's
+RED with a low-rate encoding and Opus's own LBRR do. A frame the network lost and a copy saved
+plays at that lower rate; measured (``benchmarks/voice_quality.py``) this costs a few hundredths
+of PESQ at 10 % loss against full copies, at well under half their bits. The FEC hint stays for
+light random loss only: it costs no bits but takes quality from every frame.
 
-Copies at distances ``(1, 2, 4)`` recover every burst of up to 4 lost datagrams (frame ``n`` of a
-burst ``n..n+3`` is in ``n+4``'s copy at 4, ``n+1`` in ``n+5``'s at 4, ``n+2`` in ``n+4``'s at 2,
-``n+3`` in ``n+4``'s at 1); the receiver waits up to the largest distance only while it sees loss.
+Levels (``tier`` → copies; what the copies add on the wire at 32 kb/s, 20 ms frames: a copy is
+its 30-byte packet plus 3 bytes of framing, 50 times a second; full copies, the milestone-1
+policy kept as :data:`LEGACY`, were 83 bytes)::
 
-Levels (``tier`` → copies) and what each costs at 32 kb/s, 20 ms frames (80-byte packets; each
-copy is the packet plus 3 bytes of framing, 83 B x 50 frames/s; the FEC hint adds no bits, Opus
-spends part of the same bitrate on it)::
+    tier  when (worst listener over the last hold_s)  hint  distances                extra b/s
+    0     loss < 1 %                                  0     ()                       0
+    1     loss 1-3 %, random (mean burst < 1.5)       loss  ()                       0
+    2     loss >= 3 %, or bursty; cold start          0     (1,)                     13 200
+    3     loss >= 8 %, or bursty and loss >= 3 %      0     (1, 2)                   26 400
+    4     loss >= 15 %, or bursty and loss >= 5 %     0     (1, 2, 3) / bursty 1,2,4 39 600
 
-    tier  when (worst listener over the last hold_s)        hint   distances   extra bits/s
-    0     loss < 1 %                                        0      ()          0
-    1     loss 1-3 %, random (mean burst < 1.5)             loss   ()          0
-    2     loss >= 3 %, or bursty                            0      (1,)        33 200
-    3     loss >= 8 %, or bursty and loss >= 3 %            0      (1, 2)      66 400
-    4     loss >= 15 %, or bursty and loss >= 5 %           0      (1, 2, 4)   99 600
+Distances trade delay against burst protection: the receiver waits up to the farthest copy only
+while it sees loss, so random loss up to 15 % costs at most 40 ms (copies 1 and 2 back recover
+any run of 2); bursty loss gets the copy 4 back (a run of 4) at 80 ms.
 
-Tier 1's hint is the measured loss, rounded up, capped at :data:`MAX_LOSS_HINT`.
+**Cold start.** A session, or a talker that has heard no report for ``memory_s``, starts with
+light protection (tier 2, or what the path memory of the last session to this server says,
+:meth:`RedundancyPolicy.memory`) until reports covering :data:`EVIDENCE_FRAMES` frames say the
+path is clean; a bad report raises the level at once, as always. Without fresh reports but with
+some in the last ``memory_s`` (a push-to-talk pause), the level learned last stays.
+
+**Congestion.** Every level has a wire bitrate (:func:`wire_bitrate`). The policy remembers,
+per listener, the loss measured at each rate (a report counts only when one rate was in force
+over its whole window). When loss at a higher rate is significantly above the loss at the lower
+rate the sender came from (a two-proportion test, at least 3 points), the sender is feeding a
+congested link: the rate is capped at the lower one. If loss stays high at the cap, the cap steps
+down by 15 % (smaller copies, fewer copies, then a lower primary bitrate, down to 16 kb/s); if
+stepping down did not lower the loss, the loss was not ours and the cap is lifted. A cap is
+probed upwards after 20 s of a clean path (then 40, 80 s... after each failed probe).
 
 Hysteresis: a report raises the level at once; the level is the worst over the reports of the
-last ``hold_s`` (10 s), so it only falls once the path stayed clean that long. With no reports
-in that window (nobody listening, or nobody heard us) the level is 0.
+last ``hold_s`` (10 s), so it only falls once the path stayed clean that long.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Final
 
-from voipclient.audio.payload import FRAME_NO_MODULUS, REDUNDANT_OVERHEAD
+from voipclient.audio.payload import FRAME_NO_MODULUS, HEADER_LEN, REDUNDANT_OVERHEAD
+from voipclient.crypto.media import MIN_DATAGRAM_LEN
 
 __all__ = [
+    "COPY_BITRATE",
+    "DEFAULT_POLICY",
+    "EVIDENCE_FRAMES",
+    "LEGACY",
+    "LEVEL_CLEAN",
     "LEVEL_DISTANCES",
+    "LEVEL_LIGHT",
     "MAX_LOSS_HINT",
     "LossMeter",
     "LossReport",
+    "PolicyConfig",
     "RedundancyLevel",
     "RedundancyPolicy",
     "bitrate_cost",
     "target_level",
+    "wire_bitrate",
 ]
 
-#: Copies per tier (index = tier). See the module docstring for when each applies.
-LEVEL_DISTANCES: Final[tuple[tuple[int, ...], ...]] = ((), (), (1,), (1, 2), (1, 2, 4))
+#: Copies per tier (index = tier) for random loss; bursty loss at tier 4 takes (1, 2, 4).
+LEVEL_DISTANCES: Final[tuple[tuple[int, ...], ...]] = ((), (), (1,), (1, 2), (1, 2, 3))
+BURSTY_TOP: Final = (1, 2, 4)
 MAX_LOSS_HINT: Final = 30  # percent; beyond this FEC only takes bitrate from the primary
 CLEAN_LOSS: Final = 0.01  # below this the path is clean: hint 0, no copies
 BURSTY: Final = 1.5  # mean burst length from which losses count as bursty
 MIN_REPORT_FRAMES: Final = 10  # reports over fewer frames carry no information
+EVIDENCE_FRAMES: Final = 50  # clean frames reported before a cold start drops its protection
+COPY_BITRATE: Final = 16_000  # b/s of a compact copy (the second encoder, wideband SILK)
+SMALL_COPY_BITRATE: Final = 12_000  # b/s: the smaller copy a congested link gets first
+MIN_PRIMARY_BITRATE: Final = 16_000  # b/s: congestion never takes the primary below this
+PRIMARY_STEPS: Final = (24_000, 20_000, 16_000)  # b/s: the primary's way down under congestion
+#: Bytes a voice datagram costs on the wire beyond its payload: sealing and hop MAC
+#: (PROTOCOL §3), UDP and IPv4 headers.
+WIRE_OVERHEAD: Final = MIN_DATAGRAM_LEN + 8 + 20
 _HALF: Final = FRAME_NO_MODULUS // 2
+
+# Congestion detection (see the module docstring).
+_SAMPLE_MEMORY_S: Final = 20.0  # s: per-rate loss samples kept this long
+_MIN_SAMPLE_FRAMES: Final = 25  # frames at a rate before its loss is compared
+_MIN_STEP: Final = 1.10  # a rate counts as higher than another from this ratio
+_Z: Final = 2.0  # two-proportion test threshold (about 2 % false alarms per comparison)
+_MIN_RISE: Final = 0.03  # and loss must rise by at least 3 points
+_STILL_LOSSY: Final = 0.05  # loss at the cap that makes the cap step down
+_HEAVY: Final = 0.12  # loss that may be our own: step down once to find out
+_STEP_DOWN: Final = 0.75
+_MARGIN: Final = 0.97  # the cap sits this much under the rate the link delivered
+_NO_STEP_S: Final = 60.0  # s between step-down experiments
+_PROBE_AFTER_S: Final = 20.0  # s of a clean path at the cap before probing upwards
+_PROBE_STEP: Final = 1.15
+_REPORT_LAG_S: Final = 0.05  # s: a report's window ended about this long before it reached us
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,20 +125,48 @@ class LossReport:
 
 @dataclass(frozen=True, slots=True)
 class RedundancyLevel:
-    """What the sender does: the Opus FEC hint and which earlier frames to copy."""
+    """What the sender does: the Opus FEC hint, which earlier frames to copy and how.
+
+    ``copy_bitrate``: the copies are a second encoder's packets at this bitrate (b/s); 0 means
+    they are the primary packets again (full copies, :data:`LEGACY`). ``bitrate_cap``: the
+    primary Opus bitrate is at most this (b/s; congestion); 0 means the user's bitrate.
+    """
 
     loss_hint_percent: int
     distances: tuple[int, ...] = ()
+    copy_bitrate: int = 0
+    bitrate_cap: int = 0
 
     @property
     def tier(self) -> int:
         """The row of the table (0 = clean path)."""
         if not self.distances:
             return 1 if self.loss_hint_percent > 0 else 0
-        return LEVEL_DISTANCES.index(self.distances)
+        return min(4, len(self.distances) + 1)
 
 
 LEVEL_CLEAN: Final = RedundancyLevel(0, ())
+#: Cold start: one compact copy of the previous frame until reports say the path is clean.
+LEVEL_LIGHT: Final = RedundancyLevel(0, (1,), COPY_BITRATE)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """How the policy behaves. :data:`DEFAULT_POLICY` is the product's; :data:`LEGACY` is the
+    milestone-1 policy (full copies, no cold start, no congestion control), kept so that
+    ``make bench`` measures both in one run."""
+
+    compact: bool = True  # copies from a second encoder at COPY_BITRATE
+    cold_start: bool = True  # light protection until the path is known
+    congestion: bool = True  # back off when our own rate raises the loss
+    bitrate: int = 32_000  # b/s: the user's Opus bitrate (what rates are computed from)
+    frame_ms: int = 20
+    hold_s: float = 10.0  # s: a report counts this long
+    memory_s: float = 60.0  # s: without any report this long, back to the cold-start level
+
+
+DEFAULT_POLICY: Final = PolicyConfig()
+LEGACY: Final = PolicyConfig(compact=False, cold_start=False, congestion=False, memory_s=0.0)
 
 
 def _tier_for(loss: float, burst: float) -> int:
@@ -110,25 +181,47 @@ def _tier_for(loss: float, burst: float) -> int:
     return 1
 
 
-def target_level(loss: float, burst: float) -> RedundancyLevel:
-    """The level one measurement alone asks for (no hysteresis)."""
+def target_level(loss: float, burst: float, *, compact: bool = False) -> RedundancyLevel:
+    """The level one measurement alone asks for (no hysteresis). ``compact``: copies from the
+    second encoder (the product); without it full copies (the milestone-1 policy)."""
     loss = min(1.0, max(0.0, loss)) if math.isfinite(loss) else 1.0
     burst = max(0.0, burst) if math.isfinite(burst) else 0.0
     tier = _tier_for(loss, burst)
     if tier == 0:
         return LEVEL_CLEAN
     if tier >= 2:
-        return RedundancyLevel(0, LEVEL_DISTANCES[tier])  # full copies; a hint only costs quality
+        distances = LEVEL_DISTANCES[tier]
+        if tier == 4 and (burst >= BURSTY or not compact):
+            distances = BURSTY_TOP
+        # full copies or compact ones; no hint (it only costs the primary quality)
+        return RedundancyLevel(0, distances, COPY_BITRATE if compact else 0)
     hint = min(MAX_LOSS_HINT, max(1, math.ceil(loss * 100 - 1e-9)))
     return RedundancyLevel(hint, ())
+
+
+def _bytes_per_frame(bitrate: int, frame_ms: int) -> int:
+    return math.ceil(bitrate * frame_ms / 8000)
+
+
+def wire_bitrate(level: RedundancyLevel, opus_bitrate: int, frame_ms: int) -> int:
+    """Bits/s one talker's voice costs on the wire (IPv4) at this level: the primary packet
+    (at the user's ``opus_bitrate`` or the level's cap), the payload framing, the copies, the
+    datagram's sealing, hop MAC, UDP and IP headers."""
+    if opus_bitrate <= 0 or frame_ms <= 0:
+        raise ValueError("opus_bitrate and frame_ms must be positive")
+    primary = min(opus_bitrate, level.bitrate_cap) if level.bitrate_cap else opus_bitrate
+    per_frame = _bytes_per_frame(primary, frame_ms) + HEADER_LEN + WIRE_OVERHEAD
+    copy = _bytes_per_frame(level.copy_bitrate or primary, frame_ms)
+    per_frame += len(level.distances) * (copy + REDUNDANT_OVERHEAD)
+    return round(per_frame * 8 * 1000 / frame_ms)
 
 
 def bitrate_cost(level: RedundancyLevel, opus_bitrate: int, frame_ms: int) -> int:
     """Extra bits/s the level's copies add at a nominal Opus bitrate (the FEC hint adds none)."""
     if opus_bitrate <= 0 or frame_ms <= 0:
         raise ValueError("opus_bitrate and frame_ms must be positive")
-    packet_bytes = math.ceil(opus_bitrate * frame_ms / 8000)
-    per_frame = len(level.distances) * (packet_bytes + REDUNDANT_OVERHEAD) * 8
+    copy = _bytes_per_frame(level.copy_bitrate or opus_bitrate, frame_ms)
+    per_frame = len(level.distances) * (copy + REDUNDANT_OVERHEAD) * 8
     return round(per_frame * 1000 / frame_ms)
 
 
@@ -137,6 +230,10 @@ class LossMeter:
 
     Frame numbers count on through DTX silence (PROTOCOL §3), so a gap after a frame flagged
     ``last`` (end of a talk spurt) or longer than ``max_gap_frames`` is silence, not loss.
+
+    Reports come every ``fast_interval_s`` for the first ``fast_for_s`` of the stream, and again
+    after ``refresh_after_s`` without any frame (the sender may have forgotten the path by then),
+    so a talker on a lossy path is protected within a second; every ``report_interval_s`` after.
     """
 
     def __init__(
@@ -147,12 +244,20 @@ class LossMeter:
         report_interval_s: float = 2.0,
         frame_ms: int = 20,
         max_gap_frames: int = 25,
+        fast_interval_s: float = 0.5,
+        fast_for_s: float = 3.0,
+        refresh_after_s: float = 10.0,
     ) -> None:
         self.sender_id = sender_id
         self.report_interval_s = report_interval_s
+        self.fast_interval_s = min(fast_interval_s, report_interval_s)
+        self.fast_for_s = fast_for_s
+        self.refresh_after_s = refresh_after_s
         self.frame_s = frame_ms / 1000
         self.max_gap_frames = max_gap_frames
         self._next_report = now + report_interval_s
+        self._fast_until = -math.inf
+        self._last_arrival: float | None = None
         self._highest: int | None = None  # extended (unwrapped) frame number
         self._floor: int | None = None  # last frame counted in a previous report
         self._floor_last = False
@@ -169,6 +274,13 @@ class LossMeter:
 
     def on_frame(self, frame_no: int, now: float, last: bool = False) -> None:
         """A payload of sender frame ``frame_no`` (u32) arrived at ``now`` (s)."""
+        if self.fast_for_s > 0 and (
+            self._last_arrival is None or now - self._last_arrival >= self.refresh_after_s
+        ):
+            # A new stream, or one back after a long silence: report soon and often.
+            self._fast_until = now + self.fast_for_s
+            self._next_report = now + self.fast_interval_s
+        self._last_arrival = now
         ext = self._extend(frame_no)
         if self._floor is not None and ext <= self._floor:
             return  # late for a window already reported
@@ -211,37 +323,286 @@ class LossMeter:
         if frames:
             self._floor, self._floor_last = frames[-1], self._received[frames[-1]]
         self._received.clear()
+        interval = self.fast_interval_s if now < self._fast_until else self.report_interval_s
+        self._next_report = max(self._next_report, now - interval) + interval
         while self._next_report <= now:
-            self._next_report += self.report_interval_s
+            self._next_report += interval
         return report
 
 
+@dataclass(slots=True)
+class _RateSample:
+    at: float
+    rate: int  # b/s on the wire while the report's window was sent
+    lost: float
+    frames: int
+
+
+@dataclass(slots=True)
+class _Congestion:
+    """The rate cap and what it was learned from (one per policy)."""
+
+    cap: int = 0  # b/s on the wire; 0 = none
+    since: float = 0.0  # when the cap last changed
+    probe_after_s: float = _PROBE_AFTER_S
+    stepped_from: int = 0  # the rate the last step down left (to tell whether it helped)
+    no_step_until: float = 0.0  # no step-down experiment before this
+    events: int = 0  # congestion detections
+    samples: dict[int, deque[_RateSample]] = field(default_factory=dict)
+
+
 class RedundancyPolicy:
-    """Sender side: the worst listener's reports over the last ``hold_s`` decide the level.
+    """Sender side: the worst listener's reports over the last ``hold_s`` decide the level,
+    a cold start is protected, and a rate the path cannot carry is capped.
 
     Raises at once on a bad report; falls back only when no bad report is left in the window.
     """
 
-    def __init__(self, hold_s: float = 10.0) -> None:
-        self.hold_s = hold_s
-        self._reports: deque[tuple[float, int, RedundancyLevel]] = deque()
+    def __init__(
+        self,
+        hold_s: float | None = None,
+        *,
+        config: PolicyConfig = DEFAULT_POLICY,
+        prior: RedundancyLevel | None = None,
+    ) -> None:
+        if hold_s is not None:
+            config = replace(config, hold_s=hold_s)
+        self.config = config
+        self.hold_s = config.hold_s
+        self._reports: deque[tuple[float, int, RedundancyLevel, int]] = deque()
+        self._prior = LEVEL_CLEAN
+        self._warm = False  # the path is known (reports of enough frames, or a bad one)
+        self._last_report: float | None = None
+        self._learned = LEVEL_CLEAN
+        self._congestion = _Congestion()
+        self._rates: deque[tuple[float, int]] = deque(maxlen=64)  # (since, wire b/s)
+        self._out: RedundancyLevel | None = None
+        self.set_prior(prior)
+
+    # -- the cold-start level and the path memory ------------------------------------------------
+
+    def set_prior(self, remembered: RedundancyLevel | None) -> None:
+        """The level a session starts with: light protection, or what the last session to this
+        server learned if that was more (its congestion cap included). Legacy: clean."""
+        cfg = self.config
+        if not cfg.cold_start:
+            self._prior = LEVEL_CLEAN
+            return
+        prior = LEVEL_LIGHT if cfg.compact else RedundancyLevel(0, (1,))
+        if remembered is not None:
+            if remembered.tier > prior.tier:
+                prior = replace(remembered, bitrate_cap=0)
+                if cfg.compact and not prior.copy_bitrate:
+                    prior = replace(prior, copy_bitrate=COPY_BITRATE)
+            if cfg.congestion and remembered.bitrate_cap:
+                floor = wire_bitrate(
+                    RedundancyLevel(0, (), 0, MIN_PRIMARY_BITRATE), cfg.bitrate, cfg.frame_ms
+                )
+                self._congestion.cap = max(
+                    floor, wire_bitrate(remembered, cfg.bitrate, cfg.frame_ms)
+                )
+        self._prior = prior
+
+    def memory(self, now: float) -> RedundancyLevel | None:
+        """What to remember about this server's path for the next session: the level in force
+        (with its congestion cap), or None while nothing was learned."""
+        if not self._warm and self._last_report is None:
+            return None
+        return self.level(now)
+
+    @property
+    def congestion_events(self) -> int:
+        """How often our own rate was found to raise the loss."""
+        return self._congestion.events
+
+    @property
+    def rate_cap(self) -> int:
+        """The congestion cap on the wire bitrate (b/s), 0 when none."""
+        return self._congestion.cap
+
+    # -- reports ---------------------------------------------------------------------------------
 
     def add_report(self, listener_id: int, report: LossReport, now: float) -> RedundancyLevel:
         """Take one listener's report about us; returns the level to use from now."""
         if report.window_frames >= MIN_REPORT_FRAMES:
-            self._reports.append((now, listener_id, target_level(report.loss, report.burst)))
+            need = target_level(report.loss, report.burst, compact=self.config.compact)
+            self._reports.append((now, listener_id, need, report.window_frames))
+            self._last_report = now
+            if self.config.congestion:
+                self._observe(listener_id, report, now)
         return self.level(now)
 
     def forget(self, listener_id: int) -> None:
         """A listener left: its reports no longer count."""
         self._reports = deque(r for r in self._reports if r[1] != listener_id)
+        self._congestion.samples.pop(listener_id, None)
 
     def level(self, now: float) -> RedundancyLevel:
-        self._reports = deque(r for r in self._reports if now - r[0] <= self.hold_s)
+        cfg = self.config
+        while self._reports and now - self._reports[0][0] > cfg.hold_s:
+            self._reports.popleft()
+        if self._last_report is not None and now - self._last_report > cfg.memory_s:
+            self._warm = False  # nothing heard for long: the path may have changed
         if not self._reports:
-            return LEVEL_CLEAN
-        tier = max(lv.tier for _, _, lv in self._reports)
-        if tier >= 2:
-            return RedundancyLevel(0, LEVEL_DISTANCES[tier])
-        hint = max(lv.loss_hint_percent for _, _, lv in self._reports)
-        return RedundancyLevel(hint, LEVEL_DISTANCES[tier])
+            need = self._learned if self._warm else self._prior
+        else:
+            need = max((r[2] for r in self._reports), key=_severity)
+            if not self._warm:
+                frames = sum(r[3] for r in self._reports)
+                if frames >= EVIDENCE_FRAMES or _severity(need) >= _severity(self._prior):
+                    self._warm = True
+                else:
+                    need = self._prior
+            self._learned = need
+        out = self._fit(need, now) if cfg.congestion else need
+        if out != self._out:
+            self._out = out
+            self._rates.append((now, wire_bitrate(out, cfg.bitrate, cfg.frame_ms)))
+        return out
+
+    # -- congestion ------------------------------------------------------------------------------
+
+    def _rate_over(self, start: float, end: float) -> int | None:
+        """The wire rate in force over most (80 %) of [start, end], or None when the window
+        straddles a rate change (it then says little about either rate)."""
+        if end <= start or not self._rates:
+            return None
+        spans: dict[int, float] = {}
+        entries = list(self._rates)
+        for i, (since, rate) in enumerate(entries):
+            until = entries[i + 1][0] if i + 1 < len(entries) else end
+            lo, hi = max(since, start), min(until, end)
+            if hi > lo:
+                spans[rate] = spans.get(rate, 0.0) + hi - lo
+        if not spans:
+            return None
+        rate, span = max(spans.items(), key=lambda item: item[1])
+        return rate if span >= 0.8 * (end - start) else None
+
+    def _observe(self, listener_id: int, report: LossReport, now: float) -> None:
+        cfg, cong = self.config, self._congestion
+        end = now - _REPORT_LAG_S
+        rate = self._rate_over(end - report.window_frames * cfg.frame_ms / 1000, end)
+        if rate is None:
+            return  # the window straddles a rate change: it says little about either rate
+        samples = cong.samples.setdefault(listener_id, deque())
+        samples.append(
+            _RateSample(now, rate, report.loss * report.window_frames, report.window_frames)
+        )
+        while samples and now - samples[0].at > _SAMPLE_MEMORY_S:
+            samples.popleft()
+        groups: dict[int, list[float]] = {}  # rate → [lost, frames]
+        for sample in samples:
+            group = groups.setdefault(sample.rate, [0.0, 0.0])
+            group[0] += sample.lost
+            group[1] += sample.frames
+        hi_lost, hi_n = groups[rate]
+        if hi_n < _MIN_SAMPLE_FRAMES:
+            return
+        p_hi = hi_lost / hi_n
+        floor = wire_bitrate(
+            RedundancyLevel(0, (), 0, MIN_PRIMARY_BITRATE), cfg.bitrate, cfg.frame_ms
+        )
+        # 1. Our rate went up and the loss with it: a link that delivers a fixed rate (a
+        #    bottleneck) drops whatever we add. Cap at what it delivered.
+        for lo_rate, (lo_lost, lo_n) in groups.items():
+            if lo_rate * _MIN_STEP > rate or lo_n < _MIN_SAMPLE_FRAMES:
+                continue
+            p_lo = lo_lost / lo_n
+            delivered_lo, delivered_hi = lo_rate * (1 - p_lo), rate * (1 - p_hi)
+            if _rose(lo_lost, lo_n, hi_lost, hi_n):
+                was_capped = bool(cong.cap)  # a probe (or a step) failed: probe less often
+                cong.events += 1
+                carried = max(delivered_lo, delivered_hi) * _MARGIN
+                cong.cap = max(floor, min(lo_rate, int(carried)))
+                cong.since = now
+                cong.stepped_from = 0
+                cong.probe_after_s = (
+                    min(cong.probe_after_s * 2, 160.0) if was_capped else _PROBE_AFTER_S
+                )
+                samples.clear()  # the capped rate starts a fresh comparison
+                return
+        if now - cong.since < 1.0:
+            return  # let the last change show first
+        # 2. After a step down: did it lower the loss?
+        if cong.stepped_from and hi_n >= 2 * _MIN_SAMPLE_FRAMES:
+            up = groups.get(cong.stepped_from)
+            if up is not None and up[1] >= _MIN_SAMPLE_FRAMES and _rose(hi_lost, hi_n, *up):
+                cong.events += 1  # yes: the loss was ours; the cap stays (and steps on)
+                cong.stepped_from = 0
+                if p_hi >= _STILL_LOSSY and rate > floor:
+                    cong.stepped_from, cong.cap, cong.since = (
+                        rate,
+                        max(floor, int(rate * _STEP_DOWN)),
+                        now,
+                    )
+                return
+            if up is not None and up[1] >= _MIN_SAMPLE_FRAMES:
+                if up[0] / up[1] - p_hi >= _MIN_RISE:
+                    return  # lower, but not clearly yet: wait for more reports
+                cong.cap = cong.stepped_from = 0  # no: the loss is the path's, not ours
+                cong.probe_after_s = _PROBE_AFTER_S
+                cong.no_step_until = now + _NO_STEP_S
+                return
+        # 3. Heavy loss that may be ours: step down once to find out (at most once a minute).
+        if (
+            not cong.stepped_from
+            and p_hi >= _HEAVY
+            and hi_n >= 2 * _MIN_SAMPLE_FRAMES
+            and rate > floor
+            and now >= cong.no_step_until
+            and (not cong.cap or rate <= cong.cap)
+        ):
+            cong.stepped_from = rate
+            cong.cap = max(floor, int(rate * _STEP_DOWN))
+            cong.since = now
+            cong.no_step_until = now + _NO_STEP_S
+            return
+        # 4. Capped on a clean path for a while: probe upwards, the link may have room again.
+        if (
+            cong.cap
+            and not cong.stepped_from
+            and p_hi < 3 * CLEAN_LOSS
+            and now - cong.since >= cong.probe_after_s
+        ):
+            cong.cap = int(cong.cap * _PROBE_STEP)
+            cong.since = now
+
+    def _fit(self, need: RedundancyLevel, now: float) -> RedundancyLevel:
+        """The best level at or below ``need`` whose wire rate fits the cap: smaller copies,
+        then fewer, then a lower primary bitrate (down to 16 kb/s)."""
+        cap = self._congestion.cap
+        if not cap:
+            return need
+        cfg = self.config
+        if wire_bitrate(need, cfg.bitrate, cfg.frame_ms) <= cap:
+            return need
+        hint = need.loss_hint_percent or (10 if need.distances else 0)
+        candidates: list[RedundancyLevel] = []
+        for k in range(len(need.distances), 0, -1):
+            d = need.distances[:k]
+            for copy in (need.copy_bitrate or COPY_BITRATE, SMALL_COPY_BITRATE):
+                if copy <= (need.copy_bitrate or cfg.bitrate):
+                    candidates.append(RedundancyLevel(0, d, copy))
+        candidates.append(RedundancyLevel(hint, ()))
+        for primary in PRIMARY_STEPS:
+            if primary < cfg.bitrate:
+                candidates.append(RedundancyLevel(hint, (), 0, primary))
+        for level in candidates:
+            if wire_bitrate(level, cfg.bitrate, cfg.frame_ms) <= cap:
+                return level
+        return candidates[-1]
+
+
+def _severity(level: RedundancyLevel) -> tuple[int, int, int]:
+    """Order levels by protection: tier, then reach of the copies, then the hint."""
+    return (level.tier, level.distances[-1] if level.distances else 0, level.loss_hint_percent)
+
+
+def _rose(lo_lost: float, lo_n: float, hi_lost: float, hi_n: float) -> bool:
+    """Whether the loss rate ``hi`` is significantly above ``lo`` (two-proportion z-test, and
+    by at least :data:`_MIN_RISE`)."""
+    p_lo, p_hi = lo_lost / lo_n, hi_lost / hi_n
+    pooled = (lo_lost + hi_lost) / (lo_n + hi_n)
+    se = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / lo_n + 1 / hi_n))
+    return p_hi - p_lo >= max(_MIN_RISE, _Z * se)

@@ -45,6 +45,7 @@ from voipclient.audio.jitter import (
 from voipclient.audio.mixer import Mixer
 from voipclient.audio.payload import (
     FRAME_NO_MODULUS,
+    HEADER_LEN,
     decode_payload,
     encode_payload_fitting,
 )
@@ -66,6 +67,7 @@ __all__ = [
 DEFAULT_RELEASE_MS: Final = 200.0  # ms: transmit keeps going this long after PTT is released
 _HISTORY: Final = 8  # our own recent Opus packets kept for redundant copies (≥ max distance 6)
 _DEPARTED_KEPT: Final = 64  # ended streams whose statistics stay visible
+_DEPTH_HOLD: Final = 100  # payloads (2 s at 20 ms) before the wait for copies shrinks
 _CHANNEL_MEMORY_S: Final = 1.0  # s: a channel a speaker's frames arrived on counts this long
 
 Pcm = npt.NDArray[np.int16]
@@ -167,46 +169,91 @@ class TransmitGate:
 
 
 class VoiceSender:
-    """Encodes each frame once and builds the payload with the redundancy level in force."""
+    """Encodes each frame once and builds the payload with the redundancy level in force.
 
-    def __init__(self, encoder: Encoder, *, first_frame_no: int = 0) -> None:
+    Copies of earlier frames are the primary packets again (full copies) unless the level asks
+    for compact ones (``copy_bitrate``) and a ``copy_encoder`` factory was given: then a second
+    encoder, fed the same audio at that bitrate, makes them (it runs only while copies are
+    sent; a copy it has not made yet falls back to the primary packet).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        first_frame_no: int = 0,
+        copy_encoder: Callable[[int], Encoder] | None = None,
+    ) -> None:
         self._encoder = encoder
+        self._copy_factory = copy_encoder
+        self._copy: Encoder | None = None
+        self._copy_bitrate = 0
         self.frame_no = first_frame_no % FRAME_NO_MODULUS
-        self._history: list[tuple[int, bytes] | None] = [None] * _HISTORY  # by frame_no % size
+        # our recent frames by frame_no % size: (frame_no, primary packet, compact copy)
+        self._history: list[tuple[int, bytes, bytes | None] | None] = [None] * _HISTORY
         self.level: RedundancyLevel = LEVEL_CLEAN
+        self.bitrate: int | None = None  # the user's Opus bitrate, once set
         self.frames_encoded = 0
         self.bytes_out = 0  # payload bytes (before sealing), for the bitrate figure
+        self.copy_bytes_out = 0  # of which copies
 
     @property
     def frame_samples(self) -> int:
         return self._encoder.frame_samples
 
     def set_bitrate(self, bitrate: int) -> None:
-        """A new Opus bitrate from the next frame (encoders without the setting ignore it)."""
+        """The user's Opus bitrate from the next frame (encoders without the setting ignore it);
+        a congestion cap in the level keeps the primary below it."""
+        self.bitrate = bitrate
+        self._apply_bitrate()
+
+    def _apply_bitrate(self) -> None:
         setter = getattr(self._encoder, "set_bitrate", None)
-        if setter is not None:
-            setter(bitrate)
+        if setter is None or self.bitrate is None:
+            return
+        cap = self.level.bitrate_cap
+        setter(min(self.bitrate, cap) if cap else self.bitrate)
 
     def set_level(self, level: RedundancyLevel) -> None:
-        """Apply a redundancy level: the Opus loss hint now, the copies from the next frame."""
-        if level != self.level:
+        """Apply a redundancy level: the Opus loss hint and bitrate cap now, the copies from the
+        next frame."""
+        if level == self.level:
+            return
+        old = self.level
+        self.level = level
+        if level.loss_hint_percent != old.loss_hint_percent:
             self._encoder.set_loss_percent(level.loss_hint_percent)
-            self.level = level
+        if level.bitrate_cap != old.bitrate_cap:
+            self._apply_bitrate()
+        compact = bool(level.distances and level.copy_bitrate and self._copy_factory)
+        if compact != bool(old.distances and old.copy_bitrate and self._copy_factory):
+            # the primary's band matches its copies' while they are on (wideband)
+            set_wideband = getattr(self._encoder, "set_wideband", None)
+            if set_wideband is not None:
+                set_wideband(compact)
+        if not (level.distances and level.copy_bitrate and self._copy_factory is not None):
+            self._copy = None  # no compact copies now: the second encoder rests
+        elif self._copy is None or level.copy_bitrate != self._copy_bitrate:
+            self._copy = self._copy_factory(level.copy_bitrate)
+            self._copy_bitrate = level.copy_bitrate
 
     def encode(self, pcm: Pcm) -> bytes:
         """Encode the frame captured now and return its payload; advances ``frame_no``."""
         frame_no = self.frame_no
         packet = self._encoder.encode(pcm)
+        compact = self._copy.encode(pcm) if self._copy is not None else None
         copies: list[tuple[int, bytes]] = []
         for distance in self.level.distances:
             slot = self._history[(frame_no - distance) % _HISTORY]
             if slot is not None and slot[0] == (frame_no - distance) % FRAME_NO_MODULUS:
-                copies.append((distance, slot[1]))
-        self._history[frame_no % _HISTORY] = (frame_no, packet)
+                copy = slot[2] if slot[2] is not None and self._copy is not None else slot[1]
+                copies.append((distance, copy))
+        self._history[frame_no % _HISTORY] = (frame_no, packet, compact)
         self.frame_no = (frame_no + 1) % FRAME_NO_MODULUS
         payload = encode_payload_fitting(frame_no, packet, copies)
         self.frames_encoded += 1
         self.bytes_out += len(payload)
+        self.copy_bytes_out += len(payload) - HEADER_LEN - len(packet)
         return payload
 
     def skip(self) -> None:
@@ -226,7 +273,7 @@ class StreamStats:
     jitter: JitterStats
     decoded: int  # frames decoded (normal, FEC or concealment)
     skipped: int  # frames not decoded because the speaker or all its channels were muted
-    redundancy_depth: int  # farthest copy seen in the speaker's payloads (frames)
+    redundancy_depth: int  # farthest copy in the speaker's recent payloads (frames)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +294,9 @@ class _Stream:
     last_frame_no: int | None = None  # output frame counter handed to the mixer
     decoded: int = 0
     skipped: int = 0
-    depth: int = 1
+    depth: int = 1  # frames the jitter buffer may wait for a copy (after recent loss)
+    depth_at: int = 0  # payload count when a payload last reached ``depth``
+    payloads: int = 0
     last_heard: float = 0.0
 
 
@@ -299,11 +348,17 @@ class VoicePlayback:
         stream.last_heard = now
         stream.meter.on_frame(decoded.frame_no, now, last)
         stream.jitter.push(decoded.frame_no, decoded.opus, now, last)
+        # The wait for copies follows the farthest copy the speaker sends now: up at once, down
+        # once no payload reached the deeper copy for _DEPTH_HOLD payloads (the sender's policy
+        # lowered its level; the first payloads of a spurt carry fewer copies, which is not it).
+        stream.payloads += 1
+        depth = decoded.redundant[-1][0] if decoded.redundant else 1
+        if depth >= stream.depth or stream.payloads - stream.depth_at > _DEPTH_HOLD:
+            stream.depth = depth
+            stream.depth_at = stream.payloads
+        if stream.jitter.redundancy_depth != stream.depth:
+            stream.jitter.set_redundancy_depth(min(stream.depth, 255))
         if decoded.redundant:
-            depth = decoded.redundant[-1][0]
-            if depth > stream.depth:
-                stream.depth = depth
-                stream.jitter.set_redundancy_depth(min(depth, 255))
             for distance, packet in decoded.redundant:
                 stream.jitter.push_recovered(decoded.frame_no_back(distance), packet)
         return True

@@ -76,8 +76,10 @@ from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
 from voipclient.audio.redundancy import (
+    DEFAULT_POLICY,
     LEVEL_CLEAN,
     LossReport,
+    PolicyConfig,
     RedundancyLevel,
     RedundancyPolicy,
 )
@@ -342,6 +344,7 @@ class ClientConnection:
         rng: Callable[[int], bytes] = os.urandom,
         keylog: KeyLogSink | None = None,
         stats_interval: float = DEFAULT_STATS_INTERVAL,
+        redundancy: PolicyConfig = DEFAULT_POLICY,
     ) -> None:
         if not stats_interval > 0:
             raise LocalProtocolError("stats_interval must be > 0")
@@ -390,8 +393,9 @@ class ClientConnection:
         # and comes through the tunnel whatever the supervisor decided about UDP.
         self._force_tunnel = False
 
-        # What listeners report about us decides our redundancy (worst listener, held 10 s).
-        self._policy = RedundancyPolicy()
+        # What listeners report about us decides our redundancy (worst listener, held 10 s),
+        # with light protection until they do and a cap when our own rate congests the path.
+        self._policy = RedundancyPolicy(config=redundancy)
         self._level: RedundancyLevel = LEVEL_CLEAN
 
         # Voice counters (UDP and tunnel) for the stats; since this object was made.
@@ -497,6 +501,21 @@ class ClientConnection:
     def redundancy_level(self) -> RedundancyLevel:
         """The redundancy the capture side should apply now (a latest-value slot)."""
         return self._level
+
+    @property
+    def redundancy_policy(self) -> RedundancyPolicy:
+        """The sender's policy (its congestion counters, for stats and tests)."""
+        return self._policy
+
+    def set_path_memory(self, remembered: RedundancyLevel | None) -> None:
+        """What an earlier session learned about this server's path (see
+        :meth:`path_memory`): the next talk spurt starts with that protection."""
+        self._policy.set_prior(remembered)
+
+    def path_memory(self, now: float) -> RedundancyLevel | None:
+        """What to remember about this server's path for the next session (None: nothing
+        learned yet)."""
+        return self._policy.memory(now)
 
     @property
     def datagrams_in(self) -> int:
@@ -947,6 +966,8 @@ class ClientConnection:
             # READY after the LoggedIn event and the member view it implies: whoever waits for
             # "ready" finds the roster and the members there.
             self._ready(logged_in)
+            # The first talk spurt of the session starts with the cold-start protection.
+            self._set_level(self._policy.level(now))
         if closed:
             # The session is over: the transport goes with it, before the supervisor decides
             # what comes next (a reconnect must never reuse it).

@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from tests.unit.net._relay_world import HOST, OTHER_PIN, PIN, PORT, Client, World
-from voipclient.audio.redundancy import LEVEL_CLEAN, LossReport
+from voipclient.audio.redundancy import COPY_BITRATE, LEVEL_CLEAN, LEVEL_LIGHT, LossReport
 from voipclient.crypto.identity import IdentityKey
 from voipclient.errors import LocalProtocolError
 from voipclient.net import connection as cn
@@ -505,18 +505,29 @@ def test_text_and_intents_need_a_login() -> None:
 def test_loss_reports_raise_the_senders_redundancy_then_it_falls() -> None:
     w = World(CONFIG)
     a, b = two_in_game(w)
-    assert a.conn.redundancy_level == LEVEL_CLEAN
+    # nothing known about the path yet: light protection from the first frame
+    assert a.conn.redundancy_level == LEVEL_LIGHT
+    assert a.conn.path_memory(w.now) is None
     b.conn.send_loss_reports([LossReport(a.sid, 0.20, 2.0, 12.0, 50)], w.now)
     w.settle()
-    (changed,) = a.of(cn.RedundancyChanged)
+    changed = a.of(cn.RedundancyChanged)[-1]
     assert changed.level.distances == (1, 2, 4)
+    assert changed.level.copy_bitrate == COPY_BITRATE  # compact copies
     assert a.conn.redundancy_level == changed.level
     assert any(isinstance(e, ev.LossReportReceived) for e in a.events)
-    assert b.conn.redundancy_level == LEVEL_CLEAN
-    # Nobody reports any more: the level falls once the hold time passed.
+    assert b.conn.redundancy_level == LEVEL_LIGHT
+    # A pause: no reports for 12 s, the path learned stays (the next spurt is protected) ...
     w.advance(12.0)
+    assert a.conn.redundancy_level == changed.level
+    assert a.conn.path_memory(w.now) == changed.level
+    # ... until a listener says the path is clean again
+    b.conn.send_loss_reports([LossReport(a.sid, 0.0, 0.0, 2.0, 100)], w.now)
+    w.settle()
     assert a.conn.redundancy_level == LEVEL_CLEAN
     assert a.of(cn.RedundancyChanged)[-1].level == LEVEL_CLEAN
+    # a minute without any report: the path may have changed, back to light protection
+    w.advance(61.0)
+    assert a.conn.redundancy_level == LEVEL_LIGHT
 
 
 # -- timers and statistics ---------------------------------------------------------------------
