@@ -544,11 +544,13 @@ class RedundancyPolicy:
                 cong.probe_after_s = _PROBE_AFTER_S
                 cong.no_step_until = now + _NO_STEP_S
                 return
-        # 3. Heavy loss that may be ours: step down once to find out (at most once a minute).
+        # 3. Heavy loss after we escalated, which may be ours: step down once to find out (at
+        #    most once a minute).
         if (
             not cong.stepped_from
             and p_hi >= _HEAVY
             and hi_n >= 2 * _MIN_SAMPLE_FRAMES
+            and rate > wire_bitrate(self._prior, cfg.bitrate, cfg.frame_ms)  # we escalated
             and rate > floor
             and now >= cong.no_step_until
             and (not cong.cap or rate <= cong.cap)
