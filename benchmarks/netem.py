@@ -22,6 +22,12 @@ class Impairment:
     loss: float = 0.0
     burst: float = 1.0
     jitter_ms: float = 0.0
+    #: voice coming *down* to the client: a bottleneck of this many bits/s (0: none), counted
+    #: on IPv4 bytes (datagram + 28) with a token bucket of ``down_burst_bytes``, as nftables'
+    #: ``limit rate over N bytes/second burst B bytes drop`` does, and random loss below it
+    down_rate_bps: int = 0
+    down_burst_bytes: int = 1600
+    down_loss: float = 0.0
 
 
 class LossModel:
@@ -70,6 +76,11 @@ class LossyProxy:
         self.client: tuple[Any, ...] | None = None
         self.dropped = 0
         self.passed = 0
+        self.down_dropped = 0  # by the bottleneck or the loss below it
+        self.down_passed = 0
+        self.down_bytes = 0  # IPv4 bytes delivered down
+        self._tokens = float(cond.down_burst_bytes)
+        self._filled: float | None = None
 
     async def start(self, relay: tuple[str, int]) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -95,8 +106,29 @@ class LossyProxy:
         self.back.sendto(data)
 
     def downstream(self, data: bytes) -> None:
-        if self.client is not None:
-            self.front.sendto(data, self.client)
+        if self.client is None:
+            return
+        cond = self.cond
+        if (cond.down_rate_bps or cond.down_loss) and len(data) > 1 and data[1] in (0x01, 0x02):
+            size = len(data) + 28
+            if cond.down_rate_bps:
+                now = self.loop.time()
+                if self._filled is not None:
+                    self._tokens = min(
+                        float(cond.down_burst_bytes),
+                        self._tokens + (now - self._filled) * cond.down_rate_bps / 8,
+                    )
+                self._filled = now
+                if self._tokens < size:
+                    self.down_dropped += 1
+                    return
+                self._tokens -= size
+            if cond.down_loss and self.rng.random() < cond.down_loss:
+                self.down_dropped += 1
+                return
+            self.down_passed += 1
+            self.down_bytes += size
+        self.front.sendto(data, self.client)
 
     def close(self) -> None:
         self.front.close()

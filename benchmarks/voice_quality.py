@@ -1,20 +1,24 @@
-"""Speech quality through the whole product under packet loss and jitter (BENCHMARKS.md §1).
+"""Speech quality through the whole product under packet loss, jitter and a bottleneck
+(BENCHMARKS.md §1, issue 15).
 
-Path: bot A's capture (WAV input, 80 Hz high-pass) → gate → Opus → AES-GCM + hop MAC → UDP →
-**lossy proxy** → a real relay process → UDP → bot B's E2E open → jitter buffer → decoder (copies,
-FEC, concealment) → mixer → WAV output. Loss reports go from B to A over the relay's control
-channel and A's redundancy policy reacts, exactly as in use.
+Path: bot A's capture (WAV input, 80 Hz high-pass) → gate → Opus (+ the second encoder's compact
+copies) → AES-GCM + hop MAC → UDP → **lossy proxy** → a real relay process → UDP → bot B's E2E
+open → jitter buffer → decoder (copies, FEC, concealment) → mixer → WAV output. Loss reports go
+from B to A over the relay's control channel and A's redundancy policy reacts, exactly as in use.
 
-Each condition sends a 3 s warm-up (so the first loss reports, every 2 s, have reached the
-talker: in a conversation the path is known from earlier talk spurts), then 4 utterances (the two
-speech samples cut in halves at their quietest point), each aligned to the output by
-cross-correlation and scored with PESQ-WB (P.862.2, 16 kHz) and STOI. Reference columns: plain
-Opus (48 kHz mono, 20 ms, 32 kb/s, VOIP) over the same loss model, with concealment only
-(Mumble) and with in-band FEC (loss hint = loss), computed in the same run.
+Each run is a **fresh session**: speech starts 0.2 s after the talker's audio does, so the first
+seconds are scored too (no warm-up). The input is 4 utterances (the two speech samples cut in
+halves at their quietest point), each aligned to the output by cross-correlation and scored with
+PESQ-WB (P.862.2, 16 kHz); ``first 3 s`` scores the first 3 s of the first utterance alone,
+``after 3 s`` the three utterances that start later. Every condition runs twice in the same run:
+the product's policy (``adaptive``: compact copies, cold start, congestion control) and the
+milestone-1 policy (``legacy``: full copies, nothing until the first 2 s report), beside plain
+Opus 32 kb/s (concealment only) computed offline on the same loss model.
 
-Loss models: random (Bernoulli) and bursty (Gilbert: mean burst 2 frames). Jitter: each voice
-datagram is delayed by a uniform random 0..J ms (so datagrams are reordered too). Loss and jitter
-apply to the talker → relay voice datagrams only (hop control passes untouched).
+Loss models: random (Bernoulli) and bursty (Gilbert: mean burst 2 frames) on the talker's uplink.
+Jitter: each voice datagram is delayed by a uniform random 0..J ms. Bottleneck: voice coming down
+to the listener passes a token bucket of 64 kb/s counted on IPv4 bytes (as an nftables ``limit
+rate`` rule) with 2 % random loss below it.
 """
 
 from __future__ import annotations
@@ -40,24 +44,30 @@ from scipy.signal import resample_poly
 
 from voipclient.audio.file_engine import read_wav_mono16
 from voipclient.audio.opus import OpusDecoder, OpusEncoder
-from voipclient.audio.redundancy import LEVEL_DISTANCES, RedundancyLevel, bitrate_cost
+from voipclient.audio.redundancy import (
+    COPY_BITRATE,
+    LEVEL_DISTANCES,
+    RedundancyLevel,
+    bitrate_cost,
+)
 from voipclient.bot import BotOptions, VoiceBot
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 RATE = 48_000
 N = 960
-WARMUP_S = 3.0
+LEAD_S = 0.2  # s of silence before the first utterance (the session starts with speech)
 GAP_S = 0.6
+FIRST_S = 3.0
 START_LINE = re.compile(r"listening on (?P<host>\S+):(?P<port>\d+) .* pin=(?P<pin>\S+)$")
 WHEN = (
     "loss < 1 %",
     "1-3 % random loss",
-    ">= 3 % loss, or bursty",
+    ">= 3 % loss, or bursty; cold start",
     ">= 8 %, or bursty and >= 3 %",
-    ">= 15 %, or bursty and >= 5 %",
+    ">= 15 % (bursty: 1,2,4), or bursty and >= 5 %",
 )
-TARGETS = {"0% random": 4.0, "10% random": 3.6, "20% random": 3.2, "10% bursty": 3.0}
+POLICIES = ("adaptive", "legacy")
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class Condition:
     loss: float
     burst: float  # mean burst length (1 = random)
     jitter_ms: float
+    down_rate_bps: int = 0  # a bottleneck on the listener's side
+    down_loss: float = 0.0
 
     @property
     def key(self) -> str:
@@ -81,8 +93,7 @@ CONDITIONS = [
     Condition("20% random", 0.20, 1.0, 0.0),
     Condition("10% bursty", 0.10, 2.0, 0.0),
     Condition("20% bursty", 0.20, 2.0, 0.0),
-    Condition("0% random", 0.0, 1.0, 20.0),
-    Condition("0% random", 0.0, 1.0, 50.0),
+    Condition("bottleneck 64 kb/s + 2% random", 0.0, 1.0, 0.0, 64_000, 0.02),
     Condition("10% random", 0.10, 1.0, 50.0),
 ]
 
@@ -107,11 +118,10 @@ def utterances() -> list[np.ndarray]:
 
 
 def build_input(utts: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
-    """Warm-up speech, then each utterance followed by a short gap; the utterance offsets."""
-    warm = read_wav_mono16(DATA / "speech-1-48k.wav")[-int(WARMUP_S * RATE) :]
-    parts = [warm, np.zeros(int(GAP_S * RATE), np.int16)]
+    """A short lead-in, then each utterance followed by a short gap; the utterance offsets."""
+    parts = [np.zeros(int(LEAD_S * RATE), np.int16)]
     offsets = []
-    pos = sum(len(p) for p in parts)
+    pos = len(parts[0])
     for u in utts:
         offsets.append(pos)
         parts += [u, np.zeros(int(GAP_S * RATE), np.int16)]
@@ -152,20 +162,24 @@ def locate(utt: np.ndarray, recording: np.ndarray, lo: int, hi: int) -> int:
 
 def score_recording(
     recording: np.ndarray, utts: list[np.ndarray], offsets: list[int]
-) -> list[tuple[float, float]]:
-    """Find the warm-up's delay first, then each utterance near its expected place."""
+) -> tuple[list[float], float]:
+    """Each utterance's PESQ-WB, and that of the first 3 s of the first one alone."""
     scores = []
+    first = 0.0
     # the first utterance may appear anywhere after its offset (connection + buffering delays)
     start = locate(utts[0], recording, offsets[0], offsets[0] + 6 * RATE)
     delay = start - offsets[0]
-    for utt, off in zip(utts, offsets, strict=True):
+    for i, (utt, off) in enumerate(zip(utts, offsets, strict=True)):
         at = locate(utt, recording, off + delay - RATE // 4, off + delay + RATE // 2)
         deg = recording[at : at + len(utt)]
         if len(deg) < len(utt):
             deg = np.concatenate([deg, np.zeros(len(utt) - len(deg), np.int16)])
-        scores.append(score(utt, deg))
+        scores.append(score(utt, deg)[0])
+        if i == 0:
+            n = int(FIRST_S * RATE)
+            first = score(utt[:n], deg[:n])[0]
         delay = at - off
-    return scores
+    return scores, first
 
 
 # --- reference: plain Opus -----------------------------------------------------------------------
@@ -193,19 +207,14 @@ def plain_opus(utt: np.ndarray, model: LossModel, fec: bool) -> np.ndarray:
     return y[lookahead : lookahead + len(utt)]
 
 
-def reference(cond: Condition, utts: list[np.ndarray]) -> dict[str, float]:
-    res: dict[str, float] = {}
-    for fec in (False, True):
-        p, s = [], []
-        for i, u in enumerate(utts):
-            deg = plain_opus(u, LossModel(cond.loss, cond.burst, seed=1000 + i), fec)
-            a, b = score(u, deg)
-            p.append(a)
-            s.append(b)
-        tag = "fec" if fec else "plc"
-        res[f"opus_{tag}_pesq"] = statistics.mean(p)
-        res[f"opus_{tag}_stoi"] = statistics.mean(s)
-    return res
+def reference(cond: Condition, utts: list[np.ndarray]) -> float:
+    """Plain Opus 32 kb/s with concealment over the same loss model (mean PESQ-WB)."""
+    loss = cond.loss or cond.down_loss
+    scores = [
+        score(u, plain_opus(u, LossModel(loss, cond.burst, seed=1000 + i), fec=False))[0]
+        for i, u in enumerate(utts)
+    ]
+    return statistics.mean(scores)
 
 
 # --- the product ---------------------------------------------------------------------------------
@@ -213,14 +222,25 @@ def reference(cond: Condition, utts: list[np.ndarray]) -> dict[str, float]:
 
 async def run_condition(
     cond: Condition,
+    policy: str,
     index: int,
     server: dict[str, Any],
     input_wav: Path,
     seconds: float,
     workdir: Path,
 ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any], LossyProxy]:
-    proxy = LossyProxy(Impairment(cond.loss, cond.burst, cond.jitter_ms), seed=7 + index)
+    proxy = LossyProxy(
+        Impairment(
+            cond.loss,
+            cond.burst,
+            cond.jitter_ms,
+            down_rate_bps=cond.down_rate_bps,
+            down_loss=cond.down_loss,
+        ),
+        seed=7 + index % len(CONDITIONS),
+    )
     udp = await proxy.start((server["host"], server["port"]))
+    bottleneck = bool(cond.down_rate_bps or cond.down_loss)
     channel = f"Q{index}"
     common = {"host": server["host"], "port": server["port"], "pin": server["pin"]}
     out_wav = workdir / f"out{index}.wav"
@@ -232,6 +252,8 @@ async def run_condition(
             talk=[],
             record=out_wav,
             seconds=seconds + 2.0,
+            redundancy=policy,
+            udp_addr=udp if bottleneck else None,
         )
     )
     talker = VoiceBot(
@@ -242,8 +264,9 @@ async def run_condition(
             talk=[channel],
             play=input_wav,
             seconds=seconds,
-            udp_addr=udp,
+            udp_addr=None if bottleneck else udp,
             start_delay_s=1.0,
+            redundancy=policy,
         )
     )
 
@@ -281,82 +304,131 @@ def start_relay(workdir: Path, channels: int) -> tuple[subprocess.Popen[bytes], 
     raise RuntimeError("relay did not start")
 
 
-async def run_all(workdir: Path, concurrency: int) -> list[dict[str, Any]]:
+async def run_all(workdir: Path) -> list[dict[str, Any]]:
     utts = utterances()
     signal_in, offsets = build_input(utts)
     input_wav = workdir / "input.wav"
     write_wav(input_wav, signal_in)
     seconds = len(signal_in) / RATE + 0.5
-    proc, server = start_relay(workdir / "relay", len(CONDITIONS))
+    runs = [(c, p) for c in CONDITIONS for p in POLICIES]
+    proc, server = start_relay(workdir / "relay", len(runs))
+    clean = reference(CONDITIONS[0], utts)  # plain Opus 32 kb/s on a clean path
     rows: list[dict[str, Any]] = []
+    clean_kbps: dict[str, float] = {}
     try:
-        for start in range(0, len(CONDITIONS), concurrency):
-            batch = list(enumerate(CONDITIONS))[start : start + concurrency]
-            results = await asyncio.gather(
-                *(run_condition(c, i, server, input_wav, seconds, workdir) for i, c in batch)
+        # one talker/listener pair at a time: several pairs in one process add scheduling
+        # jitter that a single client does not have
+        for i, (cond, policy) in enumerate(runs):
+            rec, lstats, tstats, proxy = await run_condition(
+                cond, policy, i, server, input_wav, seconds, workdir
             )
-            for (_i, cond), (rec, lstats, tstats, proxy) in zip(batch, results, strict=True):
-                scores = score_recording(rec, utts, offsets)
-                ref = reference(cond, utts)
-                (stream,) = lstats["streams"] or [{}]
-                levels = tstats["redundancy_level_changes"]
-                row = {
-                    "condition": cond.key,
-                    "loss_pct": cond.loss * 100,
-                    "burst": cond.burst,
-                    "jitter_ms": cond.jitter_ms,
-                    "measured_loss_pct": round(
-                        100 * proxy.dropped / max(1, proxy.dropped + proxy.passed), 1
-                    ),
-                    "product_pesq": round(statistics.mean(s[0] for s in scores), 2),
-                    "product_pesq_min": round(min(s[0] for s in scores), 2),
-                    "product_stoi": round(statistics.mean(s[1] for s in scores), 3),
-                    "opus_plc_pesq": round(ref["opus_plc_pesq"], 2),
-                    "opus_fec_pesq": round(ref["opus_fec_pesq"], 2),
-                    "opus_plc_stoi": round(ref["opus_plc_stoi"], 3),
-                    "opus_fec_stoi": round(ref["opus_fec_stoi"], 3),
-                    "target_pesq": TARGETS.get(cond.key),
-                    "talker_payload_kbps": round(tstats["payload_bits_per_s"] / 1000, 1),
-                    "final_copies": ",".join(map(str, levels[-1]["distances"])) if levels else "",
-                    "jb_delay_ms": stream.get("current_delay_ms"),
-                    "recovered_from_copies": stream.get("recovered_from_copies"),
-                    "fec_recovered": stream.get("fec_recovered"),
-                    "concealed": stream.get("concealed"),
-                }
-                rows.append(row)
-                print(
-                    f"{row['condition']:<28} PESQ {row['product_pesq']:.2f} "
-                    f"(min {row['product_pesq_min']:.2f}) STOI {row['product_stoi']:.3f} | "
-                    f"Opus PLC {row['opus_plc_pesq']:.2f} FEC {row['opus_fec_pesq']:.2f} | "
-                    f"{row['talker_payload_kbps']} kb/s copies {row['final_copies']} "
-                    f"jb {row['jb_delay_ms']} ms",
-                    flush=True,
-                )
+            scores, first = score_recording(rec, utts, offsets)
+            (stream,) = lstats["streams"] or [{}]
+            levels = tstats["redundancy_level_changes"]
+            kbps = tstats["payload_bits_per_s"] / 1000
+            if cond.loss == 0 and not cond.down_rate_bps and not cond.jitter_ms:
+                clean_kbps[policy] = kbps
+            last_change = levels[-1]["t"] - levels[0]["t"] if levels else 0.0
+            down = proxy.down_dropped + proxy.down_passed
+            row = {
+                "condition": cond.key,
+                "policy": policy,
+                "pesq_all": round(statistics.mean(scores), 2),
+                "pesq_first3s": round(first, 2),
+                "pesq_after3s": round(statistics.mean(scores[1:]), 2),
+                "pesq_min": round(min(scores), 2),
+                "opus_plc_pesq": round(reference(cond, utts), 2),
+                "opus_clean_pesq": round(clean, 2),
+                "talker_payload_kbps": round(kbps, 1),
+                "x_clean_bitrate": round(kbps / clean_kbps[policy], 2)
+                if policy in clean_kbps
+                else None,
+                "copy_kbps": round(tstats.get("copy_bits_per_s", 0) / 1000, 1),
+                "final_level": _level_text(levels[-1]) if levels else "clean",
+                "last_level_change_s": round(last_change, 2),
+                "congestion_events": tstats.get("congestion_events", 0),
+                "measured_loss_pct": round(
+                    100
+                    * (proxy.dropped + proxy.down_dropped)
+                    / max(1, proxy.dropped + proxy.passed + down),
+                    1,
+                ),
+                "bottleneck_delivered_kbps": round(proxy.down_bytes * 8 / 1000 / seconds, 1)
+                if cond.down_rate_bps
+                else None,
+                "jb_delay_ms": stream.get("current_delay_ms"),
+                "jb_target_ms": stream.get("target_delay_ms"),
+                "redundancy_depth": stream.get("redundancy_depth"),
+                "recovered_from_copies": stream.get("recovered_from_copies"),
+                "concealed": stream.get("concealed"),
+            }
+            rows.append(row)
+            print(
+                f"{row['condition']:<32} {policy:<8} PESQ all {row['pesq_all']:.2f} "
+                f"first3s {row['pesq_first3s']:.2f} after {row['pesq_after3s']:.2f} | "
+                f"Opus PLC {row['opus_plc_pesq']:.2f} clean {row['opus_clean_pesq']:.2f} | "
+                f"{row['talker_payload_kbps']} kb/s (x{row['x_clean_bitrate']}) "
+                f"{row['final_level']} cong {row['congestion_events']} "
+                f"loss {row['measured_loss_pct']}% jb {row['jb_delay_ms']} ms",
+                flush=True,
+            )
     finally:
         proc.terminate()
         proc.wait(10)
     return rows
 
 
-def main() -> None:
-    # one talker/listener pair at a time by default: several pairs in one process add scheduling
-    # jitter that a single client does not have
-    concurrency = int(sys.argv[1]) if len(sys.argv) > 1 else 1
-    with tempfile.TemporaryDirectory(prefix="voice-quality-") as tmp:
-        rows = asyncio.run(run_all(Path(tmp), concurrency))
-    met = {
-        r["condition"]: r["product_pesq"] >= r["target_pesq"]
-        for r in rows
-        if r["target_pesq"] is not None
+def _level_text(change: dict[str, Any]) -> str:
+    copies = ",".join(map(str, change["distances"]))
+    if not copies:
+        text = f"hint {change['hint']}" if change["hint"] else "clean"
+    else:
+        size = f"@{change['copy_bitrate'] // 1000}k" if change.get("copy_bitrate") else " full"
+        text = f"copies {copies}{size}"
+    if change.get("bitrate_cap"):
+        text += f", primary {change['bitrate_cap'] // 1000}k"
+    return text
+
+
+def targets(rows: list[dict[str, Any]]) -> dict[str, bool]:
+    """Issue 15's targets, held against plain Opus 32 kb/s clean in the same run."""
+    by = {(r["condition"], r["policy"]): r for r in rows}
+    a10, a20 = by["10% random", "adaptive"], by["20% random", "adaptive"]
+    clean = a10["opus_clean_pesq"]
+    neck = by["bottleneck 64 kb/s + 2% random", "adaptive"]
+    a0 = by["0% random", "adaptive"]
+    return {
+        "10% random, from the first second: within 0.5 of plain clean": a10["pesq_all"]
+        >= clean - 0.5,
+        "10% random, after 3 s: within 0.3 of plain clean": a10["pesq_after3s"] >= clean - 0.3,
+        "10% random: bitrate <= 2x clean": (a10["x_clean_bitrate"] or 99) <= 2.0,
+        "20% random: bitrate <= 2.5x clean": (a20["x_clean_bitrate"] or 99) <= 2.5,
+        "bottleneck 64 kb/s + 2%: PESQ >= 3.0": neck["pesq_all"] >= 3.0,
+        "bottleneck: better than the legacy policy": neck["pesq_all"]
+        > by["bottleneck 64 kb/s + 2% random", "legacy"]["pesq_all"],
+        "clean path: clean from 3 s on": a0["final_level"] == "clean"
+        and a0["last_level_change_s"] <= 3.0,
+        "clean path: PESQ unchanged (within 0.1 of legacy)": a0["pesq_all"]
+        >= by["0% random", "legacy"]["pesq_all"] - 0.1,
+        "10% random: wait for copies <= 40 ms": (a10["redundancy_depth"] or 99) <= 2,
     }
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="voice-quality-") as tmp:
+        rows = asyncio.run(run_all(Path(tmp)))
+    met = targets(rows)
     costs = [
         {
             "tier": tier,
             "when": WHEN[tier],
             "loss_hint_pct": "measured loss" if tier == 1 else 0,
             "copies_of_frames_back": ",".join(map(str, d)) or "none",
-            "extra_kbps_at_32k_20ms": bitrate_cost(RedundancyLevel(0, d), 32_000, 20) / 1000,
-            "extra_kbps_at_32k_10ms": bitrate_cost(RedundancyLevel(0, d), 32_000, 10) / 1000,
+            "compact_extra_kbps_at_32k_20ms": bitrate_cost(
+                RedundancyLevel(0, d, COPY_BITRATE), 32_000, 20
+            )
+            / 1000,
+            "full_extra_kbps_at_32k_20ms": bitrate_cost(RedundancyLevel(0, d), 32_000, 20) / 1000,
         }
         for tier, d in enumerate(LEVEL_DISTANCES)
     ]

@@ -43,7 +43,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,14 @@ from voipclient.audio.dsp import BACKENDS, CaptureProcessor, CaptureSettings
 from voipclient.audio.engine import AudioEngine, DeviceEvent
 from voipclient.audio.file_engine import FileEngine
 from voipclient.audio.mixer import Mixer
-from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
-from voipclient.audio.redundancy import RedundancyLevel, bitrate_cost
+from voipclient.audio.opus import OpusDecoder, OpusEncoder, copy_encoder_factory, frame_samples
+from voipclient.audio.redundancy import (
+    DEFAULT_POLICY,
+    LEGACY,
+    PolicyConfig,
+    RedundancyLevel,
+    bitrate_cost,
+)
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.client.asyncio_driver import AsyncioConnection, client_ssl_context
 from voipclient.crypto.identity import IdentityKey
@@ -70,12 +76,15 @@ from voipclient.net.roster import ChannelNotFound, find_channel
 from voipclient.net.states import ConnectionState
 from voipclient.ptt.router import Mode, PttRouter
 from voipclient.storage.keylog import keylog_from_environment
+from voipclient.storage.paths import PathMemoryFile
 
 log = logging.getLogger("voipclient.bot")
 
 CONNECT_TIMEOUT_S = 10.0
 JOIN_TIMEOUT_S = 10.0
 KEY_TIMEOUT_S = 10.0
+#: --redundancy choices
+POLICIES: dict[str, PolicyConfig] = {"adaptive": DEFAULT_POLICY, "legacy": LEGACY}
 
 
 class BotError(Exception):
@@ -121,6 +130,10 @@ class BotOptions:
     agc: bool = False
     voice_activation: bool = False  # transmit only while the VAD hears speech (+ release)
     cues: bool = False  # play the push-to-talk start/stop cues into our own output
+    #: the redundancy policy: "adaptive" (compact copies, cold start, congestion control) or
+    #: "legacy" (milestone 1: full copies, nothing until the first reports; for comparison)
+    redundancy: str = "adaptive"
+    path_memory: Path | None = None  # remember what we learned of the server's path here
 
 
 @dataclass
@@ -169,13 +182,22 @@ class VoiceBot:
                 KEYLOG_ENV,
                 os.environ[KEYLOG_ENV],
             )
+        if options.redundancy not in POLICIES:
+            raise BotError(f"redundancy must be one of {', '.join(POLICIES)}")
         self.conn = cn.ClientConnection(
             options.name,
             self.identity,
             wall_clock=time.time,
             password=options.password,
             keylog=self.keylog,
+            redundancy=replace(
+                POLICIES[options.redundancy], bitrate=options.bitrate, frame_ms=options.frame_ms
+            ),
         )
+        self._server_key = f"{options.host}:{options.port}"
+        self._paths = PathMemoryFile(options.path_memory) if options.path_memory else None
+        if self._paths is not None:
+            self.conn.set_path_memory(self._paths.recall(self._server_key))
         self._engine_factory = engine_factory or default_engine
         self.engine: AudioEngine | None = None
         self._loop = asyncio.get_running_loop()
@@ -197,13 +219,19 @@ class VoiceBot:
         self.talk_ids: list[int] = []
         n = frame_samples(options.frame_ms)
         self.mixer = Mixer(frame_samples=n)
+        legacy = options.redundancy == "legacy"
         self.playback = VoicePlayback(
-            self.mixer, lambda: OpusDecoder(frame_ms=options.frame_ms), frame_ms=options.frame_ms
+            self.mixer,
+            lambda: OpusDecoder(frame_ms=options.frame_ms),
+            frame_ms=options.frame_ms,
+            fast_reports=not legacy,
         )
         self.sender = VoiceSender(
             OpusEncoder(frame_ms=options.frame_ms, bitrate=options.bitrate),
             first_frame_no=int.from_bytes(os.urandom(4), "big"),
+            copy_encoder=None if legacy else copy_encoder_factory(options.frame_ms),
         )
+        self.sender.set_bitrate(options.bitrate)
         #: who hears us: the --talk channels are the hot mic (set once they are resolved)
         self.router = PttRouter(
             mode=Mode.VOICE_ACTIVATION if options.voice_activation else Mode.CONTINUOUS
@@ -381,6 +409,8 @@ class VoiceBot:
                     "t": round(now - self._t0, 3),
                     "hint": level.loss_hint_percent,
                     "distances": list(level.distances),
+                    "copy_bitrate": level.copy_bitrate,
+                    "bitrate_cap": level.bitrate_cap,
                     "extra_bps": bitrate_cost(level, self.o.bitrate, self.o.frame_ms),
                 }
             )
@@ -502,6 +532,8 @@ class VoiceBot:
         try:
             await self.run_audio(self.o.seconds)
         finally:
+            if self._paths is not None:
+                self._paths.remember(self._server_key, self.conn.path_memory(self._loop.time()))
             self.engine.stop()
             close = getattr(self.engine, "close", None)
             if close is not None:
@@ -573,6 +605,9 @@ class VoiceBot:
             "loss_reports_sent": self.stats.reports_sent,
             "loss_reports_received": self.stats.reports_received,
             "redundancy_level_changes": self.stats.level_changes,
+            "redundancy_policy": self.o.redundancy,
+            "congestion_events": self.conn.redundancy_policy.congestion_events,
+            "copy_bits_per_s": round(self.sender.copy_bytes_out * 8 / seconds),
             "output_level_dbfs": [None if math.isinf(x) else round(x, 1) for x in self.mixer.level],
             "streams": streams,
             "engine": None
@@ -670,6 +705,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--release-ms", type=float, default=200.0)
     p.add_argument(
+        "--redundancy",
+        choices=tuple(POLICIES),
+        default="adaptive",
+        help="loss protection: adaptive (default) or legacy (milestone 1, for comparison)",
+    )
+    p.add_argument(
+        "--path-memory", type=Path, help="JSON file remembering each server's path (loss, rate)"
+    )
+    p.add_argument(
         "--start-delay",
         type=float,
         default=0.0,
@@ -718,6 +762,8 @@ def options_from_args(args: argparse.Namespace) -> BotOptions:
         udp_addr=udp_addr,
         password=args.password or os.environ.get("VOIPCLIENT_PASSWORD"),
         release_ms=args.release_ms,
+        redundancy=args.redundancy,
+        path_memory=args.path_memory,
         start_delay_s=args.start_delay,
         highpass=not args.no_highpass,
         noise_suppression=args.noise_suppression,

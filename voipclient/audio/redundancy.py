@@ -75,6 +75,8 @@ __all__ = [
     "RedundancyLevel",
     "RedundancyPolicy",
     "bitrate_cost",
+    "level_from_json",
+    "level_to_json",
     "target_level",
     "wire_bitrate",
 ]
@@ -608,3 +610,40 @@ def _rose(lo_lost: float, lo_n: float, hi_lost: float, hi_n: float) -> bool:
     pooled = (lo_lost + hi_lost) / (lo_n + hi_n)
     se = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / lo_n + 1 / hi_n))
     return p_hi - p_lo >= max(_MIN_RISE, _Z * se)
+
+
+def level_to_json(level: RedundancyLevel) -> dict[str, object]:
+    """A level as plain JSON values (the path memory's file)."""
+    return {
+        "hint": level.loss_hint_percent,
+        "distances": list(level.distances),
+        "copy_bitrate": level.copy_bitrate,
+        "bitrate_cap": level.bitrate_cap,
+    }
+
+
+def level_from_json(obj: object) -> RedundancyLevel | None:
+    """The inverse of :func:`level_to_json`; None for anything that is not a valid level
+    (a damaged or hand-edited file costs the memory, never the session)."""
+    if not isinstance(obj, dict):
+        return None
+    hint, distances = obj.get("hint"), obj.get("distances")
+    copy, cap = obj.get("copy_bitrate", 0), obj.get("bitrate_cap", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (hint, copy, cap)):
+        return None
+    if not isinstance(distances, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in distances
+    ):
+        return None
+    assert isinstance(hint, int) and isinstance(copy, int) and isinstance(cap, int)
+    if not 0 <= hint <= MAX_LOSS_HINT or not (copy == 0 or 6_000 <= copy <= 64_000):
+        return None
+    if not (cap == 0 or MIN_PRIMARY_BITRATE <= cap <= 128_000):
+        return None
+    if (
+        len(distances) > 4
+        or distances != sorted(set(distances))
+        or any(not 1 <= d <= 8 for d in distances)
+    ):
+        return None
+    return RedundancyLevel(hint, tuple(distances), copy, cap)

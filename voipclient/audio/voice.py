@@ -317,6 +317,7 @@ class VoicePlayback:
         max_delay_ms: float = 200.0,
         report_interval_s: float = 2.0,
         idle_forget_s: float = 30.0,
+        fast_reports: bool = True,
     ) -> None:
         self.mixer = mixer
         self._decoder_factory = decoder_factory
@@ -325,6 +326,7 @@ class VoicePlayback:
         self._min_delay_ms = min_delay_ms
         self._max_delay_ms = max_delay_ms
         self._report_interval_s = report_interval_s
+        self._fast_for_s = 3.0 if fast_reports else 0.0  # reports every 0.5 s at a stream start
         self._idle_forget_s = idle_forget_s
         self._streams: dict[int, _Stream] = {}
         self._departed: deque[StreamStats] = deque(maxlen=_DEPARTED_KEPT)
@@ -377,6 +379,7 @@ class VoicePlayback:
                 now,
                 report_interval_s=self._report_interval_s,
                 frame_ms=self.frame_ms,
+                fast_for_s=self._fast_for_s,
             ),
         )
         self._streams[sender_id] = stream

@@ -29,13 +29,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from PySide6.QtNetwork import QAbstractSocket, QHostAddress, QSsl, QSslSocket, QUdpSocket
 
-from voipclient.audio.redundancy import LEVEL_CLEAN, LossReport, RedundancyLevel
+from voipclient.audio.redundancy import DEFAULT_POLICY, LEVEL_CLEAN, LossReport, RedundancyLevel
 from voipclient.crypto.identity import IdentityKey
 from voipclient.crypto.keylog import KeyLogSink
 from voipclient.crypto.media import VoiceFrame
@@ -46,6 +46,7 @@ from voipclient.net import supervisor as sv
 from voipclient.net.client import ClientSession
 from voipclient.net.pins import pin_of_der_certificate, server_key
 from voipclient.net.states import ConnectionState
+from voipclient.storage.paths import PathMemoryFile
 from voipclient.storage.trust import PinFile, TofuFile
 
 log = logging.getLogger("voipclient.net.connection")
@@ -100,6 +101,9 @@ class ServerConnection(QObject):
         keylog: KeyLogSink | None = None,
         inbox: collections.deque[VoiceFrame] | None = None,
         loss_reports: collections.deque[LossReport] | None = None,
+        path_memory: PathMemoryFile | None = None,
+        bitrate: int = 32_000,
+        frame_ms: int = 20,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -111,8 +115,13 @@ class ServerConnection(QObject):
             tofu=tofu,
             config=config,
             keylog=keylog,
+            redundancy=replace(DEFAULT_POLICY, bitrate=bitrate, frame_ms=frame_ms),
         )
         self._clock = clock
+        # What the last session learned about this server's voice path (loss, a congestion
+        # cap): the first talk spurt starts with it, and it is saved again when we close.
+        self._path_memory = path_memory
+        self._path_key: str | None = None
         self._pin_file = pin_file
         # Peers' pinned identity keys are written here when they change (public keys only).
         self._tofu_file = tofu_file
@@ -197,6 +206,9 @@ class ServerConnection(QObject):
         asked). ``close()`` ends it."""
         if expected_pin is None and self._pin_file is not None:
             expected_pin = self._pin_file.load().get(server_key(host, port))
+        if self._path_memory is not None:
+            self._path_key = server_key(host, port)
+            self.core.set_path_memory(self._path_memory.recall(self._path_key))
         if self._timer is None:
             self._timer = QTimer(self)
             self._timer.setSingleShot(True)
@@ -262,6 +274,8 @@ class ServerConnection(QObject):
     @Slot()
     def close(self) -> None:
         """Say goodbye (when logged in), close both sockets and stop reconnecting."""
+        if self._path_memory is not None and self._path_key is not None:
+            self._path_memory.remember(self._path_key, self.core.path_memory(self._clock()))
         self.core.close(self._clock())
         self._pump()
         if self._timer is not None:

@@ -35,7 +35,7 @@ from voipclient.audio.engine import AudioEngine, DeviceEvent, NullEngine
 from voipclient.audio.host import ATTEMPTS, sides_name
 from voipclient.audio.host_engine import HostEngine
 from voipclient.audio.mixer import Mixer
-from voipclient.audio.opus import OpusDecoder, OpusEncoder, frame_samples
+from voipclient.audio.opus import OpusDecoder, OpusEncoder, copy_encoder_factory, frame_samples
 from voipclient.audio.sd_engine import DeviceInfo
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.audio.workers import CaptureWorker, PlaybackWorker, RouteSlot
@@ -57,6 +57,7 @@ from voipclient.ptt.sources import HotkeySource, choose_source
 from voipclient.storage.accounts import AskPassphrase, open_identity
 from voipclient.storage.keylog import keylog_from_environment
 from voipclient.storage.keystore import KeyringStore
+from voipclient.storage.paths import PathMemoryFile
 from voipclient.storage.trust import PinFile, TofuFile
 from voipclient.ui.model import ClientModel, binding_conflict, with_binding
 from voipclient.ui.prefs import Bookmark, Preferences, PrefsBackend, ServerPrefs, save_preferences
@@ -110,6 +111,17 @@ class _Generated:
     key: IdentityKey
 
 
+def _sender(frame_ms: int, bitrate: int) -> VoiceSender:
+    """The capture side's encoder pair: the voice at the user's bitrate, and the second encoder
+    that makes compact redundant copies while the path is lossy (issue 15)."""
+    sender = VoiceSender(
+        OpusEncoder(frame_ms=frame_ms, bitrate=bitrate),
+        copy_encoder=copy_encoder_factory(frame_ms),
+    )
+    sender.set_bitrate(bitrate)
+    return sender
+
+
 class AudioPipeline:
     """One engine and its two workers, built from the preferences; rebuilt when the device or
     the frame size changes, reconfigured in place (through commands) for everything else."""
@@ -130,7 +142,7 @@ class AudioPipeline:
         self.capture = CaptureWorker(
             engine,
             self.processor,
-            VoiceSender(OpusEncoder(frame_ms=a.frame_ms, bitrate=a.bitrate)),
+            _sender(a.frame_ms, a.bitrate),
             TransmitGate(t.release_ms),
             send,
             route=route,  # the push-to-talk router's slot: who hears each frame
@@ -786,6 +798,9 @@ class ClientController(QObject):
             keylog=self.keylog,
             inbox=self._inbox,
             loss_reports=self._reports,
+            path_memory=PathMemoryFile(self.data_dir / "voice-paths.json"),
+            bitrate=self.prefs.audio.bitrate,
+            frame_ms=self.prefs.audio.frame_ms,
         )
         # What listeners report about us goes straight from the connection's thread into the
         # capture worker's slot (whichever pipeline is current), no GUI timer in between.
