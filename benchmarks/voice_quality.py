@@ -237,7 +237,7 @@ async def run_condition(
             down_rate_bps=cond.down_rate_bps,
             down_loss=cond.down_loss,
         ),
-        seed=7 + index % len(CONDITIONS),
+        seed=7 + CONDITIONS.index(cond),  # both policies meet the same losses
     )
     udp = await proxy.start((server["host"], server["port"]))
     bottleneck = bool(cond.down_rate_bps or cond.down_loss)
@@ -356,7 +356,7 @@ async def run_all(workdir: Path) -> list[dict[str, Any]]:
                 "bottleneck_delivered_kbps": round(proxy.down_bytes * 8 / 1000 / seconds, 1)
                 if cond.down_rate_bps
                 else None,
-                "jb_delay_ms": stream.get("current_delay_ms"),
+                "jb_delay_ms": stream.get("mean_delay_ms"),
                 "jb_target_ms": stream.get("target_delay_ms"),
                 "redundancy_depth": stream.get("redundancy_depth"),
                 "recovered_from_copies": stream.get("recovered_from_copies"),

@@ -580,6 +580,7 @@ class VoiceBot:
                     "reordered": j.reordered,
                     "dropped": j.dropped,
                     "current_delay_ms": round(j.current_delay_ms, 1),
+                    "mean_delay_ms": round(j.mean_delay_ms, 1),
                     "target_delay_ms": round(j.target_delay_ms, 1),
                     "decoded": s.decoded,
                     "redundancy_depth": s.redundancy_depth,

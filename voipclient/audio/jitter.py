@@ -108,6 +108,7 @@ class JitterStats:
     current_delay_ms: float  # ms: lag of the last frame played beyond the fastest path
     target_delay_ms: float  # ms: what the delay estimator asks for now
     buffered: int  # frames waiting in the buffer
+    mean_delay_ms: float = 0.0  # ms: mean lag of the frames played (the delay the buffer added)
 
 
 class JitterBuffer:
@@ -164,6 +165,7 @@ class JitterBuffer:
         self._current = 0.0  # s
         self._depth = 1  # frames to wait after recent loss (1 = FEC; more with redundant copies)
         self._shrunk = 0
+        self._lag_sum = 0.0  # s: sum of the lags of the frames played (for the mean)
         self._start_tolerance = min(self._t / 4, START_TOLERANCE_S)  # s
 
     def _reset_stream(self) -> None:
@@ -360,6 +362,7 @@ class JitterBuffer:
                 self._last_loss = n - 1
             self._played += 1
             self._current = max(0.0, lag)
+            self._lag_sum += self._current
             if last:
                 self._playing = False
                 self._pending_end = True
@@ -418,4 +421,5 @@ class JitterBuffer:
             current_delay_ms=self._current * 1000.0,
             target_delay_ms=self._target() * 1000.0,
             buffered=len(self._buf),
+            mean_delay_ms=self._lag_sum * 1000.0 / self._played if self._played else 0.0,
         )

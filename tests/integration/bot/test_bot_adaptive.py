@@ -6,6 +6,7 @@ test can read their state."""
 from __future__ import annotations
 
 import asyncio
+import json
 import wave
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from benchmarks.netem import Impairment, LossyProxy
 from voipclient.audio.cues import CueKind, cue
 from voipclient.audio.file_engine import read_wav_mono16
+from voipclient.audio.redundancy import COPY_BITRATE
 from voipclient.bot import BotOptions, VoiceBot
 
 from ...audio_similarity import segment_similarity, similarity
@@ -34,29 +36,37 @@ async def talk(
     impairment: Impairment | None = None,
     frame_ms: int = 20,
     seconds: float = 6.0,
+    path_memory: Path | None = None,
+    listener_impairment: Impairment | None = None,
+    suffix: str = "",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     common: dict[str, Any] = {"host": server.host, "port": server.port, "pin": server.pin}
     proxy = None
     udp_addr = None
+    listener_udp = None
     if impairment is not None:
         proxy = LossyProxy(impairment, seed=3)
         udp_addr = await proxy.start((server.host, server.port))
+    if listener_impairment is not None:  # on the listener's side (a bottleneck going down)
+        proxy = LossyProxy(listener_impairment, seed=3)
+        listener_udp = await proxy.start((server.host, server.port))
     listener = VoiceBot(
         BotOptions(
             **common,
-            name="listener",
+            name="listener" + suffix,
             join=["A"],
             talk=[],
             record=tmp_path / "heard.wav",
             seconds=seconds + 1.5,
             frame_ms=frame_ms,
             highpass=False,
+            udp_addr=listener_udp,
         )
     )
     talker = VoiceBot(
         BotOptions(
             **common,
-            name="talker",
+            name="talker" + suffix,
             join=["A"],
             talk=["A"],
             play=SPEECH,
@@ -65,6 +75,7 @@ async def talk(
             udp_addr=udp_addr,
             start_delay_s=0.5,
             highpass=False,
+            path_memory=path_memory,
         )
     )
 
@@ -108,14 +119,87 @@ def test_loss_reports_raise_redundancy_and_the_copies_rebuild_the_speech(
     assert tail > 0.85, tail
 
 
-def test_clean_path_keeps_redundancy_off(start_server: Starter, tmp_path: Path) -> None:
+def test_clean_path_drops_the_cold_start_protection_within_3_s(
+    start_server: Starter, tmp_path: Path
+) -> None:
     server = start_server()
     heard, said = asyncio.run(talk(server, tmp_path, seconds=5.0))
-    assert said["loss_reports_received"] >= 1
-    assert said["redundancy_level_changes"] == []  # hint 0, no copies: full quality, no cost
+    assert said["loss_reports_received"] >= 2  # fast reports at the start of the stream
+    levels = said["redundancy_level_changes"]
+    # a new session starts with one compact copy, and drops it once reports say "clean"
+    assert levels[0]["distances"] == [1] and levels[0]["copy_bitrate"] == COPY_BITRATE
+    assert levels[-1]["distances"] == [] and levels[-1]["hint"] == 0
+    assert levels[-1]["t"] - levels[0]["t"] < 3.0, levels
     (stream,) = heard["streams"]
-    assert stream["recovered_from_copies"] == 0 and stream["redundancy_depth"] == 1
-    assert said["payload_bits_per_s"] < 40_000  # 32 kb/s Opus + 7 bytes of framing per frame
+    assert stream["recovered_from_copies"] == 0  # nothing lost, nothing to rebuild
+    assert said["payload_bits_per_s"] < 42_000  # 34.8 kb/s clean + the light start
+
+
+def test_lossy_path_is_protected_from_the_first_second(
+    start_server: Starter, tmp_path: Path
+) -> None:
+    """10 % loss from the first frame: copies are there before any report, the first report
+    comes within a second, and the path learned is remembered for the next session."""
+    server = start_server()
+    memory = tmp_path / "paths.json"
+    heard, said = asyncio.run(
+        talk(server, tmp_path, impairment=Impairment(loss=0.1), seconds=5.0, path_memory=memory)
+    )
+    levels = said["redundancy_level_changes"]
+    assert levels[0]["distances"] == [1]  # protected before anybody reported
+    raised = [lv for lv in levels if len(lv["distances"]) >= 2]
+    assert raised and raised[0]["t"] - levels[0]["t"] < 1.5, levels  # fast first reports
+    (stream,) = heard["streams"]
+    assert stream["recovered_from_copies"] > 10
+    assert stream["redundancy_depth"] <= 3  # a wait of at most 40-60 ms for copies
+    # compact copies: well under the 2x of the clean bitrate that full ones cost
+    assert said["payload_bits_per_s"] < 2 * 34_800
+    recording = read_wav_mono16(tmp_path / "heard.wav")
+    source = read_wav_mono16(SPEECH)[: RATE * 5]
+    _, lag = similarity(source[: RATE * 2], recording)
+    first = segment_similarity(
+        source[: RATE * 2], recording, start=round(lag * RATE), slack=RATE // 5
+    )
+    assert first > 0.75, first  # the first 2 s too (unprotected: ~0.5)
+    # the next session to this server starts where this one ended
+    remembered = json.loads(memory.read_text())[f"{server.host}:{server.port}"]["level"]
+    assert len(remembered["distances"]) >= 2
+    _, said2 = asyncio.run(
+        talk(
+            server,
+            tmp_path,
+            impairment=Impairment(loss=0.1),
+            seconds=2.0,
+            path_memory=memory,
+            suffix="2",
+        )
+    )
+    assert said2["redundancy_level_changes"][0]["distances"] == remembered["distances"]
+
+
+def test_a_bottleneck_makes_the_talker_back_off(start_server: Starter, tmp_path: Path) -> None:
+    """64 kb/s (IPv4 bytes, a token bucket as nftables' limit rate) with 2 % random loss on the
+    listener's side: the clean stream is 64.4 kb/s on the wire, any copy drowns. The talker finds
+    that its own bits raise the loss and caps its rate instead of escalating."""
+    server = start_server()
+    neck = Impairment(down_rate_bps=64_000, down_loss=0.02)
+    heard, said = asyncio.run(talk(server, tmp_path, listener_impairment=neck, seconds=10.0))
+    assert said["congestion_events"] >= 1, said["redundancy_level_changes"]
+    last = said["redundancy_level_changes"][-1]
+    # settled without copies (they do not fit), at a primary bitrate the link carries
+    assert last["distances"] == [], last
+    assert heard["streams"]
+    # what the listener heard over the last seconds: the loss is back near the link's own 2 %
+    recording = read_wav_mono16(tmp_path / "heard.wav")
+    source = read_wav_mono16(SPEECH)[: RATE * 10]
+    _, lag = similarity(source[: RATE * 2], recording)
+    tail = segment_similarity(
+        source[RATE * 6 : RATE * 9],
+        recording,
+        start=round(lag * RATE) + RATE * 6,
+        slack=RATE // 5,
+    )
+    assert tail > 0.7, tail
 
 
 def test_ten_ms_frames_through_the_relay(start_server: Starter, tmp_path: Path) -> None:
