@@ -206,6 +206,16 @@ class JitterBuffer:
             self._origin = ext
             delay = now
         if ext in self._seen_set:
+            if ext in self._from_copy and ext in self._buf:
+                # The frame itself arrived (late, reordered) before its turn, after a copy from
+                # a later payload stood in for it: the original replaces the copy (a compact copy
+                # is a lower-bitrate encoding), and the frame was not lost after all.
+                self._from_copy.discard(ext)
+                self._recovered -= 1
+                self._buf[ext] = (payload, last)
+                self._hist.append(delay)
+                self._update_jitter()
+                return
             self._duplicate += 1
             return
         self._remember(ext)

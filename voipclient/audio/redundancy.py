@@ -109,7 +109,7 @@ _STILL_LOSSY: Final = 0.05  # loss at the cap that makes the cap step down
 _HEAVY: Final = 0.12  # loss that may be our own: step down once to find out
 _STEP_DOWN: Final = 0.85
 _FLAT: Final = 0.25  # delivered rate rose by less than this share of what we added: a bottleneck
-_Z_FLAT: Final = 1.0  # the test's threshold when the delivered rate stayed flat
+_Z_FLAT: Final = 1.5  # the test's threshold when the delivered rate stayed flat
 _MARGIN: Final = 0.97  # the cap sits this much under the rate the link delivered
 _NO_STEP_S: Final = 60.0  # s between step-down experiments
 _PROBE_AFTER_S: Final = 20.0  # s of a clean path at the cap before probing upwards
@@ -352,6 +352,8 @@ class _Congestion:
     probe_after_s: float = _PROBE_AFTER_S
     stepped_from: int = 0  # the rate the last step down left (to tell whether it helped)
     no_step_until: float = 0.0  # no step-down experiment before this
+    no_detect_until: float = 0.0  # no congestion detection before this (after a false alarm)
+    false_alarms: int = 0  # caps that did not lower the loss (lifted again)
     events: int = 0  # congestion detections
     samples: dict[int, deque[_RateSample]] = field(default_factory=dict)
 
@@ -420,6 +422,11 @@ class RedundancyPolicy:
     def congestion_events(self) -> int:
         """How often our own rate was found to raise the loss."""
         return self._congestion.events
+
+    @property
+    def congestion_false_alarms(self) -> int:
+        """Caps tried and lifted again because the loss did not fall with our rate."""
+        return self._congestion.false_alarms
 
     @property
     def rate_cap(self) -> int:
@@ -544,35 +551,44 @@ class RedundancyPolicy:
             RedundancyLevel(0, (), 0, MIN_PRIMARY_BITRATE), cfg.bitrate, cfg.frame_ms
         )
         # 1. Our rate went up and the loss with it: a link that delivers a fixed rate (a
-        #    bottleneck) drops whatever we add. Cap at what it delivered.
+        #    bottleneck) drops whatever we add. Cap at what it delivered, then check (2.) that
+        #    the loss fell with the rate: random loss that happened to rise is not congestion.
         for lo_rate, (lo_lost, lo_n) in groups.items():
+            if cong.stepped_from or now < cong.no_detect_until:
+                break
             if lo_rate * _MIN_STEP > rate or lo_n < _MIN_SAMPLE_FRAMES:
                 continue
             p_lo = lo_lost / lo_n
             delivered_lo, delivered_hi = lo_rate * (1 - p_lo), rate * (1 - p_hi)
             # What arrives stayed flat while we sent more: the signature of a fixed-rate link,
-            # clear enough to act on with fewer reports than a rise in loss alone needs.
+            # clear enough to try the cap with fewer reports than a rise in loss alone needs.
             flat = delivered_hi - delivered_lo < _FLAT * (rate - lo_rate)
             if _rose(lo_lost, lo_n, hi_lost, hi_n, z=_Z_FLAT if flat else _Z):
-                was_capped = bool(cong.cap)  # a probe (or a step) failed: probe less often
-                cong.events += 1
+                was_capped = bool(cong.cap)  # a probe failed: probe less often
                 carried = max(delivered_lo, delivered_hi) * _MARGIN
                 cong.cap = max(floor, min(lo_rate, int(carried)))
                 cong.since = now
-                cong.stepped_from = 0
+                cong.stepped_from = rate
                 cong.probe_after_s = (
                     min(cong.probe_after_s * 2, 160.0) if was_capped else _PROBE_AFTER_S
                 )
-                samples.clear()  # the capped rate starts a fresh comparison
                 return
         if now - cong.since < 1.0:
             return  # let the last change show first
-        # 2. After a step down: did it lower the loss?
+        # 2. After a cap or a step down: did the loss fall with our rate?
         if cong.stepped_from and hi_n >= 2 * _MIN_SAMPLE_FRAMES:
             up = groups.get(cong.stepped_from)
-            if up is not None and up[1] >= _MIN_SAMPLE_FRAMES and _rose(hi_lost, hi_n, *up):
-                cong.events += 1  # yes: the loss was ours; the cap stays (and steps on)
-                cong.stepped_from = 0
+            if up is None or up[1] < _MIN_SAMPLE_FRAMES or rate >= cong.stepped_from:
+                verdict = False  # nothing to compare with (or nothing could be cut)
+            elif _rose(hi_lost, hi_n, *up):
+                verdict = True
+            elif up[0] / up[1] - p_hi >= _MIN_RISE and hi_n < 6 * _MIN_SAMPLE_FRAMES:
+                return  # lower, but not clearly yet: wait for more reports (3 s at most)
+            else:
+                verdict = False
+            cong.stepped_from = 0
+            if verdict:
+                cong.events += 1  # the loss was ours: the cap stays (and steps on if needed)
                 if p_hi >= _STILL_LOSSY and rate > floor:
                     cong.stepped_from, cong.cap, cong.since = (
                         rate,
@@ -580,13 +596,14 @@ class RedundancyPolicy:
                         now,
                     )
                 return
-            if up is not None and up[1] >= _MIN_SAMPLE_FRAMES:
-                if up[0] / up[1] - p_hi >= _MIN_RISE:
-                    return  # lower, but not clearly yet: wait for more reports
-                cong.cap = cong.stepped_from = 0  # no: the loss is the path's, not ours
-                cong.probe_after_s = _PROBE_AFTER_S
-                cong.no_step_until = now + _NO_STEP_S
-                return
+            # the loss is the path's, not ours: full protection again, and no such experiment
+            # for a minute
+            cong.cap = 0
+            cong.false_alarms += 1
+            cong.probe_after_s = _PROBE_AFTER_S
+            cong.no_step_until = cong.no_detect_until = now + _NO_STEP_S
+            samples.clear()
+            return
         # 3. Heavy loss at the top tier (there is no escalation left to compare with), which may
         #    be ours (cross traffic filled the link): one copy fewer for a moment to find out,
         #    at most once a minute.

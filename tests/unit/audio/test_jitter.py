@@ -336,9 +336,11 @@ def test_recovered_copy_never_replaces_a_received_or_played_frame() -> None:
     assert jb.push_recovered(0, b"copy") is False  # already played
     assert jb.push_recovered(3, b"copy") is True  # missing and not due: placed
     assert jb.push_recovered(3, b"again") is False
-    jb.push(3, pkt(3), 0.06)  # the real packet arrives later: a duplicate now
+    jb.push(3, pkt(3), 0.06)  # the real packet arrives before its turn: it replaces the copy
+    assert jb.stats.duplicate == 0
+    assert jb.stats.recovered == 0
+    jb.push(3, pkt(3), 0.07)  # and a second one is a duplicate
     assert jb.stats.duplicate == 1
-    assert jb.stats.recovered == 1
 
 
 def test_recovered_copy_before_any_packet_is_ignored() -> None:
@@ -428,3 +430,27 @@ def test_frames_rebuilt_from_copies_keep_the_wait_for_copies() -> None:
         k for k, (_, d) in enumerate(out) if isinstance(d, Conceal) and 500 < k < frames - 50
     ]
     assert len(late_conceal) <= 5, late_conceal
+
+
+def test_a_late_original_replaces_the_copy_that_stood_in_for_it() -> None:
+    """Compact copies are lower-bitrate encodings: when frame 5 itself arrives (reordered)
+    after frame 6's payload placed a copy of it, and before its turn, the original plays."""
+    jb = JitterBuffer(frame_ms=20)
+    jb.set_redundancy_depth(2)
+    for n in range(5):
+        jb.push(n, b"orig%d" % n, n * 0.02)
+    jb.push(6, b"orig6", 6 * 0.02)
+    assert jb.push_recovered(5, b"copy5")
+    jb.push(5, b"orig5", 6 * 0.02 + 0.005)  # late, but before it is due
+    played = []
+    t = 0.0
+    while len(played) < 7 and t < 1.0:
+        d = jb.pop(t)
+        if isinstance(d, Play):
+            played.append(d.payload)
+        t += 0.02
+    assert b"orig5" in played and b"copy5" not in played
+    stats = jb.stats
+    assert stats.recovered == 0 and stats.duplicate == 0
+    # a copy arriving after the original changes nothing
+    assert not jb.push_recovered(6, b"copy6")

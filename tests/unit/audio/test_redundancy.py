@@ -436,3 +436,41 @@ def test_a_cap_is_probed_upwards_once_the_link_is_clean() -> None:
     state["link"] = 1_000_000  # the other traffic on the link went away
     t = _feed(policy, loss_at, t, t + 120.0)
     assert policy.level(t).bitrate_cap == 0  # back to full quality
+
+
+def test_a_false_alarm_is_lifted_when_the_loss_does_not_fall() -> None:
+    """Random 20 % loss whose first reports happened to read 8 % then 32 %: it looks like our
+    rate raised the loss; the cap is tried, the loss does not fall with it, the cap goes."""
+    policy = RedundancyPolicy()
+    assert policy.level(0.0) == LEVEL_LIGHT  # the session starts (login)
+    policy.add_report(2, report(0.08, 1.0, frames=25), 0.5)  # at the light rate
+    top = policy.add_report(2, report(0.32, 1.0, frames=25), 1.0)
+    assert policy.rate_cap  # tried
+    assert wire_bitrate(top, 32_000, 20) <= policy.rate_cap
+    t = 1.0
+    for _ in range(6):  # 3 s of reports at the capped rate, still 20 %
+        t += 0.5
+        policy.add_report(2, report(0.2, 1.0, frames=25), t)
+    assert policy.rate_cap == 0 and policy.congestion_false_alarms == 1
+    assert policy.congestion_events == 0
+    assert policy.level(t).tier == 4  # full protection again
+
+
+def test_random_loss_keeps_its_protection_over_many_seeds() -> None:
+    import random as _r
+
+    capped_time = 0
+    steps = 0
+    for seed in range(20):
+        rng = _r.Random(seed)
+        policy = RedundancyPolicy()
+        policy.level(0.0)
+        t = 0.0
+        while t < 60.0:
+            lost = sum(rng.random() < 0.2 for _ in range(25)) / 25
+            level = policy.add_report(2, report(lost, 1.0, frames=25), t + 0.5)
+            t += 0.5
+            steps += 1
+            capped_time += level.distances != (1, 2, 3)
+        assert policy.level(t).distances == (1, 2, 3), seed
+    assert capped_time / steps < 0.05
