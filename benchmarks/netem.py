@@ -31,19 +31,31 @@ class Impairment:
 
 
 class LossModel:
-    """Bernoulli (burst 1) or Gilbert two-state loss with the given rate and mean burst."""
+    """Random (burst 1) or Gilbert two-state loss with the given rate and mean burst.
+
+    Random loss is drawn from bags of 100 outcomes holding exactly ``loss`` x 100 drops: each
+    datagram is lost independently of its neighbours' timing, but every 100 datagrams lose
+    exactly the nominal share, so a benchmark's 10 % is 10 % and not 8 or 12 % by the luck of
+    a seed (measured: one seed's "10 %" run lost 12.3 %, which moved PESQ-WB by 0.2)."""
+
+    BAG = 100
 
     def __init__(self, loss: float, burst: float, seed: int) -> None:
         self.rng = random.Random(seed)
         self.loss = loss
         self.burst = burst
         self.bad = False
+        self._bag: list[bool] = []
 
     def drop(self) -> bool:
         if self.loss <= 0:
             return False
         if self.burst <= 1.0:
-            return self.rng.random() < self.loss
+            if not self._bag:
+                drops = round(self.loss * self.BAG)
+                self._bag = [True] * drops + [False] * (self.BAG - drops)
+                self.rng.shuffle(self._bag)
+            return self._bag.pop()
         p_bg = 1.0 / self.burst
         p_gb = self.loss / (self.burst * (1.0 - self.loss))
         self.bad = (self.rng.random() >= p_bg) if self.bad else (self.rng.random() < p_gb)
