@@ -62,8 +62,8 @@ FIRST_S = 3.0
 START_LINE = re.compile(r"listening on (?P<host>\S+):(?P<port>\d+) .* pin=(?P<pin>\S+)$")
 WHEN = (
     "loss < 1 %",
-    "1-3 % random loss",
-    ">= 3 % loss, or bursty; cold start",
+    "1-3 % random loss (legacy only: FEC hint; adaptive: tier 2)",
+    ">= 3 % loss, or bursty; adaptive: >= 1 %, and the cold start",
     ">= 8 %, or bursty and >= 3 %",
     ">= 15 % (bursty: 1,2,4), or bursty and >= 5 %",
 )

@@ -225,17 +225,22 @@ class VoiceSender:
             self._encoder.set_loss_percent(level.loss_hint_percent)
         if level.bitrate_cap != old.bitrate_cap:
             self._apply_bitrate()
-        compact = bool(level.distances and level.copy_bitrate and self._copy_factory)
-        if compact != bool(old.distances and old.copy_bitrate and self._copy_factory):
-            # the primary's band matches its copies' while they are on (wideband)
+        wideband = self._wideband(level)
+        if wideband != self._wideband(old):
+            # the primary's band matches its copies' while they are on, and a primary capped
+            # by congestion spends its few bits below 8 kHz (wideband)
             set_wideband = getattr(self._encoder, "set_wideband", None)
             if set_wideband is not None:
-                set_wideband(compact)
+                set_wideband(wideband)
         if not (level.distances and level.copy_bitrate and self._copy_factory is not None):
             self._copy = None  # no compact copies now: the second encoder rests
         elif self._copy is None or level.copy_bitrate != self._copy_bitrate:
             self._copy = self._copy_factory(level.copy_bitrate)
             self._copy_bitrate = level.copy_bitrate
+
+    def _wideband(self, level: RedundancyLevel) -> bool:
+        compact = bool(level.distances and level.copy_bitrate and self._copy_factory)
+        return compact or bool(level.bitrate_cap)
 
     def encode(self, pcm: Pcm) -> bytes:
         """Encode the frame captured now and return its payload; advances ``frame_no``."""
