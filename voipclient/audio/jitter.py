@@ -231,6 +231,7 @@ class JitterBuffer:
         while len(self._buf) > self.capacity:
             oldest = min(self._buf)
             del self._buf[oldest]
+            self._from_copy.discard(oldest)
             self._overflow += 1
             if self._next is not None and self._next <= oldest:
                 self._next = oldest + 1

@@ -103,7 +103,7 @@ WIRE_OVERHEAD: Final = MIN_DATAGRAM_LEN + 8 + 20
 _HALF: Final = FRAME_NO_MODULUS // 2
 
 # Congestion detection (see the module docstring).
-_SAMPLE_MEMORY_S: Final = 20.0  # s: per-rate loss samples kept this long
+_SAMPLE_MEMORY_S: Final = 10.0  # s: per-rate loss samples kept this long
 _MIN_SAMPLE_FRAMES: Final = 25  # frames at a rate before its loss is compared
 _MIN_STEP: Final = 1.10  # a rate counts as higher than another from this ratio
 _Z: Final = 2.0  # two-proportion test threshold (about 2 % false alarms per comparison)
@@ -112,12 +112,16 @@ _STILL_LOSSY: Final = 0.05  # loss at the cap that makes the cap step down
 _HEAVY: Final = 0.12  # loss that may be our own: step down once to find out
 _STEP_DOWN: Final = 0.85
 _FLAT: Final = 0.25  # delivered rate rose by less than this share of what we added: a bottleneck
-_Z_FLAT: Final = 1.5  # the test's threshold when the delivered rate stayed flat
+_Z_CONFIRM: Final = 3.0  # a cap is confirmed only on strong evidence (1 in 700 by chance)
+_Z_FLAT: Final = _Z  # the same test, allowed on fewer frames when the delivered rate is flat
 _MARGIN: Final = 0.97  # the cap sits this much under the rate the link delivered
-_NO_STEP_S: Final = 60.0  # s between step-down experiments
+_NO_STEP_S: Final = 60.0  # s without detection or step-down after a cap that did not help
+_TOP_BEFORE_ASKING_S: Final = 10.0  # s at the top tier before rule 3 may ask
+_EXPERIMENT_EVERY_S: Final = 300.0  # s between rule 3's step-down questions at the top tier
 _PROBE_AFTER_S: Final = 20.0  # s of a clean path at the cap before probing upwards
 _PROBE_STEP: Final = 1.15
 _REPORT_LAG_S: Final = 0.05  # s: a report's window ended about this long before it reached us
+_REPORT_SLACK_S: Final = 0.1  # s: its first frames may have been sent this long before the last
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +365,9 @@ class _Congestion:
     stepped_from: int = 0  # the rate the last step down left (to tell whether it helped)
     no_step_until: float = 0.0  # no step-down experiment before this
     no_detect_until: float = 0.0  # no congestion detection before this (after a false alarm)
+    listener: int | None = None  # whose reports set the cap (and decide about it)
+    confirmed: int = 0  # the last cap whose lower rate was seen to lower the loss
+    experiment: bool = False  # the pending step down is rule 3's question, not a detection
     false_alarms: int = 0  # caps that did not lower the loss (lifted again)
     events: int = 0  # congestion detections
     samples: dict[int, deque[_RateSample]] = field(default_factory=dict)
@@ -393,6 +400,10 @@ class RedundancyPolicy:
         self._congestion = _Congestion()
         self._rates: deque[tuple[float, int]] = deque(maxlen=64)  # (since, wire b/s)
         self._out: RedundancyLevel | None = None
+        self._max_frames = max(MIN_REPORT_FRAMES, round(config.hold_s * 1000 / config.frame_ms))
+        self._last_from: dict[int, float] = {}  # listener → when its last report came
+        self._prev_rate = 0  # b/s: the wire rate before the one in force
+        self._top_since = math.inf  # when the top tier was last reached (inf: not at it)
         self.set_prior(prior)
 
     # -- the cold-start level and the path memory ------------------------------------------------
@@ -417,6 +428,9 @@ class RedundancyPolicy:
                 self._congestion.cap = max(
                     floor, wire_bitrate(remembered, cfg.bitrate, cfg.frame_ms)
                 )
+                # unconfirmed in this session: probed upwards from its first reports (rule 1
+                # puts it back if the link still cannot carry more)
+                self._congestion.since = -math.inf
         self._prior = prior
 
     def memory(self, now: float) -> RedundancyLevel | None:
@@ -447,18 +461,35 @@ class RedundancyPolicy:
         """Take one listener's report about us; returns the level to use from now."""
         if report.window_frames >= MIN_REPORT_FRAMES:
             need = target_level(report.loss, report.burst, compact=self.config.compact)
-            lost = report.loss * report.window_frames if math.isfinite(report.loss) else 0.0
-            lost = min(float(report.window_frames), max(0.0, lost))
+            # a window is at most what fits in the hold time (a peer's u32 would otherwise
+            # outweigh every other listener's reports and end a cold start by itself)
+            frames = min(report.window_frames, self._max_frames)
+            loss = min(1.0, max(0.0, report.loss)) if math.isfinite(report.loss) else 1.0
+            lost = loss * frames
             burst = report.burst if math.isfinite(report.burst) and report.burst >= 1 else 1.0
             runs = lost / burst if lost else 0.0
-            self._reports.append((now, listener_id, need, report.window_frames, lost, runs))
-            self._last_report = now
+            self._reports.append((now, listener_id, need, frames, lost, runs))
             if self.config.congestion:
-                self._observe(listener_id, report, now)
+                self._observe(listener_id, lost, frames, now)
+            self._last_report = now
+            self._last_from[listener_id] = now
         return self.level(now)
+
+    def new_session(self) -> None:
+        """A new login: listeners' ids are the new session's, the old ones' samples go (what
+        was learned about the path, the level and any cap, stays)."""
+        self._congestion.samples.clear()
+        self._last_from.clear()
+        if self._congestion.listener is not None:
+            self._congestion.listener = None
+            self._congestion.stepped_from = 0
 
     def forget(self, listener_id: int) -> None:
         """A listener left: its reports no longer count."""
+        self._last_from.pop(listener_id, None)
+        if self._congestion.listener == listener_id:
+            self._congestion.listener = None
+            self._congestion.stepped_from = 0
         self._reports = deque(r for r in self._reports if r[1] != listener_id)
         self._congestion.samples.pop(listener_id, None)
 
@@ -482,7 +513,14 @@ class RedundancyPolicy:
         out = self._fit(need, now) if cfg.congestion else need
         if out != self._out:
             self._out = out
-            self._rates.append((now, wire_bitrate(out, cfg.bitrate, cfg.frame_ms)))
+            rate = wire_bitrate(out, cfg.bitrate, cfg.frame_ms)
+            if self._rates and self._rates[-1][1] != rate:
+                self._prev_rate = self._rates[-1][1]
+            self._rates.append((now, rate))
+            if out.tier < 4:
+                self._top_since = math.inf
+            elif self._top_since == math.inf:
+                self._top_since = now
         return out
 
     def _need(self, now: float) -> RedundancyLevel:
@@ -538,16 +576,20 @@ class RedundancyPolicy:
         rate, span = max(spans.items(), key=lambda item: item[1])
         return rate if span >= 0.8 * (end - start) else None
 
-    def _observe(self, listener_id: int, report: LossReport, now: float) -> None:
+    def _observe(self, listener_id: int, lost: float, frames: int, now: float) -> None:
         cfg, cong = self.config, self._congestion
+        # The report's frames were sent between this listener's previous report and this one
+        # (less the way there and back): with push-to-talk pauses or DTX they are fewer than
+        # the time says, so the window is the time, and it must have had one rate throughout.
         end = now - _REPORT_LAG_S
-        rate = self._rate_over(end - report.window_frames * cfg.frame_ms / 1000, end)
+        previous = self._last_from.get(listener_id)
+        span = frames * cfg.frame_ms / 1000
+        start = end - span if previous is None else min(previous - _REPORT_SLACK_S, end - span)
+        rate = self._rate_over(start, end)
         if rate is None:
             return  # the window straddles a rate change: it says little about either rate
         samples = cong.samples.setdefault(listener_id, deque())
-        samples.append(
-            _RateSample(now, rate, report.loss * report.window_frames, report.window_frames)
-        )
+        samples.append(_RateSample(now, rate, lost, frames))
         while samples and now - samples[0].at > _SAMPLE_MEMORY_S:
             samples.popleft()
         groups: dict[int, list[float]] = {}  # rate → [lost, frames]
@@ -558,6 +600,8 @@ class RedundancyPolicy:
         hi_lost, hi_n = groups[rate]
         if hi_n < _MIN_SAMPLE_FRAMES:
             return
+        if cong.listener is not None and listener_id != cong.listener:
+            return  # the listener behind the cap decides about it (others may have room)
         p_hi = hi_lost / hi_n
         floor = wire_bitrate(
             RedundancyLevel(0, (), 0, MIN_PRIMARY_BITRATE), cfg.bitrate, cfg.frame_ms
@@ -572,9 +616,12 @@ class RedundancyPolicy:
                 continue
             p_lo = lo_lost / lo_n
             delivered_lo, delivered_hi = lo_rate * (1 - p_lo), rate * (1 - p_hi)
-            # What arrives stayed flat while we sent more: the signature of a fixed-rate link,
-            # clear enough to try the cap with fewer reports than a rise in loss alone needs.
-            flat = delivered_hi - delivered_lo < _FLAT * (rate - lo_rate)
+            # What arrives stayed flat while we sent more, and both rates lost: the signature
+            # of a fixed-rate link that both overflowed, clear enough to try the cap with fewer
+            # reports than a rise in loss alone needs (which wants 50 frames on each side).
+            flat = p_lo >= _STILL_LOSSY and delivered_hi - delivered_lo < _FLAT * (rate - lo_rate)
+            if not flat and min(lo_n, hi_n) < 2 * _MIN_SAMPLE_FRAMES:
+                continue
             if _rose(lo_lost, lo_n, hi_lost, hi_n, z=_Z_FLAT if flat else _Z):
                 was_capped = bool(cong.cap)  # a probe failed: probe less often
                 # what the overflowing rate delivered is what the link carries (a rate below
@@ -583,6 +630,7 @@ class RedundancyPolicy:
                 cong.cap = max(floor, min(lo_rate, int(carried)))
                 cong.since = now
                 cong.stepped_from = rate
+                cong.listener = listener_id
                 cong.probe_after_s = (
                     min(cong.probe_after_s * 2, 160.0) if was_capped else _PROBE_AFTER_S
                 )
@@ -594,15 +642,18 @@ class RedundancyPolicy:
             up = groups.get(cong.stepped_from)
             if up is None or up[1] < _MIN_SAMPLE_FRAMES or rate >= cong.stepped_from:
                 verdict = False  # nothing to compare with (or nothing could be cut)
-            elif _rose(hi_lost, hi_n, *up):
-                verdict = True
-            elif up[0] / up[1] - p_hi >= _MIN_RISE and hi_n < 6 * _MIN_SAMPLE_FRAMES:
-                return  # lower, but not clearly yet: wait for more reports (3 s at most)
+            elif _rose(hi_lost, hi_n, up[0], up[1], z=_Z_CONFIRM):
+                verdict = True  # (a strict test: a cap confirmed stays until probes lift it)
+            elif up[0] / up[1] - p_hi >= _MIN_RISE and hi_n < 8 * _MIN_SAMPLE_FRAMES:
+                return  # lower, but not clearly yet: wait for more reports (4 s at most)
             else:
                 verdict = False
             cong.stepped_from = 0
+            samples.clear()  # a verdict: what comes next is compared afresh
+            experiment, cong.experiment = cong.experiment, False
             if verdict:
                 cong.events += 1  # the loss was ours: the cap stays (and steps on if needed)
+                cong.confirmed = cong.cap
                 if p_hi >= _STILL_LOSSY and rate > floor:
                     cong.stepped_from, cong.cap, cong.since = (
                         rate,
@@ -610,41 +661,53 @@ class RedundancyPolicy:
                         now,
                     )
                 return
+            cong.no_step_until = max(cong.no_step_until, now + _NO_STEP_S)
+            if cong.confirmed and cong.cap < cong.confirmed:
+                # a step below a confirmed cap did not help: the rest of the loss is the
+                # path's; back to the confirmed cap
+                cong.cap = cong.confirmed
+                cong.since = now
+                return
             # the loss is the path's, not ours: full protection again, and no such experiment
-            # for a minute
-            cong.cap = 0
-            cong.false_alarms += 1
+            # for a minute (a failed step-down experiment is no alarm: it was a question)
+            cong.cap = cong.confirmed = 0
+            cong.listener = None
+            cong.false_alarms += not experiment
             cong.probe_after_s = _PROBE_AFTER_S
-            cong.no_step_until = cong.no_detect_until = now + _NO_STEP_S
-            samples.clear()
+            cong.no_detect_until = now + _NO_STEP_S
             return
         # 3. Heavy loss at the top tier (there is no escalation left to compare with), which may
         #    be ours (cross traffic filled the link): one copy fewer for a moment to find out,
-        #    at most once a minute.
+        #    at most every 5 minutes (on a path with heavy random loss each question costs a
+        #    few seconds with fewer copies).
         if (
             not cong.stepped_from
             and p_hi >= _HEAVY
             and hi_n >= 2 * _MIN_SAMPLE_FRAMES
             and self._learned.tier == 4
+            and now - self._top_since >= _TOP_BEFORE_ASKING_S  # the loss came later
             and rate >= wire_bitrate(self._learned, cfg.bitrate, cfg.frame_ms)
             and rate > floor
             and now >= cong.no_step_until
             and (not cong.cap or rate <= cong.cap)
         ):
             cong.stepped_from = rate
+            cong.listener = listener_id
             cong.cap = max(floor, int(rate * _STEP_DOWN))
             cong.since = now
-            cong.no_step_until = now + _NO_STEP_S
+            cong.no_step_until = now + _EXPERIMENT_EVERY_S
+            cong.experiment = True
             return
-        # 4. Capped on a clean path for a while: probe upwards, the link may have room again.
-        if (
-            cong.cap
-            and not cong.stepped_from
-            and p_hi < 3 * CLEAN_LOSS
-            and now - cong.since >= cong.probe_after_s
-        ):
+        # 4. Capped for a while: probe upwards, the link may have room again (or the loss was
+        #    never ours). A probe the link cannot carry raises the loss: rule 1 puts the cap
+        #    back and the next probe waits twice as long (up to 160 s).
+        if cong.cap and not cong.stepped_from and now - cong.since >= cong.probe_after_s:
             cong.cap = int(cong.cap * _PROBE_STEP)
             cong.since = now
+            top = RedundancyLevel(0, BURSTY_TOP, COPY_BITRATE)
+            if cong.cap >= wire_bitrate(top, cfg.bitrate, cfg.frame_ms):
+                cong.cap = cong.confirmed = 0  # nothing we send is above it any more
+                cong.listener = None
 
     def _fit(self, need: RedundancyLevel, now: float) -> RedundancyLevel:
         """The best level at or below ``need`` whose wire rate fits the cap: smaller copies,

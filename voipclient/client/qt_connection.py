@@ -274,8 +274,7 @@ class ServerConnection(QObject):
     @Slot()
     def close(self) -> None:
         """Say goodbye (when logged in), close both sockets and stop reconnecting."""
-        if self._path_memory is not None and self._path_key is not None:
-            self._path_memory.remember(self._path_key, self.core.path_memory(self._clock()))
+        learned = self.core.path_memory(self._clock())
         self.core.close(self._clock())
         self._pump()
         if self._timer is not None:
@@ -284,6 +283,8 @@ class ServerConnection(QObject):
         for sock in (self._tls, self._udp):  # none should be left; if one is, it stays quiet
             if sock is not None:
                 _silence(sock, _signals_of(sock))
+        if self._path_memory is not None and self._path_key is not None:
+            self._path_memory.remember(self._path_key, learned)  # never raises
 
     # -- driving the core --------------------------------------------------------------------------
 

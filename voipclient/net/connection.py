@@ -982,6 +982,7 @@ class ClientConnection:
         if macs is None:  # pragma: no cover - SecureSession handled LoggedIn just before
             raise LocalProtocolError("LoggedIn without hop keys")
         self._c2s, self._s2c = macs
+        self._policy.new_session()  # listeners' ids are this login's from now on
         self._hop_seq = 0
         self._hop_window = ReplayWindow()
         self._udp_sent = self._udp_received = self._udp_lost = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -31,26 +32,30 @@ class PathMemoryFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _load(self) -> dict[str, dict[str, object]]:
+    def _load(self) -> dict[str, object]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # OSError, bad JSON, absurd nesting (RecursionError): all the
+            # same to us, a memory we do without
             log.warning("path memory %s unreadable (%s): starting afresh", self.path, exc)
             return {}
         return data if isinstance(data, dict) else {}
 
     def recall(self, server: str, *, now: float | None = None) -> RedundancyLevel | None:
-        """The level remembered for ``server`` ("host:port"), if recent and valid."""
+        """The level remembered for ``server`` ("host:port"), if recent and valid. Never
+        raises: a damaged memory is no memory."""
         entry = self._load().get(server)
         if not isinstance(entry, dict):
             return None
-        at = entry.get("at")
         when = time.time() if now is None else now
-        if not isinstance(at, int | float) or not 0 <= when - at <= MAX_AGE_S:
+        if not 0 <= when - _at(entry) <= MAX_AGE_S:
             return None
-        return level_from_json(entry.get("level"))
+        try:
+            return level_from_json(entry.get("level"))
+        except Exception:  # belt and braces: level_from_json validates, but this is a file
+            return None
 
     def remember(
         self, server: str, level: RedundancyLevel | None, *, now: float | None = None
@@ -58,7 +63,7 @@ class PathMemoryFile:
         """Keep ``level`` for ``server`` (None: nothing learned, the entry stays as it was)."""
         if level is None:
             return
-        data = self._load()
+        data = {k: v for k, v in self._load().items() if isinstance(v, dict)}
         data[server] = {"level": level_to_json(level), "at": time.time() if now is None else now}
         if len(data) > _MAX_ENTRIES:  # the oldest go
             ordered = sorted(data.items(), key=lambda kv: _at(kv[1]), reverse=True)
@@ -66,10 +71,17 @@ class PathMemoryFile:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path, json.dumps(data, indent=1).encode())
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:
             log.warning("could not save the path memory %s: %s", self.path, exc)
 
 
 def _at(entry: object) -> float:
+    """An entry's time, or 0 (long ago) for anything that is not a finite number."""
     at = entry.get("at") if isinstance(entry, dict) else None
-    return float(at) if isinstance(at, int | float) else 0.0
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return 0.0
+    try:
+        value = float(at)  # a 400-digit int overflows here
+    except OverflowError:
+        return 0.0
+    return value if math.isfinite(value) else 0.0

@@ -448,7 +448,7 @@ def test_a_false_alarm_is_lifted_when_the_loss_does_not_fall() -> None:
     assert policy.rate_cap  # tried
     assert wire_bitrate(top, 32_000, 20) <= policy.rate_cap
     t = 1.0
-    for _ in range(6):  # 3 s of reports at the capped rate, still 20 %
+    for _ in range(12):  # 6 s of reports at the capped rate, still 20 %
         t += 0.5
         policy.add_report(2, report(0.2, 1.0, frames=25), t)
     assert policy.rate_cap == 0 and policy.congestion_false_alarms == 1
@@ -457,20 +457,26 @@ def test_a_false_alarm_is_lifted_when_the_loss_does_not_fall() -> None:
 
 
 def test_random_loss_keeps_its_protection_over_many_seeds() -> None:
+    """20 % random loss, reported as listeners do (every 0.5 s for 3 s, then every 2 s), over
+    20 seeds x 2 minutes: the loss never rises with our rate, so caps are rare and short (a
+    chance detection is tried and lifted; a 5-minute step-down question costs seconds)."""
     import random as _r
 
-    capped_time = 0
-    steps = 0
+    capped = total = 0.0
+    protected_at_end = 0
     for seed in range(20):
         rng = _r.Random(seed)
         policy = RedundancyPolicy()
         policy.level(0.0)
         t = 0.0
-        while t < 60.0:
-            lost = sum(rng.random() < 0.2 for _ in range(25)) / 25
-            level = policy.add_report(2, report(lost, 1.0, frames=25), t + 0.5)
-            t += 0.5
-            steps += 1
-            capped_time += level.distances != (1, 2, 3)
-        assert policy.level(t).distances == (1, 2, 3), seed
-    assert capped_time / steps < 0.05
+        while t < 120.0:
+            dt = 0.5 if t < 3.0 else 2.0
+            frames = round(dt * 50)
+            lost = sum(rng.random() < 0.2 for _ in range(frames)) / frames
+            policy.add_report(2, report(lost, 1.0, frames=frames), t + dt)
+            t += dt
+            total += dt
+            capped += dt * (policy.rate_cap > 0)
+        protected_at_end += policy.level(t).distances == (1, 2, 3)
+    assert capped / total < 0.08
+    assert protected_at_end >= 18
