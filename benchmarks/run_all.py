@@ -376,14 +376,14 @@ What the figures say:
   (first 3 s: 1.59, unprotected until the first 2 s report) and 4.10 after 3 s at 2.75x. The
   price of compact copies is a little quality once the path is known (a frame rebuilt from a
   16 kb/s copy) for a third less bitrate, and what they buy is the first seconds. At 20 % random
-  loss: 3.42 / 3.71 at 2.38x (milestone 1: 3.49 / 4.05 at 3.63x). Bursty loss at 10 %: 3.25 vs
-  3.15 at 2.4x vs 3.63x; at 20 % bursty full copies keep an edge (2.91 vs 2.76). The wait for
-  copies is 2 frames (40 ms) at 10 % random loss, 3-4 beyond 15 % or in bursts.
+  loss: 3.38 / 3.63 at 2.35x (milestone 1: 3.49 / 4.05 at 3.63x). Bursty loss: 3.25 vs 3.15 at
+  10 % and 2.93 vs 2.91 at 20 %, at 2.4x against 3.63x. The wait for copies is 2 frames (40 ms)
+  at 10 % random loss, 3-4 beyond 15 % or in bursts.
 - Congestion (a 64 kb/s bottleneck on the listener's side, counted on IPv4 bytes, with 2 %
   random loss under it): milestone 1's policy escalated to three full copies, 95 kb/s into the
-  64 kb/s link, and lost 40 % of it (PESQ-WB 3.01: four copies of each frame still get one
+  64 kb/s link, and lost 40 % of it (PESQ-WB 3.02: four copies of each frame still get one
   through, but the link is flooded for everyone on it). The product saw its own rate raise the
-  loss within 2 s, capped itself at what the link delivered and settled at a 20 kb/s wideband
+  loss within seconds, capped itself at what the link delivered and settled at a 20 kb/s wideband
   primary with one 12 kb/s copy (29 kb/s payload, 3.7 % loss over the run including the first
   seconds): PESQ-WB 3.07. The first 3 s of a new session over such a link stay poor (2.16): the
   cold-start copy does not fit; the path memory starts the next session at the learned cap.
