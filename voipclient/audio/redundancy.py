@@ -475,6 +475,17 @@ class RedundancyPolicy:
             self._last_from[listener_id] = now
         return self.level(now)
 
+    def set_voice_rate(self, bitrate: int, frame_ms: int) -> None:
+        """The user changed the Opus bitrate or frame size: rates are modelled from these now
+        (what was measured at the old ones is dropped; a congestion cap, in wire bits, stays)."""
+        if bitrate == self.config.bitrate and frame_ms == self.config.frame_ms:
+            return
+        self.config = replace(self.config, bitrate=bitrate, frame_ms=frame_ms)
+        self._max_frames = max(MIN_REPORT_FRAMES, round(self.config.hold_s * 1000 / frame_ms))
+        self._congestion.samples.clear()
+        self._congestion.stepped_from = 0
+        self._out = None  # the next level() records the rate in force anew
+
     def new_session(self) -> None:
         """A new login: listeners' ids are the new session's, the old ones' samples go (what
         was learned about the path, the level and any cap, stays)."""

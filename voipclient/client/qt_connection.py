@@ -246,6 +246,12 @@ class ServerConnection(QObject):
         self.core.set_local_settings(settings, self._clock())
         self._pump()
 
+    @Slot(int, int)
+    def set_voice_rate(self, bitrate: int, frame_ms: int) -> None:
+        """The user's Opus bitrate or frame size changed (the redundancy policy's model)."""
+        self.core.set_voice_rate(bitrate, frame_ms, self._clock())
+        self._pump()
+
     @Slot(bool, bool)
     def set_self_state(self, muted: bool, deafened: bool) -> None:
         """Self-mute / deafen: announced now and again after every reconnect."""

@@ -507,6 +507,12 @@ class ClientConnection:
         """The sender's policy (its congestion counters, for stats and tests)."""
         return self._policy
 
+    def set_voice_rate(self, bitrate: int, frame_ms: int, now: float) -> None:
+        """The user's Opus bitrate or frame size changed: the redundancy policy models its
+        rates (and fits a congestion cap) from these from now on."""
+        self._policy.set_voice_rate(bitrate, frame_ms)
+        self._set_level(self._policy.level(now))
+
     def set_path_memory(self, remembered: RedundancyLevel | None) -> None:
         """What an earlier session learned about this server's path (see
         :meth:`path_memory`): the next talk spurt starts with that protection."""

@@ -272,6 +272,7 @@ class ClientController(QObject):
     _text = Signal(int, str)
     _verify = Signal(int, bool, object)
     _local_settings = Signal(object)
+    _voice_rate = Signal(int, int)  # bitrate, frame_ms: the connection's redundancy model
 
     def __init__(
         self,
@@ -607,6 +608,10 @@ class ClientController(QObject):
             self._apply_transmit()
         if self.server_key is not None:
             self._set_server_prefs(prefs.server(self.server_key))
+        if self.conn is not None and (
+            old.audio.bitrate != prefs.audio.bitrate or old.audio.frame_ms != prefs.audio.frame_ms
+        ):
+            self._voice_rate.emit(prefs.audio.bitrate, prefs.audio.frame_ms)
         self.prefs_changed.emit(prefs)
 
     def _save(self) -> None:
@@ -823,6 +828,7 @@ class ClientController(QObject):
         self._text.connect(conn.send_text)
         self._verify.connect(conn.set_verified)
         self._local_settings.connect(conn.set_local_settings)
+        self._voice_rate.connect(conn.set_voice_rate)
         self._bridge.voice.connect(conn.send_voice)
         thread.finished.connect(conn.deleteLater)
         thread.start()
@@ -862,6 +868,7 @@ class ClientController(QObject):
             self._text,
             self._verify,
             self._local_settings,
+            self._voice_rate,
         ):
             signal.disconnect()
         self._bridge.voice.disconnect()

@@ -45,6 +45,12 @@ def test_cold_start_protection_then_clean_and_remembered(
     copies = sender.copy_bytes_out
     qtbot.wait(1000)
     assert sender.copy_bytes_out == copies  # a clean path costs nothing more
+    # a new bitrate in Settings reaches the connection's redundancy model
+    prefs = alice.controller.prefs
+    alice.apply_prefs(replace(prefs, audio=replace(prefs.audio, bitrate=24_000)))
+    conn = alice.controller.conn
+    assert conn is not None
+    qtbot.waitUntil(lambda: conn.core.redundancy_policy.config.bitrate == 24_000, timeout=5_000)
     # leaving saves what was learned (nothing secret: a level per host:port)
     alice.controller.disconnect_server()
     path = alice.controller.data_dir / "voice-paths.json"

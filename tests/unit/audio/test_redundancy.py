@@ -480,3 +480,18 @@ def test_random_loss_keeps_its_protection_over_many_seeds() -> None:
         protected_at_end += policy.level(t).distances == (1, 2, 3)
     assert capped / total < 0.08
     assert protected_at_end >= 18
+
+
+def test_a_new_bitrate_is_modelled_from_then_on() -> None:
+    """The user raises the bitrate to 64 kb/s while a 70 kb/s congestion cap is in force: the
+    policy models the new rate, so the clean level no longer fits and the primary is capped."""
+    policy = RedundancyPolicy()
+    policy.level(0.0)
+    policy._congestion.cap = 70_000  # a cap learned on this path
+    assert wire_bitrate(LEVEL_CLEAN, 32_000, 20) <= 70_000
+    policy.add_report(2, report(0.0, frames=100), 1.0)
+    assert policy.level(1.0) == LEVEL_CLEAN  # 64.4 kb/s on the wire fits
+    policy.set_voice_rate(64_000, 20)
+    level = policy.level(1.5)
+    assert level.bitrate_cap and wire_bitrate(level, 64_000, 20) <= 70_000
+    assert policy.config.bitrate == 64_000
