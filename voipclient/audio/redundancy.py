@@ -148,6 +148,9 @@ class RedundancyLevel:
     distances: tuple[int, ...] = ()
     copy_bitrate: int = 0
     bitrate_cap: int = 0
+    #: the primary is limited to wideband (while measured loss has copies rebuild frames, and
+    #: under a congestion cap); not at a cold start, where a clean path must not lose its band
+    wideband: bool = False
 
     @property
     def tier(self) -> int:
@@ -211,7 +214,7 @@ def target_level(loss: float, burst: float, *, compact: bool = False) -> Redunda
         if tier == 4 and (burst >= BURSTY or not compact):
             distances = BURSTY_TOP
         # full copies or compact ones; no hint (it only costs the primary quality)
-        return RedundancyLevel(0, distances, COPY_BITRATE if compact else 0)
+        return RedundancyLevel(0, distances, COPY_BITRATE if compact else 0, 0, compact)
     hint = min(MAX_LOSS_HINT, max(1, math.ceil(loss * 100 - 1e-9)))
     return RedundancyLevel(hint, ())
 
@@ -420,7 +423,7 @@ class RedundancyPolicy:
             if remembered.tier > prior.tier:
                 prior = replace(remembered, bitrate_cap=0)
                 if cfg.compact and not prior.copy_bitrate:
-                    prior = replace(prior, copy_bitrate=COPY_BITRATE)
+                    prior = replace(prior, copy_bitrate=COPY_BITRATE, wideband=True)
             if cfg.congestion and remembered.bitrate_cap:
                 floor = wire_bitrate(
                     RedundancyLevel(0, (), 0, MIN_PRIMARY_BITRATE), cfg.bitrate, cfg.frame_ms
@@ -739,15 +742,15 @@ class RedundancyPolicy:
             d = need.distances[:k]
             for copy in (need.copy_bitrate or COPY_BITRATE, SMALL_COPY_BITRATE):
                 if copy <= (need.copy_bitrate or cfg.bitrate):
-                    candidates.append(RedundancyLevel(0, d, copy))
+                    candidates.append(RedundancyLevel(0, d, copy, 0, True))
         if need.distances and need.copy_bitrate:
             for primary in PRIMARY_STEPS[:-1]:
                 if primary < cfg.bitrate:
-                    candidates.append(RedundancyLevel(0, (1,), SMALL_COPY_BITRATE, primary))
+                    candidates.append(RedundancyLevel(0, (1,), SMALL_COPY_BITRATE, primary, True))
         candidates.append(RedundancyLevel(hint, ()))
         for primary in PRIMARY_STEPS:
             if primary < cfg.bitrate:
-                candidates.append(RedundancyLevel(hint, (), 0, primary))
+                candidates.append(RedundancyLevel(hint, (), 0, primary, True))
         for level in candidates:
             if wire_bitrate(level, cfg.bitrate, cfg.frame_ms) <= cap:
                 return level
@@ -775,6 +778,7 @@ def level_to_json(level: RedundancyLevel) -> dict[str, object]:
         "distances": list(level.distances),
         "copy_bitrate": level.copy_bitrate,
         "bitrate_cap": level.bitrate_cap,
+        "wideband": level.wideband,
     }
 
 
@@ -802,4 +806,5 @@ def level_from_json(obj: object) -> RedundancyLevel | None:
         or any(not 1 <= d <= 8 for d in distances)
     ):
         return None
-    return RedundancyLevel(hint, tuple(distances), copy, cap)
+    wideband = obj.get("wideband", bool(copy or cap))
+    return RedundancyLevel(hint, tuple(distances), copy, cap, wideband is True)

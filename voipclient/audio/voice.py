@@ -240,7 +240,7 @@ class VoiceSender:
 
     def _wideband(self, level: RedundancyLevel) -> bool:
         compact = bool(level.distances and level.copy_bitrate and self._copy_factory)
-        return compact or bool(level.bitrate_cap)
+        return level.wideband and (compact or bool(level.bitrate_cap))
 
     def encode(self, pcm: Pcm) -> bytes:
         """Encode the frame captured now and return its payload; advances ``frame_no``."""

@@ -344,7 +344,8 @@ def test_cold_start_is_protected_until_reports_say_clean() -> None:
 def test_cold_start_raises_at_once_on_a_bad_first_report() -> None:
     policy = RedundancyPolicy()
     level = policy.add_report(2, report(0.12, 1.0, frames=25), 0.5)
-    assert level == RedundancyLevel(0, (1, 2), COPY_BITRATE)
+    assert level == RedundancyLevel(0, (1, 2), COPY_BITRATE, 0, wideband=True)
+    assert not LEVEL_LIGHT.wideband  # a cold start keeps the full band (a clean path loses nothing)
 
 
 def test_path_memory_starts_the_next_session_where_the_last_ended() -> None:
