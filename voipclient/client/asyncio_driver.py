@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Callable
 
 from voipclient.net import connection as cn
+from voipclient.net import supervisor as sv
 from voipclient.net.pins import pin_of_der_certificate
 
 __all__ = ["AsyncioConnection", "client_ssl_context"]
@@ -185,8 +186,8 @@ class AsyncioConnection:
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             self.connect_error = exc
             why = str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
-            gen, conn = proto.generation, self.conn
-            self.call(lambda now: conn.transport_failed(why, now, generation=gen))
+            gen, conn, kind = proto.generation, self.conn, sv.classify_os_error(exc)
+            self.call(lambda now: conn.transport_failed(why, now, generation=gen, kind=kind))
 
     def _tls_up(self, proto: _Tls) -> None:
         """The TLS handshake finished: hand the presented pin to the core for its verdict."""

@@ -478,7 +478,8 @@ class ServerConnection(QObject):
         if tls.state() == QAbstractSocket.SocketState.ConnectedState and tls.isEncrypted():
             return  # a connected socket's end is reported by ``disconnected``
         why = f"cannot connect to {self.core.host}:{self.core.port}: {tls.errorString()}"
-        self.core.transport_failed(why, self._clock(), generation=generation)
+        kind = _FAILURE_KINDS.get(error, sv.FailureKind.OTHER)
+        self.core.transport_failed(why, self._clock(), generation=generation, kind=kind)
         self._pump()
 
     def _udp_ready_read(self, generation: int) -> None:
@@ -491,6 +492,19 @@ class ServerConnection(QObject):
 
 
 __all__ = ["ConnectionState", "ConnectionStats", "ServerConnection"]
+
+_E = QAbstractSocket.SocketError
+#: Qt's socket errors → what the user is told to check (``net.supervisor.FAILURE_ADVICE``).
+_FAILURE_KINDS: dict[QAbstractSocket.SocketError, sv.FailureKind] = {
+    _E.ConnectionRefusedError: sv.FailureKind.REFUSED,
+    _E.HostNotFoundError: sv.FailureKind.NAME_NOT_FOUND,
+    _E.NetworkError: sv.FailureKind.NO_ROUTE,  # EHOSTUNREACH / ENETUNREACH
+    _E.SocketTimeoutError: sv.FailureKind.TIMEOUT,
+    _E.SslHandshakeFailedError: sv.FailureKind.TLS,
+    _E.SslInternalError: sv.FailureKind.TLS,
+    _E.SslInvalidUserDataError: sv.FailureKind.TLS,
+    _E.RemoteHostClosedError: sv.FailureKind.CLOSED,
+}
 
 
 def _signals_of(sock: Any) -> tuple[Any, ...]:

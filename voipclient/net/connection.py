@@ -609,7 +609,7 @@ class ClientConnection:
         self._presented_pin = None
         self._stats_mark = (now, self._bytes_in, self._bytes_out)
         self._next_stats = now + self._stats_interval
-        self._act(self._supervisor.handle_event(sv.Open(), now), now)
+        self._act(self._supervisor.handle_event(sv.Open(host, port), now), now)
 
     def close(self, now: float) -> None:
         """Say goodbye (when logging in or logged in), close the transport and stop
@@ -662,13 +662,23 @@ class ClientConnection:
         self._act(self._supervisor.handle_event(sv.PinApproved(), now), now)
         self._start_session(_CT.PIN_APPROVED, now)
 
-    def transport_failed(self, why: str, now: float, *, generation: int | None = None) -> None:
-        """The TCP/TLS connection could not be made, or broke (``why`` for the user)."""
+    def transport_failed(
+        self,
+        why: str,
+        now: float,
+        *,
+        generation: int | None = None,
+        kind: sv.FailureKind = sv.FailureKind.OTHER,
+    ) -> None:
+        """The TCP/TLS connection could not be made, or broke (``why`` for the user; ``kind``
+        from the adapter's socket error chooses what the user is told to check)."""
         if not self._current(generation):
             return
         if self._session is None:
             self._detach(now, abort=True)
-            self._act(self._supervisor.handle_event(sv.TransportFailed(why), now), now)
+            advice = sv.explain_failure(kind, self._host, self._port)
+            failed = sv.TransportFailed(why, kind, advice)
+            self._act(self._supervisor.handle_event(failed, now), now)
         else:
             self.connection_lost(now, generation=generation)
 
@@ -683,7 +693,9 @@ class ClientConnection:
             # No session yet (or it had nothing to say): the attempt failed.
             self._detach(now, abort=True)
             why = "the connection closed before login"
-            self._act(self._supervisor.handle_event(sv.TransportFailed(why), now), now)
+            kind = sv.FailureKind.CLOSED
+            failed = sv.TransportFailed(why, kind, sv.explain_failure(kind, self._host, self._port))
+            self._act(self._supervisor.handle_event(failed, now), now)
 
     def receive_data(self, data: bytes, now: float, *, generation: int | None = None) -> None:
         """Bytes read from the TLS connection (any chunking)."""

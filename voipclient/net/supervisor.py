@@ -77,6 +77,7 @@ __all__ = [
     "Connect",
     "ConnectionSupervisor",
     "Disconnect",
+    "FailureKind",
     "JoinChannel",
     "LeaveChannel",
     "LinkStats",
@@ -105,6 +106,8 @@ __all__ = [
     "UdpDatagramReceived",
     "UdpPong",
     "VoicePath",
+    "classify_os_error",
+    "explain_failure",
 ]
 
 
@@ -162,6 +165,77 @@ class StopReason(enum.Enum):
     UNSUPPORTED_VERSION = "unsupported_version"
     #: The server shut down and asked clients not to come back by themselves.
     SERVER_SHUTDOWN = "server_shutdown"
+    #: The first attempt after the user's Open failed: the server was never reached, so there
+    #: is nothing to restore and retrying a typo'd host would only hide the reason.
+    UNREACHABLE = "unreachable"
+
+
+class FailureKind(enum.Enum):
+    """Why a TCP/TLS connection could not be made (the adapter classifies its socket error)."""
+
+    REFUSED = "refused"
+    NO_ROUTE = "no_route"
+    NAME_NOT_FOUND = "name_not_found"
+    TIMEOUT = "timeout"
+    TLS = "tls"
+    #: The connection opened, then closed before login.
+    CLOSED = "closed"
+    OTHER = "other"
+
+
+#: What to check, per failure kind ({host} and {port} are filled in).
+FAILURE_ADVICE: Final[Mapping[FailureKind, str]] = {
+    FailureKind.REFUSED: (
+        "Nothing is listening on port {port} of {host}: check the port number, and that the "
+        "server is running."
+    ),
+    FailureKind.NO_ROUTE: (
+        "{host} cannot be reached from this network: check the address, your connection, and "
+        "any firewall or VPN in between."
+    ),
+    FailureKind.NAME_NOT_FOUND: (
+        "No computer is called {host}: check the spelling of the address (and your DNS)."
+    ),
+    FailureKind.TIMEOUT: (
+        "{host} did not answer on port {port}: check the address and port, and that a firewall "
+        "or the router lets TCP and UDP port {port} through."
+    ),
+    FailureKind.TLS: (
+        "The secure connection could not be set up: check that {host}:{port} is a voipclient "
+        "server and not another service on that port."
+    ),
+    FailureKind.CLOSED: (
+        "The server closed the connection before login: check that {host}:{port} is a "
+        "voipclient server, and try again later if it is busy."
+    ),
+    FailureKind.OTHER: "Check the address and port, and your network connection.",
+}
+
+
+def explain_failure(kind: FailureKind, host: str, port: int) -> str:
+    """What to check after a connection of ``kind`` failed, in one or two sentences."""
+    return FAILURE_ADVICE[kind].format(host=host, port=port or "?")
+
+
+def classify_os_error(exc: BaseException) -> FailureKind:
+    """The kind of a socket/TLS exception (asyncio adapters)."""
+    import errno
+    import socket
+    import ssl
+
+    if isinstance(exc, socket.gaierror):
+        return FailureKind.NAME_NOT_FOUND
+    if isinstance(exc, ssl.SSLError):
+        return FailureKind.TLS
+    if isinstance(exc, TimeoutError):
+        return FailureKind.TIMEOUT
+    if isinstance(exc, ConnectionRefusedError):
+        return FailureKind.REFUSED
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return FailureKind.NO_ROUTE
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
+        return FailureKind.CLOSED
+    return FailureKind.OTHER
 
 
 #: Error codes after which reconnecting would only repeat the refusal, and what to tell the user.
@@ -208,6 +282,10 @@ class SupervisorEvent:
 class Open(SupervisorEvent):
     """The user wants to be connected (also: "reconnect now" while waiting or stopped)."""
 
+    #: Where to (for the advice when the first contact fails); optional.
+    host: str = ""
+    port: int = 0
+
 
 @dataclass(frozen=True, slots=True)
 class Close(SupervisorEvent):
@@ -220,6 +298,10 @@ class TransportFailed(SupervisorEvent):
 
     #: What failed, for the log and the UI.
     message: str
+    #: Its kind, from the adapter's socket error.
+    kind: FailureKind = FailureKind.OTHER
+    #: What to check (from :func:`explain_failure`); shown when the server was never reached.
+    advice: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +516,10 @@ class SupervisorConfig:
     loss_window: int = 20
     #: Up to this much is added (rng) to the server's shutdown delay.
     shutdown_spread: float = 2.0
+    #: Retry with backoff also when the first attempt after Open fails (the server was never
+    #: reached). Off for people (a typo would retry forever); on for bots that start before
+    #: their server.
+    retry_unreached: bool = False
 
     def __post_init__(self) -> None:
         positive = (
@@ -539,6 +625,9 @@ class ConnectionSupervisor:
         self._failures = 0
         self._attempt = 0
         self._stop: tuple[StopReason, str] | None = None
+        #: Logged in at least once since the user's Open (reconnects only follow a reached server).
+        self._reached = False
+        self._where = ("the server", 0)
         # CONNECTING
         self._connect_deadline: float | None = None
         # WAITING
@@ -657,7 +746,9 @@ class ConnectionSupervisor:
             if self._connect_deadline is not None and now >= self._connect_deadline:
                 why = f"no login within {self.config.connect_timeout:g} s"
                 out.append(Disconnect(why))
-                self._schedule(now, why, out)
+                advice = explain_failure(FailureKind.TIMEOUT, *self._where)
+                if not self._unreached(f"{why}. {advice}", out):
+                    self._schedule(now, why, out)
         elif state is ConnState.WAITING:
             if self._reconnect_at is not None and now >= self._reconnect_at:
                 self._connect(now, out)
@@ -675,7 +766,11 @@ class ConnectionSupervisor:
         self._now = now
         return now
 
-    def _on_open(self, _e: Open, now: float, out: list[SupervisorAction]) -> None:
+    def _on_open(self, e: Open, now: float, out: list[SupervisorAction]) -> None:
+        if self._state is not ConnState.WAITING:
+            self._reached = False
+        if e.host:
+            self._where = (e.host, e.port)
         if self._state is ConnState.STOPPED:
             self._failures = 0
         self._stop = None
@@ -689,7 +784,16 @@ class ConnectionSupervisor:
     def _on_transport_failed(
         self, e: TransportFailed, now: float, out: list[SupervisorAction]
     ) -> None:
+        if self._unreached(f"{e.message}. {e.advice}".rstrip(". ") + ".", out):
+            return
         self._schedule(now, e.message, out)
+
+    def _unreached(self, message: str, out: list[SupervisorAction]) -> bool:
+        """Stop (UNREACHABLE) when this attempt never reached the server since the user's Open."""
+        if self._reached or self.config.retry_unreached:
+            return False
+        self._finish(StopReason.UNREACHABLE, message, out)
+        return True
 
     def _on_pin_refused(self, e: PinRefused, now: float, out: list[SupervisorAction]) -> None:
         out.append(Disconnect("server key refused"))
@@ -705,6 +809,7 @@ class ConnectionSupervisor:
 
     def _on_logged_in(self, e: ev.LoggedIn, now: float, out: list[SupervisorAction]) -> None:
         self._state = ConnState.CONNECTED
+        self._reached = True
         self._connect_deadline = None
         self._shutdown_delay = None
         self._shutdown_no_return = False
@@ -750,6 +855,8 @@ class ConnectionSupervisor:
             delay = self._shutdown_delay + self.config.shutdown_spread * self._rand()
             self._failures = 0
             self._wait(now, delay, f"server shutdown: {why}", out)
+            return
+        if not was_connected and self._unreached(f"the server closed the connection: {why}", out):
             return
         self._schedule(now, why, out)
 

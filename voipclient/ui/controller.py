@@ -782,13 +782,16 @@ class ClientController(QObject):
         identity = self.identity
         assert identity is not None
         self.bookmark, self.server_key, self.username = bookmark, key, username
+        if pin is None and bookmark.pin:
+            pin = bookmark.pin  # from an invite link: no trust prompt for that key
         self.pin = pin  # the pin this connection was opened with (None: the stored one / ask)
         self.model.reset()
         self.model.set_server_prefs(self.prefs.server(key))
         self.model_changed.emit()  # the previous server's tree goes away now
         self._rejoin_pending = True  # the channels joined last time, once, after this login
-        if not self.prefs.username:
-            self.prefs = replace(self.prefs, username=username)
+        # the name logged in with becomes the default everywhere; the server is selected next time
+        if self.prefs.username != username or self.prefs.last_server != key:
+            self.prefs = replace(self.prefs, username=username, last_server=key)
             self._save()
         self._stop_connection_thread()
         thread = QThread()
@@ -1117,6 +1120,11 @@ class ClientController(QObject):
                 f"Connection lost ({action.why}). Reconnecting in {action.delay:.0f} s "
                 f"(attempt {action.attempt})…"
             )
+        elif isinstance(action, sv.Stopped) and action.reason is sv.StopReason.UNREACHABLE:
+            where = self.bookmark.label or self.bookmark.key if self.bookmark else "the server"
+            self.state = "unreachable"  # never reached: stopped, not retrying (Connect again)
+            self.connection_state.emit(self.state, action.message)
+            self.banner.emit(f"Could not connect to {where}: {action.message}")
         elif isinstance(action, sv.Stopped):
             self.banner.emit(f"Disconnected: {action.message}")
             if action.reason == sv.StopReason.BAD_PASSWORD and self.bookmark is not None:

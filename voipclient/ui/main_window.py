@@ -534,10 +534,11 @@ class MainWindow(QMainWindow):
             "waiting": "Reconnecting…",
             "refused": "Refused",
             "closed": "Not connected",
+            "unreachable": "Could not connect",
         }.get(state, state)
         self.state_label.setText(text)
         self.state_label.setToolTip(plain_tip(detail))
-        self.disconnect_action.setEnabled(state not in {"closed", "refused"})
+        self.disconnect_action.setEnabled(state not in {"closed", "refused", "unreachable"})
         if state == "refused":
             self.banner.show_text(f"Connection refused: {detail}")
         if state != "ready":

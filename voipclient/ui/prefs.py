@@ -137,12 +137,22 @@ class Bookmark:
     host: str
     port: int = DEFAULT_PORT
     username: str = ""
+    #: Connect to this server when the app starts.
+    connect_at_start: bool = False
+    #: The server's key pin (``sha256/...``) when it came with an invite link: connecting
+    #: checks the server against it instead of asking the user to trust an unknown key.
+    pin: str = ""
 
     def check(self) -> None:
         if not self.host.strip():
             raise ValueError("a server needs a host")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be 1..65535, not {self.port}")
+        if self.pin:
+            from voipclient.net.pins import is_valid_pin
+
+            if not is_valid_pin(self.pin):
+                raise ValueError(f"{self.pin!r} is not a key pin (sha256/ and base64)")
 
     @property
     def key(self) -> str:
@@ -161,6 +171,10 @@ class Preferences:
     close_to_tray: bool = False
     #: The name we log in with (empty: ask / use the OS user name).
     username: str = ""
+    #: The first-run setup was completed or skipped (it stays reachable from the menu).
+    setup_done: bool = False
+    #: ``host:port`` of the server we were last connected to (the connect dialog selects it).
+    last_server: str = ""
     bookmarks: tuple[Bookmark, ...] = ()
     #: ``host:port`` → that server's preferences.
     servers: Mapping[str, ServerPrefs] = field(default_factory=dict)
@@ -191,8 +205,17 @@ _SCALARS: Final[dict[str, tuple[str, str, type]]] = {
     "transmit/release_ms": ("transmit", "release_ms", int),
     "appearance/theme": ("", "theme", str),
     "notifications/mentions": ("", "notify_mentions", bool),
-    "general/close_to_tray": ("", "close_to_tray", bool),
-    "general/username": ("", "username", str),
+    # Not "general/...": QSettings' INI format writes a group named "general" as "[%General]"
+    # and a new process reads it back as "General/...", so those values were lost at restart.
+    "app/close_to_tray": ("", "close_to_tray", bool),
+    "app/setup_done": ("", "setup_done", bool),
+    "profile/username": ("", "username", str),
+    "profile/last_server": ("", "last_server", str),
+}
+#: Keys older versions wrote, read when the current key is absent (see above).
+_LEGACY_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "app/close_to_tray": ("General/close_to_tray", "general/close_to_tray"),
+    "profile/username": ("General/username", "general/username"),
 }
 _NULLABLE: Final = frozenset({"audio/input_device", "audio/output_device"})
 BOOKMARKS_KEY: Final = "servers/bookmarks"
@@ -224,6 +247,10 @@ def load_preferences(backend: PrefsBackend) -> tuple[Preferences, list[str]]:
     sections: dict[str, dict[str, Any]] = {"audio": {}, "transmit": {}, "": {}}
     for key, (section, attr, kind) in _SCALARS.items():
         raw = backend.value(key)
+        for old in _LEGACY_KEYS.get(key, ()) if raw is None else ():
+            raw = backend.value(old)
+            if raw is not None:
+                break
         if raw is None:
             continue
         try:
@@ -285,6 +312,8 @@ def _load_bookmarks(raw: object, problems: list[str]) -> tuple[Bookmark, ...]:
                 host=_typed(entry.get("host", ""), str, False),
                 port=_typed(entry.get("port", DEFAULT_PORT), int, False),
                 username=_typed(entry.get("username", ""), str, False),
+                connect_at_start=_typed(entry.get("connect_at_start", False), bool, False),
+                pin=_typed(entry.get("pin", ""), str, False),
             )
             mark.check()
         except ValueError as exc:
@@ -367,10 +396,12 @@ def _server_to_json(prefs: ServerPrefs) -> dict[str, object]:
 
 
 def save_preferences(backend: PrefsBackend, prefs: Preferences) -> None:
-    """Write every preference (JSON text per key)."""
+    """Write every preference (JSON text per key); keys older versions used are removed."""
     for key, (section, attr, _kind) in _SCALARS.items():
         owner: object = getattr(prefs, section) if section else prefs
         backend.set_value(key, json.dumps(getattr(owner, attr)))
+        for old in _LEGACY_KEYS.get(key, ()):
+            backend.remove(old)
     backend.set_value(
         BOOKMARKS_KEY,
         json.dumps(

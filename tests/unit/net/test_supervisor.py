@@ -21,6 +21,7 @@ from voipclient.net.supervisor import (
     ConnectionSupervisor,
     ConnState,
     Disconnect,
+    FailureKind,
     JoinChannel,
     LeaveChannel,
     LocalSettingsChanged,
@@ -48,15 +49,19 @@ from voipclient.net.supervisor import (
     UdpDatagramReceived,
     UdpPong,
     VoicePath,
+    explain_failure,
 )
 
 ME = 7
 LOBBY, A, B = 1, 2, 3
 
 
-def sup(rng: float = 0.5, **cfg: float) -> ConnectionSupervisor:
-    """jitter 0 unless asked: delays are exact."""
-    config = SupervisorConfig(**{"backoff_jitter": 0.0, **cfg})  # type: ignore[arg-type]
+def sup(rng: float = 0.5, **cfg: float | bool) -> ConnectionSupervisor:
+    """jitter 0 unless asked: delays are exact. Retries before the first login too (the backoff
+    tests start unreachable); the product's default is tested in ``test_first_contact_*``."""
+    config = SupervisorConfig(  # type: ignore[arg-type]
+        **{"backoff_jitter": 0.0, "retry_unreached": True, **cfg}
+    )
     return ConnectionSupervisor(config, rng=lambda: rng)
 
 
@@ -113,6 +118,64 @@ def test_open_connects_and_login_binds_udp() -> None:
     assert s.handle_event(Open(), 0.6) == []  # ignored while connected
 
 
+def first_contact() -> ConnectionSupervisor:
+    """The product's default: no retry before the server was reached once."""
+    return ConnectionSupervisor(SupervisorConfig(), rng=lambda: 0.5)
+
+
+def test_first_contact_that_fails_stops_at_once_with_the_reason_and_what_to_check() -> None:
+    s = first_contact()
+    s.handle_event(Open(), 0.0)
+    advice = explain_failure(FailureKind.REFUSED, "voice.example", 4000)
+    out = s.handle_event(TransportFailed("connection refused", FailureKind.REFUSED, advice), 0.1)
+    assert of(out, ReconnectScheduled) == []
+    (stopped,) = of(out, Stopped)
+    assert isinstance(stopped, Stopped) and stopped.reason is StopReason.UNREACHABLE
+    assert stopped.message.startswith("connection refused. Nothing is listening on port 4000")
+    assert s.state is ConnState.STOPPED and s.get_timer() is None
+    # the user asks again: one more attempt, which stops the same way
+    assert of(s.handle_event(Open(), 5.0), Connect) == [Connect(1)]
+    assert of(s.handle_event(TransportFailed("timed out"), 6.0), Stopped)
+
+
+@pytest.mark.parametrize("kind", list(FailureKind))
+def test_every_failure_kind_has_advice_naming_the_server(kind: FailureKind) -> None:
+    text = explain_failure(kind, "h.example", 1234)
+    assert text.endswith(".") and len(text) > 30
+    if kind is not FailureKind.OTHER:
+        assert "h.example" in text
+
+
+def test_first_contact_that_times_out_or_closes_before_login_stops_too() -> None:
+    s = first_contact()
+    s.handle_event(Open(), 0.0)
+    out = s.handle_timer(SupervisorConfig().connect_timeout)
+    assert of(out, Disconnect) and of(out, Stopped) and not of(out, ReconnectScheduled)
+    s.handle_event(Open(), 30.0)
+    out = s.handle_event(closed(message="rate limited"), 30.5)
+    (stopped,) = of(out, Stopped)
+    assert isinstance(stopped, Stopped) and "rate limited" in stopped.message
+
+
+def test_a_server_we_were_connected_to_is_retried_with_backoff() -> None:
+    s = first_contact()
+    connected(s)
+    out = s.handle_event(closed(), 10.0)
+    (sched,) = of(out, ReconnectScheduled)
+    assert isinstance(sched, ReconnectScheduled) and s.state is ConnState.WAITING
+    s.handle_timer(sched.at)
+    # still the same server: failing to come back keeps retrying, it never stops by itself
+    out = s.handle_event(TransportFailed("connection refused"), sched.at + 0.1)
+    assert of(out, ReconnectScheduled) and not of(out, Stopped)
+    # "reconnect now" while waiting keeps that
+    s.handle_event(Open(), sched.at + 0.2)
+    assert of(s.handle_event(TransportFailed("refused"), sched.at + 0.3), ReconnectScheduled)
+    # the user closes: stopped; a later Open is a first contact again
+    s.handle_event(Close(), sched.at + 0.4)
+    s.handle_event(Open(), sched.at + 1.0)
+    assert of(s.handle_event(TransportFailed("refused"), sched.at + 1.1), Stopped)
+
+
 def test_backoff_doubles_to_the_cap_and_counts_attempts() -> None:
     s = sup()
     s.handle_event(Open(), 0.0)
@@ -139,7 +202,9 @@ def test_backoff_doubles_to_the_cap_and_counts_attempts() -> None:
 def test_backoff_jitter_comes_from_the_rng_and_never_exceeds_the_cap(
     r: float, factor: float
 ) -> None:
-    s = ConnectionSupervisor(SupervisorConfig(backoff_jitter=0.2), rng=lambda: r)
+    s = ConnectionSupervisor(
+        SupervisorConfig(backoff_jitter=0.2, retry_unreached=True), rng=lambda: r
+    )
     s.handle_event(Open(), 0.0)
     now = 0.0
     seen = []
@@ -545,7 +610,9 @@ _STEPS = st.lists(
 def test_arbitrary_sequences_never_raise_and_timers_are_never_in_the_past(
     steps: list[tuple[float, SupervisorEvent | ev.ClientEvent | None]], r: float, jitter: float
 ) -> None:
-    s = ConnectionSupervisor(SupervisorConfig(backoff_jitter=jitter), rng=lambda: r)
+    s = ConnectionSupervisor(
+        SupervisorConfig(backoff_jitter=jitter, retry_unreached=True), rng=lambda: r
+    )
     now = 1000.0
     for advance, event in steps:
         timer = s.get_timer()

@@ -52,8 +52,20 @@ def full_prefs() -> Preferences:
         theme="light",
         notify_mentions=False,
         close_to_tray=True,
-        username="zoë",
-        bookmarks=(Bookmark("Home", "voice.example", 4000, "zoë"), Bookmark("Other", "::1")),
+        username="zoë 🎧",
+        setup_done=True,
+        last_server="voice.example:4000",
+        bookmarks=(
+            Bookmark(
+                "Home 🏠",
+                "voice.example",
+                4000,
+                "zoë",
+                connect_at_start=True,
+                pin="sha256/" + "A" * 43 + "=",
+            ),
+            Bookmark("Other", "::1"),
+        ),
         servers={"voice.example:4000": squad, "other:64738": ServerPrefs(hot_mic=None)},
     )
 
@@ -68,6 +80,43 @@ def test_round_trip_keeps_every_field() -> None:
     # Stored as JSON text per key, so every QSettings backend gives back the same types.
     assert all(isinstance(v, str) for v in backend.values.values())
     assert json.loads(backend.values["audio/input_device"]) == "USB Mic"
+
+
+def test_full_prefs_sets_every_field_away_from_its_default() -> None:
+    """So the round trips (here and across two processes) cover every preference."""
+    from dataclasses import fields as dc_fields
+
+    prefs = full_prefs()
+    for owner, default in (
+        (prefs, Preferences()),
+        (prefs.audio, AudioPrefs()),
+        (prefs.transmit, TransmitPrefs()),
+        (prefs.bookmarks[0], Bookmark("", "")),
+        (prefs.servers["voice.example:4000"], ServerPrefs()),
+    ):
+        for f in dc_fields(owner):  # type: ignore[arg-type]
+            assert getattr(owner, f.name) != getattr(default, f.name), f.name
+
+
+def test_values_older_versions_wrote_under_general_are_read_and_moved() -> None:
+    # QSettings wrote "general/username" as [%General] and read it back as "General/username"
+    backend = MemoryBackend({"General/username": '"zoë"', "General/close_to_tray": "true"})
+    prefs, problems = load_preferences(backend)
+    assert problems == []
+    assert prefs.username == "zoë" and prefs.close_to_tray
+    save_preferences(backend, prefs)
+    assert "General/username" not in backend.values
+    assert json.loads(backend.values["profile/username"]) == "zoë"
+    assert load_preferences(backend)[0] == prefs
+
+
+def test_a_bookmark_pin_must_be_a_pin() -> None:
+    backend = MemoryBackend(
+        {BOOKMARKS_KEY: json.dumps([{"label": "x", "host": "h", "pin": "sha256/nope"}])}
+    )
+    prefs, problems = load_preferences(backend)
+    assert prefs.bookmarks == ()
+    assert "not a key pin" in problems[0]
 
 
 def test_round_trip_of_the_defaults_and_an_empty_store() -> None:
@@ -102,8 +151,8 @@ def test_round_trip_of_the_defaults_and_an_empty_store() -> None:
         ("appearance/theme", '"blue"', "unknown theme 'blue'"),
         ("appearance/theme", "3", "expected str"),
         ("notifications/mentions", '"no"', "expected bool"),
-        ("general/close_to_tray", "0", "expected bool"),
-        ("general/username", "null", "expected str"),
+        ("app/close_to_tray", "0", "expected bool"),
+        ("profile/username", "null", "expected str"),
     ],
 )
 def test_a_bad_value_names_its_key_and_falls_back(key: str, raw: str, reason: str) -> None:
