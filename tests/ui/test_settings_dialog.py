@@ -456,13 +456,15 @@ def test_add_and_edit_a_binding(qtbot: Any) -> None:
     qtbot.keyRelease(editor.capture, Qt.Key.Key_F13)
     qtbot.keyRelease(editor.capture, Qt.Key.Key_Control)
     assert editor.capture.keys() == "ctrl+f13"
-    assert "same hotkey" in editor.warning.text()  # ctrl+f13 is row 2 already
-    assert not ok.isEnabled()  # no channel yet
+    # ctrl+f13 is row 2's already: the one rule refuses it, naming the channels that have it
+    assert "already the push-to-talk key of Squad, Command" in editor.warning.text()
+    assert not ok.isEnabled()
     tick(editor, "Lobby")
-    assert ok.isEnabled()
+    assert not ok.isEnabled()
     editor.capture.set_keys("mouse5")
     editor.capture.captured.emit("mouse5")
-    assert "same hotkey" not in editor.warning.text()
+    assert "already" not in editor.warning.text()
+    assert ok.isEnabled()
     qtbot.mouseClick(ok, Qt.MouseButton.LeftButton)
     assert table_rows(table)[-1] == ("mouse5", "Lobby", "Hold to talk")
 
@@ -495,6 +497,39 @@ def test_add_and_edit_a_binding(qtbot: Any) -> None:
         BindingPref("mouse4", ("Squad", "Command")),
         BindingPref("mouse5", ("Lobby",)),
     )
+
+
+def test_a_part_chord_is_warned_about_in_the_editor_and_kept(qtbot: Any) -> None:
+    dialog = make_dialog(qtbot)
+    editor = open_editor(qtbot, dialog, "addBinding")
+    editor.capture.set_keys("shift+mouse4")
+    editor.capture.captured.emit("shift+mouse4")
+    tick(editor, "Lobby")
+    assert "mouse4 (Command) is part of shift+mouse4" in editor.warning.text()
+    assert editor.buttons.button(QDialogButtonBox.StandardButton.Ok).isEnabled()
+
+
+def test_settings_with_the_same_hotkey_twice_are_never_applied(qtbot: Any) -> None:
+    """Settings loaded with a duplicate (an old version, a hand-edited file) show it and
+    refuse Apply/OK until one is changed: the window never shows a key on two channels."""
+    prefs = base_prefs()
+    server = prefs.server(SERVER)
+    dup = replace(server, bindings=(*server.bindings, BindingPref("F13", ("Squad",))))
+    dialog = make_dialog(qtbot, prefs.with_server(SERVER, dup))
+    applied: list[object] = []
+    dialog.applied.connect(applied.append)
+    qtbot.mouseClick(button(dialog, OK), Qt.MouseButton.LeftButton)
+    assert applied == [] and dialog.isVisible()
+    warning = find(dialog, QLabel, "hotkeyWarning")
+    assert "use the same hotkey" in warning.text() and "change or remove one first" in (
+        warning.text()
+    )
+    assert find(dialog, QListWidget, "pageList").currentRow() == 2  # shown where to fix it
+    table = find(dialog, QTableWidget, "bindingsTable")
+    table.selectRow(3)
+    qtbot.mouseClick(find(dialog, QPushButton, "removeBinding"), Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(button(dialog, OK), Qt.MouseButton.LeftButton)
+    assert len(applied) == 1 and not dialog.isVisible()
 
 
 def test_hotkeys_page_disabled_when_not_connected(qtbot: Any) -> None:
@@ -697,8 +732,13 @@ def test_closing_the_dialog_stops_the_tests(qtbot: Any, null_sink_pcms: None) ->
     assert child is not None
     qtbot.waitUntil(lambda: child.processId() > 0, timeout=5_000)
     pid = child.processId()
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    assert b"--audio-host" in argv and b"--device-test" in argv and b"loopback" in argv
+
+    def argv() -> list[bytes]:
+        # empty between QProcess's fork and the child's exec: wait for the exec, not a time
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+    qtbot.waitUntil(lambda: argv() != [b""], timeout=5_000)
+    assert b"--audio-host" in argv() and b"--device-test" in argv() and b"loopback" in argv()
     changes: list[bool] = []
     dialog.tester.loopback_changed.connect(changes.append)
     outputs.setCurrentIndex(outputs.findData("voip_vsink"))  # the test moves to the new device

@@ -80,6 +80,7 @@ class App:
         from voipclient.ui import theme
         from voipclient.ui.controller import ClientController
         from voipclient.ui.main_window import MainWindow
+        from voipclient.ui.model import checked_hotkeys
         from voipclient.ui.prefs import load_preferences
         from voipclient.ui.settings import QSettingsBackend, use_settings_dir
         from voipclient.ui.tray import Tray
@@ -92,6 +93,8 @@ class App:
             use_settings_dir(args.settings_dir)
         self.backend = backend if backend is not None else QSettingsBackend()
         prefs, problems = load_preferences(self.backend)
+        prefs, dropped = checked_hotkeys(prefs)  # the one hotkey rule, for hand-edited files too
+        problems += dropped
         self.theme = theme
         theme.apply_theme(qapp, prefs.theme)
         path = icon_path()

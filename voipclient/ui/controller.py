@@ -59,7 +59,13 @@ from voipclient.storage.keylog import keylog_from_environment
 from voipclient.storage.keystore import KeyringStore
 from voipclient.storage.paths import PathMemoryFile
 from voipclient.storage.trust import PinFile, TofuFile
-from voipclient.ui.model import ClientModel, binding_conflict, with_binding
+from voipclient.ui.model import (
+    ClientModel,
+    binding_conflict,
+    binding_warnings,
+    checked_hotkeys,
+    with_binding,
+)
 from voipclient.ui.prefs import Bookmark, Preferences, PrefsBackend, ServerPrefs, save_preferences
 
 log = logging.getLogger("voipclient.ui.controller")
@@ -598,7 +604,11 @@ class ClientController(QObject):
 
     # -- preferences ---------------------------------------------------------------------------
     def apply_prefs(self, prefs: Preferences) -> None:
-        """New preferences from the settings dialog: saved, and in effect at once."""
+        """New preferences from the settings dialog: saved, and in effect at once. Hotkeys the
+        one rule refuses (the same chord twice on a server) are dropped and reported."""
+        prefs, dropped = checked_hotkeys(prefs)
+        for why in dropped:
+            self.message.emit("warning", why)
         old, self.prefs = self.prefs, prefs
         self._save()
         if self.pipeline is None or self.pipeline.needs_rebuild(prefs):
@@ -976,6 +986,8 @@ class ClientController(QObject):
                 self.message.emit("warning", why)
                 self.model_changed.emit()  # the controls show the key that stays
                 return False
+            for warning in binding_warnings(self._server_prefs(), name, keys):
+                self.message.emit("info", warning)
         self._set_server_prefs(with_binding(self._server_prefs(), name, keys))
         return True
 

@@ -26,17 +26,22 @@ from voipclient.net import events as ev
 from voipclient.net.roster import RosterSnapshot
 from voipclient.ptt.keys import SIDES
 from voipclient.ptt.router import Binding, PttConfigError
-from voipclient.ui.prefs import BindingPref, ServerPrefs
+from voipclient.ui.prefs import BindingPref, Preferences, ServerPrefs
 
 __all__ = [
     "ChannelRow",
     "ClientModel",
     "Conflict",
+    "HotkeyVerdict",
     "MemberRow",
     "binding_conflict",
+    "binding_warnings",
+    "checked_hotkeys",
     "chord_overlap",
     "find_conflicts",
+    "hotkey_rule",
     "with_binding",
+    "without_duplicate_bindings",
 ]
 
 
@@ -394,22 +399,91 @@ def find_conflicts(keys: Sequence[str]) -> list[Conflict]:
     return conflicts
 
 
-def binding_conflict(prefs: ServerPrefs, channel: str, keys: str) -> str | None:
-    """Why ``keys`` cannot become ``channel``'s own key: they are not valid, or another binding
-    has the same chord (:func:`chord_overlap`; a chord inside another one is allowed, as in the
-    settings dialog, which warns about it)."""
+@dataclass(frozen=True, slots=True)
+class HotkeyVerdict:
+    """What :func:`hotkey_rule` says about binding a chord beside the others."""
+
+    #: Why the chord cannot be bound (not valid, or the same chord as another binding), or None.
+    refusal: str | None = None
+    #: Chords it is part of, or that are part of it: allowed, but the user is told.
+    warnings: tuple[str, ...] = ()
+
+
+def hotkey_rule(others: Sequence[BindingPref], keys: str) -> HotkeyVerdict:
+    """The one hotkey rule (the settings dialog, the channel controls, loading settings):
+    ``keys`` is refused when not valid or when another binding has the same chord
+    (:func:`chord_overlap` "same": only one of them could ever fire), naming the channels that
+    have it; a chord inside another one, or containing one, is allowed with a warning."""
     try:
         chord = Binding.parse("new", keys, 0).chord
     except PttConfigError as exc:
-        return str(exc)
-    folded = channel.casefold()
-    for b in prefs.bindings:
-        if len(b.channels) == 1 and b.channels[0].casefold() == folded:
-            continue  # the binding being replaced
+        return HotkeyVerdict(refusal=str(exc))
+    warnings: list[str] = []
+    for b in others:
         other = _chord(b.keys)
-        if other is not None and chord_overlap(chord, other) == "same":
-            return f"{keys} already talks to {', '.join(b.channels)}; remove it there first"
-    return None
+        overlap = None if other is None else chord_overlap(chord, other)
+        where = ", ".join(b.channels)
+        if overlap == "same":
+            return HotkeyVerdict(
+                refusal=f"{keys} is already the push-to-talk key of {where}: remove it there first"
+            )
+        if overlap == "inside":
+            warnings.append(
+                f"{keys} is part of {b.keys} ({where}): pressing {b.keys} key by key starts "
+                f"talking here first"
+            )
+        elif overlap == "contains":
+            warnings.append(
+                f"{b.keys} ({where}) is part of {keys}: pressing {keys} key by key starts "
+                f"talking to {where} first"
+            )
+    return HotkeyVerdict(warnings=tuple(warnings))
+
+
+def _others(prefs: ServerPrefs, channel: str) -> list[BindingPref]:
+    folded = channel.casefold()
+    return [  # all but the channel's own binding, which is being replaced
+        b
+        for b in prefs.bindings
+        if not (len(b.channels) == 1 and b.channels[0].casefold() == folded)
+    ]
+
+
+def binding_conflict(prefs: ServerPrefs, channel: str, keys: str) -> str | None:
+    """Why ``keys`` cannot become ``channel``'s own key (:func:`hotkey_rule`), or None."""
+    return hotkey_rule(_others(prefs, channel), keys).refusal
+
+
+def binding_warnings(prefs: ServerPrefs, channel: str, keys: str) -> tuple[str, ...]:
+    """What :func:`hotkey_rule` warns about when ``keys`` becomes ``channel``'s own key."""
+    return hotkey_rule(_others(prefs, channel), keys).warnings
+
+
+def checked_hotkeys(prefs: Preferences) -> tuple[Preferences, list[str]]:
+    """:func:`without_duplicate_bindings` for every server; the sentences name the server."""
+    problems: list[str] = []
+    for key, server in prefs.servers.items():
+        fixed, dropped = without_duplicate_bindings(server)
+        if dropped:
+            prefs = prefs.with_server(key, fixed)
+            problems.extend(f"{key}: {why}" for why in dropped)
+    return prefs, problems
+
+
+def without_duplicate_bindings(prefs: ServerPrefs) -> tuple[ServerPrefs, list[str]]:
+    """``prefs`` with each binding :func:`hotkey_rule` refuses beside the earlier ones dropped,
+    and one sentence per dropped binding (settings written by hand or by an older version)."""
+    kept: list[BindingPref] = []
+    dropped: list[str] = []
+    for b in prefs.bindings:
+        refusal = hotkey_rule(kept, b.keys).refusal
+        if refusal is None:
+            kept.append(b)
+        else:
+            dropped.append(f"the key for {', '.join(b.channels)} was not loaded: {refusal}")
+    if not dropped:
+        return prefs, []
+    return replace(prefs, bindings=tuple(kept)), dropped
 
 
 def with_binding(prefs: ServerPrefs, channel: str, keys: str | None) -> ServerPrefs:

@@ -50,7 +50,7 @@ from voipclient.audio.sd_engine import DeviceInfo, list_devices
 from voipclient.errors import AudioDeviceError
 from voipclient.ui.audio_test import AudioTester
 from voipclient.ui.hotkey_capture import HotkeyCaptureWidget
-from voipclient.ui.model import Conflict, find_conflicts
+from voipclient.ui.model import Conflict, HotkeyVerdict, find_conflicts, hotkey_rule
 from voipclient.ui.prefs import AudioPrefs, BindingPref, Preferences, TransmitPrefs
 from voipclient.ui.theme import WARNING_COLOUR, status_colours
 
@@ -208,14 +208,14 @@ class BindingEditor(QDialog):
         self,
         binding: BindingPref | None,
         channels: Sequence[str],
-        other_keys: Sequence[str],
+        others: Sequence[BindingPref],
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
         self.setObjectName("bindingEditor")
         self.setWindowTitle("Edit hotkey" if binding else "Add hotkey")
         self.setAccessibleName(self.windowTitle())
-        self._other_keys = list(other_keys)
+        self._others = list(others)
         layout = QVBoxLayout(self)
         form = QFormLayout()
         layout.addLayout(form)
@@ -288,18 +288,17 @@ class BindingEditor(QDialog):
     def _refresh(self) -> None:
         binding = self.binding()
         ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
-        ok.setEnabled(binding is not None)
         messages: list[str] = []
-        if not self.capture.keys():
+        keys = self.capture.keys()
+        verdict = hotkey_rule(self._others, keys) if keys else HotkeyVerdict()
+        if not keys:
             messages.append("Click the hotkey button and press the keys to use.")
+        elif verdict.refusal is not None:
+            messages.append(verdict.refusal)  # the one rule: a chord already bound is refused
         elif binding is None:
             messages.append("Tick at least one channel.")
-        keys = self.capture.keys()
-        if keys:
-            last = len(self._other_keys)
-            for conflict in find_conflicts([*self._other_keys, keys]):
-                if last in conflict.rows:
-                    messages.append(conflict.message.replace(f"row {last + 1}", "this hotkey"))
+        messages.extend(verdict.warnings)
+        ok.setEnabled(binding is not None and verdict.refusal is None)
         self.warning.setText("\n".join(messages))
 
 
@@ -435,15 +434,25 @@ class SettingsDialog(QDialog):
         self.input_meter.set_level(peak_dbfs, speech)
 
     @Slot()
-    def apply(self) -> None:
+    def apply(self) -> bool:
+        """Emit :attr:`applied`; False (nothing emitted) while two hotkeys share a chord."""
+        refused = [c for c in find_conflicts([b.keys for b in self._bindings]) if c.kind != "part"]
+        if refused:  # the one hotkey rule: never saved, whatever the table holds
+            self.page_list.setCurrentRow(2)  # the Hotkeys page
+            self.hotkey_warning.setText(
+                "\n".join(f"⛔ {c.message}: change or remove one first" for c in refused)
+            )
+            self.hotkey_warning.setVisible(True)
+            return False
         prefs = self.preferences()
         self._applied_prefs = prefs
         self._update_dirty()
         self.applied.emit(prefs)
+        return True
 
     def accept(self) -> None:
-        self.apply()
-        super().accept()
+        if self.apply():  # refused (two hotkeys share a chord): stay open
+            super().accept()
 
     def done(self, result: int) -> None:
         self.tester.stop()
@@ -1014,7 +1023,7 @@ class SettingsDialog(QDialog):
 
     def _open_editor(self, row: int | None) -> None:
         binding = self._bindings[row] if row is not None else None
-        others = [b.keys for i, b in enumerate(self._bindings) if i != row]
+        others = [b for i, b in enumerate(self._bindings) if i != row]
         editor = BindingEditor(binding, self._channels, others, self)
         self.editor = editor
 

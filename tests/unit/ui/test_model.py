@@ -8,11 +8,14 @@ from voipclient.net.roster import ChannelView, Roster, RosterSnapshot, UserView
 from voipclient.ui.model import (
     ClientModel,
     binding_conflict,
+    binding_warnings,
+    checked_hotkeys,
     chord_overlap,
     find_conflicts,
+    hotkey_rule,
     with_binding,
 )
-from voipclient.ui.prefs import BindingPref, ServerPrefs
+from voipclient.ui.prefs import BindingPref, Preferences, ServerPrefs
 
 LOBBY, GAMES, SQUAD, AFK = 1, 2, 3, 4
 ME, BOB, EVE = 10, 11, 12
@@ -191,14 +194,54 @@ def test_binding_conflict_names_the_channel_that_has_the_keys() -> None:
         bindings=(BindingPref("f13", ("Games",)), BindingPref("ctrl+f14", ("Games", "Squad")))
     )
     assert binding_conflict(prefs, "Squad", "f13") == (
-        "f13 already talks to Games; remove it there first"
+        "f13 is already the push-to-talk key of Games: remove it there first"
     )
     assert binding_conflict(prefs, "Games", "f13") is None  # replacing its own key
     assert binding_conflict(prefs, "AFK", "shift+ctrl+f14") is None
     assert binding_conflict(prefs, "AFK", "f14+ctrl") == (
-        "f14+ctrl already talks to Games, Squad; remove it there first"
+        "f14+ctrl is already the push-to-talk key of Games, Squad: remove it there first"
     )
     assert binding_conflict(prefs, "AFK", "nosuchkey") is not None
+
+
+def test_the_hotkey_rule_refuses_the_same_chord_and_warns_about_a_part() -> None:
+    others = [BindingPref("ctrl+f13", ("Squad",)), BindingPref("mouse4", ("Games", "AFK"))]
+    verdict = hotkey_rule(others, "F13+Ctrl")
+    assert verdict.refusal is not None and "Squad" in verdict.refusal
+    part = hotkey_rule(others, "f13")
+    assert part.refusal is None
+    assert part.warnings == (
+        "f13 is part of ctrl+f13 (Squad): pressing ctrl+f13 key by key starts talking here first",
+    )
+    bigger = hotkey_rule(others, "shift+mouse4")
+    assert (
+        bigger.refusal is None
+        and "mouse4 (Games, AFK) is part of shift+mouse4" in (bigger.warnings[0])
+    )
+    assert hotkey_rule(others, "f20").warnings == ()
+    prefs = ServerPrefs(bindings=(BindingPref("f13", ("Squad",)),))
+    assert binding_warnings(prefs, "Games", "ctrl+f13") == (
+        "f13 (Squad) is part of ctrl+f13: pressing ctrl+f13 key by key starts talking to "
+        "Squad first",
+    )
+
+
+def test_loaded_settings_keep_the_first_of_two_bindings_with_the_same_chord() -> None:
+    server = ServerPrefs(
+        bindings=(
+            BindingPref("f13", ("Games",)),
+            BindingPref("ctrl+f13", ("AFK",)),
+            BindingPref("F13", ("Squad",)),
+        )
+    )
+    prefs = Preferences(servers={"h:1": server})
+    fixed, problems = checked_hotkeys(prefs)
+    assert [b.channels for b in fixed.server("h:1").bindings] == [("Games",), ("AFK",)]
+    assert problems == [
+        "h:1: the key for Squad was not loaded: F13 is already the push-to-talk key of Games: "
+        "remove it there first"
+    ]
+    assert checked_hotkeys(fixed) == (fixed, [])
 
 
 def test_one_conflict_rule_for_the_dialog_the_channel_controls_and_the_router() -> None:
