@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 from pytestqt.qtbot import QtBot
 
-from voipclient.ui.chat import MAX_HISTORY, MAX_MESSAGE_CHARS, ChatPanel
+from voipclient.ui.chat import MAX_HISTORY, MAX_MESSAGE_BYTES, MAX_MESSAGE_CHARS, ChatPanel
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(60)]
 
@@ -170,6 +170,60 @@ def test_too_long_text_is_refused_with_an_inline_message(qtbot: QtBot, panel: Ch
     with qtbot.wait_signal(panel.send_requested, timeout=2000) as blocker:
         qtbot.keyClick(editor(panel), Qt.Key.Key_Return)
     assert blocker.args == [GENERAL, "x" * MAX_MESSAGE_CHARS]
+
+
+def test_emoji_count_in_bytes_and_the_counter_says_what_is_left(
+    qtbot: QtBot, panel: ChatPanel
+) -> None:
+    """1,500 emoji are under the 2,000-character limit but 6,000 bytes: refused, kept, and the
+    counter says by how much; at the byte limit exactly it is sent."""
+    left = panel.findChild(QLabel, "chatLeft")
+    error = panel.findChild(QLabel, "chatInputError")
+    assert left is not None and error is not None and left.isHidden()
+    editor(panel).setFocus()
+    editor(panel).setPlainText("🎮" * 1500)
+    editor(panel).moveCursor(QTextCursor.MoveOperation.End)
+    assert left.isVisible() and left.text() == f"{1500 * 4 - MAX_MESSAGE_BYTES} over"
+    assert "6000 bytes" in error.text()
+    with qtbot.assert_not_emitted(panel.send_requested):
+        qtbot.keyClick(editor(panel), Qt.Key.Key_Return)
+    assert editor(panel).toPlainText() == "🎮" * 1500  # nothing lost
+    editor(panel).setPlainText("🎮" * (MAX_MESSAGE_BYTES // 4 - 5))
+    assert left.isVisible() and left.text() == "20 left" and error.isHidden()
+    editor(panel).setPlainText("🎮" * (MAX_MESSAGE_BYTES // 4))
+    editor(panel).moveCursor(QTextCursor.MoveOperation.End)
+    assert left.text() == "0 left"
+    with qtbot.wait_signal(panel.send_requested, timeout=2000) as blocker:
+        qtbot.keyClick(editor(panel), Qt.Key.Key_Return)
+    assert blocker.args == [GENERAL, "🎮" * 1000]
+    assert left.isHidden()
+    editor(panel).setPlainText("short")
+    assert left.isHidden()  # only near the limit
+
+
+def test_a_message_that_could_not_be_sent_comes_back_to_the_editor(
+    qtbot: QtBot, panel: ChatPanel
+) -> None:
+    type_into(qtbot, panel, "first")
+    with qtbot.wait_signal(panel.send_requested, timeout=2000):
+        qtbot.keyClick(editor(panel), Qt.Key.Key_Return)
+    panel.message_sent(GENERAL, "first")
+    type_into(qtbot, panel, "second")
+    with qtbot.wait_signal(panel.send_requested, timeout=2000):
+        qtbot.keyClick(editor(panel), Qt.Key.Key_Return)
+    type_into(qtbot, panel, "typing on")
+    panel.send_failed(GENERAL, "no sender key yet")
+    assert editor(panel).toPlainText() == "typing on\nsecond"
+    assert "not sent: no sender key yet" in view(panel, GENERAL).toPlainText()
+    # a failure in a conversation not shown goes back to that conversation's draft
+    panel.show_channel(RAID)
+    type_into(qtbot, panel, "raid msg")
+    with qtbot.wait_signal(panel.send_requested, timeout=2000):
+        qtbot.keyClick(editor(panel), Qt.Key.Key_Return)
+    panel.show_channel(GENERAL)
+    panel.send_failed(RAID, "not connected")
+    panel.show_channel(RAID)
+    assert editor(panel).toPlainText() == "raid msg"
 
 
 def test_each_conversation_keeps_its_draft(qtbot: QtBot, panel: ChatPanel) -> None:

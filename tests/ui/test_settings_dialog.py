@@ -532,6 +532,19 @@ def test_settings_with_the_same_hotkey_twice_are_never_applied(qtbot: Any) -> No
     assert len(applied) == 1 and not dialog.isVisible()
 
 
+def test_every_mnemonic_label_has_a_buddy(qtbot: Any) -> None:
+    """A "&" label without a buddy shows the "&" itself ("&Bitrate:" did)."""
+    dialog = make_dialog(qtbot)
+    labels = [
+        w for w in dialog.findChildren(QLabel) if "&" in w.text() and not w.openExternalLinks()
+    ]
+    assert labels, "the dialog has mnemonic labels"
+    for label in labels:
+        if label.textFormat() == Qt.TextFormat.RichText or "&amp;" in label.text():
+            continue
+        assert label.buddy() is not None, label.text()
+
+
 def test_hotkeys_page_disabled_when_not_connected(qtbot: Any) -> None:
     dialog = make_dialog(qtbot, base_prefs(), server_key=None, channels=[])
     find(dialog, QListWidget, "pageList").setCurrentRow(2)
@@ -589,7 +602,12 @@ def test_devices_are_listed_by_name(qtbot: Any, null_sink_pcms: None) -> None:
     assert {"voip_vsink_monitor", "voip_vsink2_monitor"} <= set(input_names)
     assert {"voip_vsink", "voip_vsink2"} <= set(output_names)
     real = {d.name for d in list_devices() if d.max_output_channels > 0}
-    assert set(output_names[1:-1]) == real
+    # the sound server's sinks by their own names; ALSA's "pulse"/"default" (only the system
+    # default again) are left out beside them
+    assert "Null Output (vsink2)" in output_names
+    assert outputs.itemText(outputs.findData("Null Output (vsink2)")) == "Null Output (vsink2)"
+    assert set(output_names[1:-1]) == real - {"pulse", "default"}
+    assert "Monitor of Null Output (vsink.monitor)" in input_names
     assert inputs.currentData() == "voip_vsink_monitor"
     # A saved device that is not connected stays selected and says so.
     assert outputs.currentData() == "gone" and outputs.currentText() == "gone (not connected)"

@@ -33,6 +33,7 @@ Threading: construct, ``start``, ``stop``, ``poll``, ``close`` from one owner th
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -41,6 +42,7 @@ from typing import Any, Final, Literal, Self
 import numpy as np
 import numpy.typing as npt
 
+from voipclient.audio import pulse
 from voipclient.audio.engine import (
     FRAME_SAMPLES,
     RING_SAMPLES,
@@ -90,6 +92,9 @@ class DeviceInfo:
     """Hz."""
     is_default_input: bool
     is_default_output: bool
+    pulse_name: str | None = None
+    """A PulseAudio/PipeWire sink or source reached through PortAudio's ``pulse`` device
+    (:mod:`voipclient.audio.pulse`); ``name`` is then its description."""
 
     def channels(self, kind: Kind) -> int:
         return self.max_input_channels if kind == "input" else self.max_output_channels
@@ -184,7 +189,7 @@ def list_devices() -> list[DeviceInfo]:
     sd = _sounddevice()
     default_in, default_out = (int(i) for i in sd.default.device)
     hostapis = [str(h["name"]) for h in sd.query_hostapis()]
-    return [
+    devices = [
         DeviceInfo(
             index=int(d["index"]),
             name=str(d["name"]),
@@ -197,6 +202,33 @@ def list_devices() -> list[DeviceInfo]:
         )
         for d in sd.query_devices()
     ]
+    return devices + sound_server_devices(devices)
+
+
+def sound_server_devices(devices: Sequence[DeviceInfo]) -> list[DeviceInfo]:
+    """The sound server's sinks and sources by their own names, each reached through
+    PortAudio's ``pulse`` device (none when PortAudio has no such device or no server runs)."""
+    via = next((d for d in devices if d.name == "pulse"), None)
+    if via is None:
+        return []
+    out: list[DeviceInfo] = []
+    for kind in ("input", "output"):
+        endpoints = pulse.list_endpoints(kind)
+        for e, label in zip(endpoints, pulse.display_names(endpoints), strict=True):
+            out.append(
+                DeviceInfo(
+                    index=via.index,
+                    name=label,
+                    hostapi="PulseAudio",
+                    max_input_channels=e.channels if kind == "input" else 0,
+                    max_output_channels=e.channels if kind == "output" else 0,
+                    default_samplerate=float(e.rate),
+                    is_default_input=False,
+                    is_default_output=False,
+                    pulse_name=e.name,
+                )
+            )
+    return out
 
 
 def refresh_devices() -> bool:
@@ -567,6 +599,11 @@ class SoundDeviceEngine:
 
         cls = self._sd.InputStream if side.kind == "input" else self._sd.OutputStream
         callback = self._input_callback if side.kind == "input" else self._output_callback
+        # A named sink/source: libpulse reads PULSE_SINK/SOURCE when the stream is opened.
+        var = pulse.ENV[side.kind]
+        before = os.environ.get(var)
+        if device.pulse_name is not None:
+            os.environ[var] = device.pulse_name
         try:
             stream = cls(
                 device=device.index,
@@ -580,6 +617,11 @@ class SoundDeviceEngine:
             )
         except (self._sd.PortAudioError, ValueError) as exc:
             return str(exc)
+        finally:
+            if before is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = before
         _open_streams += 1
         side.stream = stream
         side.device = device

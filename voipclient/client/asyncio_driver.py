@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -186,7 +187,7 @@ class AsyncioConnection:
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             self.connect_error = exc
             why = str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
-            gen, conn, kind = proto.generation, self.conn, sv.classify_os_error(exc)
+            gen, conn, kind = proto.generation, self.conn, classify_os_error(exc)
             self.call(lambda now: conn.transport_failed(why, now, generation=gen, kind=kind))
 
     def _tls_up(self, proto: _Tls) -> None:
@@ -304,3 +305,20 @@ class AsyncioConnection:
             self._timer.cancel()
             self._timer = None
         self._close_udp()
+
+
+def classify_os_error(exc: BaseException) -> sv.FailureKind:
+    """The kind of a socket/TLS exception (asyncio adapters)."""
+    if isinstance(exc, socket.gaierror):
+        return sv.FailureKind.NAME_NOT_FOUND
+    if isinstance(exc, ssl.SSLError):
+        return sv.FailureKind.TLS
+    if isinstance(exc, TimeoutError):
+        return sv.FailureKind.TIMEOUT
+    if isinstance(exc, ConnectionRefusedError):
+        return sv.FailureKind.REFUSED
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return sv.FailureKind.NO_ROUTE
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
+        return sv.FailureKind.CLOSED
+    return sv.FailureKind.OTHER

@@ -86,6 +86,8 @@ class ServerConnection(QObject):
     stats_changed = Signal(object)
     #: (channel id, why) a text message could not be sent (no sender key yet, not a member)
     text_failed = Signal(int, str)
+    #: (channel_id, text): a chat message was sealed and sent (in order with ``text_failed``)
+    text_sent = Signal(int, str)
 
     def __init__(
         self,
@@ -261,8 +263,10 @@ class ServerConnection(QObject):
     @Slot(int, str)
     def send_text(self, channel_id: int, text: str) -> None:
         """Seal and send a chat message (``text_failed`` says why when it cannot be sent)."""
-        self.core.send_text(channel_id, text, self._clock())
-        self._pump()
+        sent = self.core.send_text(channel_id, text, self._clock())
+        self._pump()  # a failure is emitted here (text_failed), before what follows
+        if sent:
+            self.text_sent.emit(channel_id, text)
 
     @Slot(int, bool, object)
     def set_verified(self, sender_id: int, verified: bool, ik_pub: bytes) -> None:

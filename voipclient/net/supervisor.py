@@ -106,7 +106,6 @@ __all__ = [
     "UdpDatagramReceived",
     "UdpPong",
     "VoicePath",
-    "classify_os_error",
     "explain_failure",
 ]
 
@@ -215,27 +214,6 @@ FAILURE_ADVICE: Final[Mapping[FailureKind, str]] = {
 def explain_failure(kind: FailureKind, host: str, port: int) -> str:
     """What to check after a connection of ``kind`` failed, in one or two sentences."""
     return FAILURE_ADVICE[kind].format(host=host, port=port or "?")
-
-
-def classify_os_error(exc: BaseException) -> FailureKind:
-    """The kind of a socket/TLS exception (asyncio adapters)."""
-    import errno
-    import socket
-    import ssl
-
-    if isinstance(exc, socket.gaierror):
-        return FailureKind.NAME_NOT_FOUND
-    if isinstance(exc, ssl.SSLError):
-        return FailureKind.TLS
-    if isinstance(exc, TimeoutError):
-        return FailureKind.TIMEOUT
-    if isinstance(exc, ConnectionRefusedError):
-        return FailureKind.REFUSED
-    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-        return FailureKind.NO_ROUTE
-    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
-        return FailureKind.CLOSED
-    return FailureKind.OTHER
 
 
 #: Error codes after which reconnecting would only repeat the refusal, and what to tell the user.

@@ -55,6 +55,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from voipclient.crypto.text import MAX_TEXT_BYTES
 from voipclient.ui.mentions import (
     HERE,
     Completion,
@@ -64,12 +65,44 @@ from voipclient.ui.mentions import (
     mentions_user,
 )
 
-__all__ = ["GROUP_WINDOW_MS", "MAX_HISTORY", "MAX_MESSAGE_CHARS", "ChatPanel"]
+__all__ = [
+    "GROUP_WINDOW_MS",
+    "MAX_HISTORY",
+    "MAX_MESSAGE_BYTES",
+    "MAX_MESSAGE_CHARS",
+    "ChatPanel",
+    "message_room",
+    "too_long",
+]
 
 log = logging.getLogger("voipclient.ui.chat")
 
 #: Longest message we send, in characters (code points) after trimming surrounding whitespace.
 MAX_MESSAGE_CHARS: Final = 2000
+#: ... and in UTF-8 bytes, the protocol's limit (crypto/text.py): 1,000 emoji reach it first.
+MAX_MESSAGE_BYTES: Final = MAX_TEXT_BYTES
+#: The "N left" counter shows once a message uses this share of either limit.
+_COUNTER_FROM: Final = 0.8
+
+
+def message_room(text: str) -> int:
+    """How much more of ``text`` (trimmed) can be sent, in the unit that runs out first: the
+    smaller of the characters and the UTF-8 bytes left (negative: over by that many)."""
+    text = text.strip()
+    return min(MAX_MESSAGE_CHARS - len(text), MAX_MESSAGE_BYTES - len(text.encode("utf-8")))
+
+
+def too_long(text: str) -> str | None:
+    """Why ``text`` (trimmed) cannot be sent, or None."""
+    text = text.strip()
+    size = len(text.encode("utf-8"))
+    if len(text) > MAX_MESSAGE_CHARS:
+        return f"{len(text)} characters, at most {MAX_MESSAGE_CHARS}"
+    if size > MAX_MESSAGE_BYTES:
+        return f"{size} bytes (emoji and accents take 2-4 each), at most {MAX_MESSAGE_BYTES}"
+    return None
+
+
 #: History kept per channel, in entries (messages and notices); the oldest are dropped.
 MAX_HISTORY: Final = 1000
 #: Consecutive messages from one author at most this far apart (sender clock, ms) share a header.
@@ -122,6 +155,8 @@ class _Conversation:
     unread: int = 0
     mentions: int = 0
     draft: str = ""
+    #: Messages sent and not yet known to have left (restored to the draft if sending fails).
+    unsent: deque[str] = field(default_factory=lambda: deque(maxlen=8))
     #: Keep the view scrolled to the newest message (the user has not scrolled up).
     stick_to_bottom: bool = True
 
@@ -297,6 +332,15 @@ class ChatPanel(QWidget):
         self._send.setToolTip("Send the message (Enter)")
         self._send.clicked.connect(self._submit)
 
+        self._left = QLabel(self)
+        self._left.setObjectName("chatLeft")
+        self._left.setAccessibleName("Characters left")
+        self._left.setToolTip(
+            f"A message holds up to {MAX_MESSAGE_CHARS} characters and {MAX_MESSAGE_BYTES} bytes "
+            "(an emoji takes 4 bytes)"
+        )
+        self._left.hide()
+
         self._error = QLabel(self)
         self._error.setObjectName("chatInputError")
         self._error.setAccessibleName("Message error")
@@ -316,7 +360,12 @@ class ChatPanel(QWidget):
         editor_row = QHBoxLayout()
         editor_row.setContentsMargins(0, 0, 0, 0)
         editor_row.addWidget(self._input, 1)
-        editor_row.addWidget(self._send, 0, Qt.AlignmentFlag.AlignBottom)
+        side = QVBoxLayout()
+        side.setContentsMargins(0, 0, 0, 0)
+        side.addStretch(1)
+        side.addWidget(self._left, 0, Qt.AlignmentFlag.AlignRight)
+        side.addWidget(self._send)
+        editor_row.addLayout(side)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self._tabs, 1)
@@ -432,6 +481,27 @@ class ChatPanel(QWidget):
             self._set_counts(conv, conv.unread + 1, conv.mentions + int(mentions_me))
         if mentions_me:
             self.mentioned.emit(channel_id, author, text)
+
+    def message_sent(self, channel_id: int, text: str) -> None:
+        """The connection sent ``text``: it no longer needs restoring."""
+        conv = self._conversations.get(channel_id)
+        if conv is not None and text in conv.unsent:
+            conv.unsent.remove(text)
+
+    def send_failed(self, channel_id: int, why: str) -> None:
+        """Sending the oldest pending message of the channel failed: say so in the conversation
+        and put the text back in its editor (after what is typed there now), so it is never
+        lost silently."""
+        conv = self._conversations.get(channel_id)
+        self.add_notice(channel_id, f"not sent: {why}")
+        if conv is None or not conv.unsent:
+            return
+        text = conv.unsent.popleft()
+        if conv is self._current():
+            current = self._input.toPlainText()
+            self._input.setPlainText(f"{current}\n{text}" if current.strip() else text)
+        else:
+            conv.draft = f"{conv.draft}\n{text}" if conv.draft.strip() else text
 
     def add_notice(self, channel_id: int, text: str) -> None:
         """Append a system line ("Bob joined", "a message from X could not be verified"). Notices
@@ -759,14 +829,24 @@ class ChatPanel(QWidget):
     def _on_input_changed(self) -> None:
         if self._updating_input:
             return
-        length = len(self._input.toPlainText().strip())
-        if length > MAX_MESSAGE_CHARS:
-            self._show_error(
-                f"Too long to send: {length} characters (at most {MAX_MESSAGE_CHARS})."
-            )
+        text = self._input.toPlainText()
+        self._show_room(text)
+        why = too_long(text)
+        if why is not None:
+            self._show_error(f"Too long to send: {why}.")
         else:
             self._error.hide()
         self._update_completion()
+
+    def _show_room(self, text: str) -> None:
+        room = message_room(text)
+        stripped = text.strip()
+        used = max(
+            len(stripped) / MAX_MESSAGE_CHARS, len(stripped.encode("utf-8")) / MAX_MESSAGE_BYTES
+        )
+        self._left.setVisible(used >= _COUNTER_FROM)
+        self._left.setText(f"{room} left" if room >= 0 else f"{-room} over")
+        self._left.setStyleSheet("" if room >= 0 else _ERROR_STYLE)
 
     def _show_error(self, message: str) -> None:
         self._error.setText(message)
@@ -780,13 +860,13 @@ class ChatPanel(QWidget):
         text = self._input.toPlainText().strip()
         if not text:
             return
-        if len(text) > MAX_MESSAGE_CHARS:
-            self._show_error(
-                f"Not sent: the message has {len(text)} characters, at most "
-                f"{MAX_MESSAGE_CHARS} can be sent. Shorten it or split it."
-            )
+        why = too_long(text)
+        if why is not None:  # kept in the editor: nothing is cleared that was not sent
+            self._show_error(f"Not sent: the message has {why}. Shorten it or split it.")
             return
         self._error.hide()
+        self._left.hide()
+        conv.unsent.append(text)
         self._updating_input = True
         try:
             self._input.clear()

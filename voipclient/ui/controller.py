@@ -247,6 +247,10 @@ class ClientController(QObject):
     text_received = Signal(int, str, str, object, bool)
     #: (channel id, text): system lines in a channel's chat
     chat_notice = Signal(int, str)
+    #: (channel_id, text): our message left (the chat shows it as sent, and forgets the copy)
+    text_sent = Signal(int, str)
+    #: (channel_id, why): our oldest pending message of the channel could not be sent
+    text_not_sent = Signal(int, str)
     #: (host, port, pin): ask the user, then call approve_pin
     pin_approval_needed = Signal(str, int, str)
     #: (input peak dBFS, output peak dBFS, transmitting, speech probability 0..1)
@@ -365,6 +369,8 @@ class ClientController(QObject):
         self._device_timer.timeout.connect(self._poll_devices)
         self.local_server: Any = None
         self._attempt = 0  # connect_to calls: a late identity answer for an older one is dropped
+        #: Channels whose join or leave awaits the server's answer (one request at a time).
+        self._membership_pending: set[int] = set()
         self._pending_connect: tuple[Bookmark, str, str | None, str] | None = None
         self._closing = False
         self._identity_lock = threading.Lock()
@@ -832,6 +838,7 @@ class ClientController(QObject):
         conn.supervisor_action.connect(self._on_supervisor)
         conn.stats_changed.connect(self._on_stats)
         conn.text_failed.connect(self._on_text_failed)
+        conn.text_sent.connect(self._on_text_sent)
         self._open.connect(conn.open)
         self._close.connect(conn.close)
         self._approve.connect(conn.approve_presented_pin)
@@ -893,6 +900,7 @@ class ClientController(QObject):
             conn.supervisor_action,
             conn.stats_changed,
             conn.text_failed,
+            conn.text_sent,
         ):
             source_signal.disconnect()
         thread.quit()
@@ -914,9 +922,20 @@ class ClientController(QObject):
 
     # -- user actions --------------------------------------------------------------------------
     def join(self, channel_id: int, password: str | None = None) -> None:
+        """Ask to join; ignored while a join or leave of that channel awaits the server's
+        answer, or when already a member (a double click, a key held on Enter)."""
+        row = self.model.row(channel_id)
+        if channel_id in self._membership_pending or (row is not None and row.joined):
+            return
+        self._membership_pending.add(channel_id)
         self._join.emit(channel_id, password)
 
     def leave(self, channel_id: int) -> None:
+        """Ask to leave; ignored while a request for that channel is pending, or when not in it."""
+        row = self.model.row(channel_id)
+        if channel_id in self._membership_pending or (row is not None and not row.joined):
+            return
+        self._membership_pending.add(channel_id)
         self._leave.emit(channel_id)
 
     def set_muted(self, muted: bool) -> None:
@@ -996,9 +1015,12 @@ class ClientController(QObject):
         self._set_server_prefs(replace(self._server_prefs(), hot_mic=name))
 
     def send_text(self, channel_id: int, text: str) -> None:
+        """Send a chat message; it shows in the conversation once it has left
+        (``text_sent``), or comes back to the editor with the reason (``text_not_sent``)."""
+        if self.conn is None:
+            self.text_not_sent.emit(channel_id, "not connected")
+            return
         self._text.emit(channel_id, text)
-        me = self.model.my_name or self.prefs.username
-        self.text_received.emit(channel_id, me, text, int(time.time() * 1000), True)
 
     def set_verified(self, sender_id: int, verified: bool, ik_pub: bytes) -> None:
         """The user compared the safety number computed from ``ik_pub`` with ``sender_id`` (or
@@ -1093,9 +1115,14 @@ class ClientController(QObject):
                 "anyone hidden. Tell whoever runs this server.",
             )
         elif isinstance(event, ev.MembershipChanged) and event.sender_id == self.model.me:
+            self._membership_pending.discard(event.channel_id)  # the answer to join / leave
             self._apply_bindings()
             self._apply_transmit()
         elif isinstance(event, ev.ServerError) and not event.fatal:
+            if event.channel_id is not None:
+                self._membership_pending.discard(event.channel_id)
+            else:
+                self._membership_pending.clear()
             self.message.emit("warning", f"server: {event.message}")
         elif isinstance(event, ev.ServerShuttingDown):
             self.banner.emit(f"The server is shutting down: {event.reason}")
@@ -1110,6 +1137,7 @@ class ClientController(QObject):
     def _after_login(self) -> None:
         """Logged in (again): rejoin what the user had joined last time, apply bindings."""
         self._key_warned.clear()
+        self._membership_pending.clear()  # requests of an earlier session got no answer
         self._apply_bindings()
         self._apply_transmit()
         if self.model.set_self_state(self.muted, self.deafened):
@@ -1148,7 +1176,15 @@ class ClientController(QObject):
     def _on_text_failed(self, channel_id: int, why: str) -> None:
         if self._stale():
             return
-        self.chat_notice.emit(channel_id, f"not sent: {why}")
+        self.text_not_sent.emit(channel_id, why)
+
+    @Slot(int, str)
+    def _on_text_sent(self, channel_id: int, text: str) -> None:
+        if self._stale():
+            return
+        me = self.model.my_name or self.prefs.username
+        self.text_sent.emit(channel_id, text)
+        self.text_received.emit(channel_id, me, text, int(time.time() * 1000), True)
 
     def _append_key_holder_log(self, event: e2ee.KeyHolderNotice, line: str) -> None:
         """The same line, with the date, server and channel, in ``key-holders.log`` in the data

@@ -40,6 +40,7 @@ from voipclient.net.e2ee import KeyHolder
 from voipclient.ui.chat import ChatPanel
 from voipclient.ui.controller import ClientController, stats_text
 from voipclient.ui.hotkey_capture import HotkeyCaptureWidget
+from voipclient.ui.icons import channel_icon, user_icon
 from voipclient.ui.model import ChannelRow, MemberRow
 from voipclient.ui.widgets import Banner, LevelMeter, plain_tip
 
@@ -125,6 +126,8 @@ class ChannelTree(QTreeWidget):
             item.setText(1, ", ".join(row.ptt_keys) + (" · hot mic" if row.hot_mic else ""))
             item.setData(0, ROLE_KIND, "channel")
             item.setData(0, ROLE_ID, row.id)
+            ink = self.palette().text().color().name()
+            item.setIcon(0, channel_icon(ink, row.joined, row.password_protected))
             tip = [row.description] if row.description else []
             tip.append("You are in this channel." if row.joined else "Double-click to join.")
             if row.joined and not row.may_speak:
@@ -140,6 +143,8 @@ class ChannelTree(QTreeWidget):
                 child = QTreeWidgetItem(item)
                 child.setText(0, member_label(member))
                 child.setData(0, ROLE_KIND, "user")
+                talk = talking_colour.color().name() if talking_colour is not None else ink
+                child.setIcon(0, user_icon(ink, talk, member.talking, member.is_me))
                 child.setData(0, ROLE_ID, member.sender_id)
                 child.setData(0, ROLE_CHANNEL, row.id)
                 key = f"Identity key {member.ik_pub[:8].hex(' ', 2)}…" if member.ik_pub else ""
@@ -455,6 +460,8 @@ class MainWindow(QMainWindow):
         controller.message.connect(self._message)
         controller.text_received.connect(self._text_received)
         controller.chat_notice.connect(self.chat.add_notice)
+        controller.text_sent.connect(self.chat.message_sent)
+        controller.text_not_sent.connect(self.chat.send_failed)
         controller.levels.connect(self._levels)
         controller.audio_status.connect(self._audio_status)
         controller.hotkeys_status.connect(self._hotkeys_status)

@@ -487,9 +487,18 @@ def without_duplicate_bindings(prefs: ServerPrefs) -> tuple[ServerPrefs, list[st
 
 
 def with_binding(prefs: ServerPrefs, channel: str, keys: str | None) -> ServerPrefs:
-    """The channel's own push-to-talk key set to ``keys`` (None removes it): the single-channel
-    binding of ``channel`` is replaced; multi-channel bindings are kept."""
+    """The channel's own push-to-talk key set to ``keys``: the single-channel binding of
+    ``channel`` is replaced; multi-channel bindings are kept. None ("Clear") takes the channel out
+    of every binding, multi-channel ones included (a binding left with no channel goes), so no
+    key talks to it any more: what the channel controls show is what Clear removes."""
     folded = channel.casefold()
+    if keys is None:
+        cleared: list[BindingPref] = []
+        for b in prefs.bindings:
+            rest = tuple(c for c in b.channels if c.casefold() != folded)
+            if rest:
+                cleared.append(b if rest == b.channels else replace(b, channels=rest))
+        return replace(prefs, bindings=tuple(cleared))
     kept = tuple(
         b
         for b in prefs.bindings

@@ -302,6 +302,10 @@ class BindingEditor(QDialog):
         self.warning.setText("\n".join(messages))
 
 
+#: PortAudio devices that only stand for the system's default (hidden beside named devices).
+_GENERIC_DEVICES: Final = frozenset({"pulse", "default", "sysdefault", "pipewire"})
+
+
 # -- the dialog ----------------------------------------------------------------------------------
 
 
@@ -584,7 +588,9 @@ class SettingsDialog(QDialog):
         bitrate = QHBoxLayout()
         bitrate.addWidget(self.bitrate_slider, 1)
         bitrate.addWidget(self.bitrate_spin)
-        form.addRow("&Bitrate:", bitrate)
+        bitrate_label = QLabel("&Bitrate:", page)  # a layout has no buddy: name the slider
+        bitrate_label.setBuddy(self.bitrate_slider)
+        form.addRow(bitrate_label, bitrate)
 
         self.jitter_max = QSpinBox(page)
         self.jitter_max.setRange(60, 1000)
@@ -653,12 +659,18 @@ class SettingsDialog(QDialog):
     ) -> None:
         combo.addItem(SYSTEM_DEFAULT, None)
         seen: set[str] = set()
+        # With the sound server's own devices listed by name (headsets, built-in audio), ALSA's
+        # "pulse" / "default" only repeat "System default": they are left out.
+        named = any(d.pulse_name is not None for d in devices)
         for d in devices:
             channels = d.max_input_channels if kind == "input" else d.max_output_channels
             if channels <= 0 or d.name in seen:
                 continue  # preferences store names: the first device of a name is the one used
+            if named and d.pulse_name is None and d.name in _GENERIC_DEVICES:
+                continue
             seen.add(d.name)
-            combo.addItem(f"{d.name} ({d.hostapi})", d.name)
+            label = d.name if d.pulse_name is not None else f"{d.name} ({d.hostapi})"
+            combo.addItem(label, d.name)
             combo.setItemData(combo.count() - 1, d.label(), Qt.ItemDataRole.ToolTipRole)
         if current is not None and current not in seen:
             combo.addItem(f"{current} (not connected)", current)

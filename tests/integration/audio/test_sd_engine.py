@@ -210,6 +210,40 @@ def test_a_signal_played_on_vsink_comes_back_on_its_monitor(null_sink_pcms: None
     assert 0.0 <= delay < 1.0  # the playback ring + PortAudio/PulseAudio buffers: ~40-200 ms
 
 
+def test_sound_server_devices_are_listed_and_opened_by_their_own_names() -> None:
+    """No ALSA PCMs of ours: PortAudio alone sees only "pulse" and "default". The sinks and
+    sources are listed by the server's descriptions, and choosing one plays there: a signal
+    played on "Null Output (vsink2)" comes back on the monitor of vsink2, not of vsink."""
+    assert refresh_devices()
+    named = {d.name: d for d in list_devices() if d.pulse_name is not None}
+    assert {"Null Output (vsink)", "Null Output (vsink2)"} <= set(named)
+    assert "Monitor of Null Output (vsink2.monitor)" in named
+    assert named["Null Output (vsink2)"].max_input_channels == 0
+    out = SoundDeviceEngine(
+        output_device="Null Output (vsink2)", input_enabled=False, ring_samples=2 * RATE
+    )
+    inp = SoundDeviceEngine(
+        input_device="Monitor of Null Output (vsink2.monitor)", output_enabled=False
+    )
+    other = SoundDeviceEngine(
+        input_device="Monitor of Null Output (vsink.monitor)", output_enabled=False
+    )
+    try:
+        for engine in (out, inp, other):
+            engine.start()
+        assert out.output_device is not None and out.output_device.pulse_name == "vsink2"
+        assert "PULSE_SINK" not in os.environ  # set only while the stream opened
+        wait_flowing(other)
+        other.capture.discard()
+        peak, _, _ = play_and_capture(out, inp)
+        assert peak > 0.8
+        heard = record(other, 0.1)
+        assert not np.any(heard), np.max(np.abs(heard))
+    finally:
+        for engine in (out, inp, other):
+            engine.close()
+
+
 def test_devices_are_chosen_by_index_and_by_case_insensitive_name(null_sink_pcms: None) -> None:
     devices = {d.name: d for d in list_devices()}
     index = devices["voip_vsink2"].index

@@ -157,8 +157,10 @@ def test_with_binding_replaces_only_the_channels_own_key() -> None:
         BindingPref("ctrl+f14", ("Games", "Squad")),
         BindingPref("mouse4", ("games",)),
     )
+    # Clear takes the channel out of every key that talks to it (so the button is never dead)
     cleared = with_binding(changed, "Games", None)
-    assert cleared.bindings == (BindingPref("ctrl+f14", ("Games", "Squad")),)
+    assert cleared.bindings == (BindingPref("ctrl+f14", ("Squad",)),)
+    assert with_binding(cleared, "squad", None).bindings == ()
 
 
 def test_reset_forgets_the_session() -> None:
