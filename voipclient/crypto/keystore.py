@@ -108,13 +108,30 @@ def check_names(server: str, account: str) -> None:
         raise LocalProtocolError("server and account must be non-empty strings")
 
 
-def _scrypt_ok(log2_n: int, r: int, p: int) -> bool:
+def scrypt_params_ok(log2_n: int, r: int, p: int) -> bool:
+    """The scrypt parameters we accept, also when a file says them (bounded memory)."""
     return (
         MIN_LOG2_N <= log2_n <= MAX_LOG2_N
         and 1 <= r <= 16
         and 1 <= p <= 4
         and 128 * r * (1 << log2_n) <= MAX_SCRYPT_MEMORY
     )
+
+
+def passphrase_bytes(passphrase: str) -> bytes:
+    """What scrypt is given: the passphrase NFC-normalised (so the same passphrase typed through
+    different input methods derives the same key), UTF-8."""
+    if not isinstance(passphrase, str) or not passphrase:
+        raise LocalProtocolError("the passphrase must be a non-empty string")
+    return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+
+
+def derive_passphrase_key(
+    passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int, length: int = 32
+) -> bytes:
+    """scrypt(passphrase, salt, N = 2**log2_n, r, p) -> ``length`` bytes; the parameters must
+    pass :func:`scrypt_params_ok` (checked by the caller, before it trusts a file's header)."""
+    return Scrypt(salt=salt, length=length, n=1 << log2_n, r=r, p=p).derive(passphrase)
 
 
 def _lp(raw: bytes) -> bytes:
@@ -127,14 +144,11 @@ class KeyFileCodec:
     __slots__ = ("_log2_n", "_passphrase")
 
     def __init__(self, passphrase: str, *, scrypt_log2_n: int = DEFAULT_LOG2_N) -> None:
-        if not isinstance(passphrase, str) or not passphrase:
-            raise LocalProtocolError("the passphrase must be a non-empty string")
-        if not _scrypt_ok(scrypt_log2_n, DEFAULT_R, DEFAULT_P):
+        self._passphrase = passphrase_bytes(passphrase)
+        if not scrypt_params_ok(scrypt_log2_n, DEFAULT_R, DEFAULT_P):
             raise LocalProtocolError(
                 f"scrypt_log2_n must be {MIN_LOG2_N}..{MAX_LOG2_N} (default {DEFAULT_LOG2_N})"
             )
-        # NFC so the same passphrase typed through different input methods derives the same key.
-        self._passphrase = unicodedata.normalize("NFC", passphrase).encode("utf-8")
         self._log2_n = scrypt_log2_n
 
     @property
@@ -149,8 +163,7 @@ class KeyFileCodec:
         return f"ik-{digest[:32]}{FILE_SUFFIX}"
 
     def _derive(self, salt: bytes, log2_n: int, r: int, p: int) -> AESGCM:
-        key = Scrypt(salt=salt, length=32, n=1 << log2_n, r=r, p=p).derive(self._passphrase)
-        return AESGCM(key)
+        return AESGCM(derive_passphrase_key(self._passphrase, salt, log2_n, r, p))
 
     @staticmethod
     def _aad(header: bytes, server: str, account: str) -> bytes:
@@ -179,7 +192,7 @@ class KeyFileCodec:
         version, kdf, log2_n, r, p = data[len(FILE_MAGIC) : len(FILE_MAGIC) + 5]
         if version != FILE_VERSION or kdf != KDF_SCRYPT:
             raise KeystoreCorrupt(f"{source}: unsupported version {version} / kdf {kdf}")
-        if not _scrypt_ok(log2_n, r, p):
+        if not scrypt_params_ok(log2_n, r, p):
             raise KeystoreCorrupt(f"{source}: scrypt parameters out of range")
         header = data[:HEADER_LEN]
         salt = header[10 : 10 + SALT_LEN]

@@ -2,10 +2,15 @@
 
 Start order (each step logged): arguments → configuration (file, then environment, then the
 command line) → data directory → TLS identity (created on first start) → store → sockets and
-cores → the start line on stdout → (with ``--announce``) the LAN announcement, in the background
-→ serve until SIGINT/SIGTERM → ServerShutdown to every client → LAN goodbyes → close. Exit
-status: 0 after a clean stop, 2 for a usage or configuration error, 1 when the server cannot start
-(port taken, unreadable key, ...). Errors are one line on stderr, no traceback.
+cores → the start line on stdout → the invite link in the log → (with ``--announce``) the LAN
+announcement, in the background → serve until SIGINT/SIGTERM → ServerShutdown to every client →
+LAN goodbyes → close. Exit status: 0 after a clean stop, 2 for a usage or configuration error, 1
+when the server cannot start (port taken, unreadable key, ...). Errors are one line on stderr, no
+traceback.
+
+One-shot commands run instead of the server and exit: ``--hash-password``, the operator commands
+on the store (``--ban`` ...) and ``--invite``, which prints the invite link
+(:mod:`voipclient.net.invite`) for this configuration and data directory.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import ipaddress
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -23,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from voipclient import __version__
 from voipclient.errors import LocalProtocolError
+from voipclient.net.invite import Invite, InviteError, format_invite, normalize_host
 from voipclient.server.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -105,6 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--forget-name",
         metavar="NAME",
         help="release a user name's key binding (after a user lost their identity key)",
+    )
+    inv = p.add_argument_group(
+        "invite links (the server also logs its link at start, with these options applied)"
+    )
+    inv.add_argument(
+        "--invite",
+        action="store_true",
+        help="print the invite link (voipclient://HOST:PORT/?pin=...) for friends and exit; "
+        "creates the TLS key if this data directory has none yet, as a start would",
+    )
+    inv.add_argument(
+        "--public-host",
+        metavar="HOST",
+        help="the name or address friends reach this server at (default: --host, or this "
+        "machine's address when --host is 0.0.0.0 or ::)",
+    )
+    inv.add_argument(
+        "--invite-channel",
+        metavar="NAME",
+        help="a channel the link asks the client to join (one of the configured channels)",
     )
     return p
 
@@ -233,7 +261,12 @@ def _prepare_data_dir(path: Path) -> Path:
     return path
 
 
-async def _serve(settings: Settings, data_dir: Path) -> int:
+async def _serve(
+    settings: Settings,
+    data_dir: Path,
+    public_host: str | None = None,
+    invite_channel: str | None = None,
+) -> int:
     from voipclient.server.app import RelayServer, format_start_line
     from voipclient.server.store import Store, StoreError
     from voipclient.server.tls import TlsError, load_or_create
@@ -264,6 +297,10 @@ async def _serve(settings: Settings, data_dir: Path) -> int:
             except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
                 signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
         print(format_start_line(server.host, server.port, identity.pin), flush=True)
+        # (to a thread: finding the machine's address may ask the resolver)
+        await asyncio.to_thread(
+            _log_invite, settings, server.port, identity.pin, public_host, invite_channel
+        )
         announcing = (
             asyncio.create_task(
                 _announce(settings.server_name, server.host, server.port, identity.pin)
@@ -279,6 +316,197 @@ async def _serve(settings: Settings, data_dir: Path) -> int:
     finally:
         store.close()
     return 0
+
+
+# -- invite links --------------------------------------------------------------------------------
+
+#: Listening on these means every interface: the link needs one of the machine's addresses.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})  # noqa: S104 - compared, not bound
+#: Documentation addresses (RFC 5737, RFC 3849): a UDP socket "connected" to one tells which
+#: source address the machine would use for the internet; connect() on UDP sends nothing.
+_PROBE_TARGETS = ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1"))
+_BOTH: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
+
+
+def local_address(families: tuple[int, ...] = _BOTH) -> str | None:
+    """This machine's first non-loopback address (the one its default route uses), or None.
+
+    No packet is sent: ``connect`` on a UDP socket only picks the route and source address.
+    Without a default route, the addresses of the machine's host name are tried."""
+    for family, target in _PROBE_TARGETS:
+        if family not in families:
+            continue
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                found = _usable(probe.getsockname()[0])
+        except OSError:
+            continue
+        if found is not None:
+            return found
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    for family, _, _, _, sockaddr in infos:
+        if family in families:
+            found = _usable(str(sockaddr[0]))
+            if found is not None:
+                return found
+    return None
+
+
+def _usable(address: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast:
+        return None
+    return str(ip)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_local_network(host: str) -> bool:
+    """An address the internet cannot reach: private (RFC 1918, ULA), shared (CGNAT, VPNs such
+    as Tailscale), documentation ranges; not loopback (that has its own warning)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not ip.is_global and not ip.is_loopback
+
+
+def invite_host(
+    listen_host: str,
+    port: int,
+    public_host: str | None,
+    detect: Callable[[tuple[int, ...]], str | None] = local_address,
+) -> tuple[str, list[str]]:
+    """The host for the invite link, and notes for the operator (one sentence each).
+
+    ``--public-host`` if given; else the listening host unless it is a wildcard; else this
+    machine's first non-loopback address (IPv4 only for ``0.0.0.0``). Raises
+    :class:`InviteError` when there is no address to give."""
+    notes: list[str] = []
+    if _is_loopback(listen_host):
+        notes.append(
+            f"the server listens on {listen_host} only, so nobody else can connect: start it "
+            "with --host 0.0.0.0 (or --host ::, or host = ... in the config file)"
+        )
+    if public_host is not None:
+        return public_host, notes
+    if listen_host.strip("[]") not in WILDCARD_HOSTS:
+        host = listen_host
+    else:
+        families = (socket.AF_INET,) if listen_host == "0.0.0.0" else _BOTH  # noqa: S104
+        found = detect(families)
+        if found is None:
+            raise InviteError(
+                "cannot find an address of this machine that other machines could use; "
+                "pass the address or name friends reach it at with --public-host"
+            )
+        host = found
+    if _is_local_network(host):
+        notes.append(
+            f"{host} is this machine's address on its local network: friends outside it need "
+            f"the public address (your router's, forwarding TCP and UDP port {port} here); "
+            "pass it with --public-host"
+        )
+    elif host != listen_host:
+        notes.append(
+            f"{host} is this machine's own address; if friends reach it under a name or "
+            "another address, pass that with --public-host"
+        )
+    return host, notes
+
+
+def check_invite_options(
+    settings: Settings, public_host: str | None, channel: str | None
+) -> str | None:
+    """Check ``--public-host`` and ``--invite-channel`` (usage errors, before anything starts);
+    the channel as configured (its spelling there), or None."""
+    if public_host is not None:
+        try:
+            normalize_host(public_host)
+        except InviteError as exc:
+            raise ConfigError(f"--public-host: {exc}") from None
+    if channel is None:
+        return None
+    names = [c.name for c in (settings.lobby, *settings.channels)]
+    matches = [n for n in names if n.casefold() == channel.casefold()]
+    if not matches:
+        raise ConfigError(
+            f"--invite-channel {channel!r}: no such channel; the channels are "
+            + ", ".join(repr(n) for n in names)
+        )
+    return matches[0]
+
+
+def make_invite(
+    settings: Settings,
+    port: int,
+    pin: str,
+    public_host: str | None,
+    channel: str | None,
+    detect: Callable[[tuple[int, ...]], str | None] = local_address,
+) -> tuple[str, list[str]]:
+    """The invite link for a server listening as ``settings`` say on ``port``, and the notes
+    for the operator (``channel`` as :func:`check_invite_options` returned it). Raises
+    :class:`InviteError` when there is no host to give."""
+    host, notes = invite_host(settings.host, port, public_host, detect)
+    return format_invite(Invite(host, port, pin, channel)), notes
+
+
+def _invite_command(
+    settings: Settings, data_dir: Path, public_host: str | None, channel: str | None
+) -> int:
+    """--invite: print the link on stdout, notes on stderr."""
+    from voipclient.server.tls import TlsError, load_or_create
+
+    if settings.port == 0:
+        print(
+            "voipclient-server: the port is 0 (a free one picked at each start): an invite "
+            "needs the port the server will have; pass --port",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        identity = load_or_create(data_dir, settings.tls_cert, settings.tls_key)
+    except TlsError as exc:
+        print(f"voipclient-server: {exc}", file=sys.stderr)
+        return 1
+    try:
+        link, notes = make_invite(settings, settings.port, identity.pin, public_host, channel)
+    except InviteError as exc:
+        print(f"voipclient-server: {exc}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"voipclient-server: note: {note}", file=sys.stderr)
+    print(link, flush=True)
+    return 0
+
+
+def _log_invite(
+    settings: Settings, port: int, pin: str, public_host: str | None, channel: str | None
+) -> None:
+    """The link in the log at start; a link that cannot be made costs only a log line."""
+    try:
+        link, notes = make_invite(settings, port, pin, public_host, channel)
+    except InviteError as exc:
+        log.warning("no invite link: %s", exc)
+        return
+    log.info("invite link=%s", link)
+    for note in notes:
+        log.info("invite note: %s", note)
 
 
 async def _announce(name: str, host: str, port: int, pin: str) -> Announcer | None:
@@ -329,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     operator = args.ban or args.unban or args.list_bans or args.forget_name
     try:
         settings = resolve_settings(args)
+        invite_channel = check_invite_options(settings, args.public_host, args.invite_channel)
     except ConfigError as exc:
         print(f"voipclient-server: config error: {exc}", file=sys.stderr)
         return 2
@@ -341,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if operator:
         return _operator_command(args, data_dir)
+    if args.invite:
+        return _invite_command(settings, data_dir, args.public_host, invite_channel)
     if settings.password is not None:
         log.info("server password set (from %s or the config)", PASSWORD_ENV)
     log.info(
@@ -352,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         1 + len(settings.channels),
     )
     try:
-        return _run(lambda: _serve(settings, data_dir))
+        return _run(lambda: _serve(settings, data_dir, args.public_host, invite_channel))
     except KeyboardInterrupt:  # a second Ctrl-C during the shutdown
         return 130
 
