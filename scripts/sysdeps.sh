@@ -9,13 +9,14 @@ profile=${1:-run}
 
 # Audio (PortAudio, Opus) and Qt on X11/offscreen with a font to draw with (DejaVu: sans and the
 # fixed-pitch one pins and safety numbers use); gcc/libc6-dev because pynput's dependency evdev
-# ships no wheel.
+# ships no wheel; xdg-utils (xdg-mime) so voipclient:// invite links open the app.
 run_pkgs=(
   libportaudio2 libopus0
   libglib2.0-0 libegl1 libgl1 libfontconfig1 fonts-dejavu-core libxkbcommon0 libdbus-1-3
   libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 libxcb-shape0
   libxcb-xkb1 libxkbcommon-x11-0
   gcc libc6-dev
+  xdg-utils
 )
 # What the test harness starts: a PulseAudio null sink (real PortAudio device), Xvfb + xdotool +
 # xmodmap (real X key events for pynput), and a real Secret Service for keyring tests.

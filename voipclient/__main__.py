@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.invite:
+        handed = _hand_over(args.invite)
+        if handed is not None:
+            return handed
 
     if args.self_test:
         from voipclient import selfcheck
@@ -44,6 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     from voipclient.ui.app import run
 
     return run(args)
+
+
+def _hand_over(link: str) -> int | None:
+    """Give an invite link to the app already running (its control socket), so a clicked link
+    opens in the window the user has, not in a second instance. The exit status (0 handed over,
+    2 the running app refused the link, saying why), or None: no app runs, start one."""
+    from voipclient.ptt.control import NotRunningError, send_command
+
+    try:
+        reply = send_command(f"open {link.strip()}")
+    except (NotRunningError, OSError):
+        return None
+    if reply.startswith("ok"):
+        print("voipclient: the invite link was handed to the running app", flush=True)
+        return 0
+    print(f"voipclient: {reply.removeprefix('error ')}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ Transport:
   private to the user). The first line of a connection must be ``auth TOKEN``; a wrong token
   closes the connection. ``VOIPCLIENT_PTT_TOKEN_FILE`` overrides the path.
 
-Protocol: UTF-8 lines of at most 256 bytes; each request line gets one reply line, ``ok ...`` or
+Protocol: UTF-8 lines of at most 1024 bytes; each request line gets one reply line, ``ok ...`` or
 ``error MESSAGE``. Commands: ``press CHANNEL``, ``release CHANNEL``, ``toggle CHANNEL`` (a
 channel name or id; reply ``ok wanted=2,5``) and ``status`` (reply ``ok {json}``). The handler is
-:meth:`voipclient.ptt.service.PttService.handle_command`.
+:meth:`voipclient.ptt.service.PttService.handle_command`; the app also answers ``open LINK`` (an
+invite link handed over by a second start, ``voipclient voipclient://...``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = [
     "send_command",
 ]
 
-MAX_LINE = 256  # bytes per request line
+MAX_LINE = 1024  # bytes per request line (an invite link with an emoji channel name fits)
 Transport = Literal["unix", "tcp"]
 
 

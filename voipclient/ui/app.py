@@ -60,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settings-dir", type=Path, help="keep the settings file here (portable installs, tests)"
     )
+    parser.add_argument(
+        "invite",
+        nargs="?",
+        metavar="voipclient://LINK",
+        help="an invite link: connect to its server (its key is trusted) and join its channel; "
+        "handed to the running app if there is one",
+    )
     parser.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--quit-after",
@@ -130,6 +137,11 @@ class App:
             self.window.tray_available = True
         self.window.connect_requested.connect(self.show_connect_dialog)
         self.window.settings_requested.connect(self.show_settings)
+        self.window.setup_requested.connect(self.show_setup)
+        self.window.host_requested.connect(self.host_for_friends)
+        self.window.backup_requested.connect(self.backup_key)
+        self.window.restore_requested.connect(self.restore_key)
+        self.controller.invite_received.connect(self.open_invite)
         self.window.quit_requested.connect(self.quit)
         self.window.diagnostics_requested.connect(self.copy_diagnostics)
         self.window.log_folder_requested.connect(self.open_log_folder)
@@ -143,23 +155,79 @@ class App:
             self.window.notify(f"Settings: {problem}", 20_000)
             log.warning("settings: %s", problem)
         self.settings_dialog: Any = None
+        self.setup_wizard: Any = None
+        self.host_dialog: Any = None
+        self.backup_dialog: Any = None
+        self.port_mapping: Any = None  # the router's forwarding while hosting for friends
+        #: How "Host for friends" asks the router (None: UPnP discovery; tests: a fake IGD).
+        self.map_ports: Any = None
         self.connect_dialog: Any = None
         self.pin_dialog: Any = None
         self._advertised_pin: str | None = None
 
     # -- start -----------------------------------------------------------------------------------
     def first_connect(self) -> None:
-        """What happens right after the window shows: the flags, else the first-run offer."""
+        """What happens right after the window shows: an invite link or the flags, else a
+        server marked "connect at start"; the first-run setup (once), then the connect dialog
+        when there is no saved server."""
         args, prefs = self.args, self.controller.prefs
-        if args.local_server:
+        auto = next((b for b in prefs.bookmarks if b.connect_at_start), None)
+        connecting = True
+        if getattr(args, "invite", None):
+            self.open_invite(args.invite)
+        elif args.local_server:
             self.start_local()
         elif args.connect:
             from voipclient.ui.prefs import Bookmark
 
             host, _, port = args.connect.rpartition(":")
             self.connect_to(Bookmark(args.connect, host or args.connect, int(port or 64738)))
-        elif not prefs.bookmarks:
+        elif auto is not None:
+            self.connect_to(auto)
+        else:
+            connecting = False
+        if not prefs.setup_done:
+            self.show_setup(then_connect=not connecting and not prefs.bookmarks)
+        elif not connecting and not prefs.bookmarks:
             self.show_connect_dialog()
+
+    def show_setup(self, *, then_connect: bool = False) -> None:
+        """The first-run setup (Help → Set up voice…); ``then_connect``: the connect dialog
+        follows when it closes (first run with no saved server)."""
+        from PySide6.QtCore import Qt
+        from PySide6.QtWidgets import QDialog
+
+        from voipclient.ui.setup_wizard import SetupWizard
+
+        if self.setup_wizard is not None:
+            self.setup_wizard.raise_()
+            return
+        ctl = self.controller
+        wizard = SetupWizard(
+            ctl.prefs, ctl.audio_devices(), username=self.username(), parent=self.window
+        )
+        wizard.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.setup_wizard = wizard
+
+        def meter(level: float, _out: float, _tx: bool, speech: float) -> None:
+            wizard.set_input_level(level, speech)
+
+        def finished(result: int) -> None:
+            ctl.set_metering(False)
+            ctl.levels.disconnect(meter)
+            self.setup_wizard = None
+            if result == QDialog.DialogCode.Accepted:
+                ctl.apply_setup(wizard.choices())
+                self.window.notify("Set up: you can talk now. Help → Set up voice… to change it.")
+            elif not ctl.prefs.setup_done:  # skipped: never asked again, reachable from Help
+                ctl.apply_prefs(replace(ctl.prefs, setup_done=True))
+            if then_connect:
+                self.show_connect_dialog()
+
+        ctl.levels.connect(meter)
+        ctl.set_metering(True)
+        wizard.finished.connect(finished)
+        wizard.open()
 
     def username(self) -> str:
         return self.args.name or self.controller.prefs.username or _os_user()
@@ -263,17 +331,144 @@ class App:
 
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.diagnostics.log_dir)))
 
-    def start_local(self) -> None:
+    def start_local(self, *, shared: bool | None = None) -> bool:
         from PySide6.QtWidgets import QMessageBox
 
         from voipclient.server.embedded import EmbeddedServerError
 
         try:
-            bookmark, pin = self.controller.start_local_server()
+            bookmark, pin = self.controller.start_local_server(shared=shared)
         except EmbeddedServerError as exc:
             QMessageBox.warning(self.window, "Local server", str(exc))
+            return False
+        ctl = self.controller
+        if ctl.bookmark is None or ctl.bookmark.key != bookmark.key or ctl.state != "ready":
+            self.connect_to(bookmark, pin, local=True)
+        return True
+
+    def open_invite(self, text: str) -> None:
+        """An invite link (pasted, clicked, or handed over by a second start): save its server
+        with its pin (no question about the key), connect, and join its channel."""
+        from PySide6.QtWidgets import QMessageBox
+
+        from voipclient.net.invite import InviteError, parse_invite
+
+        try:
+            invite = parse_invite(text)
+        except InviteError as exc:
+            QMessageBox.warning(
+                self.window, "Invite link", f"This invite link cannot be used: {exc}"
+            )
             return
-        self.connect_to(bookmark, pin, local=True)
+        bookmark = self.controller.remember_invite(invite)
+        self.window.show()
+        self.window.raise_()
+        self.window.activateWindow()
+        self.connect_to(bookmark, pin=invite.pin)
+
+    def host_for_friends(self) -> None:
+        """Run the local server on every interface, open its port on the router, and show the
+        invite link (docs/ui.md "Host a server for friends")."""
+        from PySide6.QtCore import Qt
+
+        from voipclient.ui.host_dialog import HostDialog
+
+        if self.host_dialog is not None and self.host_dialog.isVisible():
+            self.host_dialog.raise_()
+            return
+        if not self.start_local(shared=True):
+            return
+        server = self.controller.local_server
+        address = server.address
+        ctl = self.controller
+        selected = self.window.tree.selected()
+        channel = ctl.model.channel_name(selected) if selected is not None else None
+        names = [row.name for row in ctl.model.rows()]
+        self._close_port_mapping()
+        dialog = HostDialog(
+            address.port,
+            address.pin,
+            channel,
+            channels=names,
+            map_ports=self.map_ports,
+            parent=self.window,
+        )
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.finished_mapping.connect(self._mapped)
+        dialog.stop_requested.connect(self.stop_hosting)
+        self.host_dialog = dialog
+        dialog.open()
+
+    def _key_stores(self) -> dict[str, Any]:
+        from voipclient.ui.key_backup import ask_on_gui_thread
+        from voipclient.ui.trust_dialogs import ask_passphrase
+
+        ctl = self.controller
+        return {
+            "keyring_store": ctl._keyring,
+            "key_dir": ctl.data_dir / "keys",
+            "ask_passphrase": ask_on_gui_thread(lambda r: ask_passphrase(self.window, r)),
+            "tofu_file": ctl._tofu_file,
+            "pin_file": ctl.pin_file,
+            "lock": ctl._identity_lock,
+        }
+
+    def backup_key(self) -> None:
+        """Export the identity key of the server we are on (Server → Back up my identity key)."""
+        from PySide6.QtCore import Qt
+        from PySide6.QtWidgets import QMessageBox
+
+        from voipclient.ui.key_backup import ExportBackupDialog, export_runner
+
+        ctl = self.controller
+        if ctl.server_key is None or not ctl.username:
+            QMessageBox.information(
+                self.window,
+                "Back up my identity key",
+                "Connect to the server first: each server has its own key for your name.",
+            )
+            return
+        options: dict[str, Any] = {}
+        if ctl.bookmark is not None and ctl.bookmark.pin:
+            options["server_pin"] = ctl.bookmark.pin  # from an invite: not in the pin file
+        run = export_runner(ctl.server_key, ctl.username, **self._key_stores(), **options)
+        dialog = ExportBackupDialog(ctl.server_key, ctl.username, run, parent=self.window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.backup_dialog = dialog
+        dialog.open()
+
+    def restore_key(self) -> None:
+        """Import an identity key backup (Server → Restore). The trust store must not be in use
+        by a connection meanwhile: we disconnect first."""
+        from PySide6.QtCore import Qt
+
+        from voipclient.ui.key_backup import ImportBackupDialog, import_runner
+
+        ctl = self.controller
+        if ctl.conn is not None:
+            ctl.disconnect_server()
+            self.window.notify("Disconnected to restore a key; connect again afterwards.")
+        run = import_runner(tofu=ctl._tofu, **self._key_stores())
+        dialog = ImportBackupDialog(run, parent=self.window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.backup_dialog = dialog
+        dialog.open()
+
+    def _mapped(self, outcome: Any) -> None:
+        _result, mapping = outcome
+        self.port_mapping = mapping
+
+    def _close_port_mapping(self) -> None:
+        mapping, self.port_mapping = self.port_mapping, None
+        if mapping is not None:
+            mapping.close()
+
+    def stop_hosting(self) -> None:
+        """Back to a private local server (loopback only); the router's forwarding is gone."""
+        self.port_mapping = None  # the dialog released it
+        if self.controller.local_server is not None:
+            self.start_local(shared=False)
+            self.window.notify("Hosting stopped: the local server is private again.")
 
     # -- dialogs ---------------------------------------------------------------------------------
     def show_connect_dialog(self) -> None:
@@ -294,6 +489,11 @@ class App:
                 return
             if dialog.start_local():
                 self.start_local()
+                return
+            invite = dialog.invite()
+            if invite is not None:
+                bookmark = self.controller.remember_invite(invite)
+                self.connect_to(bookmark, pin=invite.pin, username=dialog.username())
                 return
             chosen = dialog.chosen()
             if chosen is not None:
@@ -411,6 +611,7 @@ class App:
         self.backend.set_geometry("geometry", w.saveGeometry())
         self.backend.set_geometry("state", w.saveState())
         self.backend.set_geometry("splitter", w.splitter.saveState())
+        self._close_port_mapping()  # the router forgets us, not 24 h later
         self.controller.shutdown()
         if self.tray is not None:
             self.tray.hide()
@@ -470,6 +671,16 @@ def run(args: argparse.Namespace) -> int:
         app.shutdown()
         return int(code)
     QTimer.singleShot(0, app.first_connect)
+    # voipclient:// invite links open this installation (Linux: .desktop + xdg-mime), quietly
+    import threading
+
+    from voipclient.desktop import register_url_handler
+
+    threading.Thread(
+        target=lambda: log.info("link handler: %s", register_url_handler()),
+        name="url-handler",
+        daemon=True,
+    ).start()
     # A session logging out (or a supervisor) sends SIGTERM: quit as the menu would, saving the
     # settings and saying goodbye. Python runs the handler at the next timer of ours (<= 1 s).
     signal.signal(signal.SIGTERM, lambda *_: QTimer.singleShot(0, app.quit))

@@ -25,10 +25,12 @@ import logging
 import re
 import threading
 import weakref
+from dataclasses import replace
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDialog,
     QFormLayout,
     QFrame,
@@ -46,6 +48,7 @@ from PySide6.QtWidgets import (
 from voipclient.lan import LanBrowser
 from voipclient.names import InvalidName, check_name, prepare_name
 from voipclient.net.discovery import DiscoveredServer, DiscoveryUnavailable
+from voipclient.net.invite import Invite, InviteError, looks_like_invite, parse_invite
 from voipclient.ui.prefs import DEFAULT_PORT, Bookmark, Preferences
 from voipclient.ui.widgets import plain_tip
 
@@ -130,6 +133,11 @@ class _BookmarkEditor(QGroupBox):
         self.username_edit = self._field(
             "editorUsername", "User name", "The name to use on this server (optional)"
         )
+        self.auto_connect = QCheckBox("Connect to this server &when voipclient starts")
+        self.auto_connect.setObjectName("editorAutoConnect")
+        self.auto_connect.setAccessibleName("Connect at start")
+        self.auto_connect.setToolTip("Open the connection as soon as the app starts")
+        self._loaded: Bookmark | None = None
         self.error_label = QLabel()
         self.error_label.setTextFormat(Qt.TextFormat.PlainText)  # may quote server text
         self.error_label.setObjectName("editorError")
@@ -153,6 +161,7 @@ class _BookmarkEditor(QGroupBox):
         form.addRow("Add&ress:", self.host_edit)
         form.addRow("P&ort:", self.port_edit)
         form.addRow("&User name:", self.username_edit)
+        form.addRow("", self.auto_connect)
         buttons = QHBoxLayout()
         buttons.addStretch(1)
         buttons.addWidget(self.save_button)
@@ -175,6 +184,8 @@ class _BookmarkEditor(QGroupBox):
         self.host_edit.setText(mark.host if mark else "")
         self.port_edit.setText(str(mark.port) if mark and mark.port != DEFAULT_PORT else "")
         self.username_edit.setText(mark.username if mark else "")
+        self.auto_connect.setChecked(mark.connect_at_start if mark else False)
+        self._loaded = mark
         self.show_error(None)
 
     def show_error(self, text: str | None) -> None:
@@ -210,7 +221,18 @@ class _BookmarkEditor(QGroupBox):
         label = self.label_edit.text().strip() or (
             host if port == DEFAULT_PORT else _server_text(host, port)
         )
-        return Bookmark(label=label, host=host, port=port, username=username)
+        loaded = self._loaded
+        # an invite's pin stays with the server it came for (not with a different address)
+        same = loaded is not None and _same_server(loaded.host, loaded.port, host, port)
+        pin = loaded.pin if loaded is not None and same else ""
+        return Bookmark(
+            label=label,
+            host=host,
+            port=port,
+            username=username,
+            connect_at_start=self.auto_connect.isChecked(),
+            pin=pin,
+        )
 
     @Slot()
     def submit(self) -> None:
@@ -247,11 +269,13 @@ class ConnectDialog(QDialog):
         self._chosen: Bookmark | None = None
         self._chosen_pin: str | None = None
         self._start_local = False
+        self._invite: Invite | None = None
         self._username = ""
         self._browser: LanBrowser | None = None
         self._bridge: _DiscoveryBridge | None = None
         self._build()
-        self._refresh_bookmarks(select=0 if self._bookmarks else None)
+        last = next((i for i, b in enumerate(self._bookmarks) if b.key == prefs.last_server), 0)
+        self._refresh_bookmarks(select=last if self._bookmarks else None)
         if discovery:
             self._start_discovery()
         else:
@@ -265,16 +289,34 @@ class ConnectDialog(QDialog):
     # -- construction ---------------------------------------------------------------------------
     def _build(self) -> None:
         self.welcome_label = QLabel(
-            "<b>Welcome!</b> You have no saved servers yet. The quickest way to start is a "
-            "server on this computer: press <b>Start a local server</b> and give your friends "
-            "its address. Or add a server someone told you about with <b>Add…</b>, or pick one "
-            "found on your local network below."
+            "<b>Welcome!</b> You have no saved servers yet. Got an <b>invite link</b> from a "
+            "friend? Paste it above. Or press <b>Start a local server</b> to try it on this "
+            "computer (then <b>Host for friends</b> in the window gives you a link to share), "
+            "add a server someone told you about with <b>Add…</b>, or pick one found on your "
+            "local network below."
         )
         self.welcome_label.setObjectName("welcomeLabel")
         self.welcome_label.setTextFormat(Qt.TextFormat.RichText)
         self.welcome_label.setWordWrap(True)
         self.welcome_label.setFrameShape(QFrame.Shape.StyledPanel)
         self.welcome_label.setMargin(8)
+
+        self.invite_edit = QLineEdit()
+        self.invite_edit.setObjectName("inviteEdit")
+        self.invite_edit.setAccessibleName("Invite link")
+        self.invite_edit.setPlaceholderText("voipclient://… (paste the link a friend sent you)")
+        self.invite_edit.setToolTip(
+            "An invite link carries the server's address, its key and a channel: connecting "
+            "with it needs no question about the server's key"
+        )
+        self.invite_edit.setClearButtonEnabled(True)
+        invite_label = QLabel("&Invite link:")
+        invite_label.setBuddy(self.invite_edit)
+        invite_row = QHBoxLayout()
+        invite_row.addWidget(invite_label)
+        invite_row.addWidget(self.invite_edit, 1)
+        self.invite_edit.textChanged.connect(self._invite_changed)
+        self.invite_edit.returnPressed.connect(self.connect_selected)
 
         self.bookmark_list = QListWidget()
         self.bookmark_list.setObjectName("bookmarkList")
@@ -356,6 +398,7 @@ class ConnectDialog(QDialog):
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.welcome_label)
+        layout.addLayout(invite_row)
         layout.addWidget(saved_label)
         layout.addLayout(saved_row)
         layout.addWidget(self.editor)
@@ -367,6 +410,7 @@ class ConnectDialog(QDialog):
         layout.addLayout(bottom)
 
         chain: list[QWidget] = [
+            self.invite_edit,
             self.bookmark_list,
             self.add_button,
             self.edit_button,
@@ -417,6 +461,29 @@ class ConnectDialog(QDialog):
     def start_local(self) -> bool:
         """True when the user asked for the embedded local server."""
         return self._start_local
+
+    def invite(self) -> Invite | None:
+        """The invite link the user connected with (its pin and channel), or None."""
+        return self._invite
+
+    @Slot(str)
+    def _invite_changed(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            self._show_error(None)
+        elif looks_like_invite(text):
+            try:
+                invite = parse_invite(text)
+            except InviteError as exc:
+                self._show_error(f"This invite link cannot be used: {exc}")
+            else:
+                where = _server_text(invite.host, invite.port)
+                channel = f", channel {invite.channel}" if invite.channel else ""
+                self._set_lan_status(f"Invite for {where}{channel}: press Connect.")
+                self._show_error(None)
+        else:
+            self._show_error("An invite link starts with voipclient://")
+        self._update_state()
 
     def username(self) -> str:
         """The user name to log in with (as typed, trimmed)."""
@@ -635,8 +702,12 @@ class ConnectDialog(QDialog):
 
     @Slot()
     def connect_selected(self) -> None:
-        """Connect to the selected server (saved or from the LAN): check the user name, accept."""
+        """Connect to the pasted invite, else the selected server (saved or from the LAN):
+        check the user name, accept."""
         if self._form_open():
+            return
+        if self.invite_edit.text().strip():
+            self._connect_invite()
             return
         index = self._selected_bookmark()
         server = self._selected_discovered()
@@ -651,8 +722,8 @@ class ConnectDialog(QDialog):
             return
         if index is not None:
             mark = self._bookmarks[index]
-            chosen = Bookmark(label=mark.label, host=mark.host, port=mark.port, username=name)
-            pin = self._pin_for(mark.host, mark.port)
+            chosen = replace(mark, username=name)  # its invite pin and start flag stay
+            pin = self._pin_for(mark.host, mark.port) or (mark.pin or None)
         else:
             assert server is not None
             if not server.compatible:
@@ -661,6 +732,23 @@ class ConnectDialog(QDialog):
             pin = server.pin
         self._chosen, self._chosen_pin, self._username = chosen, pin, name
         self._start_local = False
+        self.accept()
+
+    def _connect_invite(self) -> None:
+        try:
+            invite = parse_invite(self.invite_edit.text())
+        except InviteError as exc:
+            self._show_error(f"This invite link cannot be used: {exc}")
+            self.invite_edit.setFocus()
+            return
+        name = self.username_edit.text().strip()
+        problem = validate_username(name)
+        if problem is not None:
+            self._show_error(problem)
+            self.username_edit.setFocus()
+            return
+        self._invite, self._username = invite, name
+        self._chosen, self._chosen_pin, self._start_local = None, invite.pin, False
         self.accept()
 
     @Slot()
@@ -711,7 +799,8 @@ class ConnectDialog(QDialog):
         self.edit_button.setEnabled(selected and not editing)
         self.remove_button.setEnabled(selected and not editing)
         self.lan_save_button.setEnabled(lan is not None and not editing)
-        can_connect = (selected or (lan is not None and lan.compatible)) and not editing
+        invited = bool(self.invite_edit.text().strip())
+        can_connect = (invited or selected or (lan is not None and lan.compatible)) and not editing
         self.connect_button.setEnabled(can_connect)
         # The one default button (Enter): the form's Save while it is open, else Connect when
         # something is selected, else — on a first run — the local server.

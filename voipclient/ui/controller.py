@@ -247,6 +247,8 @@ class ClientController(QObject):
     text_received = Signal(int, str, str, object, bool)
     #: (channel id, text): system lines in a channel's chat
     chat_notice = Signal(int, str)
+    #: an invite link handed over the control socket by a second start (GUI thread slot)
+    invite_received = Signal(str)
     #: (channel_id, text): our message left (the chat shows it as sent, and forgets the copy)
     text_sent = Signal(int, str)
     #: (channel_id, why): our oldest pending message of the channel could not be sent
@@ -369,11 +371,15 @@ class ClientController(QObject):
         self._device_timer.timeout.connect(self._poll_devices)
         self.local_server: Any = None
         self._attempt = 0  # connect_to calls: a late identity answer for an older one is dropped
+        #: The channel an invite link named: joined after the next login.
+        self._invite_channel: str | None = None
         #: Channels whose join or leave awaits the server's answer (one request at a time).
         self._membership_pending: set[int] = set()
         self._pending_connect: tuple[Bookmark, str, str | None, str] | None = None
         self._closing = False
         self._identity_lock = threading.Lock()
+        #: The servers' pinned TLS keys (the connection writes approved ones here).
+        self.pin_file = PinFile(self.data_dir / "server-pins.json")
         self._identity_opened.connect(self._on_identity_opened)
         self._passphrase_wanted.connect(self._on_passphrase_wanted)
 
@@ -420,10 +426,26 @@ class ClientController(QObject):
         channel = self.model.roster.channels.get(channel_id)
         return None if channel is None else channel.name
 
+    def _control_command(self, line: str) -> str:
+        """A control-socket line (its own thread): ``open LINK`` hands an invite link to this
+        window (``voipclient voipclient://...`` while the app runs, e.g. a clicked link); the
+        rest is push-to-talk (:meth:`PttService.handle_command`)."""
+        verb, _, rest = line.strip().partition(" ")
+        if verb.lower() != "open":
+            return self.ptt.handle_command(line)
+        from voipclient.net.invite import InviteError, parse_invite
+
+        try:
+            parse_invite(rest)
+        except InviteError as exc:
+            return f"error {exc}"
+        self.invite_received.emit(rest.strip())  # queued to the GUI thread
+        return "ok opening"
+
     def _start_control(self) -> None:
         """The local control socket (``voipclient ptt press General``: Wayland compositor
         shortcuts, stream decks, scripts), for as long as the app runs."""
-        server = ControlServer(self.ptt.handle_command)
+        server = ControlServer(self._control_command)
         try:
             server.start()
         except OSError as exc:  # another instance holds it, or the runtime dir is unusable
@@ -817,7 +839,7 @@ class ClientController(QObject):
             identity,
             password=password or None,
             tofu=self._tofu,
-            pin_file=PinFile(self.data_dir / "server-pins.json"),
+            pin_file=self.pin_file,
             tofu_file=self._tofu_file,
             keylog=self.keylog,
             inbox=self._inbox,
@@ -1011,8 +1033,69 @@ class ClientController(QObject):
         return True
 
     def set_hot_mic(self, channel_id: int | None) -> None:
+        """Make ``channel_id`` the hot-mic channel (None: none). In push-to-talk-only mode a hot
+        mic would do nothing, so choosing one switches to voice activation, and says so."""
         name = None if channel_id is None else self.model.channel_name(channel_id)
+        if name is not None and self.prefs.transmit.mode == "ptt":
+            transmit = replace(self.prefs.transmit, mode="voice_activation")
+            self.apply_prefs(replace(self.prefs, transmit=transmit))
+            self.message.emit(
+                "info",
+                f"Hot mic on {name}: voice activation is on (you talk there when you speak). "
+                "Settings → Transmission chooses between voice activation and always on.",
+            )
         self._set_server_prefs(replace(self._server_prefs(), hot_mic=name))
+
+    def apply_setup(self, choices: Any) -> None:
+        """What the first-run setup chose (:class:`voipclient.ui.setup_wizard.SetupChoices`):
+        the nickname, the devices and the way to talk, saved; the key (or voice activation)
+        applies to the channel you are in now, and on every server where you have none yet."""
+        voice = choices.mode == "voice_activation"
+        prefs = replace(
+            self.prefs,
+            username=choices.username,
+            setup_done=True,
+            default_ptt=choices.keys,
+            default_hot_mic=voice,
+            audio=replace(
+                self.prefs.audio,
+                input_device=choices.input_device,
+                output_device=choices.output_device,
+            ),
+            transmit=replace(
+                self.prefs.transmit,
+                mode="voice_activation" if voice else "ptt",
+                vad_threshold=choices.vad_threshold,
+            ),
+        )
+        self.apply_prefs(prefs)
+        channel = self._talk_channel()
+        if channel is None:
+            return
+        if choices.keys:
+            self.set_channel_binding(channel, choices.keys)
+        if voice:
+            self.set_hot_mic(channel)
+
+    def _talk_channel(self) -> int | None:
+        """The channel the setup's choice applies to: the first one we are in, lobby last."""
+        me = self.model.me
+        if me is None:
+            return None
+        mine = sorted(self.model.roster.channels_of(me))
+        return next((c for c in mine if c != min(mine)), mine[0]) if mine else None
+
+    def _apply_defaults(self) -> None:
+        """On a server where we have no push-to-talk key (no hot-mic channel) yet, the setup's
+        key (voice activation) applies to the channel we are in."""
+        server = self._server_prefs()
+        channel = self._talk_channel()
+        if channel is None:
+            return
+        if self.prefs.default_ptt and not server.bindings:
+            self.set_channel_binding(channel, self.prefs.default_ptt)
+        if self.prefs.default_hot_mic and server.hot_mic is None:
+            self.set_hot_mic(channel)
 
     def send_text(self, channel_id: int, text: str) -> None:
         """Send a chat message; it shows in the conversation once it has left
@@ -1138,6 +1221,7 @@ class ClientController(QObject):
         """Logged in (again): rejoin what the user had joined last time, apply bindings."""
         self._key_warned.clear()
         self._membership_pending.clear()  # requests of an earlier session got no answer
+        self._apply_defaults()
         self._apply_bindings()
         self._apply_transmit()
         if self.model.set_self_state(self.muted, self.deafened):
@@ -1146,10 +1230,16 @@ class ClientController(QObject):
             return  # a reconnect: the supervisor restores what we were in, nothing more
         self._rejoin_pending = False
         mine = self.model.roster.channels_of(self.model.me or 0)
-        for name in self._server_prefs().joined:
+        wanted = list(self._server_prefs().joined)
+        invited, self._invite_channel = self._invite_channel, None
+        if invited:
+            wanted.append(invited)
+        for name in wanted:
             cid = self.model.channel_id(name)
             if cid is not None and cid not in mine:
                 self.join(cid)
+            elif cid is None and name == invited:
+                self.message.emit("warning", f"the invite's channel {name!r} is not on the server")
 
     @Slot(object)
     def _on_supervisor(self, action: object) -> None:
@@ -1268,24 +1358,61 @@ class ClientController(QObject):
         )
 
     # -- local server ----------------------------------------------------------------------------
-    def start_local_server(self) -> tuple[Bookmark, str]:
-        """Start the embedded relay (loopback) and return its bookmark and pin. Raises
+    def start_local_server(self, *, shared: bool | None = None) -> tuple[Bookmark, str]:
+        """Start the embedded relay and return its bookmark (always over loopback) and pin.
+        ``shared``: listen on every interface (hosting for friends: the user opted in) or on
+        loopback only; a running server on the other side is restarted on the same port and
+        data (same pin; our connection reconnects by itself). None keeps what runs. Raises
         EmbeddedServerError with the reason."""
         from voipclient.server.embedded import EmbeddedServer, EmbeddedServerError
 
-        if self.local_server is None:
-            server = EmbeddedServer(self.data_dir / "local-server", port=LOCAL_PORT)
+        running = self.local_server
+        if running is not None and shared is not None and _is_shared(running) != shared:
+            port = running.address.port if running.address is not None else LOCAL_PORT
+            running.stop()
+            self.local_server = running = None
+        else:
+            port = LOCAL_PORT
+        if running is None:
+            host = "0.0.0.0" if shared else "127.0.0.1"  # noqa: S104 - the user chose to share
+            server = EmbeddedServer(self.data_dir / "local-server", host=host, port=port)
             try:
-                address = server.start()
+                server.start()
             except EmbeddedServerError:
-                server = EmbeddedServer(self.data_dir / "local-server", port=0)
-                address = server.start()
+                server = EmbeddedServer(self.data_dir / "local-server", host=host, port=0)
+                server.start()
             self.local_server = server
         address = self.local_server.address
-        return Bookmark("Local server", address.host, address.port), address.pin
+        assert address is not None
+        return Bookmark("Local server", "127.0.0.1", address.port), address.pin
+
+    def remember_invite(self, invite: Any) -> Bookmark:
+        """Save (or update) the server an invite link names, with its pin; its channel is
+        joined after the next login. Returns the bookmark to connect with."""
+        from voipclient.net.pins import server_key
+
+        key = server_key(invite.host, invite.port)
+        marks = list(self.prefs.bookmarks)
+        found = next((i for i, b in enumerate(marks) if server_key(b.host, b.port) == key), None)
+        if found is None:
+            mark = Bookmark(invite.host, invite.host, invite.port, pin=invite.pin)
+            marks.append(mark)
+        else:
+            mark = replace(marks[found], pin=invite.pin)
+            marks[found] = mark
+        self.apply_prefs(replace(self.prefs, bookmarks=tuple(marks)))
+        self._invite_channel = invite.channel
+        return mark
 
 
 LOCAL_PORT = 64738
+
+
+def _is_shared(server: Any) -> bool:
+    """The embedded server listens beyond loopback (hosting for friends)."""
+    return str(server.settings.host) not in ("127.0.0.1", "::1", "localhost")
+
+
 #: Who held which channel's keys, when (data directory); rotated past this many bytes.
 KEY_HOLDER_LOG = "key-holders.log"
 KEY_HOLDER_LOG_MAX = 1_000_000

@@ -306,6 +306,10 @@ class MainWindow(QMainWindow):
     """See the module docstring."""
 
     settings_requested = Signal()
+    setup_requested = Signal()
+    host_requested = Signal()
+    backup_requested = Signal()
+    restore_requested = Signal()
     connect_requested = Signal()
     quit_requested = Signal()
     diagnostics_requested = Signal()
@@ -339,6 +343,12 @@ class MainWindow(QMainWindow):
         self.deafen_action.setCheckable(True)
         self.deafen_action.setShortcut(QKeySequence("Ctrl+D"))
         self.deafen_action.setToolTip("Hear nothing and mute your microphone (Ctrl+D)")
+        self.host_action = QAction("Host for friends…", self)
+        self.host_action.setToolTip(
+            "Run a server on this computer that friends can reach over the internet, and get an "
+            "invite link to send them"
+        )
+        self.host_action.triggered.connect(self.host_requested)
         self.settings_action = QAction("Settings…", self)
         self.settings_action.setShortcut(QKeySequence("Ctrl+,"))
         self.settings_action.setToolTip("Audio, transmission, hotkeys, appearance (Ctrl+,)")
@@ -347,6 +357,7 @@ class MainWindow(QMainWindow):
         for action in (
             self.connect_action,
             self.disconnect_action,
+            self.host_action,
             self.mute_action,
             self.deafen_action,
             self.settings_action,
@@ -354,6 +365,23 @@ class MainWindow(QMainWindow):
             bar.addAction(action)
             action.setObjectName(action.text().rstrip("…").replace(" ", "_").lower() + "_action")
         self.addAction(self.quit_action)
+        # Server: your identity key on it, and (administrators) its channels
+        self.server_menu = QMenu("Server", self)
+        self.server_menu.setObjectName("serverMenu")
+        self.backup_action = self.server_menu.addAction("Back up my identity key…")
+        self.backup_action.setObjectName("backup_key_action")
+        self.backup_action.setToolTip(
+            "Save your key for this server in a passphrase-protected file, to keep your name "
+            "(and your verified contacts) on another computer or after a reinstall"
+        )
+        self.backup_action.triggered.connect(self.backup_requested)
+        self.restore_action = self.server_menu.addAction("Restore an identity key…")
+        self.restore_action.setObjectName("restore_key_action")
+        self.restore_action.setToolTip("Bring back a key from a backup file (disconnects first)")
+        self.restore_action.triggered.connect(self.restore_requested)
+        self.server_menu.addSeparator()
+        self.server_menu_action = self.server_menu.menuAction()
+        self.server_menu_action.setObjectName("server_action")
         # Help: what a bug report needs, one click away
         self.help_menu = QMenu("Help", self)
         self.help_menu.setObjectName("helpMenu")
@@ -367,15 +395,20 @@ class MainWindow(QMainWindow):
         self.log_folder_action = self.help_menu.addAction("Open log folder")
         self.log_folder_action.setObjectName("open_log_folder_action")
         self.log_folder_action.triggered.connect(self.log_folder_requested)
+        self.setup_action = self.help_menu.addAction("Set up voice…")
+        self.setup_action.setObjectName("setup_action")
+        self.setup_action.setToolTip("Name, microphone and speakers, and how you talk")
+        self.setup_action.triggered.connect(self.setup_requested)
         self.help_menu.addSeparator()
         about = self.help_menu.addAction(f"About voipclient {__version__}")
         about.setEnabled(False)
         self.help_action = self.help_menu.menuAction()
         self.help_action.setObjectName("help_action")
-        bar.addAction(self.help_action)
-        button = bar.widgetForAction(self.help_action)
-        if isinstance(button, QToolButton):
-            button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        for menu_action in (self.server_menu_action, self.help_action):
+            bar.addAction(menu_action)
+            button = bar.widgetForAction(menu_action)
+            if isinstance(button, QToolButton):
+                button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         # centre
         self.banner = Banner()
         self.tree = ChannelTree()

@@ -175,6 +175,12 @@ class Preferences:
     setup_done: bool = False
     #: ``host:port`` of the server we were last connected to (the connect dialog selects it).
     last_server: str = ""
+    #: The push-to-talk key chosen in the setup: it becomes the key of the channel you are in on
+    #: a server where you have no key yet ("" none).
+    default_ptt: str = ""
+    #: Voice activation chosen in the setup: the channel you are in on a server where you have
+    #: no hot-mic channel yet becomes it.
+    default_hot_mic: bool = False
     bookmarks: tuple[Bookmark, ...] = ()
     #: ``host:port`` → that server's preferences.
     servers: Mapping[str, ServerPrefs] = field(default_factory=dict)
@@ -211,6 +217,8 @@ _SCALARS: Final[dict[str, tuple[str, str, type]]] = {
     "app/setup_done": ("", "setup_done", bool),
     "profile/username": ("", "username", str),
     "profile/last_server": ("", "last_server", str),
+    "transmit/default_ptt": ("", "default_ptt", str),
+    "transmit/default_hot_mic": ("", "default_hot_mic", bool),
 }
 #: Keys older versions wrote, read when the current key is absent (see above).
 _LEGACY_KEYS: Final[dict[str, tuple[str, ...]]] = {

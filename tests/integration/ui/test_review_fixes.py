@@ -39,7 +39,7 @@ def test_a_key_already_bound_elsewhere_is_refused_with_the_reason(
     app.controller.message.connect(lambda _level, text: messages.append(text))
     assert app.controller.set_channel_binding(A, "f13")
     assert not app.controller.set_channel_binding(B, "f13")
-    assert messages == ["f13 already talks to A; remove it there first"]
+    assert messages == ["f13 is already the push-to-talk key of A: remove it there first"]
     assert app.controller.model.row(B).ptt_keys == ()  # type: ignore[union-attr]
     assert [sorted(b.channels) for b in app.controller.router.bindings] == [[A]]
 

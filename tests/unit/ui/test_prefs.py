@@ -55,6 +55,8 @@ def full_prefs() -> Preferences:
         username="zoë 🎧",
         setup_done=True,
         last_server="voice.example:4000",
+        default_ptt="mouse4",
+        default_hot_mic=True,
         bookmarks=(
             Bookmark(
                 "Home 🏠",
