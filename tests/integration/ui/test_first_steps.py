@@ -103,3 +103,23 @@ def test_channels_and_users_have_icons_of_their_own(
     assert all(not img.isNull() for img in images.values())
     assert images["joined"] != images["user"] and images["not joined"] != images["user"]
     assert images["joined"] != images["not joined"]  # you see where you are
+
+
+def test_hot_mic_in_push_to_talk_mode_switches_to_voice_activation_and_says_so(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    app = make_app("hot")
+    connect(qtbot, app, server)
+    join_by_double_click(qtbot, app, A)
+    ctl = app.controller
+    assert ctl.prefs.transmit.mode == "ptt"  # the default: a hot mic alone would do nothing
+    said: list[str] = []
+    ctl.message.connect(lambda _level, text: said.append(text))
+    app.window.tree.setCurrentItem(channel_item(app, A))
+    hot = app.window.controls.hot_mic
+    assert hot.isEnabled()
+    hot.click()  # (a mouse click at the middle of the wide box misses its text)
+    qtbot.waitUntil(lambda: ctl.model.hot_mic_channel() == A)
+    assert ctl.prefs.transmit.mode == "voice_activation"
+    assert any("voice activation is on" in s for s in said), said
