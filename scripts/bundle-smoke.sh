@@ -57,11 +57,21 @@ echo "$control" | grep -E '^FAIL +(opus|audio-devices)' | grep -qv 'ModuleNotFou
 echo "bundle-smoke: 2. versions"
 "$bundle/voipclient" --version
 "$bundle/voipclient-server" --version
+# voipclient-server is a link to the client's executable (voipclient.spec): it must still be the
+# server, with its TLS identity and its invite link
+invite_dir=$(mktemp -d)
+link=$("$bundle/voipclient-server" --invite --data-dir "$invite_dir" --public-host 203.0.113.5 2>/dev/null) \
+  || fail "voipclient-server --invite failed"
+rm -rf "$invite_dir"
+case "$link" in
+  voipclient://203.0.113.5:*pin=sha256/*) echo "bundle-smoke: invite $link" ;;
+  *) fail "voipclient-server --invite printed no invite link: $link" ;;
+esac
 
 echo "bundle-smoke: 3. the bundle's self-test"
 out=$("$bundle/voipclient" --self-test 2>/dev/null) || { echo "$out"; fail "self-test failed"; }
 echo "$out" | cut -c1-140
-[ "$(echo "$out" | grep -c '^ok ')" = 10 ] || fail "expected 10 ok lines"
+[ "$(echo "$out" | grep -c '^ok ')" = 11 ] || fail "expected 11 ok lines"
 
 echo "bundle-smoke: 4. the audio host's device probe (the bundle's own PortAudio)"
 probe=$("$bundle/voipclient" --audio-host --list-devices) || fail "the audio host's probe failed"

@@ -1,8 +1,8 @@
 """Generate docs/screenshots/*.png from the real app (run by `make screenshots`).
 
 Three app instances connect to an embedded local server, join channels, bind push-to-talk keys,
-chat (with a mention) and talk; then the main window, the settings dialog and the connect dialog
-are grabbed. Needs a display and audio: run it under scripts/with-test-env.sh (the Makefile does).
+chat (with a mention) and talk; then the main window, the settings dialog, the first-run setup,
+Host for friends (against a fake router on loopback) and the connect dialog are grabbed. Needs a display and audio: run it under scripts/with-test-env.sh (the Makefile does).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def main() -> int:
             settings_dir=None,
             quit_after=None,
         )
+        args.invite = None
         settings = QSettings(str(tmp / f"{name}.ini"), QSettings.Format.IniFormat)
         app = App(args, qapp, backend=QSettingsBackend(settings))
         apps.append(app)
@@ -118,6 +119,37 @@ def shoot(qapp: QApplication, out: Path, apps: list[App], alice: App, bob: App, 
     pump(qapp, 0.3)
     dialog.grab().save(str(opts.out / "settings-hotkeys.png"))
     dialog.reject()
+
+    # the first-run setup, on its last page, with a key captured
+    alice.show_setup()
+    wizard = alice.setup_wizard
+    wizard.next()
+    wizard.next()
+    wizard.talk_page.capture.set_keys("f13")
+    wizard.talk_page.capture.captured.emit("f13")
+    pump(qapp, 0.5)
+    wizard.grab().save(str(opts.out / "setup-wizard.png"))
+    wizard.reject()
+
+    # Host for friends, against a FAKE router on loopback (tests/integration/net/fake_igd.py):
+    # the screenshot shows the dialog after a router said yes, without asking a real one
+    sys.path.insert(0, str(ROOT / "tests" / "integration" / "net"))
+    from fake_igd import FakeIgd  # type: ignore[import-not-found]
+
+    from voipclient.portmap import open_ports
+
+    router = FakeIgd(friendly_name="Home router").start()
+    alice.map_ports = lambda port: open_ports(port, location=router.location)
+    alice.window.tree.setCurrentItem(alice.window.tree.item_for(squad_a))
+    alice.host_for_friends()
+    host = alice.host_dialog
+    wait_for(qapp, lambda: not host.busy() and host.mapping() is not None)
+    pump(qapp, 0.5)
+    host.grab().save(str(opts.out / "host-for-friends.png"))
+    host.stop_hosting()
+    wait_for(qapp, lambda: not router.mappings)
+    router.stop()
+    wait_for(qapp, lambda: alice.controller.state == "ready", timeout=30.0)
 
     from voipclient.ui.connect_dialog import ConnectDialog
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from voipclient import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and Path(sys.argv[0]).name.startswith("voipclient-server"):
+        # the bundle's voipclient-server is a link to this executable (voipclient.spec)
+        from voipclient.server.__main__ import main as server_main
+
+        return server_main()
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["ptt"]:  # `voipclient ptt press|release|toggle CHANNEL`
         from voipclient.ptt.control import ptt_cli

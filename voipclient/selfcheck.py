@@ -226,6 +226,31 @@ def _check_qt_window() -> str:
     return f"Qt {qt_version()} window rendered on the {platform} platform"
 
 
+def _check_hosting() -> str:
+    """What "Host for friends" needs: the UPnP client with aiohttp (the bundle ships aiohttp
+    without its C speed-ups) and the QR code writer."""
+    from importlib.metadata import version
+
+    import segno
+    from async_upnp_client.aiohttp import AiohttpRequester
+    from async_upnp_client.client_factory import UpnpFactory
+    from async_upnp_client.profiles.igd import IgdDevice
+
+    UpnpFactory(AiohttpRequester())
+    if not IgdDevice.DEVICE_TYPES:
+        raise AssertionError("async-upnp-client has no IGD profile")
+    qr = segno.make("voipclient://self.test:64738/?pin=sha256/x")
+    if qr.symbol_size()[0] < 21:
+        raise AssertionError("segno made no QR code")
+    import aiohttp
+
+    try:  # a bundle may carry no package metadata
+        upnp = version("async-upnp-client")
+    except ImportError:  # importlib.metadata.PackageNotFoundError is one
+        upnp = "(version unknown)"
+    return f"async-upnp-client {upnp}, aiohttp {aiohttp.__version__}, segno {segno.__version__}"
+
+
 def qt_version() -> str:
     from PySide6.QtCore import qVersion
 
@@ -249,6 +274,7 @@ CHECKS: tuple[Check, ...] = (
     ("audio-devices", _check_audio_devices),
     ("tls", _check_tls),
     ("keyring", _check_keyring),
+    ("hosting", _check_hosting),
     ("qt-window", _check_qt_window),
 )
 

@@ -41,6 +41,7 @@ def test_self_test_prints_one_ok_line_per_check() -> None:
         "audio-devices",
         "tls",
         "keyring",
+        "hosting",
         "qt-window",
     ]
     assert all(line.startswith("ok ") for line in lines), result.stdout

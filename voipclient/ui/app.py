@@ -676,11 +676,12 @@ def run(args: argparse.Namespace) -> int:
 
     from voipclient.desktop import register_url_handler
 
-    threading.Thread(
+    registrar = threading.Thread(
         target=lambda: log.info("link handler: %s", register_url_handler()),
         name="url-handler",
         daemon=True,
-    ).start()
+    )
+    registrar.start()
     # A session logging out (or a supervisor) sends SIGTERM: quit as the menu would, saving the
     # settings and saying goodbye. Python runs the handler at the next timer of ours (<= 1 s).
     signal.signal(signal.SIGTERM, lambda *_: QTimer.singleShot(0, app.quit))
@@ -693,4 +694,5 @@ def run(args: argparse.Namespace) -> int:
         QTimer.singleShot(int(args.quit_after * 1000), done)
     code = qapp.exec()
     app.shutdown()
+    registrar.join(10.0)  # xdg-mime finishes its files before we are gone
     return int(code)

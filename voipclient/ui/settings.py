@@ -1,7 +1,7 @@
 """QSettings as the preferences backend (``ui/prefs.py`` holds the types and the validation).
 
 The organisation and application names decide where QSettings keeps the file: on Linux
-``~/.config/voipclient/voipclient.conf`` (``$XDG_CONFIG_HOME`` honoured). Tests point it at a
+``~/.config/voipclient/voipclient.ini`` (``$XDG_CONFIG_HOME`` honoured). Tests point it at a
 temporary directory with :func:`use_settings_dir`.
 """
 
