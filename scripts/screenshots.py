@@ -2,7 +2,8 @@
 
 Three app instances connect to an embedded local server, join channels, bind push-to-talk keys,
 chat (with a mention) and talk; then the main window, the settings dialog, the first-run setup,
-Host for friends (against a fake router on loopback) and the connect dialog are grabbed. Needs a display and audio: run it under scripts/with-test-env.sh (the Makefile does).
+Host for friends (against a fake router on loopback) and the connect dialog are grabbed. Needs a
+display and audio: run it under scripts/with-test-env.sh (the Makefile does).
 """
 
 from __future__ import annotations
