@@ -197,6 +197,14 @@ class ClientSession:
         return self._hop_secret
 
     @property
+    def is_admin(self) -> bool:
+        """The server counts us as one of its administrators (the ``admin`` flag of our own
+        roster entry): show the admin menus. False until LoginOk, and from servers that do not
+        send the flag. A hint only: the server checks every admin request itself."""
+        me = self._roster.user(self._sender_id) if self._sender_id is not None else None
+        return me is not None and me.admin
+
+    @property
     def udp_port(self) -> int:
         return self._udp_port
 
@@ -352,6 +360,61 @@ class ClientSession:
                 target=target,
                 channel_id=channel_id,
                 reason=m.clean_text(reason, m.MAX_REASON_LEN),
+            )
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc), code=m.ErrorCode.MALFORMED_MESSAGE) from None
+        self._send(msg)
+
+    def channel_admin(
+        self,
+        op: m.ChannelOp | str,
+        channel_id: int | None = None,
+        *,
+        name: str | None = None,
+        parent: int | None = None,
+        description: str | None = None,
+        password: str | None = None,
+        max_members: int | None = None,
+        speakers: Iterable[str] | None = None,
+        everyone_speaks: bool = False,
+    ) -> None:
+        """Ask the server to create, change or delete a channel; ``op`` is a ChannelOp or its
+        name (``"create"``, ``"update"``, ``"delete"``). Only works when our identity key is one
+        of the server's administrators (:attr:`is_admin`).
+
+        CREATE needs ``name`` and no ``channel_id`` (``parent`` defaults to the Lobby); UPDATE
+        needs ``channel_id`` and changes only the fields given (None: unchanged); DELETE needs
+        ``channel_id`` only. ``password``: None unchanged, ``""`` removes it, else the new one.
+        ``speakers``: only these names may transmit (empty: nobody); ``everyone_speaks``: every
+        member may (the two exclude each other; neither: unchanged).
+
+        Success arrives as the roster events (ChannelAdded, ChannelUpdated, MembershipChanged,
+        ChannelRemoved) and then ChannelAdminDone with the channel's id; failure as a non-fatal
+        ServerError (NOT_ADMIN, NO_SUCH_CHANNEL, CHANNEL_LOCKED, CHANNEL_HAS_SUBCHANNELS,
+        INVALID_CHANNEL, CHANNEL_NAME_TAKEN).
+
+        Raises:
+            LocalProtocolError: not READY, an unknown ``op``, fields that do not fit ``op``, or a
+                value outside the schema (``field`` names it: a name of 1..64 visible
+                characters, a description of <= 512, a password of <= 128, <= 256 speakers).
+        """
+        if isinstance(speakers, str):
+            raise LocalProtocolError("speakers is a list of names, not one string")
+        try:
+            kind = m.ChannelOp[op.upper()] if isinstance(op, str) else m.ChannelOp(op)
+        except (KeyError, ValueError):
+            raise LocalProtocolError(f"unknown channel admin op {op!r}") from None
+        try:
+            msg = m.ChannelAdmin(
+                op=kind,
+                channel_id=channel_id,
+                name=name,
+                parent=parent,
+                description=description,
+                password=password,
+                max_members=max_members,
+                speakers=None if speakers is None else tuple(speakers),
+                everyone_speaks=everyone_speaks,
             )
         except ValueError as exc:
             raise LocalProtocolError(str(exc), code=m.ErrorCode.MALFORMED_MESSAGE) from None
@@ -555,6 +618,8 @@ class ClientSession:
                         msg.action, msg.by, msg.target, msg.channel_id, msg.reason
                     )
                 )
+            case m.ChannelAdminOk():
+                events.append(ev.ChannelAdminDone(msg.op, msg.channel_id))
             case m.LossReportDelivery():
                 events.append(
                     ev.LossReportReceived(msg.from_, msg.loss, msg.burst, msg.jitter_ms, msg.frames)

@@ -482,6 +482,13 @@ class ClientConnection:
         return None if session is None else session.roster
 
     @property
+    def is_admin(self) -> bool:
+        """While logged in: the server counts us as one of its administrators (show the admin
+        menus; the server still checks every request). False when not logged in."""
+        session = self._ready_session()
+        return session is not None and session.is_admin
+
+    @property
     def transport(self) -> VoiceTransport:
         """The voice path the supervisor decided last (kept across reconnects)."""
         return self._transport
@@ -860,6 +867,40 @@ class ClientConnection:
         if session is None:
             return False
         session.admin(action, target, channel_id, reason)
+        return True
+
+    def channel_admin(
+        self,
+        op: str,
+        now: float,
+        *,
+        channel_id: int | None = None,
+        name: str | None = None,
+        parent: int | None = None,
+        description: str | None = None,
+        password: str | None = None,
+        max_members: int | None = None,
+        speakers: Iterable[str] | None = None,
+        everyone_speaks: bool = False,
+    ) -> bool:
+        """Ask the server to create, change or delete a channel (administrators only; the
+        arguments are :meth:`ClientSession.channel_admin`'s): the roster events and then
+        ``ChannelAdminDone``, or a non-fatal ``ServerError``, arrive as events. False when not
+        logged in; LocalProtocolError for arguments that do not fit ``op`` or the schema."""
+        session = self._ready_session()
+        if session is None:
+            return False
+        session.channel_admin(
+            op,
+            channel_id,
+            name=name,
+            parent=parent,
+            description=description,
+            password=password,
+            max_members=max_members,
+            speakers=speakers,
+            everyone_speaks=everyone_speaks,
+        )
         return True
 
     # -- internals: attempts and the transport -----------------------------------------------------

@@ -17,15 +17,20 @@ import enum
 from dataclasses import dataclass, field
 
 from voipclient.errors import ProtocolError
-from voipclient.net.messages import AdminOp, Limits
+from voipclient.net.messages import AdminOp, ChannelOp, Limits
 from voipclient.net.roster import ChannelView, RosterSnapshot, UserView
 
 __all__ = [
     "AdminActionHandled",
+    "AdminGranted",
     "AdminNoticeReceived",
     "BanRequested",
     "ChannelAdded",
+    "ChannelAdminDone",
+    "ChannelAdminHandled",
+    "ChannelDeleted",
     "ChannelRemoved",
+    "ChannelSaved",
     "ChannelUpdated",
     "ClientEvent",
     "CloseReason",
@@ -306,6 +311,17 @@ class AdminNoticeReceived(ClientEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelAdminDone(ClientEvent):
+    """Our ``channel_admin`` request was carried out (the roster events it caused came first).
+    Answers come in request order; a refused request is a non-fatal ServerError instead."""
+
+    #: CREATE, UPDATE or DELETE.
+    op: ChannelOp
+    #: The channel created (its new id), changed or deleted.
+    channel_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class ServerError(ClientEvent):
     """The server reported an error (a failed join/leave, or the reason it closes us)."""
 
@@ -455,3 +471,68 @@ class BanRequested(ServerEvent):
     reason: str
     #: The administrator's user name.
     by: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAdminHandled(ServerEvent):
+    """A logged-in session sent a ChannelAdmin; ``code`` says whether it was carried out (0)
+    or refused (the ErrorCode of the non-fatal Error sent back). For the adapter's log."""
+
+    #: The requester's connection id.
+    conn_id: int
+    #: The requester's sender id.
+    sender_id: int
+    #: The requester's user name.
+    name: str
+    #: CREATE, UPDATE or DELETE.
+    op: ChannelOp
+    #: The channel: the new one's id for a CREATE that was done; None for a refused CREATE.
+    channel_id: int | None
+    #: The channel's name (after the change; "" when unknown).
+    channel_name: str
+    #: 0: done; otherwise the ErrorCode of the refusal (NOT_ADMIN, NO_SUCH_CHANNEL, ...).
+    code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSaved(ServerEvent):
+    """An administrator created or changed a channel: persist its record (it replaces any
+    earlier one with this id), so the channel is there again after a restart."""
+
+    #: The channel id (administrators' channels are numbered from 10,000 up, never reused).
+    channel_id: int
+    #: The parent channel id (1: the Lobby).
+    parent: int
+    #: Display name.
+    name: str
+    #: Free text.
+    description: str
+    #: Joining needs a password.
+    password_protected: bool
+    #: The password an administrator just set, in clear: store a hash of it, never the password.
+    #: None: no new password (keep the stored one, or none when not ``password_protected``).
+    new_password: str | None = field(repr=False)
+    #: Member limit, 0 = unlimited.
+    max_members: int
+    #: Names allowed to transmit; None: every member.
+    speakers: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelDeleted(ServerEvent):
+    """An administrator deleted a channel it had made: forget its record."""
+
+    #: The channel id.
+    channel_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdminGranted(ServerEvent):
+    """The server had no administrator and makes the first identity that logged in one
+    (``ServerConfig.admin_first_user``): persist it, so it stays one after a restart (and the
+    rule does not pick anyone else)."""
+
+    #: The new administrator's Ed25519 identity key (32 bytes).
+    ik_pub: bytes
+    #: Its user name when it was made one (a label for the operator).
+    name: str

@@ -30,6 +30,7 @@ __all__ = [
     "LOGIN_CONTEXT",
     "MAX_KEYDIST_BLOB",
     "MAX_LOSS_REPORTS",
+    "MAX_SPEAKERS",
     "MAX_TEXT_BLOB",
     "MAX_VOICE_DATAGRAM",
     "PROTOCOL_VERSION",
@@ -38,7 +39,10 @@ __all__ = [
     "AdminOp",
     "Bye",
     "ChannelAdded",
+    "ChannelAdmin",
+    "ChannelAdminOk",
     "ChannelInfo",
+    "ChannelOp",
     "ChannelRemoved",
     "ChannelUpdated",
     "ClientMessage",
@@ -142,10 +146,22 @@ class ErrorCode(enum.IntEnum):
     ROSTER_INCONSISTENT = 30
     #: The server is shutting down.
     SHUTTING_DOWN = 40
-    #: An admin action from an identity key that is not one of the server's administrators.
+    #: An admin action or channel_admin from an identity key that is not one of the server's
+    #: administrators.
     NOT_ADMIN = 50
     #: An admin action names a sender id that is not logged in.
     NO_SUCH_USER = 51
+    #: A channel_admin would give a channel the name of a sibling (same parent; names compare
+    #: by account key, ``voipclient.names.name_key``: case and look-alike letters do not count).
+    CHANNEL_NAME_TAKEN = 52
+    #: A channel_admin would change or delete the Lobby or a channel of the server's
+    #: configuration file (only channels administrators made can be changed over the protocol).
+    CHANNEL_LOCKED = 53
+    #: A channel_admin would delete a channel that still has sub-channels.
+    CHANNEL_HAS_SUBCHANNELS = 54
+    #: A channel_admin the channel tree refuses otherwise: a parent that is the channel itself
+    #: or one of its sub-channels, or the server's channel limit is reached.
+    INVALID_CHANNEL = 55
     #: A bug on the sender's side.
     INTERNAL_ERROR = 99
 
@@ -179,6 +195,18 @@ class AdminOp(enum.IntEnum):
     BAN = 2
     #: Make the target a member of ``channel_id`` (see docs/protocol.md for the exact rule).
     MOVE = 3
+
+
+class ChannelOp(enum.IntEnum):
+    """What a :class:`ChannelAdmin` does. A u8 on the wire; any other value is a malformed
+    message."""
+
+    #: Make a new channel: ``name`` is required, ``channel_id`` absent (the server picks it).
+    CREATE = 1
+    #: Change the fields given of channel ``channel_id``; absent fields stay as they are.
+    UPDATE = 2
+    #: Remove channel ``channel_id`` (it must have no sub-channels); no other field is allowed.
+    DELETE = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +255,8 @@ HOP_SECRET_LEN: Final = 32
 MAX_LOSS_REPORTS: Final = 64
 #: Upper bound of a reported mean loss-run length, in frames (finite, so inf is refused).
 MAX_LOSS_BURST: Final = 1e6
+#: Names in a channel's speak ACL set by ChannelAdmin (256 names of <= 128 bytes: < 33 KiB).
+MAX_SPEAKERS: Final = 256
 
 # A visible name: no control characters anywhere, no whitespace at either end.
 _NAME_PATTERN: Final = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
@@ -334,6 +364,10 @@ class UserInfo(_Record, frozen=True):
     deafened: bool = False
     #: The channels the user is a member of (no channel twice).
     channels: Annotated[tuple[Membership, ...], Meta(max_length=MAX_MEMBERSHIPS)] = ()
+    #: The user's identity key is one of the server's administrators (a hint for the client's
+    #: menus: the server checks every admin request itself). Absent, i.e. false, from servers
+    #: that predate it.
+    admin: bool = False
 
     def __post_init__(self) -> None:
         if (self.sk_pub is None) != (self.skc is None):
@@ -655,6 +689,73 @@ class AdminNotice(_Message, frozen=True, tag="admin_notice"):
             raise ValueError("channel_id is required for move and only for move")
 
 
+class ChannelAdmin(_Message, frozen=True, tag="channel_admin"):
+    """C→S: an administrator creates, changes or deletes a channel.
+
+    Every optional field is tri-state where it matters: *absent* (None, or False for
+    ``everyone_speaks``) leaves the value as it is (CREATE: the default shown), anything else
+    sets it. ``password``: absent = unchanged (CREATE: none), ``""`` = remove the password,
+    otherwise the new password. Speak permission: ``speakers`` sets the ACL to exactly these
+    names (an empty list: nobody may speak), ``everyone_speaks`` removes the ACL (every member
+    may speak); both absent = unchanged (CREATE: everyone); both given is malformed.
+
+    Success: the roster updates every session gets (ChannelAdded, ChannelUpdated and
+    MembershipChanged for changed speak rights, ChannelRemoved), then :class:`ChannelAdminOk` to
+    the requester. Failure: a non-fatal Error (NOT_ADMIN, NO_SUCH_CHANNEL, CHANNEL_LOCKED,
+    CHANNEL_HAS_SUBCHANNELS, INVALID_CHANNEL, CHANNEL_NAME_TAKEN); see docs/protocol.md.
+    """
+
+    op: ChannelOp
+    #: UPDATE and DELETE: the channel; absent for CREATE.
+    channel_id: ChannelId | None = None
+    #: Required for CREATE; unique among the parent's sub-channels.
+    name: ChannelName | None = None
+    #: The parent channel (CREATE: absent = the Lobby); UPDATE moves the channel.
+    parent: ChannelId | None = None
+    description: Description | None = None
+    #: None: unchanged (CREATE: no password); "": remove it; else the new password.
+    password: Password | None = None
+    #: Member limit, 0 = unlimited (CREATE: absent = 0).
+    max_members: U32 | None = None
+    #: The only names allowed to transmit (compared by account key); absent: unchanged.
+    speakers: Annotated[tuple[UserName, ...], Meta(max_length=MAX_SPEAKERS)] | None = None
+    #: Remove the speak ACL: every member may transmit.
+    everyone_speaks: bool = False
+
+    def __post_init__(self) -> None:
+        if self.op == ChannelOp.CREATE:
+            if self.channel_id is not None:
+                raise ValueError("channel_id is not allowed for create")
+            if self.name is None:
+                raise ValueError("name is required for create")
+        elif self.channel_id is None:
+            raise ValueError("channel_id is required for update and delete")
+        if self.op == ChannelOp.DELETE and (
+            self.name is not None
+            or self.parent is not None
+            or self.description is not None
+            or self.password is not None
+            or self.max_members is not None
+            or self.speakers is not None
+            or self.everyone_speaks
+        ):
+            raise ValueError("delete takes channel_id only")
+        if self.speakers is not None and self.everyone_speaks:
+            raise ValueError("speakers and everyone_speaks exclude each other")
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self, ("password",))
+
+
+class ChannelAdminOk(_Message, frozen=True, tag="channel_admin_ok"):
+    """S→C, to the requesting administrator only: its :class:`ChannelAdmin` was carried out.
+    Sent after the roster updates it caused; answers come in request order."""
+
+    op: ChannelOp
+    #: The channel created (its new id), changed or deleted.
+    channel_id: ChannelId
+
+
 # -- liveness ---------------------------------------------------------------------------------
 
 
@@ -717,6 +818,7 @@ ClientMessage: TypeAlias = Union[  # noqa: UP007
     Text,
     VoiceTunnel,
     AdminAction,
+    ChannelAdmin,
     LossReports,
     Ping,
     Error,
@@ -738,6 +840,7 @@ ServerMessage: TypeAlias = Union[  # noqa: UP007
     TextDelivery,
     VoiceTunnel,
     AdminNotice,
+    ChannelAdminOk,
     LossReportDelivery,
     Pong,
     Error,

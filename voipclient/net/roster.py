@@ -101,6 +101,8 @@ class UserView:
     muted: bool = False
     #: The user deafened itself (hears nothing; the relay sends it no voice).
     deafened: bool = False
+    #: The user is one of the server's administrators (as the server says; for menus only).
+    admin: bool = False
 
     @classmethod
     def from_wire(cls, info: m.UserInfo) -> UserView:
@@ -112,6 +114,7 @@ class UserView:
             skc=info.skc,
             muted=info.muted,
             deafened=info.deafened,
+            admin=info.admin,
         )
 
 
@@ -262,6 +265,7 @@ class Roster:
                 m.Membership(channel_id=ch, may_speak=speak)
                 for ch, speak in sorted(self._memberships[sender_id].items())
             ),
+            admin=user.admin,
         )
 
     # -- channel changes -------------------------------------------------------------------------

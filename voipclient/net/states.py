@@ -190,6 +190,7 @@ _C_READY_RECV: Final[tuple[MessageType, ...]] = (
     m.TextDelivery,
     m.VoiceTunnel,
     m.AdminNotice,
+    m.ChannelAdminOk,
     m.LossReportDelivery,
     m.Pong,
 )
@@ -204,6 +205,7 @@ _C_READY_SEND: Final[tuple[MessageType, ...]] = (
     m.Text,
     m.VoiceTunnel,
     m.AdminAction,
+    m.ChannelAdmin,
     m.LossReports,
     m.Ping,
 )

@@ -30,6 +30,15 @@ Admin actions (AdminAction from a key in ``[admins] keys``, checked by the core)
 each request and its outcome (``AdminActionHandled``) and writes an admin's ban to the store
 (``BanRequested``), where the login check and the ban sweep below enforce it like a ``--ban``.
 
+Channel administration (ChannelAdmin, checked by the core): the channels administrators make live
+in the store, not in ``server.toml`` (which the server never writes). At start the adapter seeds
+``Settings.seed_channels`` into a store that was never seeded (the embedded server's defaults),
+then hands the stored channels to the core beside the configured ones (:func:`admin_channels`:
+a parent that is no longer configured becomes the Lobby). ``ChannelSaved``/``ChannelDeleted``
+are written at once (a new channel password as a scrypt hash, never in clear); every request is
+logged (``ChannelAdminHandled``). Administrators the core made by the first-user rule
+(``AdminGranted``) are recorded in the store and passed back in at the next start.
+
 What is logged: connection counts, logins (sender id, name), session ends (reason), refusals,
 admin requests (who, action, target, channel, reason, outcome).
 Never hop secrets, passwords or keys; client IP addresses only at DEBUG level.
@@ -54,17 +63,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final, TextIO, cast
 
+from voipclient.errors import LocalProtocolError
 from voipclient.names import name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import encode_frame
-from voipclient.server.config import PasswordHash, Settings
-from voipclient.server.control import ServerCore, TokenBucket
+from voipclient.server.config import PasswordHash, Settings, hash_password
+from voipclient.server.control import (
+    FIRST_ADMIN_CHANNEL_ID,
+    LOBBY_ID,
+    ChannelConfig,
+    ServerCore,
+    TokenBucket,
+)
 from voipclient.server.relay import Addr, RelayCore
-from voipclient.server.store import Store
+from voipclient.server.store import Store, StoredChannel
 from voipclient.server.tls import TlsIdentity, make_server_context
 
-__all__ = ["RelayServer", "backoff_address", "bind_sockets", "format_start_line"]
+__all__ = [
+    "RelayServer",
+    "admin_channels",
+    "backoff_address",
+    "bind_sockets",
+    "format_start_line",
+    "seed_records",
+]
 
 log = logging.getLogger("voipclient.server")
 log_ctl = logging.getLogger("voipclient.server.control")
@@ -101,6 +124,118 @@ def backoff_address(ip: str) -> str | None:
             return str(addr.ipv4_mapped)
         return str(ipaddress.IPv6Network((addr, 64), strict=False))
     return str(addr)
+
+
+def _never(password: str) -> bool:
+    """The verifier of a channel whose stored password hash cannot be read: nothing opens it."""
+    del password
+    return False
+
+
+def admin_channels(
+    settings: Settings,
+    stored: list[StoredChannel],
+    wrap: Callable[[PasswordHash], Callable[[str], bool]] | None = None,
+) -> list[ChannelConfig]:
+    """The store's channels as the core takes them (``ServerCore(admin_channels=...)``), merged
+    with the configured ones by these rules, each logged when it applies: a stored channel
+    whose id a configured one has (only possible with 9,998 configured channels) or that does
+    not fit the schema is left out; a parent that is gone (a configured channel removed from the
+    file, a left-out channel) becomes the Lobby, and so does a parent that closes a cycle (a
+    damaged file). ``wrap`` wraps each password hash (the adapter's scrypt throttle); a hash
+    that does not parse locks the channel (no password opens it)."""
+    configured = settings.channel_ids()  # casefolded name -> id, the Lobby included
+    taken = set(configured.values())
+    rows: dict[int, StoredChannel] = {}
+    for ch in stored:
+        if ch.id in taken or not 2 <= ch.id <= m.U32_MAX:
+            log.error("stored channel left out: its id is taken id=%d name=%r", ch.id, ch.name)
+            continue
+        rows[ch.id] = ch
+    parents: dict[int, int] = {}
+    for cid, ch in rows.items():
+        pid = configured.get(ch.parent_name) if ch.parent_name is not None else ch.parent
+        if pid is None or (pid not in taken and pid not in rows):
+            log.warning("stored channel moved to the Lobby: its parent is gone name=%r", ch.name)
+            pid = LOBBY_ID
+        parents[cid] = pid
+    for cid in sorted(parents):
+        seen = {cid}
+        cursor = parents[cid]
+        while cursor in parents:
+            if cursor in seen:
+                log.warning("stored channel moved to the Lobby: parent cycle id=%d", cursor)
+                parents[cursor] = LOBBY_ID
+                break
+            seen.add(cursor)
+            cursor = parents[cursor]
+    out: list[ChannelConfig] = []
+    for cid, ch in rows.items():
+        password: Callable[[str], bool] | None = None
+        if ch.password_hash is not None:
+            try:
+                parsed = PasswordHash.parse(ch.password_hash)
+            except ValueError as exc:
+                log.error("stored channel locked: bad password hash name=%r error=%s", ch.name, exc)
+                password = _never
+            else:
+                password = wrap(parsed) if wrap is not None else parsed
+        config = ChannelConfig(
+            id=cid,
+            name=ch.name,
+            parent=parents[cid],
+            description=ch.description,
+            password=password,
+            max_members=ch.max_members,
+            speakers=None if ch.speakers is None else frozenset(ch.speakers),
+        )
+        try:
+            m.encode_checked(m.ChannelAdded(channel=config.to_view().to_wire()))
+        except (LocalProtocolError, ValueError) as exc:
+            log.error("stored channel left out: %s name=%r", exc, ch.name)
+            continue
+        out.append(config)
+    if len(out) != len(rows):  # children of a left-out channel: to the Lobby
+        kept = {c.id for c in out}
+        out = [
+            c if c.parent in taken or c.parent in kept else replace(c, parent=LOBBY_ID) for c in out
+        ]
+    return out
+
+
+def seed_records(settings: Settings, first_id: int) -> list[StoredChannel]:
+    """``settings.seed_channels`` as store records with ids from ``first_id`` up (file order);
+    a parent is the Lobby, an earlier seed (by id) or a configured channel (by name)."""
+    configured = settings.channel_ids()
+    lobby = settings.lobby.name.casefold()
+    seeded: dict[str, int] = {}
+    out: list[StoredChannel] = []
+    for i, ch in enumerate(settings.seed_channels):
+        parent = (ch.parent or settings.lobby.name).casefold()
+        if parent == lobby:
+            pid: int | None = LOBBY_ID
+            pname: str | None = None
+        elif parent in seeded:
+            pid, pname = seeded[parent], None
+        elif parent in configured:
+            pid, pname = None, parent
+        else:
+            pid, pname = LOBBY_ID, None
+        cid = first_id + i
+        seeded[ch.name.casefold()] = cid
+        out.append(
+            StoredChannel(
+                id=cid,
+                parent=pid,
+                parent_name=pname,
+                name=ch.name,
+                description=ch.description,
+                password_hash=ch.password_hash,
+                max_members=ch.max_members,
+                speakers=ch.speakers,
+            )
+        )
+    return out
 
 
 def format_start_line(host: str, port: int, pin: str) -> str:
@@ -366,6 +501,9 @@ class RelayServer:
         self._timer_at = float("inf")
         self._stats_handle: asyncio.TimerHandle | None = None
         self._persisted_names: set[str] = set()
+        # configured channel id -> its casefolded name (a stored channel's parent is recorded
+        # by name when it is one of these: configured ids follow the file's order)
+        self._configured_names: dict[int, str] = {}
         self._ik_of: dict[int, bytes] = {}  # sender_id -> identity key, for the ban sweep
         self._ban_handle: asyncio.TimerHandle | None = None
         self._last_received_sync = 0.0
@@ -386,26 +524,43 @@ class RelayServer:
         self.port = self._tcp_sock.getsockname()[1]
         bindings = self.store.load_bindings()
         self._persisted_names = set(bindings)
+        self._configured_names = {
+            cid: name for name, cid in s.channel_ids().items() if cid != LOBBY_ID
+        }
+        if s.seed_channels:
+            first = max(FIRST_ADMIN_CHANNEL_ID, self.store.next_channel_id())
+            if self.store.seed_channels(seed_records(s, first)):
+                log.info("channels seeded count=%d", len(s.seed_channels))
         bucket = TokenBucket(
             s.limits.channel_password_checks_per_s,
             max(1.0, s.limits.channel_password_checks_per_s),
             loop.time(),
         )
-        config = replace(
-            s.server_config(
-                udp_port=self.port,
-                verifier=lambda h: ThrottledVerifier(h, bucket, loop.time),
-            ),
-            admins=frozenset(s.admins),
+
+        def verifier(h: PasswordHash) -> Callable[[str], bool]:
+            return ThrottledVerifier(h, bucket, loop.time)
+
+        config = s.server_config(udp_port=self.port, verifier=verifier)
+        made = admin_channels(s, self.store.channels(), verifier)
+        granted = [a.ik_pub for a in self.store.admins()]
+        self._core = ServerCore(
+            config,
+            name_bindings=bindings,
+            is_banned=self._login_banned,
+            admin_channels=made,
+            granted_admins=granted,
+            next_channel_id=self.store.next_channel_id(),
         )
-        self._core = ServerCore(config, name_bindings=bindings, is_banned=self._login_banned)
         self._relay = RelayCore(self._core, limits=s.limits.relay_limits())
         log.info(
-            "cores ready channels=%d name_bindings=%d bans=%d admins=%d password=%s",
-            1 + len(s.channels),
+            "cores ready channels=%d admin_channels=%d name_bindings=%d bans=%d admins=%d "
+            "first_user_admin=%s password=%s",
+            1 + len(s.channels) + len(made),
+            len(made),
             len(bindings),
             len(self.store.bans()),
-            len(s.admins),
+            len(s.admins) + len(granted),
+            "yes" if s.admin_first_user and not self._core.admins else "no",
             "yes" if s.password else "no",
         )
         self._tcp_server = await loop.create_server(
@@ -669,6 +824,52 @@ class RelayServer:
             self._log_admin(event)
         elif isinstance(event, ev.BanRequested):
             self._persist_ban(event)
+        elif isinstance(event, ev.ChannelAdminHandled):
+            outcome = "done" if event.code == 0 else f"refused code={event.code}"
+            log_ctl.info(
+                "channel %s by sender=%d name=%r channel=%s channel_name=%r: %s",
+                event.op.name.lower(),
+                event.sender_id,
+                event.name,
+                event.channel_id,
+                event.channel_name,
+                outcome,
+            )
+        elif isinstance(event, ev.ChannelSaved | ev.ChannelDeleted):
+            self._persist_channel(event)
+        elif isinstance(event, ev.AdminGranted):
+            try:
+                self.store.add_admin(event.ik_pub, label=event.name, reason="first user")
+            except sqlite3.Error as exc:
+                log.error("cannot store an administrator name=%r error=%r", event.name, exc)
+                return
+            log_ctl.info("first user made administrator name=%r", event.name)
+
+    def _persist_channel(self, event: ev.ChannelSaved | ev.ChannelDeleted) -> None:
+        """An administrator's channel change: into the store, so it is there after a restart.
+        A new password is stored as a scrypt hash (a ~50 ms hash on the loop: admin requests
+        are rare and count against the sender's message rate)."""
+        try:
+            if isinstance(event, ev.ChannelDeleted):
+                self.store.delete_channel(event.channel_id)
+                return
+            name = self._configured_names.get(event.parent)
+            record = StoredChannel(
+                id=event.channel_id,
+                parent=event.parent if name is None else None,
+                parent_name=name,
+                name=event.name,
+                description=event.description,
+                password_hash=None
+                if event.new_password is None
+                else hash_password(event.new_password),
+                max_members=event.max_members,
+                speakers=None if event.speakers is None else tuple(sorted(event.speakers)),
+            )
+            keep = event.password_protected and event.new_password is None
+            self.store.save_channel(record, keep_password=keep)
+        except sqlite3.Error as exc:
+            log.error("cannot store a channel change id=%d error=%r", event.channel_id, exc)
 
     def _log_admin(self, event: ev.AdminActionHandled) -> None:
         """One line per admin request: who, what, on whom; the outcome (never keys)."""

@@ -233,6 +233,13 @@ class Settings:
     limits: LimitSettings = LimitSettings()
     #: Identity keys (raw 32 bytes) of administrators.
     admins: tuple[bytes, ...] = ()
+    #: ``[admins] first_user``: while the server has no administrator (no ``keys``, none made
+    #: before), the first identity that logs in becomes one, recorded in the store.
+    admin_first_user: bool = False
+    #: Channels saved into the store as administrators' channels the first time a data
+    #: directory is used (then the store owns them: administrators may change or delete them,
+    #: and later starts do not add them again). The embedded local server's defaults.
+    seed_channels: tuple[ChannelSettings, ...] = ()
     #: The file these came from, if any.
     source: Path | None = None
 
@@ -247,6 +254,19 @@ class Settings:
             taken.add(name.casefold())
             channels.append(ChannelSettings(name=name, parent=self.lobby.name))
         return replace(self, channels=tuple(channels))
+
+    def with_seed_channels(self, names: Sequence[str]) -> Settings:
+        """Seed channels (children of the Lobby) named ``names``, checked like ``--channel``
+        ones (valid, unique among themselves and with the configured channels)."""
+        seeds = list(self.seed_channels)
+        taken = {c.name.casefold() for c in (self.lobby, *self.channels, *seeds)}
+        for name in names:
+            if name.casefold() in taken:
+                raise ConfigError(f"channel {name!r}: a channel with that name exists already")
+            _check_channel(ChannelSettings(name=name), _seed_channel_error(name))
+            taken.add(name.casefold())
+            seeds.append(ChannelSettings(name=name, parent=self.lobby.name))
+        return replace(self, seed_channels=tuple(seeds))
 
     def channel_ids(self) -> dict[str, int]:
         """Casefolded channel name → id: the Lobby is 1, the others 2, 3, ... in file order."""
@@ -311,7 +331,16 @@ class Settings:
             tunnel_rate_per_s=lim.tunnel_rate_per_s,
             tunnel_burst=lim.tunnel_burst,
             max_frame_size=lim.max_frame_size,
+            admins=frozenset(self.admins),
+            admin_first_user=self.admin_first_user,
         )
+
+
+def _seed_channel_error(name: str) -> Callable[[str, str], ConfigError]:
+    def error(message: str, _key: str) -> ConfigError:
+        return ConfigError(f"channel {name!r}: {message}")
+
+    return error
 
 
 def _cli_channel_error(name: str) -> Callable[[str, str], ConfigError]:
@@ -589,7 +618,7 @@ def parse_config(text: str, path: Path | None = None) -> Settings:
     channels = _parse_channels(data.get("channels", []), top, loc, path, lobby)
 
     admins_r = top.sub("admins")
-    admins_r.check_keys(("keys",))
+    admins_r.check_keys(("keys", "first_user"))
     admins: list[bytes] = []
     for item in admins_r.string_list("keys") or ():
         try:
@@ -620,6 +649,7 @@ def parse_config(text: str, path: Path | None = None) -> Settings:
         channels=channels,
         limits=limits,
         admins=tuple(admins),
+        admin_first_user=admins_r.boolean("first_user", False),
         source=path,
     )
 

@@ -78,6 +78,26 @@ Policies (documented in docs/protocol.md):
   possible with ``max_memberships`` 1); each change is a MembershipChanged broadcast, exactly as
   for a normal leave and join. Every request, done or refused, is reported with
   ``AdminActionHandled``.
+* **Channel administration.** An administrator may also send ChannelAdmin (CREATE, UPDATE,
+  DELETE). Checks, in order: admin (NOT_ADMIN); for UPDATE/DELETE the channel exists
+  (NO_SUCH_CHANNEL) and an administrator made it (CHANNEL_LOCKED: the Lobby and the configured
+  channels belong to the configuration), for DELETE it has no sub-channels
+  (CHANNEL_HAS_SUBCHANNELS); for CREATE/UPDATE the parent exists (NO_SUCH_CHANNEL, the Error's
+  ``channel_id`` is the missing parent), is not the channel itself or below it
+  (INVALID_CHANNEL), the server is below ``max_channels`` (CREATE; INVALID_CHANNEL), and no
+  sibling has the name (CHANNEL_NAME_TAKEN; compared by ``names.name_key``). Every refusal is a
+  non-fatal Error. On success the usual roster deltas go to everyone (ChannelAdded;
+  ChannelUpdated, then MembershipChanged for every member whose speak right changed;
+  ChannelRemoved, which ends the channel's memberships), then ChannelAdminOk to
+  the requester. New channels get ids from ``FIRST_ADMIN_CHANNEL_ID`` (10,000) up, never
+  reused in a run; ``ChannelSaved``/``ChannelDeleted`` ask the adapter to persist the change
+  and ``ChannelAdminHandled`` reports every request. A changed password or lower member limit
+  does not remove current members.
+* **Admin flag.** Every UserInfo says whether the user is an administrator (``admin``), so a
+  client knows whether to offer admin menus. With ``admin_first_user``, while there is no
+  administrator at all (``config.admins`` empty, no ``granted_admins``), the first identity
+  that logs in becomes one (``AdminGranted``, before its UserJoined): its own roster entry
+  already says so.
 * **Timeouts.** ``login_timeout`` seconds from connection to LoginOk; ``idle_timeout`` seconds
   without any byte from a logged-in client (it pings every 5 s).
 """
@@ -107,6 +127,7 @@ from voipclient.net.roster import ChannelView, Roster, RosterSnapshot, UserView
 from voipclient.net.states import Direction, ServerState, Trigger, next_server_state
 
 __all__ = [
+    "FIRST_ADMIN_CHANNEL_ID",
     "LOBBY_ID",
     "LOSS_REPORT_COUNTERS",
     "ChannelConfig",
@@ -119,6 +140,9 @@ __all__ = [
 
 #: The channel every user joins at login.
 LOBBY_ID: Final = 1
+#: Channels administrators create are numbered from here up (never reused), so that they can
+#: never take the id of a configured channel (numbered 2, 3, ... in file order).
+FIRST_ADMIN_CHANNEL_ID: Final = 10_000
 #: Room left in a 64 KiB frame for LoginOk's own fields when paging the roster, bytes.
 _PAGE_HEADROOM: Final = 1024
 
@@ -147,7 +171,7 @@ class ChannelConfig:
     description: str = ""
     #: None: open channel. A str is compared in constant time; a callable is a verifier
     #: (e.g. checking a stored hash) returning True for the right password.
-    password: ChannelPassword | None = None
+    password: ChannelPassword | None = field(default=None, repr=False)
     #: Member limit; 0 means unlimited.
     max_members: int = 0
     #: Names allowed to transmit voice here, compared by account key (``names.name_key``: case
@@ -204,8 +228,13 @@ class ServerConfig:
     tunnel_burst: int = 50
     #: Largest frame payload accepted, bytes (>= 64 KiB).
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    #: Ed25519 identity keys (raw 32 bytes) allowed to send AdminAction.
+    #: Ed25519 identity keys (raw 32 bytes) allowed to send AdminAction and ChannelAdmin.
     admins: frozenset[bytes] = frozenset()
+    #: While the server has no administrator at all (none here, none granted earlier), the
+    #: first identity that logs in becomes one (``AdminGranted``; the adapter persists it).
+    admin_first_user: bool = False
+    #: Channels (the Lobby included) beyond which ChannelAdmin creates no more (INVALID_CHANNEL).
+    max_channels: int = 1000
     #: LossReports messages per second per session (their own bucket, not the control one);
     #: the excess is dropped and counted. Clients send one every ~2 s.
     loss_report_rate_per_s: float = 4.0
@@ -227,24 +256,7 @@ class ServerConfig:
             raise LocalProtocolError("the lobby must have id 1 and no parent")
         if lobby.password is not None or lobby.max_members:
             raise LocalProtocolError("the lobby cannot have a password or a member limit")
-        ids = {LOBBY_ID}
-        for ch in self.channels:
-            if ch.id < 2 or ch.id > m.U32_MAX or ch.id in ids:
-                raise LocalProtocolError(f"channel id {ch.id} is invalid or duplicated")
-            ids.add(ch.id)
-        parents = {ch.id: ch.parent for ch in (lobby, *self.channels)}
-        for ch in self.channels:
-            if ch.parent is None or ch.parent not in ids:
-                raise LocalProtocolError(f"channel {ch.id} has an unknown parent {ch.parent}")
-            seen = {ch.id}
-            cursor: int | None = ch.parent
-            while cursor is not None:  # walk up; the lobby ends every walk
-                if cursor in seen:
-                    raise LocalProtocolError(f"channel {ch.id} is part of a parent cycle")
-                seen.add(cursor)
-                cursor = parents[cursor]
-        for ch in (lobby, *self.channels):
-            _check_channel_schema(ch)
+        _check_tree(lobby, self.channels)
         m.encode_checked(
             m.ServerHello(m.PROTOCOL_VERSION, bytes(32), self.server_name, _limits(self))
         )
@@ -262,6 +274,31 @@ class ServerConfig:
             raise LocalProtocolError("relay_bytes_burst must be >= 1")
         if any(len(k) != m.ED25519_PUB_LEN for k in self.admins):
             raise LocalProtocolError("an admin key is a raw 32-byte Ed25519 public key")
+        if self.max_channels < 1:
+            raise LocalProtocolError("max_channels must be >= 1")
+
+
+def _check_tree(lobby: ChannelConfig, channels: Iterable[ChannelConfig]) -> None:
+    """Ids valid and unique, every parent known, no cycle, every record within the schema."""
+    channels = tuple(channels)
+    ids = {LOBBY_ID}
+    for ch in channels:
+        if ch.id < 2 or ch.id > m.U32_MAX or ch.id in ids:
+            raise LocalProtocolError(f"channel id {ch.id} is invalid or duplicated")
+        ids.add(ch.id)
+    parents = {ch.id: ch.parent for ch in (lobby, *channels)}
+    for ch in channels:
+        if ch.parent is None or ch.parent not in ids:
+            raise LocalProtocolError(f"channel {ch.id} has an unknown parent {ch.parent}")
+        seen = {ch.id}
+        cursor: int | None = ch.parent
+        while cursor is not None:  # walk up; the lobby ends every walk
+            if cursor in seen:
+                raise LocalProtocolError(f"channel {ch.id} is part of a parent cycle")
+            seen.add(cursor)
+            cursor = parents[cursor]
+    for ch in (lobby, *channels):
+        _check_channel_schema(ch)
 
 
 def _limits(config: ServerConfig) -> m.Limits:
@@ -451,6 +488,14 @@ class ServerCore:
             raise (the adapter decides what a failing ban store means).
         password_backoff: the per-address record of wrong server passwords (a fresh
             :class:`PasswordBackoff` by default; pass one to tune it or to look into it).
+        admin_channels: channels administrators made in earlier runs (the adapter's store), in
+            any order: like ``config.channels``, but ChannelAdmin may change and delete them.
+            Their ids must differ from the configured ones, their parents must exist.
+        granted_admins: identity keys made administrators at run time in earlier runs
+            (``AdminGranted``, persisted by the adapter), on top of ``config.admins``.
+        next_channel_id: the lowest id ChannelAdmin may give a new channel (the adapter
+            persists the ids it saw, so a deleted channel's id is never reused); the core never
+            goes below :data:`FIRST_ADMIN_CHANNEL_ID` or an id in use.
     """
 
     def __init__(
@@ -461,6 +506,9 @@ class ServerCore:
         name_bindings: dict[str, bytes] | None = None,
         is_banned: Callable[[bytes], bool] | None = None,
         password_backoff: PasswordBackoff | None = None,
+        admin_channels: Iterable[ChannelConfig] = (),
+        granted_admins: Iterable[bytes] = (),
+        next_channel_id: int = FIRST_ADMIN_CHANNEL_ID,
     ) -> None:
         self.config: Final = config
         self._rng = rng
@@ -478,9 +526,20 @@ class ServerCore:
         self._channel_cfg: dict[int, ChannelConfig] = {}
         self._roster = Roster()
         self._loss_counts = dict.fromkeys(LOSS_REPORT_COUNTERS, 0)
-        for ch in (config.lobby, *_parents_first(config.channels)):
+        made = tuple(admin_channels)
+        _check_tree(config.lobby, (*config.channels, *made))
+        for ch in (config.lobby, *_parents_first((*config.channels, *made))):
             self._roster.add_channel(ch.to_view())
             self._channel_cfg[ch.id] = ch
+        #: Ids of the channels administrators made (ChannelAdmin may change only these).
+        self._admin_channels: set[int] = {ch.id for ch in made}
+        self._next_channel_id = max(FIRST_ADMIN_CHANNEL_ID, next_channel_id, *self._channel_cfg)
+        if self._next_channel_id in self._channel_cfg:
+            self._next_channel_id += 1
+        granted = frozenset(granted_admins)
+        if any(len(k) != m.ED25519_PUB_LEN for k in granted):
+            raise LocalProtocolError("an admin key is a raw 32-byte Ed25519 public key")
+        self._admins: set[bytes] = set(config.admins | granted)
 
     # -- adapter interface -----------------------------------------------------------------------
 
@@ -606,6 +665,17 @@ class ServerCore:
         return self._roster.version
 
     @property
+    def admins(self) -> frozenset[bytes]:
+        """Every administrator's identity key: ``config.admins``, the granted ones passed in,
+        and one made by the first-user rule in this run."""
+        return frozenset(self._admins)
+
+    @property
+    def admin_channels(self) -> frozenset[int]:
+        """Ids of the channels administrators made (those ChannelAdmin may change)."""
+        return frozenset(self._admin_channels)
+
+    @property
     def name_bindings(self) -> dict[str, bytes]:
         """Account key (``names.name_key``) → identity key: the live dict (persist it; don't
         mutate it)."""
@@ -702,6 +772,8 @@ class ServerCore:
         _check_channel_schema(channel)
         self._roster.add_channel(channel.to_view())
         self._channel_cfg[channel.id] = channel
+        if channel.id >= self._next_channel_id:
+            self._next_channel_id = channel.id + 1
         self._broadcast(m.ChannelAdded(channel=channel.to_view().to_wire()))
 
     def update_channel(self, channel: ChannelConfig) -> None:
@@ -746,6 +818,7 @@ class ServerCore:
             self.remove_channel(child)
         self._roster.remove_channel(channel_id)
         del self._channel_cfg[channel_id]
+        self._admin_channels.discard(channel_id)
         self._broadcast(m.ChannelRemoved(channel_id=channel_id))
 
     # -- message handling ------------------------------------------------------------------------
@@ -774,6 +847,8 @@ class ServerCore:
                     )
             case m.AdminAction():
                 self._on_admin(sess, msg)
+            case m.ChannelAdmin():
+                self._on_channel_admin(sess, msg)
             case m.LossReports():
                 self._on_loss_reports(sess, msg, now)
             case m.KeyDist():
@@ -869,6 +944,12 @@ class ServerCore:
                 _Leave.REPLACED,
             )
         self._bindings.setdefault(key, msg.ik_pub)
+        admin = msg.ik_pub in self._admins
+        if not admin and self.config.admin_first_user and not self._admins:
+            # A new server's first user: its owner, typically (the embedded local server).
+            self._admins.add(msg.ik_pub)
+            admin = True
+            self._events.append(ev.AdminGranted(msg.ik_pub, msg.name))
         sid = self._next_sender_id
         self._next_sender_id += 1
         sess.sender_id = sid
@@ -877,7 +958,7 @@ class ServerCore:
         sess.hop_secret = self._rng(m.HOP_SECRET_LEN)
         lobby = self._channel_cfg[LOBBY_ID]
         self._roster.add_user(
-            UserView(sender_id=sid, name=msg.name, ik_pub=msg.ik_pub),
+            UserView(sender_id=sid, name=msg.name, ik_pub=msg.ik_pub, admin=admin),
             {LOBBY_ID: lobby.allows_speaker(msg.name)},
         )
         sess.in_roster = True
@@ -1005,7 +1086,7 @@ class ServerCore:
         target = self._by_sender.get(msg.target)
         ch = msg.channel_id
         code, text = 0, ""
-        if sess.ik_pub not in self.config.admins:
+        if sess.ik_pub not in self._admins:
             code, text = _Code.NOT_ADMIN, "not an administrator of this server"
         elif target is None:
             code, text = _Code.NO_SUCH_USER, f"no user with sender id {msg.target}"
@@ -1048,6 +1129,153 @@ class ServerCore:
             victims = [s for s in self._by_sender.values() if s.ik_pub == target.ik_pub]
             for victim in victims:
                 self._close(victim, _Reason.LOCAL_CLOSE, _Code.KICKED, why, _Leave.KICKED)
+
+    def _on_channel_admin(self, sess: _Session, msg: m.ChannelAdmin) -> None:
+        sid = sess.sender_id
+        assert sid is not None
+        code, text, about, channel = self._plan_channel_admin(sess, msg)
+        if code or channel is None:
+            name = "" if channel is None else channel.name
+            self._events.append(
+                ev.ChannelAdminHandled(
+                    sess.conn_id, sid, sess.name, msg.op, msg.channel_id, name, int(code)
+                )
+            )
+            self._refuse(sess, code, text, about)
+            return
+        op = msg.op
+        if op == m.ChannelOp.DELETE:
+            self.remove_channel(channel.id)  # no sub-channels: the plan checked
+            self._events.append(ev.ChannelDeleted(channel.id))
+        else:
+            if op == m.ChannelOp.CREATE:
+                self.add_channel(channel)
+                self._admin_channels.add(channel.id)
+            else:
+                self.update_channel(channel)
+            assert channel.parent is not None
+            self._events.append(
+                ev.ChannelSaved(
+                    channel_id=channel.id,
+                    parent=channel.parent,
+                    name=channel.name,
+                    description=channel.description,
+                    password_protected=channel.password is not None,
+                    new_password=msg.password or None,  # "" removed it: nothing new to store
+                    max_members=channel.max_members,
+                    speakers=channel.speakers,
+                )
+            )
+        self._events.append(
+            ev.ChannelAdminHandled(sess.conn_id, sid, sess.name, op, channel.id, channel.name)
+        )
+        self._send(sess, m.ChannelAdminOk(op=op, channel_id=channel.id))
+
+    def _plan_channel_admin(
+        self, sess: _Session, msg: m.ChannelAdmin
+    ) -> tuple[int, str, int | None, ChannelConfig | None]:
+        """Check a ChannelAdmin in the documented order: ``(code, message, the channel id the
+        refusal is about, the channel as it will be)`` with code 0 when it may be carried out
+        (for DELETE the channel as it is)."""
+        op, cid = msg.op, msg.channel_id
+        if sess.ik_pub not in self._admins:
+            return _Code.NOT_ADMIN, "not an administrator of this server", cid, None
+        old: ChannelConfig | None = None
+        if op != m.ChannelOp.CREATE:
+            assert cid is not None  # the schema requires it
+            old = self._channel_cfg.get(cid)
+            if old is None:
+                return _Code.NO_SUCH_CHANNEL, f"no channel {cid}", cid, None
+            if cid not in self._admin_channels:
+                what = "the Lobby" if cid == LOBBY_ID else f"channel {old.name!r}"
+                return (
+                    _Code.CHANNEL_LOCKED,
+                    f"{what} is part of the server's configuration; only channels made by "
+                    "administrators can be changed here",
+                    cid,
+                    old,
+                )
+            if op == m.ChannelOp.DELETE:
+                if self._roster.children_of(cid):
+                    return (
+                        _Code.CHANNEL_HAS_SUBCHANNELS,
+                        f"channel {old.name!r} has sub-channels: delete or move them first",
+                        cid,
+                        old,
+                    )
+                return 0, "", cid, old
+        parent = msg.parent if msg.parent is not None else (LOBBY_ID if old is None else old.parent)
+        assert parent is not None
+        if parent not in self._channel_cfg:
+            return _Code.NO_SUCH_CHANNEL, f"no parent channel {parent}", parent, None
+        if old is not None and self._within(parent, old.id):
+            return (
+                _Code.INVALID_CHANNEL,
+                "a channel cannot be moved into itself or one of its sub-channels",
+                cid,
+                old,
+            )
+        if old is None and len(self._channel_cfg) >= self.config.max_channels:
+            return (
+                _Code.INVALID_CHANNEL,
+                f"the server has its maximum of {self.config.max_channels} channels",
+                None,
+                None,
+            )
+        if old is None and self._next_channel_id > m.U32_MAX:  # pragma: no cover - 4e9 creates
+            return _Code.INVALID_CHANNEL, "out of channel ids", None, None
+        name = msg.name if msg.name is not None else (old.name if old else "")
+        if (old is None or (name, parent) != (old.name, old.parent)) and self._name_taken(
+            parent, name, cid
+        ):
+            where = self._channel_cfg[parent].name
+            return (
+                _Code.CHANNEL_NAME_TAKEN,
+                f"{where!r} has a sub-channel called {name!r} already",
+                cid,
+                old,
+            )
+        if msg.password is None:
+            password = None if old is None else old.password
+        else:
+            password = msg.password or None  # "": remove it
+        if msg.everyone_speaks:
+            speakers: frozenset[str] | None = None
+        elif msg.speakers is not None:
+            speakers = frozenset(msg.speakers)
+        else:
+            speakers = None if old is None else old.speakers
+        new = ChannelConfig(
+            id=self._next_channel_id if old is None else old.id,
+            name=name,
+            parent=parent,
+            description=msg.description
+            if msg.description is not None
+            else ("" if old is None else old.description),
+            password=password,
+            max_members=msg.max_members
+            if msg.max_members is not None
+            else (0 if old is None else old.max_members),
+            speakers=speakers,
+        )
+        return 0, "", new.id, new
+
+    def _within(self, channel_id: int, ancestor: int) -> bool:
+        """``channel_id`` is ``ancestor`` or one of its sub-channels (at any depth)."""
+        cursor: int | None = channel_id
+        while cursor is not None:
+            if cursor == ancestor:
+                return True
+            cursor = self._channel_cfg[cursor].parent
+        return False
+
+    def _name_taken(self, parent: int, name: str, except_id: int | None) -> bool:
+        """Another sub-channel of ``parent`` has ``name`` (compared by account key)."""
+        key = name_key(name)
+        return any(
+            ch.parent == parent and ch.id != except_id and name_key(ch.name) == key
+            for ch in self._channel_cfg.values()
+        )
 
     def _move(self, sid: int, channel_id: int) -> None:
         """Make ``sid`` a member of ``channel_id`` ignoring password and member limit. At the
@@ -1211,6 +1439,7 @@ class ServerCore:
             skc=old.skc if skc is None else skc,
             muted=old.muted if muted is None else muted,
             deafened=old.deafened if deafened is None else deafened,
+            admin=old.admin,
         )
         if new == old:
             return

@@ -5,6 +5,12 @@
 where there is no ``python -m`` to spawn). It keeps its TLS identity and store in ``data_dir``, so
 its pin stays the same from one start to the next, and it listens on loopback unless told
 otherwise: a local server is private until the user decides to share it.
+
+Its channels are the store's: ``channels`` are seeded into it the first time a data directory
+is used, and after that administrators own them (create, rename, move, delete over the
+protocol; the changes survive restarts). With ``first_user_admin`` (the default) the first
+identity that logs in to a server without any administrator becomes its administrator, for good
+(recorded in the store): on loopback that is the app's own user. A second user is not.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from voipclient.errors import LocalProtocolError
 from voipclient.server.config import ConfigError, Settings
 
 log = logging.getLogger("voipclient.server.embedded")
@@ -46,14 +53,27 @@ class EmbeddedServer:
         port: int = 0,
         channels: tuple[str, ...] = DEFAULT_CHANNELS,
         server_name: str = "Local server",
+        first_user_admin: bool = True,
+        admin_keys: tuple[bytes, ...] = (),
     ) -> None:
+        """``channels``: seeded into a new data directory only (see the module docstring).
+        ``first_user_admin``: the first identity that logs in becomes the administrator.
+        ``admin_keys``: raw Ed25519 identity keys that are administrators from the start (the
+        app's own user's, say): then nobody else can be first, which matters when the server is
+        shared before its owner ever logged in (the first-user rule then never applies)."""
         self.data_dir = data_dir
         try:
             self.settings = Settings(
-                server_name=server_name, host=host, port=port, stats_interval=0
+                server_name=server_name,
+                host=host,
+                port=port,
+                stats_interval=0,
+                admin_first_user=first_user_admin,
+                admins=tuple(admin_keys),
             )
-            self.settings = self.settings.with_quick_channels(channels)
-        except ConfigError as exc:
+            self.settings.server_config(udp_port=0)  # bad admin keys fail here, not later
+            self.settings = self.settings.with_seed_channels(channels)
+        except (ConfigError, LocalProtocolError) as exc:
             raise EmbeddedServerError(str(exc)) from None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

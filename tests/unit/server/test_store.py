@@ -22,7 +22,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def test_file_is_private_and_holds_only_bindings_and_bans(tmp_path: Path, store: Store) -> None:
+def test_file_is_private_and_holds_only_its_tables(tmp_path: Path, store: Store) -> None:
     path = tmp_path / DB_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     conn = sqlite3.connect(path)
@@ -30,7 +30,7 @@ def test_file_is_private_and_holds_only_bindings_and_bans(tmp_path: Path, store:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
         conn.close()
-    assert tables == {"meta", "name_bindings", "bans"}
+    assert tables == {"meta", "name_bindings", "bans", "channels", "admins"}
 
 
 def test_bindings_persist_casefolded_and_first_binding_wins(tmp_path: Path) -> None:
