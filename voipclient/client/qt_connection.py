@@ -86,6 +86,8 @@ class ServerConnection(QObject):
     stats_changed = Signal(object)
     #: (channel id, why) a text message could not be sent (no sender key yet, not a member)
     text_failed = Signal(int, str)
+    #: why an administrator's request could not be sent (not connected, a name too long, ...)
+    admin_failed = Signal(str)
     #: (channel_id, text): a chat message was sealed and sent (in order with ``text_failed``)
     text_sent = Signal(int, str)
 
@@ -240,6 +242,29 @@ class ServerConnection(QObject):
     @Slot(int)
     def leave(self, channel_id: int) -> None:
         self.core.leave(channel_id, self._clock())
+        self._pump()
+
+    @Slot(object)
+    def administer(self, request: object) -> None:
+        """An administrator's request: ``("user", action, target, channel_id, reason)`` or
+        ``("channel", op, fields)``; one the schema refuses comes back as ``admin_failed``."""
+        from voipclient.errors import LocalProtocolError
+
+        now = self._clock()
+        try:
+            if not isinstance(request, tuple):
+                raise LocalProtocolError(f"not an admin request: {request!r}")
+            if request[0] == "user":
+                _kind, action, target, channel_id, reason = request
+                sent = self.core.admin(action, target, now, channel_id=channel_id, reason=reason)
+            else:
+                _kind, op, fields = request
+                sent = self.core.channel_admin(op, now, **fields)
+        except LocalProtocolError as exc:
+            self.admin_failed.emit(str(exc))
+            return
+        if not sent:
+            self.admin_failed.emit("not connected")
         self._pump()
 
     @Slot(object)

@@ -280,6 +280,7 @@ class ClientController(QObject):
     _approve = Signal(str, bool)
     _join = Signal(int, object)
     _leave = Signal(int)
+    _administer = Signal(object)
     _self_state = Signal(bool, bool)
     _text = Signal(int, str)
     _verify = Signal(int, bool, object)
@@ -866,6 +867,8 @@ class ClientController(QObject):
         self._approve.connect(conn.approve_presented_pin)
         self._join.connect(conn.join)
         self._leave.connect(conn.leave)
+        self._administer.connect(conn.administer)
+        conn.admin_failed.connect(self._on_admin_failed)
         self._self_state.connect(conn.set_self_state)
         self._text.connect(conn.send_text)
         self._verify.connect(conn.set_verified)
@@ -923,6 +926,7 @@ class ClientController(QObject):
             conn.stats_changed,
             conn.text_failed,
             conn.text_sent,
+            conn.admin_failed,
         ):
             source_signal.disconnect()
         thread.quit()
@@ -943,6 +947,31 @@ class ClientController(QObject):
             self._save()
 
     # -- user actions --------------------------------------------------------------------------
+    # -- administration (the server checks each request: docs/protocol.md) -------------------------
+    @property
+    def is_admin(self) -> bool:
+        """The server counts us as one of its administrators (shows the admin menus)."""
+        me = self.model.me
+        user = None if me is None else self.model.roster.users.get(me)
+        return user is not None and user.admin
+
+    def admin_user(
+        self, action: str, sender_id: int, *, channel_id: int | None = None, reason: str = ""
+    ) -> None:
+        """Kick, ban (a reason) or move (into ``channel_id``) a user."""
+        self._administer.emit(("user", action, sender_id, channel_id, reason))
+
+    def admin_channel(self, op: str, channel_id: int | None = None, **fields: Any) -> None:
+        """Create (``parent``, ``name``, ...), update or delete a channel."""
+        if channel_id is not None:
+            fields["channel_id"] = channel_id
+        self._administer.emit(("channel", op, fields))
+
+    @Slot(str)
+    def _on_admin_failed(self, why: str) -> None:
+        if not self._stale():
+            self.message.emit("warning", f"not sent: {why}")
+
     def join(self, channel_id: int, password: str | None = None) -> None:
         """Ask to join; ignored while a join or leave of that channel awaits the server's
         answer, or when already a member (a double click, a key held on Enter)."""
@@ -1209,6 +1238,13 @@ class ClientController(QObject):
             self.message.emit("warning", f"server: {event.message}")
         elif isinstance(event, ev.ServerShuttingDown):
             self.banner.emit(f"The server is shutting down: {event.reason}")
+        elif isinstance(event, ev.AdminNoticeReceived):
+            self._admin_notice(event)
+        elif isinstance(event, ev.ChannelAdminDone):
+            done = {"CREATE": "created", "UPDATE": "changed", "DELETE": "deleted"}
+            name = self.model.channel_name(event.channel_id) or ""
+            verb = done.get(event.op.name, event.op.name.lower())
+            self.message.emit("info", f"Channel {name} {verb}".replace("  ", " ").strip())
         elif isinstance(event, ev.UserLeft) and self.pipeline is not None:
             playback, sid = self.pipeline.playback.playback, event.user.sender_id
             self.pipeline.playback.commands.append(lambda: playback.forget_sender(sid))
@@ -1216,6 +1252,28 @@ class ClientController(QObject):
             self._apply_mixer()
         if changed:
             self.model_changed.emit()
+
+    def _admin_notice(self, event: Any) -> None:
+        model = self.model
+        by = model.user_name(event.by) or "an administrator"
+        target = model.user_name(event.target) or f"user {event.target}"
+        why = f" ({event.reason})" if event.reason else ""
+        action = event.action.name.lower()
+        if event.target == model.me:
+            where = model.channel_name(event.channel_id) if event.channel_id else None
+            text = {
+                "kick": f"{by} removed you from the server{why}",
+                "ban": f"{by} banned you from the server{why}",
+                "move": f"{by} moved you to {where}{why}",
+            }.get(action, f"{by}: {action}{why}")
+        else:
+            where = model.channel_name(event.channel_id) if event.channel_id else None
+            text = {
+                "kick": f"You removed {target} from the server{why}",
+                "ban": f"You banned {target}{why}",
+                "move": f"You moved {target} to {where}{why}",
+            }.get(action, f"{action} {target}{why}")
+        self.message.emit("info" if action == "move" else "warning", text)
 
     def _after_login(self) -> None:
         """Logged in (again): rejoin what the user had joined last time, apply bindings."""

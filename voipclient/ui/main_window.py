@@ -380,6 +380,12 @@ class MainWindow(QMainWindow):
         self.restore_action.setToolTip("Bring back a key from a backup file (disconnects first)")
         self.restore_action.triggered.connect(self.restore_requested)
         self.server_menu.addSeparator()
+        self.create_channel_action = self.server_menu.addAction("Create a channel…")
+        self.create_channel_action.setObjectName("create_channel_action")
+        self.create_channel_action.setToolTip("Administrators: a new top-level channel")
+        self.create_channel_action.triggered.connect(lambda: self.create_channel(None))
+        self.create_channel_action.setVisible(False)
+        self.admin_dialog: Any = None
         self.server_menu_action = self.server_menu.menuAction()
         self.server_menu_action.setObjectName("server_action")
         # Help: what a bug report needs, one click away
@@ -516,6 +522,7 @@ class MainWindow(QMainWindow):
     # -- rendering ---------------------------------------------------------------------------
     def refresh(self) -> None:
         model = self.controller.model
+        self.create_channel_action.setVisible(self.controller.is_admin)
         colour = self._theme.TALKING_COLOUR if hasattr(self._theme, "TALKING_COLOUR") else None
         from PySide6.QtGui import QBrush, QColor
 
@@ -694,6 +701,15 @@ class MainWindow(QMainWindow):
                 clear.triggered.connect(lambda: ctl.set_channel_binding(ident, None))
             menu.addSection("Volume")
             menu.addAction(self._slider_action(menu, row.volume, ctl.set_channel_volume, ident))
+            if ctl.is_admin:
+                menu.addSection("Administration")
+                menu.addAction("Create a channel inside…").triggered.connect(
+                    lambda: self.create_channel(ident)
+                )
+                menu.addAction("Edit channel…").triggered.connect(lambda: self.edit_channel(ident))
+                menu.addAction("Delete channel…").triggered.connect(
+                    lambda: self.delete_channel(ident)
+                )
             return menu
         user = model.roster.users.get(ident)
         if user is None:
@@ -715,7 +731,123 @@ class MainWindow(QMainWindow):
         verified.toggled.connect(lambda on: ctl.set_verified(ident, on, key))
         menu.addSection("Volume")
         menu.addAction(self._slider_action(menu, member.volume, ctl.set_user_volume, ident))
+        if ctl.is_admin:
+            menu.addSection("Administration")
+            move = menu.addMenu("Move to")
+            move.setObjectName("moveMenu")
+            mine = model.roster.channels_of(ident)
+            for row in model.rows():
+                target = move.addAction(row.name)
+                target.setEnabled(row.id not in mine)
+                target.triggered.connect(
+                    lambda _c=False, cid=row.id: ctl.admin_user("move", ident, channel_id=cid)
+                )
+            menu.addAction("Kick…").triggered.connect(lambda: self.act_on_user("kick", ident))
+            menu.addAction("Ban…").triggered.connect(lambda: self.act_on_user("ban", ident))
         return menu
+
+    # -- administration (shown to the server's administrators) ---------------------------------
+    def create_channel(self, parent_id: int | None = None) -> QDialog:
+        from voipclient.ui.admin_dialogs import ChannelEditDialog
+
+        ctl = self.controller
+        parent_name = ctl.model.channel_name(parent_id) if parent_id is not None else None
+        dialog = ChannelEditDialog(parent_name=parent_name, parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+
+        def accepted() -> None:
+            e = dialog.edit()
+            fields: dict[str, Any] = {"name": e.name, "parent": parent_id}
+            if e.description:
+                fields["description"] = e.description
+            if e.password:
+                fields["password"] = e.password
+            if e.speakers is not None:
+                fields["speakers"] = list(e.speakers)
+            ctl.admin_channel("create", **fields)
+
+        dialog.accepted.connect(accepted)
+        self.admin_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def edit_channel(self, channel_id: int) -> QDialog | None:
+        from voipclient.ui.admin_dialogs import ChannelEditDialog
+
+        ctl = self.controller
+        channel = ctl.model.roster.channels.get(channel_id)
+        if channel is None:
+            return None
+        dialog = ChannelEditDialog(
+            current=channel.name,
+            description=channel.description,
+            has_password=channel.password_protected,
+            parent=self,
+        )
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+
+        def accepted() -> None:
+            e = dialog.edit()
+            fields: dict[str, Any] = {}
+            if e.name is not None:
+                fields["name"] = e.name
+            if e.description is not None:
+                fields["description"] = e.description
+            if e.password is not None:
+                fields["password"] = e.password
+            if e.speakers is not None:
+                fields["speakers"] = list(e.speakers)
+            elif e.everyone_speaks:
+                fields["everyone_speaks"] = True
+            ctl.admin_channel("update", channel_id, **fields)
+
+        dialog.accepted.connect(accepted)
+        self.admin_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def delete_channel(self, channel_id: int) -> QMessageBox | None:
+        ctl = self.controller
+        row = ctl.model.row(channel_id)
+        if row is None:
+            return None
+        box = QMessageBox(
+            QMessageBox.Icon.Warning,
+            "Delete channel",
+            f"Delete {row.name}? Everyone in it ({len(row.members)}) leaves it; its chat "
+            "history stays with each of you.",
+            QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        box.setObjectName("deleteChannelQuestion")
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        delete = box.addButton("Delete", QMessageBox.ButtonRole.DestructiveRole)
+        delete.setObjectName("deleteChannelYes")
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+
+        def answered() -> None:
+            if box.clickedButton() is delete:
+                ctl.admin_channel("delete", channel_id)
+
+        box.finished.connect(answered)
+        self.admin_dialog = box
+        box.open()
+        return box
+
+    def act_on_user(self, action: str, sender_id: int) -> QDialog | None:
+        from voipclient.ui.admin_dialogs import UserActionDialog
+
+        ctl = self.controller
+        name = ctl.model.user_name(sender_id)
+        if name is None:
+            return None
+        dialog = UserActionDialog(action, name, parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: ctl.admin_user(action, sender_id, reason=dialog.reason()))
+        self.admin_dialog = dialog
+        dialog.open()
+        return dialog
 
     def _slider_action(self, menu: QMenu, value: float, apply: Any, ident: int) -> QWidgetAction:
         slider = QSlider(Qt.Orientation.Horizontal)
