@@ -161,6 +161,8 @@ class App:
         self.port_mapping: Any = None  # the router's forwarding while hosting for friends
         #: How "Host for friends" asks the router (None: UPnP discovery; tests: a fake IGD).
         self.map_ports: Any = None
+        self._renew_timer = QTimer()
+        self._renew_timer.timeout.connect(self._renew_mapping)
         self.connect_dialog: Any = None
         self.pin_dialog: Any = None
         self._advertised_pin: str | None = None
@@ -455,10 +457,25 @@ class App:
         dialog.open()
 
     def _mapped(self, outcome: Any) -> None:
-        _result, mapping = outcome
+        result, mapping = outcome
         self.port_mapping = mapping
+        if mapping is not None:
+            # the router forgets a lease when it runs out: ask again at half of it (a permanent
+            # mapping, lease 0, is renewed daily all the same: a router reboot forgets it too)
+            lease = getattr(result, "lease_seconds", None) or 24 * 3600
+            self._renew_timer.start(int(min(lease / 2, 12 * 3600) * 1000))
+
+    def _renew_mapping(self) -> None:
+        import threading
+
+        mapping = self.port_mapping
+        if mapping is None:
+            self._renew_timer.stop()
+            return
+        threading.Thread(target=mapping.renew, name="portmap-renew", daemon=True).start()
 
     def _close_port_mapping(self) -> None:
+        self._renew_timer.stop()
         mapping, self.port_mapping = self.port_mapping, None
         if mapping is not None:
             mapping.close()

@@ -55,6 +55,11 @@ def test_a_friend_opens_the_invite_and_lands_in_the_channel(
     assert (invite.port, invite.pin, invite.channel) == (port, server.address.pin, "Squad A")
     with socket.create_connection((invite.host, port), timeout=5):
         pass  # reachable on the address friends get, not only on loopback
+    # the lease is renewed at half its length (the fake router grants 24 h)
+    assert host._renew_timer.isActive() and host._renew_timer.interval() == 12 * 3600 * 1000
+    added = len(router.calls_of("AddPortMapping"))
+    host._renew_mapping()
+    qtbot.waitUntil(lambda: len(router.calls_of("AddPortMapping")) >= added + 2, timeout=10_000)
     # B: a fresh install, no saved server, no pinned key
     friend = make_app("friend")
     asked: list[object] = []
