@@ -291,6 +291,8 @@ class VoiceBot:
             self.playback.forget_sender(event.user.sender_id)
         elif isinstance(event, ev.ServerError):
             log.warning("server error: %s", event)
+        elif isinstance(event, sv.Stopped) and event.reason is sv.StopReason.UNREACHABLE:
+            self._failure = event.message  # never reached: the reason and what to check
         elif isinstance(event, sv.ReconnectScheduled):
             if self._sid is None and self._failure is None:
                 # The first connection failed: a bot reports it rather than retrying.
@@ -307,6 +309,8 @@ class VoiceBot:
     def _fatal(self) -> str | None:
         """Why the bot cannot go on, or None."""
         state, conn = self.conn.state, self.conn
+        if self._failure is not None:
+            return f"cannot connect to {self.o.host}:{self.o.port}: {self._failure}"
         if state is ConnectionState.REFUSED:
             presented = conn.presented_pin
             if presented is not None and conn.expected_pin not in (None, presented):
@@ -317,8 +321,6 @@ class VoiceBot:
             return conn.detail
         if state is ConnectionState.CLOSED:
             return f"connection closed: {conn.detail}"
-        if self._failure is not None:
-            return f"cannot connect to {self.o.host}:{self.o.port}: {self._failure}"
         return None
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
