@@ -7,12 +7,14 @@ The dialogs only collect; :class:`voipclient.ui.controller.ClientController` sen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
@@ -43,6 +45,8 @@ class ChannelEdit:
     #: None: unchanged; () with ``everyone_speaks`` False: nobody; names: only they may speak.
     speakers: tuple[str, ...] | None
     everyone_speaks: bool
+    #: Editing: the new parent channel's id (moving the channel), or None: unchanged.
+    parent: int | None = None
 
 
 def _label(text: str, buddy: QWidget) -> QLabel:
@@ -61,8 +65,12 @@ class ChannelEditDialog(QDialog):
         description: str = "",
         has_password: bool = False,
         parent_name: str | None = None,
+        parents: Sequence[tuple[int, str]] = (),
+        current_parent: int | None = None,
         parent: QWidget | None = None,
     ) -> None:
+        """``parents``: (id, name) of the channels it may be moved into (editing only; the
+        channel itself and those inside it left out), ``current_parent`` the one it is in."""
         super().__init__(parent)
         creating = current is None
         self.setObjectName("channelEditDialog")
@@ -127,6 +135,18 @@ class ChannelEditDialog(QDialog):
             "channel where one person speaks)"
         )
 
+        self.parent_combo = QComboBox()
+        self.parent_combo.setObjectName("channelParent")
+        self.parent_combo.setAccessibleName("Inside")
+        self.parent_combo.setToolTip("The channel this one is shown in (moves it in the tree)")
+        if current_parent is None:  # a top-level channel: stays there unless moved
+            self.parent_combo.addItem("(top level, where it is now)", None)
+        for ident, label in parents:
+            self.parent_combo.addItem(label, ident)
+        self.parent_combo.setCurrentIndex(max(0, self.parent_combo.findData(current_parent)))
+        self._current_parent = current_parent
+        self.parent_combo.setVisible(not creating and bool(parents))
+
         self.error = QLabel()
         self.error.setObjectName("channelEditError")
         self.error.setTextFormat(Qt.TextFormat.PlainText)
@@ -144,6 +164,8 @@ class ChannelEditDialog(QDialog):
         form = QFormLayout()
         form.addRow(_label("&Name:", self.name_edit), self.name_edit)
         form.addRow(_label("&Description:", self.description_edit), self.description_edit)
+        if not creating and parents:
+            form.addRow(_label("&Inside:", self.parent_combo), self.parent_combo)
         form.addRow("Password:", self.keep_password)
         form.addRow("", self.set_password)
         form.addRow("", self.password_edit)
@@ -200,6 +222,12 @@ class ChannelEditDialog(QDialog):
             password=password,
             speakers=speakers,
             everyone_speaks=self.everyone.isChecked() and not self._creating,
+            parent=(
+                moved
+                if (moved := self.parent_combo.currentData()) != self._current_parent
+                and moved is not None
+                else None
+            ),
         )
 
 

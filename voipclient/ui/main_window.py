@@ -778,10 +778,20 @@ class MainWindow(QMainWindow):
         channel = ctl.model.roster.channels.get(channel_id)
         if channel is None:
             return None
+        roster = ctl.model.roster
+        inside = {channel_id}
+        grew = True
+        while grew:  # the channel and every channel inside it: not a place to move it to
+            more = {c.id for c in roster.channels.values() if c.parent in inside}
+            grew = not more <= inside
+            inside |= more
+        parents = [(row.id, row.name) for row in ctl.model.rows() if row.id not in inside]
         dialog = ChannelEditDialog(
             current=channel.name,
             description=channel.description,
             has_password=channel.password_protected,
+            parents=parents,
+            current_parent=channel.parent,
             parent=self,
         )
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
@@ -799,6 +809,8 @@ class MainWindow(QMainWindow):
                 fields["speakers"] = list(e.speakers)
             elif e.everyone_speaks:
                 fields["everyone_speaks"] = True
+            if e.parent is not None:
+                fields["parent"] = e.parent
             ctl.admin_channel("update", channel_id, **fields)
 
         dialog.accepted.connect(accepted)

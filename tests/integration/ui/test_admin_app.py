@@ -58,6 +58,18 @@ def test_the_owner_administers_the_server_and_a_friend_sees_it(
     edit.speakers_edit.setText("owner")
     edit.ok.click()
     qtbot.waitUntil(lambda: fctl.model.channel_name(raid) == "Raid night", timeout=10_000)
+    # move the channel into another one
+    brief = owner.window.create_channel(None)
+    brief.name_edit.setText("Briefing")
+    brief.ok.click()
+    qtbot.waitUntil(lambda: ctl.model.channel_id("Briefing") is not None, timeout=10_000)
+    briefing = ctl.model.channel_id("Briefing")
+    edit = owner.window.edit_channel(raid)
+    assert edit.parent_combo.findData(raid) == -1  # not into itself
+    edit.parent_combo.setCurrentIndex(edit.parent_combo.findData(briefing))
+    assert edit.edit().name is None  # only what changed is sent
+    edit.ok.click()
+    qtbot.waitUntil(lambda: fctl.model.roster.channels[raid].parent == briefing, timeout=10_000)
     # move the friend in (an admin move needs no password)
     friend_id = fctl.model.me
     lobby = ctl.model.channel_id("Lobby")
