@@ -48,7 +48,11 @@ def test_the_owner_administers_the_server_and_a_friend_sees_it(
     dialog.password_edit.setText("hunter2")
     assert dialog.ok.isEnabled()
     dialog.ok.click()
-    qtbot.waitUntil(lambda: fctl.model.channel_id("Raid 🐉") is not None, timeout=10_000)
+    # both windows see it (each gets its own roster update: on a loaded machine in any order)
+    qtbot.waitUntil(
+        lambda: all(c.model.channel_id("Raid 🐉") is not None for c in (ctl, fctl)),
+        timeout=10_000,
+    )
     raid = fctl.model.channel_id("Raid 🐉")
     assert fctl.model.row(raid).password_protected
     # edit: rename, and only the owner may talk there
@@ -57,7 +61,10 @@ def test_the_owner_administers_the_server_and_a_friend_sees_it(
     edit.listed.setChecked(True)
     edit.speakers_edit.setText("owner")
     edit.ok.click()
-    qtbot.waitUntil(lambda: fctl.model.channel_name(raid) == "Raid night", timeout=10_000)
+    qtbot.waitUntil(
+        lambda: all(c.model.channel_name(raid) == "Raid night" for c in (ctl, fctl)),
+        timeout=10_000,
+    )
     # move the channel into another one
     brief = owner.window.create_channel(None)
     brief.name_edit.setText("Briefing")
@@ -69,7 +76,10 @@ def test_the_owner_administers_the_server_and_a_friend_sees_it(
     edit.parent_combo.setCurrentIndex(edit.parent_combo.findData(briefing))
     assert edit.edit().name is None  # only what changed is sent
     edit.ok.click()
-    qtbot.waitUntil(lambda: fctl.model.roster.channels[raid].parent == briefing, timeout=10_000)
+    qtbot.waitUntil(
+        lambda: all(c.model.roster.channels[raid].parent == briefing for c in (ctl, fctl)),
+        timeout=10_000,
+    )
     # move the friend in (an admin move needs no password)
     friend_id = fctl.model.me
     lobby = ctl.model.channel_id("Lobby")
@@ -89,7 +99,9 @@ def test_the_owner_administers_the_server_and_a_friend_sees_it(
         lambda: "spamming the raid channel" in friend.window.banner.text(), timeout=10_000
     )
     assert fctl.state != "ready"
-    qtbot.waitUntil(lambda: fctl.model.me is None or fctl.state in {"closed", "refused"})
+    qtbot.waitUntil(
+        lambda: fctl.model.me is None or fctl.state in {"closed", "refused"}, timeout=10_000
+    )
     # delete, after a confirmation
     box = owner.window.delete_channel(raid)
     assert box is not None and "Delete Raid night?" in box.text()
