@@ -12,7 +12,6 @@ reports why. Windows and macOS register the scheme at install time (``packaging/
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -33,7 +32,9 @@ def launcher_command() -> list[str]:
 
 
 def desktop_entry(command: list[str]) -> str:
-    exec_line = " ".join(shlex.quote(part) for part in command) + " %u"
+    # "--": whatever a launcher passes as the link is never read as an option; arguments are
+    # double-quoted as the Desktop Entry spec defines (\, ", `, $ escaped; % doubled)
+    exec_line = " ".join(_quote(part) for part in command) + " -- %u"
     return (
         "[Desktop Entry]\n"
         "Type=Application\n"
@@ -48,6 +49,13 @@ def desktop_entry(command: list[str]) -> str:
         f"MimeType={_MIME};\n"
         "NoDisplay=false\n"
     )
+
+
+def _quote(arg: str) -> str:
+    if arg and all(c.isalnum() or c in "/._-+=:," for c in arg):
+        return arg.replace("%", "%%")
+    escaped = "".join("\\" + c if c in '\\"`$' else c for c in arg).replace("%", "%%")
+    return f'"{escaped}"'
 
 
 def _data_home() -> Path:

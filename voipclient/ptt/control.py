@@ -12,7 +12,7 @@ Transport:
   private to the user). The first line of a connection must be ``auth TOKEN``; a wrong token
   closes the connection. ``VOIPCLIENT_PTT_TOKEN_FILE`` overrides the path.
 
-Protocol: UTF-8 lines of at most 1024 bytes; each request line gets one reply line, ``ok ...`` or
+Protocol: UTF-8 lines of at most 2048 bytes; each request line gets one reply line, ``ok ...`` or
 ``error MESSAGE``. Commands: ``press CHANNEL``, ``release CHANNEL``, ``toggle CHANNEL`` (a
 channel name or id; reply ``ok wanted=2,5``) and ``status`` (reply ``ok {json}``). The handler is
 :meth:`voipclient.ptt.service.PttService.handle_command`; the app also answers ``open LINK`` (an
@@ -45,7 +45,8 @@ __all__ = [
     "send_command",
 ]
 
-MAX_LINE = 1024  # bytes per request line (an invite link with an emoji channel name fits)
+MAX_LINE = 2048  # bytes per request line (the longest invite link: a 253-byte host and a
+# channel name of 64 emoji, percent-encoded, fits)
 Transport = Literal["unix", "tcp"]
 
 

@@ -176,7 +176,8 @@ class App:
         auto = next((b for b in prefs.bookmarks if b.connect_at_start), None)
         connecting = True
         if getattr(args, "invite", None):
-            self.open_invite(args.invite)
+            self.open_invite(args.invite)  # the setup first on a first run, then the link
+            return
         elif args.local_server:
             self.start_local()
         elif args.connect:
@@ -193,9 +194,10 @@ class App:
         elif not connecting and not prefs.bookmarks:
             self.show_connect_dialog()
 
-    def show_setup(self, *, then_connect: bool = False) -> None:
+    def show_setup(self, *, then_connect: bool = False, then_invite: Any = None) -> None:
         """The first-run setup (Help → Set up voice…); ``then_connect``: the connect dialog
-        follows when it closes (first run with no saved server)."""
+        follows when it closes (first run with no saved server); ``then_invite``: that invite
+        is used when it closes (a newcomer's first link)."""
         from PySide6.QtCore import Qt
         from PySide6.QtWidgets import QDialog
 
@@ -223,7 +225,9 @@ class App:
                 self.window.notify("Set up: you can talk now. Help → Set up voice… to change it.")
             elif not ctl.prefs.setup_done:  # skipped: never asked again, reachable from Help
                 ctl.apply_prefs(replace(ctl.prefs, setup_done=True))
-            if then_connect:
+            if then_invite is not None:
+                self.use_invite(then_invite)
+            elif then_connect:
                 self.show_connect_dialog()
 
         ctl.levels.connect(meter)
@@ -240,9 +244,10 @@ class App:
         pin: str | None = None,
         username: str | None = None,
         local: bool = False,
+        join: str | None = None,
     ) -> None:
         name = username or bookmark.username or self.username()
-        self.controller.connect_to(bookmark, name, pin=pin, local=local)
+        self.controller.connect_to(bookmark, name, pin=pin, local=local, join=join)
 
     def report(self) -> str:
         """One line for ``--quit-after``: state, channels, audio, hotkeys."""
@@ -362,11 +367,49 @@ class App:
                 self.window, "Invite link", f"This invite link cannot be used: {exc}"
             )
             return
-        bookmark = self.controller.remember_invite(invite)
         self.window.show()
         self.window.raise_()
         self.window.activateWindow()
-        self.connect_to(bookmark, pin=invite.pin)
+        if not self.controller.prefs.setup_done:
+            # a newcomer's first link: the setup first, so the friends see the chosen nickname
+            # (a name is bound to a key on a server for good)
+            self.show_setup(then_invite=invite)
+            return
+        self.use_invite(invite)
+
+    def use_invite(self, invite: Any, username: str | None = None) -> None:
+        """Connect with a parsed invite: refused when it names another key for a server we
+        trust; on the server we are on already, only its channel is joined; leaving another
+        server asks first."""
+        from PySide6.QtWidgets import QMessageBox
+
+        from voipclient.net.pins import server_key
+
+        ctl = self.controller
+        why = ctl.invite_conflict(invite)
+        if why is not None:
+            QMessageBox.warning(self.window, "Invite link", why)
+            return
+        key = server_key(invite.host, invite.port)
+        here = ctl.bookmark is not None and server_key(ctl.bookmark.host, ctl.bookmark.port)
+        if ctl.state == "ready" and here == key:
+            cid = ctl.model.channel_id(invite.channel) if invite.channel else None
+            if cid is not None:
+                ctl.join(cid)
+            return
+        if ctl.state not in ("closed", "refused", "unreachable") and ctl.bookmark is not None:
+            where = ctl.bookmark.label or ctl.bookmark.key
+            answer = QMessageBox.question(
+                self.window,
+                "Invite link",
+                f"Leave {where} and join {key}"
+                + (f", channel {invite.channel}" if invite.channel else "")
+                + "?",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        bookmark = ctl.remember_invite(invite)
+        self.connect_to(bookmark, pin=invite.pin, username=username, join=invite.channel)
 
     def host_for_friends(self) -> None:
         """Run the local server on every interface, open its port on the router, and show the
@@ -398,7 +441,9 @@ class App:
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.finished_mapping.connect(self._mapped)
         dialog.stop_requested.connect(self.stop_hosting)
+        dialog.finished.connect(self._host_dialog_closed)
         self.host_dialog = dialog
+        self.window.set_hosting(True)
         dialog.open()
 
     def _key_stores(self) -> dict[str, Any]:
@@ -456,6 +501,9 @@ class App:
         self.backup_dialog = dialog
         dialog.open()
 
+    def _host_dialog_closed(self, _result: int) -> None:
+        self.host_dialog = None  # deleted on close: a new one is made next time
+
     def _mapped(self, outcome: Any) -> None:
         result, mapping = outcome
         self.port_mapping = mapping
@@ -483,6 +531,8 @@ class App:
     def stop_hosting(self) -> None:
         """Back to a private local server (loopback only); the router's forwarding is gone."""
         self.port_mapping = None  # the dialog released it
+        self._renew_timer.stop()
+        self.window.set_hosting(False)
         if self.controller.local_server is not None:
             self.start_local(shared=False)
             self.window.notify("Hosting stopped: the local server is private again.")
@@ -509,8 +559,7 @@ class App:
                 return
             invite = dialog.invite()
             if invite is not None:
-                bookmark = self.controller.remember_invite(invite)
-                self.connect_to(bookmark, pin=invite.pin, username=dialog.username())
+                self.use_invite(invite, username=dialog.username())
                 return
             chosen = dialog.chosen()
             if chosen is not None:

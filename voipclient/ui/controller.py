@@ -439,7 +439,8 @@ class ClientController(QObject):
         try:
             parse_invite(rest)
         except InviteError as exc:
-            return f"error {exc}"
+            self.invite_received.emit(rest.strip())  # the window says why too (a click has
+            return f"error {exc}"  # no terminal to read the reply in)
         self.invite_received.emit(rest.strip())  # queued to the GUI thread
         return "ok opening"
 
@@ -728,8 +729,10 @@ class ClientController(QObject):
         pin: str | None = None,
         password: str = "",
         local: bool = False,
+        join: str | None = None,
     ) -> None:
-        """Open (or switch to) a server. The identity key is looked up off the GUI thread (the
+        """Open (or switch to) a server; ``join``: a channel (by name) joined after the login,
+        an invite link's. The identity key is looked up off the GUI thread (the
         OS keyring answers over D-Bus, a passphrase file runs scrypt: both take a noticeable
         time); the connection starts when it is there. When it cannot be opened (the keyring
         is locked, the passphrase was refused or cancelled) ``message`` says why.
@@ -738,6 +741,7 @@ class ClientController(QObject):
         kept in memory for this run (nobody else can reach that server, and a key is never
         written in plaintext) instead of asking for a passphrase on the first start."""
         self.disconnect_server()
+        self._invite_channel = join
         self._attempt += 1
         attempt = self._attempt
         self._pending_connect = (bookmark, username, pin, password)
@@ -889,6 +893,7 @@ class ClientController(QObject):
         # A connection still waiting for its identity key is cancelled too (Disconnect clicked
         # during a slow keyring or a passphrase dialog): its late answer is dropped.
         self._pending_connect = None
+        self._invite_channel = None  # an invite's channel belongs to the connection it came with
         self._attempt += 1
         if self.conn is not None:
             self._remember_joined()
@@ -914,6 +919,7 @@ class ClientController(QObject):
             self._verify,
             self._local_settings,
             self._voice_rate,
+            self._administer,
         ):
             signal.disconnect()
         self._bridge.voice.disconnect()
@@ -1105,6 +1111,8 @@ class ClientController(QObject):
             self.set_channel_binding(channel, choices.keys)
         if voice:
             self.set_hot_mic(channel)
+        # applied here: not again at the next login (a key removed later stays removed)
+        self._set_server_prefs(replace(self._server_prefs(), defaults_applied=True))
 
     def _talk_channel(self) -> int | None:
         """The channel the setup's choice applies to: the first one we are in, lobby last."""
@@ -1114,17 +1122,21 @@ class ClientController(QObject):
         mine = sorted(self.model.roster.channels_of(me))
         return next((c for c in mine if c != min(mine)), mine[0]) if mine else None
 
-    def _apply_defaults(self) -> None:
-        """On a server where we have no push-to-talk key (no hot-mic channel) yet, the setup's
-        key (voice activation) applies to the channel we are in."""
+    def _apply_defaults(self, channel: int | None = None) -> None:
+        """Once per server: the setup's key (or voice activation) applies to the channel we are
+        in (``channel``: the one just joined) when the server has no key (no hot-mic channel) of
+        ours yet. Never again after that: a key or hot mic the user removed stays removed."""
         server = self._server_prefs()
-        channel = self._talk_channel()
+        if server.defaults_applied or not (self.prefs.default_ptt or self.prefs.default_hot_mic):
+            return
+        channel = channel if channel is not None else self._talk_channel()
         if channel is None:
             return
         if self.prefs.default_ptt and not server.bindings:
             self.set_channel_binding(channel, self.prefs.default_ptt)
         if self.prefs.default_hot_mic and server.hot_mic is None:
             self.set_hot_mic(channel)
+        self._set_server_prefs(replace(self._server_prefs(), defaults_applied=True))
 
     def send_text(self, channel_id: int, text: str) -> None:
         """Send a chat message; it shows in the conversation once it has left
@@ -1228,6 +1240,8 @@ class ClientController(QObject):
             )
         elif isinstance(event, ev.MembershipChanged) and event.sender_id == self.model.me:
             self._membership_pending.discard(event.channel_id)  # the answer to join / leave
+            if event.joined:
+                self._apply_defaults(event.channel_id)
             self._apply_bindings()
             self._apply_transmit()
         elif isinstance(event, ev.ServerError) and not event.fatal:
@@ -1279,7 +1293,6 @@ class ClientController(QObject):
         """Logged in (again): rejoin what the user had joined last time, apply bindings."""
         self._key_warned.clear()
         self._membership_pending.clear()  # requests of an earlier session got no answer
-        self._apply_defaults()
         self._apply_bindings()
         self._apply_transmit()
         if self.model.set_self_state(self.muted, self.deafened):
@@ -1292,12 +1305,16 @@ class ClientController(QObject):
         invited, self._invite_channel = self._invite_channel, None
         if invited:
             wanted.append(invited)
+        joining = False
         for name in wanted:
             cid = self.model.channel_id(name)
             if cid is not None and cid not in mine:
                 self.join(cid)
+                joining = True
             elif cid is None and name == invited:
                 self.message.emit("warning", f"the invite's channel {name!r} is not on the server")
+        if not joining:
+            self._apply_defaults()  # else: on the first channel joined (MembershipChanged)
 
     @Slot(object)
     def _on_supervisor(self, action: object) -> None:
@@ -1444,9 +1461,32 @@ class ClientController(QObject):
         assert address is not None
         return Bookmark("Local server", "127.0.0.1", address.port), address.pin
 
+    def invite_conflict(self, invite: Any) -> str | None:
+        """Why an invite link must not be used as it is: it names another key for a server
+        whose key we already trust (pinned on first contact, or from an earlier link). A link
+        must never silently replace a trusted key: that is what an impostor's link would do."""
+        from voipclient.net.pins import server_key
+
+        key = server_key(invite.host, invite.port)
+        known: set[str] = set()
+        stored = self.pin_file.load().get(key)
+        if stored:
+            known.add(stored)
+        for b in self.prefs.bookmarks:
+            if b.pin and server_key(b.host, b.port) == key:
+                known.add(b.pin)
+        if known and invite.pin not in known:
+            return (
+                f"This invite link gives {key} a different key than the one you already trust "
+                "for that server. Someone may be impersonating it. If its owner really changed "
+                "the server's key, ask them how, then remove the saved server and open the "
+                "link again."
+            )
+        return None
+
     def remember_invite(self, invite: Any) -> Bookmark:
-        """Save (or update) the server an invite link names, with its pin; its channel is
-        joined after the next login. Returns the bookmark to connect with."""
+        """Save the server an invite link names, with its pin (refuse first with
+        :meth:`invite_conflict`). Returns the bookmark to connect with."""
         from voipclient.net.pins import server_key
 
         key = server_key(invite.host, invite.port)
@@ -1459,7 +1499,6 @@ class ClientController(QObject):
             mark = replace(marks[found], pin=invite.pin)
             marks[found] = mark
         self.apply_prefs(replace(self.prefs, bookmarks=tuple(marks)))
-        self._invite_channel = invite.channel
         return mark
 
 

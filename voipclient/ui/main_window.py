@@ -520,6 +520,16 @@ class MainWindow(QMainWindow):
         self.disconnect_action.setEnabled(False)
 
     # -- rendering ---------------------------------------------------------------------------
+    def set_hosting(self, on: bool) -> None:
+        """Host for friends is on: the toolbar says so (its dialog has Stop hosting)."""
+        self.host_action.setText("Hosting for friends…" if on else "Host for friends…")
+        self.host_action.setToolTip(
+            "Your server is open to the internet: the invite link, and Stop hosting"
+            if on
+            else "Run a server on this computer that friends can reach over the internet, and "
+            "get an invite link to send them"
+        )
+
     def refresh(self) -> None:
         model = self.controller.model
         self.create_channel_action.setVisible(self.controller.is_admin)

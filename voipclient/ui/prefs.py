@@ -127,6 +127,8 @@ class ServerPrefs:
     user_muted: frozenset[str] = frozenset()
     #: Channels (by name) joined at the last disconnect: joined again on the next connect.
     joined: tuple[str, ...] = ()
+    #: The setup's default key / voice activation was applied on this server (done once).
+    defaults_applied: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +387,7 @@ def _server_from_json(entry: object) -> ServerPrefs:
         user_volumes=_volumes(entry.get("user_volumes", {}), "user volumes"),
         user_muted=frozenset(_str_list(entry.get("user_muted", []), "muted users")),
         joined=_str_list(entry.get("joined", []), "joined channels"),
+        defaults_applied=_typed(entry.get("defaults_applied", False), bool, False),
     )
 
 
@@ -400,6 +403,7 @@ def _server_to_json(prefs: ServerPrefs) -> dict[str, object]:
         "user_volumes": dict(prefs.user_volumes),
         "user_muted": sorted(prefs.user_muted),
         "joined": list(prefs.joined),
+        "defaults_applied": prefs.defaults_applied,
     }
 
 

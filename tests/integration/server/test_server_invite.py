@@ -488,7 +488,8 @@ def test_url_handler_registrations_name_the_invite_scheme() -> None:
     entry = desktop["Desktop Entry"]
     assert f"x-scheme-handler/{SCHEME}" in entry["MimeType"].split(";")
     exec_argv = shlex.split(entry["Exec"])
-    assert exec_argv[0] == "voipclient" and exec_argv[-1] == "%u"
+    # "--" first: whatever the launcher passes as the link is never read as an option
+    assert exec_argv[0] == "voipclient" and exec_argv[-2:] == ["--", "%u"]
     assert exec_argv[0] in _console_scripts()
     assert {"Network", "Chat", "AudioVideo"} <= set(entry["Categories"].split(";"))
 
@@ -497,7 +498,7 @@ def test_url_handler_registrations_name_the_invite_scheme() -> None:
     key = f"[HKEY_CURRENT_USER\\Software\\Classes\\{SCHEME}]"
     assert key in reg and '"URL Protocol"=""' in reg
     command = reg.split(f"[HKEY_CURRENT_USER\\Software\\Classes\\{SCHEME}\\shell\\open\\command]")
-    assert len(command) == 2 and 'voipclient.exe\\" \\"%1\\""' in command[1]
+    assert len(command) == 2 and 'voipclient.exe\\" -- \\"%1\\""' in command[1]
 
     spec = SPEC.read_text(encoding="utf-8")
     assert re.search(r'"CFBundleURLSchemes": \["' + SCHEME + r'"\]', spec)

@@ -27,7 +27,9 @@ AppFactory = Callable[..., App]
 def make_app(qtbot: Any, tmp_path: Path) -> Iterator[AppFactory]:
     apps: list[App] = []
 
-    def make(name: str, **flags: Any) -> App:
+    def make(name: str, *, first_run: bool = False, **flags: Any) -> App:
+        """``first_run``: a new install (the setup not done yet); by default the setup was
+        done (or skipped) before, as for every user after their first start."""
         root = tmp_path / name
         args = argparse.Namespace(
             local_server=False,
@@ -39,6 +41,8 @@ def make_app(qtbot: Any, tmp_path: Path) -> Iterator[AppFactory]:
         for key, value in flags.items():
             setattr(args, key, value)
         settings = QSettings(str(root / "settings.ini"), QSettings.Format.IniFormat)
+        if not first_run and settings.value("app/setup_done") is None:
+            settings.setValue("app/setup_done", "true")
         app = App(args, QApplication.instance(), backend=QSettingsBackend(settings))
         apps.append(app)
         app.window.show()

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
 
 
 def test_first_run_offers_the_local_server(qtbot: Any, make_app: AppFactory) -> None:
-    app = make_app("newcomer")
+    app = make_app("newcomer", first_run=True)
     app.first_connect()  # the setup first (skipped here), then with no saved servers the
     assert app.setup_wizard is not None  # connect dialog, with the local server first
     app.setup_wizard.reject()

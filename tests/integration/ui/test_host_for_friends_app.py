@@ -81,6 +81,15 @@ def test_a_friend_opens_the_invite_and_lands_in_the_channel(
         timeout=10_000,
     )
     qtbot.waitUntil(lambda: ctl.state == "ready", timeout=20_000)  # reconnected by itself
+    assert host.window.host_action.text() == "Host for friends…"
+    # and it can be opened again (a new dialog each time)
+    host.window.host_action.trigger()
+    again = host.host_dialog
+    assert again is not None and again is not dialog and again.isVisible()
+    assert host.window.host_action.text() == "Hosting for friends…"
+    qtbot.waitUntil(lambda: not again.busy(), timeout=15_000)
+    again.stop_hosting()
+    qtbot.waitUntil(lambda: not router.mappings, timeout=10_000)
 
 
 def test_a_bad_invite_link_says_why_and_connects_nowhere(

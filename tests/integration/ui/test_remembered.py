@@ -70,8 +70,16 @@ def test_an_invite_pasted_into_the_connect_dialog_joins_its_channel(
 
 
 def test_a_second_start_with_a_link_hands_it_to_the_running_app(
-    qtbot: Any, make_app: AppFactory, start_server: Starter, tmp_path: Path
+    qtbot: Any,
+    make_app: AppFactory,
+    start_server: Starter,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from PySide6.QtWidgets import QMessageBox
+
+    shown: list[str] = []  # the window's message box for a bad link (not a modal in a test)
+    monkeypatch.setattr(QMessageBox, "warning", lambda _p, _t, text: shown.append(text))
     server = start_server()
     app = make_app("running")
     qtbot.waitUntil(lambda: app.controller.control is not None, timeout=10_000)
@@ -99,6 +107,8 @@ def test_a_second_start_with_a_link_hands_it_to_the_running_app(
         check=False,
     )
     assert bad.returncode == 2 and "pin" in bad.stderr
+    qtbot.waitUntil(lambda: bool(shown), timeout=10_000)  # the window says why too
+    assert "cannot be used" in shown[0] and "pin" in shown[0]
 
 
 def test_the_desktop_opens_voipclient_links_with_this_installation(
@@ -115,10 +125,75 @@ def test_the_desktop_opens_voipclient_links_with_this_installation(
     monkeypatch.setattr("voipclient.desktop.launcher_command", lambda: [str(recorder)])
     assert "voipclient:// links" in register_url_handler()
     entry = (tmp_path / "data" / "applications" / "voipclient.desktop").read_text()
-    assert f"Exec={recorder} %u" in entry and "x-scheme-handler/voipclient" in entry
+    assert f"Exec={recorder} -- %u" in entry and "x-scheme-handler/voipclient" in entry
     link = "voipclient://voice.example:4000/?pin=x&channel=Squad%20A"
     subprocess.run(["xdg-open", link], timeout=20, check=True, env=os.environ)
     deadline = time.monotonic() + 15
     while not got.exists() and time.monotonic() < deadline:  # xdg-open may return first
         time.sleep(0.05)
-    assert got.read_text() == link
+    assert got.read_text() == "--" + link  # printf joins "--" and the link
+
+
+def test_an_invite_never_replaces_a_key_we_trust(
+    qtbot: Any, make_app: AppFactory, start_server: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PySide6.QtWidgets import QMessageBox
+
+    server = start_server()
+    app = make_app("careful")
+    # the server's real key, trusted from a friend's invite link (saved with the server)
+    app.open_invite(format_invite(Invite(server.host, server.port, server.pin, "A")))
+    qtbot.waitUntil(lambda: app.controller.state == "ready", timeout=15_000)
+    app.controller.disconnect_server()
+    qtbot.waitUntil(lambda: app.controller.state == "closed", timeout=10_000)
+    shown: list[str] = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda _p, _t, text: shown.append(text))
+    impostor = "sha256/" + "A" * 43 + "="
+    app.open_invite(format_invite(Invite(server.host, server.port, impostor, "A")))
+    assert shown and "different key than the one you already trust" in shown[0]
+    assert app.controller.state == "closed"
+    assert all(b.pin != impostor for b in app.controller.prefs.bookmarks)
+    # the same for a key approved at first contact (the pin file), without any saved server
+    pins = app.controller.pin_file
+    store = pins.load()
+    store.approve("other.example:4000", server.pin, 1_700_000_000_000)
+    pins.save(store)
+    app.open_invite(format_invite(Invite("other.example", 4000, impostor)))
+    assert len(shown) == 2 and "different key" in shown[1]
+    assert app.controller.bookmark is None or app.controller.bookmark.host != "other.example"
+
+
+def test_an_invite_to_the_server_we_are_on_only_joins_its_channel(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    app = make_app("here")
+    from .conftest import connect
+
+    connect(qtbot, app, server)
+    conn = app.controller.conn
+    app.open_invite(format_invite(Invite(server.host, server.port, server.pin, "A")))
+    qtbot.waitUntil(
+        lambda: (row := app.controller.model.row(A)) is not None and row.joined, timeout=10_000
+    )
+    assert app.controller.conn is conn  # the same connection: nothing was torn down
+
+
+def test_a_newcomers_first_invite_waits_for_the_setup_and_uses_its_nickname(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
+    server = start_server()
+    app = make_app("john.smith", first_run=True)  # what the OS would call them
+    app.args.name = None  # started by a clicked link: no --name
+    app.open_invite(format_invite(Invite(server.host, server.port, server.pin, "A")))
+    wizard = app.setup_wizard
+    assert wizard is not None and app.controller.conn is None  # not connected before it
+    wizard.name_page.name_edit.setText("Zed")
+    wizard.next()
+    wizard.next()
+    wizard.talk_page.voice.setChecked(True)
+    wizard.accept()
+    qtbot.waitUntil(
+        lambda: (row := app.controller.model.row(A)) is not None and row.joined, timeout=15_000
+    )
+    assert app.controller.model.my_name == "Zed"

@@ -15,7 +15,7 @@ from voipclient.ui.app import App
 from voipclient.ui.prefs import load_preferences
 
 from ..conftest import A, Starter
-from .conftest import AppFactory, pair_in, talking
+from .conftest import AppFactory, connect, pair_in, round_trip, talking
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
 
@@ -35,7 +35,8 @@ def open_wizard(qtbot: Any, app: App) -> Any:
 def test_setup_captures_a_key_that_then_talks_into_the_channel(
     qtbot: Any, make_app: AppFactory, start_server: Starter
 ) -> None:
-    alice, bob = pair_in(qtbot, make_app, start_server(), A)
+    server = start_server()
+    alice, bob = pair_in(qtbot, make_app, server, A)
     wizard = open_wizard(qtbot, alice)
     # 1. the nickname, remembered
     wizard.name_page.name_edit.setText("alice")
@@ -68,6 +69,15 @@ def test_setup_captures_a_key_that_then_talks_into_the_channel(
     finally:
         xdotool("keyup", "F13")
     qtbot.waitUntil(lambda: not talking(bob, A, "alice"), timeout=10_000)
+    # the setup's key applies once per server: removed, it stays removed after a reconnect
+    assert ctl.set_channel_binding(A, None)
+    ctl.disconnect_server()
+    qtbot.waitUntil(lambda: ctl.state == "closed", timeout=10_000)
+    connect(qtbot, alice, server)
+    qtbot.waitUntil(lambda: (row := ctl.model.row(A)) is not None and row.joined, timeout=10_000)
+    round_trip(qtbot, alice)
+    assert ctl.model.row(A).ptt_keys == ()  # type: ignore[union-attr]
+    assert ctl.prefs.server(ctl.server_key or "").bindings == ()
 
 
 def test_voice_activation_makes_the_channel_the_hot_mic_one(
@@ -89,7 +99,7 @@ def test_voice_activation_makes_the_channel_the_hot_mic_one(
 def test_first_run_shows_the_setup_once_and_skip_is_remembered(
     qtbot: Any, make_app: AppFactory
 ) -> None:
-    app = make_app("new")
+    app = make_app("new", first_run=True)
     app.first_connect()
     wizard = app.setup_wizard
     assert wizard is not None and wizard.isVisible()

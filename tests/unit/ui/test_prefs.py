@@ -35,6 +35,7 @@ def full_prefs() -> Preferences:
         user_volumes={"alice": 2.0},
         user_muted=frozenset({"troll", "bot"}),
         joined=("Squad", "Lobby"),
+        defaults_applied=True,
     )
     return Preferences(
         audio=AudioPrefs(
