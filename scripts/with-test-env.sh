@@ -21,6 +21,12 @@ pids=()
 
 cleanup() {
   local rc=$?
+  # A Secret Service that died during the run fails every keyring test after it: say so, and
+  # show what it said (its log goes with the runtime dir below).
+  if [ -n "${gk_pid:-}" ] && ! kill -0 "$gk_pid" 2>/dev/null; then
+    echo "test-env: gnome-keyring (pid $gk_pid) died during the run; its log:" >&2
+    tail -30 "$rt/gnome-keyring.log" >&2 || true
+  fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
