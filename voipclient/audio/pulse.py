@@ -14,12 +14,19 @@ timeout and gives ``[]`` wherever there is no such server or tool (Windows, macO
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["PulseEndpoint", "display_names", "list_endpoints", "parse_endpoints"]
+__all__ = [
+    "PulseEndpoint",
+    "display_names",
+    "list_endpoints",
+    "parse_endpoints",
+    "server_running",
+]
 
 Kind = Literal["input", "output"]
 PACTL_TIMEOUT_S: Final = 2.0
@@ -91,10 +98,25 @@ def display_names(endpoints: list[PulseEndpoint]) -> list[str]:
     ]
 
 
+def server_running() -> bool:
+    """A PulseAudio or pipewire-pulse server answers here: its socket exists (or PULSE_SERVER
+    names one). Checked first because ``pactl`` would otherwise *start* a PulseAudio daemon
+    (autospawn) where none runs, one that outlives us."""
+    if os.environ.get("PULSE_SERVER"):
+        return True
+    runtime = os.environ.get("PULSE_RUNTIME_PATH")
+    if not runtime:
+        base = os.environ.get("XDG_RUNTIME_DIR")
+        if not base:
+            return False
+        runtime = os.path.join(base, "pulse")
+    return os.path.exists(os.path.join(runtime, "native"))
+
+
 def list_endpoints(kind: Kind) -> list[PulseEndpoint]:
     """The running sound server's sinks or sources, or [] (no pactl, no server, a timeout)."""
     pactl = shutil.which("pactl")
-    if pactl is None:
+    if pactl is None or not server_running():
         return []
     what = "sinks" if kind == "output" else "sources"
     try:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from voipclient.audio.pulse import PulseEndpoint, display_names, parse_endpoints
 
@@ -60,3 +63,24 @@ def test_two_devices_with_one_description_get_the_server_name_added() -> None:
         PulseEndpoint("output", "c", "Speakers 🔊", 2, 48_000),
     ]
     assert display_names(sinks) == ["Headset (a)", "Headset (b)", "Speakers 🔊"]
+
+
+def test_no_server_socket_means_no_pactl_call(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """pactl would autospawn a PulseAudio daemon where none runs (one that outlives the app):
+    without a server socket nothing is run."""
+    from voipclient.audio import pulse
+
+    monkeypatch.delenv("PULSE_SERVER", raising=False)
+    monkeypatch.setenv("PULSE_RUNTIME_PATH", str(tmp_path))
+    ran: list[object] = []
+    monkeypatch.setattr(pulse.subprocess, "run", lambda *a, **k: ran.append(a))
+    assert not pulse.server_running() and pulse.list_endpoints("output") == [] and ran == []
+    (tmp_path / "native").touch()
+    assert pulse.server_running()
+    monkeypatch.delenv("PULSE_RUNTIME_PATH")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "none"))
+    assert not pulse.server_running()
+    monkeypatch.setenv("PULSE_SERVER", "unix:/somewhere")
+    assert pulse.server_running()
