@@ -287,7 +287,35 @@ class _WorkerDialog(QDialog):
         self._finished(result)
 
     def _finished(self, result: object) -> None:
-        raise NotImplementedError
+        raise NotImplementedError  # each dialog shows its own outcome
+
+    def _work_controls(
+        self, prefix: str, action: str, action_tip: str, close_tip: str
+    ) -> QDialogButtonBox:
+        """The busy bar, the status line, the action button (default) and Cancel, shared by
+        both dialogs: ``self.progress``, ``self.status_label``, ``self.close_button``; the
+        action button is returned inside the box and as ``self.action_button``."""
+        self.progress = QProgressBar()
+        self.progress.setObjectName(f"{prefix}Progress")
+        self.progress.setRange(0, 0)  # busy indicator
+        self.progress.setTextVisible(False)
+        self.progress.setAccessibleName("Working")
+        self.progress.hide()
+        self.status_label = _plain("", f"{prefix}Status", "Status")
+        self.status_label.hide()
+        self.action_button = QPushButton(action)
+        self.action_button.setObjectName(f"{prefix}Button")
+        self.action_button.setToolTip(action_tip)
+        self.action_button.setDefault(True)
+        self.close_button = QPushButton("Cancel")
+        self.close_button.setObjectName("closeButton")
+        self.close_button.setAutoDefault(False)
+        self.close_button.setToolTip(close_tip)
+        buttons = QDialogButtonBox()
+        buttons.addButton(self.action_button, QDialogButtonBox.ButtonRole.ActionRole)
+        buttons.addButton(self.close_button, QDialogButtonBox.ButtonRole.RejectRole)
+        buttons.rejected.connect(self.reject)
+        return buttons
 
     def reject(self) -> None:
         if not self._busy:  # Escape/Close while working: the outcome would be lost
@@ -378,27 +406,13 @@ class ExportBackupDialog(_WorkerDialog):
             _buddy_label("&Repeat:", "exportRepeatLabel", self.repeat_edit), self.repeat_edit
         )
 
-        self.progress = QProgressBar()
-        self.progress.setObjectName("exportProgress")
-        self.progress.setRange(0, 0)  # busy indicator
-        self.progress.setTextVisible(False)
-        self.progress.setAccessibleName("Working")
-        self.progress.hide()
-        self.status_label = _plain("", "exportStatus", "Status")
-        self.status_label.hide()
-
-        self.export_button = QPushButton("&Export")
-        self.export_button.setObjectName("exportButton")
-        self.export_button.setToolTip("Encrypt the key with the passphrase and save the file")
-        self.export_button.setDefault(True)
-        self.close_button = QPushButton("Cancel")
-        self.close_button.setObjectName("closeButton")
-        self.close_button.setAutoDefault(False)
-        self.close_button.setToolTip("Close without saving a backup")
-        buttons = QDialogButtonBox()
-        buttons.addButton(self.export_button, QDialogButtonBox.ButtonRole.ActionRole)
-        buttons.addButton(self.close_button, QDialogButtonBox.ButtonRole.RejectRole)
-        buttons.rejected.connect(self.reject)
+        buttons = self._work_controls(
+            "export",
+            "&Export",
+            "Encrypt the key with the passphrase and save the file",
+            "Close without saving a backup",
+        )
+        self.export_button = self.action_button
         self.export_button.clicked.connect(self.start_export)
 
         layout = QVBoxLayout(self)
@@ -689,27 +703,13 @@ class ImportBackupDialog(_WorkerDialog):
             self.passphrase_edit,
         )
 
-        self.progress = QProgressBar()
-        self.progress.setObjectName("importProgress")
-        self.progress.setRange(0, 0)
-        self.progress.setTextVisible(False)
-        self.progress.setAccessibleName("Working")
-        self.progress.hide()
-        self.status_label = _plain("", "importStatus", "Status")
-        self.status_label.hide()
-
-        self.import_button = QPushButton("&Import")
-        self.import_button.setObjectName("importButton")
-        self.import_button.setToolTip("Decrypt the backup and store its key on this computer")
-        self.import_button.setDefault(True)
-        self.close_button = QPushButton("Cancel")
-        self.close_button.setObjectName("closeButton")
-        self.close_button.setAutoDefault(False)
-        self.close_button.setToolTip("Close without importing")
-        buttons = QDialogButtonBox()
-        buttons.addButton(self.import_button, QDialogButtonBox.ButtonRole.ActionRole)
-        buttons.addButton(self.close_button, QDialogButtonBox.ButtonRole.RejectRole)
-        buttons.rejected.connect(self.reject)
+        buttons = self._work_controls(
+            "import",
+            "&Import",
+            "Decrypt the backup and store its key on this computer",
+            "Close without importing",
+        )
+        self.import_button = self.action_button
         self.import_button.clicked.connect(self.start_import)
 
         layout = QVBoxLayout(self)
