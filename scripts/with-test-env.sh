@@ -3,7 +3,8 @@
 # the command fails or is interrupted:
 #   * XDG_RUNTIME_DIR: a fresh private directory (mode 700) under .run/
 #   * PulseAudio with two 48 kHz mono null sinks (vsink, vsink2): real PortAudio devices, one per
-#     simulated machine; vsink is the default sink and vsink.monitor the default source
+#     simulated machine; vsink is the default sink and vsink.monitor the default source; and a
+#     stereo one (vstereo, "Stereo-Headphones-Test") where channel placement is measured
 #   * Xvfb (-noreset so xmodmap mappings survive) on a free display, F13..F24 mapped
 #   * a D-Bus session bus with gnome-keyring's Secret Service, unlocked with an empty test password
 # Exports VOIPCLIENT_TEST_ENV=1 so tests know the real parts are there and fail (not skip) without them.
@@ -52,6 +53,9 @@ fi
 [ -f "$rt/pulse/pid" ] && pids+=("$(cat "$rt/pulse/pid")")
 pactl load-module module-null-sink sink_name=vsink rate=48000 channels=1 >/dev/null
 pactl load-module module-null-sink sink_name=vsink2 rate=48000 channels=1 >/dev/null
+# A stereo sink, as headphones are: channel placement is measured at its left and right.
+pactl load-module module-null-sink sink_name=vstereo rate=48000 channels=2 channel_map=front-left,front-right \
+  sink_properties=device.description=Stereo-Headphones-Test >/dev/null
 pactl set-default-sink vsink
 pactl set-default-source vsink.monitor
 # Keep both sinks running with a quiet 20 ms stream each, as a sound card that is playing is. An
@@ -59,12 +63,12 @@ pactl set-default-source vsink.monitor
 # so a stream opened then gets its first callback up to 2 s late: no hardware sink does that, and
 # it would hide how fast audio resumes after the audio host restarts. Silence mixed in changes no
 # sample.
-for sink in vsink vsink2; do
+for sink in vsink vsink2 vstereo; do
   pacat --playback --device="$sink" --format=s16le --rate=48000 --channels=1 \
     --latency-msec=100 --raw /dev/zero --client-name="test-env keep-alive" 2>>"$rt/pulseaudio.log" &
   pids+=($!)
 done
-log "PulseAudio up (sinks: vsink, vsink2, kept running)"
+log "PulseAudio up (sinks: vsink, vsink2, vstereo, kept running)"
 
 # --- Xvfb --------------------------------------------------------------------------------------
 exec 9<> "$rt/displayfd"

@@ -428,8 +428,13 @@ class VoiceBot:
         """Move audio until ``seconds`` passed (or the --play file ended, plus 1 s of tail)."""
         engine = self.engine
         assert engine is not None
-        n = engine.frame_samples
-        period = n / engine.sample_rate
+        channels = getattr(engine, "output_channels", 1)  # a device engine plays stereo frames
+        if self.mixer.output_channels != channels:
+            self.mixer.set_output_channels(channels)
+            self._out = np.zeros(engine.frame_samples * channels, dtype=np.int16)
+        period = engine.frame_samples / engine.sample_rate
+        n = engine.frame_samples  # capture ring samples per frame (mono)
+        out_n = n * channels  # playback ring samples per frame
         start = self._loop.time()
         self._t0 = start
         if isinstance(engine, FileEngine):
@@ -449,9 +454,9 @@ class VoiceBot:
             # Render first: the frame mixed at ``now`` is the one the engine takes in this tick
             # (rendering after the engine's tick would park every frame a whole frame in the
             # playback ring). A device engine takes it at its next callback.
-            while engine.playback.available < n:
+            while engine.playback.available < out_n:
                 self.playback.render_into(self._out, now)
-                self.cues.mix_into(self._out)
+                self.cues.mix_into(self._out, channels)
                 engine.playback.write(self._out)
                 self.stats.frames_rendered += 1
             if isinstance(engine, FileEngine):

@@ -61,6 +61,7 @@ PURE_NAMED = (
     "voipclient.ui.mentions",
     "voipclient.ui.model",
     "voipclient.ui.prefs",
+    "voipclient.ui.overlay_model",
     "voipclient.names",
 )
 

@@ -2,8 +2,10 @@
 
 An engine owns a device (or a stand-in) and two :class:`~voipclient.audio.ring.SampleRing`
 mailboxes: ``capture`` (the engine writes microphone samples, the capture worker reads them) and
-``playback`` (the playback worker writes, the engine reads and plays). Format: 48 kHz mono int16,
-frames of ``frame_samples`` samples (960 = 20 ms, as the Opus wrapper uses).
+``playback`` (the playback worker writes, the engine reads and plays). Format: 48 kHz int16,
+frames of ``frame_samples`` samples (960 = 20 ms, as the Opus wrapper uses); capture is mono,
+playback carries ``output_channels`` interleaved channels (the device engines: 2, stereo, so
+channels can be placed left and right; an engine without the attribute plays mono).
 
 Backends: a sounddevice engine (PortAudio callbacks), :class:`voipclient.audio.file_engine.
 FileEngine` (WAV files, for tests and the headless bot) and :class:`NullEngine` (no device).
@@ -20,7 +22,8 @@ from voipclient.audio.ring import SampleRing
 
 SAMPLE_RATE: Final = 48_000  # Hz, as voipclient.audio.opus (not imported: it needs libopus)
 FRAME_SAMPLES: Final = 960  # samples per 20 ms frame at 48 kHz
-RING_SAMPLES: Final = SAMPLE_RATE  # default ring capacity: 1 s of audio
+RING_SAMPLES: Final = SAMPLE_RATE  # default ring capacity: 1 s of mono audio
+OUTPUT_CHANNELS: Final = 2  # the device engines' playback ring: interleaved L, R
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from voipclient.audio import shm
-from voipclient.audio.engine import RING_SAMPLES, SAMPLE_RATE, DeviceEvent, EngineStats
+from voipclient.audio.engine import (
+    OUTPUT_CHANNELS,
+    RING_SAMPLES,
+    SAMPLE_RATE,
+    DeviceEvent,
+    EngineStats,
+)
 from voipclient.audio.host import host_argv
 from voipclient.audio.ring import SampleRing
 from voipclient.audio.sd_engine import DeviceInfo, DeviceSpec
@@ -417,6 +423,7 @@ class HostEngine:
         self.host = host
         self.capture: SampleRing = host.block.capture
         self.playback: SampleRing = host.block.playback
+        self.output_channels = OUTPUT_CHANNELS  # the host's device engine plays stereo frames
         self.capture_wake_fd = host.capture_wake_fd
         self.playback_wake_fd = host.playback_wake_fd
         self.on_event: Any = None

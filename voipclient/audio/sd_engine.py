@@ -3,7 +3,9 @@
 Two separate streams, one per direction (so one direction can fail, fall back or be disabled
 without touching the other): an ``InputStream`` whose callback copies the microphone into
 ``capture`` and an ``OutputStream`` whose callback fills the device buffer from ``playback``
-(zero-filled on underrun). Format: 48 kHz, mono, int16, ``blocksize = frame_samples``.
+(zero-filled on underrun). Format: 48 kHz int16, ``blocksize = frame_samples``; the microphone
+mono, the playback ring interleaved stereo (played as is on a device with two or more channels,
+folded down to (L + R) / 2 on a mono one).
 
 Real-time rules (ARCHITECTURE "Threads and mailboxes"): the callbacks only slice-copy between the
 preallocated rings and add to plain int counters. No locks, logging, Qt or events there; the
@@ -45,6 +47,7 @@ import numpy.typing as npt
 from voipclient.audio import pulse
 from voipclient.audio.engine import (
     FRAME_SAMPLES,
+    OUTPUT_CHANNELS,
     RING_SAMPLES,
     SAMPLE_RATE,
     DeviceEvent,
@@ -266,6 +269,7 @@ class _Side:
         self.lost = False  # no device works; retry at next_retry
         self.next_retry = 0.0
         self.paused = False  # stopped on purpose (nothing to play or capture): not a failure
+        self.channels = 1  # of the open stream (output: 2, or 1 on a mono device)
 
 
 class SoundDeviceEngine:
@@ -302,6 +306,11 @@ class SoundDeviceEngine:
         if rings is None:
             rings = (SampleRing(ring_samples), SampleRing(ring_samples))
         self.capture, self.playback = rings
+        #: The playback ring's format: interleaved stereo. A mono device gets the two sides
+        #: folded down ((L + R) / 2) in the output callback.
+        self.output_channels = OUTPUT_CHANNELS
+        self._fold = np.zeros(2 * frame_samples, dtype=np.int16)
+        self._fold_sum = np.zeros(frame_samples, dtype=np.int32)
         self.on_event = on_event
         # Written only by the callback threads (one writer each), read anywhere.
         self.frames_in = 0  # input callbacks (frames of frame_samples) since construction
@@ -604,11 +613,14 @@ class SoundDeviceEngine:
         before = os.environ.get(var)
         if device.pulse_name is not None:
             os.environ[var] = device.pulse_name
+        channels = CHANNELS
+        if side.kind == "output":
+            channels = OUTPUT_CHANNELS if device.max_output_channels >= OUTPUT_CHANNELS else 1
         try:
             stream = cls(
                 device=device.index,
                 samplerate=SAMPLE_RATE,
-                channels=CHANNELS,
+                channels=channels,
                 dtype="int16",
                 blocksize=self._frame_samples,
                 latency=self._latency,
@@ -624,6 +636,7 @@ class SoundDeviceEngine:
                 os.environ[var] = before
         _open_streams += 1
         side.stream = stream
+        side.channels = channels
         side.device = device
         side.paused = False
         side.finished = False
@@ -668,7 +681,18 @@ class SoundDeviceEngine:
     def _output_callback(
         self, outdata: npt.NDArray[np.int16], frames: int, time: Any, status: Any
     ) -> None:
-        self.playback.read_into(outdata[:, 0])  # fills it completely, zeros on underrun
+        if outdata.shape[1] == OUTPUT_CHANNELS:
+            self.playback.read_into(outdata.reshape(-1))  # fills it completely, zeros on underrun
+        elif 2 * frames <= self._fold.shape[0]:  # a mono device: fold the two sides down
+            both = self._fold[: 2 * frames]
+            self.playback.read_into(both)
+            total = self._fold_sum[:frames]
+            np.add(both[0::2], both[1::2], out=total, dtype=np.int32)
+            np.right_shift(total, 1, out=total)
+            np.copyto(outdata[:, 0], total, casting="unsafe")
+        else:  # never with a fixed blocksize; play silence rather than allocate here
+            self.playback.discard(2 * frames)
+            outdata.fill(0)
         self.frames_out += 1
         if status and status.output_underflow:
             self.output_underflows += 1

@@ -9,7 +9,9 @@ payload)`` (the connection seals once per channel on its own thread).
 
 Playback (one thread): the connection's ``inbox`` (opened voice frames, a deque) → VoicePlayback
 (jitter buffer per speaker, decoder, mixer) → cues → engine playback ring, one frame whenever the
-ring holds less than a frame. Loss reports go to the connection through ``reports`` (a deque).
+ring holds less than a frame. The ring holds ``engine.output_channels`` interleaved channels (the
+devices' engines: 2, stereo, for channel placement; the file and null engines: 1). Loss reports
+go to the connection through ``reports`` (a deque).
 
 Between threads only mailboxes: deques (atomic append/popleft in CPython) and plain attribute
 stores of immutable values (latest-value slots). The workers never touch Qt and take no lock the
@@ -42,6 +44,9 @@ from voipclient.ptt.router import Route
 
 log = logging.getLogger("voipclient.audio.workers")
 
+#: A push-to-talk cue for playback: (start or stop, the channel keyed).
+CueRequest = tuple[CueKind, int]
+_CENTRE_VOICE: tuple[int, float] = (0, 0.0)
 SendVoice = Callable[[Sequence[int], Sequence[int], bytes], None]
 #: Reads the push-to-talk router's latest Route without a lock (``PttService.route``).
 RouteSlot = Callable[[], Route]
@@ -174,13 +179,15 @@ class CaptureWorker:
         # or a key pressed during the rebuild need nobody to carry the current route over.
         self._route = route
         self.level: RedundancyLevel | None = None  # slot: the policy's latest level
-        self.cues: collections.deque[CueKind] = collections.deque(maxlen=8)  # to playback
+        #: to playback: (kind, channel) for each channel we start or stop transmitting into
+        self.cues: collections.deque[CueRequest] = collections.deque(maxlen=8)
         self.cues_enabled = True  # slot: the user's "play start/stop cues" setting
         self.input_level = Level(-float("inf"), -float("inf"))  # slot for the UI meter
         self.speaking = False  # slot: we are transmitting now
         self.speech_probability = 0.0  # slot for the UI's voice-activation meter
         self.talking_channels: frozenset[int] = frozenset()  # slot: where we transmit now
         self._talking_targets: tuple[int, ...] = ()
+        self._cue_targets: tuple[int, ...] = ()
         self.commands: collections.deque[Command] = collections.deque(maxlen=64)  # from the UI
         self.frames = 0
         #: slot: the UI shows the input meter (the settings dialog): keep the microphone running
@@ -240,14 +247,8 @@ class CaptureWorker:
         # Who hears this frame is the router's decision; the speech decision is its per-frame
         # input, applied here (one attribute read, one of two stored frozensets: no allocation).
         decision = self.gate.update(self._route().wanted(result.is_speech), now)
-        if decision.started and self.cues_enabled:
-            self.cues.append(CueKind.START)
-            if self._want_output is not None:
-                self._want_output(True)  # the cue needs the speakers
-        elif decision.stopped and self.cues_enabled:
-            self.cues.append(CueKind.STOP)
-            if self._want_output is not None:
-                self._want_output(True)
+        if decision.targets != self._cue_targets or decision.ending:
+            self._cue(decision.targets, decision.ending)
         self._watch_idle(decision.sending)
         self.speaking = decision.sending and not decision.stopped
         targets = decision.targets if self.speaking else ()
@@ -260,6 +261,18 @@ class CaptureWorker:
             return
         payload = self.sender.encode(result.frame)
         self._send(decision.targets, decision.ending, payload)
+
+    def _cue(self, targets: tuple[int, ...], ending: tuple[int, ...]) -> None:
+        """A start cue for each channel we began transmitting into, a stop cue for each one
+        whose transmission ended (runs only on a frame where that changed)."""
+        before, self._cue_targets = self._cue_targets, targets
+        if not self.cues_enabled:
+            return
+        queued = len(self.cues)
+        self.cues.extend((CueKind.START, c) for c in targets if c not in before)
+        self.cues.extend((CueKind.STOP, c) for c in ending)
+        if len(self.cues) != queued and self._want_output is not None:
+            self._want_output(True)  # the cue needs the speakers
 
     def _watch_idle(self, sending: bool) -> None:
         """Tell the audio host to stop the microphone after IDLE_PAUSE_S of nothing to do. The
@@ -288,7 +301,7 @@ class PlaybackWorker:
         playback: VoicePlayback,
         inbox: collections.deque[VoiceFrame],
         *,
-        cues: collections.deque[CueKind] | None = None,
+        cues: collections.deque[CueRequest] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -296,6 +309,8 @@ class PlaybackWorker:
         self.inbox = inbox
         self.cue_requests = cues if cues is not None else collections.deque(maxlen=8)
         self.cue_player = CuePlayer(engine.frame_samples)
+        #: channel → (cue voice, pan): set by the UI through :attr:`commands`
+        self.cue_voices: dict[int, tuple[int, float]] = {}
         self.reports: collections.deque[LossReport] = collections.deque(maxlen=256)
         self.output_level = Level(-float("inf"), -float("inf"))  # slot for the UI meter
         #: slot: (sender, channel) pairs heard in the last TALKING_HOLD_S (a VOICE_LAST ends one)
@@ -308,7 +323,14 @@ class PlaybackWorker:
         self._want_output: Callable[[bool], None] | None = getattr(engine, "want_output", None)
         self._silent_frames = 0
         self._idle_after = max(1, round(IDLE_PAUSE_S * engine.sample_rate / engine.frame_samples))
-        self._out = np.zeros(engine.frame_samples, dtype=np.int16)
+        #: samples per sample frame in the playback ring (2: interleaved stereo)
+        self._channels = getattr(engine, "output_channels", 1)
+        if playback.mixer.output_channels != self._channels:
+            raise ValueError(
+                f"the mixer makes {playback.mixer.output_channels}-channel frames, the engine "
+                f"plays {self._channels}"
+            )
+        self._out = np.zeros(engine.frame_samples * self._channels, dtype=np.int16)
         self._thread = _FrameThread(
             "playback", self._run, getattr(engine, "playback_wake_fd", None)
         )
@@ -321,8 +343,8 @@ class PlaybackWorker:
 
     def _run(self) -> None:
         engine = self.engine
-        n = engine.frame_samples
-        period = n / engine.sample_rate
+        n = engine.frame_samples * self._channels  # ring samples per output frame
+        period = engine.frame_samples / engine.sample_rate
         ring, thread = engine.playback, self._thread
         wake = thread.wake.set
         inbox = self.inbox
@@ -379,9 +401,11 @@ class PlaybackWorker:
         while self.commands:
             self.commands.popleft()()
         while self.cue_requests:
-            self.cue_player.trigger(self.cue_requests.popleft())
+            kind, channel = self.cue_requests.popleft()
+            voice, pan = self.cue_voices.get(channel, _CENTRE_VOICE)
+            self.cue_player.trigger(kind, voice, pan)
         self.playback.render_into(self._out, now)
-        self.cue_player.mix_into(self._out)
+        self.cue_player.mix_into(self._out, self._channels)
         self.engine.playback.write(self._out)
         if self._want_output is not None:
             self._watch_idle()

@@ -25,7 +25,7 @@ import time
 import unicodedata
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -33,6 +33,7 @@ from PySide6.QtCore import QDateTime, QEvent, QLocale, QPoint, Qt, Signal, Slot
 from PySide6.QtGui import (
     QColor,
     QFocusEvent,
+    QIcon,
     QKeyEvent,
     QKeySequence,
     QPalette,
@@ -56,6 +57,7 @@ from PySide6.QtWidgets import (
 )
 
 from voipclient.crypto.text import MAX_TEXT_BYTES
+from voipclient.ui.icons import colour_swatch
 from voipclient.ui.mentions import (
     HERE,
     Completion,
@@ -159,6 +161,8 @@ class _Conversation:
     unsent: deque[str] = field(default_factory=lambda: deque(maxlen=8))
     #: Keep the view scrolled to the newest message (the user has not scrolled up).
     stick_to_bottom: bool = True
+    #: The channel's colour ("#rrggbb"), shown as a swatch on its tab.
+    colour: str = ""
 
 
 def _utf16_pos(text: str, index: int) -> int:
@@ -390,6 +394,19 @@ class ChatPanel(QWidget):
         if self._completion is not None:
             self._update_completion()
 
+    def set_colours(self, colours: Mapping[int, str]) -> None:
+        """Channel id → "#rrggbb": each tab shows its channel's colour."""
+        for channel_id, colour in colours.items():
+            conv = self._conversations.get(channel_id)
+            if conv is not None and conv.colour != colour:
+                conv.colour = colour
+                self._update_tab(conv)
+
+    def tab_colour(self, channel_id: int) -> str:
+        """The colour the channel's tab shows ("" for none)."""
+        conv = self._conversations.get(channel_id)
+        return "" if conv is None else conv.colour
+
     def set_channels(self, channels: Sequence[tuple[int, str]]) -> None:
         """The channels we are a member of, as (channel_id, name).
 
@@ -597,6 +614,7 @@ class ChatPanel(QWidget):
             label = f"@ {label}"
         # "&" marks a mnemonic in tab labels; channel names are shown literally.
         self._tabs.setTabText(index, label.replace("&", "&&"))
+        self._tabs.setTabIcon(index, colour_swatch(conv.colour) if conv.colour else QIcon())
         if conv.mentions:
             color = _MENTION_TAB_COLOR
         elif not conv.joined:

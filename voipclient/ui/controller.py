@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -30,6 +31,7 @@ from PySide6.QtCore import QMetaObject, QObject, Qt, QThread, QTimer, Signal, Sl
 
 from voipclient import diagnostics
 from voipclient.audio import host_engine
+from voipclient.audio.cues import voice_for
 from voipclient.audio.dsp import CaptureProcessor, CaptureSettings
 from voipclient.audio.engine import AudioEngine, DeviceEvent, NullEngine
 from voipclient.audio.host import ATTEMPTS, sides_name
@@ -66,6 +68,7 @@ from voipclient.ui.model import (
     checked_hotkeys,
     with_binding,
 )
+from voipclient.ui.overlay_model import normalise_colour
 from voipclient.ui.prefs import Bookmark, Preferences, PrefsBackend, ServerPrefs, save_preferences
 
 log = logging.getLogger("voipclient.ui.controller")
@@ -153,7 +156,7 @@ class AudioPipeline:
             send,
             route=route,  # the push-to-talk router's slot: who hears each frame
         )
-        self.mixer = Mixer(frame_samples=n)
+        self.mixer = Mixer(frame_samples=n, output_channels=getattr(engine, "output_channels", 1))
         self.playback = PlaybackWorker(
             engine,
             VoicePlayback(
@@ -700,9 +703,19 @@ class ClientController(QObject):
         server, roster = self._server_prefs(), self.model.roster
         deafened = self.deafened
         channel_settings = [
-            (c.id, server.channel_volumes.get(c.name, 1.0), c.name in server.channel_muted)
+            (
+                c.id,
+                server.channel_volumes.get(c.name, 1.0),
+                c.name in server.channel_muted,
+                server.channel_pan.get(c.name, 0.0),
+            )
             for c in roster.channels.values()
         ]
+        priority = next((c.id for c in roster.channels.values() if c.name == server.priority), None)
+        duck_db = self.prefs.audio.duck_db
+        # each channel's cue: its own notes (by id, like its default colour), at its placement
+        cue_voices = {cid: (voice_for(cid), pan) for cid, _, _, pan in channel_settings}
+        worker = pipeline.playback
         user_settings = [
             (u.sender_id, server.user_volumes.get(u.name, 1.0), u.name in server.user_muted)
             for u in roster.users.values()
@@ -711,9 +724,12 @@ class ClientController(QObject):
 
         def apply() -> None:
             mixer.set_deafened(deafened)
-            for cid, volume, muted in channel_settings:
+            for cid, volume, muted, pan in channel_settings:
                 mixer.set_channel_volume(cid, volume)
                 mixer.set_channel_muted(cid, muted)
+                mixer.set_channel_pan(cid, pan)
+            mixer.set_priority(priority, duck_db)
+            worker.cue_voices = cue_voices
             for sid, volume, muted in user_settings:
                 mixer.set_user_volume(sid, volume)
                 mixer.set_user_muted(sid, muted)
@@ -1023,6 +1039,38 @@ class ClientController(QObject):
 
     def set_channel_muted(self, channel_id: int, muted: bool) -> None:
         self._set_muted("channel_muted", self.model.channel_name(channel_id), muted)
+
+    def set_channel_pan(self, channel_id: int, pan: float) -> None:
+        """Place a channel in the stereo mix: -1 hard left, 0 centre, 1 hard right."""
+        name = self.model.channel_name(channel_id)
+        if name is None:
+            return
+        server = self._server_prefs()
+        pans = dict(server.channel_pan)
+        pan = max(-1.0, min(1.0, pan)) if math.isfinite(pan) else 0.0
+        if pan == 0.0:
+            pans.pop(name, None)
+        else:
+            pans[name] = pan
+        self._set_server_prefs(replace(server, channel_pan=pans))
+
+    def set_priority_channel(self, channel_id: int | None) -> None:
+        """The channel whose speech ducks the others (None: no priority channel)."""
+        name = None if channel_id is None else self.model.channel_name(channel_id)
+        self._set_server_prefs(replace(self._server_prefs(), priority=name))
+
+    def set_channel_colour(self, channel_id: int, colour: str | None) -> None:
+        """The channel's colour ("#rrggbb"), or None for its default one."""
+        name = self.model.channel_name(channel_id)
+        if name is None:
+            return
+        server = self._server_prefs()
+        colours = dict(server.channel_colours)
+        if colour is None:
+            colours.pop(name, None)
+        else:
+            colours[name] = normalise_colour(colour, channel_id)
+        self._set_server_prefs(replace(server, channel_colours=colours))
 
     def set_user_volume(self, sender_id: int, volume: float) -> None:
         self._set_volume("user_volumes", self.model.user_name(sender_id), volume)

@@ -2,7 +2,8 @@
 the same on every desktop and in the bundle, and follow the palette (dark or light).
 
 * a channel: a speaker grille (filled when you are in it, with a padlock when it has a password);
-* a user: a head and shoulders (green ring while talking, filled for yourself).
+* a user: a head and shoulders (green ring while talking, filled for yourself);
+* a colour swatch: a channel's colour on its chat tab and its colour button.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from functools import cache
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QIcon, QPainter, QPainterPath, QPen, QPixmap
 
-__all__ = ["channel_icon", "user_icon"]
+__all__ = ["channel_icon", "colour_swatch", "user_icon"]
 
 SIZE = 32  # drawn at 32 px; Qt scales it to the row height
 
@@ -73,5 +74,16 @@ def user_icon(colour: str, talking_colour: str, talking: bool, me: bool) -> QIco
         p.setBrush(Qt.BrushStyle.NoBrush)
         p.setPen(QPen(QColor(talking_colour), 2.6))
         p.drawEllipse(QRectF(1.5, 1.5, SIZE - 3, SIZE - 3))
+    p.end()
+    return QIcon(pixmap)
+
+
+@cache
+def colour_swatch(colour: str) -> QIcon:
+    """A rounded square of ``colour`` with a thin outline (visible on any background)."""
+    pixmap, p = _canvas()
+    p.setPen(QPen(QColor(0, 0, 0, 110), 1.5))
+    p.setBrush(QColor(colour))
+    p.drawRoundedRect(QRectF(5, 5, 22, 22), 5, 5)
     p.end()
     return QIcon(pixmap)

@@ -9,10 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QColor, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QCheckBox,
+    QColorDialog,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
@@ -40,7 +42,7 @@ from voipclient.net.e2ee import KeyHolder
 from voipclient.ui.chat import ChatPanel
 from voipclient.ui.controller import ClientController, stats_text
 from voipclient.ui.hotkey_capture import HotkeyCaptureWidget
-from voipclient.ui.icons import channel_icon, user_icon
+from voipclient.ui.icons import channel_icon, colour_swatch, user_icon
 from voipclient.ui.model import ChannelRow, MemberRow
 from voipclient.ui.widgets import Banner, LevelMeter, plain_tip
 
@@ -127,7 +129,7 @@ class ChannelTree(QTreeWidget):
             item.setData(0, ROLE_KIND, "channel")
             item.setData(0, ROLE_ID, row.id)
             ink = self.palette().text().color().name()
-            item.setIcon(0, channel_icon(ink, row.joined, row.password_protected))
+            item.setIcon(0, channel_icon(row.colour or ink, row.joined, row.password_protected))
             tip = [row.description] if row.description else []
             tip.append("You are in this channel." if row.joined else "Double-click to join.")
             if row.joined and not row.may_speak:
@@ -170,6 +172,21 @@ class ChannelTree(QTreeWidget):
         return self._items.get(channel_id)
 
 
+#: The placements offered for a channel: (label, pan).
+PLACEMENTS: tuple[tuple[str, float], ...] = (
+    ("Left", -1.0),
+    ("Centre-left", -0.5),
+    ("Centre", 0.0),
+    ("Centre-right", 0.5),
+    ("Right", 1.0),
+)
+
+
+def nearest_placement(pan: float) -> int:
+    """The index in :data:`PLACEMENTS` closest to ``pan``."""
+    return min(range(len(PLACEMENTS)), key=lambda i: abs(PLACEMENTS[i][1] - pan))
+
+
 class ChannelControls(QGroupBox):
     """The selected channel's controls: join/leave, volume, mute, push-to-talk key, hot mic."""
 
@@ -201,6 +218,26 @@ class ChannelControls(QGroupBox):
             "Talk into this channel without a key: voice activation or always on, as chosen in "
             "Settings → Transmission (one channel at most)"
         )
+        self.pan = QComboBox()
+        self.pan.setObjectName("channelPan")
+        for label, value in PLACEMENTS:
+            self.pan.addItem(label, value)
+        self.pan.setToolTip(
+            "Where this channel plays in your headphones: put two channels on different sides "
+            "to tell them apart by ear (a mono speaker still plays them all; placed ones 6 dB "
+            "quieter)"
+        )
+        self.pan.setAccessibleName("Channel placement")
+        self.priority = QCheckBox("Priority")
+        self.priority.setObjectName("channelPriority")
+        self.priority.setToolTip(
+            "While someone talks here, the other channels are turned down (Settings → Audio "
+            "says by how much), so the command net is never drowned out"
+        )
+        self.colour = QToolButton()
+        self.colour.setObjectName("channelColour")
+        self.colour.setToolTip("This channel's colour, in the list, its chat tab and the overlay")
+        self.colour.setAccessibleName("Channel colour")
         self.privacy_code = QLabel("")
         self.privacy_code.setObjectName("privacyCode")
         self.privacy_code.setTextFormat(Qt.TextFormat.PlainText)
@@ -219,6 +256,14 @@ class ChannelControls(QGroupBox):
         form.addRow("Volume", self.volume)
         form.addRow(self.mute, self.hot_mic)
         form.addRow("Push-to-talk", ptt_row)
+        place_row = QHBoxLayout()
+        place_row.addWidget(self.pan, 1)
+        place_row.addWidget(self.priority)
+        place_row.addWidget(self.colour)
+        form.addRow("Placement", place_row)
+        place_label = form.labelForField(place_row)
+        if isinstance(place_label, QLabel):
+            place_label.setBuddy(self.pan)
         form.addRow("Privacy code", self.privacy_code)
         self.join_button.clicked.connect(self._toggle_join)
         self.volume.valueChanged.connect(self._volume_changed)
@@ -226,6 +271,9 @@ class ChannelControls(QGroupBox):
         self.ptt.captured.connect(self._captured)
         self.clear_ptt.clicked.connect(lambda: self._captured(None))
         self.hot_mic.toggled.connect(self._hot_mic_toggled)
+        self.pan.currentIndexChanged.connect(self._pan_chosen)
+        self.priority.toggled.connect(self._priority_toggled)
+        self.colour.clicked.connect(self._choose_colour)
         self._volume_timer = QTimer(self)
         self._volume_timer.setSingleShot(True)
         self._volume_timer.setInterval(150)
@@ -259,7 +307,28 @@ class ChannelControls(QGroupBox):
         self.hot_mic.setChecked(row.hot_mic)
         self.hot_mic.setEnabled(row.joined and row.may_speak)
         self.privacy_code.setText(row.privacy_code or "— (join to see it)")
+        self.pan.setCurrentIndex(nearest_placement(row.pan))
+        self.priority.setChecked(row.priority)
+        self.colour.setIcon(colour_swatch(row.colour))
+        self.colour.setText(row.colour)
         self._updating = False
+
+    def _pan_chosen(self, index: int) -> None:
+        if not self._updating and self.channel_id is not None and index >= 0:
+            self.controller.set_channel_pan(self.channel_id, float(self.pan.itemData(index)))
+
+    def _priority_toggled(self, on: bool) -> None:
+        if not self._updating and self.channel_id is not None:
+            self.controller.set_priority_channel(self.channel_id if on else None)
+
+    def _choose_colour(self) -> None:
+        cid = self.channel_id
+        row = None if cid is None else self.controller.model.row(cid)
+        if cid is None or row is None:
+            return
+        colour = QColorDialog.getColor(QColor(row.colour), self, f"Colour of {row.name}")
+        if colour.isValid():
+            self.controller.set_channel_colour(cid, colour.name())
 
     def _toggle_join(self) -> None:
         if self.channel_id is not None:
@@ -548,6 +617,7 @@ class MainWindow(QMainWindow):
             self.chat.set_own_name(me)
         for cid, _name in joined:
             self.chat.set_members(cid, list(model.member_names(cid)))
+        self.chat.set_colours({row.id: row.colour for row in model.rows()})
         self._update_title()
         self._key_warning(model.flagged())
 
@@ -711,6 +781,18 @@ class MainWindow(QMainWindow):
                 clear.triggered.connect(lambda: ctl.set_channel_binding(ident, None))
             menu.addSection("Volume")
             menu.addAction(self._slider_action(menu, row.volume, ctl.set_channel_volume, ident))
+            place = menu.addMenu("Placement")
+            place.setObjectName("placementMenu")
+            chosen = nearest_placement(row.pan)
+            for i, (label, pan) in enumerate(PLACEMENTS):
+                action = place.addAction(label)
+                action.setCheckable(True)
+                action.setChecked(i == chosen)
+                action.triggered.connect(lambda _c=False, p=pan: ctl.set_channel_pan(ident, p))
+            priority = menu.addAction("Priority channel (ducks the others)")
+            priority.setCheckable(True)
+            priority.setChecked(row.priority)
+            priority.toggled.connect(lambda on: ctl.set_priority_channel(ident if on else None))
             if ctl.is_admin:
                 menu.addSection("Administration")
                 menu.addAction("Create a channel inside…").triggered.connect(

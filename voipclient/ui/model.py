@@ -26,6 +26,7 @@ from voipclient.net import events as ev
 from voipclient.net.roster import RosterSnapshot
 from voipclient.ptt.keys import SIDES
 from voipclient.ptt.router import Binding, PttConfigError
+from voipclient.ui.overlay_model import normalise_colour
 from voipclient.ui.prefs import BindingPref, Preferences, ServerPrefs
 
 __all__ = [
@@ -89,6 +90,12 @@ class ChannelRow:
     muted: bool
     #: the channel privacy code (we are a member), "" otherwise
     privacy_code: str = ""
+    #: placement in the mix: -1 hard left .. 1 hard right
+    pan: float = 0.0
+    #: its speech ducks the other channels
+    priority: bool = False
+    #: "#rrggbb": the tree, the chat tab and the overlay draw the channel in it
+    colour: str = ""
 
 
 class ClientModel:
@@ -307,6 +314,11 @@ class ClientModel:
                         volume=prefs.channel_volumes.get(channel.name, 1.0),
                         muted=channel.name in prefs.channel_muted,
                         privacy_code=self.view.codes.get(channel.id, ""),
+                        pan=prefs.channel_pan.get(channel.name, 0.0),
+                        priority=channel.name == prefs.priority,
+                        colour=normalise_colour(
+                            prefs.channel_colours.get(channel.name), channel.id
+                        ),
                     )
                 )
                 walk(channel.id, depth + 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Protocol
@@ -65,6 +66,8 @@ class AudioPrefs:
     highpass: bool = True
     #: Start/stop transmission cues.
     cues: bool = True
+    #: How far the priority channel's speech lowers the other channels, dB (-40..0).
+    duck_db: float = -12.0
 
     def check(self) -> None:
         if self.frame_ms not in FRAME_SIZES:
@@ -75,6 +78,8 @@ class AudioPrefs:
             raise ValueError(f"jitter buffer maximum must be 60..1000 ms, not {self.jitter_max_ms}")
         if self.noise_suppression not in NOISE_SUPPRESSION:
             raise ValueError(f"unknown noise suppression {self.noise_suppression!r}")
+        if not (math.isfinite(self.duck_db) and -40.0 <= self.duck_db <= 0.0):
+            raise ValueError(f"ducking must be -40..0 dB, not {self.duck_db}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,12 @@ class ServerPrefs:
     joined: tuple[str, ...] = ()
     #: The setup's default key / voice activation was applied on this server (done once).
     defaults_applied: bool = False
+    #: Channel name → placement, -1 (hard left) .. 1 (hard right); absent = centre.
+    channel_pan: Mapping[str, float] = field(default_factory=dict)
+    #: Channel name → colour "#rrggbb" (tree, chat tabs, overlay); absent = the default colour.
+    channel_colours: Mapping[str, str] = field(default_factory=dict)
+    #: The priority channel's name (its speech ducks the others), or None.
+    priority: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +219,7 @@ _SCALARS: Final[dict[str, tuple[str, str, type]]] = {
     "audio/agc": ("audio", "agc", bool),
     "audio/highpass": ("audio", "highpass", bool),
     "audio/cues": ("audio", "cues", bool),
+    "audio/duck_db": ("audio", "duck_db", float),
     "transmit/mode": ("transmit", "mode", str),
     "transmit/vad_threshold": ("transmit", "vad_threshold", float),
     "transmit/release_ms": ("transmit", "release_ms", int),
@@ -364,6 +376,33 @@ def _volumes(value: object, what: str) -> dict[str, float]:
     return out
 
 
+def _pans(value: object) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError("channel placement: expected an object")
+    out: dict[str, float] = {}
+    for name, pan in value.items():
+        p = _typed(pan, float, False)
+        if not (math.isfinite(p) and -1.0 <= p <= 1.0):
+            raise ValueError(f"channel placement {name!r}: must be -1..1, not {p}")
+        out[name] = p
+    return out
+
+
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def _colours(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("channel colours: expected an object")
+    out: dict[str, str] = {}
+    for name, colour in value.items():
+        c = _typed(colour, str, False)
+        if not _COLOUR.fullmatch(c):
+            raise ValueError(f"channel colour {name!r}: expected #rrggbb, not {c!r}")
+        out[name] = c.lower()
+    return out
+
+
 def _server_from_json(entry: object) -> ServerPrefs:
     if not isinstance(entry, dict):
         raise ValueError("expected an object")
@@ -388,6 +427,9 @@ def _server_from_json(entry: object) -> ServerPrefs:
         user_muted=frozenset(_str_list(entry.get("user_muted", []), "muted users")),
         joined=_str_list(entry.get("joined", []), "joined channels"),
         defaults_applied=_typed(entry.get("defaults_applied", False), bool, False),
+        channel_pan=_pans(entry.get("channel_pan", {})),
+        channel_colours=_colours(entry.get("channel_colours", {})),
+        priority=_typed(entry.get("priority"), str, True),
     )
 
 
@@ -404,6 +446,9 @@ def _server_to_json(prefs: ServerPrefs) -> dict[str, object]:
         "user_muted": sorted(prefs.user_muted),
         "joined": list(prefs.joined),
         "defaults_applied": prefs.defaults_applied,
+        "channel_pan": dict(prefs.channel_pan),
+        "channel_colours": dict(prefs.channel_colours),
+        "priority": prefs.priority,
     }
 
 

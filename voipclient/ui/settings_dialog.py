@@ -412,6 +412,7 @@ class SettingsDialog(QDialog):
             agc=self.agc.isChecked(),
             highpass=self.highpass.isChecked(),
             cues=self.cues.isChecked(),
+            duck_db=float(self.duck.value()),
         )
         transmit = TransmitPrefs(
             mode=self._mode(), vad_threshold=self._threshold, release_ms=self.release_delay.value()
@@ -643,6 +644,18 @@ class SettingsDialog(QDialog):
         )
         for box in (self.agc, self.highpass, self.cues):
             form.addRow("", box)
+        self.duck = QSpinBox(page)
+        self.duck.setRange(-40, 0)
+        self.duck.setSuffix(" dB")
+        self.duck.setValue(round(audio.duck_db))
+        _describe(
+            self.duck,
+            "duckDb",
+            "Priority channel ducking",
+            "While someone talks in a channel marked Priority, every other channel is turned "
+            "down by this much (0 dB: not at all).",
+        )
+        form.addRow("Priority channel &ducks others by:", self.duck)
 
         self.play_tone.clicked.connect(self._on_play_tone)
         self.test_mic.toggled.connect(self._on_test_mic)
@@ -912,7 +925,7 @@ class SettingsDialog(QDialog):
             self.theme,
         ):
             combo.currentIndexChanged.connect(self._update_dirty)
-        for spin in (self.bitrate_spin, self.jitter_max, self.release_delay):
+        for spin in (self.bitrate_spin, self.jitter_max, self.release_delay, self.duck):
             spin.valueChanged.connect(self._update_dirty)
         self.threshold.valueChanged.connect(self._update_dirty)
         for box in (self.agc, self.highpass, self.cues, self.notify_mentions, self.close_to_tray):

@@ -186,7 +186,10 @@ def play_and_capture(
     wait_flowing(inp)
     inp.capture.discard()
     signal = test_signal()
-    assert out.playback.write(signal) == len(signal)
+    # the playback ring holds interleaved stereo: the signal on both sides (a mono sink plays
+    # their mean, the signal itself)
+    both = np.repeat(signal, out.output_channels)
+    assert out.playback.write(both) == len(both)
     recorded = record(inp, 1.5)
     peak, lag = normalized_xcorr_peak(signal, recorded)
     return peak, lag / RATE, recorded
@@ -306,7 +309,12 @@ def test_callbacks_count_frames_and_underruns_and_play_zeros(null_sink_pcms: Non
     # Nothing was ever written: every sample played was a zero-filled underrun. (The callback
     # counts the underrun before the frame, so a snapshot can be one frame ahead.)
     assert out_stats.frames_out >= 25
-    assert out_stats.frames_out * FRAME <= out_stats.underruns <= (out_stats.frames_out + 1) * FRAME
+    per_frame = FRAME * out.output_channels  # ring samples per frame: interleaved stereo
+    assert (
+        out_stats.frames_out * per_frame
+        <= out_stats.underruns
+        <= (out_stats.frames_out + 1) * per_frame
+    )
     assert 30 <= frames_per_s <= 70  # 50 frames of 20 ms per second, give or take scheduling
     assert in_stats.overruns > 0
     assert inp.input_overflows >= 0 and out.output_underflows >= 0  # PortAudio's own flags

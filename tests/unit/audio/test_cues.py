@@ -89,3 +89,47 @@ def test_player_mix_saturates_instead_of_wrapping() -> None:
     expect = np.clip(32000 + x, -32768, 32767)
     assert np.array_equal(loud[: len(x)].astype(np.int32), expect)
     assert loud.min() > 0  # a wrap would have gone negative
+
+
+def test_every_voice_starts_on_its_own_note_and_stops_on_it() -> None:
+    from voipclient.audio.cues import NOTE_MS, VOICES
+
+    first_note = SAMPLE_RATE * NOTE_MS[0] // 1000
+    starts = []
+    for voice, (f1, f2) in enumerate(VOICES):
+        start, stop = cue(CueKind.START, voice), cue(CueKind.STOP, voice)
+        assert dominant_hz(start[:first_note]) == pytest.approx(f1, abs=3)
+        assert dominant_hz(stop[:first_note]) == pytest.approx(f2, abs=3)
+        assert dominant_hz(stop[first_note:]) == pytest.approx(f1, abs=3)
+        starts.append(round(dominant_hz(start[:first_note])))
+    assert len(set(starts)) == len(VOICES)  # you hear which channel you keyed
+
+
+def test_a_cue_plays_at_its_channels_placement_on_a_stereo_output() -> None:
+    player = CuePlayer(960)
+    player.trigger(CueKind.START, voice=1, pan=-1.0)
+    out = np.zeros(2 * 960, dtype=np.int16)
+    assert player.mix_into(out, channels=2)
+    left, right = out[0::2], out[1::2]
+    np.testing.assert_array_equal(left, cue(CueKind.START, 1)[:960])
+    assert not right.any()
+    player = CuePlayer(960)
+    player.trigger(CueKind.START, voice=1, pan=0.5)  # the far side at 1 - |pan|
+    out = np.zeros(2 * 960, dtype=np.int16)
+    player.mix_into(out, channels=2)
+    np.testing.assert_allclose(out[0::2], cue(CueKind.START, 1)[:960] * 0.5, atol=1)
+    np.testing.assert_array_equal(out[1::2], cue(CueKind.START, 1)[:960])
+
+
+def test_keying_two_channels_plays_both_cues_and_mashing_one_does_not_queue() -> None:
+    player = CuePlayer(960)
+    player.trigger(CueKind.START, voice=0)
+    player.trigger(CueKind.START, voice=2)  # a second channel keyed at the same moment
+    for _ in range(5):
+        player.trigger(CueKind.STOP, voice=2)  # the same channel again and again: one waits
+        player.trigger(CueKind.START, voice=2)
+    y = play(player, 30, 480)
+    n = len(cue(CueKind.START))
+    np.testing.assert_array_equal(y[:n], cue(CueKind.START, 0))
+    np.testing.assert_array_equal(y[n : 2 * n], cue(CueKind.START, 2))
+    assert not y[2 * n :].any()

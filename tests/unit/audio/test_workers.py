@@ -74,14 +74,16 @@ def test_capture_sends_only_to_the_wanted_channels_and_ends_each() -> None:
         w.process_frame(SPEECH[k * N : (k + 1) * N], t)
         t += 0.02
     assert all(targets == (2, 3) for targets, _, _ in conn.sent)
-    assert w.cues.popleft() == CueKind.START and w.speaking
+    # a start cue for each channel keyed (each plays in that channel's voice)
+    assert list(w.cues) == [(CueKind.START, 2), (CueKind.START, 3)] and w.speaking
+    w.cues.clear()
     ptt.release_all(t)
     for k in range(20, 30):
         w.process_frame(SPEECH[k * N : (k + 1) * N], t)
         t += 0.02
     endings = [ending for _, ending, _ in conn.sent if ending]
     assert endings == [(2, 3)]  # one VOICE_LAST each, after the 100 ms release
-    assert w.cues.popleft() == CueKind.STOP and not w.speaking
+    assert list(w.cues) == [(CueKind.STOP, 2), (CueKind.STOP, 3)] and not w.speaking
     payloads = [decode_payload(p) for _, _, p in conn.sent]
     assert all(p is not None for p in payloads)
     assert [p.frame_no for p in payloads if p] == list(range(10, 10 + len(payloads)))
@@ -316,7 +318,7 @@ def test_playback_stops_the_speakers_after_a_second_of_silence_and_voice_restart
         w.render(t)
         t += 0.02
     assert engine.output_wanted == [False, True]
-    w.cue_requests.append(CueKind.START)  # a cue keeps them on while it plays
+    w.cue_requests.append((CueKind.START, 7))  # a cue keeps them on while it plays
     for _ in range(120):
         w.render(t)
         t += 0.02

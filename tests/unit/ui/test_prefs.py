@@ -36,6 +36,9 @@ def full_prefs() -> Preferences:
         user_muted=frozenset({"troll", "bot"}),
         joined=("Squad", "Lobby"),
         defaults_applied=True,
+        channel_pan={"Squad": -1.0, "Command": 0.5},
+        channel_colours={"Squad": "#e4572e", "Lobby": "#17bebb"},
+        priority="Command",
     )
     return Preferences(
         audio=AudioPrefs(
@@ -48,6 +51,7 @@ def full_prefs() -> Preferences:
             agc=False,
             highpass=False,
             cues=False,
+            duck_db=-18.0,
         ),
         transmit=TransmitPrefs(mode="voice_activation", vad_threshold=0.73, release_ms=450),
         theme="light",
@@ -144,6 +148,7 @@ def test_round_trip_of_the_defaults_and_an_empty_store() -> None:
         ("audio/agc", "1", "expected bool"),
         ("audio/highpass", '"yes"', "expected bool"),
         ("audio/cues", "null", "expected bool"),
+        ("audio/duck_db", "6", "ducking must be -40..0 dB"),
         ("audio/input_device", "42", "expected str"),
         ("audio/output_device", "[]", "expected str"),
         ("transmit/mode", '"always"', "unknown transmission mode 'always'"),
@@ -320,3 +325,24 @@ def test_memory_backend_remove() -> None:
     backend.remove("a")
     backend.remove("missing")
     assert backend.value("a") is None and backend.values == {}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("channel_pan", {"Squad": 1.5}, "channel placement 'Squad': must be -1..1"),
+        ("channel_pan", [], "channel placement: expected an object"),
+        ("channel_colours", {"Squad": "red"}, "channel colour 'Squad': expected #rrggbb"),
+        ("priority", 3, "expected str"),
+    ],
+)
+def test_a_bad_channel_setting_names_the_server(field: str, value: object, reason: str) -> None:
+    backend = MemoryBackend()
+    save_preferences(backend, full_prefs())
+    servers = json.loads(str(backend.value(SERVERS_KEY)))
+    servers["voice.example:4000"][field] = value
+    backend.set_value(SERVERS_KEY, json.dumps(servers))
+    loaded, problems = load_preferences(backend)
+    assert len(problems) == 1 and reason in problems[0], problems
+    assert "voice.example:4000" in problems[0]
+    assert loaded.servers["other:64738"] == ServerPrefs()  # the other servers are kept
