@@ -150,21 +150,24 @@ class PynputSource:
         self.stopped_listeners: list[Any] = []
 
     def available(self) -> tuple[bool, str]:
+        wayland = False
         if sys.platform.startswith("linux"):
-            if os.environ.get("XDG_SESSION_TYPE") == "wayland" or (
-                os.environ.get("WAYLAND_DISPLAY") and not os.environ.get("DISPLAY")
-            ):
-                return False, (
-                    "Wayland session: X11 hooks only see keys pressed in XWayland windows "
-                    "(use evdev, the control socket, or in-window shortcuts)"
-                )
+            wayland = bool(
+                os.environ.get("XDG_SESSION_TYPE") == "wayland" or os.environ.get("WAYLAND_DISPLAY")
+            )
             if not os.environ.get("DISPLAY"):
+                if wayland:
+                    return False, "Wayland session without XWayland (DISPLAY is not set)"
                 return False, "no X display (DISPLAY is not set)"
         try:
             import pynput  # noqa: F401
         except ImportError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             return False, f"pynput cannot load: {first}"
+        if wayland:
+            # XWayland's X server sees the keys its own windows get: a game under Wine or
+            # Proton is one, a native Wayland window (the desktop, a browser) is not
+            return True, "through XWayland: keys pressed in XWayland windows only (most games)"
         return True, "global hotkeys through pynput"
 
     def start(self, callback: InputCallback) -> None:

@@ -2,9 +2,17 @@
 
 Backends (each imports its platform library lazily, inside ``available``/``start``):
 
-* :mod:`voipclient.ptt.pynput_source` - global keyboard and mouse hooks (X11, Windows, macOS);
-* :mod:`voipclient.ptt.evdev_source` - Linux ``/dev/input`` (Wayland without XWayland access);
+* :mod:`voipclient.ptt.pynput_source` - global keyboard and mouse hooks (X11, Windows, macOS;
+  on Wayland through XWayland, where it sees keys pressed in XWayland windows only);
+* :mod:`voipclient.ptt.portal_source` - the XDG desktop portal's GlobalShortcuts (Wayland: KDE
+  Plasma 5.27+, GNOME 48+, Hyprland), keys in every window without reading the keyboard;
+* :mod:`voipclient.ptt.evdev_source` - Linux ``/dev/input`` (needs the ``input`` group);
 * :mod:`voipclient.ptt.qt_shortcuts` - in-window only, the fallback when no global hook works.
+
+Which is tried first depends on the session (:func:`source_order`): on X11 (and Windows,
+macOS) pynput sees every key; on Wayland the portal does, evdev too where it may read the
+devices, and pynput through XWayland only while an XWayland window (most games under Wine and
+Proton) has focus, so it comes after them.
 
 A source reports :class:`InputEvent` values (normalized names from :mod:`voipclient.ptt.keys`,
 a ``time.monotonic()`` timestamp taken when the backend delivered the event) to one callback,
@@ -14,7 +22,7 @@ takes the router's lock and returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -24,6 +32,8 @@ __all__ = [
     "InputCallback",
     "InputEvent",
     "choose_source",
+    "session_kind",
+    "source_order",
 ]
 
 
@@ -108,3 +118,24 @@ def choose_source(
             return source, skipped
         skipped.append((source.name, reason))
     return None, skipped
+
+
+def session_kind(environ: Mapping[str, str], platform: str) -> str:
+    """``"wayland"``, ``"x11"``, ``"headless"`` (Linux without a display) or ``"other"``."""
+    if not platform.startswith("linux"):
+        return "other"
+    if environ.get("XDG_SESSION_TYPE") == "wayland" or environ.get("WAYLAND_DISPLAY"):
+        return "wayland"
+    if environ.get("DISPLAY"):
+        return "x11"
+    return "headless"
+
+
+def source_order(kind: str) -> tuple[str, ...]:
+    """The hotkey sources to try, best first, for a :func:`session_kind` (the in-window
+    ``qt`` source last: it is always there while the window is)."""
+    if kind == "wayland":
+        return ("portal", "evdev", "pynput", "qt")
+    if kind in ("x11", "headless"):
+        return ("pynput", "portal", "evdev", "qt")
+    return ("pynput", "qt")

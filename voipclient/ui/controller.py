@@ -20,6 +20,7 @@ import collections
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,9 +54,10 @@ from voipclient.net import messages as m
 from voipclient.net import supervisor as sv
 from voipclient.net.roster import find_channel
 from voipclient.ptt.control import ControlServer
+from voipclient.ptt.portal_source import PortalSource, shortcuts_from_bindings
 from voipclient.ptt.router import Mode, PttRouter, Route
 from voipclient.ptt.service import PttService
-from voipclient.ptt.sources import HotkeySource, choose_source
+from voipclient.ptt.sources import HotkeySource, choose_source, session_kind, source_order
 from voipclient.storage.accounts import AskPassphrase, open_identity
 from voipclient.storage.keylog import keylog_from_environment
 from voipclient.storage.keystore import KeyringStore
@@ -70,6 +72,9 @@ from voipclient.ui.model import (
 )
 from voipclient.ui.overlay_model import normalise_colour
 from voipclient.ui.prefs import Bookmark, Preferences, PrefsBackend, ServerPrefs, save_preferences
+
+#: The app's id for the desktop portal: the desktop file the app installs (voipclient.desktop).
+PORTAL_APP_ID = "voipclient"
 
 log = logging.getLogger("voipclient.ui.controller")
 
@@ -343,6 +348,8 @@ class ClientController(QObject):
             self.router, resolve_channel=self._find_channel, channel_name=self._channel_name
         )
         self.ptt.on_route = self._route_changed
+        #: the desktop portal's source, when it is the live one: told of every binding change
+        self._portal: PortalSource | None = None
         self.control: ControlServer | None = None
         #: where ``voipclient ptt`` reaches this app, or why it cannot
         self.control_status = ""
@@ -472,23 +479,37 @@ class ClientController(QObject):
             why = "; ".join(f"{name}: {reason}" for name, reason in skipped)
             self.hotkeys = f"push-to-talk keys unavailable ({why})"
         else:
+            if isinstance(source, PortalSource):
+                # one shortcut per binding, all asked for at once; the desktop's answer (its
+                # dialog may wait for the user) comes later, from the portal's thread
+                self._portal = source
+                source.set_bindings(
+                    shortcuts_from_bindings(self.ptt.state().bindings, self.model.channel_name)
+                )
+                source.on_status = lambda text: self.hotkeys_status.emit(f"portal: {text}")
             self.ptt.attach(source)
-            self.hotkeys = source.name
+            self.hotkeys = f"{source.name}: {source.available()[1]}"
             if skipped:
                 why = "; ".join(f"{name}: {reason}" for name, reason in skipped)
-                self.hotkeys = f"{source.name} (global hotkeys unavailable: {why})"
+                self.hotkeys += f" (not used: {why})"
         self.hotkeys_status.emit(self.hotkeys)
 
     @staticmethod
     def _default_sources(window: Any) -> list[HotkeySource]:
+        """The hotkey sources in the order this session wants them (``source_order``)."""
         from voipclient.ptt.evdev_source import EvdevSource
         from voipclient.ptt.pynput_source import PynputSource
         from voipclient.ptt.qt_shortcuts import QtShortcutSource
 
-        out: list[HotkeySource] = [PynputSource(), EvdevSource()]
+        makers: dict[str, Callable[[], HotkeySource]] = {
+            "pynput": PynputSource,
+            "portal": lambda: PortalSource(app_id=PORTAL_APP_ID),
+            "evdev": EvdevSource,
+        }
         if window is not None:
-            out.append(QtShortcutSource(window))
-        return out
+            makers["qt"] = lambda: QtShortcutSource(window)
+        order = source_order(session_kind(os.environ, sys.platform))
+        return [makers[name]() for name in order if name in makers]
 
     # -- audio ---------------------------------------------------------------------------------
     def _start_audio(self) -> None:
@@ -684,6 +705,8 @@ class ClientController(QObject):
     def _apply_bindings(self) -> None:
         bindings, problems = self.model.bindings()
         self.ptt.set_bindings(bindings)
+        if self._portal is not None:  # the desktop binds the new keys (a new portal session)
+            self._portal.set_bindings(shortcuts_from_bindings(bindings, self.model.channel_name))
         for problem in problems:
             log.info("push-to-talk binding not active: %s", problem)
 

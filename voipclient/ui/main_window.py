@@ -172,6 +172,27 @@ class ChannelTree(QTreeWidget):
         return self._items.get(channel_id)
 
 
+#: What the status bar says of each hotkey source (its tooltip has the whole story).
+_SOURCE_SUMMARY = {
+    "pynput": "⌨ global keys",
+    "portal": "⌨ desktop shortcuts",
+    "evdev": "⌨ global keys (evdev)",
+    "qt": "⌨ in-window only",
+}
+
+
+def hotkeys_summary(status: str) -> str:
+    """The status bar's word for the live hotkey source (``controller.hotkeys``)."""
+    name = status.split(":", 1)[0].split(" ", 1)[0]
+    if "unavailable" in status.split("(", 1)[0]:
+        return "⌨ no push-to-talk keys"
+    if name == "pynput" and "XWayland windows only" in status:
+        return "⌨ keys in XWayland windows"
+    if name == "portal" and "not bound" in status:
+        return "⌨ desktop shortcuts not bound"
+    return _SOURCE_SUMMARY.get(name, f"⌨ {name}")
+
+
 #: The placements offered for a channel: (label, pan).
 PLACEMENTS: tuple[tuple[str, float], ...] = (
     ("Left", -1.0),
@@ -720,7 +741,7 @@ class MainWindow(QMainWindow):
         self._show_warnings()
 
     def _hotkeys_status(self, text: str) -> None:
-        self.hotkeys_label.setText("⌨ global keys" if "unavailable" not in text else "⌨ in-window")
+        self.hotkeys_label.setText(hotkeys_summary(text))
         control = self.controller.control_status
         self.hotkeys_label.setToolTip(
             f"Push-to-talk keys: {text}" + (f"\nControl socket: {control}" if control else "")

@@ -137,3 +137,31 @@ def test_key_repeat_from_x_does_not_toggle_a_latch(
     time.sleep(0.3)
     assert seen.empty()
     assert service.wanted() == {7}
+
+
+def test_in_a_wayland_session_pynput_sees_keys_of_xwayland_windows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Wayland desktop runs X programs (most games, under Wine or Proton) on XWayland, an X
+    server like this Xvfb: pynput, connected to it, sees the keys those windows get. So on
+    Wayland it is not switched off; it is used after the portal and evdev, and says what it
+    sees."""
+    monkeypatch.setenv("XDG_SESSION_TYPE", "wayland")
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-test")
+    router = PttRouter([Binding.parse("squad", "f13", [2])])
+    service = PttService(router)
+    seen: queue.Queue[WantedChanged] = queue.Queue()
+    service.add_listener(seen.put)
+    source = PynputSource()
+    ok, reason = source.available()
+    assert ok and "XWayland windows only" in reason
+    service.attach(source)
+    time.sleep(0.2)
+    try:
+        xdotool("keydown", "F13")
+        assert seen.get(timeout=5).after == {2}
+        xdotool("keyup", "F13")
+        assert seen.get(timeout=5).after == frozenset()
+    finally:
+        service.close()
+        subprocess.run(["xdotool", "keyup", "F13"], check=False, timeout=5)

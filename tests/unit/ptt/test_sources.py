@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,14 @@ from voipclient.ptt.pynput_source import PynputSource, button_name, key_name
 from voipclient.ptt.qt_shortcuts import qt_button_name, qt_key_name
 from voipclient.ptt.router import Binding, PttRouter
 from voipclient.ptt.service import PttService
-from voipclient.ptt.sources import FakeSource, HotkeySource, InputEvent, choose_source
+from voipclient.ptt.sources import (
+    FakeSource,
+    HotkeySource,
+    InputEvent,
+    choose_source,
+    session_kind,
+    source_order,
+)
 
 
 class Key(enum.Enum):  # stands in for pynput.keyboard.Key
@@ -138,11 +146,47 @@ def test_pynput_unavailable_without_display(monkeypatch: pytest.MonkeyPatch) -> 
         PynputSource().start(lambda ev: None)
 
 
-def test_pynput_unavailable_on_wayland(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pynput_on_wayland_needs_xwayland_and_says_what_it_sees(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("XDG_SESSION_TYPE", "wayland")
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.setattr("sys.platform", "linux")
     ok, reason = PynputSource().available()
-    assert not ok and "Wayland" in reason
+    assert not ok and "without XWayland" in reason
+    monkeypatch.setenv("DISPLAY", ":0")  # XWayland runs: its windows' keys are seen
+    monkeypatch.setitem(sys.modules, "pynput", object())  # importable without a real display
+    ok, reason = PynputSource().available()
+    assert ok and "XWayland windows only" in reason
+
+
+@pytest.mark.parametrize(
+    ("environ", "platform", "kind", "order"),
+    [
+        (
+            {"XDG_SESSION_TYPE": "wayland", "WAYLAND_DISPLAY": "wayland-0", "DISPLAY": ":0"},
+            "linux",
+            "wayland",
+            ("portal", "evdev", "pynput", "qt"),
+        ),
+        ({"WAYLAND_DISPLAY": "wayland-1"}, "linux", "wayland", ("portal", "evdev", "pynput", "qt")),
+        (
+            {"XDG_SESSION_TYPE": "x11", "DISPLAY": ":0"},
+            "linux",
+            "x11",
+            ("pynput", "portal", "evdev", "qt"),
+        ),
+        ({}, "linux", "headless", ("pynput", "portal", "evdev", "qt")),
+        ({"DISPLAY": ":0"}, "win32", "other", ("pynput", "qt")),
+        ({}, "darwin", "other", ("pynput", "qt")),
+    ],
+)
+def test_the_source_order_follows_the_session(
+    environ: dict[str, str], platform: str, kind: str, order: tuple[str, ...]
+) -> None:
+    assert session_kind(environ, platform) == kind
+    assert source_order(kind) == order
 
 
 def test_evdev_availability_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,3 +277,28 @@ def test_a_control_press_can_always_be_released_by_the_name_it_was_pressed_with(
     channels[2] = "Squad"  # renamed while pressed
     assert service.handle_command("toggle GENERAL") == "ok wanted="
     service.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "label"),
+    [
+        ("pynput: global hotkeys through pynput", "⌨ global keys"),
+        (
+            "pynput: through XWayland: keys pressed in XWayland windows only (most games) "
+            "(not used: portal: no portal; evdev: not in the 'input' group)",
+            "⌨ keys in XWayland windows",
+        ),
+        ("portal: desktop portal bound 2 of 2 shortcut(s): …", "⌨ desktop shortcuts"),
+        (
+            "portal: the dialog was cancelled: push-to-talk keys are not bound",
+            "⌨ desktop shortcuts not bound",
+        ),
+        ("evdev: reading /dev/input", "⌨ global keys (evdev)"),
+        ("qt: in-window shortcuts (not used: pynput: no X display)", "⌨ in-window only"),
+        ("push-to-talk keys unavailable (pynput: no display)", "⌨ no push-to-talk keys"),
+    ],
+)
+def test_the_status_bar_names_the_live_source(status: str, label: str) -> None:
+    from voipclient.ui.main_window import hotkeys_summary
+
+    assert hotkeys_summary(status) == label
