@@ -146,6 +146,7 @@ class App:
         self.window.diagnostics_requested.connect(self.copy_diagnostics)
         self.window.log_folder_requested.connect(self.open_log_folder)
         self.window.chat.mentioned.connect(self._mentioned)
+        self._start_overlay()
         self.controller.pin_approval_needed.connect(self._approve_pin)
         self.controller.connection_state.connect(self._state)
         self.controller.password_needed.connect(self._ask_password)
@@ -166,6 +167,40 @@ class App:
         self.connect_dialog: Any = None
         self.pin_dialog: Any = None
         self._advertised_pin: str | None = None
+
+    # -- the game overlay ------------------------------------------------------------------------
+    def _start_overlay(self) -> None:
+        """The overlay window (no parent: a minimised main window must not hide it), its saved
+        place and opacity, and the Overlay menu; shown when the user last had it shown."""
+        from voipclient.ui.overlay import Overlay
+
+        overlay = self.overlay = Overlay()
+        overlay.restore_from(self.backend)
+        w = self.window
+        overlay.settings_changed.connect(lambda: overlay.save_to(self.backend))
+        overlay.locked_changed.connect(w.overlay_lock_action.setChecked)
+        overlay.hide_requested.connect(lambda: w.overlay_show_action.setChecked(False))
+        w.overlay_lock_action.setChecked(overlay.is_locked())
+        w.overlay_lock_action.toggled.connect(overlay.set_locked)
+        w.overlay_opacity.setValue(round(overlay.opacity() * 100))
+        w.overlay_opacity.valueChanged.connect(lambda v: overlay.set_opacity(v / 100))
+        w.overlay_show_action.toggled.connect(self.show_overlay)
+        self.controller.model_changed.connect(self._update_overlay)
+        self._update_overlay()
+        w.overlay_show_action.setChecked(self.controller.prefs.overlay)
+
+    def show_overlay(self, shown: bool) -> None:
+        """Show or hide the game overlay (remembered)."""
+        self.overlay.setVisible(shown)
+        if self.window.overlay_show_action.isChecked() != shown:
+            self.window.overlay_show_action.setChecked(shown)
+        if self.controller.prefs.overlay != shown:
+            self.controller.apply_prefs(replace(self.controller.prefs, overlay=shown))
+
+    def _update_overlay(self) -> None:
+        from voipclient.ui.overlay_model import overlay_state
+
+        self.overlay.set_state(overlay_state(self.controller.model.rows()))
 
     # -- start -----------------------------------------------------------------------------------
     def first_connect(self) -> None:
@@ -677,6 +712,8 @@ class App:
         self.backend.set_geometry("geometry", w.saveGeometry())
         self.backend.set_geometry("state", w.saveState())
         self.backend.set_geometry("splitter", w.splitter.saveState())
+        self.overlay.save_to(self.backend)
+        self.overlay.close()
         self._close_port_mapping()  # the router forgets us, not 24 h later
         self.controller.shutdown()
         if self.tray is not None:

@@ -500,7 +500,37 @@ class MainWindow(QMainWindow):
         about.setEnabled(False)
         self.help_action = self.help_menu.menuAction()
         self.help_action.setObjectName("help_action")
-        for menu_action in (self.server_menu_action, self.help_action):
+        # Overlay: who talks where, over the game (the app wires it: App.overlay)
+        self.overlay_menu = QMenu("Overlay", self)
+        self.overlay_menu.setObjectName("overlayMenu")
+        self.overlay_show_action = self.overlay_menu.addAction("Show game overlay")
+        self.overlay_show_action.setObjectName("overlay_show_action")
+        self.overlay_show_action.setCheckable(True)
+        self.overlay_show_action.setShortcut(QKeySequence("Ctrl+Shift+O"))
+        self.overlay_show_action.setToolTip(
+            "A small always-on-top list of who talks in which channel, and where you transmit, "
+            "over windowed and borderless games (not exclusive fullscreen)"
+        )
+        self.overlay_lock_action = self.overlay_menu.addAction("Lock overlay (clicks go through)")
+        self.overlay_lock_action.setObjectName("overlay_lock_action")
+        self.overlay_lock_action.setCheckable(True)
+        self.overlay_lock_action.setChecked(True)
+        self.overlay_lock_action.setToolTip(
+            "Unlock to move it (drag) and resize it (bottom-right corner); lock it again so "
+            "clicks reach the game"
+        )
+        self.overlay_menu.addSection("Opacity")
+        self.overlay_opacity = QSlider(Qt.Orientation.Horizontal)
+        self.overlay_opacity.setObjectName("overlayOpacity")
+        self.overlay_opacity.setRange(20, 100)
+        self.overlay_opacity.setAccessibleName("Overlay opacity")
+        opacity_action = QWidgetAction(self.overlay_menu)
+        opacity_action.setDefaultWidget(self.overlay_opacity)
+        self.overlay_menu.addAction(opacity_action)
+        self.overlay_action = self.overlay_menu.menuAction()
+        self.overlay_action.setObjectName("overlay_action")
+        self.addAction(self.overlay_show_action)  # its shortcut works without opening the menu
+        for menu_action in (self.server_menu_action, self.overlay_action, self.help_action):
             bar.addAction(menu_action)
             button = bar.widgetForAction(menu_action)
             if isinstance(button, QToolButton):

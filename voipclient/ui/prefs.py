@@ -182,6 +182,8 @@ class Preferences:
     notify_mentions: bool = True
     #: Closing the window hides it to the tray (when a tray exists) instead of quitting.
     close_to_tray: bool = False
+    #: The game overlay (who talks where, over the game) is shown.
+    overlay: bool = False
     #: The name we log in with (empty: ask / use the OS user name).
     username: str = ""
     #: The first-run setup was completed or skipped (it stays reachable from the menu).
@@ -228,6 +230,7 @@ _SCALARS: Final[dict[str, tuple[str, str, type]]] = {
     # Not "general/...": QSettings' INI format writes a group named "general" as "[%General]"
     # and a new process reads it back as "General/...", so those values were lost at restart.
     "app/close_to_tray": ("", "close_to_tray", bool),
+    "app/overlay": ("", "overlay", bool),
     "app/setup_done": ("", "setup_done", bool),
     "profile/username": ("", "username", str),
     "profile/last_server": ("", "last_server", str),

@@ -57,6 +57,7 @@ def full_prefs() -> Preferences:
         theme="light",
         notify_mentions=False,
         close_to_tray=True,
+        overlay=True,
         username="zoë 🎧",
         setup_done=True,
         last_server="voice.example:4000",
