@@ -87,8 +87,13 @@ def median_runs(fn: Any, ref: Any) -> tuple[float, float, float, dict[str, float
 # --- receive ------------------------------------------------------------------------------------
 
 
-def receive_row(frame_ms: int, level: RedundancyLevel, pcm: np.ndarray) -> dict[str, Any]:
+def receive_row(
+    frame_ms: int, level: RedundancyLevel, pcm: np.ndarray, stereo: bool = False
+) -> dict[str, Any]:
+    """``stereo``: the desktop app's output (interleaved stereo, the three channels placed
+    left / centre / right, the first one the priority channel ducking the others)."""
     n = frame_samples(frame_ms)
+    width = 2 if stereo else 1
     count = int(AUDIO_S * 1000 / frame_ms)
     payloads: list[list[bytes]] = []
     for s in range(SPEAKERS):
@@ -116,11 +121,15 @@ def receive_row(frame_ms: int, level: RedundancyLevel, pcm: np.ndarray) -> dict[
             receiver.add_key(chans[s], sids[s], 1, 0, base, 0.0)
             for k in range(count):
                 datagrams[k].append(s2c.append(key.seal(PTYPE_VOICE, payloads[s][k])))
-        mixer = Mixer(frame_samples=n)
+        mixer = Mixer(frame_samples=n, output_channels=width)
+        if stereo:
+            for channel, pan in zip(CHANNELS, (-1.0, 0.0, 1.0), strict=True):
+                mixer.set_channel_pan(channel, pan)
+            mixer.set_priority(CHANNELS[0])
         playback = VoicePlayback(mixer, lambda: OpusDecoder(frame_ms=frame_ms), frame_ms=frame_ms)
         ring = SampleRing(RING_SAMPLES)
-        out = np.zeros(n, dtype=np.int16)
-        device = np.zeros(n, dtype=np.int16)
+        out = np.zeros(n * width, dtype=np.int16)
+        device = np.zeros(n * width, dtype=np.int16)
         pc = time.perf_counter
         t_open = t_push = t_render = 0.0
         for k in range(count):
@@ -153,7 +162,7 @@ def receive_row(frame_ms: int, level: RedundancyLevel, pcm: np.ndarray) -> dict[
     cpu, ref, ratio, stages = median_runs(run, reference)
     per_frame = 1e6 / count
     return {
-        "path": "receive 10 speakers / 3 channels",
+        "path": "receive 10 speakers / 3 channels" + (", stereo placed" if stereo else ""),
         "frame_ms": frame_ms,
         "tier": level.tier,
         "payload_bytes": round(statistics.mean(len(p) for p in payloads[0][8:])),
@@ -167,6 +176,39 @@ def receive_row(frame_ms: int, level: RedundancyLevel, pcm: np.ndarray) -> dict[
         "render_us": round(stages["render"] * per_frame, 1),
         "non_opus_us": round((ratio - 1) * ref * per_frame, 1),
     }
+
+
+def mixer_us() -> dict[str, float]:
+    """The mixer alone (10 decoded frames added, one mixed), µs per 20 ms frame, median of
+    RUNS: mono (milestone 1), stereo with every channel centred, and stereo placed left /
+    centre / right with a priority channel ducking the others."""
+    n = 960
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(-3000, 3000, n).astype(np.int16) for _ in range(SPEAKERS)]
+    out: dict[str, float] = {}
+    for name, width, placed in (
+        ("mono", 1, False),
+        ("stereo_centred", 2, False),
+        ("stereo_placed_priority", 2, True),
+    ):
+        mixer = Mixer(frame_samples=n, output_channels=width)
+        if placed:
+            for channel, pan in zip(CHANNELS, (-1.0, 0.0, 1.0), strict=True):
+                mixer.set_channel_pan(channel, pan)
+            mixer.set_priority(CHANNELS[0])
+        buf = np.zeros(n * width, dtype=np.int16)
+        reps = 2000
+        times = []
+        for run in range(RUNS):
+            t0 = time.perf_counter()
+            for k in range(run * reps, (run + 1) * reps):  # frame numbers keep rising
+                for s, pcm in enumerate(frames):
+                    mixer.add(100 + s, CHANNELS[s % len(CHANNELS)], k, pcm)
+                mixer.mix_into(buf)
+            times.append((time.perf_counter() - t0) / reps * 1e6)
+        assert mixer.stale == 0 and mixer.duplicates == 0
+        out[name] = round(statistics.median(times), 1)
+    return out
 
 
 # --- transmit -----------------------------------------------------------------------------------
@@ -268,6 +310,17 @@ def main() -> dict[str, Any]:
                     f"{row['ratio_to_ref']:>6}  {stages}",
                     flush=True,
                 )
+    # the desktop app's output: stereo, channels placed, a priority channel ducking the others
+    placed = receive_row(20, LEVEL_CLEAN, pcm, stereo=True)
+    rows.append(placed)
+    print(
+        f"{placed['path']:<34} {20:>5} {0:>4} {placed['core_pct']:>6} "
+        f"{placed['us_per_frame']:>9} {placed['ref_opus_core_pct']:>9} "
+        f"{placed['ratio_to_ref']:>6}  render {placed['render_us']}",
+        flush=True,
+    )
+    mixing = mixer_us()
+    print(f"mixer alone, 10 speakers / 3 channels, µs per 20 ms frame: {mixing}")
     rx = next(r for r in rows if r["path"].startswith("receive") and r["frame_ms"] == 20)
     tx = next(r for r in rows if r["path"].startswith("transmit") and r["frame_ms"] == 20)
     figures: dict[str, Any] = {
@@ -277,6 +330,13 @@ def main() -> dict[str, Any]:
         "transmit_3ch_20ms_us_per_frame": tx["us_per_frame"],
         "transmit_3ch_20ms_ratio_to_opus": tx["ratio_to_ref"],
         "receive_target_core_pct": 15.0,
+        "receive_10x3_20ms_stereo_core_pct": placed["core_pct"],
+        "stereo_placement_added_core_pct": round(placed["core_pct"] - rx["core_pct"], 2),
+        "mixer_us": mixing,
+        "mixer_stereo_added_core_pct": round(
+            (mixing["stereo_placed_priority"] - mixing["mono"]) / 20_000 * 100, 3
+        ),
+        "stereo_added_target_core_pct": 1.0,
         "rows": rows,
     }
     print(json.dumps({"benchmark": "client_cpu", **figures}))

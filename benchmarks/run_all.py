@@ -274,9 +274,40 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "transmit_3ch_20ms_us_per_frame": "that in µs per frame",
             "transmit_3ch_20ms_ratio_to_opus": "that / bare Opus encode",
             "receive_target_core_pct": "target for the receive figure",
+            "receive_10x3_20ms_stereo_core_pct": "receive as the desktop app plays it: stereo, "
+            "the 3 channels placed left / centre / right, one a priority channel (ducking)",
+            "stereo_placement_added_core_pct": "that minus the mono figure (noise: the runs "
+            "differ by more than the mixer costs)",
+            "mixer_us": "the mixer alone, 10 frames added and one mixed, µs per 20 ms frame: "
+            "mono, stereo centred, stereo placed with a priority channel",
+            "mixer_stereo_added_core_pct": "placement and ducking over the mono mixer, % of a "
+            "core",
+            "stereo_added_target_core_pct": "issue 17's limit for that",
             "rows": "every path x frame size x redundancy tier (0 clean, 4 = compact copies "
             "1,2,3 from the 16 kb/s second encoder): % of a core, µs per frame, the Opus "
             "reference, ratio, per-stage µs",
+        },
+    ),
+    "aec": (
+        "Echo cancellation on a simulated room",
+        "Far-end speech through a simulated room (300 ms impulse response: 40 ms travel, RT60 "
+        "250 ms) at an echo-path gain of -6/-12/-20 dB; in the file's second half the near end "
+        "talks over it (double talk). The canceller runs in 20 ms int16 frames as the capture "
+        "worker calls it. ERLE: echo at the microphone over the output, far end alone, after "
+        "2 s. PESQ-WB (16 kHz) of the near end during double talk against the clean near-end "
+        "speech, and the unprocessed microphone's score. `speex_mdf` is measured only where "
+        "the `pyaec` wheel is installed (not a dependency).",
+        {
+            "aec3_erle_db_min": "WebRTC AEC3 (the product's): the lowest ERLE over the gains",
+            "aec3_pesq_double_talk_max": "its best near-end PESQ-WB in double talk",
+            "aec3_us_per_frame": "its CPU per 20 ms frame, µs",
+            "erle_target_db": "issue 17's ERLE target",
+            "pesq_target": "issue 17's double-talk PESQ-WB target",
+            "erle_target_met": "ERLE target met at every gain",
+            "pesq_target_met": "double-talk target met at every gain",
+            "compared": "the cancellers measured in this run",
+            "rows": "canceller x echo gain: ERLE, PESQ-WB in double talk, the microphone's "
+            "PESQ-WB, µs per frame",
         },
     ),
     "ptt_latency": (

@@ -706,7 +706,9 @@ def test_microphone_loopback_level_and_playback(qtbot: Any, null_sink_pcms: None
         qtbot.waitUntil(lambda: len(levels) >= 10, timeout=AUDIO_WAIT_MS)
         assert max(levels) < -90  # the null sink is silent before the tone
         assert source.play_tone("voip_vsink", seconds=2.0)
-        qtbot.waitUntil(lambda: max(levels) > -14, timeout=AUDIO_WAIT_MS)
+        # the tone fades in over a few ms: wait for its full level (a level read on the way up,
+        # -13.9 dBFS, once failed the check below), then check it is the tone's and no more
+        qtbot.waitUntil(lambda: max(levels) > -13.5, timeout=AUDIO_WAIT_MS)
         assert max(levels) == pytest.approx(-12.0, abs=1.5)
         assert meter.fraction() > 0.5 or max(levels[-5:]) < -60
         with qtbot.waitSignal(source.tone_finished, timeout=AUDIO_WAIT_MS):

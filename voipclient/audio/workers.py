@@ -1,6 +1,8 @@
 """The desktop client's audio threads: capture and playback workers around the pure pipeline.
 
-Capture (one thread): engine capture ring → CaptureProcessor (DSP, VAD) → the push-to-talk
+Capture (one thread): engine capture ring → echo canceller (when on: the far end is what the
+playback worker played, through a :class:`~voipclient.audio.aec.FarEnd` mailbox) →
+CaptureProcessor (DSP, VAD) → the push-to-talk
 router's :class:`~voipclient.ptt.router.Route`, read from its latest-value slot every frame, picks
 the channels for this frame's speech decision (``route.wanted(is_speech)``: the router decides who
 hears me, voice activation included; the worker only supplies the speech decision) →
@@ -33,6 +35,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from voipclient.audio.aec import EchoCanceller, FarEnd
 from voipclient.audio.cues import CueKind, CuePlayer
 from voipclient.audio.dsp import CaptureProcessor
 from voipclient.audio.engine import AudioEngine
@@ -188,6 +191,11 @@ class CaptureWorker:
         self.talking_channels: frozenset[int] = frozenset()  # slot: where we transmit now
         self._talking_targets: tuple[int, ...] = ()
         self._cue_targets: tuple[int, ...] = ()
+        #: echo cancellation (set through ``commands``): the canceller and the far-end mailbox
+        #: the playback worker fills with what it plays
+        self.aec: EchoCanceller | None = None
+        self.far_end: FarEnd | None = None
+        self._far = np.zeros(engine.frame_samples, dtype=np.int16)
         self.commands: collections.deque[Command] = collections.deque(maxlen=64)  # from the UI
         self.frames = 0
         #: slot: the UI shows the input meter (the settings dialog): keep the microphone running
@@ -241,6 +249,10 @@ class CaptureWorker:
         level = self.level
         if level is not None and level != self.sender.level:
             self.sender.set_level(level)
+        aec, far_end = self.aec, self.far_end
+        if aec is not None and far_end is not None:
+            far_end.take_into(self._far)  # what the speakers were given, one frame
+            frame = aec.process(frame, self._far)
         result = self.processor.process(frame)
         self.input_level = result.level
         self.speech_probability = result.speech_probability
@@ -311,6 +323,8 @@ class PlaybackWorker:
         self.cue_player = CuePlayer(engine.frame_samples)
         #: channel → (cue voice, pan): set by the UI through :attr:`commands`
         self.cue_voices: dict[int, tuple[int, float]] = {}
+        #: slot: where each frame played also goes, for the echo canceller (None: off)
+        self.far_end: FarEnd | None = None
         self.reports: collections.deque[LossReport] = collections.deque(maxlen=256)
         self.output_level = Level(-float("inf"), -float("inf"))  # slot for the UI meter
         #: slot: (sender, channel) pairs heard in the last TALKING_HOLD_S (a VOICE_LAST ends one)
@@ -407,6 +421,9 @@ class PlaybackWorker:
         self.playback.render_into(self._out, now)
         self.cue_player.mix_into(self._out, self._channels)
         self.engine.playback.write(self._out)
+        far_end = self.far_end
+        if far_end is not None:
+            far_end.put(self._out, self._channels)
         if self._want_output is not None:
             self._watch_idle()
         self.output_level = self.playback.mixer.level

@@ -32,6 +32,7 @@ from PySide6.QtCore import QMetaObject, QObject, Qt, QThread, QTimer, Signal, Sl
 
 from voipclient import diagnostics
 from voipclient.audio import host_engine
+from voipclient.audio.aec import EchoCanceller, FarEnd, wants_echo_cancellation
 from voipclient.audio.cues import voice_for
 from voipclient.audio.dsp import CaptureProcessor, CaptureSettings
 from voipclient.audio.engine import AudioEngine, DeviceEvent, NullEngine
@@ -72,6 +73,12 @@ from voipclient.ui.model import (
 )
 from voipclient.ui.overlay_model import normalise_colour
 from voipclient.ui.prefs import Bookmark, Preferences, PrefsBackend, ServerPrefs, save_preferences
+
+
+def _set_aec(capture: CaptureWorker, aec: EchoCanceller | None, far: FarEnd | None) -> None:
+    """On the capture thread: the canceller and its far end, together."""
+    capture.aec, capture.far_end = aec, far
+
 
 #: The app's id for the desktop portal: the desktop file the app installs (voipclient.desktop).
 PORTAL_APP_ID = "voipclient"
@@ -175,6 +182,8 @@ class AudioPipeline:
         )
         self.playback.reports = reports  # straight into the connection's mailbox
         self.capture.cues_enabled = a.cues
+        self.echo_cancelling = False
+        self.set_echo_cancellation(wants_echo_cancellation(a.echo_cancellation, a.output_device))
         self.frame_ms = a.frame_ms
         self.devices = (a.input_device, a.output_device)
         self.jitter_max_ms = a.jitter_max_ms
@@ -211,6 +220,24 @@ class AudioPipeline:
 
         capture.commands.append(apply)
         capture.cues_enabled = prefs.audio.cues
+        a = prefs.audio
+        self.set_echo_cancellation(wants_echo_cancellation(a.echo_cancellation, a.output_device))
+
+    def set_echo_cancellation(self, on: bool) -> None:
+        """Turn the echo canceller on (a new one, and a far-end mailbox both workers share) or
+        off, between two frames of each worker."""
+        if on == self.echo_cancelling:
+            return
+        self.echo_cancelling = on
+        capture, playback = self.capture, self.playback
+        if not on:
+            playback.far_end = None
+            capture.commands.append(lambda: _set_aec(capture, None, None))
+            return
+        far_end = FarEnd(capture.engine.frame_samples)
+        aec = EchoCanceller(capture.engine.sample_rate)
+        capture.commands.append(lambda: _set_aec(capture, aec, far_end))
+        playback.far_end = far_end
 
     def start(self) -> None:
         self.engine.start()

@@ -43,7 +43,7 @@ from voipclient.ui.chat import ChatPanel
 from voipclient.ui.controller import ClientController, stats_text
 from voipclient.ui.hotkey_capture import HotkeyCaptureWidget
 from voipclient.ui.icons import channel_icon, colour_swatch, user_icon
-from voipclient.ui.model import ChannelRow, MemberRow
+from voipclient.ui.model import ChannelRow, MemberRow, hotkeys_summary
 from voipclient.ui.widgets import Banner, LevelMeter, plain_tip
 
 ROLE_KIND = Qt.ItemDataRole.UserRole  # "channel" | "user"
@@ -170,27 +170,6 @@ class ChannelTree(QTreeWidget):
 
     def item_for(self, channel_id: int) -> QTreeWidgetItem | None:
         return self._items.get(channel_id)
-
-
-#: What the status bar says of each hotkey source (its tooltip has the whole story).
-_SOURCE_SUMMARY = {
-    "pynput": "⌨ global keys",
-    "portal": "⌨ desktop shortcuts",
-    "evdev": "⌨ global keys (evdev)",
-    "qt": "⌨ in-window only",
-}
-
-
-def hotkeys_summary(status: str) -> str:
-    """The status bar's word for the live hotkey source (``controller.hotkeys``)."""
-    name = status.split(":", 1)[0].split(" ", 1)[0]
-    if "unavailable" in status.split("(", 1)[0]:
-        return "⌨ no push-to-talk keys"
-    if name == "pynput" and "XWayland windows only" in status:
-        return "⌨ keys in XWayland windows"
-    if name == "portal" and "not bound" in status:
-        return "⌨ desktop shortcuts not bound"
-    return _SOURCE_SUMMARY.get(name, f"⌨ {name}")
 
 
 #: The placements offered for a channel: (label, pan).

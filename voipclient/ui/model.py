@@ -519,3 +519,24 @@ def with_binding(prefs: ServerPrefs, channel: str, keys: str | None) -> ServerPr
     if keys is not None:
         kept = (*kept, BindingPref(keys, (channel,)))
     return replace(prefs, bindings=kept)
+
+
+#: What the status bar says of each hotkey source (its tooltip has the whole story).
+_SOURCE_SUMMARY = {
+    "pynput": "⌨ global keys",
+    "portal": "⌨ desktop shortcuts",
+    "evdev": "⌨ global keys (evdev)",
+    "qt": "⌨ in-window only",
+}
+
+
+def hotkeys_summary(status: str) -> str:
+    """The status bar's word for the live hotkey source (``controller.hotkeys``)."""
+    name = status.split(":", 1)[0].split(" ", 1)[0]
+    if "unavailable" in status.split("(", 1)[0]:
+        return "⌨ no push-to-talk keys"
+    if name == "pynput" and "XWayland windows only" in status:
+        return "⌨ keys in XWayland windows"
+    if name == "portal" and "not bound" in status:
+        return "⌨ desktop shortcuts not bound"
+    return _SOURCE_SUMMARY.get(name, f"⌨ {name}")

@@ -68,6 +68,8 @@ class AudioPrefs:
     cues: bool = True
     #: How far the priority channel's speech lowers the other channels, dB (-40..0).
     duck_db: float = -12.0
+    #: Acoustic echo cancellation: "auto" (on unless the output is a headset), "on", "off".
+    echo_cancellation: str = "auto"
 
     def check(self) -> None:
         if self.frame_ms not in FRAME_SIZES:
@@ -80,6 +82,8 @@ class AudioPrefs:
             raise ValueError(f"unknown noise suppression {self.noise_suppression!r}")
         if not (math.isfinite(self.duck_db) and -40.0 <= self.duck_db <= 0.0):
             raise ValueError(f"ducking must be -40..0 dB, not {self.duck_db}")
+        if self.echo_cancellation not in ("auto", "on", "off"):
+            raise ValueError(f"unknown echo cancellation {self.echo_cancellation!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +226,7 @@ _SCALARS: Final[dict[str, tuple[str, str, type]]] = {
     "audio/highpass": ("audio", "highpass", bool),
     "audio/cues": ("audio", "cues", bool),
     "audio/duck_db": ("audio", "duck_db", float),
+    "audio/echo_cancellation": ("audio", "echo_cancellation", str),
     "transmit/mode": ("transmit", "mode", str),
     "transmit/vad_threshold": ("transmit", "vad_threshold", float),
     "transmit/release_ms": ("transmit", "release_ms", int),

@@ -413,6 +413,7 @@ class SettingsDialog(QDialog):
             highpass=self.highpass.isChecked(),
             cues=self.cues.isChecked(),
             duck_db=float(self.duck.value()),
+            echo_cancellation=str(self.echo.currentData()),
         )
         transmit = TransmitPrefs(
             mode=self._mode(), vad_threshold=self._threshold, release_ms=self.release_delay.value()
@@ -620,6 +621,24 @@ class SettingsDialog(QDialog):
         self._fill_noise_suppression(audio.noise_suppression, noise_suppression())
         form.addRow("&Noise suppression:", self.noise_suppression)
         form.addRow(self.ns_status)
+
+        self.echo = QComboBox(page)
+        for label, mode in (
+            ("Automatic (off for headsets)", "auto"),
+            ("On (speakers)", "on"),
+            ("Off", "off"),
+        ):
+            self.echo.addItem(label, mode)
+        self.echo.setCurrentIndex(max(0, self.echo.findData(audio.echo_cancellation)))
+        _describe(
+            self.echo,
+            "echoCancellation",
+            "Echo cancellation",
+            "On speakers, your microphone hears the others: this removes them from what you "
+            "send, so nobody hears themselves. Automatic turns it off for a headset (by its "
+            "name). While others talk, your own voice may sound a little thinner to them.",
+        )
+        form.addRow("&Echo cancellation:", self.echo)
 
         self.agc = _checkbox(
             page,
@@ -921,6 +940,7 @@ class SettingsDialog(QDialog):
             self.output_device,
             self.frame_size,
             self.noise_suppression,
+            self.echo,
             self.hot_mic,
             self.theme,
         ):

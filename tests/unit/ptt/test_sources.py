@@ -299,6 +299,6 @@ def test_a_control_press_can_always_be_released_by_the_name_it_was_pressed_with(
     ],
 )
 def test_the_status_bar_names_the_live_source(status: str, label: str) -> None:
-    from voipclient.ui.main_window import hotkeys_summary
+    from voipclient.ui.model import hotkeys_summary
 
     assert hotkeys_summary(status) == label

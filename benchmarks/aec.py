@@ -1,0 +1,163 @@
+"""Echo cancellation on a simulated room: echo removed (ERLE) and near-end quality in double talk.
+
+The far end is speech sample 0 (what the speakers play); the room is a 300 ms impulse response
+(40 ms of travel, then exponentially decaying noise with RT60 250 ms, seeded) at an echo-path
+gain of -6, -12 and -20 dB; the microphone hears that echo, and in the second half of the file
+also the near-end talker (speech sample 1) at full level: double talk. The canceller runs in
+20 ms frames exactly as the capture worker calls it (int16 near and far frames).
+
+* ERLE: echo power at the microphone over the canceller's output power, far end alone, from
+  2 s on (after convergence).
+* PESQ-WB of the near end during double talk: the output against the clean near-end speech
+  (16 kHz via resample_poly), and the unprocessed microphone's score for reference.
+* CPU: µs per 20 ms frame (median of the per-frame times over the file).
+
+Backends: WebRTC AEC3 (``pywebrtc-audio``, the product's) and, when the ``pyaec`` wheel happens
+to be installed (it is not a dependency), Speex's MDF canceller for comparison.
+Prints a table, then one JSON line with every figure (the benchmarks/run_all.py convention).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pesq import pesq
+from scipy import signal
+
+from voipclient.audio.aec import EchoCanceller
+from voipclient.audio.file_engine import read_wav_mono16
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+FS = 48_000
+FRAME = 960
+GAINS_DB = (-6, -12, -20)
+ERLE_TARGET_DB = 25.0
+PESQ_TARGET = 3.0
+
+F64 = npt.NDArray[np.float64]
+I16 = npt.NDArray[np.int16]
+
+
+def room(rng: np.random.Generator) -> F64:
+    t = np.arange(int(0.3 * FS)) / FS
+    h = rng.standard_normal(len(t)) * np.exp(-6.9 * t / 0.25)
+    h[: int(0.04 * FS)] = 0
+    return np.asarray(h / np.sqrt(np.sum(h**2)))
+
+
+def speex_factory() -> Callable[[], Callable[[I16, I16], I16]] | None:
+    try:
+        import pyaec  # not a dependency: the comparison runs where it is installed
+    except ImportError:
+        return None
+    lib = pyaec.lib
+    ptr = ctypes.POINTER(ctypes.c_int16)
+
+    def make() -> Callable[[I16, I16], I16]:
+        handle = lib.AecNew(FRAME, int(0.3 * FS), FS, True)
+        out = np.zeros(FRAME, dtype=np.int16)
+
+        def process(near: I16, far: I16) -> I16:
+            a, b = np.ascontiguousarray(near), np.ascontiguousarray(far)
+            lib.AecCancelEcho(
+                handle, a.ctypes.data_as(ptr), b.ctypes.data_as(ptr), out.ctypes.data_as(ptr), FRAME
+            )
+            return out.copy()
+
+        return process
+
+    return make
+
+
+def run(process: Callable[[I16, I16], I16], mic: F64, far: F64) -> tuple[F64, float]:
+    out = np.zeros(len(mic))
+    mic16 = np.round(np.clip(mic, -32768, 32767)).astype(np.int16)
+    far16 = np.round(far).astype(np.int16)
+    times = []
+    for i in range(0, len(mic) - FRAME + 1, FRAME):
+        t0 = time.perf_counter()
+        y = process(mic16[i : i + FRAME], far16[i : i + FRAME])
+        times.append(time.perf_counter() - t0)
+        out[i : i + FRAME] = y
+    return out, statistics.median(times) * 1e6
+
+
+def pesq_wb(ref: F64, deg: F64) -> float:
+    """PESQ-WB of ``deg`` against ``ref`` (both at 48 kHz), after aligning ``deg`` (the
+    canceller adds a few ms of delay)."""
+    n = min(len(ref), len(deg), 2 * FS)
+    corr = signal.correlate(deg[:n], ref[:n], "full", method="fft")
+    lag = max(0, int(np.argmax(corr)) - (n - 1))
+    deg = deg[lag:]
+    m = min(len(ref), len(deg))
+    r16 = signal.resample_poly(ref[:m] / 32768, 1, 3)
+    d16 = signal.resample_poly(deg[:m] / 32768, 1, 3)
+    return float(pesq(16_000, r16, d16, "wb"))
+
+
+def main() -> dict[str, Any]:
+    far = read_wav_mono16(DATA / "speech-0-48k.wav").astype(np.float64)
+    near = read_wav_mono16(DATA / "speech-1-48k.wav").astype(np.float64)
+    n = min(len(far), len(near))
+    far, near = far[:n], near[:n]
+    half = n // 2
+    h = room(np.random.default_rng(1))
+    backends: dict[str, Callable[[], Callable[[I16, I16], I16]]] = {
+        "webrtc_aec3": lambda: EchoCanceller().process,
+    }
+    speex = speex_factory()
+    if speex is not None:
+        backends["speex_mdf"] = speex
+    rows = []
+    head = ("backend", "echo dB", "ERLE dB", "PESQ dt", "mic PESQ", "µs/20ms")
+    print(f"{head[0]:<12} " + " ".join(f"{h:>8}" for h in head[1:]))
+    for gain in GAINS_DB:
+        echo = signal.fftconvolve(far, h * 10 ** (gain / 20))[:n]
+        mic = echo.copy()
+        mic[half:] += near[half:]  # the near end talks over the far end: double talk
+        mic_pesq = pesq_wb(near[half:], mic[half:])
+        for name, make in backends.items():
+            out, us = run(make(), mic, far)
+            settled = slice(2 * FS, half)
+            erle = 10 * np.log10(np.mean(echo[settled] ** 2) / np.mean(out[settled] ** 2))
+            dt = pesq_wb(near[half:], out[half:])
+            row = {
+                "backend": name,
+                "echo_gain_db": gain,
+                "erle_db": round(float(erle), 1),
+                "pesq_wb_double_talk": round(dt, 2),
+                "pesq_wb_mic": round(mic_pesq, 2),
+                "us_per_frame": round(us, 1),
+            }
+            rows.append(row)
+            print(
+                f"{name:<12} {gain:>7} {row['erle_db']:>8} {row['pesq_wb_double_talk']:>8} "
+                f"{row['pesq_wb_mic']:>9} {row['us_per_frame']:>8}",
+                flush=True,
+            )
+    ours = [r for r in rows if r["backend"] == "webrtc_aec3"]
+    figures: dict[str, Any] = {
+        "aec3_erle_db_min": min(r["erle_db"] for r in ours),
+        "aec3_pesq_double_talk_max": max(r["pesq_wb_double_talk"] for r in ours),
+        "aec3_us_per_frame": statistics.median(r["us_per_frame"] for r in ours),
+        "erle_target_db": ERLE_TARGET_DB,
+        "pesq_target": PESQ_TARGET,
+        "erle_target_met": all(r["erle_db"] >= ERLE_TARGET_DB for r in ours),
+        "pesq_target_met": all(r["pesq_wb_double_talk"] >= PESQ_TARGET for r in ours),
+        "compared": sorted(backends),
+        "rows": rows,
+    }
+    print(json.dumps({"benchmark": "aec", **figures}))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
