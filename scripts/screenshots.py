@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QSettings, QSize
+from PySide6.QtGui import QColor, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,11 +106,30 @@ def shoot(qapp: QApplication, out: Path, apps: list[App], alice: App, bob: App, 
     alice.window.resize(1100, 700)
     alice.window.show()
     alice.window.chat.show_channel(general)
+    ctl.set_channel_pan(squad_a, -1.0)  # Squad A on the left, General on the right
+    ctl.set_channel_pan(general, 1.0)
+    ctl.set_priority_channel(squad_a)
     bob.controller.ptt.handle_command(f"press {general}")
     pump(qapp, 1.0)
     alice.window.tree.setCurrentItem(alice.window.tree.item_for(general))
     pump(qapp, 0.5)
     alice.window.grab().save(str(opts.out / "main-window.png"))
+
+    # the game overlay while bob talks in General and alice into Squad A, over a dark backdrop
+    # (a game): its transparent parts show what is behind it
+    alice.controller.ptt.handle_command(f"press {squad_a}")
+    alice.window.overlay_show_action.setChecked(True)
+    alice.overlay.resize(320, 150)
+    pump(qapp, 1.0)
+    shot = alice.overlay.grab()
+    backdrop = QPixmap(shot.size() + QSize(32, 32))
+    backdrop.fill(QColor("#2b3a2f"))
+    painter = QPainter(backdrop)
+    painter.drawPixmap(16, 16, shot)
+    painter.end()
+    backdrop.save(str(opts.out / "overlay.png"))
+    alice.window.overlay_show_action.setChecked(False)
+    alice.controller.ptt.handle_command(f"release {squad_a}")
     bob.controller.ptt.handle_command(f"release {general}")
 
     alice.show_settings()

@@ -763,8 +763,12 @@ class ClientController(QObject):
         ]
         priority = next((c.id for c in roster.channels.values() if c.name == server.priority), None)
         duck_db = self.prefs.audio.duck_db
-        # each channel's cue: its own notes (by id, like its default colour), at its placement
-        cue_voices = {cid: (voice_for(cid), pan) for cid, _, _, pan in channel_settings}
+        # each channel's cue: its own notes (by its place in the tree, like its default colour),
+        # at its placement
+        cue_voices = {
+            row.id: (voice_for(row.slot), server.channel_pan.get(row.name, 0.0))
+            for row in self.model.rows()
+        }
         worker = pipeline.playback
         user_settings = [
             (u.sender_id, server.user_volumes.get(u.name, 1.0), u.name in server.user_muted)

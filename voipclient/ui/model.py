@@ -96,6 +96,9 @@ class ChannelRow:
     priority: bool = False
     #: "#rrggbb": the tree, the chat tab and the overlay draw the channel in it
     colour: str = ""
+    #: the row's place in the tree: its default colour and its cue notes come from it, so the
+    #: first ten channels shown all look (and the first six sound) different
+    slot: int = 0
 
 
 class ClientModel:
@@ -316,9 +319,8 @@ class ClientModel:
                         privacy_code=self.view.codes.get(channel.id, ""),
                         pan=prefs.channel_pan.get(channel.name, 0.0),
                         priority=channel.name == prefs.priority,
-                        colour=normalise_colour(
-                            prefs.channel_colours.get(channel.name), channel.id
-                        ),
+                        colour=normalise_colour(prefs.channel_colours.get(channel.name), len(out)),
+                        slot=len(out),
                     )
                 )
                 walk(channel.id, depth + 1)

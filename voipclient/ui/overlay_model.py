@@ -59,16 +59,18 @@ __all__ = [
 #: themes' backgrounds (#ffffff, #f2f3f5, #1e1f22, #2b2d31, #313338) and the overlay's dark panel,
 #: and neighbours differ by at least 95° of hue, so channels 1, 2, 3 ... never look alike.
 CHANNEL_PALETTE: Final[tuple[str, ...]] = (
+    # ordered so that the first five (a server's usual channels) are all far apart in hue, and
+    # any two neighbours at least 90° apart
     "#2c8ace",  # blue
     "#c86c2a",  # orange
     "#169841",  # green
     "#d848c0",  # magenta
-    "#9e810d",  # gold
+    "#59931f",  # lime
     "#6d78f3",  # indigo
     "#e64f4f",  # red
     "#1f938a",  # teal
     "#a368df",  # violet
-    "#59931f",  # lime
+    "#9e810d",  # gold
 )
 
 MIN_OPACITY: Final = 0.2
@@ -89,18 +91,19 @@ SETTINGS_VERSION: Final = 1
 _HEX_COLOUR: Final = re.compile(r"#[0-9a-fA-F]{6}")
 
 
-def default_channel_colour(channel_id: int) -> str:
-    """The palette colour of a channel (``"#rrggbb"``): ids cycle through
-    :data:`CHANNEL_PALETTE`, so neighbouring ids get clearly different colours."""
-    return CHANNEL_PALETTE[channel_id % len(CHANNEL_PALETTE)]
+def default_channel_colour(slot: int) -> str:
+    """The palette colour (``"#rrggbb"``) of the channel in ``slot`` (the model passes its place
+    in the tree): slots cycle through :data:`CHANNEL_PALETTE`, so the first channels shown all
+    get clearly different colours."""
+    return CHANNEL_PALETTE[slot % len(CHANNEL_PALETTE)]
 
 
-def normalise_colour(value: object, channel_id: int) -> str:
-    """``value`` as lower-case ``"#rrggbb"``, or the channel's palette colour when it is not one
-    (absent, empty, a name, garbage)."""
+def normalise_colour(value: object, slot: int) -> str:
+    """``value`` as lower-case ``"#rrggbb"``, or the palette colour of ``slot`` when it is not
+    one (absent, empty, a name, garbage)."""
     if isinstance(value, str) and _HEX_COLOUR.fullmatch(value.strip()):
         return value.strip().lower()
-    return default_channel_colour(channel_id)
+    return default_channel_colour(slot)
 
 
 def clean_text(text: str) -> str:
@@ -166,7 +169,7 @@ def overlay_state(
             OverlayChannel(
                 id=row.id,
                 name=row.name,
-                colour=normalise_colour(colour(row) if colour else row.colour, row.id),
+                colour=normalise_colour(colour(row) if colour else row.colour, row.slot),
                 transmitting=any(m.is_me and m.talking for m in row.members),
                 can_transmit=row.may_speak and bool(keys),
                 key=keys,

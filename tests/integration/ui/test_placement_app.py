@@ -177,14 +177,14 @@ def test_placement_ducking_and_cues_at_a_stereo_sink(
     note = RATE * NOTE_MS[0] // 1000
     cue_a = onset(lev_l) * WINDOW
     first_a = left[cue_a + RATE // 200 : cue_a + note - RATE // 200]
-    assert dominant_hz(first_a) == pytest.approx(VOICES[voice_for(A)][0], abs=8)
+    assert dominant_hz(first_a) == pytest.approx(VOICES[voice_for(row_a.slot)][0], abs=8)
     assert float(np.abs(right[cue_a : cue_a + 2 * note]).max()) < 10 ** (-50 / 20)
     cue_b = onset(lev_r) * WINDOW
     assert cue_b > cue_a
     first_b = right[cue_b + RATE // 200 : cue_b + note - RATE // 200]
-    assert dominant_hz(first_b) == pytest.approx(VOICES[voice_for(B)][0], abs=8)
+    assert dominant_hz(first_b) == pytest.approx(VOICES[voice_for(row_b.slot)][0], abs=8)
     assert float(np.abs(left[cue_b : cue_b + 2 * note]).max()) < 10 ** (-50 / 20)
-    assert VOICES[voice_for(A)][0] != VOICES[voice_for(B)][0]
+    assert VOICES[voice_for(row_a.slot)][0] != VOICES[voice_for(row_b.slot)][0]
 
     # -- ducking: A's voice (left) arrives; B (right) drops 12 ± 1 dB within 50 ms ------------
     b_starts = onset(lev_r, after=cue_b // WINDOW + 50)  # past B's cues: B's tone

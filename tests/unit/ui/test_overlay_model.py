@@ -218,6 +218,7 @@ def _channel(
         volume=1.0,
         muted=False,
         colour=colour,
+        slot=cid,  # its place in the tree: here, its id
     )
 
 
