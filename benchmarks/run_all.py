@@ -280,8 +280,7 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "differ by more than the mixer costs)",
             "mixer_us": "the mixer alone, 10 frames added and one mixed, µs per 20 ms frame: "
             "mono, stereo centred, stereo placed with a priority channel",
-            "mixer_stereo_added_core_pct": "placement and ducking over the mono mixer, % of a "
-            "core",
+            "mixer_stereo_added_core_pct": "placement and ducking over the mono mixer, % of a core",
             "stereo_added_target_core_pct": "issue 17's limit for that",
             "rows": "every path x frame size x redundancy tier (0 clean, 4 = compact copies "
             "1,2,3 from the 16 kb/s second encoder): % of a core, µs per frame, the Opus "
