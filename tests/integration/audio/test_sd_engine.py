@@ -402,3 +402,36 @@ def test_no_device_at_all_raises_a_helpful_audio_device_error(tmp_path: Path) ->
         "error: no audio input device found (PortAudio sees 0 devices, none with input "
         "channels); connect a microphone or start PulseAudio/PipeWire"
     ), result
+
+
+def test_a_mono_device_plays_both_sides_folded_down() -> None:
+    """The playback ring is stereo; a mono device ("Null Output (vsink2)": one channel) is
+    opened with one channel and gets (L + R) / 2: a signal on the left alone comes out at half
+    its amplitude (-6 dB), and nothing is lost."""
+    out = SoundDeviceEngine(
+        output_device="Null Output (vsink2)", input_enabled=False, ring_samples=2 * RATE
+    )
+    inp = SoundDeviceEngine(
+        input_device="Monitor of Null Output (vsink2.monitor)", output_enabled=False
+    )
+    try:
+        out.start()
+        inp.start()
+        assert out.output_device is not None and out.output_device.max_output_channels == 1
+        wait_flowing(out)
+        wait_flowing(inp)
+        inp.capture.discard()
+        signal = test_signal()
+        left_only = np.zeros(2 * len(signal), dtype=np.int16)
+        left_only[0::2] = signal
+        assert out.playback.write(left_only) == len(left_only)
+        recorded = record(inp, 1.5)
+    finally:
+        out.close()
+        inp.close()
+    peak, lag = normalized_xcorr_peak(signal, recorded)
+    assert peak > 0.8
+    heard = recorded[lag : lag + len(signal)].astype(np.float64)
+    gain = float(np.dot(heard, signal) / np.dot(signal.astype(np.float64), signal))
+    print(f"\nleft only on a mono device: gain {gain:.3f} ({20 * np.log10(gain):.1f} dB)")
+    assert gain == pytest.approx(0.5, abs=0.03)
