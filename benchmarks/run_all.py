@@ -430,7 +430,7 @@ What the figures say:
   tick, uniform over one frame because the two audio clocks run free (T/2 on average, worst at
   one phase and zero at another). Without it the medians are well within the targets (~28 and
   ~18 ms); with it they are 1-3 ms above them (37 and 24 ms in the last run).
-- Bundle: 142 MiB (149 MB) against a 150 MB budget. Getting there took leaving out what the app
+- Bundle: 141 MiB (148 MB) against a 150 MB budget. Getting there took leaving out what the app
   never loads (unused Qt modules and plugins, the GTK theme and its stack, the Wayland plugin
   stack: the window runs through XWayland), pruning libraries nothing needed any more, stripping
   symbols (not the auditwheel-patched numpy libraries: that breaks them), the desktop's own
