@@ -515,7 +515,10 @@ class ClientController(QObject):
                 )
                 source.on_status = lambda text: self.hotkeys_status.emit(f"portal: {text}")
             self.ptt.attach(source)
-            self.hotkeys = f"{source.name}: {source.available()[1]}"
+            # the portal's own status (asking it again would be one more D-Bus round trip on
+            # the GUI thread); the other sources answer from the environment at once
+            why = source.status if isinstance(source, PortalSource) else source.available()[1]
+            self.hotkeys = f"{source.name}: {why}"
             if skipped:
                 why = "; ".join(f"{name}: {reason}" for name, reason in skipped)
                 self.hotkeys += f" (not used: {why})"
