@@ -64,3 +64,37 @@ def test_keyring_uses_a_real_secret_service() -> None:
         assert keyring.get_password("voipclient-test", "probe") == "value"
     finally:
         keyring.delete_password("voipclient-test", "probe")
+
+
+def test_a_crashed_secret_service_comes_back_with_its_keys() -> None:
+    """gnome-keyring-daemon can abort on its own (a GDBus assertion when a client is gone before
+    its property read is answered; it once took every later test down with it). The test
+    environment restarts it at once on the same keyring: a key stored before the crash is
+    there after it."""
+    import signal
+    import time
+    from pathlib import Path
+
+    import keyring
+
+    pidfile = Path(os.environ["VOIPCLIENT_TEST_KEYRING_PIDFILE"])
+    keyring.set_password("voipclient-test", "survivor", "still here")
+    try:
+        before = int(pidfile.read_text())
+        os.kill(before, signal.SIGABRT)  # as its assertion does
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = pidfile.read_text().strip()
+            if text and int(text) != before:
+                break
+            time.sleep(0.02)
+        assert int(pidfile.read_text()) != before, "the Secret Service was not restarted"
+        value = None
+        while value is None and time.monotonic() < deadline:
+            try:
+                value = keyring.get_password("voipclient-test", "survivor")
+            except keyring.errors.KeyringError:
+                time.sleep(0.05)  # the new daemon is still taking the bus name
+        assert value == "still here"
+    finally:
+        keyring.delete_password("voipclient-test", "survivor")

@@ -11,6 +11,7 @@ import base64
 import binascii
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Final
 from urllib.parse import quote
@@ -39,8 +40,15 @@ _NO_KEYRING_HELP: Final = (
 )
 
 
+#: One keyring operation at a time in this process. Two identity threads (two connections, or
+#: two apps in one test process) creating items at once made gnome-keyring register the same
+#: item path twice ("asked to register item …/login/11, but it's already registered"), and the
+#: daemon later aborted; the keyring gains nothing from our parallel calls.
+_KEYRING_LOCK = threading.Lock()
+
+
 class KeyringStore:
-    """Identity keys in the OS keyring through ``keyring``."""
+    """Identity keys in the OS keyring through ``keyring`` (one call at a time per process)."""
 
     def __init__(self, service: str = SERVICE_NAME) -> None:
         if not service:
@@ -85,7 +93,8 @@ class KeyringStore:
 
         self._backend()
         try:
-            secret = keyring.get_password(self.service, self.username(server, account))
+            with _KEYRING_LOCK:
+                secret = keyring.get_password(self.service, self.username(server, account))
         except keyring.errors.KeyringError as exc:
             raise KeyringUnavailable(_NO_KEYRING_HELP.format(why=f" ({exc})")) from exc
         if secret is None:
@@ -108,7 +117,8 @@ class KeyringStore:
         self._backend()
         secret = SECRET_PREFIX + base64.b64encode(key.private_bytes()).decode("ascii")
         try:
-            keyring.set_password(self.service, self.username(server, account), secret)
+            with _KEYRING_LOCK:
+                keyring.set_password(self.service, self.username(server, account), secret)
         except keyring.errors.KeyringError as exc:
             raise KeyringUnavailable(_NO_KEYRING_HELP.format(why=f" ({exc})")) from exc
 
@@ -118,7 +128,7 @@ class KeyringStore:
         import keyring.errors
 
         self._backend()
-        with contextlib.suppress(keyring.errors.PasswordDeleteError):
+        with _KEYRING_LOCK, contextlib.suppress(keyring.errors.PasswordDeleteError):
             keyring.delete_password(self.service, self.username(server, account))
 
     def __repr__(self) -> str:
