@@ -89,20 +89,32 @@ log "Xvfb up on $DISPLAY"
 
 # --- D-Bus session bus + Secret Service (gnome-keyring) ------------------------------------
 if command -v dbus-daemon >/dev/null && command -v gnome-keyring-daemon >/dev/null; then
-  bus_info=$(dbus-daemon --session --fork --print-address=1 --print-pid=1 --nopidfile)
+  # The session bus, with activation of the Secret Service turned off: if gnome-keyring dies,
+  # the bus must not start a stock daemon in its place (locked, without the test keyring: a
+  # client then waits forever on its unlock prompt). Our service files come first in the search
+  # order and start nothing; the restart loop below brings ours back.
+  mkdir -p "$rt/dbus-services"
+  for name in org.freedesktop.secrets org.gnome.keyring org.freedesktop.impl.portal.Secret; do
+    printf '[D-BUS Service]\nName=%s\nExec=/bin/false\n' "$name" >"$rt/dbus-services/$name.service"
+  done
+  printf '%s\n' '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"' \
+    ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">' '<busconfig>' \
+    "  <servicedir>$rt/dbus-services</servicedir>" \
+    '  <include>/usr/share/dbus-1/session.conf</include>' '</busconfig>' >"$rt/session.conf"
+  bus_info=$(dbus-daemon --config-file="$rt/session.conf" --fork --print-address=1 --print-pid=1 \
+    --nopidfile)
   export DBUS_SESSION_BUS_ADDRESS=$(echo "$bus_info" | sed -n 1p)
   pids+=("$(echo "$bus_info" | sed -n 2p)")
   # gnome-keyring-daemon, kept running: it has a crash of its own (a GDBus assertion when a
   # client is gone before its property read is answered: "invoke_get_property_in_idle_cb:
-  # assertion failed", seen in fresh-clone runs), and once it is gone, D-Bus activation starts
-  # a locked daemon without our keyring that fails every test after it. So it is restarted at
-  # once on the same keyring (unlocked with the same password: the keys stored so far stay),
-  # replacing whatever activation started meanwhile, and the run says so.
+  # assertion failed", seen in fresh-clone runs), and with it gone every keyring test after it
+  # failed. So it is restarted at once on the same keyring (unlocked with the same password:
+  # the keys stored so far stay), and the run says so. (The bus above starts no other one.)
   # --foreground + $!: the PID is ours for sure (no lookup by name that could match another run).
   keyring_loop() {
     local n=0
     while [ ! -e "$rt/keyring.stop" ]; do
-      printf 'voipclient-test' | gnome-keyring-daemon --foreground --replace --unlock \
+      printf 'voipclient-test' | gnome-keyring-daemon --foreground --unlock \
         --components=secrets >>"$rt/gnome-keyring.log" 2>&1 &
       echo $! >"$rt/gnome-keyring.pid"
       wait $!
