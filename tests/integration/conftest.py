@@ -60,6 +60,36 @@ class ServerProcess:
 Starter = Callable[..., ServerProcess]
 
 
+def bot_command(server: ServerProcess, name: str, *args: str) -> list[str]:
+    """``voipclient.bot`` logging in to ``server`` as ``name``, with ``args``."""
+    return [
+        sys.executable,
+        "-m",
+        "voipclient.bot",
+        "--server",
+        f"{server.host}:{server.port}",
+        "--pin",
+        server.pin,
+        "--name",
+        name,
+        *args,
+    ]
+
+
+def start_bot(
+    server: ServerProcess, name: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """A bot process (text pipes; ``env`` added to this one's environment). The caller waits
+    for it or kills it."""
+    return subprocess.Popen(
+        bot_command(server, name, *args),
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Starter]:
     started: list[ServerProcess] = []

@@ -52,6 +52,7 @@ PURE_NAMED = (
     "voipclient.audio.voice",
     "voipclient.audio.dsp",
     "voipclient.audio.meter",
+    "voipclient.audio.gain",
     "voipclient.audio.cues",
     "voipclient.server.control",
     "voipclient.server.relay",

@@ -27,6 +27,7 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from voipclient.audio.gain import apply_gain
 from voipclient.audio.meter import SILENT, Level, measure_level
 
 __all__ = [
@@ -329,14 +330,7 @@ class AutomaticGainControl:
             self.gain_db += step
         g0, g1 = self._gain, 10 ** (self.gain_db / 20)
         self._gain = g1
-        if g0 == g1:
-            if g1 != 1.0:
-                np.multiply(x, np.float32(g1), out=x)
-            return
-        env = self._env
-        np.multiply(self._ramp, np.float32(g1 - g0), out=env)
-        np.add(env, np.float32(g0), out=env)
-        np.multiply(x, env, out=x)
+        apply_gain(x, g0, g1, self._ramp, self._env)
 
 
 class Limiter:

@@ -55,6 +55,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from voipclient.audio.gain import apply_gain
 from voipclient.audio.meter import SILENT, Level, measure_level
 
 __all__ = [
@@ -347,16 +348,8 @@ class Mixer:
 
     def _apply_duck(self, previous: float) -> None:
         """Scale the ducked bus by the duck's gain, ramped from ``previous`` across the frame."""
-        gain = self._duck_gain
-        bus = self._bus[1]
-        if previous == gain:
-            if gain != 1.0:
-                np.multiply(bus, np.float32(gain), out=bus)
-            return
-        ramp = self._tmp
-        np.multiply(self._ramp, np.float32(gain - previous), out=ramp)
-        np.add(ramp, np.float32(previous), out=ramp)
-        np.multiply(bus, ramp, out=bus)  # broadcast over the three parts
+        # one ramp over the frame's samples, broadcast over the bus's three parts
+        apply_gain(self._bus[1], previous, self._duck_gain, self._ramp, self._tmp)
 
     def _fold(self, acc: npt.NDArray[np.float32]) -> None:
         """The bus parts → the interleaved output frame."""
@@ -388,9 +381,7 @@ class Mixer:
         self._gain = gain
         if previous != 1.0 or gain != 1.0:
             # per-sample gain: previous → gain along the ramp (both sides of a sample alike)
-            np.multiply(self._oramp, np.float32(gain - previous), out=tmp)
-            np.add(tmp, np.float32(previous), out=tmp)
-            np.multiply(x, tmp, out=x)
+            apply_gain(x, previous, gain, self._oramp, tmp)
         if peak * max(previous, gain) > LIMIT_THRESHOLD:
             # y = clip(x, ±T) + (1 - T)·tanh((x - clip(x, ±T)) / (1 - T)): identity inside ±T,
             # bounded by ±1 outside, continuous with slope 1 at the knee

@@ -463,17 +463,11 @@ class _DBusLink:
     def call(self, message: Any, deadline: float, on_other: Any = None) -> Any:
         """Send a method call and wait for its reply (other messages go to ``on_other``).
         A D-Bus error reply raises :class:`PortalCallError`."""
-        from jeepney import HeaderFields, MessageType
 
         serial = self.send(message)
         while True:
             reply = self.receive(deadline)
-            fields = reply.header.fields
-            if fields.get(HeaderFields.reply_serial) == serial:
-                if reply.header.message_type == MessageType.error:
-                    body = reply.body
-                    text = str(body[0]) if body and isinstance(body[0], str) else ""
-                    raise PortalCallError(str(fields.get(HeaderFields.error_name, "")), text)
+            if _answers(reply, serial):
                 return reply
             if on_other is not None:
                 on_other(reply)
@@ -492,6 +486,21 @@ class _DBusLink:
             self._sock.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+
+def _answers(reply: Any, serial: int) -> bool:
+    """Whether ``reply`` answers the call ``serial``; a D-Bus error answer raises
+    :class:`PortalCallError`."""
+    from jeepney import HeaderFields, MessageType
+
+    fields = reply.header.fields
+    if fields.get(HeaderFields.reply_serial) != serial:
+        return False
+    if reply.header.message_type == MessageType.error:
+        body = reply.body
+        text = str(body[0]) if body and isinstance(body[0], str) else ""
+        raise PortalCallError(str(fields.get(HeaderFields.error_name, "")), text)
+    return True
 
 
 def _remaining(deadline: float) -> float:
@@ -848,7 +857,6 @@ class PortalSource:
 
     def _call(self, link: _DBusLink, message: Any, *, interruptible: bool = True) -> Any:
         """A method call bounded by ``timeout``; other messages are dispatched meanwhile."""
-        from jeepney import HeaderFields, MessageType
 
         deadline = time.monotonic() + self._timeout
         serial = link.send(message)
@@ -856,12 +864,7 @@ class PortalSource:
             reply = self._receive(link, deadline, interruptible=interruptible)
             if reply is None:
                 continue
-            fields = reply.header.fields
-            if fields.get(HeaderFields.reply_serial) == serial:
-                if reply.header.message_type == MessageType.error:
-                    body = reply.body
-                    text = str(body[0]) if body and isinstance(body[0], str) else ""
-                    raise PortalCallError(str(fields.get(HeaderFields.error_name, "")), text)
+            if _answers(reply, serial):
                 return reply
             self._dispatch(reply)
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 __all__ = [
     "THEMES",
@@ -372,43 +372,47 @@ def _str_list(value: object, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _volumes(value: object, what: str) -> dict[str, float]:
+T = TypeVar("T")
+
+
+def _by_name(value: object, what: str, parse: Callable[[str, object], T]) -> dict[str, T]:
+    """A JSON object of name → value, each value checked by ``parse(name, raw)``."""
     if not isinstance(value, dict):
         raise ValueError(f"{what}: expected an object")
-    out: dict[str, float] = {}
-    for name, volume in value.items():
-        v = _typed(volume, float, False)
+    return {name: parse(name, raw) for name, raw in value.items()}
+
+
+def _volumes(value: object, what: str) -> dict[str, float]:
+    def volume(name: str, raw: object) -> float:
+        v = float(_typed(raw, float, False))
         if not (math.isfinite(v) and 0.0 <= v <= 2.0):
             raise ValueError(f"{what} {name!r}: volume must be 0..2, not {v}")
-        out[name] = v
-    return out
+        return v
+
+    return _by_name(value, what, volume)
 
 
 def _pans(value: object) -> dict[str, float]:
-    if not isinstance(value, dict):
-        raise ValueError("channel placement: expected an object")
-    out: dict[str, float] = {}
-    for name, pan in value.items():
-        p = _typed(pan, float, False)
+    def pan(name: str, raw: object) -> float:
+        p = float(_typed(raw, float, False))
         if not (math.isfinite(p) and -1.0 <= p <= 1.0):
             raise ValueError(f"channel placement {name!r}: must be -1..1, not {p}")
-        out[name] = p
-    return out
+        return p
+
+    return _by_name(value, "channel placement", pan)
 
 
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 
 
 def _colours(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise ValueError("channel colours: expected an object")
-    out: dict[str, str] = {}
-    for name, colour in value.items():
-        c = _typed(colour, str, False)
+    def colour(name: str, raw: object) -> str:
+        c = str(_typed(raw, str, False))
         if not _COLOUR.fullmatch(c):
             raise ValueError(f"channel colour {name!r}: expected #rrggbb, not {c!r}")
-        out[name] = c.lower()
-    return out
+        return c.lower()
+
+    return _by_name(value, "channel colours", colour)
 
 
 def _server_from_json(entry: object) -> ServerPrefs:

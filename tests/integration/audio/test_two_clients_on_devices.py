@@ -11,9 +11,7 @@ with the source. Each bot picks its sink the way any PulseAudio client can (``PU
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 from voipclient.audio.file_engine import read_wav_mono16
 
 from ...audio_similarity import segment_similarity, similarity
-from ..conftest import ServerProcess, Starter
+from ..conftest import ServerProcess, Starter, start_bot
 
 DATA = Path(__file__).parents[2] / "data"
 SPEECH = DATA / "speech-0-48k.wav"
@@ -32,26 +30,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def bot(server: ServerProcess, name: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "voipclient.bot",
-        "--server",
-        f"{server.host}:{server.port}",
-        "--pin",
-        server.pin,
-        "--name",
-        name,
-        "--no-highpass",
-        *args,
-    ]
-    return subprocess.Popen(
-        cmd,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_bot(server, name, "--no-highpass", *args, env=env)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:

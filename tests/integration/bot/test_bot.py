@@ -17,7 +17,8 @@ import pytest
 from voipclient.audio.file_engine import read_wav_mono16
 
 from ...audio_similarity import segment_similarity, similarity
-from ..conftest import A, ServerProcess, Starter
+from ..conftest import A, ServerProcess, Starter, bot_command
+from ..conftest import start_bot as start_bot_process
 from ..server._client import TestClient, payload
 
 DATA = Path(__file__).parents[2] / "data"
@@ -28,30 +29,10 @@ RATE = 48_000
 pytestmark = pytest.mark.timeout(90)
 
 
-def bot_cmd(server: ServerProcess, name: str, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "voipclient.bot",
-        "--server",
-        f"{server.host}:{server.port}",
-        "--pin",
-        server.pin,
-        "--name",
-        name,
-        *args,
-    ]
-
-
 def start_bot(server: ServerProcess, name: str, *args: str) -> subprocess.Popen[str]:
     """A bot process. The 80 Hz high-pass is off so the recording can be compared sample for
     sample with the source (it alone changes the waveform by a correlation of 0.94)."""
-    return subprocess.Popen(
-        [*bot_cmd(server, name, *args), "--no-highpass"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_bot_process(server, name, *args, "--no-highpass")
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
@@ -195,7 +176,7 @@ def test_member_of_a_and_b_hears_both_member_of_a_only_hears_a(
 def test_wrong_pin_refuses_before_any_byte_and_exits_non_zero(start_server: Starter) -> None:
     server = start_server()
     wrong = "sha256/" + "A" * 43 + "="
-    cmd = bot_cmd(server, "mallory", "--join", "A", "--seconds", "1")
+    cmd = bot_command(server, "mallory", "--join", "A", "--seconds", "1")
     cmd[cmd.index(server.pin)] = wrong
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
@@ -204,7 +185,7 @@ def test_wrong_pin_refuses_before_any_byte_and_exits_non_zero(start_server: Star
 
 def test_trust_on_first_use_prints_the_pin(start_server: Starter) -> None:
     server = start_server()
-    cmd = bot_cmd(server, "tofu", "--join", "A", "--seconds", "0.5")
+    cmd = bot_command(server, "tofu", "--join", "A", "--seconds", "0.5")
     i = cmd.index("--pin")
     cmd[i : i + 2] = ["--trust-on-first-use"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
@@ -215,7 +196,7 @@ def test_trust_on_first_use_prints_the_pin(start_server: Starter) -> None:
 def test_unreachable_server_and_unknown_channel_exit_non_zero(start_server: Starter) -> None:
     server = start_server()
     proc = subprocess.run(
-        bot_cmd(server, "lost", "--join", "Nowhere", "--seconds", "1"),
+        bot_command(server, "lost", "--join", "Nowhere", "--seconds", "1"),
         check=False,
         capture_output=True,
         text=True,
@@ -226,7 +207,7 @@ def test_unreachable_server_and_unknown_channel_exit_non_zero(start_server: Star
     port = server.port
     server.stop()
     proc = subprocess.run(
-        bot_cmd(server, "late", "--join", "A", "--seconds", "1"),
+        bot_command(server, "late", "--join", "A", "--seconds", "1"),
         check=False,
         capture_output=True,
         text=True,
@@ -259,7 +240,7 @@ def test_voice_that_never_decrypts_exits_non_zero(start_server: Starter) -> None
 
     async def scenario() -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            *bot_cmd(server, "victim", "--join", "A", "--seconds", "4"),
+            *bot_command(server, "victim", "--join", "A", "--seconds", "4"),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -306,7 +287,7 @@ def test_the_key_log_is_honoured_only_when_asked(start_server: Starter, tmp_path
     def run(name: str, *args: str) -> subprocess.Popen[str]:
         env = dict(os.environ, VOIPCLIENT_KEYLOGFILE=str(logs[name]))
         return subprocess.Popen(
-            [*bot_cmd(server, name, *args), "--no-highpass"],
+            [*bot_command(server, name, *args), "--no-highpass"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -11,16 +11,13 @@ alice's mixer played) removes it: the level after it drops by more than 25 dB wi
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..conftest import A, Starter
+from ..conftest import A, Starter, start_bot
 from .conftest import AppFactory, connect, join_by_double_click, talking
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(120)]
@@ -58,30 +55,8 @@ def test_the_echo_of_the_speakers_is_removed(
     alice.controller.set_hot_mic(A)  # alice's microphone is open into A: what it hears, bob gets
     pipeline = alice.controller.pipeline
     assert pipeline is not None and not pipeline.echo_cancelling
-    bob = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "voipclient.bot",
-            "--server",
-            f"{server.host}:{server.port}",
-            "--pin",
-            server.pin,
-            "--name",
-            "bob",
-            "--join",
-            "A",
-            "--talk",
-            "A",
-            "--play",
-            str(SPEECH),
-            "--seconds",
-            "30",
-        ],
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    bob = start_bot(
+        server, "bob", "--join", "A", "--talk", "A", "--play", str(SPEECH), "--seconds", "30"
     )
     try:
         qtbot.waitUntil(lambda: talking(alice, A, "bob"), timeout=20_000)

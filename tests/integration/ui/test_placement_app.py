@@ -14,9 +14,7 @@ sink's monitor in stereo with ``parecord`` and measures, at the sink:
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 import wave
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +26,7 @@ import pytest
 
 from voipclient.audio.cues import NOTE_MS, VOICES, voice_for
 
-from ..conftest import A, B, ServerProcess, Starter
+from ..conftest import A, B, ServerProcess, Starter, start_bot
 from .conftest import AppFactory, connect, join_by_double_click, talking
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(150)]
@@ -52,15 +50,8 @@ def tone_wav(path: Path, hz: float, seconds: float, silence_s: float = 0.0) -> P
 
 
 def talker(server: ServerProcess, name: str, channel: str, play: Path) -> subprocess.Popen[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "voipclient.bot",
-        "--server",
-        f"{server.host}:{server.port}",
-        "--pin",
-        server.pin,
-        "--name",
+    return start_bot(
+        server,
         name,
         "--no-highpass",
         "--noise-suppression",
@@ -71,9 +62,6 @@ def talker(server: ServerProcess, name: str, channel: str, play: Path) -> subpro
         channel,
         "--play",
         str(play),
-    ]
-    return subprocess.Popen(
-        cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
