@@ -258,6 +258,8 @@ class App:
             if result == QDialog.DialogCode.Accepted:
                 ctl.apply_setup(wizard.choices())
                 self.window.notify("Set up: you can talk now. Help → Set up voice… to change it.")
+            elif self._quitting:  # closed by quitting the app, not skipped: asked again
+                return
             elif not ctl.prefs.setup_done:  # skipped: never asked again, reachable from Help
                 ctl.apply_prefs(replace(ctl.prefs, setup_done=True))
             if then_invite is not None:

@@ -549,7 +549,12 @@ class ClientController(QObject):
 
         With the real devices (``device_engine``) on POSIX, the devices live in the audio host
         process (:mod:`voipclient.audio.host_engine`): the pipeline starts at once and what
-        opened arrives as an ``"opened"`` device event; the GUI never waits on PortAudio."""
+        opened arrives as an ``"opened"`` device event; the GUI never waits on PortAudio.
+
+        Never after :meth:`shutdown`: a dialog closed by the app's quitting may still apply
+        preferences (saved), but no device or audio process starts again to outlive the app."""
+        if self._closing:
+            return
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None

@@ -109,3 +109,24 @@ def test_first_run_shows_the_setup_once_and_skip_is_remembered(
     qtbot.waitUntil(lambda: app.connect_dialog is not None and app.connect_dialog.isVisible())
     app.connect_dialog.reject()
     assert load_preferences(app.backend)[0].setup_done  # not asked again at the next start
+
+
+def test_quitting_during_the_setup_starts_nothing_and_asks_again(
+    qtbot: Any, make_app: AppFactory
+) -> None:
+    """Quitting while the first-run setup is open is not a skip: the next start asks again.
+    And nothing starts after the app has shut down (closing the wizard once restarted the
+    audio host, a process that outlived the app: bundle-smoke could not remove its home)."""
+    app = make_app("newcomer", first_run=True)
+    app.first_connect()
+    wizard = app.setup_wizard
+    assert wizard is not None and wizard.isVisible()
+    ctl = app.controller
+    host = ctl.audio_host
+    assert host is not None and host.pid
+    app.shutdown()
+    wizard.close()  # what QApplication.quit() does to every open window, right after
+    assert not wizard.isVisible() and app.setup_wizard is None
+    assert ctl.audio_host is None and ctl.pipeline is None  # nothing started again
+    assert not ctl.prefs.setup_done
+    assert not load_preferences(app.backend)[0].setup_done
