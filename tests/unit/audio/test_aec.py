@@ -1,4 +1,5 @@
-"""Echo cancellation: the far-end mailbox, when it is on, and AEC3 on a simulated room."""
+"""Echo cancellation: the far-end mailbox, when it is on, AEC3 on a simulated room, the linear
+Kalman canceller in double talk and the hand-over between the two."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import pytest
 from scipy import signal
 
 from voipclient.audio.aec import (
+    HANDBACK_BLOCKS,
     MAX_BACKLOG_FRAMES,
     EchoCanceller,
     FarEnd,
     wants_echo_cancellation,
 )
 from voipclient.audio.file_engine import read_wav_mono16
+from voipclient.audio.linear_aec import LinearCanceller
 
 DATA = Path(__file__).parents[2] / "data"
 N = 960
@@ -69,16 +72,20 @@ def speech(name: str) -> npt.NDArray[np.float64]:
     return read_wav_mono16(DATA / name).astype(np.float64)
 
 
+def make_room(seed: int, gain_db: float = -6.0) -> npt.NDArray[np.float64]:
+    """40 ms of travel, then 250 ms of reverberation (RT60), at ``gain_db``."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(0.3 * RATE)) / RATE
+    room = rng.standard_normal(len(t)) * np.exp(-6.9 * t / 0.25)
+    room[: int(0.04 * RATE)] = 0
+    return np.asarray(room * 10 ** (gain_db / 20) / np.sqrt(np.sum(room**2)))
+
+
 def test_aec3_removes_the_echo_of_a_simulated_room() -> None:
     """Far-end speech through a room (40 ms delay, 250 ms reverberation, -6 dB): after 2 s the
     canceller's output holds at least 25 dB less echo than the microphone."""
     far = speech("speech-0-48k.wav")[: 5 * RATE]
-    rng = np.random.default_rng(1)
-    t = np.arange(int(0.3 * RATE)) / RATE
-    room = rng.standard_normal(len(t)) * np.exp(-6.9 * t / 0.25)
-    room[: int(0.04 * RATE)] = 0
-    room *= 10 ** (-6 / 20) / np.sqrt(np.sum(room**2))
-    mic = signal.fftconvolve(far, room)[: len(far)]
+    mic = signal.fftconvolve(far, make_room(1))[: len(far)]
     aec = EchoCanceller()
     out = np.zeros(len(far))
     for i in range(0, len(far) - N + 1, N):
@@ -89,3 +96,97 @@ def test_aec3_removes_the_echo_of_a_simulated_room() -> None:
     print(f"\nERLE {erle:.1f} dB")
     assert erle >= 25
     assert aec.frames == len(far) // N
+
+
+def run_linear(
+    lin: LinearCanceller, mic: npt.NDArray[np.float64], far: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    out = np.zeros(len(mic))
+    b = lin.block
+    for i in range(0, len(mic) - b + 1, b):
+        lin.process(mic[i : i + b], far[i : i + b], out[i : i + b])
+    return out
+
+
+def test_the_linear_canceller_leaves_the_near_end_alone_in_double_talk() -> None:
+    """Converged on the far end alone, then the near end talks over it at full level: the
+    output filter keeps the echo path (>= 20 dB removed) while the adapting one is disturbed, so
+    the output is the near end (what is left differs from it by the residual echo only); the
+    detector sees the double talk."""
+    far0, near_all = speech("speech-0-48k.wav"), speech("speech-1-48k.wav")
+    n = min(len(far0), len(near_all))
+    half = n // 2
+    far = np.concatenate([far0[:n], near_all[:half], far0[:n], far0[half:n]])
+    dt0 = len(far) - (n - half)
+    echo = signal.fftconvolve(far, make_room(1, -12.0))[: len(far)]
+    near = np.zeros(len(far))
+    near[dt0:] = near_all[half:n]
+    lin = LinearCanceller()
+    out = run_linear(lin, echo + near, far)
+    before = slice(dt0 - 5 * RATE, dt0)
+    erle = 10 * np.log10(np.mean(echo[before] ** 2) / np.mean(out[before] ** 2))
+    residual = out[dt0:] - near[dt0:]
+    dt_erle = 10 * np.log10(np.mean(echo[dt0:] ** 2) / np.mean(residual**2))
+    print(f"\nERLE {erle:.1f} dB (estimate {lin.erle_db:.1f}), in double talk {dt_erle:.1f} dB")
+    assert erle >= 25
+    assert lin.double_talk_blocks > 100  # the near end was detected
+    assert dt_erle >= 20  # with one filter it falls to ~10 dB: the control below
+
+
+def test_a_single_filter_loses_the_echo_path_in_double_talk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The control for the test above: the same run with the output filter following the
+    adapting one on every block (one filter, no foreground) loses the echo path in double talk."""
+    from voipclient.audio import linear_aec
+
+    monkeypatch.setattr(linear_aec, "COPY_MARGIN", float("inf"))
+    far0, near_all = speech("speech-0-48k.wav"), speech("speech-1-48k.wav")
+    n = min(len(far0), len(near_all))
+    half = n // 2
+    far = np.concatenate([far0[:n], near_all[:half], far0[:n], far0[half:n]])
+    dt0 = len(far) - (n - half)
+    echo = signal.fftconvolve(far, make_room(1, -12.0))[: len(far)]
+    near = np.zeros(len(far))
+    near[dt0:] = near_all[half:n]
+    lin = LinearCanceller()
+    out = run_linear(lin, echo + near, far)
+    residual = out[dt0:] - near[dt0:]
+    dt_erle = 10 * np.log10(np.mean(echo[dt0:] ** 2) / np.mean(residual**2))
+    print(f"\nin double talk {dt_erle:.1f} dB")
+    assert dt_erle < 15
+
+
+def test_the_canceller_hands_over_to_the_linear_filter_and_back_when_the_room_changes() -> None:
+    """The product's canceller: AEC3 while the linear filter converges, the linear filter once it
+    removes 25 dB, and AEC3 again (echo still removed) within seconds of the echo path changing
+    (the laptop moved)."""
+    far0 = speech("speech-0-48k.wav")
+    far = np.concatenate([far0, far0, far0, far0])
+    cut = 2 * len(far0)
+    echo = np.concatenate(
+        [
+            signal.fftconvolve(far[:cut], make_room(1))[:cut],
+            signal.fftconvolve(far[cut:], make_room(7))[: len(far) - cut],
+        ]
+    )
+    aec = EchoCanceller()
+    out = np.zeros(len(far))
+    active = np.zeros(len(far) // N, dtype=bool)
+    for k, i in enumerate(range(0, len(far) - N + 1, N)):
+        out[i : i + N] = aec.process(
+            np.round(echo[i : i + N]).astype(np.int16), np.round(far[i : i + N]).astype(np.int16)
+        )
+        active[k] = aec.linear_active
+    first = int(np.argmax(active))
+    assert active[first] and first * N < cut  # handed over before the room changed
+    after = active[cut // N :]
+    back = int(np.argmin(after))
+    assert not after[back]  # handed back to AEC3 ...
+    assert back * N / RATE < 3 + HANDBACK_BLOCKS / 100  # ... within seconds
+    assert aec.handovers >= 2
+    late = slice(cut + 5 * RATE, len(far))
+    erle = 10 * np.log10(np.mean(echo[late] ** 2) / np.mean(out[late] ** 2))
+    took, gave = first * N / RATE, back * N / RATE
+    print(f"\nhanded over at {took:.1f} s, back {gave:.1f} s after the change")
+    assert erle >= 20  # echo removed in the new room throughout (AEC3, then the refit filter)
