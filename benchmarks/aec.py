@@ -179,7 +179,10 @@ def main() -> dict[str, Any]:
                 else:
                     r["pesq_wb_double_talk_early"] = round(dt, 2)
         for name, r in results.items():
-            row = {"backend": name, "echo_gain_db": gain, **r, "pesq_wb_mic": round(mic_pesq, 2)}
+            keys = ("erle_db", "erle_converged_db", "pesq_wb_double_talk")
+            keys += ("pesq_wb_double_talk_early",)
+            row = {"backend": name, "echo_gain_db": gain, **{k: r[k] for k in keys}}
+            row |= {"pesq_wb_mic": round(mic_pesq, 2), "us_per_frame": r["us_per_frame"]}
             rows.append(row)
             print(
                 f"{name:<14} {gain:>10} {row['erle_db']:>10} {row['erle_converged_db']:>10} "

@@ -51,6 +51,7 @@ __all__ = [
     "MAX_BACKLOG_FRAMES",
     "EchoCanceller",
     "FarEnd",
+    "aec3_latency",
     "wants_echo_cancellation",
 ]
 
@@ -108,18 +109,44 @@ class FarEnd:
             out.fill(0)
 
 
-HANDOVER_DB: Final = 25.0  # the linear filter takes over once it removes this much echo ...
+HANDOVER_DB: Final = 28.0  # the linear filter takes over once it removes this much echo ...
 HANDOVER_BLOCKS: Final = 25  # ... for this many blocks in a row (250 ms)
-HANDBACK_DB: Final = 18.0  # and gives the microphone back to AEC3 below this (the path changed) ...
+HANDBACK_DB: Final = 20.0  # and gives the microphone back to AEC3 below this (the path changed) ...
 HANDBACK_BLOCKS: Final = 100  # ... for this many blocks in a row (1 s)
+
+
+_latency_cache: dict[int, int] = {}
+
+
+def aec3_latency(sample_rate: int) -> int:
+    """Samples by which AEC3 delays the microphone (its band-split filters: 430 at 48 kHz),
+    measured once per rate on a noise burst, so the linear filter's output can be delayed to
+    match and the two can be switched between without a jump in time."""
+    if sample_rate not in _latency_cache:
+        from pywebrtc_audio import EchoCanceller as _Aec3
+
+        aec = _Aec3(sample_rate=sample_rate, num_channels=1)
+        frame = sample_rate // 50
+        noise = np.random.default_rng(0).standard_normal(25 * frame) * 3000
+        mic = np.round(noise).astype(np.int16)
+        silent = np.zeros(frame, dtype=np.int16)
+        out = np.concatenate(
+            [aec.process(mic[i : i + frame], silent) for i in range(0, len(mic), frame)]
+        ).astype(np.float64)
+        span = slice(10 * frame, 25 * frame)
+        most = frame
+        scores = [float(out[span] @ noise[span.start - d : span.stop - d]) for d in range(most)]
+        _latency_cache[sample_rate] = int(np.argmax(scores))
+    return _latency_cache[sample_rate]
 
 
 class EchoCanceller:
     """AEC3 and a linear Kalman canceller side by side at 48 kHz, mono, int16 frames (a multiple
-    of 10 ms); the output is AEC3's until the linear filter removes :data:`HANDOVER_DB` of echo,
+    of 10 ms). The output is AEC3's until the linear filter removes :data:`HANDOVER_DB` of echo,
     then the linear filter's (the near end intact in double talk), back to AEC3 when its estimate
-    stays below :data:`HANDBACK_DB` for a second (the echo path changed). A switch crossfades
-    over one frame."""
+    stays below :data:`HANDBACK_DB` for a second (the echo path changed). The linear output is
+    delayed by AEC3's latency, so the two line up sample for sample (the microphone's latency does
+    not change at a hand-over); a switch crossfades over one frame."""
 
     name = "webrtc-aec3+kalman"
 
@@ -128,16 +155,18 @@ class EchoCanceller:
 
         self._aec = _Aec3(sample_rate=sample_rate, num_channels=1)
         self._block = sample_rate // 100
+        self._latency = aec3_latency(sample_rate)
         self.linear = LinearCanceller(block=self._block)
         self.frames = 0
-        self.linear_active = False
-        self.handovers = 0  # switches either way
+        self.linear_active = False  # converged: the linear filter has the microphone
+        self.handovers = 0  # converged hand-overs, either way
         self._good = 0
         self._bad = 0
         self._near = np.zeros(0)
         self._far = np.zeros(0)
         self._lin = np.zeros(0)
         self._fade = np.zeros(0)
+        self._line = np.zeros(0)  # the linear output's delay line
 
     def _buffers(self, n: int) -> None:
         if len(self._near) != n:
@@ -145,6 +174,7 @@ class EchoCanceller:
             self._far = np.zeros(n)
             self._lin = np.zeros(n)
             self._fade = np.linspace(0.0, 1.0, n)
+            self._line = np.zeros(self._latency + n)
 
     def process(
         self, near: npt.NDArray[np.int16], far: npt.NDArray[np.int16]
@@ -158,24 +188,30 @@ class EchoCanceller:
         np.copyto(self._far, far)
         b = self._block
         lin = self.linear
+        line = self._line
+        line[:-n] = line[n:]  # shift the delay line; the new frame lands at its end ...
+        newest = line[self._latency :]
         for i in range(0, n - b + 1, b):
-            lin.process(self._near[i : i + b], self._far[i : i + b], self._lin[i : i + b])
-        was = self.linear_active
+            lin.process(self._near[i : i + b], self._far[i : i + b], newest[i : i + b])
+        delayed = line[:n]  # ... and leaves it AEC3's latency later
         erle = lin.erle_db
+        was = self.linear_active
         if not was:
             self._good = self._good + n // b if erle >= HANDOVER_DB else 0
-            self.linear_active = self._good >= HANDOVER_BLOCKS
+            if self._good >= HANDOVER_BLOCKS:
+                self.linear_active = True
+                self.handovers += 1
         else:
             self._bad = self._bad + n // b if erle < HANDBACK_DB else 0
             if self._bad >= HANDBACK_BLOCKS:
                 self.linear_active = False
+                self.handovers += 1
                 self._good = self._bad = 0
         if self.linear_active != was:
-            self.handovers += 1
             fade = self._fade if self.linear_active else self._fade[::-1]
-            mixed = fade * self._lin + (1.0 - fade) * aec3
+            mixed = fade * delayed + (1.0 - fade) * aec3
         elif self.linear_active:
-            mixed = self._lin
+            mixed = delayed
         else:
             return aec3
         out: npt.NDArray[np.int16] = np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
@@ -186,3 +222,4 @@ class EchoCanceller:
         self.linear = LinearCanceller(block=self._block)
         self.linear_active = False
         self._good = self._bad = 0
+        self._line.fill(0.0)

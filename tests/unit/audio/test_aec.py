@@ -15,6 +15,7 @@ from voipclient.audio.aec import (
     MAX_BACKLOG_FRAMES,
     EchoCanceller,
     FarEnd,
+    aec3_latency,
     wants_echo_cancellation,
 )
 from voipclient.audio.file_engine import read_wav_mono16
@@ -190,3 +191,24 @@ def test_the_canceller_hands_over_to_the_linear_filter_and_back_when_the_room_ch
     took, gave = first * N / RATE, back * N / RATE
     print(f"\nhanded over at {took:.1f} s, back {gave:.1f} s after the change")
     assert erle >= 20  # echo removed in the new room throughout (AEC3, then the refit filter)
+
+
+def test_the_linear_output_lines_up_with_aec3s_sample_for_sample() -> None:
+    """AEC3 delays the microphone by its band-split filters; the linear output is delayed by the
+    same amount, measured, so a hand-over does not jump in time."""
+    latency = aec3_latency(RATE)
+    assert 0 < latency < N  # 430 samples (9 ms) with pywebrtc-audio 0.2
+    mic = np.round(np.random.default_rng(3).standard_normal(40 * N) * 3000).astype(np.int16)
+    silent = np.zeros(N, dtype=np.int16)
+    aec = EchoCanceller()
+    out = np.zeros(len(mic))
+    for i in range(0, len(mic), N):
+        if i == 20 * N:
+            aec.linear_active = True  # the second half from the linear filter (no far end:
+            # the microphone itself), within the second it keeps it without an estimate
+        out[i : i + N] = aec.process(mic[i : i + N], silent)
+    x = mic.astype(np.float64)
+    for start in (10 * N, 30 * N):  # AEC3's half, the linear filter's half
+        seg = out[start : start + 8 * N]
+        lags = [float(seg @ x[start - d : start - d + len(seg)]) for d in range(N)]
+        assert int(np.argmax(lags)) == latency
