@@ -56,6 +56,7 @@ from voipclient.audio.engine import AudioEngine, DeviceEvent
 from voipclient.audio.file_engine import FileEngine
 from voipclient.audio.mixer import Mixer
 from voipclient.audio.opus import OpusDecoder, OpusEncoder, copy_encoder_factory, frame_samples
+from voipclient.audio.realtime import realtime
 from voipclient.audio.redundancy import (
     DEFAULT_POLICY,
     LEGACY,
@@ -148,6 +149,7 @@ class BotStats:
     reports_received: int = 0
     level_changes: list[dict[str, Any]] = field(default_factory=list)
     device_events: list[dict[str, str]] = field(default_factory=list)
+    scheduling: str = ""  # how the loop's thread ran while audio moved (real-time if allowed)
 
 
 class VoiceBot:
@@ -425,7 +427,14 @@ class VoiceBot:
         self.stop_requested = True
 
     async def run_audio(self, seconds: float | None) -> None:
-        """Move audio until ``seconds`` passed (or the --play file ended, plus 1 s of tail)."""
+        """Move audio until ``seconds`` passed (or the --play file ended, plus 1 s of tail), with
+        the loop's thread real-time meanwhile where the system allows it (a CPU hog beside the
+        bot must not make its frames late: :mod:`voipclient.audio.realtime`)."""
+        with realtime() as promotion:
+            self.stats.scheduling = str(promotion)
+            await self._move_audio(seconds)
+
+    async def _move_audio(self, seconds: float | None) -> None:
         engine = self.engine
         assert engine is not None
         channels = getattr(engine, "output_channels", 1)  # a device engine plays stereo frames
@@ -601,6 +610,7 @@ class VoiceBot:
             "transport": self._transport.value,
             "frame_ms": self.o.frame_ms,
             "bitrate": self.o.bitrate,
+            "scheduling": self.stats.scheduling,
             "frames_sent": self.stats.frames_sent,
             "datagrams_sent": self.stats.datagrams_sent,
             "payload_bits_per_s": round(self.stats.payload_bytes_sent * 8 / seconds),

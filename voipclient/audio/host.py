@@ -46,6 +46,7 @@ from typing import IO, Any, Final
 
 from voipclient.audio import shm
 from voipclient.audio.engine import DeviceEvent
+from voipclient.audio.realtime import promote_current_thread, promote_thread
 from voipclient.errors import AudioDeviceError
 
 log = logging.getLogger("voipclient.audio.host")
@@ -99,6 +100,8 @@ class _Host:
         self.probe_started = 0.0
         self._wake_capture = wake_capture
         self._wake_playback = wake_playback
+        self.scheduling = ""  # how the main thread runs (:func:`main` promoted it)
+        self.raised: dict[int, str] = {}  # callback threads raised so far: how
         capture, playback = block.capture, block.playback
         header = block.header
         stamp_ns, stamp_pos = shm.Slot.CAPTURE_STAMP_NS, shm.Slot.CAPTURE_STAMP_POS
@@ -271,6 +274,7 @@ class _Host:
         block[shm.Slot.INPUT_OVERFLOWS] = engine.input_overflows
         block[shm.Slot.OUTPUT_UNDERFLOWS] = engine.output_underflows
         engine.poll(now)
+        self.raise_callback_threads()
         if engine.output_device is None:
             block.playback.discard()
         self.probe_done(now)
@@ -279,6 +283,25 @@ class _Host:
             self.probe_for_chosen(now)
         if self.engine is not None:  # a stream reopened above starts running: pause it again
             self.apply_wants()
+
+    def raise_callback_threads(self) -> None:
+        """PortAudio's callback threads to real-time, each once (a reopened stream has a new
+        one); the app hears how (``scheduling``) for its diagnostics."""
+        engine = self.engine
+        if engine is None:
+            return
+        changed = False
+        for side, tid in (("input", engine.input_thread), ("output", engine.output_thread)):
+            if tid and tid not in self.raised:
+                promotion = promote_thread(tid, rtkit_realtime=True)
+                self.raised[tid] = f"{side} callback: {promotion}"
+                log.info("%s callback thread %d: %s", side, tid, promotion)
+                changed = True
+        if changed:
+            current = {engine.input_thread, engine.output_thread}
+            parts = [f"main: {self.scheduling}"]
+            parts += [text for tid, text in self.raised.items() if tid in current]
+            self.send({"op": "scheduling", "text": "; ".join(parts)})
 
     def probe_for_chosen(self, now: float) -> None:
         """PortAudio lists devices as they were when it started; a fresh process sees today's.
@@ -391,18 +414,28 @@ def serve(
     answers_out: IO[str],
     host_wake: int | None = None,
     clock: Callable[[], float] = time.monotonic,
+    scheduling: str = "",
 ) -> int:
     """Run the host until ``commands_in`` ends (the app quit or died). One thread: it sleeps in
     ``select`` on the commands, the app's wake pipe (``host_wake``: the wanted flags changed)
-    and the next turn of the main loop."""
+    and the next turn of the main loop. ``scheduling`` (what :func:`main` got for the process's
+    threads) goes to the app in the ``ready`` answer."""
     host = _Host(block, answers_out, wake_capture, wake_playback)
+    host.scheduling = scheduling
     block[shm.Slot.HOST_PID] = os.getpid()
     commands = commands_in.fileno()
     os.set_blocking(commands, False)
     fds = [commands] if host_wake is None else [commands, host_wake]
     pending = b""
     host.tick(clock())
-    host.send({"op": "ready", "pid": os.getpid(), "portaudio": _portaudio_version()})
+    host.send(
+        {
+            "op": "ready",
+            "pid": os.getpid(),
+            "portaudio": _portaudio_version(),
+            "scheduling": scheduling,
+        }
+    )
     next_tick = clock()
     try:
         while True:
@@ -483,6 +516,10 @@ def main(argv: list[str]) -> int:
         _sounddevice()
     except AudioDeviceError as exc:
         log.warning("%s", exc)
+    # Real-time before any stream opens: PortAudio's callback threads inherit it. rtkit may make
+    # it real-time here (its CPU-time cap could kill this process; the app restarts it).
+    promotion = promote_current_thread(rtkit_realtime=True)
+    log.info("scheduling: %s", promotion)
     try:
         return serve(
             block,
@@ -491,6 +528,7 @@ def main(argv: list[str]) -> int:
             commands_in=sys.stdin,
             answers_out=sys.stdout,
             host_wake=args.host_wake_fd,
+            scheduling=str(promotion),
         )
     finally:
         log.info("exiting")

@@ -96,6 +96,8 @@ class AudioHost:
         self.restarts = 0
         #: PortAudio's version as the host reported it ("" until it started)
         self.portaudio = ""
+        #: how the host's threads are scheduled, as it reported it ("real-time (...)", ...)
+        self.scheduling = ""
         self.last_exit = ""  # why the last host ended, in words
         self.pid = 0
         self._lock = threading.Lock()  # _proc and _request, between the GUI and supervisor
@@ -370,6 +372,9 @@ class AudioHost:
                 log.warning("audio host sent a device list of another shape")
         if op == "ready":
             self.portaudio = str(message.get("portaudio", ""))
+            self.scheduling = f"main: {message.get('scheduling', '')}"
+        elif op == "scheduling":
+            self.scheduling = str(message.get("text", ""))
         if op == "opened":
             self._open_pending = False
             self.events.append(("opened", message))

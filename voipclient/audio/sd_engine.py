@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -317,6 +318,10 @@ class SoundDeviceEngine:
         self.frames_out = 0  # output callbacks
         self.input_overflows = 0  # callbacks where PortAudio flagged input overflow
         self.output_underflows = 0  # callbacks where PortAudio flagged output underflow
+        #: The callback threads' native ids (0 until a stream's first callback; back to 0 when it
+        #: closes): the audio host raises them to real-time (:mod:`voipclient.audio.realtime`).
+        self.input_thread = 0
+        self.output_thread = 0
         self.running = False
         self._closed = False
         devices = list_devices()
@@ -654,6 +659,10 @@ class SoundDeviceEngine:
         stream, side.stream = side.stream, None
         if stream is None:
             return
+        if side is self._input:
+            self.input_thread = 0
+        if side is self._output:
+            self.output_thread = 0
         side.generation += 1  # its finished_callback (called by abort) is no longer news
         # abort(), not stop(): stop() waits for queued output to play, which never happens on a
         # suspended or vanished sink (observed: stop() hung on a suspended PulseAudio sink).
@@ -675,6 +684,8 @@ class SoundDeviceEngine:
     ) -> None:
         self.capture.write(indata[:, 0])  # a view of PortAudio's buffer; the ring copies
         self.frames_in += 1
+        if not self.input_thread:  # once per stream
+            self.input_thread = threading.get_native_id()
         if status and status.input_overflow:
             self.input_overflows += 1
 
@@ -694,6 +705,8 @@ class SoundDeviceEngine:
             self.playback.discard(2 * frames)
             outdata.fill(0)
         self.frames_out += 1
+        if not self.output_thread:  # once per stream
+            self.output_thread = threading.get_native_id()
         if status and status.output_underflow:
             self.output_underflows += 1
 

@@ -40,6 +40,7 @@ from voipclient.audio.cues import CueKind, CuePlayer
 from voipclient.audio.dsp import CaptureProcessor
 from voipclient.audio.engine import AudioEngine
 from voipclient.audio.mixer import Level
+from voipclient.audio.realtime import Promotion, promote_current_thread
 from voipclient.audio.redundancy import LossReport, RedundancyLevel
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.crypto.media import VoiceFrame
@@ -134,7 +135,14 @@ class _FrameThread:
         self.wake: threading.Event | FdWaker = (
             threading.Event() if wake_fd is None else FdWaker(wake_fd)
         )
-        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        #: how this thread is scheduled (set when it starts: real-time when the system allows)
+        self.promotion: Promotion | None = None
+        self._run = run
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def _main(self) -> None:
+        self.promotion = promote_current_thread()
+        self._run()
 
     def start(self) -> None:
         self._thread.start()
@@ -213,6 +221,11 @@ class CaptureWorker:
 
     def stop(self) -> None:
         self._thread.stop()
+
+    @property
+    def scheduling(self) -> str:
+        """How the worker's thread is scheduled ("real-time (SCHED_RR priority 10)", ...)."""
+        return str(self._thread.promotion or "not started")
 
     def _run(self) -> None:
         engine = self.engine
@@ -348,6 +361,11 @@ class PlaybackWorker:
         self._thread = _FrameThread(
             "playback", self._run, getattr(engine, "playback_wake_fd", None)
         )
+
+    @property
+    def scheduling(self) -> str:
+        """How the worker's thread is scheduled ("real-time (SCHED_RR priority 10)", ...)."""
+        return str(self._thread.promotion or "not started")
 
     def start(self) -> None:
         self._thread.start()

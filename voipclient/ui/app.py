@@ -343,6 +343,11 @@ class App:
                     f"audio host: pid {host.pid}, {host.restarts} restarts"
                     + (f", last: it {host.last_exit}" if host.last_exit else "")
                 )
+                lines.append(f"audio host threads: {host.scheduling or 'not started'}")
+            pipeline = ctl.pipeline
+            if pipeline is not None:
+                lines.append(f"capture thread: {pipeline.capture.scheduling}")
+                lines.append(f"playback thread: {pipeline.playback.scheduling}")
             return lines
 
         def connection() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import wave
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from voipclient.audio.redundancy import COPY_BITRATE
 from voipclient.bot import BotOptions, VoiceBot
 
 from ...audio_similarity import segment_similarity, similarity
+from ..audio.test_realtime import may_raise_directly
 from ..conftest import ServerProcess, Starter
 
 SPEECH = Path(__file__).parents[2] / "data" / "speech-0-48k.wav"
@@ -210,6 +212,14 @@ def test_ten_ms_frames_through_the_relay(start_server: Starter, tmp_path: Path) 
     source = read_wav_mono16(SPEECH)[: RATE * 3]
     _, lag = similarity(source, recording)
     assert segment_similarity(source, recording, start=round(lag * RATE)) > 0.85
+    # both bots moved audio at real-time priority (a CPU hog beside the test must not make
+    # their 10 ms frames late), and the test's thread is back to normal afterwards
+    if may_raise_directly():
+        assert said["scheduling"] == heard["scheduling"]
+        assert heard["scheduling"].startswith("real-time (SCHED_RR")
+    else:
+        assert heard["scheduling"], "the bot says how it ran (and why not real-time)"
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 def test_voice_activation_sends_only_speech_and_plays_cues(

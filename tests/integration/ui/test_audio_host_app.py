@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from voipclient.audio import shm
+from voipclient.audio.realtime import PRIORITY
 from voipclient.ui.app import App
 
+from ..audio.test_realtime import may_raise_directly
 from ..audio.test_sd_engine import pactl
 from ..conftest import Starter
 from .conftest import AppFactory, pair_in, talking
@@ -181,3 +183,35 @@ def test_after_a_fallback_the_app_returns_to_the_chosen_speakers(
         bob.controller.ptt.handle_command(f"release {GENERAL}")
     finally:
         pactl("unload-module", module)
+
+
+def test_the_audio_threads_run_real_time(qtbot: Any, make_app: AppFactory) -> None:
+    """A game on every core must not make frames late: the app's capture and playback workers
+    and the audio host's threads (its main thread and PortAudio's two callback threads) run
+    under SCHED_RR (directly here, as root; rtkit elsewhere: tests/integration/audio/
+    test_realtime.py), and the diagnostics say so."""
+    if not may_raise_directly():
+        pytest.skip("needs root, CAP_SYS_NICE or RLIMIT_RTPRIO (the rtkit path has its own tests)")
+    app = make_app("solo")
+    host = host_of(app)
+    wait_opened(qtbot, app)
+    pipeline = app.controller.pipeline
+    assert pipeline is not None
+    for worker in (pipeline.capture, pipeline.playback):
+        qtbot.waitUntil(lambda w=worker: w.scheduling != "not started", timeout=5_000)
+        assert worker.scheduling == f"real-time (SCHED_RR priority {PRIORITY})"
+        tid = worker._thread._thread.native_id
+        assert tid is not None and os.sched_getscheduler(tid) == os.SCHED_RR
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the GUI thread is not touched
+    qtbot.waitUntil(lambda: "output callback" in host.scheduling, timeout=10_000)
+    assert "input callback: real-time" in host.scheduling
+    assert host.scheduling.startswith(f"main: real-time (SCHED_RR priority {PRIORITY})")
+    rr = [
+        int(t)
+        for t in os.listdir(f"/proc/{host.pid}/task")
+        if os.sched_getscheduler(int(t)) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR
+    ]
+    assert host.pid in rr and len(rr) >= 3  # main and both callback threads at least
+    text = app.diagnostics_text()
+    assert f"capture thread: real-time (SCHED_RR priority {PRIORITY})" in text
+    assert "audio host threads: main: real-time" in text
