@@ -46,7 +46,7 @@ from typing import IO, Any, Final
 
 from voipclient.audio import shm
 from voipclient.audio.engine import DeviceEvent
-from voipclient.audio.realtime import promote_current_thread, promote_thread
+from voipclient.audio.realtime import promote_thread
 from voipclient.errors import AudioDeviceError
 
 log = logging.getLogger("voipclient.audio.host")
@@ -100,7 +100,6 @@ class _Host:
         self.probe_started = 0.0
         self._wake_capture = wake_capture
         self._wake_playback = wake_playback
-        self.scheduling = ""  # how the main thread runs (:func:`main` promoted it)
         self.raised: dict[int, str] = {}  # callback threads raised so far: how
         capture, playback = block.capture, block.playback
         header = block.header
@@ -286,21 +285,25 @@ class _Host:
 
     def raise_callback_threads(self) -> None:
         """PortAudio's callback threads to real-time, each once (a reopened stream has a new
-        one); the app hears how (``scheduling``) for its diagnostics."""
+        one; the main thread, which opens streams, stays normal: PortAudio polls while a stream
+        starts). rtkit may make them real-time here: its CPU-time cap could end this process,
+        which the app restarts. The app hears how (``scheduling``) for its diagnostics."""
         engine = self.engine
         if engine is None:
             return
         changed = False
         for side, tid in (("input", engine.input_thread), ("output", engine.output_thread)):
             if tid and tid not in self.raised:
-                promotion = promote_thread(tid, rtkit_realtime=True)
+                try:
+                    promotion = str(promote_thread(tid, rtkit_realtime=True))
+                except Exception as exc:  # never let this end the host
+                    promotion = f"normal priority ({exc})"
                 self.raised[tid] = f"{side} callback: {promotion}"
                 log.info("%s callback thread %d: %s", side, tid, promotion)
                 changed = True
         if changed:
             current = {engine.input_thread, engine.output_thread}
-            parts = [f"main: {self.scheduling}"]
-            parts += [text for tid, text in self.raised.items() if tid in current]
+            parts = [text for tid, text in self.raised.items() if tid in current]
             self.send({"op": "scheduling", "text": "; ".join(parts)})
 
     def probe_for_chosen(self, now: float) -> None:
@@ -414,28 +417,18 @@ def serve(
     answers_out: IO[str],
     host_wake: int | None = None,
     clock: Callable[[], float] = time.monotonic,
-    scheduling: str = "",
 ) -> int:
     """Run the host until ``commands_in`` ends (the app quit or died). One thread: it sleeps in
     ``select`` on the commands, the app's wake pipe (``host_wake``: the wanted flags changed)
-    and the next turn of the main loop. ``scheduling`` (what :func:`main` got for the process's
-    threads) goes to the app in the ``ready`` answer."""
+    and the next turn of the main loop."""
     host = _Host(block, answers_out, wake_capture, wake_playback)
-    host.scheduling = scheduling
     block[shm.Slot.HOST_PID] = os.getpid()
     commands = commands_in.fileno()
     os.set_blocking(commands, False)
     fds = [commands] if host_wake is None else [commands, host_wake]
     pending = b""
     host.tick(clock())
-    host.send(
-        {
-            "op": "ready",
-            "pid": os.getpid(),
-            "portaudio": _portaudio_version(),
-            "scheduling": scheduling,
-        }
-    )
+    host.send({"op": "ready", "pid": os.getpid(), "portaudio": _portaudio_version()})
     next_tick = clock()
     try:
         while True:
@@ -516,10 +509,6 @@ def main(argv: list[str]) -> int:
         _sounddevice()
     except AudioDeviceError as exc:
         log.warning("%s", exc)
-    # Real-time before any stream opens: PortAudio's callback threads inherit it. rtkit may make
-    # it real-time here (its CPU-time cap could kill this process; the app restarts it).
-    promotion = promote_current_thread(rtkit_realtime=True)
-    log.info("scheduling: %s", promotion)
     try:
         return serve(
             block,
@@ -528,7 +517,6 @@ def main(argv: list[str]) -> int:
             commands_in=sys.stdin,
             answers_out=sys.stdout,
             host_wake=args.host_wake_fd,
-            scheduling=str(promotion),
         )
     finally:
         log.info("exiting")

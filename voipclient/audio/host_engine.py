@@ -96,7 +96,7 @@ class AudioHost:
         self.restarts = 0
         #: PortAudio's version as the host reported it ("" until it started)
         self.portaudio = ""
-        #: how the host's threads are scheduled, as it reported it ("real-time (...)", ...)
+        #: how the host's callback threads are scheduled, as it reported it
         self.scheduling = ""
         self.last_exit = ""  # why the last host ended, in words
         self.pid = 0
@@ -372,7 +372,6 @@ class AudioHost:
                 log.warning("audio host sent a device list of another shape")
         if op == "ready":
             self.portaudio = str(message.get("portaudio", ""))
-            self.scheduling = f"main: {message.get('scheduling', '')}"
         elif op == "scheduling":
             self.scheduling = str(message.get("text", ""))
         if op == "opened":

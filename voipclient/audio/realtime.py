@@ -5,8 +5,10 @@ A game (or a compiler, or a browser tab) that keeps every core busy delays an or
 tens of milliseconds at a time: a capture frame leaves late and the other side conceals it, a
 playback frame is written late and the device plays silence. Sound servers solve this by running
 their audio threads under a real-time policy (PulseAudio and PipeWire: ``SCHED_RR`` through
-rtkit); we do the same for ours: the capture and playback workers, the audio host process (its
-PortAudio callback threads inherit the policy) and the bot's event loop while it moves audio.
+rtkit); we do the same for ours: the capture and playback workers, PortAudio's callback threads
+in the audio host (raised after their first callback; the host's main thread, which opens the
+streams, stays normal: PortAudio's ALSA backend polls while a stream starts, and at real-time
+priority that starved the sound server) and the bot's event loop while it moves audio.
 
 :func:`promote_current_thread` tries, in order:
 
@@ -55,7 +57,11 @@ __all__ = [
     "realtime",
 ]
 
-PRIORITY: Final = 10  # SCHED_RR priority: above ordinary threads, below PipeWire's (rtkit caps 20)
+#: SCHED_RR priority: above every ordinary thread (a game's included), *below* the sound server's
+#: (PulseAudio's default is 5, PipeWire's data loop 20 or more): a client must never be able to
+#: starve the server it waits on (measured: at 10, two audio hosts opening their streams at once
+#: starved PulseAudio for 10 s).
+PRIORITY: Final = 4
 NICE: Final = -11  # through rtkit's MakeThreadHighPriority (its default minimum is -15)
 RTTIME_LIMIT_US: Final = 200_000  # CPU without blocking before SIGKILL (rtkit's default maximum)
 RTKIT_BUS_ENV: Final = "VOIPCLIENT_RTKIT_BUS"  # a D-Bus address to find rtkit on (tests)
@@ -113,12 +119,13 @@ def promote_thread(
     if sys.platform != "linux":
         return Promotion("none", f"asked for on Linux only, not on {sys.platform}")
     target = 0 if tid is None else tid
-    if _policy(target) in (os.SCHED_RR, os.SCHED_FIFO):
-        return Promotion(
-            "SCHED_RR", f"SCHED_RR priority {os.sched_getparam(target).sched_priority}, inherited"
-        )
     try:
+        if _policy(target) in (os.SCHED_RR, os.SCHED_FIFO):
+            now = os.sched_getparam(target).sched_priority
+            return Promotion("SCHED_RR", f"SCHED_RR priority {now}, inherited")
         os.sched_setscheduler(target, os.SCHED_RR, os.sched_param(priority))
+    except ProcessLookupError:  # the thread ended meanwhile (a stream closed)
+        return Promotion("none", "the thread has ended")
     except PermissionError:
         direct = "no CAP_SYS_NICE or RLIMIT_RTPRIO for SCHED_RR"
     except OSError as exc:

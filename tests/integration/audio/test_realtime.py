@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from voipclient.audio.realtime import (
     RTTIME_LIMIT_US,
     demote_current_thread,
     promote_current_thread,
+    promote_thread,
     realtime,
 )
 
@@ -147,3 +149,19 @@ def test_without_rtkit_the_reason_is_given_and_not_waited_for_twice(bus: Private
     assert "ServiceUnknown" in got["text"] or "not provided" in got["text"], got["text"]
     assert got["took"] < 1.0
     assert got["again"] == "none" and got["took_again"] < 0.01  # remembered: no second wait
+
+
+def test_a_thread_that_ended_meanwhile_is_reported_not_raised() -> None:
+    """The audio host raises PortAudio's callback threads some time after their first callback;
+    a stream closed in between takes its thread with it (this crashed the host once)."""
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join(5)
+    assert t.native_id is not None
+    task = Path(f"/proc/self/task/{t.native_id}")
+    deadline = time.monotonic() + 5
+    while task.exists() and time.monotonic() < deadline:  # join() returns before the OS thread
+        time.sleep(0.01)  # has quite gone
+    assert not task.exists()
+    promotion = promote_thread(t.native_id)
+    assert promotion.how == "none" and promotion.detail == "the thread has ended"
