@@ -8,6 +8,8 @@ the delay between the two on its own (the playback ring, the device and the room
 half a second), so the two threads need not be in lockstep: the mailbox keeps the far end at
 most :data:`MAX_BACKLOG_FRAMES` ahead (older far frames are dropped, never delayed: the far
 frame must reach AEC3 before its echo does) and gives silence when the speakers played nothing.
+Every microphone frame takes exactly one far frame (a late one is owed and skipped when it
+comes), so scheduling jitter between the two threads never shifts the alignment.
 
 Two cancellers run side by side on every frame (figures from ``benchmarks/aec.py``; the
 comparison in docs/audio-dsp.md):
@@ -49,6 +51,9 @@ __all__ = [
     "HANDOVER_BLOCKS",
     "HANDOVER_DB",
     "MAX_BACKLOG_FRAMES",
+    "MAX_LATE_FRAMES",
+    "MAX_OWED_FRAMES",
+    "RING_FRAMES",
     "EchoCanceller",
     "FarEnd",
     "aec3_latency",
@@ -57,6 +62,9 @@ __all__ = [
 
 ECHO_MODES: Final = ("auto", "on", "off")
 MAX_BACKLOG_FRAMES: Final = 4  # far frames waiting for the capture side, at most
+MAX_OWED_FRAMES: Final = 5  # late far frames owed at most (a longer gap is a pause)
+MAX_LATE_FRAMES: Final = 2  # jitter room: late frames let through (delaying the far end) at most
+RING_FRAMES: Final = 50  # room for a burst of the playback side (1 s) until the next take
 _HEADSET: Final = re.compile(
     r"head(set|phone)|earbud|earphone|airpods|buds\d*\b|in-ear|hands-?free|\bhfp\b|\bhsp\b",
     re.IGNORECASE,
@@ -75,14 +83,36 @@ def wants_echo_cancellation(mode: str, output_device: str | None) -> bool:
 
 class FarEnd:
     """The far-end mailbox between the playback worker (``put``) and the capture worker
-    (``take_into``): one writer, one reader, no lock (a :class:`SampleRing`)."""
+    (``take_into``): one writer, one reader, no lock (a :class:`SampleRing`).
+
+    A take that finds nothing while the playback worker is running (it was late, or the capture
+    worker caught up in a burst) gives silence. The first :data:`MAX_LATE_FRAMES` such frames are
+    let through when they come: the far end then waits that much longer, room for the two
+    threads' jitter. After that, a late frame is *owed* and skipped when it comes, so scheduling
+    hiccups (a game on every core) cannot keep pushing the far end later until it reaches the
+    cancellers after its echo, which cannot be cancelled. After :data:`MAX_OWED_FRAMES` takes
+    without any frame put, nothing is being played (a pause): nothing is owed. A backlog above
+    :data:`MAX_BACKLOG_FRAMES` is dropped at once (the oldest frames), so the far end is never
+    late by more than that either."""
 
     def __init__(self, frame_samples: int) -> None:
         self.frame_samples = frame_samples
-        self._ring = SampleRing(frame_samples * (MAX_BACKLOG_FRAMES + 4))
+        self._ring = SampleRing(frame_samples * RING_FRAMES)
         self._sum = np.zeros(frame_samples, dtype=np.int32)
         self._mono = np.zeros(frame_samples, dtype=np.int16)
+        self._owed = 0  # far samples handed out as silence, to skip when they arrive
+        self._late = 0  # frames by which starved takes have delayed the far end so far
+        self._puts = 0  # frames put (written by the playback side only)
+        self._puts_seen = 0  # the value of _puts at the last take
+        self._idle_takes = 0  # takes in a row without a put in between
         self.dropped = 0  # far samples dropped as too old (the capture side fell behind)
+        self.starved = 0  # far frames taken as silence because none was there yet
+        self.skipped = 0  # far samples that came after their silent stand-in, skipped
+
+    @property
+    def overrun(self) -> int:
+        """Far samples lost because the capture side stalled for longer than the ring holds."""
+        return self._ring.overrun_samples
 
     def put(self, frame: npt.NDArray[np.int16], channels: int) -> None:
         """The frame the playback worker just wrote to the device (``channels`` interleaved)."""
@@ -95,18 +125,40 @@ class FarEnd:
             self._ring.write(self._mono)
         else:
             self._ring.write(frame[:n])
+        self._puts += 1
 
     def take_into(self, out: npt.NDArray[np.int16]) -> None:
-        """The next far frame (silence when nothing was played), newest ``MAX_BACKLOG_FRAMES``
-        at most: older ones are dropped."""
+        """The far frame that goes with this microphone frame (silence when it is not there
+        yet)."""
         ring = self._ring
-        excess = ring.available - MAX_BACKLOG_FRAMES * self.frame_samples
-        if excess > 0:
-            self.dropped += ring.discard(excess)
-        if ring.available >= len(out):
-            ring.read_into(out)
+        n = len(out)
+        puts = self._puts
+        if puts != self._puts_seen:
+            self._puts_seen = puts
+            self._idle_takes = 0
         else:
-            out.fill(0)
+            self._idle_takes += 1
+        if self._owed and ring.available > 0:
+            k = ring.discard(min(self._owed, ring.available))
+            self._owed -= k
+            self.skipped += k
+        excess = ring.available - MAX_BACKLOG_FRAMES * self.frame_samples
+        if excess > 0:  # the far end must stay ahead of its echo: never let it queue up
+            dropped = ring.discard(excess)
+            self.dropped += dropped
+            self._late = max(0, self._late - dropped // self.frame_samples)
+        if ring.available >= n:
+            ring.read_into(out)
+            return
+        out.fill(0)
+        if self._idle_takes >= MAX_OWED_FRAMES:  # nothing is being played (paused): no debt
+            self._owed = 0
+            return
+        self.starved += 1  # the playback side is running, this frame is only late
+        if self._late < MAX_LATE_FRAMES:
+            self._late += 1  # the far end waits one frame more from now on: jitter room
+        else:  # no more room: skip the late frame when it comes, the far end stays ahead
+            self._owed = min(self._owed + n, MAX_OWED_FRAMES * self.frame_samples)
 
 
 HANDOVER_DB: Final = 28.0  # the linear filter takes over once it removes this much echo ...
@@ -155,9 +207,9 @@ class EchoCanceller:
     def __init__(self, sample_rate: int = 48_000) -> None:
         from pywebrtc_audio import EchoCanceller as _Aec3
 
+        self._latency = aec3_latency(sample_rate)  # (its own AEC3, before this one exists)
         self._aec = _Aec3(sample_rate=sample_rate, num_channels=1)
         self._block = sample_rate // 100
-        self._latency = aec3_latency(sample_rate)
         self.linear = LinearCanceller(block=self._block)
         self.frames = 0
         self.linear_active = False  # converged: the linear filter has the microphone

@@ -13,6 +13,8 @@ from scipy import signal
 from voipclient.audio.aec import (
     HANDBACK_BLOCKS,
     MAX_BACKLOG_FRAMES,
+    MAX_LATE_FRAMES,
+    MAX_OWED_FRAMES,
     EchoCanceller,
     FarEnd,
     aec3_latency,
@@ -51,8 +53,9 @@ def test_the_far_end_is_the_played_frame_folded_to_mono() -> None:
     out = np.ones(N, dtype=np.int16)
     far.take_into(out)
     assert (out == 400).all()
-    far.take_into(out)  # nothing more was played: silence
-    assert not out.any()
+    for _ in range(MAX_OWED_FRAMES + 1):
+        far.take_into(out)  # nothing more was played: silence (a pause, nothing owed)
+        assert not out.any()
     mono = np.arange(N, dtype=np.int16)
     far.put(mono, 1)
     far.take_into(out)
@@ -67,6 +70,34 @@ def test_a_backlog_is_dropped_so_the_far_end_is_never_late() -> None:
     far.take_into(out)
     assert (out == 3).all()  # the three oldest were dropped, the newest four kept
     assert far.dropped == 3 * N
+
+
+def test_late_far_frames_delay_the_far_end_by_two_frames_at_most() -> None:
+    """The playback worker stalls twice for three frames while the capture worker keeps taking:
+    the takes that find nothing give silence; the first two late frames are let through (the
+    far end now waits two frames: jitter room), every later one is skipped when it comes, so
+    the far end never drifts later than that (it would end up behind its echo, which no
+    canceller can remove)."""
+    far = FarEnd(N)
+    out = np.zeros(N, dtype=np.int16)
+    taken = []
+    put = 0
+    for step in range(60):
+        if not (10 <= step < 13 or 30 <= step < 33):  # the playback worker stalls ...
+            while put <= step:
+                far.put(np.full(N, put + 1, dtype=np.int16), 1)  # ... and then catches up
+                put += 1
+        far.take_into(out)
+        taken.append(int(out[0]))
+    late = MAX_LATE_FRAMES
+    assert late == 2
+    assert taken[:10] == list(range(1, 11))  # take k gets frame k
+    assert taken[10:13] == [0, 0, 0]  # nothing there: silence in their place
+    assert taken[13:30] == list(range(12, 29))  # frame k - 2: two let through, one owed
+    assert taken[30:32] == [29, 30]  # the second stall: the two frames of room cover it ...
+    assert taken[32] == 0  # ... but one take
+    assert taken[33:] == list(range(32, 59))  # still k - 2: that late frame was skipped
+    assert far.starved == 4 and far.skipped == 2 * N and far.dropped == 0
 
 
 def speech(name: str) -> npt.NDArray[np.float64]:
