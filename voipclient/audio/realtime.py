@@ -52,6 +52,7 @@ __all__ = [
     "RTTIME_LIMIT_US",
     "Promotion",
     "demote_current_thread",
+    "prioritise_current_thread",
     "promote_current_thread",
     "promote_thread",
     "realtime",
@@ -80,8 +81,8 @@ _rtkit_missing: dict[str, str] = {}  # bus -> why rtkit cannot be reached there
 @dataclass(frozen=True)
 class Promotion:
     """What :func:`promote_current_thread` got: ``how`` is ``"SCHED_RR"`` (directly),
-    ``"rtkit"`` (SCHED_RR through rtkit), ``"rtkit-nice"`` (a high nice level through rtkit) or
-    ``"none"``; ``detail`` says the priority or why not."""
+    ``"rtkit"`` (SCHED_RR through rtkit), ``"nice"`` / ``"rtkit-nice"`` (a high nice level,
+    directly or through rtkit) or ``"none"``; ``detail`` says the priority or why not."""
 
     how: str
     detail: str
@@ -93,7 +94,7 @@ class Promotion:
     def __str__(self) -> str:
         if self.how in ("SCHED_RR", "rtkit"):
             return f"real-time ({self.detail})"
-        if self.how == "rtkit-nice":
+        if self.how in ("rtkit-nice", "nice"):
             return f"high priority ({self.detail})"
         return f"normal priority ({self.detail})"
 
@@ -151,6 +152,33 @@ def promote_thread(
         if not isinstance(exc, RtkitError) or "ServiceUnknown" in str(exc):
             _rtkit_missing[bus] = _short(exc)
         return Promotion("none", f"{direct}{refused}; rtkit: {_short(exc)}")
+    return Promotion("rtkit-nice", f"nice {NICE} through rtkit")
+
+
+def prioritise_current_thread(*, rtkit_bus: str | None = None) -> Promotion:
+    """A high nice level (:data:`NICE`) for the calling thread, not a real-time policy: for
+    threads on the voice path that also do unbounded work (the connection's: TLS, key
+    exchange), which must win against a game's threads without ever being able to lock a core.
+    Directly where allowed (``CAP_SYS_NICE``, ``RLIMIT_NICE``), else through rtkit."""
+    if sys.platform != "linux":
+        return Promotion("none", f"asked for on Linux only, not on {sys.platform}")
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, NICE)
+    except PermissionError:
+        direct = "no CAP_SYS_NICE or RLIMIT_NICE for a negative nice level"
+    else:
+        return Promotion("nice", f"nice {NICE}")
+    bus = rtkit_bus or os.environ.get(RTKIT_BUS_ENV) or "SYSTEM"
+    missing = _rtkit_missing.get(bus)
+    if missing is not None:
+        return Promotion("none", f"{direct}; rtkit: {missing}")
+    try:
+        _rtkit_call(bus, "MakeThreadHighPriority", "ti", (tid, NICE))
+    except Exception as exc:
+        if not isinstance(exc, RtkitError) or "ServiceUnknown" in str(exc):
+            _rtkit_missing[bus] = _short(exc)
+        return Promotion("none", f"{direct}; rtkit: {_short(exc)}")
     return Promotion("rtkit-nice", f"nice {NICE} through rtkit")
 
 

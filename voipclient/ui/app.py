@@ -353,7 +353,10 @@ class App:
         def connection() -> str:
             where = ctl.bookmark
             server = "-" if where is None else f"{where.host}:{where.port}"
-            return f"{ctl.state}, server {server}, transport {ctl.transport}"
+            return (
+                f"{ctl.state}, server {server}, transport {ctl.transport}; "
+                f"thread: {ctl.connection_scheduling}"
+            )
 
         return diagnostics.report(
             [

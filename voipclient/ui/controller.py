@@ -40,6 +40,7 @@ from voipclient.audio.host import ATTEMPTS, sides_name
 from voipclient.audio.host_engine import HostEngine
 from voipclient.audio.mixer import Mixer
 from voipclient.audio.opus import OpusDecoder, OpusEncoder, copy_encoder_factory, frame_samples
+from voipclient.audio.realtime import prioritise_current_thread
 from voipclient.audio.sd_engine import DeviceInfo
 from voipclient.audio.voice import TransmitGate, VoicePlayback, VoiceSender
 from voipclient.audio.workers import CaptureWorker, PlaybackWorker, RouteSlot
@@ -353,6 +354,8 @@ class ClientController(QObject):
         self.muted = False
         self.deafened = False
         self.conn: ServerConnection | None = None
+        #: how the connection's thread is scheduled (set as it starts; Help → Copy diagnostics)
+        self.connection_scheduling = "not started"
         self._thread: QThread | None = None
         self._stuck_threads: list[tuple[QThread, ServerConnection]] = []
         self._rejoin_pending = False
@@ -958,10 +961,17 @@ class ClientController(QObject):
         self._voice_rate.connect(conn.set_voice_rate)
         self._bridge.voice.connect(conn.send_voice)
         thread.finished.connect(conn.deleteLater)
+        # The connection's thread carries every voice frame both ways: a high nice level (not
+        # real-time: it also does TLS and key work) so a game on every core does not delay it.
+        thread.started.connect(self._prioritise_connection, Qt.ConnectionType.DirectConnection)
         thread.start()
         self.conn, self._thread = conn, thread
         self._self_state.emit(self.muted, self.deafened)
         self._open.emit(bookmark.host, bookmark.port, pin)
+
+    def _prioritise_connection(self) -> None:
+        """Runs on the connection's thread as it starts."""
+        self.connection_scheduling = str(prioritise_current_thread())
 
     def approve_pin(self, pin: str, approved: bool) -> None:
         """The user's answer about ``pin`` (ignored if the connection presents another by now)."""

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from voipclient.audio import shm
-from voipclient.audio.realtime import PRIORITY
+from voipclient.audio.realtime import NICE, PRIORITY
 from voipclient.ui.app import App
 
 from ..audio.test_realtime import may_raise_directly
 from ..audio.test_sd_engine import pactl
 from ..conftest import Starter
-from .conftest import AppFactory, pair_in, talking
+from .conftest import AppFactory, connect, pair_in, talking
 
 pytestmark = [pytest.mark.usefixtures("real_env"), pytest.mark.timeout(90)]
 GENERAL = 2
@@ -185,7 +185,9 @@ def test_after_a_fallback_the_app_returns_to_the_chosen_speakers(
         pactl("unload-module", module)
 
 
-def test_the_audio_threads_run_real_time(qtbot: Any, make_app: AppFactory) -> None:
+def test_the_audio_threads_run_real_time(
+    qtbot: Any, make_app: AppFactory, start_server: Starter
+) -> None:
     """A game on every core must not make frames late: the app's capture and playback workers
     and PortAudio's two callback threads in the audio host run under SCHED_RR (directly here,
     as root; rtkit elsewhere: tests/integration/audio/test_realtime.py), below the sound
@@ -203,7 +205,10 @@ def test_the_audio_threads_run_real_time(qtbot: Any, make_app: AppFactory) -> No
         tid = worker._thread._thread.native_id
         assert tid is not None and os.sched_getscheduler(tid) == os.SCHED_RR
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the GUI thread is not touched
-    qtbot.waitUntil(lambda: "output callback" in host.scheduling, timeout=10_000)
+    qtbot.waitUntil(
+        lambda: "output callback" in host.scheduling and "input callback" in host.scheduling,
+        timeout=10_000,
+    )
     want = f"real-time (SCHED_RR priority {PRIORITY})"
     assert f"input callback: {want}" in host.scheduling, host.scheduling
     assert f"output callback: {want}" in host.scheduling, host.scheduling
@@ -216,4 +221,9 @@ def test_the_audio_threads_run_real_time(qtbot: Any, make_app: AppFactory) -> No
     assert host.pid not in rr  # ... but not the main thread, which opens the streams
     text = app.diagnostics_text()
     assert f"capture thread: real-time (SCHED_RR priority {PRIORITY})" in text
-    assert f"audio host threads: input callback: {want}" in text
+    # the connection's thread (voice both ways, but also TLS and key work): a high nice level
+    connect(qtbot, app, start_server())
+    assert app.controller.connection_scheduling == f"high priority (nice {NICE})"
+    assert f"thread: high priority (nice {NICE})" in app.diagnostics_text()
+    (line,) = [x for x in text.splitlines() if x.strip().startswith("audio host threads:")]
+    assert f"input callback: {want}" in line and f"output callback: {want}" in line
