@@ -21,6 +21,7 @@ from voipclient.audio.realtime import (
     PRIORITY,
     RTTIME_LIMIT_US,
     demote_current_thread,
+    prioritise_current_thread,
     promote_current_thread,
     promote_thread,
     realtime,
@@ -35,9 +36,12 @@ ROOT = Path(__file__).parents[3]
 #: What the child runs: promote its main thread, report how it runs afterwards.
 CHILD = """
 import json, os, resource, sys, time, threading
-from voipclient.audio.realtime import promote_current_thread
+from voipclient.audio.realtime import prioritise_current_thread, promote_current_thread
 t0 = time.monotonic()
-p = promote_current_thread(rtkit_realtime=sys.argv[1] == "realtime")
+if sys.argv[1] == "prioritise":
+    p = prioritise_current_thread()
+else:
+    p = promote_current_thread(rtkit_realtime=sys.argv[1] == "realtime")
 took = time.monotonic() - t0
 t1 = time.monotonic()
 again = promote_current_thread()  # a second thread asking (the same one here)
@@ -165,3 +169,30 @@ def test_a_thread_that_ended_meanwhile_is_reported_not_raised() -> None:
     assert not task.exists()
     promotion = promote_thread(t.native_id)
     assert promotion.how == "none" and promotion.detail == "the thread has ended"
+
+
+def test_the_connection_thread_gets_a_nice_level_through_rtkit(bus: PrivateBus) -> None:
+    """The connection's thread is raised by nice level only (it also does TLS and key work):
+    without the right to do it directly, through rtkit's MakeThreadHighPriority."""
+    with FakeRtkit(bus.address) as rtkit:
+        got = without_sys_nice("prioritise", bus.address)
+    assert got["how"] == "rtkit-nice", got
+    assert got["nice"] == NICE and got["policy"] == os.SCHED_OTHER
+    (call, *_) = rtkit.calls
+    assert (call.method, call.tid, call.value) == ("MakeThreadHighPriority", got["tid"], NICE)
+
+
+@pytest.mark.skipif(not may_raise_directly(), reason="needs root, CAP_SYS_NICE or RLIMIT_RTPRIO")
+def test_the_connection_thread_gets_its_nice_level_directly_where_allowed() -> None:
+    seen: dict[str, Any] = {}
+
+    def worker() -> None:
+        seen["promotion"] = prioritise_current_thread()
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen["policy"] = os.sched_getscheduler(0)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(10)
+    assert str(seen["promotion"]) == f"high priority (nice {NICE})"
+    assert seen["nice"] == NICE and seen["policy"] == os.SCHED_OTHER
