@@ -218,7 +218,7 @@ class EchoCanceller:
         self._bad = 0
         self._near = np.zeros(0)
         self._far = np.zeros(0)
-        self._lin = np.zeros(0)
+        self._mixed = np.zeros(0)  # the output before it becomes int16
         self._fade = np.zeros(0)
         self._line = np.zeros(0)  # the linear output's delay line
 
@@ -226,7 +226,7 @@ class EchoCanceller:
         if len(self._near) != n:
             self._near = np.zeros(n)
             self._far = np.zeros(n)
-            self._lin = np.zeros(n)
+            self._mixed = np.zeros(n)
             self._fade = np.linspace(0.0, 1.0, n)
             self._line = np.zeros(self._latency + n)
 
@@ -261,14 +261,19 @@ class EchoCanceller:
                 self.linear_active = False
                 self.handovers += 1
                 self._good = self._bad = 0
-        if self.linear_active != was:
-            fade = self._fade if self.linear_active else self._fade[::-1]
-            mixed = fade * delayed + (1.0 - fade) * aec3
-        elif self.linear_active:
-            mixed = delayed
-        else:
+        if self.linear_active == was and not was:
             return aec3
-        out: npt.NDArray[np.int16] = np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
+        mixed = self._mixed
+        if self.linear_active != was:  # a hand-over: crossfade over this frame
+            fade = self._fade if self.linear_active else self._fade[::-1]
+            np.subtract(delayed, aec3, out=mixed)
+            np.multiply(mixed, fade, out=mixed)
+            np.add(mixed, aec3, out=mixed)
+        else:
+            np.copyto(mixed, delayed)
+        np.round(mixed, out=mixed)
+        np.clip(mixed, -32768, 32767, out=mixed)
+        out: npt.NDArray[np.int16] = mixed.astype(np.int16)  # the one array handed back
         return out
 
     def reset(self) -> None:

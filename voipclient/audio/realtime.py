@@ -134,25 +134,15 @@ def promote_thread(
     else:
         return Promotion("SCHED_RR", f"SCHED_RR priority {priority}")
     bus = rtkit_bus or os.environ.get(RTKIT_BUS_ENV) or "SYSTEM"
-    missing = _rtkit_missing.get(bus)
-    if missing is not None:  # asked before: no bus or no rtkit on it; do not wait for it again
-        return Promotion("none", f"{direct}; rtkit: {missing}")
     native = threading.get_native_id() if tid is None else tid
-    refused = ""
-    if rtkit_realtime:
+    if rtkit_realtime and bus not in _rtkit_missing:
         try:
             granted = _rtkit_realtime(bus, native, priority)
         except Exception as exc:  # refused, or no rtkit: try the nice level
-            refused = f"; rtkit real-time: {_short(exc)}"
+            direct += f"; rtkit real-time: {_short(exc)}"
         else:
             return Promotion("rtkit", f"SCHED_RR priority {granted} through rtkit")
-    try:
-        _rtkit_call(bus, "MakeThreadHighPriority", "ti", (native, NICE))
-    except Exception as exc:  # no rtkit, no system bus, refused: the thread stays as it is
-        if not isinstance(exc, RtkitError) or "ServiceUnknown" in str(exc):
-            _rtkit_missing[bus] = _short(exc)
-        return Promotion("none", f"{direct}{refused}; rtkit: {_short(exc)}")
-    return Promotion("rtkit-nice", f"nice {NICE} through rtkit")
+    return _rtkit_nice(bus, native, direct)
 
 
 def prioritise_current_thread(*, rtkit_bus: str | None = None) -> Promotion:
@@ -170,15 +160,20 @@ def prioritise_current_thread(*, rtkit_bus: str | None = None) -> Promotion:
     else:
         return Promotion("nice", f"nice {NICE}")
     bus = rtkit_bus or os.environ.get(RTKIT_BUS_ENV) or "SYSTEM"
+    return _rtkit_nice(bus, tid, direct)
+
+
+def _rtkit_nice(bus: str, tid: int, why_not_directly: str) -> Promotion:
+    """Ask rtkit for nice :data:`NICE` on ``tid``; ``why_not_directly`` goes into a refusal."""
     missing = _rtkit_missing.get(bus)
-    if missing is not None:
-        return Promotion("none", f"{direct}; rtkit: {missing}")
+    if missing is not None:  # asked before: no bus or no rtkit on it; do not wait for it again
+        return Promotion("none", f"{why_not_directly}; rtkit: {missing}")
     try:
         _rtkit_call(bus, "MakeThreadHighPriority", "ti", (tid, NICE))
-    except Exception as exc:
+    except Exception as exc:  # no rtkit, no system bus, refused: the thread stays as it is
         if not isinstance(exc, RtkitError) or "ServiceUnknown" in str(exc):
             _rtkit_missing[bus] = _short(exc)
-        return Promotion("none", f"{direct}; rtkit: {_short(exc)}")
+        return Promotion("none", f"{why_not_directly}; rtkit: {_short(exc)}")
     return Promotion("rtkit-nice", f"nice {NICE} through rtkit")
 
 

@@ -14,7 +14,6 @@ system bus. Its literals are written out here rather than imported from the code
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -29,9 +28,10 @@ from jeepney import (
     new_method_call,
     new_method_return,
 )
-from jeepney.bus_messages import message_bus
 from jeepney.io.blocking import open_dbus_connection as open_blocking
-from jeepney.io.threading import DBusConnection, ReceiveStopped, open_dbus_connection
+from jeepney.io.threading import DBusConnection, ReceiveStopped
+
+from ..ptt.fake_portal import leave_bus, own_name
 
 NAME = "org.freedesktop.RealtimeKit1"
 PATH = "/org/freedesktop/RealtimeKit1"
@@ -58,33 +58,15 @@ class FakeRtkit:
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> FakeRtkit:
-        conn = open_dbus_connection(bus=self.address)
-        serial = 1_000_000
-        conn.send(message_bus.RequestName(NAME, 4), serial=serial)  # 4: do not queue
-        deadline = time.monotonic() + 5.0
-        while True:
-            msg = conn.receive(timeout=max(0.0, deadline - time.monotonic()))
-            if msg.header.fields.get(HeaderFields.reply_serial) == serial:
-                assert msg.body == (1,), f"could not own {NAME}: {msg.body!r}"
-                break
-        self._conn = conn
+        self._conn = own_name(self.address, NAME)
         self._thread = threading.Thread(target=self._serve, name="fake-rtkit", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        conn.interrupt()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            assert not self._thread.is_alive()
-        conn.close()
-        for fd in (getattr(conn, "_stop_r", None), getattr(conn, "_stop_w", None)):
-            if isinstance(fd, int):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if conn is not None:
+            leave_bus(conn, self._thread)
 
     def _serve(self) -> None:
         conn = self._conn

@@ -149,6 +149,33 @@ def private_bus() -> Iterator[PrivateBus]:
         bus.stop()
 
 
+def own_name(address: str, name: str) -> DBusConnection:
+    """A connection to the bus at ``address`` that owns ``name`` (for a fake service)."""
+    conn = open_dbus_connection(bus=address)
+    serial = 1_000_000
+    conn.send(message_bus.RequestName(name, 4), serial=serial)  # 4: do not queue
+    deadline = time.monotonic() + 5.0
+    while True:
+        msg = conn.receive(timeout=max(0.0, deadline - time.monotonic()))
+        if msg.header.fields.get(HeaderFields.reply_serial) == serial:
+            assert msg.body == (1,), f"could not own {name}: {msg.body!r}"
+            return conn
+
+
+def leave_bus(conn: DBusConnection, thread: threading.Thread | None) -> None:
+    """Stop a fake service's serving ``thread`` and close its connection (the name goes with
+    it), including the wake pipe jeepney's threading connection keeps."""
+    conn.interrupt()
+    if thread is not None:
+        thread.join(5.0)
+        assert not thread.is_alive()
+    conn.close()
+    for fd in (getattr(conn, "_stop_r", None), getattr(conn, "_stop_w", None)):
+        if isinstance(fd, int):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 # -- the fake portal ----------------------------------------------------------------------------
 
 
@@ -235,16 +262,8 @@ class FakePortal:
     # -- life cycle -----------------------------------------------------------------------------
 
     def start(self) -> FakePortal:
-        conn = open_dbus_connection(bus=self.address)
+        conn = own_name(self.address, BUS_NAME)
         self.unique_name = conn.unique_name
-        serial = 1_000_000
-        conn.send(message_bus.RequestName(BUS_NAME, 4), serial=serial)  # 4: do not queue
-        deadline = time.monotonic() + 5.0
-        while True:
-            msg = conn.receive(timeout=max(0.0, deadline - time.monotonic()))
-            if msg.header.fields.get(HeaderFields.reply_serial) == serial:
-                assert msg.body == (1,), f"could not own {BUS_NAME}: {msg.body!r}"
-                break
         self._conn = conn
         self._thread = threading.Thread(target=self._serve, name="fake-portal", daemon=True)
         self._thread.start()
@@ -253,17 +272,8 @@ class FakePortal:
     def stop(self) -> None:
         """Leave the bus (the name goes with the connection) and join the thread."""
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        conn.interrupt()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            assert not self._thread.is_alive()
-        conn.close()
-        for fd in (getattr(conn, "_stop_r", None), getattr(conn, "_stop_w", None)):
-            if isinstance(fd, int):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if conn is not None:
+            leave_bus(conn, self._thread)
 
     def __enter__(self) -> FakePortal:
         return self.start()
