@@ -242,7 +242,14 @@ class Server(Proc):
     stderr_path: Path
 
     @classmethod
-    def start(cls, workdir: Path, channels: int, clients: int, cpu: int | None) -> Server:
+    def start(
+        cls,
+        workdir: Path,
+        channels: int,
+        clients: int,
+        cpu: int | None,
+        extra: tuple[str, ...] = (),
+    ) -> Server:
         cfg = workdir / "server.toml"
         cfg.write_text(server_config(channels, clients))
         out, err = workdir / "stdout.txt", workdir / "stderr.txt"
@@ -258,6 +265,7 @@ class Server(Proc):
             str(workdir / "data"),
             "--config",
             str(cfg),
+            *extra,
         ]
         proc = spawn(cmd, out, err, cpu)
         line = first_line(proc, out, err)
@@ -700,10 +708,12 @@ class Client:
             with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
                 self.udp.send(datagram)
 
-    def seal(self, payload: bytes) -> bytes:
+    def seal(self, payload: bytes) -> bytes | None:
         """One voice datagram for our channel as the core makes it (the E2E layer's sender key,
         AES-GCM, the c2s hop MAC), taken from ``datagrams_to_send`` before it leaves: the step
-        sends it later, paced, with one ``send`` call."""
+        sends it later, paced, with one ``send`` call. None when the core no longer sends voice
+        over UDP (after an overloaded step it may have moved to the TLS tunnel, or lost its
+        session): the step goes on without this talker."""
         self.conn.send_voice((self.channel,), (), payload, self.loop.time())
         voice = []
         for datagram in self.conn.datagrams_to_send():
@@ -712,9 +722,9 @@ class Client:
             else:
                 voice.append(datagram)
         self.pump()
-        if len(voice) != 1:
+        if len(voice) > 1:
             raise RuntimeError(f"{self.name}: the core sealed {len(voice)} datagrams, not 1")
-        return voice[0]
+        return voice[0] if voice else None
 
     def shutdown(self) -> None:
         """The core closes (its CloseTransport aborts the TLS connection: the server is stopped
@@ -834,16 +844,28 @@ async def seal_step(talkers: list[Client], seconds: float) -> Sealed:
     warm_frames = round(WARMUP_S * PACKETS_PER_S)
     frames = warm_frames + max(1, round(seconds * PACKETS_PER_S))
     opus = os.urandom(OPUS_FRAME)
-    datagrams: list[bytes] = []
-    index_of: dict[bytes, int] = {}
-    for frame in range(frames):
-        payload = struct.pack(">I", frame) + opus
-        for t in talkers:
-            dg = t.seal(payload)
-            index_of[dg[8:20]] = len(datagrams)
-            datagrams.append(dg)
-        await asyncio.sleep(0)
-    return Sealed(talkers, frames, warm_frames, datagrams, index_of)
+    while True:
+        if not talkers:
+            raise RuntimeError("no client sends voice over UDP any more (sessions lost)")  # again without a talker whose core stopped sending over UDP (rare)
+        datagrams: list[bytes] = []
+        index_of: dict[bytes, int] = {}
+        gone: list[Client] = []
+        for frame in range(frames):
+            payload = struct.pack(">I", frame) + opus
+            for t in talkers:
+                dg = t.seal(payload)
+                if dg is None:
+                    gone.append(t)
+                    break
+                index_of[dg[8:20]] = len(datagrams)
+                datagrams.append(dg)
+            if gone:
+                break
+            await asyncio.sleep(0)
+        if not gone:
+            return Sealed(talkers, frames, warm_frames, datagrams, index_of)
+        say(f"  {gone[0].name} no longer sends voice over UDP: the step goes on without it")
+        talkers = [t for t in talkers if t not in gone]
 
 
 def run_step(
@@ -1357,6 +1379,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seconds", type=float, default=SWEEP_SECONDS, help="sending time per step")
     p.add_argument("--sweep", action="store_true", help="increasing talker counts (the default)")
     p.add_argument(
+        "--udp-send",
+        choices=("sendmmsg", "sendto"),
+        help="the server's way of sending copies (default: its own, sendmmsg on Linux)",
+    )
+    p.add_argument(
         "--no-reference",
         action="store_true",
         help="skip the same-run reference (a bare UDP fan-out loop at the same load)",
@@ -1374,7 +1401,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raise_fd_limit(4 * args.clients + 256)
     server_cpu, gen_cpu = pick_cpus()
     with tempfile.TemporaryDirectory(prefix="relay-load-") as tmp:
-        server = Server.start(Path(tmp), args.channels, args.clients, server_cpu)
+        extra = ("--udp-send", args.udp_send) if args.udp_send else ()
+        server = Server.start(Path(tmp), args.channels, args.clients, server_cpu, extra)
         bare: BareRelay | None = None
         try:
             if not args.no_reference:

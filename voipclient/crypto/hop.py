@@ -14,6 +14,7 @@ update, about 1 µs with ``cryptography`` 50 (``hmac.new(...).copy()`` from the 
 from __future__ import annotations
 
 import hmac as _stdlib_hmac
+from collections.abc import Callable
 from typing import Final
 
 from cryptography.hazmat.primitives import hashes
@@ -62,6 +63,13 @@ class HopMac:
 
     def __repr__(self) -> str:
         return "HopMac(<key hidden>)"
+
+    @property
+    def fresh(self) -> Callable[[], _hmac.HMAC]:
+        """The bound ``copy`` of the keyed context: each call returns a fresh HMAC to
+        ``update`` and ``finalize`` (the relay's batch sender keeps the whole 32-byte digest
+        and sends its first 10 bytes, saving the slice)."""
+        return self._base.copy
 
     def mac(self, data: bytes | memoryview) -> bytes:
         """The 10-byte hop MAC of ``data``."""

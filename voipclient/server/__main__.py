@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     p.add_argument(
+        "--udp-send",
+        choices=("sendmmsg", "sendto"),
+        help="how the relay sends voice copies: sendmmsg batches (default where the platform "
+        "has it: Linux) or one sendto per copy (for comparisons)",
+    )
+    p.add_argument(
         "--announce",
         action="store_true",
         default=None,
@@ -235,6 +241,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         settings = replace(settings, stats_interval=args.stats_interval)
     if args.log_level is not None:
         settings = replace(settings, log_level=args.log_level)
+    if args.udp_send is not None:
+        settings = replace(settings, batch_send=args.udp_send == "sendmmsg")
     if args.announce:
         settings = replace(settings, announce=True)
     if args.channel:

@@ -23,8 +23,10 @@ VoiceTransportChanged → relay.set_tunnel), drains ``relay.take_tunnel()`` into
 
 UDP path: the socket is read with ``loop.add_reader`` and drained in batches of non-blocking
 ``recvfrom`` calls (one wakeup serves many datagrams); each datagram goes through
-``relay.datagram_received`` and its results are sent at once with a non-blocking ``sendto``
-(voice that cannot be sent now is dropped and counted, never queued).
+``relay.datagram_received``. On Linux its copies go into a ``sendmmsg`` batch
+(:mod:`voipclient.server.mmsg`: the per-listener MAC is computed straight into the batch) that
+is sent once per wakeup, and when it fills; elsewhere each copy is sent at once with a
+non-blocking ``sendto``. Voice that cannot be sent now is dropped and counted, never queued.
 
 Admin actions (AdminAction from a key in ``[admins] keys``, checked by the core): the adapter logs
 each request and its outcome (``AdminActionHandled``) and writes an admin's ban to the store
@@ -76,6 +78,7 @@ from voipclient.server.control import (
     ServerCore,
     TokenBucket,
 )
+from voipclient.server.mmsg import SendMmsg, make_batch_sender, sockaddr
 from voipclient.server.relay import Addr, RelayCore
 from voipclient.server.store import Store, StoredChannel
 from voipclient.server.tls import TlsIdentity, make_server_context
@@ -487,6 +490,7 @@ class RelayServer:
         self._udp_sock: socket.socket | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
         self._udp_transport: asyncio.DatagramTransport | None = None
+        self._batch: SendMmsg | None = None  # sendmmsg batches (Linux), else per-copy sendto
         self._reader_added = False
         self.port = 0
         self.host = settings.host
@@ -551,7 +555,14 @@ class RelayServer:
             granted_admins=granted,
             next_channel_id=self.store.next_channel_id(),
         )
-        self._relay = RelayCore(self._core, limits=s.limits.relay_limits())
+        udp_sock = self._udp_sock
+        self._batch = make_batch_sender(udp_sock) if s.batch_send else None
+        family = udp_sock.family
+        self._relay = RelayCore(
+            self._core,
+            limits=s.limits.relay_limits(),
+            pack_address=None if self._batch is None else lambda a: sockaddr(a, family),
+        )
         log.info(
             "cores ready channels=%d admin_channels=%d name_bindings=%d bans=%d admins=%d "
             "first_user_admin=%s password=%s",
@@ -574,7 +585,11 @@ class RelayServer:
                 lambda: _UdpFallback(self), sock=self._udp_sock
             )
             self._udp_transport = transport
-        log_udp.info("udp relay bound port=%d", self.port)
+        log_udp.info(
+            "udp relay bound port=%d send=%s",
+            self.port,
+            "sendmmsg" if self._batch is not None and self._reader_added else "sendto",
+        )
         if s.stats_interval > 0:
             self._stats_handle = loop.call_later(s.stats_interval, self._emit_stats)
         self._ban_handle = loop.call_later(BAN_SWEEP_INTERVAL, self._ban_sweep)
@@ -992,6 +1007,10 @@ class RelayServer:
         recvfrom = sock.recvfrom
         sendto = sock.sendto
         received = relay.datagram_received
+        batch = self._batch
+        if batch is not None:
+            self._udp_readable_batched(sock, relay, batch, now)
+            return
         for _ in range(UDP_BATCH):
             try:
                 data, addr = recvfrom(UDP_RECV_SIZE)
@@ -1010,6 +1029,33 @@ class RelayServer:
                     self.counters.udp_send_dropped += 1
                 except OSError:
                     self.counters.udp_send_errors += 1
+        self._deliver_tunnel()
+
+    def _udp_readable_batched(
+        self, sock: socket.socket, relay: RelayCore, batch: SendMmsg, now: float
+    ) -> None:
+        """The same drain with every copy of the wakeup in ``sendmmsg`` batches; hop-control
+        replies (rare) still go at once with ``sendto``."""
+        recvfrom = sock.recvfrom
+        received = relay.datagram_received
+        add = batch.add
+        try:
+            for _ in range(UDP_BATCH):
+                try:
+                    data, addr = recvfrom(UDP_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. ICMP errors reported on the socket
+                    self.counters.udp_recv_errors += 1
+                    log_udp.debug("recvfrom failed error=%r", exc)
+                    continue
+                if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
+                    addr = (addr[0], addr[1])
+                replies = received(data, addr, now, add)
+                if replies:
+                    self._send_udp(replies)
+        finally:
+            batch.flush()
         self._deliver_tunnel()
 
     def _send_udp(self, datagrams: list[tuple[Addr, bytes]]) -> None:
@@ -1053,6 +1099,7 @@ class RelayServer:
         assert core is not None and relay is not None and loop is not None
         r = relay.stats()
         c = self.counters
+        b = self._batch
         return {
             "type": "stats",
             "time": round(time.time(), 3),
@@ -1073,8 +1120,9 @@ class RelayServer:
             "hop_replies": r["hop_replies"],
             "drops": {reason.name.lower(): n for reason, n in relay.drops().items()},
             "loss_reports": core.loss_report_counts,
-            "udp_send_dropped": c.udp_send_dropped,
-            "udp_send_errors": c.udp_send_errors,
+            "udp_send_dropped": c.udp_send_dropped + (b.dropped if b is not None else 0),
+            "udp_send_errors": c.udp_send_errors + (b.errors if b is not None else 0),
+            "udp_send_calls": b.calls if b is not None else r["copies_udp"] + r["hop_replies"],
             "control_bytes_in": c.control_bytes_in,
             "control_bytes_out": c.control_bytes_out,
             "tcp_accepted": c.tcp_accepted,

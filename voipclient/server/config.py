@@ -223,6 +223,9 @@ class Settings:
     data_dir: Path | None = None
     stats_interval: float = DEFAULT_STATS_INTERVAL
     log_level: str = "info"
+    #: Send the relay's copies with ``sendmmsg`` batches where the platform has it (Linux);
+    #: False: one ``sendto`` per copy (``--udp-send sendto``, for comparisons).
+    batch_send: bool = True
     max_memberships: int = _CORE.max_memberships
     #: Advertise the server on the LAN (mDNS/DNS-SD, ``voipclient.net.discovery``).
     announce: bool = False

@@ -211,8 +211,11 @@ password = "{hash_password("open sesame", log2_n=10)}"
 # -- forwarding rules with real sealing ---------------------------------------------------------
 
 
-def test_membership_and_forwarding_rules(start_server: Starter) -> None:
-    server = start_server()
+@pytest.mark.parametrize("udp_send", ["sendmmsg", "sendto"])
+def test_membership_and_forwarding_rules(start_server: Starter, udp_send: str) -> None:
+    """Both ways of sending the copies (sendmmsg batches where the platform has them, else one
+    sendto per copy) carry the same rules; the log names the one in use."""
+    server = start_server("--udp-send", udp_send)
 
     async def scenario() -> None:
         async with clients(server, "ann", "bob", "cat", "dan") as (ann, bob, cat, dan):
@@ -250,6 +253,8 @@ def test_membership_and_forwarding_rules(start_server: Starter) -> None:
             assert {h.via for u in (ann, bob, cat, dan) for h in u.heard} <= {"udp", "released"}
 
     run(scenario)
+    server.stop()
+    assert f"send={udp_send}" in server.stderr_text()
 
 
 SPEAKERS_CONFIG = """

@@ -894,3 +894,73 @@ def _shared_world() -> World:
     w = setup_a()
     w.relay.set_tunnel(4, True)
     return w
+
+
+# =============================================================================================
+# Batch sending: the sink path (what the adapter's sendmmsg batch gets)
+# =============================================================================================
+
+
+class FakeSink:
+    """Records what the relay hands a batch sender and makes the copies as the real one does
+    (``data[:body_len] ‖ digest[:10]``), keyed by the packed address it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int]] = []  # (body_len, entries, skip)
+        self.copies: list[tuple[bytes, bytes]] = []  # (packed address, datagram)
+
+    def __call__(self, data: bytes, body_len: int, entries: list, skip: int) -> int:  # type: ignore[type-arg]
+        self.calls.append((body_len, len(entries), skip))
+        body = data[:body_len]
+        n = 0
+        for lid, packed, fresh in entries:
+            if lid != skip:
+                h = fresh()
+                h.update(body)
+                self.copies.append((packed, body + h.finalize()[:HOP_MAC_LEN]))
+                n += 1
+        return n
+
+
+def fake_pack(addr: Addr) -> bytes:
+    if not addr[0].startswith("192.0.2."):
+        raise ValueError("not an address of this fake socket's family")
+    return f"{addr[0]}|{addr[1]}".encode()
+
+
+def test_the_sink_path_sends_the_same_copies_and_counts_the_same() -> None:
+    plain, batched = setup_a(), setup_a()
+    batched.relay = RelayCore(batched.roster, pack_address=fake_pack)
+    for c in batched.clients.values():
+        batched.relay.add_session(c.sender_id, c.hop_secret)
+        batched.validate(c)
+    batched.relay.set_tunnel(3, True)
+    plain.relay.set_tunnel(3, True)
+    sink = FakeSink()
+    for speaker in (1, 2, 1):
+        data = plain[speaker].voice(A)
+        assert data == batched[speaker].voice(A)  # the same client state on both sides
+        want = plain.relay.datagram_received(data, plain[speaker].addr, T0)
+        assert batched.relay.datagram_received(data, batched[speaker].addr, T0, sink) == []
+        got = sink.copies[-len(want) :]
+        assert [(p, d) for p, d in got] == [(fake_pack(a), d) for a, d in want]
+        assert batched.relay.take_tunnel() == plain.relay.take_tunnel()  # tunnel: unchanged
+    assert [skip for _, _, skip in sink.calls] == [1, 2, 1]
+    assert all(n == 3 for _, n, _ in sink.calls)  # one wire list per channel: 1, 2 and 4
+    assert batched.relay.stats() == plain.relay.stats()
+    # Hop control still comes back as replies with a sink.
+    pong = batched.relay.datagram_received(batched[1].ping(5), batched[1].addr, T0, sink)
+    assert len(pong) == 1 and pong[0][0] == batched[1].addr
+
+
+def test_an_address_the_socket_cannot_send_to_is_not_validated() -> None:
+    w = World(2)
+    w.relay = RelayCore(w.roster, pack_address=fake_pack)
+    c = w[1]
+    w.relay.add_session(c.sender_id, c.hop_secret)
+    elsewhere = ("198.51.100.1", 4000)
+    [(_, challenge)] = w.send(c.bind(), elsewhere)
+    msg = hopctl.open_hop_control(challenge, c.s2c, _window(), ptypes=hopctl.S2C_PTYPES)
+    assert msg is not None
+    expect_drop(w, RelayDrop.BAD_CHALLENGE, lambda: w.send(c.confirm(msg.body), elsewhere))
+    assert w.relay.address_of(1) is None

@@ -1,0 +1,173 @@
+"""The relay's sendmmsg batch sender on real UDP sockets (loopback).
+
+Exact bytes (body ‖ the listener's own 10-byte hop MAC), order and source address; IPv6 dual
+stack; a copy the kernel refuses in the middle of a batch; a batch larger than one call; and the
+partial-send / EAGAIN / EINTR bookkeeping with a FAKE sendmmsg (the kernel cannot be made to
+return those on demand).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from voipclient.crypto.hop import HopMac
+from voipclient.server import mmsg
+
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.skipif(
+        mmsg.make_batch_sender(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) is None,
+        reason="sendmmsg is Linux-only; elsewhere the relay sends each copy with sendto",
+    ),
+]
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[socket.socket]]:
+    made: list[socket.socket] = []
+    yield made
+    for s in made:
+        s.close()
+
+
+def udp(made: list[socket.socket], family: int = socket.AF_INET, host: str = "127.0.0.1"):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    made.append(s)
+    if family == socket.AF_INET6 and host == "::":
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind((host, 0))
+    s.setblocking(False)
+    return s
+
+
+def drain(s: socket.socket) -> list[tuple[bytes, tuple]]:
+    got = []
+    while True:
+        try:
+            got.append(s.recvfrom(2048))
+        except BlockingIOError:
+            return got
+
+
+def test_every_copy_carries_its_listeners_mac_in_order(sockets: list[socket.socket]) -> None:
+    tx_sock = udp(sockets)
+    listeners = [udp(sockets) for _ in range(9)]
+    keys = [os.urandom(32) for _ in listeners]
+    entries = [
+        (i + 1, mmsg.sockaddr(r.getsockname()), HopMac(k).fresh)
+        for i, (r, k) in enumerate(zip(listeners, keys, strict=True))
+    ]
+    tx = mmsg.make_batch_sender(tx_sock)
+    assert tx is not None
+    datagrams = [os.urandom(n) for n in (46, 130, 1200)]
+    queued = [tx.add(d, len(d) - 10, entries, skip=4) for d in datagrams]
+    assert queued == [8, 8, 8]  # listener 4 is the speaker: skipped
+    tx.flush()
+    assert (tx.sent, tx.dropped, tx.errors, tx.calls) == (24, 0, 0, 1)
+    for i, (r, k) in enumerate(zip(listeners, keys, strict=True)):
+        got = drain(r)
+        if i + 1 == 4:
+            assert got == []
+            continue
+        want = [(d[:-10] + HopMac(k).mac(d[:-10]), tx_sock.getsockname()) for d in datagrams]
+        assert got == want
+
+
+def test_ipv6_dual_stack_mapped_and_native(sockets: list[socket.socket]) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    tx_sock = udp(sockets, socket.AF_INET6, "::")
+    v4 = [udp(sockets) for _ in range(2)]
+    v6 = udp(sockets, socket.AF_INET6, "::1")
+    addrs = [("127.0.0.1", r.getsockname()[1]) for r in v4] + [v6.getsockname()[:2]]
+    key = os.urandom(32)
+    entries = [
+        (i, mmsg.sockaddr(a, socket.AF_INET6), HopMac(key).fresh) for i, a in enumerate(addrs)
+    ]
+    tx = mmsg.make_batch_sender(tx_sock)
+    assert tx is not None
+    d = os.urandom(130)
+    tx.add(d, 120, entries, skip=-1)
+    tx.flush()
+    want = d[:120] + HopMac(key).mac(d[:120])
+    assert [x for r in [*v4, v6] for x, _ in drain(r)] == [want] * 3
+
+
+def test_a_refused_copy_costs_only_itself(sockets: list[socket.socket]) -> None:
+    tx_sock = udp(sockets)
+    listeners = [udp(sockets) for _ in range(4)]
+    packed = [mmsg.sockaddr(r.getsockname()) for r in listeners]
+    packed.insert(2, mmsg.sockaddr(("127.0.0.1", 0)))  # port 0: EINVAL for this copy alone
+    key = os.urandom(32)
+    entries = [(i, sa, HopMac(key).fresh) for i, sa in enumerate(packed)]
+    tx = mmsg.make_batch_sender(tx_sock)
+    assert tx is not None
+    tx.add(os.urandom(130), 120, entries, skip=-1)
+    tx.flush()
+    assert (tx.sent, tx.errors, tx.dropped) == (4, 1, 0)
+    assert [len(drain(r)) for r in listeners] == [1, 1, 1, 1]
+
+
+def test_a_full_batch_is_sent_before_more_is_queued(sockets: list[socket.socket]) -> None:
+    tx_sock = udp(sockets)
+    listeners = [udp(sockets) for _ in range(3)]
+    key = os.urandom(32)
+    entries = [
+        (i, mmsg.sockaddr(r.getsockname()), HopMac(key).fresh) for i, r in enumerate(listeners)
+    ]
+    tx = mmsg.SendMmsg(tx_sock.fileno(), max_messages=8, body_area=4 * 130)
+    for _ in range(10):  # 30 copies through a batch of 8 messages / 4 bodies
+        tx.add(os.urandom(130), 120, entries, skip=-1)
+    tx.flush()
+    assert (tx.sent, tx.errors, tx.dropped) == (30, 0, 0)
+    assert tx.calls >= 4
+    assert [len(drain(r)) for r in listeners] == [10, 10, 10]
+
+
+def test_partial_sends_eagain_and_eintr_with_a_fake_sendmmsg(sockets: list[socket.socket]) -> None:
+    tx_sock = udp(sockets)
+    listener = udp(sockets)
+    entries = [
+        (i, mmsg.sockaddr(listener.getsockname()), HopMac(os.urandom(32)).fresh) for i in range(9)
+    ]
+    calls: list[int] = []
+    script: list[tuple[int, int]] = []  # (return value, errno) per call
+
+    def fake_sendmmsg(fd: int, msgvec: int, vlen: int, flags: int) -> int:
+        calls.append(vlen)
+        r, e = script.pop(0)
+        ctypes.set_errno(e)
+        return min(r, vlen) if r >= 0 else -1
+
+    tx = mmsg.SendMmsg(tx_sock.fileno(), send=fake_sendmmsg)
+    script[:] = [(5, 0), (-1, errno.EAGAIN)]  # 5 of 9 went out, then the buffer is full
+    tx.add(os.urandom(130), 120, entries, skip=-1)
+    tx.flush()
+    assert calls == [9, 4] and (tx.sent, tx.dropped, tx.errors) == (5, 4, 0)
+    calls.clear()
+    script[:] = [(-1, errno.EINTR), (9, 0)]  # interrupted: retried from the same message
+    tx.add(os.urandom(130), 120, entries, skip=-1)
+    tx.flush()
+    assert calls == [9, 9] and (tx.sent, tx.dropped) == (14, 4)
+    calls.clear()
+    script[:] = [(2, 0), (-1, errno.EHOSTUNREACH), (6, 0)]  # one copy refused, the rest go
+    tx.add(os.urandom(130), 120, entries, skip=-1)
+    tx.flush()
+    assert calls == [9, 7, 6] and (tx.sent, tx.errors) == (22, 1)
+
+
+def test_no_sender_where_the_platform_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mmsg, "_sendmmsg", None)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert mmsg.make_batch_sender(s) is None
+        with pytest.raises(OSError):
+            mmsg.SendMmsg(s.fileno())
+    finally:
+        s.close()
