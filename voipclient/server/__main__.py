@@ -42,6 +42,7 @@ from voipclient.server.config import (
     load_config,
     password_from_environment,
 )
+from voipclient.server.workers import default_workers
 from voipclient.storage.atomic import user_data_dir
 
 if TYPE_CHECKING:
@@ -90,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between JSON stats lines on stdout (0: none; default 60)",
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="UDP forwarding processes behind the one port (Linux; default: the number of "
+        f"cores, {default_workers()} here; 1 forwards in the server process itself)",
+    )
+    p.add_argument("--relay-worker", metavar="FDS", help=argparse.SUPPRESS)
     p.add_argument(
         "--udp-send",
         choices=("sendmmsg", "sendto"),
@@ -241,6 +250,10 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         settings = replace(settings, stats_interval=args.stats_interval)
     if args.log_level is not None:
         settings = replace(settings, log_level=args.log_level)
+    workers = args.workers if args.workers is not None else default_workers()
+    if not 1 <= workers <= 256:
+        raise ConfigError("--workers must be 1..256")
+    settings = replace(settings, workers=workers)
     if args.udp_send is not None:
         settings = replace(settings, batch_send=args.udp_send == "sendmmsg")
     if args.announce:
@@ -560,6 +573,11 @@ def _run(factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.relay_worker is not None:  # started by the server itself (--workers)
+        from voipclient.server.workers import worker_main
+
+        _setup_logging(args.log_level or "info")
+        return worker_main(args.relay_worker)
     if args.hash_password:
         return _hash_password_command()
     operator = args.ban or args.unban or args.list_bans or args.forget_name

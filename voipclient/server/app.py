@@ -79,9 +79,11 @@ from voipclient.server.control import (
     TokenBucket,
 )
 from voipclient.server.mmsg import SendMmsg, make_batch_sender, sockaddr
-from voipclient.server.relay import Addr, RelayCore
+from voipclient.server.mmsg import available as mmsg_available
+from voipclient.server.relay import Addr, RelayCore, RelayDrop
 from voipclient.server.store import Store, StoredChannel
 from voipclient.server.tls import TlsIdentity, make_server_context
+from voipclient.server.workers import WorkerPool, bind_worker_sockets, workers_supported
 
 __all__ = [
     "RelayServer",
@@ -256,6 +258,15 @@ def bind_sockets(
     ``port`` 0 lets the OS pick a free TCP port; the UDP socket then takes the same number, and
     when that UDP port is taken both are closed and another pair is tried.
     """
+    tcp, udp = bind_server_sockets(host, port, 1, attempts=attempts)
+    return tcp, udp[0]
+
+
+def bind_server_sockets(
+    host: str, port: int, udp_shards: int, *, attempts: int = 50
+) -> tuple[socket.socket, list[socket.socket]]:
+    """:func:`bind_sockets` with ``udp_shards`` UDP sockets: more than one makes a reuseport
+    group steered by sender id (:func:`~voipclient.server.workers.bind_worker_sockets`)."""
     infos = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
     )
@@ -272,11 +283,20 @@ def bind_sockets(
                 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind((sockaddr[0], port, *sockaddr[2:]))
             actual = tcp.getsockname()[1]
-            udp = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                udp.bind((sockaddr[0], actual, *sockaddr[2:]))
+                if udp_shards > 1:
+                    udps = bind_worker_sockets(
+                        family, (sockaddr[0], actual, *sockaddr[2:]), udp_shards
+                    )
+                else:
+                    udp = socket.socket(family, socket.SOCK_DGRAM)
+                    udps = [udp]
+                    try:
+                        udp.bind((sockaddr[0], actual, *sockaddr[2:]))
+                    except OSError:
+                        udp.close()
+                        raise
             except OSError as exc:
-                udp.close()
                 if port == 0 and exc.errno == errno.EADDRINUSE:
                     last = exc
                     tcp.close()
@@ -287,11 +307,12 @@ def bind_sockets(
             raise
         tcp.listen(128)
         tcp.setblocking(False)
-        udp.setblocking(False)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                udp.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCKET_BUFFER)
-        return tcp, udp
+        for udp in udps:
+            udp.setblocking(False)
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    udp.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCKET_BUFFER)
+        return tcp, udps
     raise OSError(errno.EADDRINUSE, f"no port free for both TCP and UDP on {host} ({last})")
 
 
@@ -491,6 +512,8 @@ class RelayServer:
         self._tcp_server: asyncio.AbstractServer | None = None
         self._udp_transport: asyncio.DatagramTransport | None = None
         self._batch: SendMmsg | None = None  # sendmmsg batches (Linux), else per-copy sendto
+        self._pool: WorkerPool | None = None  # UDP forwarding in worker processes (--workers)
+        self._routing_version = -1  # the roster version the workers were last sent
         self._reader_added = False
         self.port = 0
         self.host = settings.host
@@ -524,7 +547,9 @@ class RelayServer:
         self._loop = loop
         self._started_at = loop.time()
         s = self.settings
-        self._tcp_sock, self._udp_sock = bind_sockets(s.host, s.port)
+        shards = s.workers if s.workers > 1 and workers_supported() else 1
+        self._tcp_sock, udp_socks = bind_server_sockets(s.host, s.port, shards)
+        self._udp_sock = udp_socks[0]
         self.port = self._tcp_sock.getsockname()[1]
         bindings = self.store.load_bindings()
         self._persisted_names = set(bindings)
@@ -556,7 +581,7 @@ class RelayServer:
             next_channel_id=self.store.next_channel_id(),
         )
         udp_sock = self._udp_sock
-        self._batch = make_batch_sender(udp_sock) if s.batch_send else None
+        self._batch = make_batch_sender(udp_sock) if s.batch_send and shards == 1 else None
         family = udp_sock.family
         self._relay = RelayCore(
             self._core,
@@ -574,21 +599,45 @@ class RelayServer:
             "yes" if s.admin_first_user and not self._core.admins else "no",
             "yes" if s.password else "no",
         )
+        if shards > 1:
+            # The workers forward UDP; this process sends only tunnelled speakers' copies (from
+            # the first socket) and never reads one.
+            self._pool = WorkerPool(
+                udp_socks,
+                s.limits.relay_limits(),
+                batch_send=s.batch_send,
+                log_level=s.log_level,
+                on_tunnel=self._tunnel_to_connections,
+                on_received=self._worker_received,
+                on_address=self._relay.set_address,
+            )
+            try:
+                await self._pool.start()
+            except BaseException:
+                await self._pool.stop()
+                self._udp_sock = None
+                raise
+            self._sync_routing()
         self._tcp_server = await loop.create_server(
             lambda: _Connection(self), sock=self._tcp_sock, start_serving=True
         )
-        try:
-            loop.add_reader(self._udp_sock.fileno(), self._udp_readable)
-            self._reader_added = True
-        except NotImplementedError:  # e.g. the Windows proactor loop: a transport instead
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpFallback(self), sock=self._udp_sock
-            )
-            self._udp_transport = transport
+        if self._pool is None:
+            try:
+                loop.add_reader(udp_sock.fileno(), self._udp_readable)
+                self._reader_added = True
+            except NotImplementedError:  # e.g. the Windows proactor loop: a transport instead
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpFallback(self), sock=udp_sock
+                )
+                self._udp_transport = transport
+        batched = self._batch is not None and self._reader_added
+        if self._pool is not None:
+            batched = s.batch_send and mmsg_available()
         log_udp.info(
-            "udp relay bound port=%d send=%s",
+            "udp relay bound port=%d workers=%d send=%s",
             self.port,
-            "sendmmsg" if self._batch is not None and self._reader_added else "sendto",
+            1 if self._pool is None else self._pool.size,
+            "sendmmsg" if batched else "sendto",
         )
         if s.stats_interval > 0:
             self._stats_handle = loop.call_later(s.stats_interval, self._emit_stats)
@@ -626,6 +675,7 @@ class RelayServer:
         for conn in list(self._conns.values()):
             if conn.transport is not None:
                 conn.transport.abort()
+        await self._stop_workers()
         self._close_udp()
         for handle in (self._timer, self._stats_handle, self._ban_handle):
             if handle is not None:
@@ -634,6 +684,11 @@ class RelayServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._tcp_server.wait_closed(), SHUTDOWN_GRACE)
         log.info("stopped")
+
+    async def _stop_workers(self) -> None:
+        if self._pool is not None:
+            await self._pool.stop()  # closes every UDP socket, the first one included
+            self._udp_sock = None
 
     def _close_udp(self) -> None:
         loop = self._loop
@@ -790,12 +845,29 @@ class RelayServer:
                 self._write(conn_id, data)
             if not events and not tunnel:
                 break
+        if self._pool is not None:
+            self._sync_routing()
         if self._to_close:
             closing, self._to_close = self._to_close, []
             for conn in closing:
                 if not conn.lost:
                     conn.close()
         self._schedule_timer()
+
+    def _sync_routing(self) -> None:
+        """Send the workers the routing when the roster changed (memberships, deafen, ACL)."""
+        core, pool = self._core, self._pool
+        assert core is not None and pool is not None
+        version = core.roster_version
+        if version != self._routing_version:
+            self._routing_version = version
+            pool.set_routing(version, core.routing())
+
+    def _worker_received(self, counts: list[tuple[int, int]]) -> None:
+        core = self._core
+        assert core is not None
+        for sender_id, count in counts:
+            core.note_udp_received(sender_id, count)
 
     def _write(self, conn_id: int, data: bytes) -> None:
         conn = self._conns.get(conn_id)
@@ -818,6 +890,8 @@ class RelayServer:
         elif isinstance(event, ev.SessionClosed):
             if event.sender_id is not None:
                 relay.remove_session(event.sender_id)
+                if self._pool is not None:
+                    self._pool.remove_session(event.sender_id)
                 self._by_sender.pop(event.sender_id, None)
                 self._ik_of.pop(event.sender_id, None)
             conn = self._conns.get(event.conn_id)
@@ -834,6 +908,8 @@ class RelayServer:
             )
         elif isinstance(event, ev.VoiceTransportChanged):
             relay.set_tunnel(event.sender_id, event.tunnel)
+            if self._pool is not None:
+                self._pool.set_tunnel(event.sender_id, event.tunnel)
             log_ctl.debug("voice transport sender=%d tunnel=%s", event.sender_id, event.tunnel)
         elif isinstance(event, ev.AdminActionHandled):
             self._log_admin(event)
@@ -917,6 +993,8 @@ class RelayServer:
         assert core is not None and relay is not None
         self.counters.logins += 1
         relay.add_session(event.sender_id, event.hop_secret)
+        if self._pool is not None:
+            self._pool.add_session(event.sender_id, event.hop_secret)
         self._by_sender[event.sender_id] = event.conn_id
         conn = self._conns.get(event.conn_id)
         if conn is not None:
@@ -1080,7 +1158,12 @@ class RelayServer:
         """Voice that UDP speakers sent to tunnel-mode listeners: write just those connections."""
         core, relay = self._core, self._relay
         assert core is not None and relay is not None
-        tunnel = relay.take_tunnel()
+        self._tunnel_to_connections(relay.take_tunnel())
+
+    def _tunnel_to_connections(self, tunnel: list[tuple[int, bytes]]) -> None:
+        """``(listener, datagram)`` copies for tunnel-mode listeners: write those connections."""
+        core = self._core
+        assert core is not None
         if not tunnel:
             return
         touched: set[int] = set()
@@ -1100,6 +1183,23 @@ class RelayServer:
         r = relay.stats()
         c = self.counters
         b = self._batch
+        drops = {reason.name.lower(): n for reason, n in relay.drops().items()}
+        send_dropped = c.udp_send_dropped + (b.dropped if b is not None else 0)
+        send_errors = c.udp_send_errors + (b.errors if b is not None else 0)
+        send_calls = b.calls if b is not None else r["copies_udp"] + r["hop_replies"]
+        workers: dict[str, object] = {"count": 1}
+        if self._pool is not None:
+            w, wdrops = self._pool.stats()
+            for key in ("packets_in", "packets_out", "bytes_in", "bytes_out", "forwarded"):
+                r[key] += w.get(key, 0)
+            for key in ("copies_udp", "copies_tunnel", "unreachable", "hop_replies"):
+                r[key] += w.get(key, 0)
+            for reason, n in zip(RelayDrop, wdrops, strict=False):
+                drops[reason.name.lower()] += n
+            send_dropped += w.get("send_dropped", 0)
+            send_errors += w.get("send_errors", 0)
+            send_calls = w.get("send_calls", 0)
+            workers = {"count": self._pool.size, "restarts": self._pool.restarts}
         return {
             "type": "stats",
             "time": round(time.time(), 3),
@@ -1118,11 +1218,12 @@ class RelayServer:
             "copies_tunnel": r["copies_tunnel"],
             "unreachable": r["unreachable"],
             "hop_replies": r["hop_replies"],
-            "drops": {reason.name.lower(): n for reason, n in relay.drops().items()},
+            "drops": drops,
             "loss_reports": core.loss_report_counts,
-            "udp_send_dropped": c.udp_send_dropped + (b.dropped if b is not None else 0),
-            "udp_send_errors": c.udp_send_errors + (b.errors if b is not None else 0),
-            "udp_send_calls": b.calls if b is not None else r["copies_udp"] + r["hop_replies"],
+            "udp_send_dropped": send_dropped,
+            "udp_send_errors": send_errors,
+            "udp_send_calls": send_calls,
+            "udp_workers": workers,
             "control_bytes_in": c.control_bytes_in,
             "control_bytes_out": c.control_bytes_out,
             "tcp_accepted": c.tcp_accepted,

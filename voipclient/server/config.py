@@ -226,6 +226,9 @@ class Settings:
     #: Send the relay's copies with ``sendmmsg`` batches where the platform has it (Linux);
     #: False: one ``sendto`` per copy (``--udp-send sendto``, for comparisons).
     batch_send: bool = True
+    #: UDP forwarding processes (``--workers``): 1 forwards in this process; more start that
+    #: many workers behind one port (Linux; ``voipclient.server.workers``).
+    workers: int = 1
     max_memberships: int = _CORE.max_memberships
     #: Advertise the server on the LAN (mDNS/DNS-SD, ``voipclient.net.discovery``).
     announce: bool = False

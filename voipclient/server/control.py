@@ -704,6 +704,19 @@ class ServerCore:
         """``sender_id`` is a member of ``channel_id`` and the channel's ACL lets it speak."""
         return self._roster.may_speak(sender_id, channel_id)
 
+    def routing(self) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Channel id → (listeners, speakers), for every channel with members: what the relay
+        asks (:meth:`listeners`, :meth:`may_speak`) as plain data, for the UDP workers'
+        roster mirrors (``voipclient.server.workers``)."""
+        roster = self._roster
+        out: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        for cid in roster.channel_ids():
+            members = roster.members(cid)
+            if members:
+                speakers = tuple(sorted(u for u in members if roster.may_speak(u, cid)))
+                out[cid] = (tuple(sorted(self.listeners(cid))), speakers)
+        return out
+
     def listeners(self, channel_id: int, exclude: int | None = None) -> frozenset[int]:
         """Sender ids that should receive voice for ``channel_id``: its members except
         ``exclude`` (the speaker) and except deafened users."""

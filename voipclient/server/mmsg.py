@@ -32,7 +32,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-__all__ = ["BatchSender", "HmacContext", "WireEntry", "make_batch_sender", "sockaddr"]
+__all__ = [
+    "BatchSender",
+    "HmacContext",
+    "WireEntry",
+    "available",
+    "make_batch_sender",
+    "sockaddr",
+]
 
 #: Messages per sendmmsg call (the kernel caps a call at UIO_MAXIOV = 1024).
 MAX_MESSAGES: Final = 512
@@ -262,6 +269,11 @@ class SendMmsg:
                 return
             self.errors += 1
             done += 1
+
+
+def available() -> bool:
+    """This platform has sendmmsg (Linux LP64)."""
+    return _sendmmsg is not None
 
 
 def make_batch_sender(sock: socket.socket) -> SendMmsg | None:

@@ -259,6 +259,8 @@ class RelayCore:
         limits: per-session limits.
         pack_address: the adapter's address packer (``mmsg.sockaddr`` for its socket), so
             that a ``sink`` can be passed to :meth:`datagram_received`; None: no sink.
+        report_validated: keep the addresses validated here for :meth:`take_validated` (a UDP
+            worker tells the others).
 
     The adapter calls :meth:`add_session` at login (with the session's ``hop_secret``),
     :meth:`remove_session` when it ends, :meth:`set_tunnel` on ``voice_transport``, feeds every UDP
@@ -274,8 +276,10 @@ class RelayCore:
         rng: Callable[[int], bytes] = os.urandom,
         limits: RelayLimits = RelayLimits(),
         pack_address: Callable[[Addr], bytes] | None = None,
+        report_validated: bool = False,
     ) -> None:
         self._roster = roster
+        self._report_validated = report_validated
         self._pack = pack_address
         self._rng = rng
         self._limits = limits
@@ -286,6 +290,7 @@ class RelayCore:
         self._fanout: dict[int, _FanOut] = {}
         self._fanout_version = roster.roster_version
         self._tunnel_out: list[tuple[int, bytes]] = []
+        self._validated_out: list[tuple[int, Addr]] = []
         self._drops = [0] * len(RelayDrop)
         self._packets_in = 0
         self._bytes_in = 0
@@ -314,6 +319,26 @@ class RelayCore:
         """A session ended; unknown ids are ignored (the adapter may race with itself)."""
         if self._sessions.pop(sender_id, None) is not None:
             self._fanout.clear()
+
+    def set_address(self, sender_id: int, addr: Addr | None) -> None:
+        """A validated address learned elsewhere: another UDP worker validated it (its owner,
+        see ``voipclient.server.workers``). Unknown ids and unpackable addresses are ignored."""
+        sess = self._sessions.get(sender_id)
+        if sess is None or sess.addr == addr:
+            return
+        if addr is not None and self._pack is not None:
+            try:
+                sess.packed = self._pack(addr)
+            except (OSError, ValueError):
+                return
+        sess.addr = addr
+        self._fanout.clear()
+
+    def take_validated(self) -> list[tuple[int, Addr]]:
+        """``(sender_id, address)`` validated here (BIND_CONFIRM) since the last call."""
+        out = self._validated_out
+        self._validated_out = []
+        return out
 
     def set_tunnel(self, sender_id: int, tunnel: bool) -> None:
         """The listener wants its voice over TLS (True) or UDP (False). Unknown ids are ignored."""
@@ -643,6 +668,8 @@ class RelayCore:
                         return []
                 sess.addr = addr
                 self._fanout.clear()
+                if self._report_validated:
+                    self._validated_out.append((sess.sender_id, addr))
             reply = encode_bind_ok(sess.s2c, sess.sender_id, sess.out_seq)
         else:  # PTYPE_PING: step 1 let only BIND, BIND_CONFIRM and PING through
             if addr != sess.addr:
