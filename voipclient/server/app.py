@@ -1199,7 +1199,11 @@ class RelayServer:
             send_dropped += w.get("send_dropped", 0)
             send_errors += w.get("send_errors", 0)
             send_calls = w.get("send_calls", 0)
-            workers = {"count": self._pool.size, "restarts": self._pool.restarts}
+            workers = {
+                "count": self._pool.size,
+                "restarts": self._pool.restarts,
+                "each": self._pool.per_worker(),
+            }
         return {
             "type": "stats",
             "time": round(time.time(), 3),

@@ -131,8 +131,8 @@ def attach_sender_sharding(sock: socket.socket, n: int) -> None:
 
 
 def bind_worker_sockets(family: int, address: tuple[Any, ...], n: int) -> list[socket.socket]:
-    """``n`` UDP sockets on ``address`` in one reuseport group steered by sender id. Raises
-    OSError when the port is taken by a socket outside the group."""
+    """``n`` UDP sockets on ``address`` in one reuseport group steered by sender id (port 0: the
+    first one picks it). Raises OSError when the port is taken by a socket outside the group."""
     socks: list[socket.socket] = []
     try:
         for _ in range(n):
@@ -140,6 +140,8 @@ def bind_worker_sockets(family: int, address: tuple[Any, ...], n: int) -> list[s
             socks.append(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind(address)
+            if address[1] == 0:  # the others join the port the first one got
+                address = (address[0], s.getsockname()[1], *address[2:])
             s.setblocking(False)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 with contextlib.suppress(OSError):
@@ -464,6 +466,17 @@ class WorkerPool:
         self._broadcast(("routing", version, routing))
 
     # -- counters --------------------------------------------------------------------------------
+
+    def per_worker(self) -> list[dict[str, Any]]:
+        """Each worker now: its pid and what its current process forwarded."""
+        return [
+            {
+                "pid": w.proc.pid if w.proc is not None else None,
+                "forwarded": w.stats.get("forwarded", 0),
+                "copies_udp": w.stats.get("copies_udp", 0),
+            }
+            for w in self._workers
+        ]
 
     def stats(self) -> tuple[dict[str, int], list[int]]:
         """The workers' relay counters summed (those of ended workers included), and the drop
