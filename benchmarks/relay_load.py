@@ -223,16 +223,35 @@ class Proc:
                 self.proc.wait(10)
 
     def cpu_ticks(self) -> int:
-        """utime + stime of the process (all threads), in clock ticks."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+        """utime + stime of the process and its children (the server's UDP workers: all
+        threads), in clock ticks."""
+        return sum(self.tree_ticks().values())
+
+    def tree_ticks(self) -> dict[int, int]:
+        """pid -> utime + stime (clock ticks) of the process and of its live children."""
+        out: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            pid, ppid = int(entry.name), int(fields[1])
+            if self.proc.pid in (pid, ppid):
+                out[pid] = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+        return out
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Resident memory of the process and its children (UDP workers), summed."""
+        total = 0.0
+        for pid in self.tree_ticks():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        return total if total else float("nan")
 
 
 @dataclass
@@ -844,9 +863,9 @@ async def seal_step(talkers: list[Client], seconds: float) -> Sealed:
     warm_frames = round(WARMUP_S * PACKETS_PER_S)
     frames = warm_frames + max(1, round(seconds * PACKETS_PER_S))
     opus = os.urandom(OPUS_FRAME)
-    while True:
+    while True:  # again without a talker whose core stopped sending over UDP (rare)
         if not talkers:
-            raise RuntimeError("no client sends voice over UDP any more (sessions lost)")  # again without a talker whose core stopped sending over UDP (rare)
+            raise RuntimeError("no client sends voice over UDP any more (sessions lost)")
         datagrams: list[bytes] = []
         index_of: dict[bytes, int] = {}
         gone: list[Client] = []
@@ -966,12 +985,14 @@ def run_step(
                 if not t_first:
                     t_first = send_times[0]
                 if k == measure_from and not t_measure:
-                    cpu0, own0 = server.cpu_ticks(), own_cpu_ticks()
+                    tree0 = server.tree_ticks()
+                    cpu0, own0 = sum(tree0.values()), own_cpu_ticks()
                     core0 = core_times(server.cpu), core_times(gen_cpu)
                     t_measure = perf()
                 if k >= n:
                     t_stop = perf()
-                    cpu1, own1 = server.cpu_ticks(), own_cpu_ticks()
+                    tree1 = server.tree_ticks()
+                    cpu1, own1 = sum(tree1.values()), own_cpu_ticks()
                     core1 = core_times(server.cpu), core_times(gen_cpu)
                     wait = 0.0
                 else:
@@ -1067,6 +1088,25 @@ def run_step(
         if server.cpu is not None and gen_cpu is not None
         else None
     )
+    # Per process: the control process, and each UDP worker with the copies it forwarded.
+    per_process: dict[int, float] = {
+        pid: 100.0 * (tree1[pid] - tree0[pid]) / CLK_TCK / window for pid in tree1 if pid in tree0
+    }
+    control_cpu = per_process.get(server.proc.pid, float("nan"))
+    workers_figures: list[dict[str, Any]] = []
+    if real and "udp_workers" in stats_after and stats_after["udp_workers"]["count"] > 1:
+        before_each = {w["pid"]: w for w in stats_before["udp_workers"]["each"]}
+        for w in stats_after["udp_workers"]["each"]:
+            copies = w["copies_udp"] - before_each.get(w["pid"], {}).get("copies_udp", 0)
+            pct_w = per_process.get(w["pid"], float("nan"))
+            per_copy = pct_w / 100 * window / copies * 1e6 if copies > 0 else float("nan")
+            workers_figures.append(
+                {
+                    "cpu_pct": round(pct_w, 1),
+                    "copies_per_s": round(copies / window),
+                    "cpu_us_per_copy": round(per_copy, 2),
+                }
+            )
     figures: dict[str, Any] = {
         "clients": len(clients),
         "channels": len({c.channel for c in clients}),
@@ -1083,6 +1123,8 @@ def run_step(
         "p99_ms": round(p99, 3),
         "max_ms": round(latencies[-1] * 1000, 3) if latencies else None,
         "server_cpu_pct": round(server_cpu, 1),
+        "control_cpu_pct": round(control_cpu, 1),
+        "workers": workers_figures,
         "server_rss_mb": round(rss, 1),
         "generator_cpu_pct": round(gen_cpu_pct, 1),
         "server_core": server_core,
@@ -1379,6 +1421,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seconds", type=float, default=SWEEP_SECONDS, help="sending time per step")
     p.add_argument("--sweep", action="store_true", help="increasing talker counts (the default)")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="the server's UDP workers (default 1: forwarding in the server process, as Murmur "
+        "forwards in one thread; the server's own default is the number of cores)",
+    )
+    p.add_argument(
+        "--unpinned",
+        action="store_true",
+        help="pin neither the server nor the generator (for --workers above 1 on few cores)",
+    )
+    p.add_argument(
         "--udp-send",
         choices=("sendmmsg", "sendto"),
         help="the server's way of sending copies (default: its own, sendmmsg on Linux)",
@@ -1399,9 +1453,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # SIGTERM takes the same path as Ctrl-C: the finally blocks kill the server.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     raise_fd_limit(4 * args.clients + 256)
-    server_cpu, gen_cpu = pick_cpus()
+    server_cpu, gen_cpu = (None, None) if args.unpinned else pick_cpus()
     with tempfile.TemporaryDirectory(prefix="relay-load-") as tmp:
-        extra = ("--udp-send", args.udp_send) if args.udp_send else ()
+        extra = ("--workers", str(args.workers))
+        extra += ("--udp-send", args.udp_send) if args.udp_send else ()
         server = Server.start(Path(tmp), args.channels, args.clients, server_cpu, extra)
         bare: BareRelay | None = None
         try:
@@ -1443,6 +1498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "payload_bytes": PAYLOAD_LEN,
             "packets_per_s_per_talker": PACKETS_PER_S,
             "server_event_loop": loop_name,
+            "server_workers": args.workers,
             "server_pinned_core": server_cpu,
             "generator_pinned_core": gen_cpu,
             "per_ip_cap_raised": True,
