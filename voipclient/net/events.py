@@ -17,6 +17,7 @@ import enum
 from dataclasses import dataclass, field
 
 from voipclient.errors import ProtocolError
+from voipclient.net import messages as m
 from voipclient.net.messages import AdminOp, ChannelOp, Limits
 from voipclient.net.roster import ChannelView, RosterSnapshot, UserView
 
@@ -536,3 +537,43 @@ class AdminGranted(ServerEvent):
     ik_pub: bytes
     #: Its user name when it was made one (a label for the operator).
     name: str
+
+
+# -- cluster (voipclient-server --cluster): what a node hands the other nodes -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRoster(ServerEvent):
+    """A roster change of a user of this node (UserJoined, UserUpdated, UserLeft or
+    MembershipChanged, as sent to this node's clients), for the other nodes' rosters."""
+
+    message: m.ServerMessage
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterKeyDist(ServerEvent):
+    """One KeyDist part for a recipient on another node (end-to-end sealed to it: opaque)."""
+
+    node: str
+    recipient: int
+    sender_id: int
+    channel_id: int
+    blob: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterText(ServerEvent):
+    """A channel text (end-to-end encrypted) for the channel's members on other nodes."""
+
+    sender_id: int
+    channel_id: int
+    blob: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLossReport(ServerEvent):
+    """A loss report for a speaker on another node."""
+
+    node: str
+    to: int
+    message: m.LossReportDelivery

@@ -20,6 +20,7 @@ import asyncio
 import getpass
 import ipaddress
 import logging
+import re
 import signal
 import socket
 import sys
@@ -99,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
         f"cores, {default_workers()} here; 1 forwards in the server process itself)",
     )
     p.add_argument("--relay-worker", metavar="FDS", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="join a cluster of nodes through this NATS server (nats://HOST:PORT, JetStream on)",
+    )
+    p.add_argument(
+        "--node-id",
+        metavar="NAME",
+        help="this node's name in the cluster (default: the host name)",
+    )
     p.add_argument(
         "--udp-send",
         choices=("sendmmsg", "sendto"),
@@ -254,6 +265,17 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     if not 1 <= workers <= 256:
         raise ConfigError("--workers must be 1..256")
     settings = replace(settings, workers=workers)
+    if args.cluster is not None:
+        if not args.cluster.startswith(("nats://", "tls://")):
+            raise ConfigError("--cluster must be a nats:// or tls:// URL")
+        node = args.node_id or socket.gethostname().split(".")[0] or "node"
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", node):
+            raise ConfigError("--node-id: 1-64 letters, digits, '-' or '_'")
+        settings = replace(
+            settings, cluster=args.cluster, node_id=node, public_host=args.public_host
+        )
+    elif args.node_id is not None:
+        raise ConfigError("--node-id needs --cluster")
     if args.udp_send is not None:
         settings = replace(settings, batch_send=args.udp_send == "sendmmsg")
     if args.announce:

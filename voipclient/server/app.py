@@ -70,6 +70,7 @@ from voipclient.names import name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import encode_frame
+from voipclient.server.cluster import ClusterLink
 from voipclient.server.config import PasswordHash, Settings, hash_password
 from voipclient.server.control import (
     FIRST_ADMIN_CHANNEL_ID,
@@ -514,6 +515,9 @@ class RelayServer:
         self._batch: SendMmsg | None = None  # sendmmsg batches (Linux), else per-copy sendto
         self._pool: WorkerPool | None = None  # UDP forwarding in worker processes (--workers)
         self._routing_version = -1  # the roster version the workers were last sent
+        self._cluster: ClusterLink | None = None  # --cluster: the other nodes over NATS
+        self._cluster_version = -1  # the roster version the voice subscriptions follow
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._reader_added = False
         self.port = 0
         self.host = settings.host
@@ -552,6 +556,20 @@ class RelayServer:
         self._udp_sock = udp_socks[0]
         self.port = self._tcp_sock.getsockname()[1]
         bindings = self.store.load_bindings()
+        if s.cluster is not None:
+            shown = s.public_host or s.host
+            shown = f"[{shown}]" if ":" in shown else shown
+            self._cluster = ClusterLink(s.cluster, s.node_id or "node", f"{shown}:{self.port}")
+            try:
+                await self._cluster.connect()
+            except BaseException:
+                self._cluster = None
+                self._tcp_sock.close()
+                for sock in udp_socks:
+                    sock.close()
+                raise
+            for key, ik in self._cluster.names.items():
+                bindings.setdefault(key, ik)
         self._persisted_names = set(bindings)
         self._configured_names = {
             cid: name for name, cid in s.channel_ids().items() if cid != LOBBY_ID
@@ -570,6 +588,13 @@ class RelayServer:
             return ThrottledVerifier(h, bucket, loop.time)
 
         config = s.server_config(udp_port=self.port, verifier=verifier)
+        if self._cluster is not None:
+            config = replace(
+                config,
+                first_sender_id=self._cluster.first_sender_id,
+                last_sender_id=self._cluster.last_sender_id,
+                cluster=True,
+            )
         made = admin_channels(s, self.store.channels(), verifier)
         granted = [a.ik_pub for a in self.store.admins()]
         self._core = ServerCore(
@@ -587,6 +612,7 @@ class RelayServer:
             self._core,
             limits=s.limits.relay_limits(),
             pack_address=None if self._batch is None else lambda a: sockaddr(a, family),
+            is_remote=self._core.is_remote if self._cluster is not None else None,
         )
         log.info(
             "cores ready channels=%d admin_channels=%d name_bindings=%d bans=%d admins=%d "
@@ -610,6 +636,7 @@ class RelayServer:
                 on_tunnel=self._tunnel_to_connections,
                 on_received=self._worker_received,
                 on_address=self._relay.set_address,
+                on_remote=self._publish_voice,
             )
             try:
                 await self._pool.start()
@@ -639,6 +666,9 @@ class RelayServer:
             1 if self._pool is None else self._pool.size,
             "sendmmsg" if batched else "sendto",
         )
+        if self._cluster is not None:
+            await self._cluster.start(self)
+            self._sync_cluster()
         if s.stats_interval > 0:
             self._stats_handle = loop.call_later(s.stats_interval, self._emit_stats)
         self._ban_handle = loop.call_later(BAN_SWEEP_INTERVAL, self._ban_sweep)
@@ -675,6 +705,8 @@ class RelayServer:
         for conn in list(self._conns.values()):
             if conn.transport is not None:
                 conn.transport.abort()
+        if self._cluster is not None:
+            await self._cluster.stop()
         await self._stop_workers()
         self._close_udp()
         for handle in (self._timer, self._stats_handle, self._ban_handle):
@@ -847,6 +879,9 @@ class RelayServer:
                 break
         if self._pool is not None:
             self._sync_routing()
+        if self._cluster is not None:
+            self._publish_voice(relay.take_remote())
+            self._sync_cluster()
         if self._to_close:
             closing, self._to_close = self._to_close, []
             for conn in closing:
@@ -861,7 +896,104 @@ class RelayServer:
         version = core.roster_version
         if version != self._routing_version:
             self._routing_version = version
-            pool.set_routing(version, core.routing())
+            remote = tuple(core.remote_users()) if self._cluster is not None else ()
+            pool.set_routing(version, core.routing(), remote)
+
+    # -- cluster ----------------------------------------------------------------------------------
+
+    def _sync_cluster(self) -> None:
+        """Listen to the voice of exactly the channels our own users listen to."""
+        core, link = self._core, self._cluster
+        assert core is not None and link is not None
+        version = core.roster_version
+        if version == self._cluster_version:
+            return
+        self._cluster_version = version
+        wanted = {
+            cid
+            for cid, (listeners, _) in core.routing().items()
+            if any(not core.is_remote(uid) for uid in listeners)
+        }
+        link.set_listening(wanted)
+
+    def _publish_voice(self, bodies: list[bytes]) -> None:
+        if bodies and self._cluster is not None:
+            self._cluster.publish_voice(bodies)
+
+    def _spawn(self, coro: Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cluster_roster(self, node: str, msg: m.ServerMessage) -> bool:
+        core = self._core
+        assert core is not None
+        ok = core.apply_remote(node, msg)
+        self._pump()
+        return ok
+
+    def cluster_node_gone(self, node: str) -> int:
+        core = self._core
+        assert core is not None
+        n = core.remote_node_gone(node)
+        self._pump()
+        return n
+
+    def cluster_keydist(self, sender: int, channel: int, recipient: int, blob: bytes) -> None:
+        core = self._core
+        assert core is not None
+        core.deliver_remote_keydist(sender, channel, recipient, blob)
+        self._pump()
+
+    def cluster_text(self, sender: int, channel: int, blob: bytes) -> None:
+        core = self._core
+        assert core is not None
+        core.deliver_remote_text(sender, channel, blob)
+        self._pump()
+
+    def cluster_loss(self, to: int, msg: m.LossReportDelivery) -> None:
+        core = self._core
+        assert core is not None
+        core.deliver_remote_loss_report(to, msg)
+        self._pump()
+
+    def cluster_voice(self, body: bytes) -> None:
+        relay, loop = self._relay, self._loop
+        assert relay is not None and loop is not None
+        self._send_udp(relay.remote_received(body, loop.time()))
+        self._deliver_tunnel()
+
+    def cluster_local_users(self) -> list[m.UserInfo]:
+        core = self._core
+        assert core is not None
+        return core.local_users()
+
+    def cluster_name_bound(self, key: str, ik_pub: bytes) -> None:
+        """A name bound on another node: refused to any other key here too (first wins)."""
+        core = self._core
+        if core is not None:
+            core.name_bindings.setdefault(key, ik_pub)
+
+    def cluster_bans_changed(self) -> None:
+        if not self._stopping and self._loop is not None:
+            self._loop.call_soon(self._ban_sweep_once)
+
+    async def _bind_cluster_name(self, sender_id: int, key: str, ik_pub: bytes) -> None:
+        """A name bound here: claim it cluster-wide; another node's earlier claim wins."""
+        link, core = self._cluster, self._core
+        if link is None or core is None:
+            return
+        try:
+            ok = await link.bind_name(key, ik_pub)
+        except Exception as exc:
+            log.warning("cannot record a name binding in the cluster error=%r", exc)
+            return
+        if not ok and not self._stopping:
+            log_ctl.info("name taken on another node sender=%d", sender_id)
+            core.kick(sender_id, "this name is taken on another node of the cluster")
+            self._pump()
 
     def _worker_received(self, counts: list[tuple[int, int]]) -> None:
         core = self._core
@@ -906,6 +1038,20 @@ class RelayServer:
                 event.code,
                 event.message,
             )
+        elif isinstance(event, ev.ClusterRoster):
+            if self._cluster is not None:
+                self._cluster.publish_roster(event.message)
+        elif isinstance(event, ev.ClusterKeyDist):
+            if self._cluster is not None:
+                self._cluster.publish_keydist(
+                    event.node, event.recipient, event.sender_id, event.channel_id, event.blob
+                )
+        elif isinstance(event, ev.ClusterText):
+            if self._cluster is not None:
+                self._cluster.publish_text(event.sender_id, event.channel_id, event.blob)
+        elif isinstance(event, ev.ClusterLossReport):
+            if self._cluster is not None:
+                self._cluster.publish_loss(event.node, event.to, event.message)
         elif isinstance(event, ev.VoiceTransportChanged):
             relay.set_tunnel(event.sender_id, event.tunnel)
             if self._pool is not None:
@@ -987,6 +1133,8 @@ class RelayServer:
             log.error("cannot store a ban name=%r error=%r", event.name, exc)
             return
         log_ctl.info("ban stored name=%r by=%r", event.name, event.by)
+        if self._cluster is not None:
+            self._spawn(self._cluster.ban(event.ik_pub, reason))
 
     def _on_login(self, event: ev.SessionAuthenticated) -> None:
         core, relay = self._core, self._relay
@@ -1005,6 +1153,8 @@ class RelayServer:
             self.store.add_binding(key, event.ik_pub)
             self._persisted_names.add(key)
             log_ctl.info("name bound name=%r", event.name)
+        if self._cluster is not None and self._cluster.names.get(key) != event.ik_pub:
+            self._spawn(self._bind_cluster_name(event.sender_id, key, event.ik_pub))
         self._ik_of[event.sender_id] = event.ik_pub
 
     def _login_banned(self, ik_pub: bytes) -> bool:
@@ -1015,7 +1165,9 @@ class RelayServer:
             banned = self.store.is_banned(ik_pub)
         except sqlite3.Error as exc:
             log.warning("cannot read bans error=%r", exc)
-            return False
+            banned = False
+        if self._cluster is not None and ik_pub in self._cluster.bans:
+            banned = True
         if banned:
             self.counters.bans_enforced += 1
             log_ctl.info("banned identity refused at login")
@@ -1035,17 +1187,24 @@ class RelayServer:
         assert loop is not None
         if self._stopping:
             return
+        self._ban_sweep_once()
+        self._ban_handle = loop.call_later(BAN_SWEEP_INTERVAL, self._ban_sweep)
+
+    def _ban_sweep_once(self) -> None:
+        if self._stopping:
+            return
         try:
             banned = {ban.ik_pub for ban in self.store.bans()}
         except sqlite3.Error as exc:  # a locked or broken database must not stop the relay
             log.warning("cannot read bans error=%r", exc)
             banned = set()
+        if self._cluster is not None:
+            banned |= self._cluster.bans
         hits = [sid for sid, ik in self._ik_of.items() if ik in banned]
         for sender_id in hits:
             self._kick_banned(sender_id)
         if hits:
             self._pump()
-        self._ban_handle = loop.call_later(BAN_SWEEP_INTERVAL, self._ban_sweep)
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -1159,6 +1318,8 @@ class RelayServer:
         core, relay = self._core, self._relay
         assert core is not None and relay is not None
         self._tunnel_to_connections(relay.take_tunnel())
+        if self._cluster is not None:
+            self._publish_voice(relay.take_remote())
 
     def _tunnel_to_connections(self, tunnel: list[tuple[int, bytes]]) -> None:
         """``(listener, datagram)`` copies for tunnel-mode listeners: write those connections."""
@@ -1228,6 +1389,7 @@ class RelayServer:
             "udp_send_errors": send_errors,
             "udp_send_calls": send_calls,
             "udp_workers": workers,
+            "cluster": self._cluster_stats(),
             "control_bytes_in": c.control_bytes_in,
             "control_bytes_out": c.control_bytes_out,
             "tcp_accepted": c.tcp_accepted,
@@ -1240,6 +1402,21 @@ class RelayServer:
                 "slow_readers": c.slow_readers,
                 "banned": c.bans_enforced,
             },
+        }
+
+    def _cluster_stats(self) -> dict[str, object] | None:
+        link, relay = self._cluster, self._relay
+        if link is None or relay is None:
+            return None
+        r = relay.stats()
+        return {
+            "node": link.node,
+            "slot": link.slot,
+            "nodes": [n.node for n in link.nodes()],
+            "remote_users": len(self._core.remote_users()) if self._core is not None else 0,
+            "to_cluster": r["to_cluster"],
+            "from_cluster": r["from_cluster"],
+            **link.counters,
         }
 
     def _emit_stats(self) -> None:

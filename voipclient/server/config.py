@@ -229,6 +229,12 @@ class Settings:
     #: UDP forwarding processes (``--workers``): 1 forwards in this process; more start that
     #: many workers behind one port (Linux; ``voipclient.server.workers``).
     workers: int = 1
+    #: ``--cluster``: the NATS server of a cluster of nodes (``nats://host:port``); None: alone.
+    cluster: str | None = None
+    #: ``--node-id``: this node's name in the cluster (letters, digits, ``-``, ``_``).
+    node_id: str | None = None
+    #: Where clients reach this node (``--public-host``), told to the other nodes.
+    public_host: str | None = None
     max_memberships: int = _CORE.max_memberships
     #: Advertise the server on the LAN (mDNS/DNS-SD, ``voipclient.net.discovery``).
     announce: bool = False

@@ -123,7 +123,7 @@ from voipclient.names import InvalidName, check_name, name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
-from voipclient.net.roster import ChannelView, Roster, RosterSnapshot, UserView
+from voipclient.net.roster import ChannelView, Roster, RosterError, RosterSnapshot, UserView
 from voipclient.net.states import Direction, ServerState, Trigger, next_server_state
 
 __all__ = [
@@ -249,8 +249,18 @@ class ServerConfig:
     #: 167 KB = 6.7 MB): for honest KeyDists this bucket does not bite before the message
     #: bucket does.
     relay_bytes_burst: int = 8 * 1024 * 1024
+    #: Sender ids this server hands out: ``first_sender_id`` .. ``last_sender_id`` (a cluster
+    #: node gets its own range, so ids are unique across the cluster).
+    first_sender_id: int = 1
+    last_sender_id: int = m.U32_MAX
+    #: A cluster node: roster changes of its users, and KeyDists, texts and loss reports for
+    #: users on other nodes, become ``Cluster*`` events; other nodes' changes come in through
+    #: :meth:`ServerCore.apply_remote`.
+    cluster: bool = False
 
     def __post_init__(self) -> None:
+        if not 1 <= self.first_sender_id <= self.last_sender_id <= m.U32_MAX:
+            raise LocalProtocolError("sender id range must be within 1..2^32-1")
         lobby = self.lobby
         if lobby.id != LOBBY_ID or lobby.parent is not None:
             raise LocalProtocolError("the lobby must have id 1 and no parent")
@@ -521,7 +531,9 @@ class ServerCore:
         self._by_sender: dict[int, _Session] = {}
         self._by_name: dict[str, _Session] = {}  # account key (name_key) → logged-in session
         self._events: list[ev.ServerEvent] = []
-        self._next_sender_id = 1
+        self._next_sender_id = config.first_sender_id
+        #: sender id -> node, for the users of other cluster nodes in the roster
+        self._remote: dict[int, str] = {}
         self._shutting_down = False
         self._channel_cfg: dict[int, ChannelConfig] = {}
         self._roster = Roster()
@@ -742,6 +754,109 @@ class ServerCore:
         if sess is not None:
             sess.udp_received += count
 
+    # -- cluster: the other nodes' users ---------------------------------------------------------
+
+    def is_remote(self, sender_id: int) -> bool:
+        """``sender_id`` is a user of another cluster node."""
+        return sender_id in self._remote
+
+    def remote_users(self) -> dict[int, str]:
+        """Sender id → node of every other node's user in the roster (a copy)."""
+        return dict(self._remote)
+
+    def local_users(self) -> list[m.UserInfo]:
+        """This node's logged-in users as roster records (for a node that joins the cluster)."""
+        return [
+            self._roster.to_wire_user(sid)
+            for sid, sess in self._by_sender.items()
+            if sess.in_roster and self._roster.user(sid) is not None
+        ]
+
+    def apply_remote(self, node: str, msg: m.ServerMessage) -> bool:
+        """A roster change another node published (UserJoined, UserUpdated, UserLeft,
+        MembershipChanged of one of *its* users): apply it and tell this node's clients. A
+        change about a user that is not that node's, or that does not fit the roster (unknown
+        channel, a sender id in use), is refused (False) and changes nothing."""
+        if not isinstance(msg, _CLUSTER_ROSTER):
+            return False
+        if isinstance(msg, m.UserJoined):
+            sid = msg.user.sender_id
+            if sid in self._by_sender or (
+                self._roster.user(sid) is not None and self._remote.get(sid) != node
+            ):
+                return False
+            if self._roster.user(sid) is not None:  # a node re-announcing its user (resync)
+                msg = m.UserUpdated(user=msg.user)
+            try:
+                self._roster.apply(msg)
+            except RosterError:
+                return False
+            self._remote[sid] = node
+        else:
+            sid = msg.user.sender_id if isinstance(msg, m.UserUpdated) else msg.sender_id
+            if self._remote.get(sid) != node:
+                return False
+            try:
+                self._roster.apply(msg)
+            except RosterError:
+                return False
+            if isinstance(msg, m.UserLeft):
+                del self._remote[sid]
+        self._send_many(list(self._by_sender.values()), msg)
+        return True
+
+    def remote_node_gone(self, node: str) -> int:
+        """Another node stopped (or stopped answering): its users leave the roster. Returns
+        how many."""
+        gone = sorted(sid for sid, n in self._remote.items() if n == node)
+        for sid in gone:
+            del self._remote[sid]
+            self._roster.remove_user(sid)
+            self._send_many(
+                list(self._by_sender.values()),
+                m.UserLeft(sender_id=sid, reason=_Leave.DISCONNECTED),
+            )
+        return len(gone)
+
+    def deliver_remote_keydist(
+        self, sender_id: int, channel_id: int, recipient: int, blob: bytes
+    ) -> bool:
+        """A KeyDist part from a user of another node for one of ours."""
+        target = self._by_sender.get(recipient)
+        if (
+            target is None
+            or target.state is not ServerState.READY
+            or self._remote.get(sender_id) is None
+            or not self._roster.is_member(recipient, channel_id)
+            or not self._roster.is_member(sender_id, channel_id)
+        ):
+            return False
+        self._send(target, m.KeyDistDelivery(sender_id=sender_id, channel_id=channel_id, blob=blob))
+        return True
+
+    def deliver_remote_text(self, sender_id: int, channel_id: int, blob: bytes) -> int:
+        """A channel text from a user of another node: to our members of the channel."""
+        if self._remote.get(sender_id) is None or not self._roster.is_member(sender_id, channel_id):
+            return 0
+        targets = [
+            self._by_sender[uid]
+            for uid in sorted(self._roster.members(channel_id))
+            if uid in self._by_sender
+        ]
+        self._send_many(
+            targets, m.TextDelivery(sender_id=sender_id, channel_id=channel_id, blob=blob)
+        )
+        return len(targets)
+
+    def deliver_remote_loss_report(self, to: int, msg: m.LossReportDelivery) -> bool:
+        target = self._by_sender.get(to)
+        if target is None or target.state is not ServerState.READY:
+            return False
+        if self._remote.get(msg.from_) is None:
+            return False
+        self._send(target, msg)
+        return True
+
     # -- server-initiated actions ----------------------------------------------------------------
 
     def send_voice_tunnel(self, conn_id: int, datagram: bytes) -> bool:
@@ -944,7 +1059,7 @@ class ServerCore:
         if bound is not None and not hmac.compare_digest(bound, msg.ik_pub):
             self._close(sess, _Reason.LOGIN_FAILED, _Code.NAME_TAKEN, f"name {msg.name!r} is taken")
             return
-        if self._next_sender_id > m.U32_MAX:
+        if self._next_sender_id > self.config.last_sender_id:
             self._close(sess, _Reason.LOGIN_FAILED, _Code.SERVER_FULL, "out of sender ids")
             return
         old = self._by_name.get(key)
@@ -1374,28 +1489,38 @@ class ServerCore:
             and r in members
             and target.state is ServerState.READY
         ]
-        if not self._pay_relay(sess, sum(len(part) for _, part in deliveries)):
+        remote = [
+            (r, node, part)
+            for r in dict.fromkeys(msg.recipients)
+            if (node := self._remote.get(r)) is not None
+            and (part := parts.get(r)) is not None
+            and r in members
+        ]
+        paid = sum(len(part) for _, part in deliveries) + sum(len(p) for _, _, p in remote)
+        if not self._pay_relay(sess, paid):
             return
         for target, part in deliveries:
             self._send_many(
                 (target,), m.KeyDistDelivery(sender_id=sid, channel_id=msg.channel_id, blob=part)
             )
+        for r, node, part in remote:
+            self._events.append(ev.ClusterKeyDist(node, r, sid, msg.channel_id, part))
 
     def _on_text(self, sess: _Session, msg: m.Text) -> None:
         if not self._check_member(sess, msg.channel_id):
             return
         sid = sess.sender_id
         assert sid is not None
-        targets = [
-            self._by_sender[uid]
-            for uid in sorted(self._roster.members(msg.channel_id))
-            if uid != sid
-        ]
-        if not self._pay_relay(sess, len(msg.blob) * len(targets)):
+        members = sorted(self._roster.members(msg.channel_id))
+        targets = [self._by_sender[uid] for uid in members if uid != sid and uid in self._by_sender]
+        remote = sum(1 for uid in members if uid in self._remote)
+        if not self._pay_relay(sess, len(msg.blob) * (len(targets) + remote)):
             return
         self._send_many(
             targets, m.TextDelivery(sender_id=sid, channel_id=msg.channel_id, blob=msg.blob)
         )
+        if remote:
+            self._events.append(ev.ClusterText(sid, msg.channel_id, msg.blob))
 
     def _on_loss_reports(self, sess: _Session, msg: m.LossReports, now: float) -> None:
         sid = sess.sender_id
@@ -1412,24 +1537,26 @@ class ServerCore:
         mine = self._roster.channels_of(sid)
         for to, entry in latest.items():
             target = self._by_sender.get(to)
+            node = self._remote.get(to)
             if (
-                target is None
+                (target is None and node is None)
                 or to == sid
-                or target.state is not ServerState.READY
+                or (target is not None and target.state is not ServerState.READY)
                 or mine.isdisjoint(self._roster.channels_of(to))
             ):
                 counts["not_shared"] += 1
                 continue
-            self._send(
-                target,
-                m.LossReportDelivery(
-                    from_=sid,
-                    loss=entry.loss,
-                    burst=entry.burst,
-                    jitter_ms=entry.jitter_ms,
-                    frames=entry.frames,
-                ),
+            delivery = m.LossReportDelivery(
+                from_=sid,
+                loss=entry.loss,
+                burst=entry.burst,
+                jitter_ms=entry.jitter_ms,
+                frames=entry.frames,
             )
+            if target is not None:
+                self._send(target, delivery)
+            elif node is not None:
+                self._events.append(ev.ClusterLossReport(node, to, delivery))
             counts["forwarded"] += 1
 
     def _update_user(
@@ -1480,8 +1607,17 @@ class ServerCore:
             self._dirty[sess.conn_id] = None
 
     def _broadcast(self, msg: m.ServerMessage) -> None:
-        """Send to every logged-in session (READY ones; a newcomer gets LoginOk instead)."""
+        """Send to every logged-in session (READY ones; a newcomer gets LoginOk instead). On a
+        cluster node, a roster change of a user of ours also goes to the other nodes."""
         self._send_many(list(self._by_sender.values()), msg)
+        if self.config.cluster and isinstance(msg, _CLUSTER_ROSTER):
+            sid = (
+                msg.user.sender_id
+                if isinstance(msg, m.UserJoined | m.UserUpdated)
+                else msg.sender_id
+            )
+            if sid not in self._remote:
+                self._events.append(ev.ClusterRoster(msg))
 
     def _refuse(self, sess: _Session, code: int, message: str, channel_id: int | None) -> None:
         """A non-fatal Error answering one request."""
@@ -1534,6 +1670,9 @@ class ServerCore:
         if sess.state is ServerState.READY:
             return sess.last_rx + self.config.idle_timeout
         return sess.opened_at + self.config.login_timeout
+
+
+_CLUSTER_ROSTER: Final = (m.UserJoined, m.UserUpdated, m.UserLeft, m.MembershipChanged)
 
 
 def _nobody_is_banned(ik_pub: bytes) -> bool:

@@ -234,7 +234,7 @@ class _Session:
 class _FanOut:
     """Cached routing of one channel; valid for one roster version and one local version."""
 
-    __slots__ = ("speak", "tunnel", "udp", "unreachable", "wire")
+    __slots__ = ("remote", "speak", "tunnel", "udp", "unreachable", "wire")
 
     def __init__(
         self,
@@ -242,7 +242,9 @@ class _FanOut:
         wire: list[WireEntry],
         tunnel: list[tuple[int, Callable[[bytes], bytes]]],
         unreachable: tuple[int, ...],
+        remote: bool = False,
     ) -> None:
+        self.remote = remote  # listeners on other cluster nodes: the datagram goes to them once
         self.udp = udp  # (listener id, validated address, its s2c MAC-and-append)
         self.wire = wire  # (listener id, packed address, its keyed s2c copy): for a sink
         self.tunnel = tunnel  # (listener id, its s2c MAC-and-append)
@@ -261,6 +263,10 @@ class RelayCore:
             that a ``sink`` can be passed to :meth:`datagram_received`; None: no sink.
         report_validated: keep the addresses validated here for :meth:`take_validated` (a UDP
             worker tells the others).
+        is_remote: on a cluster node, tells the listeners that are users of other nodes: a
+            datagram for a channel with any goes once into :meth:`take_remote` (its body, the
+            hop MAC removed), and other nodes' datagrams come in through
+            :meth:`remote_received`.
 
     The adapter calls :meth:`add_session` at login (with the session's ``hop_secret``),
     :meth:`remove_session` when it ends, :meth:`set_tunnel` on ``voice_transport``, feeds every UDP
@@ -277,7 +283,9 @@ class RelayCore:
         limits: RelayLimits = RelayLimits(),
         pack_address: Callable[[Addr], bytes] | None = None,
         report_validated: bool = False,
+        is_remote: Callable[[int], bool] | None = None,
     ) -> None:
+        self._is_remote = is_remote
         self._roster = roster
         self._report_validated = report_validated
         self._pack = pack_address
@@ -291,6 +299,9 @@ class RelayCore:
         self._fanout_version = roster.roster_version
         self._tunnel_out: list[tuple[int, bytes]] = []
         self._validated_out: list[tuple[int, Addr]] = []
+        self._remote_out: list[bytes] = []
+        self._to_remote = 0
+        self._from_remote = 0
         self._drops = [0] * len(RelayDrop)
         self._packets_in = 0
         self._bytes_in = 0
@@ -372,6 +383,12 @@ class RelayCore:
                 out.append((sid, delta))
         return out
 
+    def take_remote(self) -> list[bytes]:
+        """Bodies (datagram minus hop MAC) of voice for listeners on other cluster nodes."""
+        out = self._remote_out
+        self._remote_out = []
+        return out
+
     def take_tunnel(self) -> list[tuple[int, bytes]]:
         """``(listener sender_id, datagram)`` for tunnel-mode listeners since the last call."""
         out = self._tunnel_out
@@ -408,6 +425,8 @@ class RelayCore:
             "sessions": len(self._sessions),
             "validated": sum(1 for s in self._sessions.values() if s.addr is not None),
             "fanout_builds": self._fanout_builds,
+            "to_cluster": self._to_remote,
+            "from_cluster": self._from_remote,
         }
 
     @property
@@ -588,6 +607,42 @@ class RelayCore:
             self._copies_tunnel += copies - udp_copies
         if fan.unreachable:
             self._unreachable += sum(1 for lid in fan.unreachable if lid != sender_id)
+        if fan.remote:
+            self._remote_out.append(data[: n - HOP_MAC_LEN])
+            self._to_remote += 1
+        self._packets_out += copies
+        self._bytes_out += copies * n
+        return out
+
+    def remote_received(self, body: bytes, now: float) -> list[tuple[Addr, bytes]]:
+        """Voice another cluster node forwarded (a datagram body: its node ran every check):
+        copies to this node's listeners of the channel, each with its own s2c MAC; tunnel-mode
+        listeners' copies go into :meth:`take_tunnel`. Malformed bodies are dropped."""
+        del now
+        n = len(body) + HOP_MAC_LEN
+        if n < MIN_DATAGRAM_LEN or n > MAX_DATAGRAM_LEN:
+            self._drops[_BAD_LENGTH] += 1
+            return []
+        ver, ptype, _step, channel_id, sender_id, _gen, _ctr = HEADER_STRUCT.unpack_from(body)
+        if ver != VERSION or ptype not in _VOICE_PTYPES:
+            self._drops[_UNKNOWN_PTYPE] += 1
+            return []
+        self._from_remote += 1
+        version = self._roster.roster_version
+        if version != self._fanout_version:
+            self._fanout.clear()
+            self._fanout_version = version
+        fan = self._fanout.get(channel_id)
+        if fan is None:
+            fan = self._build_fanout(channel_id)
+        out = [(laddr, append(body)) for lid, laddr, append in fan.udp if lid != sender_id]
+        copies = len(out)
+        self._copies_udp += copies
+        for lid, append in fan.tunnel:
+            if lid != sender_id:
+                self._tunnel_out.append((lid, append(body)))
+                copies += 1
+                self._copies_tunnel += 1
         self._packets_out += copies
         self._bytes_out += copies * n
         return out
@@ -597,6 +652,8 @@ class RelayCore:
         wire: list[WireEntry] = []
         tunnel: list[tuple[int, Callable[[bytes], bytes]]] = []
         unreachable: list[int] = []
+        remote = False
+        is_remote = self._is_remote
         sessions = self._sessions
         # The speaker is skipped at send time, so one list serves every speaker of the channel.
         for lid in sorted(self._roster.listeners(channel_id, None)):
@@ -607,9 +664,11 @@ class RelayCore:
                 udp.append((lid, sess.addr, sess.append_s2c))
                 if self._pack is not None:
                     wire.append((lid, sess.packed, sess.fresh_s2c))
+            elif sess is None and is_remote is not None and is_remote(lid):
+                remote = True
             else:
                 unreachable.append(lid)
-        fan = self._fanout[channel_id] = _FanOut(udp, wire, tunnel, tuple(unreachable))
+        fan = self._fanout[channel_id] = _FanOut(udp, wire, tunnel, tuple(unreachable), remote)
         self._fanout_builds += 1
         return fan
 

@@ -230,13 +230,22 @@ class RosterMirror:
         self._version = 0
         self._listeners: dict[int, frozenset[int]] = {}
         self._speakers: dict[int, frozenset[int]] = {}
+        self._remote: frozenset[int] = frozenset()
 
     def apply(
-        self, version: int, routing: dict[int, tuple[tuple[int, ...], tuple[int, ...]]]
+        self,
+        version: int,
+        routing: dict[int, tuple[tuple[int, ...], tuple[int, ...]]],
+        remote: tuple[int, ...] = (),
     ) -> None:
         self._listeners = {cid: frozenset(ls) for cid, (ls, _) in routing.items()}
         self._speakers = {cid: frozenset(sp) for cid, (_, sp) in routing.items()}
+        self._remote = frozenset(remote)
         self._version = version
+
+    def is_remote(self, sender_id: int) -> bool:
+        """A user of another cluster node."""
+        return sender_id in self._remote
 
     def may_speak(self, sender_id: int, channel_id: int) -> bool:
         return sender_id in self._speakers.get(channel_id, ())
@@ -291,6 +300,7 @@ class WorkerPool:
         on_tunnel: Callable[[list[tuple[int, bytes]]], None],
         on_received: Callable[[list[tuple[int, int]]], None],
         on_address: Callable[[int, Addr], None],
+        on_remote: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self._workers = [_Worker(i, s) for i, s in enumerate(socks)]
         self._limits = limits
@@ -299,9 +309,12 @@ class WorkerPool:
         self._on_tunnel = on_tunnel
         self._on_received = on_received
         self._on_address = on_address
+        self._on_remote = on_remote
         # what a (re)started worker is told: sid -> [hop_secret, tunnel, addr or None]
         self._sessions: dict[int, list[Any]] = {}
-        self._routing: tuple[int, dict[int, tuple[tuple[int, ...], tuple[int, ...]]]] = (0, {})
+        self._routing: tuple[
+            int, dict[int, tuple[tuple[int, ...], tuple[int, ...]]], tuple[int, ...]
+        ] = (0, {}, ())
         self._retired: dict[str, int] = {}  # counters of workers that ended
         self._retired_drops: list[int] = []
         self._stopping = False
@@ -370,14 +383,16 @@ class WorkerPool:
         )
         for sid, (secret, tunnel, addr) in self._sessions.items():
             channel.send(("session", sid, secret, tunnel, addr))
-        version, routing = self._routing
-        channel.send(("routing", version, routing))
+        channel.send(("routing", *self._routing))
         log.info("worker started index=%d pid=%d", w.index, w.proc.pid)
 
     def _message(self, w: _Worker, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "tunnel":
             self._on_tunnel(msg[1])
+        elif kind == "remote":
+            if self._on_remote is not None:
+                self._on_remote(msg[1])
         elif kind == "stats":
             w.stats, w.drops, w.send = msg[1], msg[2], msg[3]
         elif kind == "received":
@@ -460,10 +475,14 @@ class WorkerPool:
             self._broadcast(("tunnel_mode", sid, tunnel))
 
     def set_routing(
-        self, version: int, routing: dict[int, tuple[tuple[int, ...], tuple[int, ...]]]
+        self,
+        version: int,
+        routing: dict[int, tuple[tuple[int, ...], tuple[int, ...]]],
+        remote: tuple[int, ...] = (),
     ) -> None:
-        self._routing = (version, routing)
-        self._broadcast(("routing", version, routing))
+        """The routing, and the listeners that are users of other cluster nodes."""
+        self._routing = (version, routing, remote)
+        self._broadcast(("routing", version, routing, remote))
 
     # -- counters --------------------------------------------------------------------------------
 
@@ -546,6 +565,7 @@ class _WorkerServer:
                 limits=RelayLimits(*lim),
                 pack_address=None if self.batch is None else lambda a: sockaddr(a, family),
                 report_validated=True,
+                is_remote=self.roster.is_remote,
             )
             log.info("worker %d of %d", index, n)
             return
@@ -564,7 +584,7 @@ class _WorkerServer:
         elif kind == "addr":
             relay.set_address(msg[1], (msg[2], msg[3]))
         elif kind == "routing":
-            self.roster.apply(msg[1], msg[2])
+            self.roster.apply(msg[1], msg[2], msg[3])
             if not self.up and not self.stopped.done():
                 self.up = True
                 self.loop.add_reader(self.udp.fileno(), self.readable)
@@ -610,6 +630,9 @@ class _WorkerServer:
         tunnel = relay.take_tunnel()
         if tunnel:
             channel.send(("tunnel", tunnel))
+        remote = relay.take_remote()
+        if remote:
+            channel.send(("remote", remote))
         for sid, (host, port) in relay.take_validated():
             channel.send(("addr", sid, host, port))
 

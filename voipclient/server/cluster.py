@@ -1,0 +1,487 @@
+"""A cluster of relay nodes on NATS (``voipclient-server --cluster nats://HOST:PORT``).
+
+Each node is a whole ``voipclient-server`` (its own TLS sessions and UDP relay, with workers or
+not); NATS (``nats-server`` with JetStream, through ``nats-py``) carries what the nodes share:
+
+======================================  =======================================================
+subject                                 what
+======================================  =======================================================
+``vc.roster``                           a roster change of a node's user (UserJoined, UserUpdated,
+                                        UserLeft, MembershipChanged: the very messages its clients
+                                        got), applied to every other node's roster and sent on to
+                                        its clients
+``vc.voice.<channel>``                  a voice datagram's body (hop MAC removed) after every check
+                                        at the speaker's node; a node subscribes to the channels
+                                        its users listen to and adds each listener's own s2c MAC
+``vc.node.<node>.keydist`` / ``.loss``  a KeyDist part / loss report for a user of that node
+``vc.text``                             a channel text, for every node's members of the channel
+``vc.hb`` / ``vc.hello`` / ``vc.bye``   heartbeats (1 s; a node silent for 3 s is gone and its
+                                        users leave), a node's start (the others send it their
+                                        users on ``vc.node.<node>.sync``), a clean stop
+======================================  =======================================================
+
+JetStream key-value buckets: ``vc_nodes`` (sender-id ranges: node slot ``n`` hands out ids
+``n << 24 ..``, so ids are unique across the cluster), ``vc_names`` (name bindings: the first
+node to bind a name wins, every node refuses the name to other keys), ``vc_bans`` (bans, checked
+at every login and by the ban sweep on every node).
+
+**The relay stays blind.** Voice crosses NATS as the speaker sealed it (AES-GCM under a sender
+key only channel members hold); KeyDist parts are sealed to their recipient's session key; texts
+are end-to-end encrypted. Hop secrets and hop MACs never leave their node. What a node (or
+anyone on the NATS network) learns is what any relay learns: who talks in which channel, sizes
+and times. Run NATS on a private network or with TLS and credentials (``docs/server.md``).
+
+Every node must run the same ``server.toml`` channels and share the TLS key (``--tls-cert`` /
+``--tls-key``, or a copied data directory): clients pin one key for the whole cluster and move
+to another node when theirs fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from voipclient.errors import ProtocolError
+from voipclient.net import messages as m
+
+if TYPE_CHECKING:  # nats-py is imported only when a server joins a cluster
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+    from nats.js.kv import KeyValue
+
+__all__ = ["SLOT_BITS", "ClusterError", "ClusterLink", "ClusterNode"]
+
+log = logging.getLogger("voipclient.server.cluster")
+
+PREFIX: Final = "vc"
+#: A node's slot n gives it the sender ids n << 24 .. (n << 24) | 0xFFFFFF.
+SLOT_BITS: Final = 24
+MAX_SLOTS: Final = 255
+HEARTBEAT_S: Final = 1.0
+#: A node silent this long is gone: its users leave every other node's roster.
+NODE_TIMEOUT_S: Final = 3.0
+_BUCKETS: Final = ("vc_nodes", "vc_names", "vc_bans")
+
+
+class ClusterError(Exception):
+    """The cluster cannot be joined (NATS unreachable, no JetStream, no free slot)."""
+
+
+class _Env(msgspec.Struct, array_like=True, frozen=True):
+    """Everything on NATS but voice: one typed envelope (msgpack)."""
+
+    node: str
+    inc: int  # the node's incarnation: random per start, so a restart is told from a hiccup
+    kind: str
+    msg: bytes = b""  # an encoded ServerMessage (roster change, loss report)
+    sender: int = 0
+    channel: int = 0
+    recipient: int = 0
+    blob: bytes = b""
+    address: str = ""  # heartbeat: where clients reach this node ("host:port")
+
+
+_ENC: Final = msgspec.msgpack.Encoder()
+_DEC: Final = msgspec.msgpack.Decoder(_Env)
+
+
+class ClusterNode(msgspec.Struct, frozen=True):
+    """Another node as last heard."""
+
+    node: str
+    address: str
+    seen: float
+
+
+def _key(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unkey(key: str) -> bytes:
+    return base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
+
+
+class ClusterLink:
+    """This node's side of the cluster. ``await connect()`` (claims the sender-id slot and
+    reads the shared name bindings and bans), then ``await start(host)`` once the server's
+    core exists; ``publish_*`` from the adapter; ``await stop()``.
+
+    ``host`` is the :class:`~voipclient.server.app.RelayServer`: it gets ``cluster_roster``,
+    ``cluster_node_gone``, ``cluster_keydist``, ``cluster_text``, ``cluster_loss``,
+    ``cluster_voice`` and ``cluster_local_users`` calls on its event loop.
+    """
+
+    def __init__(self, url: str, node: str, address: str) -> None:
+        self.url = url
+        self.node = node
+        self.address = address
+        self.incarnation = int.from_bytes(os.urandom(6), "big")
+        self.slot = 0
+        self._nc: NatsClient | None = None
+        self._kv: dict[str, KeyValue] = {}
+        self._host: Any = None
+        self._subs: list[Subscription] = []
+        self._voice_subs: dict[int, Subscription] = {}
+        self._want: set[int] = set()
+        self._reconciling = False
+        self._nodes: dict[str, tuple[int, str, float]] = {}  # node -> (incarnation, addr, seen)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._hb: asyncio.TimerHandle | None = None
+        self.names: dict[str, bytes] = {}  # account key -> identity key, from vc_names
+        self.bans: set[bytes] = set()  # identity keys, from vc_bans
+        self.counters = {
+            "published": 0,
+            "received": 0,
+            "voice_out": 0,
+            "voice_in": 0,
+            "bad": 0,
+            "nodes_gone": 0,
+        }
+
+    # -- joining ---------------------------------------------------------------------------------
+
+    @property
+    def first_sender_id(self) -> int:
+        return self.slot << SLOT_BITS
+
+    @property
+    def last_sender_id(self) -> int:
+        return (self.slot << SLOT_BITS) | ((1 << SLOT_BITS) - 1)
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        try:
+            import nats
+            from nats.js.errors import KeyWrongLastSequenceError
+        except ImportError as exc:  # pragma: no cover - a dependency of the server
+            raise ClusterError(f"nats-py is not installed ({exc})") from None
+        try:
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    self.url,
+                    name=f"voipclient-{self.node}",
+                    no_echo=True,  # never our own messages back
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    error_cb=self._nats_error,
+                    disconnected_cb=self._nats_disconnected,
+                    reconnected_cb=self._nats_reconnected,
+                ),
+                timeout,
+            )
+            js = self._nc.jetstream()
+            for bucket in _BUCKETS:
+                self._kv[bucket] = await js.create_key_value(bucket=bucket, history=1)
+        except (OSError, TimeoutError, Exception) as exc:
+            if self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._nc.close()
+            raise ClusterError(f"cannot join the cluster at {self.url}: {exc!r}") from None
+        nodes = self._kv["vc_nodes"]
+        for slot in range(1, MAX_SLOTS + 1):
+            try:
+                await nodes.create(f"slot{slot}", self.node.encode())
+            except KeyWrongLastSequenceError:
+                entry = await nodes.get(f"slot{slot}")
+                if entry.value != self.node.encode():
+                    continue  # another node's
+            self.slot = slot
+            break
+        else:
+            raise ClusterError(f"no free node slot (at most {MAX_SLOTS} nodes)")
+        for bucket, target in (("vc_names", "names"), ("vc_bans", "bans")):
+            with contextlib.suppress(Exception):  # an empty bucket has no keys
+                for key in await self._kv[bucket].keys():
+                    entry = await self._kv[bucket].get(key)
+                    self._store(target, key, entry.value)
+        log.info(
+            "joined the cluster url=%s node=%s slot=%d names=%d bans=%d",
+            self.url,
+            self.node,
+            self.slot,
+            len(self.names),
+            len(self.bans),
+        )
+
+    async def _nats_error(self, exc: Exception) -> None:
+        log.warning("cluster: NATS error=%r", exc)  # one line: nats-py would print a traceback
+
+    async def _nats_disconnected(self) -> None:
+        log.warning("cluster: NATS connection lost, reconnecting url=%s", self.url)
+
+    async def _nats_reconnected(self) -> None:
+        log.info("cluster: NATS connection back url=%s", self.url)
+        if self._host is not None:
+            # Roster changes may have been lost meanwhile (NATS core is at most once): say
+            # hello again, so the others send us their users; ours go to them once more.
+            self._send(_Env(self.node, self.incarnation, "hello", address=self.address))
+            for user in self._host.cluster_local_users():
+                self.publish_roster(m.UserJoined(user=user))
+
+    def _store(self, target: str, key: str, value: bytes | None) -> None:
+        try:
+            if target == "names":
+                name = _unkey(key).decode()
+                if value:
+                    self.names[name] = value
+                else:
+                    self.names.pop(name, None)
+            else:
+                ik = _unkey(key)
+                if value is not None:
+                    self.bans.add(ik)
+                else:
+                    self.bans.discard(ik)
+        except (ValueError, UnicodeDecodeError):
+            self.counters["bad"] += 1
+
+    async def start(self, host: Any) -> None:
+        """Subscribe, watch the shared buckets, say hello, start the heartbeat."""
+        nc = self._nc
+        assert nc is not None
+        self._host = host
+        me = f"{PREFIX}.node.{self.node}"
+        for subject, cb in (
+            (f"{PREFIX}.roster", self._on_env),
+            (f"{PREFIX}.text", self._on_env),
+            (f"{PREFIX}.hb", self._on_env),
+            (f"{PREFIX}.hello", self._on_env),
+            (f"{PREFIX}.bye", self._on_env),
+            (f"{me}.keydist", self._on_env),
+            (f"{me}.loss", self._on_env),
+            (f"{me}.sync", self._on_env),
+        ):
+            self._subs.append(await nc.subscribe(subject, cb=cb))
+        for bucket, target in (("vc_names", "names"), ("vc_bans", "bans")):
+            self._spawn(self._watch(bucket, target))
+        await nc.flush()
+        self._send(_Env(self.node, self.incarnation, "hello", address=self.address))
+        self._heartbeat()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, bucket: str, target: str) -> None:
+        watcher = await self._kv[bucket].watchall()
+        async for entry in watcher:
+            if entry is None:
+                continue
+            deleted = entry.operation in ("DEL", "PURGE")
+            self._store(target, entry.key, None if deleted else entry.value)
+            if self._host is None:
+                continue
+            if target == "bans":
+                self._host.cluster_bans_changed()
+            elif not deleted and entry.value:
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    self._host.cluster_name_bound(_unkey(entry.key).decode(), entry.value)
+
+    # -- out -------------------------------------------------------------------------------------
+
+    def _send(self, env: _Env, subject: str | None = None) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+        subject = subject or f"{PREFIX}.{env.kind}"
+        self.counters["published"] += 1
+        self._spawn(nc.publish(subject, _ENC.encode(env)))
+
+    def publish_roster(self, msg: m.ServerMessage) -> None:
+        self._send(
+            _Env(self.node, self.incarnation, "roster", msg=m.encode_checked(msg)),
+            f"{PREFIX}.roster",
+        )
+
+    def publish_keydist(
+        self, node: str, recipient: int, sender: int, channel: int, blob: bytes
+    ) -> None:
+        env = _Env(
+            self.node,
+            self.incarnation,
+            "keydist",
+            sender=sender,
+            channel=channel,
+            recipient=recipient,
+            blob=blob,
+        )
+        self._send(env, f"{PREFIX}.node.{node}.keydist")
+
+    def publish_text(self, sender: int, channel: int, blob: bytes) -> None:
+        env = _Env(self.node, self.incarnation, "text", sender=sender, channel=channel, blob=blob)
+        self._send(env, f"{PREFIX}.text")
+
+    def publish_loss(self, node: str, to: int, msg: m.LossReportDelivery) -> None:
+        env = _Env(self.node, self.incarnation, "loss", msg=m.encode_checked(msg), recipient=to)
+        self._send(env, f"{PREFIX}.node.{node}.loss")
+
+    def publish_voice(self, bodies: list[bytes]) -> None:
+        """Voice bodies (hop MAC removed) for listeners on other nodes: one publish each, on
+        their channel's subject (bytes 4..8 of the header)."""
+        nc = self._nc
+        if nc is None or nc.is_closed or not bodies:
+            return
+        self.counters["voice_out"] += len(bodies)
+        self._spawn(self._publish_voice(nc, bodies))
+
+    @staticmethod
+    async def _publish_voice(nc: NatsClient, bodies: list[bytes]) -> None:
+        publish = nc.publish
+        for body in bodies:
+            await publish(f"{PREFIX}.voice.{int.from_bytes(body[4:8], 'big')}", body)
+
+    async def bind_name(self, account_key: str, ik_pub: bytes) -> bool:
+        """Record a name binding cluster-wide; False when another key has it already."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        kv = self._kv.get("vc_names")
+        if kv is None:
+            return True
+        try:
+            await kv.create(_key(account_key), ik_pub)
+        except KeyWrongLastSequenceError:
+            entry = await kv.get(_key(account_key))
+            return entry.value == ik_pub
+        self.names[account_key] = ik_pub
+        return True
+
+    async def ban(self, ik_pub: bytes, reason: str) -> None:
+        """Ban an identity key on every node."""
+        kv = self._kv.get("vc_bans")
+        if kv is not None:
+            await kv.put(_key(ik_pub), reason.encode())
+            self.bans.add(ik_pub)
+
+    def set_listening(self, channels: set[int]) -> None:
+        """Subscribe to the voice of exactly these channels (those our users listen to)."""
+        self._want = set(channels)
+        if not self._reconciling and self._nc is not None and not self._nc.is_closed:
+            self._reconciling = True
+            self._spawn(self._reconcile())
+
+    async def _reconcile(self) -> None:
+        nc = self._nc
+        assert nc is not None
+        try:
+            while True:
+                want = set(self._want)
+                for ch in [c for c in self._voice_subs if c not in want]:
+                    await self._voice_subs.pop(ch).unsubscribe()
+                for ch in sorted(want - set(self._voice_subs)):
+                    sub = await nc.subscribe(f"{PREFIX}.voice.{ch}", cb=self._on_voice)
+                    self._voice_subs[ch] = sub
+                await nc.flush()
+                if want == self._want:
+                    return
+        finally:
+            self._reconciling = False
+
+    def nodes(self) -> list[ClusterNode]:
+        """The other nodes heard from, with the address their clients use."""
+        return [ClusterNode(n, addr, seen) for n, (_, addr, seen) in sorted(self._nodes.items())]
+
+    # -- in --------------------------------------------------------------------------------------
+
+    async def _on_voice(self, msg: Msg) -> None:
+        self.counters["voice_in"] += 1
+        if self._host is not None:
+            self._host.cluster_voice(msg.data)
+
+    async def _on_env(self, msg: Msg) -> None:
+        try:
+            env = _DEC.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.counters["bad"] += 1
+            return
+        if env.node == self.node:
+            return
+        self.counters["received"] += 1
+        host = self._host
+        if host is None:
+            return
+        self._seen(env)
+        kind = env.kind
+        if kind in ("roster", "loss"):
+            try:
+                decoded = m.decode(env.msg)
+            except (ProtocolError, ValueError):
+                self.counters["bad"] += 1
+                return
+            if kind == "roster":
+                if not host.cluster_roster(env.node, decoded):
+                    self.counters["bad"] += 1
+            elif isinstance(decoded, m.LossReportDelivery):
+                host.cluster_loss(env.recipient, decoded)
+        elif kind == "keydist":
+            host.cluster_keydist(env.sender, env.channel, env.recipient, env.blob)
+        elif kind == "text":
+            host.cluster_text(env.sender, env.channel, env.blob)
+        elif kind == "hello":
+            # A node (re)started: it knows nobody yet. Our users, to it alone.
+            for user in host.cluster_local_users():
+                self._send(
+                    _Env(
+                        self.node,
+                        self.incarnation,
+                        "roster",
+                        msg=m.encode_checked(m.UserJoined(user=user)),
+                    ),
+                    f"{PREFIX}.node.{env.node}.sync",
+                )
+        elif kind == "bye":
+            self._gone(env.node, "stopped")
+
+    def _seen(self, env: _Env) -> None:
+        known = self._nodes.get(env.node)
+        if known is not None and known[0] != env.inc:
+            self._gone(env.node, "restarted")  # its old users are gone with its old run
+            known = None
+        if env.kind == "bye":
+            return
+        address = env.address or (known[1] if known else "")
+        self._nodes[env.node] = (env.inc, address, time.monotonic())
+
+    def _gone(self, node: str, why: str) -> None:
+        self._nodes.pop(node, None)
+        self.counters["nodes_gone"] += 1
+        if self._host is not None:
+            n = self._host.cluster_node_gone(node)
+            log.info("cluster node gone node=%s why=%s users=%d", node, why, n)
+
+    def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._send(_Env(self.node, self.incarnation, "hb", address=self.address))
+        now = time.monotonic()
+        for node, (_, _, seen) in list(self._nodes.items()):
+            if now - seen > NODE_TIMEOUT_S:
+                self._gone(node, "silent")
+        self._hb = loop.call_later(HEARTBEAT_S, self._heartbeat)
+
+    # -- leaving ---------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        if self._hb is not None:
+            self._hb.cancel()
+        nc = self._nc
+        if nc is None:
+            return
+        if not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await nc.publish(
+                    f"{PREFIX}.bye", _ENC.encode(_Env(self.node, self.incarnation, "bye"))
+                )
+                await asyncio.wait_for(nc.flush(), 1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 2.0)
