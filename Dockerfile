@@ -27,7 +27,8 @@ RUN pip install \
         "msgspec>=0.18" \
         "confusable-homoglyphs>=3.3.1,<4" \
         "zeroconf>=0.132" \
-        "uvloop>=0.19"
+        "uvloop>=0.19" \
+        "nats-py>=2.9"
 
 WORKDIR /src
 COPY pyproject.toml README.md ./

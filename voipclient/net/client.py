@@ -624,6 +624,8 @@ class ClientSession:
                 events.append(
                     ev.LossReportReceived(msg.from_, msg.loss, msg.burst, msg.jitter_ms, msg.frames)
                 )
+            case m.ClusterNodes():
+                events.append(ev.ClusterNodesLearned(msg.nodes))
             case m.Pong():
                 self._on_pong(msg, now, events)
             case m.Error():

@@ -367,6 +367,11 @@ class ClientConnection:
         self._events: deque[Event] = deque()
         self._host = ""
         self._port = 0
+        # Where to connect: the user's server first, then the other nodes of its cluster
+        # (ClusterNodes); each retry after a failure or a lost connection moves to the next.
+        self._candidates: list[tuple[str, int]] = []
+        self._candidate = 0
+        self._attempted = False
         self._expected_pin: str | None = None
         self._presented_pin: str | None = None
 
@@ -613,6 +618,9 @@ class ClientConnection:
         if self._supervisor.state not in (sv.ConnState.IDLE, sv.ConnState.STOPPED):
             self.close(now)
         self._host, self._port, self._expected_pin = host, port, expected_pin
+        self._candidates = [(host, port)]
+        self._candidate = 0
+        self._attempted = False
         self._presented_pin = None
         self._stats_mark = (now, self._bytes_in, self._bytes_out)
         self._next_stats = now + self._stats_interval
@@ -930,7 +938,13 @@ class ClientConnection:
         self._emit(StateChanged(new, detail))
 
     def _start_attempt(self, now: float) -> None:
-        """The supervisor's Connect: a fresh transport; fresh sessions once the pin is OK."""
+        """The supervisor's Connect: a fresh transport; fresh sessions once the pin is OK. A
+        retry goes to the next node of the server's cluster, if it told us of others (they
+        share its key: the same pin is checked)."""
+        if self._attempted and len(self._candidates) > 1:
+            self._candidate = (self._candidate + 1) % len(self._candidates)
+            self._host, self._port = self._candidates[self._candidate]
+        self._attempted = True
         self._detach(now, abort=False)
         self._generation += 1
         self._attached = True
@@ -1017,6 +1031,8 @@ class ClientConnection:
                 self._set_level(self._policy.add_report(event.listener_id, report, now))
             elif isinstance(event, ev.UserLeft):
                 self._policy.forget(event.user.sender_id)
+            elif isinstance(event, ev.ClusterNodesLearned):
+                self._learn_nodes(event.nodes)
             elif isinstance(event, ev.ConnectionClosed):
                 closed = True
             self._emit(event)
@@ -1034,6 +1050,26 @@ class ClientConnection:
         sup = self._supervisor
         for event in events:
             self._act(sup.handle_event(event, now), now)
+
+    def _learn_nodes(self, nodes: tuple[str, ...]) -> None:
+        """The cluster's nodes: the user's server stays first, the one we are on stays where
+        it is, the others follow in the order given."""
+        current = (self._host, self._port)
+        found: list[tuple[str, int]] = []
+        for text in nodes:
+            host, _, port = text.rpartition(":")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            if host and port.isdigit() and 0 < int(port) < 65536:
+                found.append((host, int(port)))
+        home = self._candidates[0] if self._candidates else current
+        ordered = [home] + [c for c in dict.fromkeys([current, *found]) if c != home]
+        self._candidates = ordered
+        self._candidate = ordered.index(current)
+
+    @property
+    def cluster_nodes(self) -> tuple[tuple[str, int], ...]:
+        """Where this connection may go: the user's server, then its cluster's other nodes."""
+        return tuple(self._candidates)
 
     def _logged_in(self, secure: e2ee.SecureSession | None) -> None:
         # The hop keys come from the E2E layer, which derived them once from the hop secret.

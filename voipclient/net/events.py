@@ -276,6 +276,13 @@ class PingStats(ClientEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterNodesLearned(ClientEvent):
+    """The server is a node of a cluster: these other nodes ("host:port") share its key."""
+
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class LossReportReceived(ClientEvent):
     """A listener reported how our voice reaches it (relayed by the server, which only forwards
     reports from users sharing a channel with us). Feed it to the redundancy policy:
@@ -577,3 +584,12 @@ class ClusterLossReport(ServerEvent):
     node: str
     to: int
     message: m.LossReportDelivery
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterReplaced(ServerEvent):
+    """A user of another node logged in here with the same identity (it moved, typically when
+    its node failed): that node must end the old session."""
+
+    node: str
+    sender_id: int

@@ -46,6 +46,7 @@ __all__ = [
     "ChannelRemoved",
     "ChannelUpdated",
     "ClientMessage",
+    "ClusterNodes",
     "Error",
     "ErrorCode",
     "Hello",
@@ -791,6 +792,20 @@ class Error(_Message, frozen=True, tag="error"):
     channel_id: ChannelId | None = None
 
 
+#: "host:port" of a cluster node ("[v6]:port" for IPv6): at most 253 + 2 + 1 + 5 characters.
+NodeAddress = Annotated[str, Meta(min_length=3, max_length=262, pattern=r"^[^\s/]+:[0-9]{1,5}$")]
+#: Cluster nodes a client is told about, at most.
+MAX_CLUSTER_NODES: Final = 64
+
+
+class ClusterNodes(_Message, frozen=True, tag="cluster_nodes"):
+    """S→C, only from a node of a cluster (``voipclient-server --cluster``): the other nodes
+    ("host:port", the same TLS key and pin) a client may reconnect to when this one fails. Sent
+    after the roster and again whenever the set changes."""
+
+    nodes: Annotated[tuple[NodeAddress, ...], Meta(max_length=MAX_CLUSTER_NODES)] = ()
+
+
 class ServerShutdown(_Message, frozen=True, tag="shutdown"):
     """S→C: the server is going away; the connection closes after this message."""
 
@@ -843,6 +858,7 @@ ServerMessage: TypeAlias = Union[  # noqa: UP007
     ChannelAdminOk,
     LossReportDelivery,
     Pong,
+    ClusterNodes,
     Error,
     ServerShutdown,
     Bye,

@@ -193,6 +193,7 @@ _C_READY_RECV: Final[tuple[MessageType, ...]] = (
     m.ChannelAdminOk,
     m.LossReportDelivery,
     m.Pong,
+    m.ClusterNodes,
 )
 #: Intents a READY client may send.
 _C_READY_SEND: Final[tuple[MessageType, ...]] = (

@@ -667,6 +667,7 @@ class RelayServer:
             "sendmmsg" if batched else "sendto",
         )
         if self._cluster is not None:
+            self._core.set_cluster_nodes(self._cluster.addresses())
             await self._cluster.start(self)
             self._sync_cluster()
         if s.stats_interval > 0:
@@ -970,6 +971,18 @@ class RelayServer:
         assert core is not None
         return core.local_users()
 
+    def cluster_replaced(self, sender_id: int) -> None:
+        core = self._core
+        assert core is not None
+        core.replaced_elsewhere(sender_id)
+        self._pump()
+
+    def cluster_nodes_changed(self, addresses: tuple[str, ...]) -> None:
+        core = self._core
+        if core is not None:
+            core.set_cluster_nodes(addresses)
+            self._pump()
+
     def cluster_name_bound(self, key: str, ik_pub: bytes) -> None:
         """A name bound on another node: refused to any other key here too (first wins)."""
         core = self._core
@@ -1049,6 +1062,9 @@ class RelayServer:
         elif isinstance(event, ev.ClusterText):
             if self._cluster is not None:
                 self._cluster.publish_text(event.sender_id, event.channel_id, event.blob)
+        elif isinstance(event, ev.ClusterReplaced):
+            if self._cluster is not None:
+                self._cluster.publish_replaced(event.node, event.sender_id)
         elif isinstance(event, ev.ClusterLossReport):
             if self._cluster is not None:
                 self._cluster.publish_loss(event.node, event.to, event.message)

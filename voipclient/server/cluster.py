@@ -14,6 +14,7 @@ subject                                 what
                                         at the speaker's node; a node subscribes to the channels
                                         its users listen to and adds each listener's own s2c MAC
 ``vc.node.<node>.keydist`` / ``.loss``  a KeyDist part / loss report for a user of that node
+``vc.node.<node>.replace``              that node's user logged in elsewhere: end its session
 ``vc.text``                             a channel text, for every node's members of the channel
 ``vc.hb`` / ``vc.hello`` / ``vc.bye``   heartbeats (1 s; a node silent for 3 s is gone and its
                                         users leave), a node's start (the others send it their
@@ -259,6 +260,7 @@ class ClusterLink:
             (f"{me}.keydist", self._on_env),
             (f"{me}.loss", self._on_env),
             (f"{me}.sync", self._on_env),
+            (f"{me}.replace", self._on_env),
         ):
             self._subs.append(await nc.subscribe(subject, cb=cb))
         for bucket, target in (("vc_names", "names"), ("vc_bans", "bans")):
@@ -324,6 +326,10 @@ class ClusterLink:
     def publish_loss(self, node: str, to: int, msg: m.LossReportDelivery) -> None:
         env = _Env(self.node, self.incarnation, "loss", msg=m.encode_checked(msg), recipient=to)
         self._send(env, f"{PREFIX}.node.{node}.loss")
+
+    def publish_replaced(self, node: str, sender_id: int) -> None:
+        env = _Env(self.node, self.incarnation, "replace", sender=sender_id)
+        self._send(env, f"{PREFIX}.node.{node}.replace")
 
     def publish_voice(self, bodies: list[bytes]) -> None:
         """Voice bodies (hop MAC removed) for listeners on other nodes: one publish each, on
@@ -438,6 +444,8 @@ class ClusterLink:
                     ),
                     f"{PREFIX}.node.{env.node}.sync",
                 )
+        elif kind == "replace":
+            host.cluster_replaced(env.sender)
         elif kind == "bye":
             self._gone(env.node, "stopped")
 
@@ -450,9 +458,21 @@ class ClusterLink:
             return
         address = env.address or (known[1] if known else "")
         self._nodes[env.node] = (env.inc, address, time.monotonic())
+        if known is None or known[1] != address:
+            self._nodes_changed()
+
+    def addresses(self) -> tuple[str, ...]:
+        """Every node's client address, this one first."""
+        others = [addr for _, addr, _ in (self._nodes[n] for n in sorted(self._nodes)) if addr]
+        return (self.address, *others)
+
+    def _nodes_changed(self) -> None:
+        if self._host is not None:
+            self._host.cluster_nodes_changed(self.addresses())
 
     def _gone(self, node: str, why: str) -> None:
-        self._nodes.pop(node, None)
+        if self._nodes.pop(node, None) is not None:
+            self._nodes_changed()
         self.counters["nodes_gone"] += 1
         if self._host is not None:
             n = self._host.cluster_node_gone(node)

@@ -534,6 +534,7 @@ class ServerCore:
         self._next_sender_id = config.first_sender_id
         #: sender id -> node, for the users of other cluster nodes in the roster
         self._remote: dict[int, str] = {}
+        self._cluster_nodes: tuple[str, ...] = ()  # every node's "host:port", told to clients
         self._shutting_down = False
         self._channel_cfg: dict[int, ChannelConfig] = {}
         self._roster = Roster()
@@ -756,6 +757,14 @@ class ServerCore:
 
     # -- cluster: the other nodes' users ---------------------------------------------------------
 
+    def set_cluster_nodes(self, nodes: tuple[str, ...]) -> None:
+        """The cluster's nodes ("host:port", this one included) as clients reach them: told to
+        every client now (if changed) and to each at login, so they can fail over."""
+        nodes = tuple(dict.fromkeys(nodes))[: m.MAX_CLUSTER_NODES]
+        if nodes != self._cluster_nodes:
+            self._cluster_nodes = nodes
+            self._send_many(list(self._by_sender.values()), m.ClusterNodes(nodes=nodes))
+
     def is_remote(self, sender_id: int) -> bool:
         """``sender_id`` is a user of another cluster node."""
         return sender_id in self._remote
@@ -803,6 +812,35 @@ class ServerCore:
             if isinstance(msg, m.UserLeft):
                 del self._remote[sid]
         self._send_many(list(self._by_sender.values()), msg)
+        return True
+
+    def _replace_remote(self, ik_pub: bytes) -> None:
+        """The same identity logged in here: its session on another node is replaced (it
+        moved here, typically because that node failed). It leaves our roster at once and its
+        node is told to end it."""
+        for sid, node in list(self._remote.items()):
+            user = self._roster.user(sid)
+            if user is not None and hmac.compare_digest(user.ik_pub, ik_pub):
+                del self._remote[sid]
+                self._roster.remove_user(sid)
+                self._send_many(
+                    list(self._by_sender.values()),
+                    m.UserLeft(sender_id=sid, reason=_Leave.REPLACED),
+                )
+                self._events.append(ev.ClusterReplaced(node, sid))
+
+    def replaced_elsewhere(self, sender_id: int) -> bool:
+        """Another node logged the same identity in: end our session of it (REPLACED)."""
+        sess = self._by_sender.get(sender_id)
+        if sess is None:
+            return False
+        self._close(
+            sess,
+            _Reason.REPLACED,
+            _Code.SESSION_REPLACED,
+            "replaced by a new login of the same identity on another node",
+            _Leave.REPLACED,
+        )
         return True
 
     def remote_node_gone(self, node: str) -> int:
@@ -1062,6 +1100,8 @@ class ServerCore:
         if self._next_sender_id > self.config.last_sender_id:
             self._close(sess, _Reason.LOGIN_FAILED, _Code.SERVER_FULL, "out of sender ids")
             return
+        if self._remote:
+            self._replace_remote(msg.ik_pub)
         old = self._by_name.get(key)
         if old is not None:
             self._close(
@@ -1166,6 +1206,8 @@ class ServerCore:
                 sess,
                 m.RosterPage(channels=tuple(chans), users=tuple(users), more=i < len(pages)),
             )
+        if self._cluster_nodes:
+            self._send(sess, m.ClusterNodes(nodes=self._cluster_nodes))
 
     def _on_join(self, sess: _Session, msg: m.JoinChannel) -> None:
         sid = sess.sender_id

@@ -32,6 +32,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
+from voipclient.server.relay import HmacContext, WireEntry
+
 __all__ = [
     "BatchSender",
     "HmacContext",
@@ -49,17 +51,6 @@ BODY_AREA: Final = 64 * 1200
 MAC_LEN: Final = 10
 _UIO_MAXIOV: Final = 1024
 
-
-class HmacContext(Protocol):
-    """A fresh pre-keyed HMAC-SHA256 (cryptography's ``HMAC``): what ``copy()`` returns."""
-
-    def update(self, data: bytes, /) -> None: ...
-
-    def finalize(self) -> bytes: ...
-
-
-#: One listener of a channel's fan-out: (listener id, packed sockaddr, its keyed s2c ``copy``).
-WireEntry = tuple[int, bytes, Callable[[], HmacContext]]
 
 _SIN: Final = struct.Struct("=HH4s8x")  # family (host order), port (network order), addr, zero
 _SIN6: Final = struct.Struct("=HHI16sI")  # family, port, flowinfo, addr, scope_id

@@ -78,9 +78,21 @@ from voipclient.net.hopctl import (
     encode_pong,
     parse_hop_control,
 )
-from voipclient.server.mmsg import WireEntry
 
 Addr = tuple[str, int]
+
+
+class HmacContext(Protocol):
+    """A fresh pre-keyed HMAC-SHA256 (cryptography's ``HMAC``): what ``HopMac.fresh()`` returns."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def finalize(self) -> bytes: ...
+
+
+#: One listener of a channel's fan-out for a batch sender: (listener id, packed sockaddr, its
+#: keyed s2c HMAC ``copy``) (see :mod:`voipclient.server.mmsg`).
+WireEntry = tuple[int, bytes, Callable[[], HmacContext]]
 
 #: ``sink(data, body_len, wire_entries, skip)`` -> copies queued (see :mod:`~.mmsg`).
 FanOutSink = Callable[[bytes, int, list[WireEntry], int], int]

@@ -83,6 +83,8 @@ class TestClient:
     identity: IdentityKey = field(default_factory=IdentityKey.generate)
     password: str | None = None
     local_ip: str | None = None
+    #: Let the core reconnect (to its server, or another node of its cluster) after a loss.
+    reconnect: bool = False
 
     events: list[object] = field(default_factory=list)
     heard: list[Heard] = field(default_factory=list)
@@ -190,7 +192,7 @@ class TestClient:
             self._tap_window = ReplayWindow()
         elif isinstance(event, ev.ConnectionClosed):
             self.closed = event
-        elif isinstance(event, sv.ReconnectScheduled):
+        elif isinstance(event, sv.ReconnectScheduled) and not self.reconnect:
             # One connection per test client: no reconnect behind the test's back.
             self.conn.close(self._loop.time())
 

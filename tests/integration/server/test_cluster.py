@@ -201,3 +201,49 @@ def test_a_name_bound_on_one_node_is_refused_to_another_key_on_the_other(
         assert "taken" in str(info.value).lower()
 
     run(scenario)
+
+
+def test_when_its_node_dies_a_client_moves_to_the_other_with_its_channels(
+    nats_url: str, start_server: Starter, tmp_path: Path
+) -> None:
+    """The client learns the cluster's nodes (ClusterNodes); its node is killed; it reconnects
+    to the other node (same pin), gets its channel back, and talks to a user there."""
+    n1, n2 = two_nodes(start_server, nats_url, tmp_path)
+    figures: dict[str, float] = {}
+
+    async def scenario() -> None:
+        async with clients(n2, "bob") as (bob,), clients(n1, "ann", reconnect=True) as (ann,):
+            await join_all(A, ann, bob)
+            await ann.wait_for(lambda: len(ann.conn.cluster_nodes) == 2, what="ann learns nodes")
+            assert (n2.host, n2.port) in ann.conn.cluster_nodes
+            old_sid = ann.sid
+            t0 = time.monotonic()
+            n1.proc.send_signal(signal.SIGKILL)
+            await ann.wait_for(
+                lambda: (
+                    ann.conn.port == n2.port and ann.sid not in (None, old_sid) and ann.is_member(A)
+                ),
+                what="ann back, on node 2, in A",
+                timeout=15,
+            )
+            figures["moved_s"] = time.monotonic() - t0
+            # Bob's roster: the old ann left at once (replaced), the new one is in A.
+            await bob.wait_for(
+                lambda: (
+                    old_sid not in bob.session.roster.users
+                    and (ann.sid or 0) in bob.session.roster.members(A)
+                ),
+                what="bob sees the moved ann",
+            )
+            await keys_everywhere(A, ann, bob)
+            await ann.bind_udp()  # the new node's UDP address check (voice takes TLS till then)
+            ann.speak([A], payload(7, b"moved"))
+            await bob.wait_for(lambda: len(bob.heard_from(ann.sid or 0)) >= 1, what="voice")
+
+    run(scenario)
+    print(
+        f"the client was back on the other node, in its channel, {figures['moved_s']:.1f} s "
+        "after its node was killed"
+    )
+    assert figures["moved_s"] < 5.0
+    assert n2.stop() == 0

@@ -964,3 +964,36 @@ def test_an_address_the_socket_cannot_send_to_is_not_validated() -> None:
     assert msg is not None
     expect_drop(w, RelayDrop.BAD_CHALLENGE, lambda: w.send(c.confirm(msg.body), elsewhere))
     assert w.relay.address_of(1) is None
+
+
+# =============================================================================================
+# Cluster: listeners on other nodes
+# =============================================================================================
+
+
+def test_voice_for_other_nodes_goes_out_once_and_theirs_comes_in() -> None:
+    w = setup_a()
+    remote_ids = {77}
+    w.roster.join(77, A)  # a user of another node, in A: no session here
+    w.relay = RelayCore(w.roster, is_remote=remote_ids.__contains__)
+    for c in w.clients.values():
+        w.relay.add_session(c.sender_id, c.hop_secret)
+        w.validate(c)
+    data = w[1].voice(A)
+    out = recipients(w.send(data, w[1].addr))
+    assert set(out) == {w[2].addr, w[3].addr, w[4].addr}
+    assert w.relay.take_remote() == [data[:-HOP_MAC_LEN]]  # once, without the hop MAC
+    assert w.relay.take_remote() == []
+    assert w.relay.stats()["unreachable"] == 0  # 77 is elsewhere, not unreachable
+    # The other node's body comes back in: every local listener but its speaker gets a copy
+    # with its own s2c MAC.
+    body = w[2].voice(A)[:-HOP_MAC_LEN]
+    got = recipients(w.relay.remote_received(body, T0))
+    assert set(got) == {w[1].addr, w[3].addr, w[4].addr}
+    for sid in (1, 3, 4):
+        assert w[sid].s2c.verify(got[w[sid].addr]) and w[sid].open(got[w[sid].addr]) is not None
+    before = w.relay.drops()
+    assert w.relay.remote_received(b"\x01" * 20, T0) == []  # too short
+    assert w.relay.drops()[RelayDrop.BAD_LENGTH] == before[RelayDrop.BAD_LENGTH] + 1
+    stats = w.relay.stats()
+    assert (stats["to_cluster"], stats["from_cluster"]) == (1, 1)
