@@ -1189,6 +1189,7 @@ STEP_KEYS = (
     "p50_ms",
     "p99_ms",
     "server_cpu_pct",
+    "control_cpu_pct",
     "generator_cpu_pct",
     "foreign_cpu_pct",
     "runs",
@@ -1510,6 +1511,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "tunnelled": run["tunnelled"],
             "server_traceback": traceback,
             "steps": [{k: f[k] for k in STEP_KEYS} for f in run["steps"]],
+            "steps_workers": run["steps"][-1]["workers"] if run["steps"] else [],
             **run["reference"],
             **sanity_totals(run["runs"]),
         }

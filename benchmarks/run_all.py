@@ -227,6 +227,42 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "s2c_mac_bad": "of those, failed (should be 0)",
         },
     ),
+    "relay_scaling": (
+        "Relay on every core: one process, then two UDP workers, at the same load",
+        "`relay_load.py` twice at the same load (500 clients in 50 channels, every check on): "
+        "`--workers 1` (forwarding in the server process) and `--workers 2` (two worker "
+        "processes behind one port, datagrams steered by sender id). Nothing is pinned: this "
+        "machine has two cores and the load generator needs one, so two saturated workers "
+        "cannot be shown here; what is shown is each worker's CPU per copy it forwards, against "
+        "the single process's, from which N cores forward N times the copies/s.",
+        {
+            "one_forwarded_pps": "--workers 1: copies forwarded per second",
+            "one_cpu_us_per_copy": "--workers 1: server CPU per forwarded copy",
+            "two_forwarded_pps": "--workers 2: copies forwarded per second (the same load)",
+            "two_cpu_us_per_copy": "--workers 2: CPU of the server and both workers per copy",
+            "two_control_cpu_pct": "--workers 2: the control process's CPU (TLS, roster), %",
+            "worker_cpu_us_per_copy": "each worker's CPU per copy it forwarded (mean)",
+            "worker_vs_one_process": "that, relative to the single process's CPU per copy",
+            "copies_per_core_s": "copies one worker would forward at 100 % of a core",
+            "workers": "per worker: CPU %, copies/s, CPU per copy",
+        },
+    ),
+    "relay_cluster": (
+        "Relay cluster: two nodes on NATS, voice between them",
+        "A real nats-server (JetStream, loopback) and two `voipclient-server --cluster` nodes; "
+        "simulated clients (real TLS logins, E2E keys, UDP hop handshake) split so that every "
+        "channel has members on both nodes; talkers send sealed voice at 50 packets/s. A copy "
+        "whose talker and listener share a node went through one relay, the others through "
+        "relay, NATS and relay: the difference of the two latency distributions is what the "
+        "cluster adds (median of 3 runs).",
+        {
+            "local_p50_ms": "talker and listener on the same node: median send-to-receipt time",
+            "cross_p50_ms": "on different nodes: median",
+            "added_p50_ms": "cross minus local, median (target <= 1 ms)",
+            "added_p99_ms": "cross minus local, 99th percentile (target <= 5 ms)",
+            "nodes": "per node: CPU %, copies/s it sent, datagrams/s it published, CPU per copy",
+        },
+    ),
     "latency": (
         "Mouth-to-ear latency and the jitter buffer",
         "Through the product on loopback: a real relay process, two VoiceBots (real TLS login, "
