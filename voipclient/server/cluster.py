@@ -478,14 +478,17 @@ class ClusterLink:
             n = self._host.cluster_node_gone(node)
             log.info("cluster node gone node=%s why=%s users=%d", node, why, n)
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, tick: int = 0) -> None:
+        """Every HEARTBEAT_S / 2: every other tick a heartbeat out, every tick a look for
+        nodes silent longer than NODE_TIMEOUT_S (so one is gone within 3.5 s)."""
         loop = asyncio.get_running_loop()
-        self._send(_Env(self.node, self.incarnation, "hb", address=self.address))
+        if tick % 2 == 0:
+            self._send(_Env(self.node, self.incarnation, "hb", address=self.address))
         now = time.monotonic()
         for node, (_, _, seen) in list(self._nodes.items()):
             if now - seen > NODE_TIMEOUT_S:
                 self._gone(node, "silent")
-        self._hb = loop.call_later(HEARTBEAT_S, self._heartbeat)
+        self._hb = loop.call_later(HEARTBEAT_S / 2, self._heartbeat, tick + 1)
 
     # -- leaving ---------------------------------------------------------------------------------
 
