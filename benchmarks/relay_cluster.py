@@ -70,7 +70,15 @@ async def measure(
     nodes: list[rl.Server], clients: list[rl.Client], node_of: dict[int, int], args: Any
 ) -> dict[str, Any]:
     chans = sorted({c.channel for c in clients})
-    talkers = rl.pick_talkers(clients, chans, args.talkers)
+    # Talkers alternate between the nodes: channel j's talker is on node j % 2.
+    talkers = []
+    for depth in range(args.talkers):
+        j = depth % len(chans)
+        members = [c for c in clients if c.channel == chans[j] and c.bound]
+        on_node = [c for c in members if node_of[c.index] == j % 2]
+        pick = on_node[depth // len(chans)] if depth // len(chans) < len(on_node) else None
+        if pick is not None and pick not in talkers:
+            talkers.append(pick)
     sealed = await rl.seal_step(talkers, args.seconds)
     members: dict[int, list[rl.Client]] = {}
     for c in clients:

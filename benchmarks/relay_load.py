@@ -1098,12 +1098,13 @@ def run_step(
         before_each = {w["pid"]: w for w in stats_before["udp_workers"]["each"]}
         for w in stats_after["udp_workers"]["each"]:
             copies = w["copies_udp"] - before_each.get(w["pid"], {}).get("copies_udp", 0)
+            rate = copies / (t_stop - t_first)  # as forwarded_pps: the stats span the warm-up
             pct_w = per_process.get(w["pid"], float("nan"))
-            per_copy = pct_w / 100 * window / copies * 1e6 if copies > 0 else float("nan")
+            per_copy = pct_w / 100 / rate * 1e6 if rate > 0 else float("nan")
             workers_figures.append(
                 {
                     "cpu_pct": round(pct_w, 1),
-                    "copies_per_s": round(copies / window),
+                    "copies_per_s": round(rate),
                     "cpu_us_per_copy": round(per_copy, 2),
                 }
             )

@@ -229,22 +229,25 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
     ),
     "relay_scaling": (
         "Relay on every core: one process, then two UDP workers, at the same load",
-        "`relay_load.py` twice at the same load (500 clients in 50 channels, every check on): "
-        "`--workers 1` (forwarding in the server process) and `--workers 2` (two worker "
-        "processes behind one port, datagrams steered by sender id). Nothing is pinned: this "
-        "machine has two cores and the load generator needs one, so two saturated workers "
-        "cannot be shown here; what is shown is each worker's CPU per copy it forwards, against "
-        "the single process's, from which N cores forward N times the copies/s.",
+        "`relay_load.py` three times at the same load (500 clients in 50 channels, every check "
+        "on): `--workers 1` with the server pinned to one core and the generator to the other; "
+        "`--workers 2` with the same pinning (both workers and the control process share the "
+        "server's core, so their CPU per copy compares directly with the single process's); "
+        "`--workers 2` unpinned (spread over both cores, which the generator also needs: this "
+        "2-core machine cannot show two saturated workers). A worker that costs what one "
+        "process costs per copy means N cores forward N times the copies/s.",
         {
             "one_forwarded_pps": "--workers 1: copies forwarded per second",
             "one_cpu_us_per_copy": "--workers 1: server CPU per forwarded copy",
-            "two_forwarded_pps": "--workers 2: copies forwarded per second (the same load)",
-            "two_cpu_us_per_copy": "--workers 2: CPU of the server and both workers per copy",
+            "two_forwarded_pps": "--workers 2 on one core: copies forwarded per second",
+            "two_cpu_us_per_copy": "--workers 2 on one core: CPU of control + workers per copy",
             "two_control_cpu_pct": "--workers 2: the control process's CPU (TLS, roster), %",
             "worker_cpu_us_per_copy": "each worker's CPU per copy it forwarded (mean)",
-            "worker_vs_one_process": "that, relative to the single process's CPU per copy",
-            "copies_per_core_s": "copies one worker would forward at 100 % of a core",
-            "workers": "per worker: CPU %, copies/s, CPU per copy",
+            "worker_vs_one_process": "that, relative to the single process (1.0: no cost to split)",
+            "copies_per_core_s": "copies one worker forwards at 100 % of a core",
+            "spread_forwarded_pps": "--workers 2 unpinned: copies forwarded per second",
+            "workers_one_core": "per worker, on one core: CPU %, copies/s, CPU per copy",
+            "workers_spread": "per worker, unpinned",
         },
     ),
     "relay_cluster": (
