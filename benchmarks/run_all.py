@@ -427,15 +427,20 @@ What the figures say:
   of garbage is cheap to refuse.
 - KeyDist cost grows linearly with recipients (one HPKE seal each, ~0.26 ms); it runs on the
   network thread at join/leave, never on the audio path. Push-to-talk never waits for it.
-- Relay: with every check on (hop MAC, validated address, speak ACL, replay window, rate limit,
-  one s2c MAC per copy) one core forwards 68-79 k copies/s within 0.1 % loss and p99 10 ms at
-  500 clients in 50 channels (150-175 talkers; before the server stopped visiting every session
-  on each control frame it was 56-68 k). The best load moves between runs on this shared host;
-  the steadier figure is `ratio_relay_to_bare`: CPU per copy against a bare uvloop fan-out loop
-  in the same run (1.5-1.8x). Per copy, one `sendto` is about half the cost; the relay logic
-  itself is ~4.7 µs per datagram + ~1.1 µs per copy. Next levers: `sendmmsg` batching (needs a
-  native helper) and a smaller socket buffer so overload sheds stale voice instead of queueing
-  it. Fan-out 1 (every datagram to one listener) costs ~30 µs per datagram: ~25-30 k in/s.
+- Relay (issue 18): with every check on (hop MAC, validated address, speak ACL, replay window,
+  rate limit, one s2c MAC per copy) one core holds 300 talkers, 135 k copies/s within 0.1 % loss
+  and p99 10 ms at 500 clients in 50 channels (350 passes in some runs, fails in others). The
+  steadier figure is `ratio_relay_to_bare`, CPU per copy against a bare uvloop fan-out loop in
+  the same run: 1.41 (1.45-1.87 before `sendmmsg` batching). A perf profile of both processes at
+  the same load shows why it stops there: the kernel's UDP send path (route lookup, skb, the
+  loopback delivery and the listener's wake-up) is the same work in both, ~85 % of the bare
+  loop's time and ~55 % of the relay's; the rest of the relay's is Python, about half of it the
+  per-copy HMAC (`copy`, `update`, `finalize`: 0.43 µs) and the other half the checks and the
+  batch stores. `sendmmsg` saves only the per-call overhead (~0.1-0.3 µs per copy): the kernel
+  still does one UDP send per copy. Level with the bare loop would need the per-copy work out of
+  Python (a compiled helper, which the issue rules out at install time) or a different MAC
+  scheme (a protocol change). Past one core, `--workers` scales instead: two workers on one core
+  cost 1.03x the single process per copy (`relay_scaling`), so N cores forward ~N times as much.
 - Relay benchmark clients: since issue 13 the simulated clients are the client core users run
   (`ClientConnection` with the end-to-end layer, through the same asyncio driver as the bot).
   Forwarding is unchanged by that (the relay sees the same datagrams; the last run held 350

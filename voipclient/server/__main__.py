@@ -20,6 +20,7 @@ import asyncio
 import getpass
 import ipaddress
 import logging
+import os
 import re
 import signal
 import socket
@@ -176,8 +177,19 @@ def _operator_command(args: argparse.Namespace, data_dir: Path) -> int:
     except (StoreError, OSError) as exc:
         print(f"voipclient-server: {exc}", file=sys.stderr)
         return 1
+    cluster = args.cluster if (args.ban or args.unban) else None
     try:
         bindings = store.load_bindings()
+        if cluster is not None:
+            # A cluster's bans and name bindings are shared: act on those (every node).
+            from voipclient.server.cluster import ClusterError
+
+            try:
+                for name, ik in asyncio.run(_in_cluster(cluster, "names")).items():
+                    bindings.setdefault(name, ik)
+            except ClusterError as exc:
+                print(f"voipclient-server: {exc}", file=sys.stderr)
+                return 1
 
         def resolve(target: str) -> tuple[bytes, str] | None:
             # Bindings are keyed by account key: "BOB" or a look-alike finds the key of "bob".
@@ -216,15 +228,38 @@ def _operator_command(args: argparse.Namespace, data_dir: Path) -> int:
         shown = base64.b64encode(key).decode()
         if args.ban is not None:
             store.ban(key, label=label, reason=args.reason)
-            print(f"banned {shown} {label}".rstrip())
+            if cluster is not None:
+                asyncio.run(_in_cluster(cluster, "ban", key, args.reason))
+            print(f"banned {shown} {label}".rstrip() + (" on every node" if cluster else ""))
             return 0
-        if not store.unban(key):
+        unbanned = store.unban(key)
+        if cluster is not None:
+            unbanned = bool(asyncio.run(_in_cluster(cluster, "unban", key))) or unbanned
+        if not unbanned:
             print(f"voipclient-server: {target!r} is not banned", file=sys.stderr)
             return 1
         print(f"unbanned {shown} {label}".rstrip())
         return 0
     finally:
         store.close()
+
+
+async def _in_cluster(url: str, what: str, key: bytes = b"", reason: str = "") -> Any:
+    """One operator action on a cluster's shared records: ``names`` (the name bindings),
+    ``ban`` or ``unban`` of ``key``. Raises ClusterError when NATS cannot be reached."""
+    from voipclient.server.cluster import ClusterLink
+
+    link = ClusterLink(url, f"operator{os.getpid()}", "")
+    await link.connect(claim_slot=False)
+    try:
+        if what == "names":
+            return dict(link.names)
+        if what == "ban":
+            await link.ban(key, reason)
+            return True
+        return await link.unban(key)
+    finally:
+        await link.stop()
 
 
 def _hash_password_command() -> int:

@@ -158,7 +158,8 @@ class ClusterLink:
     def last_sender_id(self) -> int:
         return (self.slot << SLOT_BITS) | ((1 << SLOT_BITS) - 1)
 
-    async def connect(self, timeout: float = 10.0) -> None:
+    async def connect(self, timeout: float = 10.0, *, claim_slot: bool = True) -> None:
+        """Join: NATS, the shared buckets and (a node, not an operator command) a slot."""
         try:
             import nats
             from nats.js.errors import KeyWrongLastSequenceError
@@ -188,7 +189,7 @@ class ClusterLink:
                     await self._nc.close()
             raise ClusterError(f"cannot join the cluster at {self.url}: {exc!r}") from None
         nodes = self._kv["vc_nodes"]
-        for slot in range(1, MAX_SLOTS + 1):
+        for slot in range(1, MAX_SLOTS + 1 if claim_slot else 1):
             try:
                 await nodes.create(f"slot{slot}", self.node.encode())
             except KeyWrongLastSequenceError:
@@ -198,7 +199,8 @@ class ClusterLink:
             self.slot = slot
             break
         else:
-            raise ClusterError(f"no free node slot (at most {MAX_SLOTS} nodes)")
+            if claim_slot:
+                raise ClusterError(f"no free node slot (at most {MAX_SLOTS} nodes)")
         for bucket, target in (("vc_names", "names"), ("vc_bans", "bans")):
             with contextlib.suppress(Exception):  # an empty bucket has no keys
                 for key in await self._kv[bucket].keys():
@@ -367,6 +369,15 @@ class ClusterLink:
         if kv is not None:
             await kv.put(_key(ik_pub), reason.encode())
             self.bans.add(ik_pub)
+
+    async def unban(self, ik_pub: bytes) -> bool:
+        """Lift a ban on every node; False if the key was not banned in the cluster."""
+        kv = self._kv.get("vc_bans")
+        if kv is None or ik_pub not in self.bans:
+            return False
+        await kv.delete(_key(ik_pub))
+        self.bans.discard(ik_pub)
+        return True
 
     def set_listening(self, channels: set[int]) -> None:
         """Subscribe to the voice of exactly these channels (those our users listen to)."""

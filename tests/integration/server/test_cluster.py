@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from voipclient.crypto.identity import IdentityKey
 from voipclient.net import e2ee
 
 from ..conftest import A, ServerProcess, Starter
@@ -247,3 +248,42 @@ def test_when_its_node_dies_a_client_moves_to_the_other_with_its_channels(
     )
     assert figures["moved_s"] < 5.0
     assert n2.stop() == 0
+
+
+def test_an_operator_ban_in_the_cluster_holds_on_every_node(
+    nats_url: str, start_server: Starter, tmp_path: Path
+) -> None:
+    """``voipclient-server --ban NAME --cluster URL``: the ban goes into the shared store; the
+    user is removed from the node it is on and refused on the other."""
+    n1, n2 = two_nodes(start_server, nats_url, tmp_path)
+    identity = IdentityKey.generate()
+
+    async def scenario() -> None:
+        ann = await TestClient.connect(n2.host, n2.port, n2.pin, "ann", identity=identity)
+        await asyncio.sleep(0.5)  # ann's name binding reached the shared store
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "voipclient.server",
+            "--data-dir",
+            str(tmp_path / "op"),
+            "--cluster",
+            nats_url,
+            "--ban",
+            "ann",
+            "--reason",
+            "spam",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert b"on every node" in out
+        await ann.wait_for(lambda: ann.closed is not None, what="ann removed", timeout=5)
+        assert "banned" in (ann.closed.message if ann.closed else "")
+        await ann.close()
+        with pytest.raises(ConnectionError) as info:
+            await TestClient.connect(n1.host, n1.port, n1.pin, "ann", identity=identity)
+        assert "banned" in str(info.value)
+
+    run(scenario)
