@@ -79,7 +79,7 @@ from voipclient.server.control import (
     ServerCore,
     TokenBucket,
 )
-from voipclient.server.mmsg import SendMmsg, make_batch_sender, sockaddr
+from voipclient.server.mmsg import SendMmsg, drain, make_batch_sender, sockaddr
 from voipclient.server.mmsg import available as mmsg_available
 from voipclient.server.relay import Addr, RelayCore, RelayDrop
 from voipclient.server.store import Store, StoredChannel
@@ -1256,59 +1256,15 @@ class RelayServer:
         assert relay is not None and loop is not None
         if sock is None:
             return
-        now = loop.time()
-        recvfrom = sock.recvfrom
-        sendto = sock.sendto
-        received = relay.datagram_received
-        batch = self._batch
-        if batch is not None:
-            self._udp_readable_batched(sock, relay, batch, now)
-            return
-        for _ in range(UDP_BATCH):
-            try:
-                data, addr = recvfrom(UDP_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ICMP errors reported on the socket
-                self.counters.udp_recv_errors += 1
-                log_udp.debug("recvfrom failed error=%r", exc)
-                continue
-            if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
-                addr = (addr[0], addr[1])
-            for dst, out in received(data, addr, now):
-                try:
-                    sendto(out, dst)
-                except (BlockingIOError, InterruptedError):
-                    self.counters.udp_send_dropped += 1
-                except OSError:
-                    self.counters.udp_send_errors += 1
-        self._deliver_tunnel()
-
-    def _udp_readable_batched(
-        self, sock: socket.socket, relay: RelayCore, batch: SendMmsg, now: float
-    ) -> None:
-        """The same drain with every copy of the wakeup in ``sendmmsg`` batches; hop-control
-        replies (rare) still go at once with ``sendto``."""
-        recvfrom = sock.recvfrom
-        received = relay.datagram_received
-        add = batch.add
-        try:
-            for _ in range(UDP_BATCH):
-                try:
-                    data, addr = recvfrom(UDP_RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:  # e.g. ICMP errors reported on the socket
-                    self.counters.udp_recv_errors += 1
-                    log_udp.debug("recvfrom failed error=%r", exc)
-                    continue
-                if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
-                    addr = (addr[0], addr[1])
-                replies = received(data, addr, now, add)
-                if replies:
-                    self._send_udp(replies)
-        finally:
-            batch.flush()
+        drain(
+            sock,
+            relay.datagram_received,
+            loop.time(),
+            self._batch,
+            self.counters,
+            UDP_BATCH,
+            UDP_RECV_SIZE,
+        )
         self._deliver_tunnel()
 
     def _send_udp(self, datagrams: list[tuple[Addr, bytes]]) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "HmacContext",
     "WireEntry",
     "available",
+    "drain",
     "make_batch_sender",
     "sockaddr",
 ]
@@ -260,6 +261,61 @@ class SendMmsg:
                 return
             self.errors += 1
             done += 1
+
+
+class UdpCounters(Protocol):
+    """Where :func:`drain` counts what went wrong (the adapter's counters)."""
+
+    udp_recv_errors: int
+    udp_send_dropped: int
+    udp_send_errors: int
+
+
+#: What the relay core does with one datagram: ``received(data, addr, now, sink)`` returns the
+#: datagrams to send at once (every copy without a sink; only hop-control replies with one).
+Received = Callable[
+    [bytes, tuple[str, int], float, Callable[[bytes, int, list[WireEntry], int], int] | None],
+    list[tuple[tuple[str, int], bytes]],
+]
+
+
+def drain(
+    sock: socket.socket,
+    received: Received,
+    now: float,
+    batch: SendMmsg | None,
+    counters: UdpCounters,
+    limit: int,
+    recv_size: int,
+) -> None:
+    """Read up to ``limit`` datagrams from the non-blocking ``sock`` (until it would block),
+    hand each to ``received``, send what it returns with ``sendto`` at once, and the copies it
+    put in ``batch`` with one ``sendmmsg`` flush at the end. Voice that cannot be sent now is
+    dropped and counted, never queued. The one drain loop of the server and of its workers."""
+    recvfrom = sock.recvfrom
+    sendto = sock.sendto
+    sink = batch.add if batch is not None else None
+    try:
+        for _ in range(limit):
+            try:
+                data, addr = recvfrom(recv_size)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # e.g. ICMP errors reported on the socket
+                counters.udp_recv_errors += 1
+                continue
+            if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
+                addr = (addr[0], addr[1])
+            for dst, out in received(data, addr, now, sink):
+                try:
+                    sendto(out, dst)
+                except (BlockingIOError, InterruptedError):
+                    counters.udp_send_dropped += 1
+                except OSError:
+                    counters.udp_send_errors += 1
+    finally:
+        if batch is not None:
+            batch.flush()
 
 
 def available() -> bool:

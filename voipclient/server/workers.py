@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, Final
 
-from voipclient.server.mmsg import SendMmsg, make_batch_sender, sockaddr
+from voipclient.server.mmsg import SendMmsg, drain, make_batch_sender, sockaddr
 from voipclient.server.relay import Addr, RelayCore, RelayLimits
 
 __all__ = [
@@ -537,6 +537,15 @@ class WorkerPool:
 # -- worker side ---------------------------------------------------------------------------------
 
 
+class _UdpCounters:
+    __slots__ = ("udp_recv_errors", "udp_send_dropped", "udp_send_errors")
+
+    def __init__(self) -> None:
+        self.udp_recv_errors = 0
+        self.udp_send_dropped = 0
+        self.udp_send_errors = 0
+
+
 class _WorkerServer:
     """One worker: its RelayCore on its socket, fed by the control process."""
 
@@ -549,9 +558,7 @@ class _WorkerServer:
         self.up = False
         self.channel: _Channel | None = None
         self.stopped: asyncio.Future[None] = loop.create_future()
-        self.send_dropped = 0
-        self.send_errors = 0
-        self.recv_errors = 0
+        self.counters = _UdpCounters()
 
     def message(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
@@ -597,34 +604,17 @@ class _WorkerServer:
             self.stopped.set_result(None)
 
     def readable(self) -> None:
-        relay, sock = self.relay, self.udp
+        relay = self.relay
         assert relay is not None
-        now = self.loop.time()
-        recvfrom = sock.recvfrom
-        received = relay.datagram_received
-        batch = self.batch
-        add = batch.add if batch is not None else None
-        try:
-            for _ in range(_UDP_BATCH):
-                try:
-                    data, addr = recvfrom(_UDP_RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    self.recv_errors += 1
-                    continue
-                if len(addr) != 2:
-                    addr = (addr[0], addr[1])
-                for dst, out in received(data, addr, now, add):
-                    try:
-                        sock.sendto(out, dst)
-                    except (BlockingIOError, InterruptedError):
-                        self.send_dropped += 1
-                    except OSError:
-                        self.send_errors += 1
-        finally:
-            if batch is not None:
-                batch.flush()
+        drain(
+            self.udp,
+            relay.datagram_received,
+            self.loop.time(),
+            self.batch,
+            self.counters,
+            _UDP_BATCH,
+            _UDP_RECV_SIZE,
+        )
         channel = self.channel
         assert channel is not None
         tunnel = relay.take_tunnel()
@@ -644,11 +634,12 @@ class _WorkerServer:
         if received:
             channel.send(("received", received))
         b = self.batch
+        c = self.counters
         send = {
-            "dropped": self.send_dropped + (b.dropped if b is not None else 0),
-            "errors": self.send_errors + (b.errors if b is not None else 0),
+            "dropped": c.udp_send_dropped + (b.dropped if b is not None else 0),
+            "errors": c.udp_send_errors + (b.errors if b is not None else 0),
             "calls": b.calls if b is not None else 0,
-            "recv_errors": self.recv_errors,
+            "recv_errors": c.udp_recv_errors,
         }
         drops = [n for _, n in sorted(relay.drops().items())]
         channel.send(("stats", relay.stats(), drops, send))
