@@ -129,6 +129,11 @@ class AudioHost:
             self._open_pending = True  # PortAudio work: judged by START_GRACE_S, not hang_s
             return self._attempt
 
+    @property
+    def open_pending(self) -> bool:
+        """An open was sent to the host and not answered yet (judged by START_GRACE_S)."""
+        return self._open_pending
+
     def stop_streams(self) -> None:
         with self._lock:
             self._request = None

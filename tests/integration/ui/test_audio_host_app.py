@@ -36,11 +36,15 @@ def host_of(app: App) -> Any:
 
 
 def wait_opened(qtbot: Any, app: App) -> None:
-    """The app's host has its devices open and both directions are moving."""
+    """The app's host has its devices open, both directions are moving, and the host has
+    answered the open (until then a silent host is judged by the start grace, not hang_s:
+    the callbacks may run before the host's main thread writes its answer)."""
     host = host_of(app)
     qtbot.waitUntil(
         lambda: (
-            host.block[shm.Slot.CAPTURE_STAMP_NS] > 0 and host.block[shm.Slot.PLAYBACK_STAMP_NS] > 0
+            host.block[shm.Slot.CAPTURE_STAMP_NS] > 0
+            and host.block[shm.Slot.PLAYBACK_STAMP_NS] > 0
+            and not host.open_pending
         ),
         timeout=10_000,
     )
