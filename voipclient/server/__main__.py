@@ -356,10 +356,15 @@ async def _serve(
         print(f"voipclient-server: {exc}", file=sys.stderr)
         return 1
     log.info("tls identity cert=%s pin=%s", identity.cert_path, identity.pin)
+    from voipclient.server.cluster import ClusterError
+
     server = RelayServer(settings, identity, store)
     try:
         try:
             await server.start()
+        except ClusterError as exc:
+            print(f"voipclient-server: {exc}", file=sys.stderr)
+            return 1
         except OSError as exc:
             print(
                 f"voipclient-server: cannot listen on {settings.host}:{settings.port}: "

@@ -171,7 +171,7 @@ class ClusterLink:
                     self.url,
                     name=f"voipclient-{self.node}",
                     no_echo=True,  # never our own messages back
-                    max_reconnect_attempts=-1,
+                    max_reconnect_attempts=2,  # at start: a wrong URL fails in ~1 s
                     reconnect_time_wait=0.5,
                     connect_timeout=2,
                     error_cb=self._nats_error,
@@ -180,14 +180,27 @@ class ClusterLink:
                 ),
                 timeout,
             )
+        except (OSError, TimeoutError, Exception) as exc:
+            await self._close_quietly()
+            raise ClusterError(
+                f"no NATS server answered at {self.url} (is nats-server running there?) "
+                f"[{type(exc).__name__}]"
+            ) from None
+        # Once in, never give up: a NATS restart must not end the node (nats-py reads this
+        # option at each reconnect).
+        self._nc.options["max_reconnect_attempts"] = -1
+        try:
             js = self._nc.jetstream()
             for bucket in _BUCKETS:
-                self._kv[bucket] = await js.create_key_value(bucket=bucket, history=1)
+                self._kv[bucket] = await asyncio.wait_for(
+                    js.create_key_value(bucket=bucket, history=1), timeout
+                )
         except (OSError, TimeoutError, Exception) as exc:
-            if self._nc is not None:
-                with contextlib.suppress(Exception):
-                    await self._nc.close()
-            raise ClusterError(f"cannot join the cluster at {self.url}: {exc!r}") from None
+            await self._close_quietly()
+            raise ClusterError(
+                f"the NATS server at {self.url} has no JetStream (start it with -js): "
+                f"{type(exc).__name__}"
+            ) from None
         nodes = self._kv["vc_nodes"]
         for slot in range(1, MAX_SLOTS + 1 if claim_slot else 1):
             try:
@@ -214,6 +227,12 @@ class ClusterLink:
             len(self.names),
             len(self.bans),
         )
+
+    async def _close_quietly(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), 2.0)
+            self._nc = None
 
     async def _nats_error(self, exc: Exception) -> None:
         log.warning("cluster: NATS error=%r", exc)  # one line: nats-py would print a traceback

@@ -287,3 +287,49 @@ def test_an_operator_ban_in_the_cluster_holds_on_every_node(
         assert "banned" in str(info.value)
 
     run(scenario)
+
+
+def test_a_cluster_that_cannot_be_joined_is_a_clear_error(tmp_path: Path) -> None:
+    """A wrong URL, or a NATS server without JetStream: one line that says what to do, exit 1,
+    within seconds."""
+    port = free_port()
+    plain = subprocess.Popen(
+        [NATS_BIN or "nats-server", "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nats-server did not start"
+                time.sleep(0.05)
+        for url, words in (
+            (f"nats://127.0.0.1:{free_port()}", "no NATS server answered"),
+            (f"nats://127.0.0.1:{port}", "has no JetStream (start it with -js)"),
+        ):
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "voipclient.server",
+                    "--port",
+                    "0",
+                    "--data-dir",
+                    str(tmp_path / "d"),
+                    "--cluster",
+                    url,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert done.returncode == 1
+            assert words in done.stderr and "Traceback" not in done.stderr
+    finally:
+        plain.terminate()
+        plain.wait(10)
