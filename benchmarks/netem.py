@@ -88,6 +88,8 @@ class LossyProxy:
         self.client: tuple[Any, ...] | None = None
         self.dropped = 0
         self.passed = 0
+        #: header counters (bytes 16..20) of the voice datagrams dropped on the way up
+        self.dropped_ctrs: list[int] = []
         self.down_dropped = 0  # by the bottleneck or the loss below it
         self.down_passed = 0
         self.down_bytes = 0  # IPv4 bytes delivered down
@@ -109,6 +111,7 @@ class LossyProxy:
         if len(data) > 1 and data[1] in (0x01, 0x02):  # voice (hop control passes untouched)
             if self.model.drop():
                 self.dropped += 1
+                self.dropped_ctrs.append(int.from_bytes(data[16:20], "big"))
                 return
             self.passed += 1
             if self.cond.jitter_ms > 0:

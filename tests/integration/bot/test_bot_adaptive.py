@@ -95,7 +95,15 @@ async def talk(
     finally:
         if proxy is not None:
             proxy.close()
+    if proxy is not None:
+        said["proxy_dropped_ctrs"] = list(proxy.dropped_ctrs)
     return heard, said
+
+
+def double_losses(ctrs: list[int]) -> int:
+    """Frames lost together with the packet after them (which carried their copy)."""
+    lost = set(ctrs)
+    return sum(1 for c in lost if c + 1 in lost)
 
 
 def test_loss_reports_raise_redundancy_and_the_copies_rebuild_the_speech(
@@ -160,7 +168,11 @@ def test_lossy_path_is_protected_from_the_first_second(
     # packet's lower-quality FEC (milestone 1's policy, unprotected until its first 2 s report,
     # rebuilt 8 of them that way in the same run; measured: 22-23 copies, 0 FEC, 4 concealed at
     # the stream's start and end, over 3 runs each). PESQ-WB of the first 3 s is in make bench.
-    assert stream["fec_recovered"] == 0, stream
+    # The one exception is a frame lost together with the packet after it (its copy went with
+    # it) while copies were one frame deep: whether the first report raised the depth before
+    # such a pair depends on timing (a loaded machine delays the report), so those may use FEC.
+    pairs = double_losses(said["proxy_dropped_ctrs"])
+    assert stream["fec_recovered"] <= pairs, (stream, said["proxy_dropped_ctrs"])
     # the next session to this server starts where this one ended
     remembered = json.loads(memory.read_text())[f"{server.host}:{server.port}"]["level"]
     assert len(remembered["distances"]) >= 2
