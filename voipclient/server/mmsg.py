@@ -35,7 +35,6 @@ from typing import Final, Protocol
 from voipclient.server.relay import HmacContext, WireEntry
 
 __all__ = [
-    "BatchSender",
     "HmacContext",
     "WireEntry",
     "available",
@@ -67,19 +66,6 @@ def sockaddr(addr: tuple[str, int], family: int = socket.AF_INET) -> bytes:
     if ":" not in host:
         host = "::ffff:" + host
     return _SIN6.pack(socket.AF_INET6, socket.htons(port), 0, socket.inet_pton(family, host), 0)
-
-
-class BatchSender(Protocol):
-    """What the adapter needs from a batch sender (the ctypes one, or a fake in unit tests)."""
-
-    def add(self, data: bytes, body_len: int, entries: Sequence[WireEntry], skip: int) -> int:
-        """Queue ``data[:body_len] ‖ MAC`` to every entry except listener ``skip``; return how
-        many copies were queued."""
-        ...
-
-    def flush(self) -> None:
-        """Send everything queued."""
-        ...
 
 
 class _Iovec(ctypes.Structure):

@@ -325,9 +325,6 @@ class WorkerPool:
     def size(self) -> int:
         return len(self._workers)
 
-    def pids(self) -> list[int | None]:
-        return [w.proc.pid if w.proc is not None else None for w in self._workers]
-
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for w in self._workers:

