@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +53,15 @@ def sounds_like(source: np.ndarray, recording: np.ndarray) -> float:
 
 def test_speech_crosses_the_relay_and_arrives_intact(start_server: Starter, tmp_path: Path) -> None:
     server = start_server()
+    # The listener records until the talker is done (SIGTERM ends its run normally): a fixed
+    # length would race the talker's process start on a loaded machine.
     listener = start_bot(
         server,
         "bob",
         "--join",
         "A",
         "--seconds",
-        "6",
+        "60",
         "--record",
         str(tmp_path / "bob.wav"),
         "--stats-json",
@@ -83,6 +86,9 @@ def test_speech_crosses_the_relay_and_arrives_intact(start_server: Starter, tmp_
     rc_talker, out, err = finish(talker)
     assert rc_talker == 0, err
     assert "ann: sent" in out
+    assert listener.poll() is None, "the listener ended before the talker was done"
+    time.sleep(0.5)  # the last frames leave the listener's jitter buffer (< 0.1 s)
+    listener.send_signal(signal.SIGTERM)
     rc_listener, out, err = finish(listener)
     assert rc_listener == 0, err
     stats = json.loads((tmp_path / "bob.json").read_text())

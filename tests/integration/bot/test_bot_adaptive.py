@@ -30,6 +30,35 @@ RATE = 48_000
 
 pytestmark = pytest.mark.timeout(60)
 
+# A listener records until the talker is done and then this much longer (its jitter buffer's
+# delay is under 0.1 s), not for a fixed time: how long the talker takes to log in on a loaded
+# machine must not cut the end of its speech from the recording (a CI run saw the talker start
+# 1.4 s later than usual, and the last half second of the speech was missing).
+LISTEN_TAIL_S = 0.5
+
+
+async def run_bot(bot: VoiceBot, delay: float) -> dict[str, Any]:
+    await asyncio.sleep(delay)
+    try:
+        await bot.run()
+    finally:
+        stats = bot.stats_dict()
+        await bot.close()
+    return stats
+
+
+async def listen_while_talking(listener: VoiceBot, talker: VoiceBot) -> tuple[Any, Any]:
+    """Run both bots; the listener stops ``LISTEN_TAIL_S`` after the talker ended."""
+
+    async def talk_then_stop_listener() -> dict[str, Any]:
+        try:
+            return await run_bot(talker, 0.3)
+        finally:
+            await asyncio.sleep(LISTEN_TAIL_S)
+            listener.request_stop()
+
+    return await asyncio.gather(run_bot(listener, 0.0), talk_then_stop_listener())
+
 
 async def talk(
     server: ServerProcess,
@@ -59,7 +88,7 @@ async def talk(
             join=["A"],
             talk=[],
             record=tmp_path / "heard.wav",
-            seconds=seconds + 1.5,
+            seconds=seconds + 30,  # a bound only: it stops when the talker is done
             frame_ms=frame_ms,
             highpass=False,
             udp_addr=listener_udp,
@@ -81,17 +110,8 @@ async def talk(
         )
     )
 
-    async def go(bot: VoiceBot, delay: float) -> dict[str, Any]:
-        await asyncio.sleep(delay)
-        try:
-            await bot.run()
-        finally:
-            stats = bot.stats_dict()
-            await bot.close()
-        return stats
-
     try:
-        heard, said = await asyncio.gather(go(listener, 0.0), go(talker, 0.3))
+        heard, said = await listen_while_talking(listener, talker)
     finally:
         if proxy is not None:
             proxy.close()
@@ -255,7 +275,9 @@ def test_voice_activation_sends_only_speech_and_plays_cues(
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
         common: dict[str, Any] = {"host": server.host, "port": server.port, "pin": server.pin}
-        listener = VoiceBot(BotOptions(**common, name="listener", join=["A"], talk=[], seconds=9.0))
+        listener = VoiceBot(
+            BotOptions(**common, name="listener", join=["A"], talk=[], seconds=40.0)
+        )
         talker = VoiceBot(
             BotOptions(
                 **common,
@@ -270,16 +292,7 @@ def test_voice_activation_sends_only_speech_and_plays_cues(
             )
         )
 
-        async def go(bot: VoiceBot, delay: float) -> dict[str, Any]:
-            await asyncio.sleep(delay)
-            try:
-                await bot.run()
-            finally:
-                stats = bot.stats_dict()
-                await bot.close()
-            return stats
-
-        heard, said = await asyncio.gather(go(listener, 0.0), go(talker, 0.3))
+        heard, said = await listen_while_talking(listener, talker)
         return heard, said
 
     heard, said = asyncio.run(scenario())
