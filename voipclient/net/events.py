@@ -587,6 +587,20 @@ class ClusterLossReport(ServerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterAdmin(ServerEvent):
+    """An administrator here kicked, banned or moved a user of another node: that node carries
+    it out (:meth:`ServerCore.admin_from_node`)."""
+
+    node: str
+    action: m.AdminOp
+    by: int
+    by_name: str
+    target: int
+    channel_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterReplaced(ServerEvent):
     """A user of another node logged in here with the same identity (it moved, typically when
     its node failed): that node must end the old session."""

@@ -61,7 +61,7 @@ import sqlite3
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any, Final, TextIO, cast
 
@@ -70,7 +70,7 @@ from voipclient.names import name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import encode_frame
-from voipclient.server.cluster import ClusterLink
+from voipclient.server.cluster import ClusterLink, SharedChannel
 from voipclient.server.config import PasswordHash, Settings, hash_password
 from voipclient.server.control import (
     FIRST_ADMIN_CHANNEL_ID,
@@ -142,6 +142,8 @@ def admin_channels(
     settings: Settings,
     stored: list[StoredChannel],
     wrap: Callable[[PasswordHash], Callable[[str], bool]] | None = None,
+    *,
+    known: Collection[int] = (),
 ) -> list[ChannelConfig]:
     """The store's channels as the core takes them (``ServerCore(admin_channels=...)``), merged
     with the configured ones by these rules, each logged when it applies: a stored channel
@@ -149,7 +151,8 @@ def admin_channels(
     not fit the schema is left out; a parent that is gone (a configured channel removed from the
     file, a left-out channel) becomes the Lobby, and so does a parent that closes a cycle (a
     damaged file). ``wrap`` wraps each password hash (the adapter's scrypt throttle); a hash
-    that does not parse locks the channel (no password opens it)."""
+    that does not parse locks the channel (no password opens it). ``known``: channel ids that
+    exist already (a cluster node adding one channel from the shared store), valid parents."""
     configured = settings.channel_ids()  # casefolded name -> id, the Lobby included
     taken = set(configured.values())
     rows: dict[int, StoredChannel] = {}
@@ -161,7 +164,7 @@ def admin_channels(
     parents: dict[int, int] = {}
     for cid, ch in rows.items():
         pid = configured.get(ch.parent_name) if ch.parent_name is not None else ch.parent
-        if pid is None or (pid not in taken and pid not in rows):
+        if pid is None or (pid not in taken and pid not in rows and pid not in known):
             log.warning("stored channel moved to the Lobby: its parent is gone name=%r", ch.name)
             pid = LOBBY_ID
         parents[cid] = pid
@@ -204,9 +207,38 @@ def admin_channels(
     if len(out) != len(rows):  # children of a left-out channel: to the Lobby
         kept = {c.id for c in out}
         out = [
-            c if c.parent in taken or c.parent in kept else replace(c, parent=LOBBY_ID) for c in out
+            c
+            if c.parent in taken or c.parent in kept or c.parent in known
+            else replace(c, parent=LOBBY_ID)
+            for c in out
         ]
     return out
+
+
+def _shared(ch: StoredChannel) -> SharedChannel:
+    return SharedChannel(
+        id=ch.id,
+        parent=ch.parent,
+        parent_name=ch.parent_name,
+        name=ch.name,
+        description=ch.description,
+        password_hash=ch.password_hash,
+        max_members=ch.max_members,
+        speakers=ch.speakers,
+    )
+
+
+def _stored(ch: SharedChannel) -> StoredChannel:
+    return StoredChannel(
+        id=ch.id,
+        parent=ch.parent,
+        parent_name=ch.parent_name,
+        name=ch.name,
+        description=ch.description,
+        password_hash=ch.password_hash,
+        max_members=ch.max_members,
+        speakers=ch.speakers,
+    )
 
 
 def seed_records(settings: Settings, first_id: int) -> list[StoredChannel]:
@@ -532,6 +564,7 @@ class RelayServer:
         self._timer_at = float("inf")
         self._stats_handle: asyncio.TimerHandle | None = None
         self._persisted_names: set[str] = set()
+        self._verifier: Callable[[PasswordHash], Callable[[str], bool]] | None = None
         # configured channel id -> its casefolded name (a stored channel's parent is recorded
         # by name when it is one of these: configured ids follow the file's order)
         self._configured_names: dict[int, str] = {}
@@ -587,23 +620,37 @@ class RelayServer:
         def verifier(h: PasswordHash) -> Callable[[str], bool]:
             return ThrottledVerifier(h, bucket, loop.time)
 
+        self._verifier = verifier
         config = s.server_config(udp_port=self.port, verifier=verifier)
+        stored = self.store.channels()
+        granted = [a.ik_pub for a in self.store.admins()]
+        next_channel_id = self.store.next_channel_id()
         if self._cluster is not None:
+            link = self._cluster
+            stored, granted = await self._join_shared_stores(stored, granted)
+            next_channel_id = link.next_channel_id
+            if config.admin_first_user:
+                log.warning(
+                    "the first-user administrator rule is off in a cluster (each node would "
+                    "crown its own first user): name administrators in [admins] on every node"
+                )
             config = replace(
                 config,
-                first_sender_id=self._cluster.first_sender_id,
-                last_sender_id=self._cluster.last_sender_id,
+                first_sender_id=link.first_sender_id,
+                last_sender_id=link.last_sender_id,
+                first_channel_id=link.first_channel_id,
+                last_channel_id=link.last_channel_id,
+                admin_first_user=False,
                 cluster=True,
             )
-        made = admin_channels(s, self.store.channels(), verifier)
-        granted = [a.ik_pub for a in self.store.admins()]
+        made = admin_channels(s, stored, verifier)
         self._core = ServerCore(
             config,
             name_bindings=bindings,
             is_banned=self._login_banned,
             admin_channels=made,
             granted_admins=granted,
-            next_channel_id=self.store.next_channel_id(),
+            next_channel_id=next_channel_id,
         )
         udp_sock = self._udp_sock
         self._batch = make_batch_sender(udp_sock) if s.batch_send and shards == 1 else None
@@ -989,6 +1036,101 @@ class RelayServer:
         if core is not None:
             core.name_bindings.setdefault(key, ik_pub)
 
+    async def _join_shared_stores(
+        self, stored: list[StoredChannel], granted: list[bytes]
+    ) -> tuple[list[StoredChannel], list[bytes]]:
+        """A node joining the cluster: the first time, its own administrator-made channels and
+        granted administrators go into the shared stores (a standalone server that becomes a
+        node keeps them; an id another node's channel has is left out, logged). Then, and at
+        every later start, its store becomes a mirror of the shared channels (one deleted
+        while the node was down is deleted here, never brought back)."""
+        link = self._cluster
+        assert link is not None
+        if not self.store.joined_cluster():
+            for ch in stored:
+                shared = _shared(ch)
+                if link.channels.get(ch.id) == shared:
+                    continue
+                if not await link.create_channel(shared):
+                    log.warning(
+                        "channel left out of the cluster: another node's channel has its id "
+                        "id=%d name=%r",
+                        ch.id,
+                        ch.name,
+                    )
+            for ik in granted:
+                if ik not in link.admins:
+                    await link.grant_admin(ik)
+            self.store.mark_joined_cluster()
+        for ch in stored:
+            if ch.id not in link.channels:
+                self.store.delete_channel(ch.id)
+        mirrored = []
+        for shared in link.channels.values():
+            record = _stored(shared)
+            try:
+                self.store.save_channel(record)
+            except sqlite3.Error as exc:  # pragma: no cover - a broken data directory
+                log.error("cannot store a cluster channel id=%d error=%r", record.id, exc)
+            mirrored.append(record)
+        return sorted(mirrored, key=lambda c: c.id), sorted(link.admins)
+
+    def cluster_channel(self, channel_id: int, shared: SharedChannel | None) -> None:
+        """A channel made, changed or deleted on another node (or our own change, back from the
+        shared store: then nothing changes)."""
+        core = self._core
+        assert core is not None
+        try:
+            if shared is None:
+                self.store.delete_channel(channel_id)
+            else:
+                self.store.save_channel(_stored(shared))
+        except sqlite3.Error as exc:  # pragma: no cover - a broken data directory
+            log.error("cannot store a cluster channel id=%d error=%r", channel_id, exc)
+        if shared is None:
+            if core.remove_shared_channel(channel_id):
+                log_ctl.info("channel removed on another node id=%d", channel_id)
+        else:
+            made = admin_channels(
+                self.settings, [_stored(shared)], self._verifier, known=core.channel_ids()
+            )
+            if not made or not core.apply_shared_channel(made[0]):
+                log.warning(
+                    "a channel from the cluster does not fit here id=%d name=%r",
+                    channel_id,
+                    shared.name,
+                )
+        self._pump()
+
+    def cluster_admin(
+        self,
+        action: m.AdminOp,
+        by: int,
+        by_name: str,
+        target: int,
+        channel_id: int | None,
+        reason: str,
+    ) -> bool:
+        """An administrator on another node kicked, banned or moved a user of ours."""
+        core = self._core
+        assert core is not None
+        done = core.admin_from_node(action, by, by_name, target, channel_id, reason)
+        log_ctl.info(
+            "admin %s from another node by=%r target=%d channel=%s: %s",
+            action.name.lower(),
+            by_name,
+            target,
+            channel_id,
+            "done" if done else "not applicable",
+        )
+        self._pump()
+        return done
+
+    def cluster_admin_granted(self, ik_pub: bytes) -> None:
+        core = self._core
+        if core is not None:
+            core.add_admin(ik_pub)
+
     def cluster_bans_changed(self) -> None:
         if not self._stopping and self._loop is not None:
             self._loop.call_soon(self._ban_sweep_once)
@@ -1068,6 +1210,17 @@ class RelayServer:
         elif isinstance(event, ev.ClusterLossReport):
             if self._cluster is not None:
                 self._cluster.publish_loss(event.node, event.to, event.message)
+        elif isinstance(event, ev.ClusterAdmin):
+            if self._cluster is not None:
+                self._cluster.publish_admin(
+                    event.node,
+                    int(event.action),
+                    event.by,
+                    event.by_name,
+                    event.target,
+                    event.channel_id,
+                    event.reason,
+                )
         elif isinstance(event, ev.VoiceTransportChanged):
             relay.set_tunnel(event.sender_id, event.tunnel)
             if self._pool is not None:
@@ -1096,6 +1249,8 @@ class RelayServer:
             except sqlite3.Error as exc:
                 log.error("cannot store an administrator name=%r error=%r", event.name, exc)
                 return
+            if self._cluster is not None:  # pragma: no cover - the rule is off in a cluster
+                self._spawn(self._cluster.grant_admin(event.ik_pub))
             log_ctl.info("first user made administrator name=%r", event.name)
 
     def _persist_channel(self, event: ev.ChannelSaved | ev.ChannelDeleted) -> None:
@@ -1105,6 +1260,8 @@ class RelayServer:
         try:
             if isinstance(event, ev.ChannelDeleted):
                 self.store.delete_channel(event.channel_id)
+                if self._cluster is not None:
+                    self._spawn(self._cluster.delete_channel(event.channel_id))
                 return
             name = self._configured_names.get(event.parent)
             record = StoredChannel(
@@ -1121,8 +1278,22 @@ class RelayServer:
             )
             keep = event.password_protected and event.new_password is None
             self.store.save_channel(record, keep_password=keep)
+            if self._cluster is not None:
+                if keep:  # the stored hash, for the other nodes
+                    record = next(c for c in self.store.channels() if c.id == record.id)
+                self._spawn(self._share_channel(record))
         except sqlite3.Error as exc:
             log.error("cannot store a channel change id=%d error=%r", event.channel_id, exc)
+
+    async def _share_channel(self, record: StoredChannel) -> None:
+        link = self._cluster
+        assert link is not None
+        try:
+            await link.put_channel(_shared(record))
+            if link.first_channel_id <= record.id <= link.last_channel_id:
+                await link.note_channel_id(record.id)
+        except Exception as exc:
+            log.error("cannot share a channel change id=%d error=%r", record.id, exc)
 
     def _log_admin(self, event: ev.AdminActionHandled) -> None:
         """One line per admin request: who, what, on whom; the outcome (never keys)."""

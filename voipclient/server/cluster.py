@@ -15,6 +15,8 @@ subject                                 what
                                         its users listen to and adds each listener's own s2c MAC
 ``vc.node.<node>.keydist`` / ``.loss``  a KeyDist part / loss report for a user of that node
 ``vc.node.<node>.replace``              that node's user logged in elsewhere: end its session
+``vc.node.<node>.admin``                an administrator elsewhere kicked, banned or moved a
+                                        user of that node: it carries it out
 ``vc.text``                             a channel text, for every node's members of the channel
 ``vc.hb`` / ``vc.hello`` / ``vc.bye``   heartbeats (1 s; a node silent for 3 s is gone and its
                                         users leave), a node's start (the others send it their
@@ -24,7 +26,11 @@ subject                                 what
 JetStream key-value buckets: ``vc_nodes`` (sender-id ranges: node slot ``n`` hands out ids
 ``n << 24 ..``, so ids are unique across the cluster), ``vc_names`` (name bindings: the first
 node to bind a name wins, every node refuses the name to other keys), ``vc_bans`` (bans, checked
-at every login and by the ban sweep on every node).
+at every login and by the ban sweep on every node), ``vc_channels`` (the channels
+administrators made, with their password *hashes*: a change on one node is made on every node;
+node slot ``n`` gives new channels the ids ``10000 + (n - 1) << 24 ..``, so two nodes never
+make the same id) and ``vc_admins`` (identities made administrators at run time; in a cluster
+the first-user rule is off, see ``docs/server.md``).
 
 **The relay stays blind.** Voice crosses NATS as the speaker sealed it (AES-GCM under a sender
 key only channel members hold); KeyDist parts are sealed to their recipient's session key; texts
@@ -51,6 +57,7 @@ import msgspec
 
 from voipclient.errors import ProtocolError
 from voipclient.net import messages as m
+from voipclient.server.control import FIRST_ADMIN_CHANNEL_ID
 
 if TYPE_CHECKING:  # nats-py is imported only when a server joins a cluster
     from nats.aio.client import Client as NatsClient
@@ -58,7 +65,7 @@ if TYPE_CHECKING:  # nats-py is imported only when a server joins a cluster
     from nats.aio.subscription import Subscription
     from nats.js.kv import KeyValue
 
-__all__ = ["SLOT_BITS", "ClusterError", "ClusterLink", "ClusterNode"]
+__all__ = ["SLOT_BITS", "ClusterError", "ClusterLink", "ClusterNode", "SharedChannel"]
 
 log = logging.getLogger("voipclient.server.cluster")
 
@@ -69,7 +76,14 @@ MAX_SLOTS: Final = 255
 HEARTBEAT_S: Final = 1.0
 #: A node silent this long is gone: its users leave every other node's roster.
 NODE_TIMEOUT_S: Final = 3.0
-_BUCKETS: Final = ("vc_nodes", "vc_names", "vc_bans")
+_BUCKETS: Final = ("vc_nodes", "vc_names", "vc_bans", "vc_channels", "vc_admins")
+#: The stored records a node reads at start and then follows: bucket -> this link's attribute.
+_FOLLOWED: Final = (
+    ("vc_names", "names"),
+    ("vc_bans", "bans"),
+    ("vc_channels", "channels"),
+    ("vc_admins", "admins"),
+)
 
 
 class ClusterError(Exception):
@@ -92,6 +106,24 @@ class _Env(msgspec.Struct, array_like=True, frozen=True):
 
 _ENC: Final = msgspec.msgpack.Encoder()
 _DEC: Final = msgspec.msgpack.Decoder(_Env)
+
+
+class SharedChannel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A channel an administrator made, as the cluster's channel store keeps it (the node's
+    ``StoredChannel``: a password only as its scrypt hash)."""
+
+    id: int
+    parent: int | None
+    parent_name: str | None
+    name: str
+    description: str = ""
+    password_hash: str | None = None
+    max_members: int = 0
+    speakers: tuple[str, ...] | None = None
+
+
+_CH_ENC: Final = msgspec.json.Encoder()
+_CH_DEC: Final = msgspec.json.Decoder(SharedChannel)
 
 
 class ClusterNode(msgspec.Struct, frozen=True):
@@ -127,6 +159,7 @@ class ClusterLink:
         self.address = address
         self.incarnation = int.from_bytes(os.urandom(6), "big")
         self.slot = 0
+        self.next_channel_id = 0
         self._nc: NatsClient | None = None
         self._kv: dict[str, KeyValue] = {}
         self._host: Any = None
@@ -139,6 +172,8 @@ class ClusterLink:
         self._hb: asyncio.TimerHandle | None = None
         self.names: dict[str, bytes] = {}  # account key -> identity key, from vc_names
         self.bans: set[bytes] = set()  # identity keys, from vc_bans
+        self.channels: dict[int, SharedChannel] = {}  # from vc_channels
+        self.admins: set[bytes] = set()  # identity keys, from vc_admins
         self.counters = {
             "published": 0,
             "received": 0,
@@ -157,6 +192,14 @@ class ClusterLink:
     @property
     def last_sender_id(self) -> int:
         return (self.slot << SLOT_BITS) | ((1 << SLOT_BITS) - 1)
+
+    @property
+    def first_channel_id(self) -> int:
+        return FIRST_ADMIN_CHANNEL_ID + (max(self.slot, 1) - 1 << SLOT_BITS)
+
+    @property
+    def last_channel_id(self) -> int:
+        return self.first_channel_id + (1 << SLOT_BITS) - 1
 
     async def connect(self, timeout: float = 10.0, *, claim_slot: bool = True) -> None:
         """Join: NATS, the shared buckets and (a node, not an operator command) a slot."""
@@ -214,18 +257,26 @@ class ClusterLink:
         else:
             if claim_slot:
                 raise ClusterError(f"no free node slot (at most {MAX_SLOTS} nodes)")
-        for bucket, target in (("vc_names", "names"), ("vc_bans", "bans")):
+        if claim_slot:
+            # The next id for a channel made here: kept with the slot, so an id is never given
+            # twice (a client may still hold a deleted channel's id in a push-to-talk binding).
+            with contextlib.suppress(Exception):  # none yet
+                entry = await nodes.get(f"chan{self.slot}")
+                self.next_channel_id = int((entry.value or b"0").decode())
+        for bucket, target in _FOLLOWED:
             with contextlib.suppress(Exception):  # an empty bucket has no keys
                 for key in await self._kv[bucket].keys():
                     entry = await self._kv[bucket].get(key)
                     self._store(target, key, entry.value)
         log.info(
-            "joined the cluster url=%s node=%s slot=%d names=%d bans=%d",
+            "joined the cluster url=%s node=%s slot=%d names=%d bans=%d channels=%d admins=%d",
             self.url,
             self.node,
             self.slot,
             len(self.names),
             len(self.bans),
+            len(self.channels),
+            len(self.admins),
         )
 
     async def _close_quietly(self) -> None:
@@ -257,13 +308,20 @@ class ClusterLink:
                     self.names[name] = value
                 else:
                     self.names.pop(name, None)
+            elif target == "channels":
+                cid = int(key.removeprefix("ch"))
+                if value:
+                    self.channels[cid] = _CH_DEC.decode(value)
+                else:
+                    self.channels.pop(cid, None)
             else:
                 ik = _unkey(key)
+                keys = self.bans if target == "bans" else self.admins
                 if value is not None:
-                    self.bans.add(ik)
+                    keys.add(ik)
                 else:
-                    self.bans.discard(ik)
-        except (ValueError, UnicodeDecodeError):
+                    keys.discard(ik)
+        except (ValueError, UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
             self.counters["bad"] += 1
 
     async def start(self, host: Any) -> None:
@@ -282,9 +340,10 @@ class ClusterLink:
             (f"{me}.loss", self._on_env),
             (f"{me}.sync", self._on_env),
             (f"{me}.replace", self._on_env),
+            (f"{me}.admin", self._on_env),
         ):
             self._subs.append(await nc.subscribe(subject, cb=cb))
-        for bucket, target in (("vc_names", "names"), ("vc_bans", "bans")):
+        for bucket, target in _FOLLOWED:
             self._spawn(self._watch(bucket, target))
         await nc.flush()
         self._send(_Env(self.node, self.incarnation, "hello", address=self.address))
@@ -306,6 +365,14 @@ class ClusterLink:
                 continue
             if target == "bans":
                 self._host.cluster_bans_changed()
+            elif target == "channels":
+                with contextlib.suppress(ValueError):
+                    cid = int(entry.key.removeprefix("ch"))
+                    self._host.cluster_channel(cid, self.channels.get(cid))
+            elif target == "admins":
+                if not deleted:
+                    with contextlib.suppress(ValueError):
+                        self._host.cluster_admin_granted(_unkey(entry.key))
             elif not deleted and entry.value:
                 with contextlib.suppress(ValueError, UnicodeDecodeError):
                     self._host.cluster_name_bound(_unkey(entry.key).decode(), entry.value)
@@ -351,6 +418,71 @@ class ClusterLink:
     def publish_replaced(self, node: str, sender_id: int) -> None:
         env = _Env(self.node, self.incarnation, "replace", sender=sender_id)
         self._send(env, f"{PREFIX}.node.{node}.replace")
+
+    def publish_admin(
+        self,
+        node: str,
+        action: int,
+        by: int,
+        by_name: str,
+        target: int,
+        channel: int | None,
+        reason: str,
+    ) -> None:
+        """An administrator's kick, ban or move of a user of ``node``: that node carries it
+        out. The text fields ride in ``msg`` (by_name, reason: what AdminNotice carries)."""
+        env = _Env(
+            self.node,
+            self.incarnation,
+            "admin",
+            msg=_ENC.encode((action, by_name, reason, channel)),
+            sender=by,
+            recipient=target,
+        )
+        self._send(env, f"{PREFIX}.node.{node}.admin")
+
+    async def put_channel(self, channel: SharedChannel) -> None:
+        """A channel made or changed here, for every node (and this one's next start)."""
+        kv = self._kv.get("vc_channels")
+        if kv is not None:
+            await kv.put(f"ch{channel.id}", _CH_ENC.encode(channel))
+            self.channels[channel.id] = channel
+
+    async def create_channel(self, channel: SharedChannel) -> bool:
+        """Add a channel unless the store has its id already (a node's channels from before it
+        joined). False when the id is taken."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        kv = self._kv.get("vc_channels")
+        if kv is None:
+            return False
+        try:
+            await kv.create(f"ch{channel.id}", _CH_ENC.encode(channel))
+        except KeyWrongLastSequenceError:
+            return False
+        self.channels[channel.id] = channel
+        return True
+
+    async def note_channel_id(self, channel_id: int) -> None:
+        """``channel_id`` was given to a channel made here: never give it again."""
+        if channel_id >= self.next_channel_id and self.slot:
+            self.next_channel_id = channel_id + 1
+            kv = self._kv.get("vc_nodes")
+            if kv is not None:
+                await kv.put(f"chan{self.slot}", str(channel_id + 1).encode())
+
+    async def delete_channel(self, channel_id: int) -> None:
+        kv = self._kv.get("vc_channels")
+        if kv is not None:
+            await kv.delete(f"ch{channel_id}")
+            self.channels.pop(channel_id, None)
+
+    async def grant_admin(self, ik_pub: bytes) -> None:
+        """An identity made administrator (on this node): an administrator on every node."""
+        kv = self._kv.get("vc_admins")
+        if kv is not None:
+            await kv.put(_key(ik_pub), b"1")
+            self.admins.add(ik_pub)
 
     def publish_voice(self, bodies: list[bytes]) -> None:
         """Voice bodies (hop MAC removed) for listeners on other nodes: one publish each, on
@@ -476,6 +608,17 @@ class ClusterLink:
                 )
         elif kind == "replace":
             host.cluster_replaced(env.sender)
+        elif kind == "admin":
+            try:
+                action, by_name, reason, channel = msgspec.msgpack.decode(
+                    env.msg, type=tuple[int, str, str, int | None]
+                )
+                op = m.AdminOp(action)
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+                self.counters["bad"] += 1
+                return
+            if not host.cluster_admin(op, env.sender, by_name, env.recipient, channel, reason):
+                self.counters["bad"] += 1
         elif kind == "bye":
             self._gone(env.node, "stopped")
 

@@ -77,7 +77,12 @@ Policies (documented in docs/protocol.md):
   channel but the Lobby (ascending ids), and the Lobby too if it is still at the cap (only
   possible with ``max_memberships`` 1); each change is a MembershipChanged broadcast, exactly as
   for a normal leave and join. Every request, done or refused, is reported with
-  ``AdminActionHandled``.
+  ``AdminActionHandled``. On a cluster node, a target that is another node's user is handed to
+  that node (``ClusterAdmin``; it carries it out with :meth:`ServerCore.admin_from_node`), and
+  the requester gets its AdminNotice at once. Channels other nodes' administrators make, change
+  and delete come in through :meth:`ServerCore.apply_shared_channel` and
+  :meth:`ServerCore.remove_shared_channel`; this node makes new ones from its own id range
+  (``ServerConfig.first_channel_id`` .. ``last_channel_id``).
 * **Channel administration.** An administrator may also send ChannelAdmin (CREATE, UPDATE,
   DELETE). Checks, in order: admin (NOT_ADMIN); for UPDATE/DELETE the channel exists
   (NO_SUCH_CHANNEL) and an administrator made it (CHANNEL_LOCKED: the Lobby and the configured
@@ -253,6 +258,10 @@ class ServerConfig:
     #: node gets its own range, so ids are unique across the cluster).
     first_sender_id: int = 1
     last_sender_id: int = m.U32_MAX
+    #: Ids ChannelAdmin gives new channels: ``first_channel_id`` .. ``last_channel_id`` (a
+    #: cluster node gets its own range, so two nodes never make the same id).
+    first_channel_id: int = FIRST_ADMIN_CHANNEL_ID
+    last_channel_id: int = m.U32_MAX
     #: A cluster node: roster changes of its users, and KeyDists, texts and loss reports for
     #: users on other nodes, become ``Cluster*`` events; other nodes' changes come in through
     #: :meth:`ServerCore.apply_remote`.
@@ -261,6 +270,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.first_sender_id <= self.last_sender_id <= m.U32_MAX:
             raise LocalProtocolError("sender id range must be within 1..2^32-1")
+        if not 2 <= self.first_channel_id <= self.last_channel_id <= m.U32_MAX:
+            raise LocalProtocolError("channel id range must be within 2..2^32-1")
         lobby = self.lobby
         if lobby.id != LOBBY_ID or lobby.parent is not None:
             raise LocalProtocolError("the lobby must have id 1 and no parent")
@@ -546,9 +557,9 @@ class ServerCore:
             self._channel_cfg[ch.id] = ch
         #: Ids of the channels administrators made (ChannelAdmin may change only these).
         self._admin_channels: set[int] = {ch.id for ch in made}
-        self._next_channel_id = max(FIRST_ADMIN_CHANNEL_ID, next_channel_id, *self._channel_cfg)
-        if self._next_channel_id in self._channel_cfg:
-            self._next_channel_id += 1
+        first, last = config.first_channel_id, config.last_channel_id
+        own = [cid + 1 for cid in self._channel_cfg if first <= cid <= last]
+        self._next_channel_id = max(first, next_channel_id if next_channel_id <= last else 0, *own)
         granted = frozenset(granted_admins)
         if any(len(k) != m.ED25519_PUB_LEN for k in granted):
             raise LocalProtocolError("an admin key is a raw 32-byte Ed25519 public key")
@@ -682,6 +693,10 @@ class ServerCore:
         """Every administrator's identity key: ``config.admins``, the granted ones passed in,
         and one made by the first-user rule in this run."""
         return frozenset(self._admins)
+
+    def channel_ids(self) -> frozenset[int]:
+        """Every channel's id (configured and made by administrators, the Lobby included)."""
+        return frozenset(self._channel_cfg)
 
     @property
     def admin_channels(self) -> frozenset[int]:
@@ -895,6 +910,86 @@ class ServerCore:
         self._send(target, msg)
         return True
 
+    def apply_shared_channel(self, channel: ChannelConfig) -> bool:
+        """A channel an administrator made or changed on another node (the cluster's shared
+        channel store): created here or updated, announced to our clients as if made here, and
+        administrable here. A record equal to ours changes nothing (our own change coming back);
+        one that does not fit (a configured channel's id, an unknown parent, a cycle, a bad
+        schema) is refused (False) and changes nothing."""
+        old = self._channel_cfg.get(channel.id)
+        if channel.id == LOBBY_ID or (old is not None and channel.id not in self._admin_channels):
+            return False
+        if channel.parent is None or channel.parent not in self._channel_cfg:
+            return False
+        if old is not None and self._within(channel.parent, channel.id):
+            return False
+        try:
+            if old is None:
+                self.add_channel(channel)
+                self._admin_channels.add(channel.id)
+            elif old.to_view() == channel.to_view():
+                self._channel_cfg[channel.id] = channel  # a new password hash, nothing to show
+            else:
+                self.update_channel(channel)
+        except (LocalProtocolError, ValueError):
+            return False
+        return True
+
+    def remove_shared_channel(self, channel_id: int) -> bool:
+        """A channel another node's administrator deleted: removed here too (with any
+        sub-channels this node still has under it). False when there is no such channel made
+        by an administrator."""
+        if channel_id not in self._admin_channels or channel_id not in self._channel_cfg:
+            return False
+        self.remove_channel(channel_id)
+        return True
+
+    def add_admin(self, ik_pub: bytes) -> None:
+        """An identity made administrator elsewhere in the cluster (the shared admin store):
+        its requests are honoured here from its next login on."""
+        if len(ik_pub) == m.ED25519_PUB_LEN:
+            self._admins.add(ik_pub)
+
+    def admin_from_node(
+        self,
+        action: m.AdminOp,
+        by: int,
+        by_name: str,
+        target: int,
+        channel_id: int | None,
+        reason: str,
+    ) -> bool:
+        """An administrator on another node kicked, banned or moved a user of ours (that node
+        checked the administrator; this one checks the target and the channel again, as the
+        roster may have moved on). The target gets the AdminNotice and the same outcome as
+        from a local administrator. False when it does not apply (not our user any more)."""
+        sess = self._by_sender.get(target)
+        if sess is None or sess.state is not ServerState.READY:
+            return False
+        if channel_id is not None and (
+            channel_id not in self._channel_cfg or self._roster.is_member(target, channel_id)
+        ):
+            return False
+        notice = m.AdminNotice(
+            action=action, by=by, target=target, channel_id=channel_id, reason=reason
+        )
+        self._send(sess, notice)
+        if action is m.AdminOp.MOVE:
+            if channel_id is None:
+                return False
+            self._move(target, channel_id)
+            return True
+        done = "banned" if action is m.AdminOp.BAN else "kicked"
+        why = f"{done} by {by_name}" + (f": {reason}" if reason else "")
+        victims = (
+            [s for s in self._by_sender.values() if s.ik_pub == sess.ik_pub]
+            if action is m.AdminOp.BAN
+            else [sess]
+        )
+        for victim in victims:
+            self._close(victim, _Reason.LOCAL_CLOSE, _Code.KICKED, why, _Leave.KICKED)
+        return True
+
     # -- server-initiated actions ----------------------------------------------------------------
 
     def send_voice_tunnel(self, conn_id: int, datagram: bytes) -> bool:
@@ -938,7 +1033,7 @@ class ServerCore:
         _check_channel_schema(channel)
         self._roster.add_channel(channel.to_view())
         self._channel_cfg[channel.id] = channel
-        if channel.id >= self._next_channel_id:
+        if self._next_channel_id <= channel.id <= self.config.last_channel_id:
             self._next_channel_id = channel.id + 1
         self._broadcast(m.ChannelAdded(channel=channel.to_view().to_wire()))
 
@@ -1254,11 +1349,12 @@ class ServerCore:
         sid = sess.sender_id
         assert sid is not None
         target = self._by_sender.get(msg.target)
+        node = self._remote.get(msg.target)  # a user of another cluster node
         ch = msg.channel_id
         code, text = 0, ""
         if sess.ik_pub not in self._admins:
             code, text = _Code.NOT_ADMIN, "not an administrator of this server"
-        elif target is None:
+        elif target is None and node is None:
             code, text = _Code.NO_SUCH_USER, f"no user with sender id {msg.target}"
         elif ch is not None and ch not in self._channel_cfg:
             code, text = _Code.NO_SUCH_CHANNEL, "no such channel"
@@ -1271,7 +1367,7 @@ class ServerCore:
                 sess.name,
                 msg.action,
                 msg.target,
-                "" if target is None else target.name,
+                self._user_name(msg.target),
                 ch,
                 msg.reason,
                 int(code),
@@ -1280,10 +1376,22 @@ class ServerCore:
         if code:
             self._refuse(sess, code, text, ch)
             return
-        assert target is not None
         notice = m.AdminNotice(
             action=msg.action, by=sid, target=msg.target, channel_id=ch, reason=msg.reason
         )
+        if target is None:
+            # The user's node carries it out (and tells the user); a ban also goes into the
+            # cluster's shared ban store, from which every node refuses the identity.
+            assert node is not None
+            user = self._roster.user(msg.target)
+            assert user is not None
+            if msg.action is m.AdminOp.BAN:
+                self._events.append(ev.BanRequested(user.ik_pub, user.name, msg.reason, sess.name))
+            self._events.append(
+                ev.ClusterAdmin(node, msg.action, sid, sess.name, msg.target, ch, msg.reason)
+            )
+            self._send(sess, notice)
+            return
         done = "banned" if msg.action is m.AdminOp.BAN else "kicked"
         why = f"{done} by {sess.name}" + (f": {msg.reason}" if msg.reason else "")
         if msg.action is m.AdminOp.MOVE:
@@ -1392,7 +1500,7 @@ class ServerCore:
                 None,
                 None,
             )
-        if old is None and self._next_channel_id > m.U32_MAX:  # pragma: no cover - 4e9 creates
+        if old is None and self._next_channel_id > self.config.last_channel_id:
             return _Code.INVALID_CHANNEL, "out of channel ids", None, None
         name = msg.name if msg.name is not None else (old.name if old else "")
         if (old is None or (name, parent) != (old.name, old.parent)) and self._name_taken(
@@ -1429,6 +1537,10 @@ class ServerCore:
             speakers=speakers,
         )
         return 0, "", new.id, new
+
+    def _user_name(self, sender_id: int) -> str:
+        user = self._roster.user(sender_id)
+        return "" if user is None else user.name
 
     def _within(self, channel_id: int, ancestor: int) -> bool:
         """``channel_id`` is ``ancestor`` or one of its sub-channels (at any depth)."""

@@ -303,6 +303,14 @@ class Store:
         self._set_meta("channels_seeded", "1")
         return True
 
+    def joined_cluster(self) -> bool:
+        """This data directory's server has been a cluster node (its channels are a mirror
+        of the cluster's shared store since: never brought into it again)."""
+        return self._meta("cluster_joined") is not None
+
+    def mark_joined_cluster(self) -> None:
+        self._set_meta("cluster_joined", "1")
+
     # -- administrators ---------------------------------------------------------------------------
 
     def add_admin(self, ik_pub: bytes, label: str = "", reason: str = "") -> bool:

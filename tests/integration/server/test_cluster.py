@@ -10,6 +10,7 @@ leaves the other node's roster within seconds.
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 import signal
 import subprocess
@@ -23,9 +24,12 @@ import pytest
 from benchmarks.nats_process import NatsServer, free_port
 from voipclient.crypto.identity import IdentityKey
 from voipclient.net import e2ee
+from voipclient.net import events as ev
+from voipclient.net import messages as m
 
 from ..conftest import A, ServerProcess, Starter
 from ._client import TestClient, payload
+from .test_channel_admin import channel_admin, done, refused
 from .test_server import clients, join_all, keys_everywhere, run
 
 pytestmark = pytest.mark.timeout(90)
@@ -39,7 +43,7 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
 
 
 def two_nodes(
-    start_server: Starter, nats_url: str, tmp_path: Path
+    start_server: Starter, nats_url: str, tmp_path: Path, config: str | None = None
 ) -> tuple[ServerProcess, ServerProcess]:
     """Node 1, then node 2 with node 1's TLS key (one pin for the cluster)."""
     n1 = start_server(
@@ -50,16 +54,37 @@ def two_nodes(
         "--stats-interval",
         "0.3",
         data_dir=tmp_path / "d1",
+        config=config,
     )
-    d2 = tmp_path / "d2"
-    d2.mkdir(mode=0o700)
-    for name in ("server-key.pem", "server-cert.pem"):
-        shutil.copy2(n1.data_dir / name, d2 / name)
-    n2 = start_server(
-        "--cluster", nats_url, "--node-id", "n2", "--stats-interval", "0.3", data_dir=d2
+    return n1, another_node(start_server, nats_url, tmp_path, n1, "n2", config)
+
+
+def another_node(
+    start_server: Starter,
+    nats_url: str,
+    tmp_path: Path,
+    first: ServerProcess,
+    name: str,
+    config: str | None = None,
+) -> ServerProcess:
+    """A node with ``first``'s TLS key (one pin for the cluster) and a data directory of its
+    own."""
+    data = tmp_path / f"d-{name}"
+    data.mkdir(mode=0o700)
+    for file in ("server-key.pem", "server-cert.pem"):
+        shutil.copy2(first.data_dir / file, data / file)
+    node = start_server(
+        "--cluster",
+        nats_url,
+        "--node-id",
+        name,
+        "--stats-interval",
+        "0.3",
+        data_dir=data,
+        config=config,
     )
-    assert n1.pin == n2.pin
-    return n1, n2
+    assert node.pin == first.pin
+    return node
 
 
 async def nats_tap(url: str, seen: list[bytes]) -> object:
@@ -285,3 +310,128 @@ def test_a_cluster_that_cannot_be_joined_is_a_clear_error(tmp_path: Path) -> Non
             )
             assert done.returncode == 1
             assert words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_channels_kicks_and_moves_made_on_one_node_hold_on_every_node(
+    nats_url: str, start_server: Starter, tmp_path: Path
+) -> None:
+    """An administrator on node 1 makes a password channel: a client of node 2 sees it and its
+    password opens it there (the scrypt hash crossed, never the password); an administrator on
+    node 2 makes one from node 2's own id range; a node started later has both; node 1's
+    administrator moves and kicks a user of node 2."""
+    root, root2 = IdentityKey.generate(), IdentityKey.generate()
+    keys = ", ".join(f'"{base64.b64encode(k.public_bytes()).decode()}"' for k in (root, root2))
+    config = f"[admins]\nkeys = [{keys}]\n"
+    n1, n2 = two_nodes(start_server, nats_url, tmp_path, config)
+    seen: list[bytes] = []
+
+    async def scenario() -> None:
+        tap = await nats_tap(nats_url, seen)
+        admin = await TestClient.connect(n1.host, n1.port, n1.pin, "root", identity=root)
+        admin2 = await TestClient.connect(n2.host, n2.port, n2.pin, "root2", identity=root2)
+        bob = await TestClient.connect(n2.host, n2.port, n2.pin, "bob")
+        try:
+            channel_admin(admin, "create", name="Raid", password="pw-7f3a")
+            raid = (await done(admin, 1)).channel_id
+            await bob.wait_for(lambda: raid in bob.session.roster.channels, what="bob sees Raid")
+            assert bob.session.roster.channels[raid].password_protected
+            bob.join(raid, "wrong")
+            assert (await refused(bob, 1)).code == m.ErrorCode.WRONG_CHANNEL_PASSWORD
+            bob.join(raid, "pw-7f3a")  # checked on node 2, against the shared hash
+            await bob.wait_for(lambda: bob.is_member(raid), what="bob in Raid")
+            await admin.wait_for(
+                lambda: (bob.sid or 0) in admin.session.roster.members(raid), what="seen on n1"
+            )
+            # node 2's administrator: a channel from node 2's range, and a rename of Raid
+            channel_admin(admin2, "create", name="Games")
+            games = (await done(admin2, 1)).channel_id
+            assert (raid, games) == (10_000, 10_000 + (1 << 24))  # slot 1's ids, slot 2's
+            channel_admin(admin2, "update", channel_id=raid, name="Raid night")
+            await done(admin2, 2)
+            await admin.wait_for(
+                lambda: (
+                    admin.session.roster.channels[raid].name == "Raid night"
+                    and games in admin.session.roster.channels
+                ),
+                what="node 1 has node 2's changes",
+            )
+            # a node that joins later has every channel the administrators made
+            n3 = another_node(start_server, nats_url, tmp_path, n1, "n3", config)
+            cat = await TestClient.connect(n3.host, n3.port, n3.pin, "cat")
+            names = {c.name for c in cat.session.roster.channels.values()}
+            assert {"Raid night", "Games"} <= names
+            cat.join(raid, "pw-7f3a")
+            await cat.wait_for(lambda: cat.is_member(raid), what="cat in Raid on node 3")
+            await cat.close()
+            # node 1's administrator moves bob (node 2) into A, then kicks him
+            admin.admin("move", bob.sid or 0, channel_id=A)
+            await bob.wait_for(lambda: bob.is_member(A), what="bob moved into A")
+            await admin.wait_for(
+                lambda: (bob.sid or 0) in admin.session.roster.members(A), what="move seen on n1"
+            )
+            admin.admin("kick", bob.sid or 0, reason="afk")
+            await bob.wait_for(lambda: bob.closed is not None, what="bob kicked")
+            assert "kicked by root: afk" in (bob.closed.message if bob.closed else "")
+            await admin.wait_for(
+                lambda: (bob.sid or 0) not in admin.session.roster.users, what="bob gone"
+            )
+            # deleted on node 1: gone on node 2
+            channel_admin(admin, "delete", channel_id=games)
+            await admin2.wait_for(
+                lambda: games not in admin2.session.roster.channels, what="Games deleted"
+            )
+            # a deleted channel's id is never given again (a client may still have a
+            # push-to-talk key bound to it)
+            channel_admin(admin2, "create", name="Games")
+            assert (await done(admin2, 3)).channel_id == games + 1
+        finally:
+            for c in (admin, admin2, bob):
+                await c.close()
+            await tap.close()  # type: ignore[attr-defined]
+
+    run(scenario)
+    assert b"pw-7f3a" not in b"\n".join(seen)  # only the hash crossed NATS
+    for node in (n1, n2):
+        assert node.stop() == 0
+        assert "Traceback" not in node.stderr_text()
+
+
+def test_a_channel_deleted_while_a_node_was_down_stays_deleted(
+    nats_url: str, start_server: Starter, tmp_path: Path
+) -> None:
+    """A node's store mirrors the shared channels: restarted after a deletion it missed, it
+    drops the channel instead of bringing it back into the cluster."""
+    root = IdentityKey.generate()
+    config = f'[admins]\nkeys = ["{base64.b64encode(root.public_bytes()).decode()}"]\n'
+    n1, n2 = two_nodes(start_server, nats_url, tmp_path, config)
+    bob_key = IdentityKey.generate()
+
+    async def scenario() -> None:
+        admin = await TestClient.connect(n1.host, n1.port, n1.pin, "root", identity=root)
+        bob = await TestClient.connect(n2.host, n2.port, n2.pin, "bob", identity=bob_key)
+        try:
+            channel_admin(admin, "create", name="Temp")
+            temp = (await done(admin, 1)).channel_id
+            channel_admin(admin, "create", name="Kept")
+            kept = (await done(admin, 2)).channel_id
+            await bob.wait_for(lambda: temp in bob.session.roster.channels, what="n2 has Temp")
+            await bob.close()
+            assert n2.stop() == 0
+            channel_admin(admin, "delete", channel_id=temp)
+            await done(admin, 3)
+            again = start_server(
+                "--cluster", nats_url, "--node-id", "n2", config=config, data_dir=n2.data_dir
+            )
+            bob = await TestClient.connect(
+                again.host, again.port, again.pin, "bob", identity=bob_key
+            )
+            assert temp not in bob.session.roster.channels
+            assert kept in bob.session.roster.channels
+            await asyncio.sleep(0.5)  # anything the restarted node put would have come back
+            assert temp not in admin.session.roster.channels
+            assert [e.channel.name for e in admin.of(ev.ChannelAdded)] == ["Temp", "Kept"]
+        finally:
+            await admin.close()
+            await bob.close()
+
+    run(scenario)

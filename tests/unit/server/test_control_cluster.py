@@ -7,7 +7,12 @@ from __future__ import annotations
 from tests.unit.net._harness import identity, real_keydist, seeded_rng
 from voipclient.net import events as ev
 from voipclient.net import messages as m
-from voipclient.server.control import ChannelConfig, ServerConfig, ServerCore
+from voipclient.server.control import (
+    FIRST_ADMIN_CHANNEL_ID,
+    ChannelConfig,
+    ServerConfig,
+    ServerCore,
+)
 
 from .test_control import Raw
 
@@ -130,3 +135,148 @@ def test_clients_are_told_the_cluster_nodes() -> None:
     assert ann.recv() == [m.ClusterNodes(nodes=("a.example:64738",))]
     n1.set_cluster_nodes(("a.example:64738",))  # unchanged: nothing sent
     assert ann.recv() == []
+
+
+def admin_node(slot: int) -> ServerCore:
+    """A node whose administrator is "root", making channels in its own id range."""
+    first = FIRST_ADMIN_CHANNEL_ID + ((slot - 1) << 24)
+    config = ServerConfig(
+        channels=(ChannelConfig(A, "A"),),
+        first_sender_id=slot << 24,
+        last_sender_id=(slot << 24) | 0xFFFFFF,
+        first_channel_id=first,
+        last_channel_id=first + 0xFFFFFF,
+        admins=frozenset({identity("root")[1]}),
+        cluster=True,
+    )
+    return ServerCore(config, rng=seeded_rng(slot))
+
+
+def saved_channel(c: ServerCore) -> ChannelConfig:
+    """The channel a ChannelSaved event describes, as the other node builds it from the shared
+    store (the password only as a verifier)."""
+    [saved] = [e for e in c.events() if isinstance(e, ev.ChannelSaved)]
+    return ChannelConfig(
+        saved.channel_id,
+        saved.name,
+        parent=saved.parent,
+        description=saved.description,
+        password=(lambda given: given == "pw") if saved.password_protected else None,
+        max_members=saved.max_members,
+        speakers=saved.speakers,
+    )
+
+
+def test_channels_made_on_one_node_appear_on_the_other_with_their_own_ids() -> None:
+    n1, n2 = admin_node(1), admin_node(2)
+    root = Raw(n1, 1)
+    root.login("root")
+    bob = Raw(n2, 1)
+    bob.login("bob")
+    root.recv()
+    bob.recv()
+    root.send(m.ChannelAdmin(m.ChannelOp.CREATE, name="Raid", password="pw"))
+    raid = saved_channel(n1)
+    assert raid.id == FIRST_ADMIN_CHANNEL_ID  # node 1's range starts at 10,000
+    assert n2.apply_shared_channel(raid)
+    [added] = [x for x in bob.recv() if isinstance(x, m.ChannelAdded)]
+    assert (added.channel.id, added.channel.name, added.channel.password_protected) == (
+        raid.id,
+        "Raid",
+        True,
+    )
+    # The same record again (node 1's own put, coming back) announces nothing.
+    assert n2.apply_shared_channel(raid) and bob.recv() == []
+    # Node 2 makes its channels from its own range: the two never collide.
+    root2 = Raw(n2, 2)
+    root2.login("root")
+    root2.recv()
+    root2.send(m.ChannelAdmin(m.ChannelOp.CREATE, name="Games"))
+    games = saved_channel(n2)
+    assert games.id == FIRST_ADMIN_CHANNEL_ID + (1 << 24)
+    assert n1.apply_shared_channel(games)
+    # ...and a channel of node 2's range does not move node 1's next id.
+    root.recv()
+    root.send(m.ChannelAdmin(m.ChannelOp.CREATE, name="Lan"))
+    assert saved_channel(n1).id == FIRST_ADMIN_CHANNEL_ID + 1
+    # An administrator on node 2 may change and delete the channel node 1 made.
+    root2.recv()
+    got = root2.send(m.ChannelAdmin(m.ChannelOp.UPDATE, channel_id=raid.id, name="Raid night"))
+    assert [type(x) for x in got][-1] is m.ChannelAdminOk
+    assert n1.apply_shared_channel(saved_channel(n2))
+    assert any(
+        isinstance(x, m.ChannelUpdated) and x.channel.name == "Raid night" for x in root.recv()
+    )
+    root2.send(m.ChannelAdmin(m.ChannelOp.DELETE, channel_id=raid.id))
+    assert any(isinstance(e, ev.ChannelDeleted) for e in n2.events())
+    assert n1.remove_shared_channel(raid.id)
+    assert any(isinstance(x, m.ChannelRemoved) for x in root.recv())
+    assert raid.id not in n1.channel_ids() and raid.id not in n2.channel_ids()
+
+
+def test_a_shared_channel_that_does_not_fit_is_refused() -> None:
+    n1 = admin_node(1)
+    # a configured channel may not be replaced, the Lobby neither; a parent must exist
+    assert not n1.apply_shared_channel(ChannelConfig(A, "Hijacked", parent=1))
+    assert not n1.apply_shared_channel(ChannelConfig(1, "Lobby"))
+    assert not n1.apply_shared_channel(ChannelConfig(20_000, "Orphan", parent=19_999))
+    assert not n1.remove_shared_channel(A)  # configured: only the file changes it
+    assert n1.channel_ids() == {1, A}
+    # a cycle: a channel moved under its own child
+    assert n1.apply_shared_channel(ChannelConfig(20_000, "Up", parent=1))
+    assert n1.apply_shared_channel(ChannelConfig(20_001, "Down", parent=20_000))
+    assert not n1.apply_shared_channel(ChannelConfig(20_000, "Up", parent=20_001))
+
+
+def test_an_administrator_kicks_and_moves_users_of_another_node() -> None:
+    n1, n2 = admin_node(1), admin_node(2)
+    root = Raw(n1, 1)
+    root.login("root")
+    carry(n1, "n1", n2)
+    bob = Raw(n2, 1)
+    bob.login("bob")
+    carry(n2, "n2", n1)
+    bob_id = 2 << 24
+    root.recv()
+    bob.recv()
+    # A move: node 1 checks the administrator and hands the request to bob's node.
+    got = root.send(m.AdminAction(m.AdminOp.MOVE, bob_id, channel_id=A))
+    assert any(isinstance(x, m.AdminNotice) for x in got)
+    [request] = [e for e in n1.events() if isinstance(e, ev.ClusterAdmin)]
+    assert (request.node, request.target, request.channel_id) == ("n2", bob_id, A)
+    assert n2.admin_from_node(
+        request.action,
+        request.by,
+        request.by_name,
+        request.target,
+        request.channel_id,
+        request.reason,
+    )
+    got = bob.recv()
+    assert isinstance(got[0], m.AdminNotice) and got[0].by == 1 << 24
+    assert any(isinstance(x, m.MembershipChanged) and x.channel_id == A for x in got)
+    carry(n2, "n2", n1)  # the membership change travels like any other
+    assert n1.listeners(A) == {bob_id}
+    # Not twice: bob is a member now (the request is re-checked where bob is).
+    assert not n2.admin_from_node(m.AdminOp.MOVE, 1 << 24, "root", bob_id, A, "")
+    # A kick: the same way; bob's session ends with KICKED.
+    root.send(m.AdminAction(m.AdminOp.KICK, bob_id, reason="afk"))
+    [kick] = [e for e in n1.events() if isinstance(e, ev.ClusterAdmin)]
+    assert n2.admin_from_node(kick.action, kick.by, kick.by_name, kick.target, None, kick.reason)
+    got = bob.recv()
+    [error] = [x for x in got if isinstance(x, m.Error)]
+    assert error.code == m.ErrorCode.KICKED and "kicked by root: afk" in error.message
+    # A ban of a remote user: also a BanRequested here (into the shared ban store).
+    carl = Raw(n2, 2)
+    carl.login("carl")
+    carry(n2, "n2", n1)
+    root.send(m.AdminAction(m.AdminOp.BAN, (2 << 24) + 1))
+    events = n1.events()
+    assert any(isinstance(e, ev.BanRequested) and e.name == "carl" for e in events)
+    assert any(isinstance(e, ev.ClusterAdmin) for e in events)
+    # A non-administrator's request never leaves its node.
+    dan = Raw(n1, 2)
+    dan.login("dan")
+    n1.events()
+    dan.send(m.AdminAction(m.AdminOp.KICK, (2 << 24) + 1))
+    assert not any(isinstance(e, ev.ClusterAdmin) for e in n1.events())

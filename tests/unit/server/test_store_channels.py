@@ -187,3 +187,22 @@ def test_admin_first_user_and_seeds_in_the_settings() -> None:
     with pytest.raises(Exception, match="true or false"):
         parse_config('[admins]\nfirst_user = "yes"\n')
     assert ServerConfig().admin_first_user is False
+
+
+def test_one_channel_from_the_cluster_keeps_a_parent_the_node_already_has() -> None:
+    """A cluster node adds channels one at a time (``known``: the ids it has): a parent made
+    earlier is kept; an unknown one is still the Lobby."""
+    settings = parse_config(CONFIG)
+    child = [StoredChannel(NEW + 5, NEW, None, "Raid chat")]
+    assert [c.parent for c in admin_channels(settings, child, known={1, 2, 3, NEW})] == [NEW]
+    assert [c.parent for c in admin_channels(settings, child, known={1, 2, 3})] == [LOBBY_ID]
+
+
+def test_the_cluster_flag_survives_a_reopen(tmp_path: Path) -> None:
+    s = Store.open(tmp_path)
+    assert not s.joined_cluster()
+    s.mark_joined_cluster()
+    s.close()
+    s = Store.open(tmp_path)
+    assert s.joined_cluster()
+    s.close()
