@@ -1126,6 +1126,18 @@ class RelayServer:
         self._pump()
         return done
 
+    def cluster_users_digest(self, node: str | None = None) -> bytes:
+        core = self._core
+        assert core is not None
+        return core.users_digest(node)
+
+    def cluster_members(self, node: str, sender_ids: list[int]) -> int:
+        core = self._core
+        assert core is not None
+        gone = core.resync_remote(node, sender_ids)
+        self._pump()
+        return gone
+
     def cluster_admin_granted(self, ik_pub: bytes) -> None:
         core = self._core
         if core is not None:

@@ -21,6 +21,11 @@ subject                                 what
 ``vc.hb`` / ``vc.hello`` / ``vc.bye``   heartbeats (1 s; a node silent for 3 s is gone and its
                                         users leave), a node's start (the others send it their
                                         users on ``vc.node.<node>.sync``), a clean stop
+``vc.node.<node>.resync``               "what I know of your users differs from your heartbeat's
+                                        digest": it sends them all again on ``.sync``, then their
+                                        complete id list (``members``); a user missing from it
+                                        leaves (NATS core is at most once: a lost UserLeft or
+                                        MembershipChanged is repaired within ~2 s)
 ======================================  =======================================================
 
 JetStream key-value buckets: ``vc_nodes`` (sender-id ranges: node slot ``n`` hands out ids
@@ -168,6 +173,7 @@ class ClusterLink:
         self._want: set[int] = set()
         self._reconciling = False
         self._nodes: dict[str, tuple[int, str, float]] = {}  # node -> (incarnation, addr, seen)
+        self._mismatch: dict[str, int] = {}  # node -> heartbeats in a row whose digest differed
         self._tasks: set[asyncio.Task[None]] = set()
         self._hb: asyncio.TimerHandle | None = None
         self.names: dict[str, bytes] = {}  # account key -> identity key, from vc_names
@@ -181,6 +187,7 @@ class ClusterLink:
             "voice_in": 0,
             "bad": 0,
             "nodes_gone": 0,
+            "resyncs": 0,
         }
 
     # -- joining ---------------------------------------------------------------------------------
@@ -341,6 +348,7 @@ class ClusterLink:
             (f"{me}.sync", self._on_env),
             (f"{me}.replace", self._on_env),
             (f"{me}.admin", self._on_env),
+            (f"{me}.resync", self._on_env),
         ):
             self._subs.append(await nc.subscribe(subject, cb=cb))
         for bucket, target in _FOLLOWED:
@@ -596,16 +604,19 @@ class ClusterLink:
             host.cluster_text(env.sender, env.channel, env.blob)
         elif kind == "hello":
             # A node (re)started: it knows nobody yet. Our users, to it alone.
-            for user in host.cluster_local_users():
-                self._send(
-                    _Env(
-                        self.node,
-                        self.incarnation,
-                        "roster",
-                        msg=m.encode_checked(m.UserJoined(user=user)),
-                    ),
-                    f"{PREFIX}.node.{env.node}.sync",
-                )
+            self._send_users(env.node)
+        elif kind == "hb":
+            self._compare(env.node, env.blob)
+        elif kind == "resync":
+            self._send_users(env.node, members=True)
+        elif kind == "members":
+            try:
+                sids = msgspec.msgpack.decode(env.blob, type=list[int])
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self.counters["bad"] += 1
+                return
+            gone = host.cluster_members(env.node, sids)
+            log.info("cluster roster resynced node=%s users=%d left=%d", env.node, len(sids), gone)
         elif kind == "replace":
             host.cluster_replaced(env.sender)
         elif kind == "admin":
@@ -621,6 +632,34 @@ class ClusterLink:
                 self.counters["bad"] += 1
         elif kind == "bye":
             self._gone(env.node, "stopped")
+
+    def _send_users(self, node: str, *, members: bool = False) -> None:
+        """Every user of ours to ``node`` alone (as UserJoined: one it knows becomes an
+        update), then, for a resync, the complete list of their ids."""
+        host = self._host
+        users = host.cluster_local_users()
+        subject = f"{PREFIX}.node.{node}.sync"
+        for user in users:
+            msg = m.encode_checked(m.UserJoined(user=user))
+            self._send(_Env(self.node, self.incarnation, "roster", msg=msg), subject)
+        if members:
+            sids = _ENC.encode([u.sender_id for u in users])
+            self._send(_Env(self.node, self.incarnation, "members", blob=sids), subject)
+
+    def _compare(self, node: str, digest: bytes) -> None:
+        """A heartbeat's digest of that node's users against what we know of them: two
+        differing in a row (one may race a change in flight) ask it for all of them again."""
+        if not digest or self._host is None:
+            return
+        if self._host.cluster_users_digest(node) == digest:
+            self._mismatch.pop(node, None)
+            return
+        n = self._mismatch.get(node, 0) + 1
+        if n >= 2:
+            n = 0
+            self.counters["resyncs"] += 1
+            self._send(_Env(self.node, self.incarnation, "resync"), f"{PREFIX}.node.{node}.resync")
+        self._mismatch[node] = n
 
     def _seen(self, env: _Env) -> None:
         known = self._nodes.get(env.node)
@@ -656,7 +695,8 @@ class ClusterLink:
         nodes silent longer than NODE_TIMEOUT_S (so one is gone within 3.5 s)."""
         loop = asyncio.get_running_loop()
         if tick % 2 == 0:
-            self._send(_Env(self.node, self.incarnation, "hb", address=self.address))
+            digest = b"" if self._host is None else self._host.cluster_users_digest()
+            self._send(_Env(self.node, self.incarnation, "hb", address=self.address, blob=digest))
         now = time.monotonic()
         for node, (_, _, seen) in list(self._nodes.items()):
             if now - seen > NODE_TIMEOUT_S:

@@ -545,6 +545,7 @@ class ServerCore:
         self._next_sender_id = config.first_sender_id
         #: sender id -> node, for the users of other cluster nodes in the roster
         self._remote: dict[int, str] = {}
+        self._digests: dict[str | None, tuple[int, bytes]] = {}  # node -> (roster version, digest)
         self._cluster_nodes: tuple[str, ...] = ()  # every node's "host:port", told to clients
         self._shutting_down = False
         self._channel_cfg: dict[int, ChannelConfig] = {}
@@ -828,6 +829,45 @@ class ServerCore:
                 del self._remote[sid]
         self._send_many(list(self._by_sender.values()), msg)
         return True
+
+    def users_digest(self, node: str | None = None) -> bytes:
+        """16 bytes that change with any roster record (name, keys, mute and deafen state,
+        memberships, admin flag) of this node's users (``node`` None: what its heartbeat
+        carries) or of the users this node knows of ``node``. Equal digests: the two nodes
+        agree about that node's users. Cached per roster version."""
+        version = self._roster.version
+        cached = self._digests.get(node)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if node is None:
+            sids = sorted(
+                sid
+                for sid, sess in self._by_sender.items()
+                if sess.in_roster and self._roster.user(sid) is not None
+            )
+        else:
+            sids = sorted(sid for sid, n in self._remote.items() if n == node)
+        h = hashlib.sha256()
+        for sid in sids:
+            h.update(m.encode(m.UserUpdated(user=self._roster.to_wire_user(sid))))
+        digest = h.digest()[:16]
+        self._digests[node] = (version, digest)
+        return digest
+
+    def resync_remote(self, node: str, sender_ids: Iterable[int]) -> int:
+        """``node``'s complete list of its users (after it sent each one's record again, which
+        :meth:`apply_remote` took): a user of that node missing from it left while a roster
+        message was lost, and leaves now. Returns how many left."""
+        keep = set(sender_ids)
+        gone = sorted(sid for sid, n in self._remote.items() if n == node and sid not in keep)
+        for sid in gone:
+            del self._remote[sid]
+            self._roster.remove_user(sid)
+            self._send_many(
+                list(self._by_sender.values()),
+                m.UserLeft(sender_id=sid, reason=_Leave.DISCONNECTED),
+            )
+        return len(gone)
 
     def _replace_remote(self, ik_pub: bytes) -> None:
         """The same identity logged in here: its session on another node is replaced (it

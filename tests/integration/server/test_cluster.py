@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -435,3 +436,61 @@ def test_a_channel_deleted_while_a_node_was_down_stays_deleted(
             await bob.close()
 
     run(scenario)
+
+
+def test_a_lost_roster_message_is_repaired_by_the_heartbeat_digest(
+    nats_url: str, start_server: Starter, tmp_path: Path
+) -> None:
+    """NATS core delivers at most once: a UserLeft lost in an outage would leave a ghost on the
+    other nodes. Here the ghost is forged outright (a UserJoined in node 2's name that node 2
+    never sent, as a lost UserLeft would leave it); node 1's view then differs from node 2's
+    heartbeat digest, it asks node 2 for its users, and the ghost leaves."""
+    from voipclient.server.cluster import _ENC, _Env  # the attacker speaks the nodes' envelope
+
+    n1, n2 = two_nodes(start_server, nats_url, tmp_path)
+    figures: dict[str, float] = {}
+
+    async def scenario() -> None:
+        import nats
+
+        nc = await nats.connect(nats_url)
+        beats: list[bytes] = []
+
+        async def on_hb(msg: object) -> None:
+            beats.append(msg.data)  # type: ignore[attr-defined]
+
+        await nc.subscribe("vc.hb", cb=on_hb)
+        ann = await TestClient.connect(n1.host, n1.port, n1.pin, "ann")
+        bob = await TestClient.connect(n2.host, n2.port, n2.pin, "bob")
+        try:
+            await ann.wait_for(lambda: bob.sid in ann.session.roster.users, what="ann sees bob")
+            await ann.wait_for(
+                lambda: any(_decode_env(b).node == "n2" for b in beats), what="n2's heartbeat"
+            )
+            inc = next(_decode_env(b).inc for b in beats if _decode_env(b).node == "n2")
+            ghost = (2 << 24) + 77
+            user = m.UserInfo(sender_id=ghost, name="ghost", ik_pub=bytes(range(32)))
+            forged = _Env("n2", inc, "roster", msg=m.encode_checked(m.UserJoined(user=user)))
+            await nc.publish("vc.roster", _ENC.encode(forged))
+            await ann.wait_for(lambda: ghost in ann.session.roster.users, what="the ghost")
+            t0 = time.monotonic()
+            await ann.wait_for(
+                lambda: ghost not in ann.session.roster.users, what="the ghost leaves", timeout=8
+            )
+            figures["repaired_s"] = time.monotonic() - t0
+            assert bob.sid in ann.session.roster.users  # the real users stay
+        finally:
+            await ann.close()
+            await bob.close()
+            await nc.close()
+
+    run(scenario)
+    print(f"a ghost left by a lost roster message was gone after {figures['repaired_s']:.1f} s")
+    assert figures["repaired_s"] < 4.0
+    assert "roster resynced node=n2" in n1.stderr_text() + "".join(n1.stdout_lines())
+
+
+def _decode_env(data: bytes) -> Any:
+    from voipclient.server.cluster import _DEC
+
+    return _DEC.decode(data)

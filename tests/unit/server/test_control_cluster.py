@@ -280,3 +280,40 @@ def test_an_administrator_kicks_and_moves_users_of_another_node() -> None:
     n1.events()
     dan.send(m.AdminAction(m.AdminOp.KICK, (2 << 24) + 1))
     assert not any(isinstance(e, ev.ClusterAdmin) for e in n1.events())
+
+
+def test_digests_show_a_lost_roster_message_and_a_resync_repairs_it() -> None:
+    """NATS core is at most once: a lost UserLeft leaves a ghost on the other node. The
+    heartbeat's digest of a node's users differs from what the other node knows; the complete
+    id list that node sends back removes the ghost."""
+    n1, n2 = node(1), node(2)
+    ann = Raw(n1, 1)
+    ann.login("ann")
+    ann.send(m.JoinChannel(A))
+    carry(n1, "n1", n2)
+    cat = Raw(n1, 2)
+    cat.login("cat")
+    carry(n1, "n1", n2)
+    assert n2.users_digest("n1") == n1.users_digest()  # in agreement
+    assert n2.users_digest("n2") == n2.users_digest() != n1.users_digest()
+    before = n1.users_digest()
+    cat.send(m.Bye())  # cat leaves node 1 ...
+    cluster_events(n1)  # ... and the UserLeft is lost on the way
+    assert n1.users_digest() != before
+    assert n2.users_digest("n1") == before != n1.users_digest()
+    bob = Raw(n2, 1)
+    bob.login("bob")
+    bob.recv()
+    assert n2.resync_remote("n1", [u.sender_id for u in n1.local_users()]) == 1
+    [left] = [x for x in bob.recv() if isinstance(x, m.UserLeft)]
+    assert left.sender_id == (1 << 24) + 1  # cat
+    assert n2.users_digest("n1") == n1.users_digest()
+    # A lost MembershipChanged is repaired by the records sent again before the list.
+    ann.send(m.LeaveChannel(A))
+    cluster_events(n1)  # lost
+    assert n2.users_digest("n1") != n1.users_digest()
+    for user in n1.local_users():
+        assert n2.apply_remote("n1", m.UserJoined(user=user))  # an update, as re-announced
+    assert n2.resync_remote("n1", [u.sender_id for u in n1.local_users()]) == 0
+    assert n2.users_digest("n1") == n1.users_digest()
+    assert n2.listeners(A) == frozenset()
