@@ -50,7 +50,7 @@ from voipclient.audio.redundancy import (
     RedundancyLevel,
     bitrate_cost,
 )
-from voipclient.bot import BotOptions, VoiceBot
+from voipclient.bot import BotOptions, VoiceBot, listen_while_talking
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -251,7 +251,7 @@ async def run_condition(
             join=[channel],
             talk=[],
             record=out_wav,
-            seconds=seconds + 2.0,
+            seconds=seconds + 30.0,  # a bound: it stops 0.5 s after the talker
             redundancy=policy,
             udp_addr=udp if bottleneck else None,
         )
@@ -270,16 +270,7 @@ async def run_condition(
         )
     )
 
-    async def go(bot: VoiceBot, delay: float) -> dict[str, Any]:
-        await asyncio.sleep(delay)
-        try:
-            await bot.run()
-        finally:
-            stats = bot.stats_dict()
-            await bot.close()
-        return stats
-
-    lstats, tstats = await asyncio.gather(go(listener, 0.0), go(talker, 0.3))
+    lstats, tstats = await listen_while_talking(listener, talker)
     proxy.close()
     return read_wav_mono16(out_wav), lstats, tstats, proxy
 

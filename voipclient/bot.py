@@ -805,6 +805,35 @@ async def run_bot(options: BotOptions, stats_json: Path | None = None) -> dict[s
     return stats
 
 
+async def _run_and_close(bot: VoiceBot, delay: float) -> dict[str, Any]:
+    await asyncio.sleep(delay)
+    try:
+        await bot.run()
+    finally:
+        stats = bot.stats_dict()
+        await bot.close()
+    return stats
+
+
+async def listen_while_talking(
+    listener: VoiceBot, talker: VoiceBot, *, talker_delay: float = 0.3, tail_s: float = 0.5
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run two in-process bots, the talker ``talker_delay`` after the listener, and stop the
+    listener ``tail_s`` after the talker ended (its jitter buffer's delay is well under that):
+    a recording then holds the whole speech however long the talker took to log in, which a
+    fixed ``seconds`` for the listener cannot promise on a loaded machine. Their statistics."""
+
+    async def talk_then_stop_listener() -> dict[str, Any]:
+        try:
+            return await _run_and_close(talker, talker_delay)
+        finally:
+            await asyncio.sleep(tail_s)
+            listener.request_stop()
+
+    heard, said = await asyncio.gather(_run_and_close(listener, 0.0), talk_then_stop_listener())
+    return heard, said
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import ipaddress
@@ -64,6 +65,8 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any, Final, TextIO, cast
+
+import msgspec
 
 from voipclient.errors import LocalProtocolError
 from voipclient.names import name_key
@@ -216,29 +219,12 @@ def admin_channels(
 
 
 def _shared(ch: StoredChannel) -> SharedChannel:
-    return SharedChannel(
-        id=ch.id,
-        parent=ch.parent,
-        parent_name=ch.parent_name,
-        name=ch.name,
-        description=ch.description,
-        password_hash=ch.password_hash,
-        max_members=ch.max_members,
-        speakers=ch.speakers,
-    )
+    """A stored channel as the cluster's channel store keeps it (the same fields)."""
+    return SharedChannel(**dataclasses.asdict(ch))
 
 
 def _stored(ch: SharedChannel) -> StoredChannel:
-    return StoredChannel(
-        id=ch.id,
-        parent=ch.parent,
-        parent_name=ch.parent_name,
-        name=ch.name,
-        description=ch.description,
-        password_hash=ch.password_hash,
-        max_members=ch.max_members,
-        speakers=ch.speakers,
-    )
+    return StoredChannel(**msgspec.structs.asdict(ch))
 
 
 def seed_records(settings: Settings, first_id: int) -> list[StoredChannel]:

@@ -19,7 +19,7 @@ from benchmarks.netem import Impairment, LossyProxy
 from voipclient.audio.cues import CueKind, cue
 from voipclient.audio.file_engine import read_wav_mono16
 from voipclient.audio.redundancy import COPY_BITRATE
-from voipclient.bot import BotOptions, VoiceBot
+from voipclient.bot import BotOptions, VoiceBot, listen_while_talking
 
 from ...audio_similarity import segment_similarity, similarity
 from ..audio.test_realtime import may_raise_directly
@@ -29,35 +29,6 @@ SPEECH = Path(__file__).parents[2] / "data" / "speech-0-48k.wav"
 RATE = 48_000
 
 pytestmark = pytest.mark.timeout(60)
-
-# A listener records until the talker is done and then this much longer (its jitter buffer's
-# delay is under 0.1 s), not for a fixed time: how long the talker takes to log in on a loaded
-# machine must not cut the end of its speech from the recording (a CI run saw the talker start
-# 1.4 s later than usual, and the last half second of the speech was missing).
-LISTEN_TAIL_S = 0.5
-
-
-async def run_bot(bot: VoiceBot, delay: float) -> dict[str, Any]:
-    await asyncio.sleep(delay)
-    try:
-        await bot.run()
-    finally:
-        stats = bot.stats_dict()
-        await bot.close()
-    return stats
-
-
-async def listen_while_talking(listener: VoiceBot, talker: VoiceBot) -> tuple[Any, Any]:
-    """Run both bots; the listener stops ``LISTEN_TAIL_S`` after the talker ended."""
-
-    async def talk_then_stop_listener() -> dict[str, Any]:
-        try:
-            return await run_bot(talker, 0.3)
-        finally:
-            await asyncio.sleep(LISTEN_TAIL_S)
-            listener.request_stop()
-
-    return await asyncio.gather(run_bot(listener, 0.0), talk_then_stop_listener())
 
 
 async def talk(
