@@ -73,7 +73,7 @@ from voipclient.names import name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
 from voipclient.net.frames import encode_frame
-from voipclient.server.cluster import ClusterLink, SharedChannel
+from voipclient.server.cluster import ClusterError, ClusterLink, SharedChannel
 from voipclient.server.config import PasswordHash, Settings, hash_password
 from voipclient.server.control import (
     FIRST_ADMIN_CHANNEL_ID,
@@ -613,7 +613,12 @@ class RelayServer:
         next_channel_id = self.store.next_channel_id()
         if self._cluster is not None:
             link = self._cluster
-            stored, granted = await self._join_shared_stores(stored, granted)
+            try:
+                stored, granted = await self._join_shared_stores(stored, granted)
+            except Exception as exc:
+                raise ClusterError(
+                    f"cannot read the cluster's shared channels and administrators: {exc!r}"
+                ) from None
             next_channel_id = link.next_channel_id
             if config.admin_first_user:
                 log.warning(
