@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from relay_process import stop_process
 
 from voipclient.audio.file_engine import FileEngine
 from voipclient.audio.jitter import Conceal, FadeOut, JitterBuffer, Play, PlayFec
@@ -140,13 +141,7 @@ class Server:
         raise RuntimeError(f"server did not start: {(tmp / 'server.err').read_text()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 # --- one run through the product ----------------------------------------------------------------

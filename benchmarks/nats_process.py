@@ -13,6 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+try:
+    from relay_process import stop_process
+except ImportError:  # imported as benchmarks.nats_process (the cluster tests)
+    from benchmarks.relay_process import stop_process
+
 NATS_BIN = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
     "nats-server"
 )
@@ -53,13 +58,7 @@ class NatsServer:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self._err.close()
 
     def __enter__(self) -> NatsServer:

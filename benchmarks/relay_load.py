@@ -74,6 +74,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay_process import stop_process
+
 from voipclient.crypto.hop import HopMac
 from voipclient.crypto.identity import IdentityKey
 from voipclient.net import events as ev
@@ -214,13 +216,7 @@ class Proc:
     cpu: int | None  # the core it is pinned to
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace=5.0)
 
     def cpu_ticks(self) -> int:
         """utime + stime of the process and its children (the server's UDP workers: all

@@ -8,10 +8,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 START_LINE = re.compile(r"listening on (?P<host>\S+):(?P<port>\d+) .*pin=(?P<pin>sha256/\S+)")
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM, up to ``grace`` seconds to exit, then SIGKILL (the benchmarks' child processes:
+    a server, nats-server)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 class Relay:

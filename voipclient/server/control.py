@@ -861,13 +861,14 @@ class ServerCore:
         keep = set(sender_ids)
         gone = sorted(sid for sid, n in self._remote.items() if n == node and sid not in keep)
         for sid in gone:
-            del self._remote[sid]
-            self._roster.remove_user(sid)
-            self._send_many(
-                list(self._by_sender.values()),
-                m.UserLeft(sender_id=sid, reason=_Leave.DISCONNECTED),
-            )
+            self._drop_remote(sid, _Leave.DISCONNECTED)
         return len(gone)
+
+    def _drop_remote(self, sid: int, reason: _Leave) -> None:
+        """Another node's user leaves our roster; our clients are told."""
+        del self._remote[sid]
+        self._roster.remove_user(sid)
+        self._send_many(list(self._by_sender.values()), m.UserLeft(sender_id=sid, reason=reason))
 
     def _replace_remote(self, ik_pub: bytes) -> None:
         """The same identity logged in here: its session on another node is replaced (it
@@ -876,12 +877,7 @@ class ServerCore:
         for sid, node in list(self._remote.items()):
             user = self._roster.user(sid)
             if user is not None and hmac.compare_digest(user.ik_pub, ik_pub):
-                del self._remote[sid]
-                self._roster.remove_user(sid)
-                self._send_many(
-                    list(self._by_sender.values()),
-                    m.UserLeft(sender_id=sid, reason=_Leave.REPLACED),
-                )
+                self._drop_remote(sid, _Leave.REPLACED)
                 self._events.append(ev.ClusterReplaced(node, sid))
 
     def replaced_elsewhere(self, sender_id: int) -> bool:
@@ -901,15 +897,7 @@ class ServerCore:
     def remote_node_gone(self, node: str) -> int:
         """Another node stopped (or stopped answering): its users leave the roster. Returns
         how many."""
-        gone = sorted(sid for sid, n in self._remote.items() if n == node)
-        for sid in gone:
-            del self._remote[sid]
-            self._roster.remove_user(sid)
-            self._send_many(
-                list(self._by_sender.values()),
-                m.UserLeft(sender_id=sid, reason=_Leave.DISCONNECTED),
-            )
-        return len(gone)
+        return self.resync_remote(node, ())
 
     def deliver_remote_keydist(
         self, sender_id: int, channel_id: int, recipient: int, blob: bytes
@@ -1010,25 +998,40 @@ class ServerCore:
             channel_id not in self._channel_cfg or self._roster.is_member(target, channel_id)
         ):
             return False
+        if action is m.AdminOp.MOVE and channel_id is None:
+            return False
         notice = m.AdminNotice(
             action=action, by=by, target=target, channel_id=channel_id, reason=reason
         )
-        self._send(sess, notice)
-        if action is m.AdminOp.MOVE:
-            if channel_id is None:
-                return False
-            self._move(target, channel_id)
-            return True
-        done = "banned" if action is m.AdminOp.BAN else "kicked"
-        why = f"{done} by {by_name}" + (f": {reason}" if reason else "")
+        self._carry_out_admin(sess, notice, by_name)
+        return True
+
+    def _carry_out_admin(
+        self,
+        target: _Session,
+        notice: m.AdminNotice,
+        by_name: str,
+        requester: _Session | None = None,
+    ) -> None:
+        """What an administrator's kick, ban or move does to ``target``, a user of this node
+        (checked already): the move, or the end of the session (a ban: of every session of its
+        identity), with the AdminNotice to the target and the requester when it is here."""
+        told = dict.fromkeys((target,) if requester is None else (target, requester))
+        if notice.action is m.AdminOp.MOVE:
+            assert notice.channel_id is not None
+            self._move(notice.target, notice.channel_id)
+            self._send_many(told, notice)
+            return
+        self._send_many(told, notice)
+        done = "banned" if notice.action is m.AdminOp.BAN else "kicked"
+        why = f"{done} by {by_name}" + (f": {notice.reason}" if notice.reason else "")
         victims = (
-            [s for s in self._by_sender.values() if s.ik_pub == sess.ik_pub]
-            if action is m.AdminOp.BAN
-            else [sess]
+            [s for s in self._by_sender.values() if s.ik_pub == target.ik_pub]
+            if notice.action is m.AdminOp.BAN
+            else [target]
         )
         for victim in victims:
             self._close(victim, _Reason.LOCAL_CLOSE, _Code.KICKED, why, _Leave.KICKED)
-        return True
 
     # -- server-initiated actions ----------------------------------------------------------------
 
@@ -1419,34 +1422,19 @@ class ServerCore:
         notice = m.AdminNotice(
             action=msg.action, by=sid, target=msg.target, channel_id=ch, reason=msg.reason
         )
-        if target is None:
-            # The user's node carries it out (and tells the user); a ban also goes into the
-            # cluster's shared ban store, from which every node refuses the identity.
-            assert node is not None
+        if msg.action is m.AdminOp.BAN:  # persisted by the adapter (on a cluster: shared)
             user = self._roster.user(msg.target)
             assert user is not None
-            if msg.action is m.AdminOp.BAN:
-                self._events.append(ev.BanRequested(user.ik_pub, user.name, msg.reason, sess.name))
+            self._events.append(ev.BanRequested(user.ik_pub, user.name, msg.reason, sess.name))
+        if target is None:
+            # A user of another node: that node carries it out (and tells the user).
+            assert node is not None
             self._events.append(
                 ev.ClusterAdmin(node, msg.action, sid, sess.name, msg.target, ch, msg.reason)
             )
             self._send(sess, notice)
             return
-        done = "banned" if msg.action is m.AdminOp.BAN else "kicked"
-        why = f"{done} by {sess.name}" + (f": {msg.reason}" if msg.reason else "")
-        if msg.action is m.AdminOp.MOVE:
-            assert ch is not None
-            self._move(msg.target, ch)
-            self._send_many(dict.fromkeys((target, sess)), notice)
-        elif msg.action is m.AdminOp.KICK:
-            self._send_many(dict.fromkeys((target, sess)), notice)
-            self._close(target, _Reason.LOCAL_CLOSE, _Code.KICKED, why, _Leave.KICKED)
-        else:  # BAN
-            self._events.append(ev.BanRequested(target.ik_pub, target.name, msg.reason, sess.name))
-            self._send_many(dict.fromkeys((target, sess)), notice)
-            victims = [s for s in self._by_sender.values() if s.ik_pub == target.ik_pub]
-            for victim in victims:
-                self._close(victim, _Reason.LOCAL_CLOSE, _Code.KICKED, why, _Leave.KICKED)
+        self._carry_out_admin(target, notice, sess.name, sess)
 
     def _on_channel_admin(self, sess: _Session, msg: m.ChannelAdmin) -> None:
         sid = sess.sender_id

@@ -253,7 +253,7 @@ def test_an_administrator_kicks_and_moves_users_of_another_node() -> None:
         request.reason,
     )
     got = bob.recv()
-    assert isinstance(got[0], m.AdminNotice) and got[0].by == 1 << 24
+    assert any(isinstance(x, m.AdminNotice) and x.by == 1 << 24 for x in got)
     assert any(isinstance(x, m.MembershipChanged) and x.channel_id == A for x in got)
     carry(n2, "n2", n1)  # the membership change travels like any other
     assert n1.listeners(A) == {bob_id}
