@@ -1401,13 +1401,18 @@ class RelayServer:
     def _schedule_timer(self) -> None:
         core, loop = self._core, self._loop
         assert core is not None and loop is not None
-        if self._timer is not None and self._timer_at <= loop.time() + core.min_timeout:
+        horizon = loop.time() + core.min_timeout
+        if self._timer is not None and self._timer_at <= horizon:
             # Deadlines are never set closer than min_timeout, so nothing can be due before the
             # pending timer: skip get_timer(), which visits every session.
             return
         when = core.get_timer()
         if when is None:
             return  # a pending timer may fire early: handle_timer is safe to call early
+        # Never further than the horizon, so that every later call until it fires takes the
+        # early return above: get_timer() and handle_timer() then visit the sessions once per
+        # min_timeout, not once per control message (10 % of the relay's CPU at 500 sessions).
+        when = min(when, horizon)
         if self._timer is not None and self._timer_at <= when:
             return
         if self._timer is not None:

@@ -12,35 +12,42 @@ once, in ``__init__``::
     slot s (message s of one sendmmsg call):
       hdr[s]   struct mmsghdr (64 B): msg_name -> names[s], msg_namelen, msg_iov -> iov[2s],
                msg_iovlen = 2, no control data, msg_len (written by the kernel)
-      iov[2s]    = (body pointer, body length)   <- written per copy (two uint64 stores)
+      iov[2s]    = (body pointer, body length)   <- written per datagram, for all its copies
       iov[2s+1]  = (&macs[s], 10)                <- constant
       macs[s]    32 B: the whole HMAC-SHA256 digest is stored, its first 10 bytes are sent
-      names[s]   sockaddr_in (16 B) / sockaddr_in6 (28 B, slot of 32 B), copied per copy
+      names[s]   sockaddr_in (16 B) / sockaddr_in6 (28 B), back to back
     bodies: each datagram of the batch is copied in once, at a cursor.
 
-Per copy the Python work is one HMAC ``copy``/``update``/``finalize`` and four buffer stores;
-no object is kept. Not thread-safe: one per socket, on the event loop's thread.
+Per datagram, :meth:`SendMmsg.add` takes a :class:`~voipclient.server.relay.WirePlan` (the
+speaker's listeners, built once per roster version): per copy the Python work is one HMAC
+``copy``/``update``/``finalize`` and a list append; the digests, the names and the iovecs' body
+pointers and lengths are then stored with one slice assignment each (strided, for the iovecs).
+That is 0.63 µs per copy against 0.73 µs with four stores per copy (9 copies, this machine).
+Not thread-safe: one per socket, on the event loop's thread.
 """
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import socket
 import struct
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Final, Protocol
 
-from voipclient.server.relay import HmacContext, WireEntry
+from voipclient.server.relay import HmacContext, WireEntry, WirePlan, wire_plan
 
 __all__ = [
     "HmacContext",
     "WireEntry",
+    "WirePlan",
     "available",
     "drain",
     "make_batch_sender",
     "sockaddr",
+    "wire_plan",
 ]
 
 #: Messages per sendmmsg call (the kernel caps a call at UIO_MAXIOV = 1024).
@@ -141,7 +148,7 @@ class SendMmsg:
         self._send = fn
         self.fd = fd
         namelen = 16 if family == socket.AF_INET else 28
-        nslot = 16 if family == socket.AF_INET else 32
+        nslot = namelen  # names back to back: a plan's names go in with one store
         o_iov = _HDR * max_messages
         o_mac = o_iov + 2 * _IOV * max_messages
         o_name = o_mac + 32 * max_messages
@@ -161,15 +168,10 @@ class SendMmsg:
             i = (o_iov + 2 * _IOV * s) // 8
             q[i + 2] = base + o_mac + 32 * s  # iov[2s+1].iov_base
             q[i + 3] = MAC_LEN  # iov[2s+1].iov_len
-        #: per slot: uint64 index of iov[2s].iov_base, the MAC slice, the name slice
-        self._slots = [
-            (
-                (o_iov + 2 * _IOV * s) // 8,
-                slice(o_mac + 32 * s, o_mac + 32 * s + 32),
-                slice(o_name + nslot * s, o_name + nslot * s + namelen),
-            )
-            for s in range(max_messages)
-        ]
+        self._o_iov = o_iov // 8  # uint64 index of iov[0].iov_base (message s: +4s)
+        self._o_mac = o_mac
+        self._o_name = o_name
+        self._namelen = namelen
         self._max = max_messages
         self._o_body = o_body
         self._body_end = size
@@ -180,41 +182,50 @@ class SendMmsg:
         self.errors = 0
         self.calls = 0
 
-    def add(self, data: bytes, body_len: int, entries: Sequence[WireEntry], skip: int) -> int:
-        """Queue ``data[:body_len] ‖ MAC`` for every entry but listener ``skip`` (flushing
-        first when the batch is full). Returns the copies queued."""
+    def add(self, data: bytes, body_len: int, plan: WirePlan) -> int:
+        """Queue ``data[:body_len] ‖ MAC`` for every listener of ``plan`` (flushing first when
+        the batch is full). Returns the copies queued."""
+        fresh, names = plan
+        m = len(fresh)
+        if len(names) != m * self._namelen:
+            raise ValueError("the plan's names are not sockaddrs of this socket's family")
+        if not m:
+            return 0
         nd = len(data)
-        if self._n + len(entries) > self._max or self._cur + nd > self._body_end:
+        if self._n + m > self._max or self._cur + nd > self._body_end:
             self.flush()
-            if len(entries) > self._max:  # pragma: no cover - a channel above 512 listeners
-                return self._add_in_parts(data, body_len, entries, skip)
-        mv, q, slots = self._mv, self._q, self._slots
+            if m > self._max:  # a channel above 512 listeners
+                return self._add_in_parts(data, body_len, plan)
+        mv = self._mv
         cur = self._cur
         mv[cur : cur + nd] = data  # the whole datagram; only body_len bytes are sent
         self._cur = cur + nd
-        baddr = self._base + cur
         body = data[:body_len]
-        s = first = self._n
-        for lid, sa, fresh in entries:
-            if lid != skip:
-                h = fresh()
-                h.update(body)
-                i, msl, nsl = slots[s]
-                mv[msl] = h.finalize()
-                mv[nsl] = sa
-                q[i] = baddr
-                q[i + 1] = body_len
-                s += 1
-        self._n = s
-        return s - first
+        tags: list[bytes] = []
+        keep = tags.append
+        for copy in fresh:
+            h = copy()
+            h.update(body)
+            keep(h.finalize())
+        s = self._n
+        self._n = s + m
+        o = self._o_mac + 32 * s
+        mv[o : o + 32 * m] = b"".join(tags)
+        o = self._o_name + self._namelen * s
+        mv[o : o + len(names)] = names
+        i = self._o_iov + 4 * s  # iov[2s].iov_base, then its iov_len; a message spans 4 uint64
+        q = self._q
+        q[i : i + 4 * m : 4] = array.array("Q", (self._base + cur,)) * m
+        q[i + 1 : i + 1 + 4 * m : 4] = array.array("Q", (body_len,)) * m
+        return m
 
-    def _add_in_parts(
-        self, data: bytes, body_len: int, entries: Sequence[WireEntry], skip: int
-    ) -> int:
-        step = self._max - 1  # the sender may not be among them
+    def _add_in_parts(self, data: bytes, body_len: int, plan: WirePlan) -> int:
+        fresh, names = plan
+        step, nl = self._max, self._namelen
         copies = 0
-        for start in range(0, len(entries), step):
-            copies += self.add(data, body_len, entries[start : start + step], skip)
+        for a in range(0, len(fresh), step):
+            part = WirePlan(fresh[a : a + step], names[a * nl : (a + step) * nl])
+            copies += self.add(data, body_len, part)
         return copies
 
     def flush(self) -> None:
@@ -260,7 +271,7 @@ class UdpCounters(Protocol):
 #: What the relay core does with one datagram: ``received(data, addr, now, sink)`` returns the
 #: datagrams to send at once (every copy without a sink; only hop-control replies with one).
 Received = Callable[
-    [bytes, tuple[str, int], float, Callable[[bytes, int, list[WireEntry], int], int] | None],
+    [bytes, tuple[str, int], float, Callable[[bytes, int, WirePlan], int] | None],
     list[tuple[tuple[str, int], bytes]],
 ]
 

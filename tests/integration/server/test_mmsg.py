@@ -66,7 +66,7 @@ def test_every_copy_carries_its_listeners_mac_in_order(sockets: list[socket.sock
     tx = mmsg.make_batch_sender(tx_sock)
     assert tx is not None
     datagrams = [os.urandom(n) for n in (46, 130, 1200)]
-    queued = [tx.add(d, len(d) - 10, entries, skip=4) for d in datagrams]
+    queued = [tx.add(d, len(d) - 10, mmsg.wire_plan(entries, 4)) for d in datagrams]
     assert queued == [8, 8, 8]  # listener 4 is the speaker: skipped
     tx.flush()
     assert (tx.sent, tx.dropped, tx.errors, tx.calls) == (24, 0, 0, 1)
@@ -93,7 +93,7 @@ def test_ipv6_dual_stack_mapped_and_native(sockets: list[socket.socket]) -> None
     tx = mmsg.make_batch_sender(tx_sock)
     assert tx is not None
     d = os.urandom(130)
-    tx.add(d, 120, entries, skip=-1)
+    tx.add(d, 120, mmsg.wire_plan(entries, -1))
     tx.flush()
     want = d[:120] + HopMac(key).mac(d[:120])
     assert [x for r in [*v4, v6] for x, _ in drain(r)] == [want] * 3
@@ -108,7 +108,7 @@ def test_a_refused_copy_costs_only_itself(sockets: list[socket.socket]) -> None:
     entries = [(i, sa, HopMac(key).fresh) for i, sa in enumerate(packed)]
     tx = mmsg.make_batch_sender(tx_sock)
     assert tx is not None
-    tx.add(os.urandom(130), 120, entries, skip=-1)
+    tx.add(os.urandom(130), 120, mmsg.wire_plan(entries, -1))
     tx.flush()
     assert (tx.sent, tx.errors, tx.dropped) == (4, 1, 0)
     assert [len(drain(r)) for r in listeners] == [1, 1, 1, 1]
@@ -123,11 +123,39 @@ def test_a_full_batch_is_sent_before_more_is_queued(sockets: list[socket.socket]
     ]
     tx = mmsg.SendMmsg(tx_sock.fileno(), max_messages=8, body_area=4 * 130)
     for _ in range(10):  # 30 copies through a batch of 8 messages / 4 bodies
-        tx.add(os.urandom(130), 120, entries, skip=-1)
+        tx.add(os.urandom(130), 120, mmsg.wire_plan(entries, -1))
     tx.flush()
     assert (tx.sent, tx.errors, tx.dropped) == (30, 0, 0)
     assert tx.calls >= 4
     assert [len(drain(r)) for r in listeners] == [10, 10, 10]
+
+
+def test_a_channel_larger_than_a_batch_goes_in_parts(sockets: list[socket.socket]) -> None:
+    tx_sock = udp(sockets)
+    listeners = [udp(sockets) for _ in range(11)]
+    keys = [os.urandom(32) for _ in listeners]
+    entries = [
+        (i, mmsg.sockaddr(r.getsockname()), HopMac(k).fresh)
+        for i, (r, k) in enumerate(zip(listeners, keys, strict=True))
+    ]
+    tx = mmsg.SendMmsg(tx_sock.fileno(), max_messages=4)
+    d = os.urandom(130)
+    assert tx.add(d, 120, mmsg.wire_plan(entries, 5)) == 10
+    tx.flush()
+    assert (tx.sent, tx.errors, tx.dropped) == (10, 0, 0) and tx.calls >= 3
+    for i, (r, k) in enumerate(zip(listeners, keys, strict=True)):
+        want = [] if i == 5 else [d[:120] + HopMac(k).mac(d[:120])]
+        assert [x for x, _ in drain(r)] == want
+
+
+def test_a_plan_of_another_family_is_refused(sockets: list[socket.socket]) -> None:
+    tx = mmsg.SendMmsg(udp(sockets).fileno())
+    v6 = mmsg.sockaddr(("::1", 9), socket.AF_INET6)
+    with pytest.raises(ValueError, match="family"):
+        tx.add(os.urandom(130), 120, mmsg.wire_plan([(1, v6, HopMac(os.urandom(32)).fresh)], 0))
+    assert tx.add(os.urandom(130), 120, mmsg.wire_plan([], 0)) == 0
+    tx.flush()
+    assert (tx.sent, tx.calls) == (0, 0)
 
 
 def test_partial_sends_eagain_and_eintr_with_a_fake_sendmmsg(sockets: list[socket.socket]) -> None:
@@ -147,17 +175,17 @@ def test_partial_sends_eagain_and_eintr_with_a_fake_sendmmsg(sockets: list[socke
 
     tx = mmsg.SendMmsg(tx_sock.fileno(), send=fake_sendmmsg)
     script[:] = [(5, 0), (-1, errno.EAGAIN)]  # 5 of 9 went out, then the buffer is full
-    tx.add(os.urandom(130), 120, entries, skip=-1)
+    tx.add(os.urandom(130), 120, mmsg.wire_plan(entries, -1))
     tx.flush()
     assert calls == [9, 4] and (tx.sent, tx.dropped, tx.errors) == (5, 4, 0)
     calls.clear()
     script[:] = [(-1, errno.EINTR), (9, 0)]  # interrupted: retried from the same message
-    tx.add(os.urandom(130), 120, entries, skip=-1)
+    tx.add(os.urandom(130), 120, mmsg.wire_plan(entries, -1))
     tx.flush()
     assert calls == [9, 9] and (tx.sent, tx.dropped) == (14, 4)
     calls.clear()
     script[:] = [(2, 0), (-1, errno.EHOSTUNREACH), (6, 0)]  # one copy refused, the rest go
-    tx.add(os.urandom(130), 120, entries, skip=-1)
+    tx.add(os.urandom(130), 120, mmsg.wire_plan(entries, -1))
     tx.flush()
     assert calls == [9, 7, 6] and (tx.sent, tx.errors) == (22, 1)
 

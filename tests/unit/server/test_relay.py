@@ -28,7 +28,14 @@ from voipclient.crypto.media import (
 from voipclient.crypto.replay import ReplayWindow
 from voipclient.errors import LocalProtocolError
 from voipclient.net import hopctl
-from voipclient.server.relay import Addr, RelayCore, RelayDrop, RelayLimits, RelayRoster
+from voipclient.server.relay import (
+    Addr,
+    RelayCore,
+    RelayDrop,
+    RelayLimits,
+    RelayRoster,
+    WirePlan,
+)
 
 A, B, C = 10, 20, 30  # channel ids
 T0 = 1000.0  # s, the fake clock's start
@@ -906,26 +913,28 @@ class FakeSink:
     (``data[:body_len] ‖ digest[:10]``), keyed by the packed address it was given."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[int, int, int]] = []  # (body_len, entries, skip)
+        self.plans: list[WirePlan] = []
         self.copies: list[tuple[bytes, bytes]] = []  # (packed address, datagram)
 
-    def __call__(self, data: bytes, body_len: int, entries: list, skip: int) -> int:  # type: ignore[type-arg]
-        self.calls.append((body_len, len(entries), skip))
+    def __call__(self, data: bytes, body_len: int, plan: WirePlan) -> int:
+        self.plans.append(plan)
         body = data[:body_len]
-        n = 0
-        for lid, packed, fresh in entries:
-            if lid != skip:
-                h = fresh()
-                h.update(body)
-                self.copies.append((packed, body + h.finalize()[:HOP_MAC_LEN]))
-                n += 1
-        return n
+        names = [plan.names[i : i + PACKED_LEN] for i in range(0, len(plan.names), PACKED_LEN)]
+        assert len(names) == len(plan.fresh)
+        for packed, fresh in zip(names, plan.fresh, strict=True):
+            h = fresh()
+            h.update(body)
+            self.copies.append((packed, body + h.finalize()[:HOP_MAC_LEN]))
+        return len(names)
+
+
+PACKED_LEN = 24  # a packed address of the fake socket: one length, as sockaddrs of one family
 
 
 def fake_pack(addr: Addr) -> bytes:
     if not addr[0].startswith("192.0.2."):
         raise ValueError("not an address of this fake socket's family")
-    return f"{addr[0]}|{addr[1]}".encode()
+    return f"{addr[0]}|{addr[1]}".encode().ljust(PACKED_LEN, b"_")
 
 
 def test_the_sink_path_sends_the_same_copies_and_counts_the_same() -> None:
@@ -945,8 +954,9 @@ def test_the_sink_path_sends_the_same_copies_and_counts_the_same() -> None:
         got = sink.copies[-len(want) :]
         assert [(p, d) for p, d in got] == [(fake_pack(a), d) for a, d in want]
         assert batched.relay.take_tunnel() == plain.relay.take_tunnel()  # tunnel: unchanged
-    assert [skip for _, _, skip in sink.calls] == [1, 2, 1]
-    assert all(n == 3 for _, n, _ in sink.calls)  # one wire list per channel: 1, 2 and 4
+    # One plan per speaker (2 and 4 for speaker 1; 3 listens over its tunnel), built once.
+    assert [len(p.fresh) for p in sink.plans] == [2, 2, 2]
+    assert sink.plans[0] is sink.plans[2] and sink.plans[1] is not sink.plans[0]
     assert batched.relay.stats() == plain.relay.stats()
     # Hop control still comes back as replies with a sink.
     pong = batched.relay.datagram_received(batched[1].ping(5), batched[1].addr, T0, sink)
