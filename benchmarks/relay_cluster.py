@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
+import re
 import select
 import shutil
 import sys
@@ -157,6 +159,54 @@ async def measure(
     }
 
 
+async def failover(
+    nodes: list[rl.Server], clients: list[rl.Client], node_of: dict[int, int], limit_s: float
+) -> dict[str, Any]:
+    """Node 2 is killed (SIGKILL, as a crash): how long until each of its clients is logged in
+    on node 1 and back in its channel (the client core's own failover: the next node of the
+    cluster's list, the same pin, memberships restored), and whether node 1's voice path takes
+    them (UDP address validated again). All of them reconnect at once: a login storm."""
+    loop = asyncio.get_running_loop()
+    moving = [c for c in clients if node_of[c.index] == 1 and c.closed is None and not c.lost]
+    t0 = loop.time()
+    for c in moving:
+        c.failover_from = t0
+        c.urgent = True  # TLS input to the core at once, as at login (not in 1 s batches)
+    ticks0 = nodes[0].tree_ticks()
+    gen0 = time.process_time()
+    nodes[1].proc.kill()
+    deadline = t0 + limit_s
+    while loop.time() < deadline and not all(c.rejoined_at is not None and c.bound for c in moving):
+        await asyncio.sleep(0.05)
+    t_end = loop.time()
+    ticks = sum(v - ticks0.get(k, 0) for k, v in nodes[0].tree_ticks().items())
+    gen_cpu = time.process_time() - gen0
+    refused = nodes[0].stats_after(time.time()).get("refused", {})
+    back = sorted(c.rejoined_at - t0 for c in moving if c.rejoined_at is not None)
+    bound = sum(c.bound for c in moving)
+    rl.say(
+        f"node 2 killed: {len(back)}/{len(moving)} of its clients back in their channels on "
+        f"node 1 (p50 {back[len(back) // 2] if back else float('nan'):.2f} s, last "
+        f"{back[-1] if back else float('nan'):.2f} s), {bound} with UDP validated again"
+    )
+    return {
+        "failover_clients": len(moving),
+        "failover_back": len(back),
+        "failover_bound": bound,
+        "failover_p50_s": round(back[len(back) // 2], 2) if back else None,
+        "failover_last_s": round(back[-1], 2) if back else None,
+        "failover_retried": sum(bool(c.retry_whys) for c in moving),
+        "failover_retry_reasons": dict(
+            collections.Counter(re.sub(r"\(.*\)", "(...)", w) for c in moving for w in c.retry_whys)
+        ),
+        "failover_node1_queued_handshakes": refused.get("queued_handshakes"),
+        "failover_node1_refused_handshakes": refused.get("handshakes"),
+        "failover_node1_cpu_s": round(ticks / rl.CLK_TCK, 2),
+        "failover_generator_cpu_s": round(gen_cpu, 2),
+        "failover_wait_s": round(t_end - t0, 2),
+    }
+
+
 async def bench(args: Any, nodes: list[rl.Server]) -> dict[str, Any]:
     chans = rl.channel_ids(args.channels)
     clients = [rl.Client(i, nodes[0].pin, chans[i % len(chans)]) for i in range(args.clients)]
@@ -191,7 +241,9 @@ async def bench(args: Any, nodes: list[rl.Server]) -> dict[str, Any]:
                 f"{r['added_p99_ms']} ms"
             )
             await asyncio.sleep(0.5)
-        return {"runs": runs, "lost_sessions": sum(c.lost or c.closed is not None for c in clients)}
+        lost = sum(c.lost or c.closed is not None for c in clients)
+        moved = await failover(nodes, clients, node_of, args.failover_limit)
+        return {"runs": runs, "lost_sessions": lost, "failover": moved}
     finally:
         for c in clients:
             c.shutdown()
@@ -204,6 +256,9 @@ def main() -> int:
     p.add_argument("--talkers", type=int, default=20)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--failover-limit", type=float, default=30.0, help="s to wait for node 2's clients"
+    )
     args = p.parse_args()
     rl.raise_fd_limit(4 * args.clients + 256)
     with tempfile.TemporaryDirectory(prefix="relay-cluster-") as tmp:
@@ -247,6 +302,11 @@ def main() -> int:
         "added_p50_ms_all": [r["added_p50_ms"] for r in runs],
         "added_p99_ms_all": [r["added_p99_ms"] for r in runs],
         "lost_sessions": result["lost_sessions"],
+        **result["failover"],
+        "failover_target": "every client of the killed node back within 5 s",
+        "failover_passed": result["failover"]["failover_back"]
+        == result["failover"]["failover_clients"]
+        and (result["failover"]["failover_last_s"] or 99.0) <= 5.0,
         "nodes": best["nodes"],
     }
     print(json.dumps(out, separators=(",", ":")), flush=True)

@@ -504,6 +504,9 @@ class Client:
     udp: socket.socket | None = None
     ref_udp: socket.socket | None = None  # registered with the bare relay
     tunnelled: int = 0  # times the core moved our voice into the TLS tunnel
+    failover_from: float | None = None  # set: a lost session reconnects (the cluster run)
+    rejoined_at: float | None = None  # ... and when our channel's membership came back
+    retry_whys: list[str] = field(default_factory=list)  # ... why attempts after the first
 
     def __post_init__(self) -> None:
         self.name = f"bench{self.index:04d}"
@@ -570,11 +573,16 @@ class Client:
             mine = event.sender_id == self.sid and event.channel_id == self.channel
             if mine and event.joined and not self.joined.done():
                 self.joined.set_result(None)
+            if mine and event.joined and self.failover_from is not None and not self.rejoined_at:
+                self.rejoined_at = self.loop.time()
         elif isinstance(event, TransportChanged):
             self.tunnelled += event.transport is VoiceTransport.TUNNEL
         elif isinstance(event, ev.ConnectionClosed):
             self.closed = f"{event.reason.value}: {event.message}"
             _fail(self.logged_in, ConnectionError(self.closed))
+        elif isinstance(event, sv.ReconnectScheduled) and self.failover_from is not None:
+            if event.attempt > 2:  # attempt 2 is the first after the loss
+                self.retry_whys.append(event.why)
         elif isinstance(event, sv.ReconnectScheduled):
             # A reconnect would be a new session in the middle of a measurement: count it.
             self.lost = True

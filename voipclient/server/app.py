@@ -114,6 +114,10 @@ MAX_WRITE_BUFFER: Final = 4 * 1024 * 1024
 CLOSE_GRACE: Final = 5.0
 #: Seconds the shutdown waits for clients to receive the notice.
 SHUTDOWN_GRACE: Final = 2.0
+#: Connections that may wait for a TLS handshake slot, per slot (``max_handshakes``): a burst
+#: of reconnecting clients queues (reading paused, the handshake timeout running) rather than
+#: being dropped; beyond this many they are refused.
+WAITING_PER_HANDSHAKE: Final = 8
 #: Seconds between checks of the store for new bans (added by ``voipclient-server --ban``).
 BAN_SWEEP_INTERVAL: Final = 1.0
 #: Seconds between pushes of the relay's UDP counters to the core (reported in Pong).
@@ -367,6 +371,7 @@ class _Counters:
     tcp_accepted: int = 0
     tls_failed: int = 0
     refused_handshakes: int = 0
+    queued_handshakes: int = 0  # connections that waited for a handshake slot
     refused_sessions: int = 0
     refused_per_ip: int = 0
     slow_readers: int = 0
@@ -404,6 +409,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.counted_handshake = False
         self.counted_established = False
+        self.waiting = False  # queued for a handshake slot
 
     # -- transport callbacks ---------------------------------------------------------------------
 
@@ -416,6 +422,11 @@ class _Connection(asyncio.Protocol):
         if self.lost or self.transport is None or self.transport.is_closing():
             return
         self._in.write(data)
+        if self.waiting:
+            # Queued for a handshake slot: keep what came (uvloop starts reading after
+            # connection_made even when it paused) and read no more until the turn comes.
+            self.transport.pause_reading()
+            return
         if self.handshaking:
             try:
                 self._tls.do_handshake()
@@ -544,6 +555,9 @@ class RelayServer:
         self._next_conn_id = 1
         self._handshaking: set[_Connection] = set()
         self._ip_handshaking: collections.Counter[str] = collections.Counter()
+        # Accepted connections waiting for a handshake slot (reading paused), oldest first.
+        self._waiting: dict[_Connection, None] = {}
+        self._ip_waiting: collections.Counter[str] = collections.Counter()
         self._ip_established: collections.Counter[str] = collections.Counter()
         self._to_close: list[_Connection] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -733,7 +747,7 @@ class RelayServer:
         log.info("shutting down sessions=%d", len(self._conns))
         if self._tcp_server is not None:
             self._tcp_server.close()
-        for conn in list(self._handshaking):
+        for conn in [*self._handshaking, *self._waiting]:
             conn.abort()
         self._core.shutdown(reason, loop.time(), reconnect_after_ms)
         self._pump()
@@ -785,32 +799,70 @@ class RelayServer:
         if self._stopping:
             transport.abort()
             return
-        if (
+        if self._ip_handshaking[conn.ip] + self._ip_waiting[conn.ip] >= lim.max_sessions_per_ip or (
             len(self._handshaking) >= lim.max_handshakes
-            or self._ip_handshaking[conn.ip] >= lim.max_sessions_per_ip
+            and len(self._waiting) >= WAITING_PER_HANDSHAKE * lim.max_handshakes
         ):
-            # Too many handshakes in flight: no TLS yet, so nothing polite can be said.
+            # One address with too many handshakes, or the queue is full: no TLS yet, so
+            # nothing polite can be said.
             self.counters.refused_handshakes += 1
             log_ctl.info("refused a connection: too many TLS handshakes in progress")
             transport.abort()
             return
-        self._handshaking.add(conn)
-        self._ip_handshaking[conn.ip] += 1
-        conn.counted_handshake = True
+        # The handshake timeout runs from the accept, for a queued connection too.
         conn.handshake_timer = loop.call_later(
             lim.handshake_timeout, self._handshake_timed_out, conn
         )
+        if len(self._handshaking) >= lim.max_handshakes:
+            # A burst (a node of the cluster died, a restart: every client at once) waits its
+            # turn instead of being dropped and backing off: its bytes stay in the kernel.
+            transport.pause_reading()
+            conn.waiting = True
+            self._waiting[conn] = None
+            self._ip_waiting[conn.ip] += 1
+            self.counters.queued_handshakes += 1
+            return
+        self._start_handshake(conn)
+
+    def _start_handshake(self, conn: _Connection) -> None:
+        self._handshaking.add(conn)
+        self._ip_handshaking[conn.ip] += 1
+        conn.counted_handshake = True
+
+    def _unqueue(self, conn: _Connection) -> None:
+        conn.waiting = False
+        del self._waiting[conn]
+        self._ip_waiting[conn.ip] -= 1
+        if self._ip_waiting[conn.ip] <= 0:
+            del self._ip_waiting[conn.ip]
+
+    def _start_waiting(self) -> None:
+        """Queued connections take the handshake slots that came free, oldest first."""
+        limit = self.settings.limits.max_handshakes
+        while self._waiting and len(self._handshaking) < limit:
+            conn = next(iter(self._waiting))
+            self._unqueue(conn)
+            transport = conn.transport
+            if conn.lost or transport is None or transport.is_closing():
+                continue
+            self._start_handshake(conn)
+            transport.resume_reading()
+            conn.data_received(b"")  # what came while it waited (a ClientHello, typically)
 
     def _end_handshake(self, conn: _Connection) -> None:
         if conn.handshake_timer is not None:
             conn.handshake_timer.cancel()
             conn.handshake_timer = None
+        if conn in self._waiting:
+            self._unqueue(conn)
         if conn.counted_handshake:
             conn.counted_handshake = False
             self._handshaking.discard(conn)
             self._ip_handshaking[conn.ip] -= 1
             if self._ip_handshaking[conn.ip] <= 0:
                 del self._ip_handshaking[conn.ip]
+            if self._waiting and not self._stopping:
+                self._start_waiting()
 
     def _handshake_timed_out(self, conn: _Connection) -> None:
         conn.handshake_timer = None
@@ -1548,6 +1600,7 @@ class RelayServer:
             "logins": c.logins,
             "refused": {
                 "handshakes": c.refused_handshakes,
+                "queued_handshakes": c.queued_handshakes,
                 "server_full": c.refused_sessions,
                 "per_ip": c.refused_per_ip,
                 "slow_readers": c.slow_readers,

@@ -536,6 +536,38 @@ def test_session_caps_refuse_politely(start_server: Starter) -> None:
     run(scenario)
 
 
+BURST_CONFIG = """
+[limits]
+max_handshakes = 2
+"""
+
+
+def test_a_burst_of_connections_waits_for_a_handshake_slot(start_server: Starter) -> None:
+    """More clients than handshake slots at once (every client of a dead cluster node comes
+    back together): the extra ones wait for a slot, reading paused, instead of being dropped
+    into the client's back-off (a 100-client failover lost 20-30 of them to it)."""
+    server = start_server("--stats-interval", "0.2", config=BURST_CONFIG)
+
+    async def scenario() -> None:
+        # Two silent connections (no ClientHello) hold both handshake slots.
+        holders = [await asyncio.open_connection(server.host, server.port) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        ann = asyncio.create_task(TestClient.connect(server.host, server.port, server.pin, "ann"))
+        await asyncio.sleep(1.0)
+        assert not ann.done()  # queued: not refused, not served
+        holders[0][1].close()  # a slot comes free: ann's handshake and login go through
+        client = await asyncio.wait_for(ann, 10)
+        assert client.sid is not None
+        await client.close()
+        holders[1][1].close()
+        await asyncio.sleep(0.5)  # a stats line after the queueing
+
+    run(scenario)
+    assert server.stop() == 0
+    last = [json.loads(x) for x in server.stdout_lines()[1:]][-1]
+    assert last["refused"]["queued_handshakes"] == 1 and last["refused"]["handshakes"] == 0
+
+
 def test_stats_lines_and_no_secrets_in_logs(start_server: Starter) -> None:
     server = start_server("--stats-interval", "0.2", "--log-level", "debug")
     secrets: list[bytes] = []
