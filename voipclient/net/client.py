@@ -21,6 +21,7 @@ fatal Error frame, returns :class:`~voipclient.net.events.ConnectionClosed` carr
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -30,6 +31,7 @@ from voipclient.errors import LocalProtocolError, RemoteProtocolError
 from voipclient.names import InvalidName, check_name, prepare_name
 from voipclient.net import events as ev
 from voipclient.net import messages as m
+from voipclient.net.bucket import TokenBucket
 from voipclient.net.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from voipclient.net.roster import ChannelView, Roster, RosterError, RosterSnapshot, UserView
 from voipclient.net.states import ClientState, Direction, Trigger, next_client_state
@@ -42,6 +44,15 @@ DEFAULT_PING_INTERVAL: Final = 5.0
 DEFAULT_TIMEOUT: Final = 30.0
 #: Seconds we wait for the server's Bye after our own before calling the close done.
 DEFAULT_CLOSE_TIMEOUT: Final = 5.0
+
+#: Our pace under the server's announced control-message limit (``Limits.rate_per_s`` and
+#: ``rate_burst``; a session over it is closed): this share of its rate, and of its burst, so
+#: that sends the network delivers bunched together still fit.
+PACE_RATE_SHARE: Final = 0.9
+PACE_BURST_SHARE: Final = 0.5
+#: Not paced: voice and loss reports have buckets of their own (excess dropped, not fatal);
+#: Bye and Error are last words.
+_UNPACED: Final = (m.VoiceTunnel, m.Bye, m.Error)
 
 _RECV: Final = Direction.RECV
 _SEND: Final = Direction.SEND
@@ -146,6 +157,10 @@ class ClientSession:
         self._state = ClientState.IDLE
         self._decoder = FrameDecoder(max_frame_size)
         self._out = bytearray()
+        # Control messages over our pace wait here, in order, for handle_timer.
+        self._held: deque[bytes] = deque()
+        self._pace: TokenBucket | None = None  # from ServerHello's limits on
+        self._now = 0.0  # the adapter's clock at its latest call that gave one
         self._roster = Roster()
         self._roster_dirty = False
         # Account keys (UTS #39 skeletons) of the users in the roster, and every sender id seen
@@ -221,6 +236,7 @@ class ClientSession:
 
     def start(self, now: float) -> None:
         """The transport is connected: queue Hello and start the handshake clock."""
+        self._now = now
         self._send(self._hello)
         self._last_rx = now
 
@@ -237,6 +253,8 @@ class ClientSession:
         if self._state is ClientState.CLOSED or not data:
             return []
         self._last_rx = now
+        self._now = now
+        self._release(now)
         events: list[ev.ClientEvent] = []
         try:
             for payload in self._decoder.feed(data):
@@ -272,15 +290,28 @@ class ClientSession:
             return None
         if state is ClientState.CLOSING:
             return min(self._close_deadline, self._last_rx + self._timeout)
-        if state is ClientState.READY:
-            return min(self._next_ping, self._last_pong + self._timeout)
-        return self._last_rx + self._timeout
+        due = (
+            min(self._next_ping, self._last_pong + self._timeout)
+            if state is ClientState.READY
+            else self._last_rx + self._timeout
+        )
+        if self._held and self._pace is not None:
+            due = min(due, self._pace.ready_at(self._now))
+        return due
+
+    @property
+    def held_messages(self) -> int:
+        """Control messages waiting for our pace under the server's rate limit."""
+        return len(self._held)
 
     def handle_timer(self, now: float) -> list[ev.ClientEvent]:
-        """Send a due Ping, or close a connection that went silent. Safe to call early."""
+        """Send a due Ping or held messages, or close a connection that went silent. Safe to
+        call early."""
         state = self._state
         if state in (ClientState.IDLE, ClientState.CLOSED):
             return []
+        self._now = now
+        self._release(now)
         if state is ClientState.CLOSING:
             if now >= self._close_deadline or now >= self._last_rx + self._timeout:
                 self._state = next_client_state(state, Trigger.ABORT)
@@ -493,8 +524,24 @@ class ClientSession:
 
     def _send(self, msg: m.ClientMessage) -> None:
         nxt = next_client_state(self._state, (_SEND, type(msg)))
-        self._out += encode_frame(m.encode_checked(msg))
+        frame = encode_frame(m.encode_checked(msg))
         self._state = nxt
+        pace = self._pace
+        if pace is None or isinstance(msg, _UNPACED):
+            if isinstance(msg, m.Bye | m.Error):
+                self._held.clear()  # nothing goes after last words
+            self._out += frame
+        elif not self._held and pace.take(self._now):
+            self._out += frame
+        else:
+            # Over the server's limit it would close the session (a client rejoining with many
+            # others at once hands out keys to every newcomer): later, in order.
+            self._held.append(frame)
+
+    def _release(self, now: float) -> None:
+        held, pace = self._held, self._pace
+        while held and pace is not None and pace.take(now):
+            self._out += held.popleft()
 
     def _is_closed(self) -> bool:
         # A method, so type checkers don't narrow the state across calls that change it.
@@ -675,6 +722,12 @@ class ClientSession:
         self._version = msg.version
         self._server_name = msg.server_name
         self._limits = msg.limits
+        lim = msg.limits
+        self._pace = TokenBucket(
+            lim.rate_per_s * PACE_RATE_SHARE,
+            max(1.0, lim.rate_burst * PACE_BURST_SHARE),
+            self._now,
+        )
         events.append(
             ev.Negotiated(msg.version, msg.server_name, msg.limits, msg.password_required)
         )

@@ -127,6 +127,7 @@ from voipclient.errors import LocalProtocolError, RemoteProtocolError
 from voipclient.names import InvalidName, check_name, name_key
 from voipclient.net import events as ev
 from voipclient.net import messages as m
+from voipclient.net.bucket import TokenBucket
 from voipclient.net.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from voipclient.net.roster import ChannelView, Roster, RosterError, RosterSnapshot, UserView
 from voipclient.net.states import Direction, ServerState, Trigger, next_server_state
@@ -341,26 +342,6 @@ def _check_channel_schema(ch: ChannelConfig) -> None:
     except ValueError as exc:
         raise LocalProtocolError(f"channel {ch.id}: {exc}") from None
     m.encode_checked(m.ChannelAdded(channel=info))
-
-
-class TokenBucket:
-    """Classic token bucket: ``rate`` tokens per second, at most ``burst`` stored."""
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = burst
-        self._last = now
-
-    def take(self, now: float, n: float = 1.0) -> bool:
-        """Spend ``n`` tokens if available. A clock going backwards adds nothing."""
-        if now > self._last:
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-        if self._tokens >= n:
-            self._tokens -= n
-            return True
-        return False
 
 
 @dataclass(slots=True)

@@ -248,9 +248,12 @@ def test_client_times_out_a_dead_server(net: Net) -> None:
 
 def test_rate_limit_closes_only_the_offender(net: Net) -> None:
     p1, p2, p3 = trio(net)
-    for _ in range(60):  # far beyond the 40-message burst, all at the same instant
-        p1.client.set_self_state(muted=True, deafened=False)
-        p1.client.set_self_state(muted=False, deafened=False)
+    # A hostile client that ignores the announced limit (ours paces itself: see below).
+    flood = b"".join(
+        encode_frame(m.encode(m.SetSelfState(muted=k % 2 == 0, deafened=False)))
+        for k in range(120)  # far beyond the 40-message burst, all at the same instant
+    )
+    net.to_server(p1, flood)
     net.pump()
     [err] = p1.of(ev.ServerError)
     assert err.code == m.ErrorCode.RATE_LIMITED
@@ -265,6 +268,36 @@ def test_rate_limit_closes_only_the_offender(net: Net) -> None:
     net.pump()
     assert p3.of(ev.TextReceived) == [ev.TextReceived(p2.sender_id, A, b"still here")]
     assert p1.sender_id not in p2.client.roster.users
+
+
+def test_our_client_paces_itself_under_the_announced_limit(net: Net) -> None:
+    """120 messages at one instant (a client rejoining beside many others hands its keys to
+    every newcomer at once): the first half-burst goes out, the rest waits in order and leaves
+    as the pace allows, and the server never closes the session."""
+    p1, p2, _ = trio(net)
+    limits = p1.client.limits
+    assert limits is not None and (limits.rate_per_s, limits.rate_burst) == (20.0, 40)
+    p1.client.join(A)
+    p2.client.join(A)
+    net.pump()
+    for k in range(120):
+        p1.client.set_self_state(muted=k % 2 == 0, deafened=False)
+    held = p1.client.held_messages
+    assert 120 - held == 20 - 2  # half the burst, less the Login and the join
+    start = net.now
+    net.pump()
+    while p1.client.held_messages:
+        due = p1.client.get_timer()
+        assert due is not None and due > net.now  # nothing is due early
+        net.now = due
+        p1.events += p1.client.handle_timer(net.now)
+        net.pump()
+    # The rest at 0.9 x 20/s, never faster than the server allows.
+    assert net.now - start == pytest.approx(held / 18, abs=0.1)
+    assert p1.client.state is ClientState.READY and p1.of(ev.ServerError) == []
+    assert net.server_of(ev.SessionClosed) == []
+    # In order: the last state announced is the one everyone sees.
+    assert p2.client.roster.users[p1.sender_id].muted is False
 
 
 @pytest.mark.parametrize(
