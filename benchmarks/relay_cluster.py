@@ -173,6 +173,7 @@ async def failover(
         c.failover_from = t0
         c.urgent = True  # TLS input to the core at once, as at login (not in 1 s batches)
     ticks0 = nodes[0].tree_ticks()
+    writes0 = nodes[0].stats_after(time.time() - 10).get("control_writes", 0)
     gen0 = time.process_time()
     nodes[1].proc.kill()
     deadline = t0 + limit_s
@@ -181,7 +182,8 @@ async def failover(
     t_end = loop.time()
     ticks = sum(v - ticks0.get(k, 0) for k, v in nodes[0].tree_ticks().items())
     gen_cpu = time.process_time() - gen0
-    refused = nodes[0].stats_after(time.time()).get("refused", {})
+    stats1 = nodes[0].stats_after(time.time())
+    refused = stats1.get("refused", {})
     back = sorted(c.rejoined_at - t0 for c in moving if c.rejoined_at is not None)
     bound = sum(c.bound for c in moving)
     rl.say(
@@ -202,6 +204,7 @@ async def failover(
         "failover_node1_queued_handshakes": refused.get("queued_handshakes"),
         "failover_node1_refused_handshakes": refused.get("handshakes"),
         "failover_node1_cpu_s": round(ticks / rl.CLK_TCK, 2),
+        "failover_node1_tls_writes": stats1.get("control_writes", 0) - writes0,
         "failover_generator_cpu_s": round(gen_cpu, 2),
         "failover_wait_s": round(t_end - t0, 2),
     }

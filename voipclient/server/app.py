@@ -18,7 +18,8 @@ After every call into a core, :meth:`RelayServer._pump` handles ``core.events()`
 (SessionAuthenticated → relay.add_session, SessionClosed → relay.remove_session and close the
 transport once its last frame is written, VoiceFromTunnel → relay.tunnel_received,
 VoiceTransportChanged → relay.set_tunnel), drains ``relay.take_tunnel()`` into
-``core.send_voice_tunnel`` and writes what the core queued. ``core.handle_timer`` runs from a
+``core.send_voice_tunnel``; what the core queued is written once per turn of the event loop
+(:meth:`RelayServer._flush`, then the closes). ``core.handle_timer`` runs from a
 ``loop.call_at`` at ``core.get_timer()``.
 
 UDP path: the socket is read with ``loop.add_reader`` and drained in batches of non-blocking
@@ -377,6 +378,7 @@ class _Counters:
     slow_readers: int = 0
     control_bytes_in: int = 0
     control_bytes_out: int = 0
+    control_writes: int = 0  # TLS writes (each one record and one send)
     udp_send_dropped: int = 0
     udp_send_errors: int = 0
     udp_recv_errors: int = 0
@@ -560,6 +562,7 @@ class RelayServer:
         self._ip_waiting: collections.Counter[str] = collections.Counter()
         self._ip_established: collections.Counter[str] = collections.Counter()
         self._to_close: list[_Connection] = []
+        self._flush_pending = False  # a _flush is scheduled for this turn of the loop
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._stats_handle: asyncio.TimerHandle | None = None
@@ -964,8 +967,6 @@ class RelayServer:
                 conn_id = self._by_sender.get(sender_id)
                 if conn_id is not None:
                     core.send_voice_tunnel(conn_id, datagram)
-            for conn_id, data in core.outgoing():
-                self._write(conn_id, data)
             if not events and not tunnel:
                 break
         if self._pool is not None:
@@ -973,12 +974,28 @@ class RelayServer:
         if self._cluster is not None:
             self._publish_voice(relay.take_remote())
             self._sync_cluster()
+        if not self._flush_pending:
+            # The writes wait for the end of this turn of the loop: every login, join or key
+            # distribution read in it reaches each recipient as one TLS record and one send (a
+            # reconnect storm costs a write per recipient per turn, not per message).
+            self._flush_pending = True
+            loop.call_soon(self._flush)
+        self._schedule_timer()
+
+    def _flush(self) -> None:
+        """Write what the core has for each connection, then close those it ended (their last
+        frames first)."""
+        self._flush_pending = False
+        core = self._core
+        if core is None:
+            return
+        for conn_id, data in core.outgoing():
+            self._write(conn_id, data)
         if self._to_close:
             closing, self._to_close = self._to_close, []
             for conn in closing:
                 if not conn.lost:
                     conn.close()
-        self._schedule_timer()
 
     def _sync_routing(self) -> None:
         """Send the workers the routing when the roster changed (memberships, deafen, ACL)."""
@@ -1217,6 +1234,7 @@ class RelayServer:
             return
         conn.write(data)
         self.counters.control_bytes_out += len(data)
+        self.counters.control_writes += 1
         if conn.write_buffer_size() > MAX_WRITE_BUFFER:
             self.counters.slow_readers += 1
             log_ctl.info("closing a connection that does not read conn=%d", conn_id)
@@ -1595,6 +1613,7 @@ class RelayServer:
             "cluster": self._cluster_stats(),
             "control_bytes_in": c.control_bytes_in,
             "control_bytes_out": c.control_bytes_out,
+            "control_writes": c.control_writes,
             "tcp_accepted": c.tcp_accepted,
             "tls_failed": c.tls_failed,
             "logins": c.logins,
