@@ -274,7 +274,7 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "failover_node1_queued_handshakes": "connections that waited for a handshake slot",
             "failover_node1_refused_handshakes": "connections refused for lack of one",
             "failover_node1_cpu_s": "node 1's CPU time during the failover",
-            "failover_node1_tls_writes": "node 1's TLS writes meanwhile (one per recipient per loop turn)",
+            "failover_node1_tls_writes": "node 1's TLS writes (one per recipient per loop turn)",
             "failover_generator_cpu_s": "the load generator's (one process for every client)",
             "failover_wait_s": "until every moved client was back and bound",
         },
