@@ -467,6 +467,37 @@ def test_member_view_is_exactly_the_key_holders_with_pinned_identities(world: Wo
     assert views and views[-1] == ann.secure.view()
 
 
+def test_privacy_codes_are_computed_when_read_and_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A view per batch of events during a storm of joins and leaves: its codes (5,200 SHA-512s
+    each) are computed only for what someone reads, once, and equal the eager function's."""
+    ann = world.users["ann"]
+    computed: list[int] = []
+    real = e2ee.privacy_code
+
+    def counting(channel_id: int, entries: object) -> str:
+        computed.append(channel_id)
+        return real(channel_id, entries)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(e2ee, "privacy_code", counting)
+    ann.secure._codes.clear()
+    ann.secure._view = None
+    view = ann.secure.view()
+    mine = set(ann.peer.client.roster.channels_of(ann.sid))
+    assert {A, B} <= mine and C not in mine
+    assert set(view.codes) == mine and computed == []  # known keys, nothing computed yet
+    code = view.codes[A]
+    assert computed == [A] and view.codes[A] == code and computed == [A]
+    holders = {(h.name.casefold(), h.ik_pub) for h in view.members(A)}
+    assert code == real(A, holders)
+    assert C not in view.codes and view.codes.get(C) is None
+    assert dict(view.codes) == {
+        ch: real(ch, {(h.name.casefold(), h.ik_pub) for h in view.members(ch)}) for ch in mine
+    }
+    assert sorted(computed) == sorted(mine)  # each once
+
+
 def test_joins_and_leaves_of_key_holders_leave_lasting_notices(world: World) -> None:
     ann, bob = world.users["ann"], world.users["bob"]
     ann.events.clear()
