@@ -441,10 +441,13 @@ What the figures say:
 - KeyDist cost grows linearly with recipients (one HPKE seal each, ~0.26 ms); it runs on the
   network thread at join/leave, never on the audio path. Push-to-talk never waits for it.
 - Relay (issue 18): with every check on (hop MAC, validated address, speak ACL, replay window,
-  rate limit, one s2c MAC per copy) one core holds 300 talkers, 135 k copies/s within 0.1 % loss
-  and p99 10 ms at 500 clients in 50 channels (350 passes in some runs, fails in others). The
-  steadier figure is `ratio_relay_to_bare`, CPU per copy against a bare uvloop fan-out loop in
-  the same run: 1.41 (1.45-1.87 before `sendmmsg` batching). A perf profile of both processes at
+  rate limit, one s2c MAC per copy) one core holds 275-300 talkers, 124-135 k copies/s within
+  0.1 % loss and p99 10 ms at 500 clients in 50 channels (this run: 300 failed on p99, 21 ms at
+  82-89 % CPU; the run before held 300, earlier ones 350). The steadier figure is
+  `ratio_relay_to_bare`, CPU per copy against a bare uvloop fan-out loop in the same run:
+  1.30-1.43 over the last runs (1.45-1.87 before `sendmmsg` batching); the host's noise is
+  about +-10 % per run (an A/B of the code before and after the last round at 150 talkers:
+  38/36 % against 36/40 % of a core). A perf profile of both processes at
   the same load shows why it stops there: the kernel's UDP send path (route lookup, skb, the
   loopback delivery and the listener's wake-up) is the same work in both, ~85 % of the bare
   loop's time and ~55 % of the relay's; the rest of the relay's is Python, about half of it the
@@ -453,7 +456,12 @@ What the figures say:
   still does one UDP send per copy. Level with the bare loop would need the per-copy work out of
   Python (a compiled helper, which the issue rules out at install time) or a different MAC
   scheme (a protocol change). Past one core, `--workers` scales instead: two workers on one core
-  cost 1.03x the single process per copy (`relay_scaling`), so N cores forward ~N times as much.
+  cost 1.03-1.09x the single process per copy (`relay_scaling`), so N cores forward ~N times as
+  much.
+- Relay cluster failover (issue 18): the run ends by killing node 2 under its 100 clients; all
+  come back in their channels on node 1 (`failover_*`). The times are bounded by the load
+  generator, one Python process for all 200 clients (`failover_generator_cpu_s` against
+  `failover_wait_s`), not by node 1 (`failover_node1_cpu_s`).
 - Relay benchmark clients: since issue 13 the simulated clients are the client core users run
   (`ClientConnection` with the end-to-end layer, through the same asyncio driver as the bot).
   Forwarding is unchanged by that (the relay sees the same datagrams; the last run held 350
