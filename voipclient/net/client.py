@@ -51,8 +51,9 @@ DEFAULT_CLOSE_TIMEOUT: Final = 5.0
 PACE_RATE_SHARE: Final = 0.9
 PACE_BURST_SHARE: Final = 0.5
 #: Not paced: voice and loss reports have buckets of their own (excess dropped, not fatal);
-#: Bye and Error are last words.
-_UNPACED: Final = (m.VoiceTunnel, m.Bye, m.Error)
+#: Bye and Error are last words; a Ping (one per 5 s, well inside the headroom) must not wait,
+#: or the round-trip time it measures would include the wait.
+_UNPACED: Final = (m.VoiceTunnel, m.Bye, m.Error, m.Ping)
 
 _RECV: Final = Direction.RECV
 _SEND: Final = Direction.SEND
