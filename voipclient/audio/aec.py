@@ -245,13 +245,20 @@ class EchoCanceller:
         line = self._line
         line[:-n] = line[n:]  # shift the delay line; the new frame lands at its end ...
         newest = line[self._latency :]
+        measured = lin.measured_blocks
         for i in range(0, n - b + 1, b):
             lin.process(self._near[i : i + b], self._far[i : i + b], newest[i : i + b])
         delayed = line[:n]  # ... and leaves it AEC3's latency later
         erle = lin.erle_db
         was = self.linear_active
         if not was:
-            self._good = self._good + n // b if erle >= HANDOVER_DB else 0
+            # Only blocks that measured the estimate count towards the hand-over: a block held
+            # out (double talk, or a path the output no longer matches) leaves it as it was,
+            # possibly stale, and counting it once handed over on 28.2 dB estimated while
+            # 0.8 dB was removed. Held blocks neither count nor reset.
+            fresh = lin.measured_blocks - measured
+            if fresh:
+                self._good = self._good + fresh if erle >= HANDOVER_DB else 0
             if self._good >= HANDOVER_BLOCKS:
                 self.linear_active = True
                 self.handovers += 1

@@ -38,6 +38,7 @@ import numpy.typing as npt
 __all__ = [
     "COPY_MARGIN",
     "DOUBLE_TALK_HOLD_BLOCKS",
+    "DOUBLE_TALK_MAX_BLOCKS",
     "DOUBLE_TALK_RATIO",
     "LinearCanceller",
 ]
@@ -46,6 +47,9 @@ F64 = npt.NDArray[np.float64]
 
 DOUBLE_TALK_RATIO: Final = 4.0  # error power over expected residual above which the near end talks
 DOUBLE_TALK_HOLD_BLOCKS: Final = 30  # blocks held out of the estimate after double talk (300 ms)
+#: A hold this long without a break (5 s) is measured again: an echo path the output no longer
+#: matches also looks like double talk, and must not keep a good estimate frozen.
+DOUBLE_TALK_MAX_BLOCKS: Final = 500
 _DTD_ARMED_LEAK: Final = 0.1  # the detector is trusted once the filter removes 10 dB
 _A2: Final = 0.99**2  # Kalman state transition (squared): how fast the path may change
 _PROCESS_NOISE: Final = 1e-5  # keeps the filter able to track
@@ -89,7 +93,9 @@ class LinearCanceller:
         self._leak_ff = 0.0
         self._leak_yy = 0.0
         self.hold = 0  # blocks left flagged as double talk
+        self._held_run = 0  # blocks in a row held out
         self.double_talk_blocks = 0
+        self.measured_blocks = 0  # blocks that updated the estimate (far end on, no hold)
         self.copies = 0  # background -> foreground
         self.path_changes = 0
         self.blocks = 0
@@ -145,13 +151,19 @@ class LinearCanceller:
             and s_ff > DOUBLE_TALK_RATIO * (self.leak * s_yy + floor)
         ):
             self.hold = DOUBLE_TALK_HOLD_BLOCKS
-        if self.hold > 0:
+        held = self.hold > 0
+        if held:
             self.hold -= 1
             self.double_talk_blocks += 1
-        elif s_yy > floor:  # power-weighted: quiet blocks (noise over echo) do not dominate
+            self._held_run += 1
+        else:
+            self._held_run = 0
+        if s_yy > floor and (not held or self._held_run > DOUBLE_TALK_MAX_BLOCKS):
+            # power-weighted: quiet blocks (noise over echo) do not dominate
             self._leak_ff += _LEAK_SMOOTHING * (s_ff - self._leak_ff)
             self._leak_yy += _LEAK_SMOOTHING * (s_yy - self._leak_yy)
             self.leak = min(1.0, self._leak_ff / self._leak_yy)
+            self.measured_blocks += 1
         self._adapt(e_bg)
 
     def _adapt(self, e: F64) -> None:

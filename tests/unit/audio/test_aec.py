@@ -12,6 +12,7 @@ from scipy import signal
 
 from voipclient.audio.aec import (
     HANDBACK_BLOCKS,
+    HANDOVER_BLOCKS,
     MAX_BACKLOG_FRAMES,
     MAX_LATE_FRAMES,
     MAX_OWED_FRAMES,
@@ -21,7 +22,7 @@ from voipclient.audio.aec import (
     wants_echo_cancellation,
 )
 from voipclient.audio.file_engine import read_wav_mono16
-from voipclient.audio.linear_aec import LinearCanceller
+from voipclient.audio.linear_aec import DOUBLE_TALK_MAX_BLOCKS, LinearCanceller
 
 DATA = Path(__file__).parents[2] / "data"
 N = 960
@@ -218,6 +219,68 @@ def test_the_canceller_hands_over_to_the_linear_filter_and_back_when_the_room_ch
     took, gave = first * N / RATE, back * N / RATE
     print(f"\nhanded over at {took:.1f} s, back {gave:.1f} s after the change")
     assert erle >= 20  # echo removed in the new room throughout (AEC3, then the refit filter)
+
+
+def test_a_hold_without_end_is_measured_again() -> None:
+    """What looks like double talk for longer than DOUBLE_TALK_MAX_BLOCKS (5 s) without a
+    break is measured again: an echo path the output no longer matches must not keep a good
+    estimate frozen (the hand-over back to AEC3 waits on it)."""
+    b = 480
+    rng = np.random.default_rng(5)
+    lin = LinearCanceller(block=b)
+    h = rng.normal(0, 1, 1500) * np.exp(-np.arange(1500) / 300)
+    h *= 0.5 / np.sqrt(h @ h)
+    blocks = 700 + DOUBLE_TALK_MAX_BLOCKS + 200
+    far = rng.normal(0, 3000, b * blocks)
+    echo = np.convolve(far, h)[: len(far)]
+    out = np.zeros(b)
+    for k in range(blocks):
+        near = echo[k * b : (k + 1) * b].copy()
+        if k >= 700:  # a near end over the echo from here on, never pausing
+            near += rng.normal(0, 1500, b)
+        lin.process(near, far[k * b : (k + 1) * b], out)
+        if k == 700 + DOUBLE_TALK_MAX_BLOCKS // 2:
+            held_erle = lin.erle_db
+            assert lin.hold > 0 and held_erle > 28  # held out: the estimate stays as it was
+    assert lin.erle_db < 10 < held_erle  # measured again: the echo is no longer removed
+
+
+class FakeHeldLinear:
+    """FAKE linear canceller: a good estimate (40 dB) that it measures only when told to, as
+    the real one holds its estimate out in double talk (or when the output no longer matches
+    the echo path, which looks the same to it). Its output is the microphone."""
+
+    erle_db = 40.0
+
+    def __init__(self) -> None:
+        self.measured_blocks = 0
+        self.measuring = False
+
+    def process(self, near: np.ndarray, far: np.ndarray, out: np.ndarray) -> None:
+        out[:] = near
+        self.measured_blocks += self.measuring
+
+
+def test_a_held_estimate_never_hands_the_microphone_over() -> None:
+    """A hand-over needs 250 ms of blocks that measured the estimate: held blocks (a frozen,
+    possibly stale estimate) neither count nor reset. Once handed over on a stale 28.2 dB, the
+    app sent the echo on with 0.8 dB removed."""
+    aec = EchoCanceller()
+    fake = FakeHeldLinear()
+    aec.linear = fake  # type: ignore[assignment]
+    rng = np.random.default_rng(3)
+    frame = (rng.normal(0, 3000, N)).astype(np.int16)
+    for _ in range(100):  # 2 s of held blocks at 40 dB
+        aec.process(frame, frame)
+    assert not aec.linear_active
+    fake.measuring = True
+    frames = 0
+    while not aec.linear_active:
+        aec.process(frame, frame)
+        frames += 1
+    blocks_per_frame = N // (RATE // 100)
+    assert frames == -(-HANDOVER_BLOCKS // blocks_per_frame)  # 250 ms of measured blocks
+    assert aec.handovers == 1
 
 
 def test_the_linear_output_lines_up_with_aec3s_sample_for_sample() -> None:
