@@ -65,7 +65,7 @@ import sys
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
-from typing import Any, Final, TextIO, cast
+from typing import Any, Final, TextIO, TypeVar, cast
 
 import msgspec
 
@@ -115,6 +115,7 @@ MAX_WRITE_BUFFER: Final = 4 * 1024 * 1024
 CLOSE_GRACE: Final = 5.0
 #: Seconds the shutdown waits for clients to receive the notice.
 SHUTDOWN_GRACE: Final = 2.0
+_T = TypeVar("_T")
 #: Connections that may wait for a TLS handshake slot, per slot (``max_handshakes``): a burst
 #: of reconnecting clients queues (reading paused, the handshake timeout running) rather than
 #: being dropped; beyond this many they are refused.
@@ -1035,37 +1036,33 @@ class RelayServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def cluster_roster(self, node: str, msg: m.ServerMessage) -> bool:
+    # The cluster link's callbacks run on the loop once the core exists; each hands the core
+    # what another node said, then carries out what it decided (_pumped).
+
+    @property
+    def _running_core(self) -> ServerCore:
         core = self._core
         assert core is not None
-        ok = core.apply_remote(node, msg)
+        return core
+
+    def _pumped(self, result: _T) -> _T:
         self._pump()
-        return ok
+        return result
+
+    def cluster_roster(self, node: str, msg: m.ServerMessage) -> bool:
+        return self._pumped(self._running_core.apply_remote(node, msg))
 
     def cluster_node_gone(self, node: str) -> int:
-        core = self._core
-        assert core is not None
-        n = core.remote_node_gone(node)
-        self._pump()
-        return n
+        return self._pumped(self._running_core.remote_node_gone(node))
 
     def cluster_keydist(self, sender: int, channel: int, recipient: int, blob: bytes) -> None:
-        core = self._core
-        assert core is not None
-        core.deliver_remote_keydist(sender, channel, recipient, blob)
-        self._pump()
+        self._pumped(self._running_core.deliver_remote_keydist(sender, channel, recipient, blob))
 
     def cluster_text(self, sender: int, channel: int, blob: bytes) -> None:
-        core = self._core
-        assert core is not None
-        core.deliver_remote_text(sender, channel, blob)
-        self._pump()
+        self._pumped(self._running_core.deliver_remote_text(sender, channel, blob))
 
     def cluster_loss(self, to: int, msg: m.LossReportDelivery) -> None:
-        core = self._core
-        assert core is not None
-        core.deliver_remote_loss_report(to, msg)
-        self._pump()
+        self._pumped(self._running_core.deliver_remote_loss_report(to, msg))
 
     def cluster_voice(self, body: bytes) -> None:
         relay, loop = self._relay, self._loop
@@ -1074,15 +1071,10 @@ class RelayServer:
         self._deliver_tunnel()
 
     def cluster_local_users(self) -> list[m.UserInfo]:
-        core = self._core
-        assert core is not None
-        return core.local_users()
+        return self._running_core.local_users()
 
     def cluster_replaced(self, sender_id: int) -> None:
-        core = self._core
-        assert core is not None
-        core.replaced_elsewhere(sender_id)
-        self._pump()
+        self._pumped(self._running_core.replaced_elsewhere(sender_id))
 
     def cluster_nodes_changed(self, addresses: tuple[str, ...]) -> None:
         core = self._core
@@ -1172,9 +1164,7 @@ class RelayServer:
         reason: str,
     ) -> bool:
         """An administrator on another node kicked, banned or moved a user of ours."""
-        core = self._core
-        assert core is not None
-        done = core.admin_from_node(action, by, by_name, target, channel_id, reason)
+        done = self._running_core.admin_from_node(action, by, by_name, target, channel_id, reason)
         log_ctl.info(
             "admin %s from another node by=%r target=%d channel=%s: %s",
             action.name.lower(),
@@ -1187,16 +1177,10 @@ class RelayServer:
         return done
 
     def cluster_users_digest(self, node: str | None = None) -> bytes:
-        core = self._core
-        assert core is not None
-        return core.users_digest(node)
+        return self._running_core.users_digest(node)
 
     def cluster_members(self, node: str, sender_ids: list[int]) -> int:
-        core = self._core
-        assert core is not None
-        gone = core.resync_remote(node, sender_ids)
-        self._pump()
-        return gone
+        return self._pumped(self._running_core.resync_remote(node, sender_ids))
 
     def cluster_admin_granted(self, ik_pub: bytes) -> None:
         core = self._core

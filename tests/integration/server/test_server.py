@@ -560,12 +560,60 @@ def test_a_burst_of_connections_waits_for_a_handshake_slot(start_server: Starter
         assert client.sid is not None
         await client.close()
         holders[1][1].close()
-        await asyncio.sleep(0.5)  # a stats line after the queueing
+        last = await stats_after_login(server)
+        assert last["refused"]["queued_handshakes"] == 1 and last["refused"]["handshakes"] == 0
 
     run(scenario)
     assert server.stop() == 0
-    last = [json.loads(x) for x in server.stdout_lines()[1:]][-1]
-    assert last["refused"]["queued_handshakes"] == 1 and last["refused"]["handshakes"] == 0
+
+
+async def stats_after_login(server: ServerProcess) -> dict[str, Any]:
+    """The first stats line the server writes once it counts a login (it then has every count
+    of what came before)."""
+    for _ in range(100):
+        lines = [json.loads(x) for x in server.stdout_lines()[1:]]
+        if lines and lines[-1]["logins"] >= 1:
+            return lines[-1]  # type: ignore[no-any-return]
+        await asyncio.sleep(0.1)
+    raise AssertionError("no stats line counts the login")
+
+
+FLOOD_CONFIG = """
+[limits]
+max_handshakes = 2
+max_sessions_per_ip = 6
+handshake_timeout = 1.5
+"""
+
+
+def test_a_flood_of_silent_connections_is_bounded_and_times_out(start_server: Starter) -> None:
+    """The attacker of the handshake queue: one address opens connections and never says a
+    word. Two take the slots, the address's cap (6, handshakes and queued together) bounds the
+    queue, the rest are refused at once, and every silent one is cut at the handshake timeout
+    counted from its accept, queued or not. Then an honest client logs in."""
+    server = start_server("--stats-interval", "0.2", config=FLOOD_CONFIG)
+
+    async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+        try:
+            return await asyncio.wait_for(reader.read(1), 5.0) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+
+    async def scenario() -> None:
+        silent = [await asyncio.open_connection(server.host, server.port) for _ in range(10)]
+        ends = await asyncio.gather(*(closed_by_server(r) for r, _ in silent))
+        assert all(ends)  # refused at once, or cut at the timeout: none held on
+        for _, w in silent:
+            w.close()
+        async with clients(server, "ann", udp=False) as (ann,):
+            assert ann.sid is not None
+        last = await stats_after_login(server)
+        assert last["refused"]["handshakes"] == 4  # 10 - 6 (the address's cap)
+        assert last["refused"]["queued_handshakes"] == 4  # 6 - 2 (the slots)
+        assert last["tls_failed"] == 6  # the six silent ones, cut at the timeout
+
+    run(scenario)
+    assert server.stop() == 0
 
 
 def test_stats_lines_and_no_secrets_in_logs(start_server: Starter) -> None:
