@@ -85,13 +85,15 @@ class FarEnd:
     """The far-end mailbox between the playback worker (``put``) and the capture worker
     (``take_into``): one writer, one reader, no lock (a :class:`SampleRing`).
 
-    A take that finds nothing while the playback worker is running (it was late, or the capture
-    worker caught up in a burst) gives silence. The first :data:`MAX_LATE_FRAMES` such frames are
-    let through when they come: the far end then waits that much longer, room for the two
-    threads' jitter. After that, a late frame is *owed* and skipped when it comes, so scheduling
-    hiccups (a game on every core) cannot keep pushing the far end later until it reaches the
-    cancellers after its echo, which cannot be cancelled. After :data:`MAX_OWED_FRAMES` takes
-    without any frame put, nothing is being played (a pause): nothing is owed. A backlog above
+    The far end starts :data:`MAX_LATE_FRAMES` frames of silence behind: room for the two
+    threads' jitter, taken at once (taken when the first late frames came, it moved the far end
+    against its echo in the middle of AEC3's convergence). A take that finds nothing while the
+    playback worker is running (it was late, or the capture worker caught up in a burst) gives
+    silence, and the late frame is *owed* and skipped when it comes, so scheduling hiccups (a
+    game on every core) cannot keep pushing the far end later until it reaches the cancellers
+    after its echo, which cannot be cancelled. (Room given back by a dropped backlog, below, is
+    taken again by the next late frames.) After :data:`MAX_OWED_FRAMES` takes without any frame
+    put, nothing is being played (a pause): nothing is owed. A backlog above
     :data:`MAX_BACKLOG_FRAMES` is dropped at once (the oldest frames), so the far end is never
     late by more than that either."""
 
@@ -100,14 +102,22 @@ class FarEnd:
         self._ring = SampleRing(frame_samples * RING_FRAMES)
         self._sum = np.zeros(frame_samples, dtype=np.int32)
         self._mono = np.zeros(frame_samples, dtype=np.int16)
+        self._mono_zeros = np.zeros(frame_samples, dtype=np.int16)
         self._owed = 0  # far samples handed out as silence, to skip when they arrive
-        self._late = 0  # frames by which starved takes have delayed the far end so far
+        # The jitter room is taken at the start: the far end begins MAX_LATE_FRAMES frames of
+        # silence behind, where the first late frames would have put it anyway. Taken later,
+        # it moved the far end against its echo in the middle of AEC3's convergence, and AEC3
+        # needed another 1.4 s to find the path again (test_echo_app beside a CPU hog: the
+        # second late frame came 1.0 s after the start, 3 runs in 7).
+        self._late = MAX_LATE_FRAMES  # frames the far end has been delayed by so far
+        self._ring.write(np.zeros(MAX_LATE_FRAMES * frame_samples, dtype=np.int16))
         self._puts = 0  # frames put (written by the playback side only)
         self._puts_seen = 0  # the value of _puts at the last take
         self._idle_takes = 0  # takes in a row without a put in between
         self.dropped = 0  # far samples dropped as too old (the capture side fell behind)
         self.starved = 0  # far frames taken as silence because none was there yet
         self.skipped = 0  # far samples that came after their silent stand-in, skipped
+        self.underrun_silence = 0  # silence the device played (ring ran dry), put in its place
 
     @property
     def overrun(self) -> int:
@@ -126,6 +136,19 @@ class FarEnd:
         else:
             self._ring.write(frame[:n])
         self._puts += 1
+
+    def put_silence(self, samples: int) -> None:
+        """``samples`` (mono) of silence the device played because the playback ring ran dry
+        (the playback worker was late): they go in where the device played them, so the far
+        end stays the sequence the speakers really played, sample for sample. Without them
+        every underrun would move the echo that much later against the far end for good, and
+        AEC3 would have to find the path again each time."""
+        self.underrun_silence += samples
+        zeros = self._mono_zeros
+        while samples > 0:
+            k = min(samples, len(zeros))
+            self._ring.write(zeros[:k])
+            samples -= k
 
     def take_into(self, out: npt.NDArray[np.int16]) -> None:
         """The far frame that goes with this microphone frame (silence when it is not there

@@ -84,6 +84,35 @@ def device_dicts() -> list[dict[str, Any]]:
 # -- the process ------------------------------------------------------------------------------
 
 
+#: The sound server's client I/O threads, by name: libpulse's threaded main loop
+#: ("threaded-ml", one per stream where PortAudio's ALSA backend goes through the pulse plugin,
+#: to PulseAudio or to PipeWire's pulse server) carries every sample between PortAudio's callback
+#: and the server. At normal priority a CPU hog can hold it off for tens of milliseconds, long
+#: enough for the server to play silence or drop microphone samples where nothing of ours
+#: counts them (and the echo canceller's far end no longer matches what was played), so it is
+#: raised with the callbacks. PipeWire's own client threads raise themselves (its module-rt).
+IO_THREAD_NAMES: Final = frozenset({"threaded-ml"})
+
+
+def io_threads() -> dict[int, str]:
+    """This process's threads named in :data:`IO_THREAD_NAMES`: thread id → name (Linux; none
+    elsewhere)."""
+    found: dict[int, str] = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm", encoding="utf-8", errors="replace") as f:
+                name = f.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if name in IO_THREAD_NAMES:
+            found[int(task)] = name
+    return found
+
+
 class _Host:
     def __init__(self, block: shm.SharedBlock, out: IO[str], wake_capture: int, wake_playback: int):
         self.block = block
@@ -286,23 +315,30 @@ class _Host:
     def raise_callback_threads(self) -> None:
         """PortAudio's callback threads to real-time, each once (a reopened stream has a new
         one; the main thread, which opens streams, stays normal: PortAudio polls while a stream
-        starts). rtkit may make them real-time here: its CPU-time cap could end this process,
-        which the app restarts. The app hears how (``scheduling``) for its diagnostics."""
+        starts), and the sound server's client I/O threads with them (:func:`io_threads`).
+        rtkit may make them real-time here: its CPU-time cap could end this process, which the
+        app restarts. The app hears how (``scheduling``) for its diagnostics."""
         engine = self.engine
         if engine is None:
             return
         changed = False
-        for side, tid in (("input", engine.input_thread), ("output", engine.output_thread)):
+        io = io_threads()
+        threads = [
+            ("input callback", engine.input_thread),
+            ("output callback", engine.output_thread),
+            *((f"sound server I/O ({name})", tid) for tid, name in io.items()),
+        ]
+        for what, tid in threads:
             if tid and tid not in self.raised:
                 try:
                     promotion = str(promote_thread(tid, rtkit_realtime=True))
                 except Exception as exc:  # never let this end the host
                     promotion = f"normal priority ({exc})"
-                self.raised[tid] = f"{side} callback: {promotion}"
-                log.info("%s callback thread %d: %s", side, tid, promotion)
+                self.raised[tid] = f"{what}: {promotion}"
+                log.info("%s thread %d: %s", what, tid, promotion)
                 changed = True
         if changed:
-            current = {engine.input_thread, engine.output_thread}
+            current = {engine.input_thread, engine.output_thread, *io}
             parts = [text for tid, text in self.raised.items() if tid in current]
             self.send({"op": "scheduling", "text": "; ".join(parts)})
 

@@ -349,6 +349,7 @@ class PlaybackWorker:
         self._clock = clock
         self._want_output: Callable[[bool], None] | None = getattr(engine, "want_output", None)
         self._silent_frames = 0
+        self._underruns_seen = engine.playback.underrun_samples
         self._idle_after = max(1, round(IDLE_PAUSE_S * engine.sample_rate / engine.frame_samples))
         #: samples per sample frame in the playback ring (2: interleaved stereo)
         self._channels = getattr(engine, "output_channels", 1)
@@ -438,9 +439,18 @@ class PlaybackWorker:
             self.cue_player.trigger(kind, voice, pan)
         self.playback.render_into(self._out, now)
         self.cue_player.mix_into(self._out, self._channels)
-        self.engine.playback.write(self._out)
+        ring = self.engine.playback
+        # The device zero-fills a callback that finds the ring dry (we were late): that silence
+        # was played after everything written so far, so it goes to the far end before this
+        # frame, keeping the far end the exact sequence the speakers played.
+        underruns = ring.underrun_samples
+        dry = underruns - self._underruns_seen
+        self._underruns_seen = underruns
+        ring.write(self._out)
         far_end = self.far_end
         if far_end is not None:
+            if dry > 0:
+                far_end.put_silence(dry // self._channels)
             far_end.put(self._out, self._channels)
         if self._want_output is not None:
             self._watch_idle()

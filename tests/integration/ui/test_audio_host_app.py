@@ -223,6 +223,16 @@ def test_the_audio_threads_run_real_time(
     ]
     assert len(rr) >= 2  # both callback threads ...
     assert host.pid not in rr  # ... but not the main thread, which opens the streams
+    # and libpulse's I/O threads (through PortAudio's ALSA pulse plugin, one per stream), which
+    # carry every sample to and from the sound server: starved by a hog, it played silence
+    qtbot.waitUntil(lambda: host.scheduling.count("sound server I/O") == 2, timeout=5_000)
+    assert f"sound server I/O (threaded-ml): {want}" in host.scheduling, host.scheduling
+    io = [
+        int(t)
+        for t in os.listdir(f"/proc/{host.pid}/task")
+        if Path(f"/proc/{host.pid}/task/{t}/comm").read_text().strip() == "threaded-ml"
+    ]
+    assert len(io) == 2 and set(io) <= set(rr)
     text = app.diagnostics_text()
     assert f"capture thread: real-time (SCHED_RR priority {PRIORITY})" in text
     # the connection's thread (voice both ways, but also TLS and key work): a high nice level

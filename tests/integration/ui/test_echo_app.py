@@ -105,13 +105,19 @@ def test_the_echo_of_the_speakers_is_removed(
         qtbot.waitUntil(lambda: aec.linear_active, timeout=25_000)
         linear_left = mean_level(qtbot, alice, 2.0)
         linear_erle = aec.linear.erle_db
+        far = capture.far_end
+        assert far is not None
+        counts = (
+            f"far end: starved {far.starved}, skipped {far.skipped}, dropped {far.dropped}, "
+            f"overrun {far.overrun}, silence played for lack of frames {far.underrun_silence}"
+        )
     finally:
         bob.kill()
         bob.wait(10)
     print(
         f"\necho at alice's microphone {echo:.1f} dBFS, after the canceller {left:.1f} dBFS, "
         f"after the linear filter took over {linear_left:.1f} dBFS (its estimate "
-        f"{linear_erle:.1f} dB)"
+        f"{linear_erle:.1f} dB); {counts}"
     )
     assert echo > -45  # bob was really heard through the speakers
     assert echo - left >= 25

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from voipclient.audio.aec import FarEnd
 from voipclient.audio.cues import CueKind
 from voipclient.audio.dsp import CaptureProcessor, CaptureSettings
 from voipclient.audio.engine import NullEngine
@@ -323,3 +324,56 @@ def test_playback_stops_the_speakers_after_a_second_of_silence_and_voice_restart
         w.render(t)
         t += 0.02
     assert engine.output_wanted == [False, True, False]
+
+
+class FakeNumberedPlayback:
+    """Stands in for VoicePlayback: frame k it renders is the number k in every sample, so the
+    far end's order can be read off."""
+
+    def __init__(self) -> None:
+        self.mixer = Mixer(frame_samples=N)
+        self.rendered = 0
+
+    def render_into(self, out: Any, now: float) -> None:
+        self.rendered += 1
+        out.fill(self.rendered)
+
+    def loss_reports(self, now: float) -> list[Any]:
+        return []
+
+
+def test_the_far_end_is_what_the_device_played_underruns_included() -> None:
+    """The echo canceller's far end must be the sequence the speakers really played. When the
+    playback worker is late (a CPU hog), the device zero-fills a callback that finds the ring
+    dry: that silence was played, so it goes into the far end where it was played; otherwise
+    every underrun moves the echo later against the far end for good (AEC3 lost the path in
+    the app under a hog). Whether or not the capture side starved for far frames meanwhile."""
+    engine = NullEngine()
+    w = PlaybackWorker(engine, FakeNumberedPlayback(), collections.deque())  # type: ignore[arg-type]
+    far = FarEnd(N)
+    w.far_end = far
+    device, taken = [], []
+    out, mic_far = np.zeros(N, dtype=np.int16), np.zeros(N, dtype=np.int16)
+    # per period: does the playback worker render, how many far frames does the capture take
+    stalled = {1, 2, 8, 9, 14}  # the worker is late: the device plays silence
+    for k in range(30):
+        renders = 0 if k in stalled else 1
+        takes = {6: 3, 11: 0}.get(k, 1)  # the capture side: early (6), late (11)
+        for _ in range(renders):
+            w.render(k * 0.02)
+        engine.playback.read_into(out)  # the device's callback
+        device.append(int(out[0]))
+        for _ in range(takes):
+            far.take_into(mic_far)
+            taken.append(int(mic_far[0]))
+    assert device == [1, 0, 0, 2, 3, 4, 5, 6, 0, 0, 7, 8, 9, 10, 0, 11, *range(12, 26)]
+    # The far end starts two frames of silence behind (its jitter room) and stays exactly that
+    # far behind what the device played through every underrun, whether the capture side
+    # starved for far frames meanwhile (8, 9: it had taken its backlog early at 6) or not (1,
+    # 2, 14: the room, or a backlog from being late at 11, covered it).
+    offset = 2
+    assert taken[:offset] == [0, 0]
+    assert taken[offset:] == device[: len(taken) - offset]
+    assert far.starved == 2  # at 8 and 9
+    assert engine.playback.underrun_samples == 5 * N
+    assert far.underrun_silence == 5 * N
