@@ -124,6 +124,19 @@ __all__ = [
 
 #: Seconds between two :class:`Stats` events (and the E2E layer's coarse upkeep).
 DEFAULT_STATS_INTERVAL: Final = 1.0
+#: A node that failed at the transport level (nothing listening, no route, no answer, or our
+#: connection to it broke without a word) is passed over by retries for this long, while
+#: another node of the cluster is not. A node that took the connection and then closed it
+#: (too busy) is alive, and is not.
+NODE_DOWN_S: Final = 15.0
+_NODE_DOWN_KINDS: Final = frozenset(
+    {
+        sv.FailureKind.REFUSED,
+        sv.FailureKind.NO_ROUTE,
+        sv.FailureKind.NAME_NOT_FOUND,
+        sv.FailureKind.TIMEOUT,
+    }
+)
 
 _CS = ConnectionState
 _CT = ConnectionTrigger
@@ -371,6 +384,7 @@ class ClientConnection:
         # (ClusterNodes); each retry after a failure or a lost connection moves to the next.
         self._candidates: list[tuple[str, int]] = []
         self._candidate = 0
+        self._down_until: dict[tuple[str, int], float] = {}  # node → passed over until then
         self._attempted = False
         self._expected_pin: str | None = None
         self._presented_pin: str | None = None
@@ -620,6 +634,7 @@ class ClientConnection:
         self._host, self._port, self._expected_pin = host, port, expected_pin
         self._candidates = [(host, port)]
         self._candidate = 0
+        self._down_until.clear()
         self._attempted = False
         self._presented_pin = None
         self._stats_mark = (now, self._bytes_in, self._bytes_out)
@@ -690,6 +705,8 @@ class ClientConnection:
         if not self._current(generation):
             return
         if self._session is None:
+            if kind in _NODE_DOWN_KINDS:
+                self._down_until[(self._host, self._port)] = now + NODE_DOWN_S
             self._detach(now, abort=True)
             advice = sv.explain_failure(kind, self._host, self._port)
             failed = sv.TransportFailed(why, kind, advice)
@@ -703,6 +720,8 @@ class ClientConnection:
             return
         session, current = self._session, self._generation
         if session is not None:
+            if session.state is ClientState.READY:  # it broke under us: the node may be gone
+                self._down_until[(self._host, self._port)] = now + NODE_DOWN_S
             self._handle_session_events(session.connection_lost(now), now, transport_gone=True)
         if self._attached and self._generation == current:
             # No session yet (or it had nothing to say): the attempt failed.
@@ -940,10 +959,16 @@ class ClientConnection:
     def _start_attempt(self, now: float) -> None:
         """The supervisor's Connect: a fresh transport; fresh sessions once the pin is OK. A
         retry goes to the next node of the server's cluster, if it told us of others (they
-        share its key: the same pin is checked)."""
-        if self._attempted and len(self._candidates) > 1:
-            self._candidate = (self._candidate + 1) % len(self._candidates)
-            self._host, self._port = self._candidates[self._candidate]
+        share its key: the same pin is checked), passing over nodes that are down
+        (:data:`NODE_DOWN_S`) while one is not: a busy node's refusal must not send the retry
+        to the node that has just died."""
+        candidates = self._candidates
+        if self._attempted and len(candidates) > 1:
+            n = len(candidates)
+            order = [(self._candidate + k) % n for k in range(1, n + 1)]  # ours comes last
+            up = [i for i in order if self._down_until.get(candidates[i], now) <= now]
+            self._candidate = (up or order)[0]
+            self._host, self._port = candidates[self._candidate]
         self._attempted = True
         self._detach(now, abort=False)
         self._generation += 1
@@ -1077,6 +1102,7 @@ class ClientConnection:
         if macs is None:  # pragma: no cover - SecureSession handled LoggedIn just before
             raise LocalProtocolError("LoggedIn without hop keys")
         self._c2s, self._s2c = macs
+        self._down_until.pop((self._host, self._port), None)
         self._policy.new_session()  # listeners' ids are this login's from now on
         self._hop_seq = 0
         self._hop_window = ReplayWindow()

@@ -75,6 +75,10 @@ class Client(EventLog):
     auto_handshake: bool = True
     #: The server accepts TCP connections from this client (False: transport_failed).
     reachable: bool = True
+    #: Nodes (host, port) that refuse this client's TCP connections (nothing listens there).
+    down: set[tuple[str, int]] = field(default_factory=set)
+    #: Nodes that accept the TCP connection and close it before the handshake (too busy).
+    busy: set[tuple[str, int]] = field(default_factory=set)
     #: Drop every UDP datagram to / from the relay.
     drop_up: bool = False
     drop_down: bool = False
@@ -83,6 +87,7 @@ class Client(EventLog):
     generation: int | None = None
     conn_id: int | None = None
     handshake_pending: bool = False
+    target: tuple[str, int] = (HOST, PORT)  # where the current transport goes
     udp_open: bool = False
     udp_datagrams_sent: int = 0  # that left the client (dropped or not)
 
@@ -113,6 +118,9 @@ class World:
         self._by_sender: dict[int, int] = {}  # sender id → conn_id
         self._server_closed: set[int] = set()
         self._next_conn = 1
+        #: Where clients may connect: every node is this one server (a cluster's nodes share
+        #: what a client sees, so one core stands in for all of them).
+        self.nodes: set[tuple[str, int]] = {(HOST, PORT)}
 
     def wall(self) -> float:
         return self.now + self.wall_offset
@@ -171,10 +179,17 @@ class World:
         if c.handshake_pending and c.generation is not None:
             c.handshake_pending = False
             moved = True
-            if c.reachable:
-                c.conn.transport_connected(c.presented_pin, self.now, generation=c.generation)
+            if not c.reachable or c.target in c.down:
+                kind = sv.FailureKind.REFUSED
+                c.conn.transport_failed(
+                    "connection refused", self.now, generation=c.generation, kind=kind
+                )
+            elif c.target in c.busy:
+                assert c.conn_id is not None
+                self._forget_conn(c.conn_id)
+                c.conn.connection_lost(self.now, generation=c.generation)
             else:
-                c.conn.transport_failed("connection refused", self.now, generation=c.generation)
+                c.conn.transport_connected(c.presented_pin, self.now, generation=c.generation)
         data = c.conn.data_to_send()
         if data:
             moved = True
@@ -192,10 +207,12 @@ class World:
         """What a client adapter does with the connection's instructions."""
         if isinstance(event, OpenTransport):
             assert c.generation is None, "a second transport while one is open"
-            assert (event.host, event.port) == (HOST, PORT)
+            c.target = (event.host, event.port)
+            assert c.target in self.nodes, c.target
             c.generation = event.generation
-            c.handshake_pending = c.auto_handshake or not c.reachable
-            if c.reachable:
+            reachable = c.reachable and c.target not in c.down
+            c.handshake_pending = c.auto_handshake or not reachable or c.target in c.busy
+            if reachable:
                 cid = self._next_conn
                 self._next_conn += 1
                 c.conn_id = cid

@@ -581,3 +581,37 @@ def test_stats_once_a_second() -> None:
     w.advance(10.0)
     pings = [e for e in a.events if isinstance(e, ev.PingStats)]
     assert pings and pings[-1].udp_received_by_server > 0
+
+
+def test_a_retry_passes_over_the_node_that_died_for_the_one_that_was_only_busy() -> None:
+    """Two nodes; ours dies under us. The retry goes to the other one, which is too busy and
+    closes the connection before the handshake: the next retry goes there again, not back to
+    the node whose connection broke (it would fail, and cost a backoff step). A node that
+    refuses the connection outright is passed over as well; when every node is down the
+    retries go round all of them as before."""
+    other = ("b.example", PORT)
+    w = World(CONFIG)
+    w.nodes.add(other)
+    w.server.set_cluster_nodes((f"{HOST}:{PORT}", f"b.example:{PORT}"))
+    a = w.add("alice")
+    w.settle()
+    assert state(a) is S.READY and a.conn.cluster_nodes == ((HOST, PORT), other)
+
+    a.down.add((HOST, PORT))  # our node dies: nothing listens there any more
+    a.busy.add(other)
+    w.cut(a)
+    w.advance(SUP.backoff_base)  # retry 1: the other node, too busy
+    assert [(e.host, e.port) for e in a.of(cn.OpenTransport)][1:] == [other]
+    a.busy.clear()
+    w.advance(2 * SUP.backoff_base)  # retry 2: the other node again, which now takes us
+    assert state(a) is S.READY
+    assert [(e.host, e.port) for e in a.of(cn.OpenTransport)][1:] == [other, other]
+
+    # That node dies too, and ours is still down: every node is down, they are tried in turn.
+    a.down.add(other)
+    w.cut(a)
+    w.advance(60.0)
+    tried = [(e.host, e.port) for e in a.of(cn.OpenTransport)][3:]
+    assert len(tried) >= 4 and tried[:4] == [(HOST, PORT), other, (HOST, PORT), other]
+    assert state(a) is S.WAITING
+    assert_transports_balanced(a)
