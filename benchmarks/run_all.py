@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -548,6 +549,9 @@ What the figures say:
 
 
 def run(script: Path) -> dict[str, object]:
+    # Every benchmark's numpy on one OpenBLAS thread, as in the app (voipclient/__init__.py),
+    # whatever it imports first.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=1800, check=True
     )

@@ -22,6 +22,15 @@ def similarity(source: np.ndarray, recording: np.ndarray) -> tuple[float, float]
     return score, lag / RATE
 
 
+def _correlate_valid(b: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``np.correlate(b, a, "valid")`` through the FFT: O(n log n) instead of one dot product per
+    lag (30,721 lags of 24,000 samples per segment took 0.2 s each, and far longer beside a CPU
+    hog, where two bot tests timed out in it)."""
+    size = 1 << (len(b) + len(a) - 2).bit_length()  # >= len(b) + len(a) - 1: no wrap-around
+    full = np.fft.irfft(np.fft.rfft(b, size) * np.conj(np.fft.rfft(a, size)), size)
+    return full[: len(b) - len(a) + 1]
+
+
 def segment_similarity(
     src: np.ndarray, got: np.ndarray, *, start: int = 0, seg: int = RATE // 2, slack: int = 15360
 ) -> float:
@@ -40,8 +49,7 @@ def segment_similarity(
         if len(b) < seg:
             scores.append(0.0)
             continue
-        corr = np.correlate(b, a, mode="valid")
-        lag = int(np.argmax(corr))
+        lag = int(np.argmax(_correlate_valid(b, a)))
         w = b[lag : lag + seg]
         scores.append(float(np.dot(w, a) / (np.linalg.norm(w) * np.linalg.norm(a) + 1e-9)))
     return float(np.mean(scores)) if scores else 0.0

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+# As the app does (voipclient/__init__.py), before a plugin may load numpy: one OpenBLAS thread.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 
 
