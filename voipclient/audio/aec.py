@@ -94,8 +94,9 @@ class FarEnd:
     after its echo, which cannot be cancelled. (Room given back by a dropped backlog, below, is
     taken again by the next late frames.) After :data:`MAX_OWED_FRAMES` takes without any frame
     put, nothing is being played (a pause): nothing is owed. A backlog above
-    :data:`MAX_BACKLOG_FRAMES` is dropped at once (the oldest frames), so the far end is never
-    late by more than that either."""
+    :data:`MAX_BACKLOG_FRAMES` beyond the microphone frames still waiting to be taken (the
+    capture side is only late: each of them takes its far frame in order) is dropped at once
+    (the oldest frames), so the far end is never late by more than that either."""
 
     def __init__(self, frame_samples: int) -> None:
         self.frame_samples = frame_samples
@@ -150,9 +151,14 @@ class FarEnd:
             self._ring.write(zeros[:k])
             samples -= k
 
-    def take_into(self, out: npt.NDArray[np.int16]) -> None:
+    def take_into(self, out: npt.NDArray[np.int16], pending: int = 0) -> None:
         """The far frame that goes with this microphone frame (silence when it is not there
-        yet)."""
+        yet). ``pending``: frames by which the far end is rightly ahead: microphone frames
+        already captured behind this one (the capture side is late by that much; each takes
+        its far frame in turn) and frames put but not played yet (still in the playback ring):
+        not a backlog to drop.
+        Dropping them moved the far end 20 ms against its echo just as the linear filter had
+        taken over (test_echo_app beside a CPU hog: 0 dB removed after the hand-over)."""
         ring = self._ring
         n = len(out)
         puts = self._puts
@@ -165,7 +171,7 @@ class FarEnd:
             k = ring.discard(min(self._owed, ring.available))
             self._owed -= k
             self.skipped += k
-        excess = ring.available - MAX_BACKLOG_FRAMES * self.frame_samples
+        excess = ring.available - (MAX_BACKLOG_FRAMES + pending) * self.frame_samples
         if excess > 0:  # the far end must stay ahead of its echo: never let it queue up
             dropped = ring.discard(excess)
             self.dropped += dropped

@@ -214,6 +214,8 @@ class CaptureWorker:
         self._idle_frames = 0
         self._idle_after = max(1, round(IDLE_PAUSE_S * engine.sample_rate / engine.frame_samples))
         self._frame = np.zeros(engine.frame_samples, dtype=np.int16)
+        #: playback ring samples per output frame (stereo rings interleave two per sample)
+        self._out_frame = engine.frame_samples * getattr(engine, "output_channels", 1)
         self._thread = _FrameThread("capture", self._run, getattr(engine, "capture_wake_fd", None))
 
     def start(self) -> None:
@@ -264,7 +266,13 @@ class CaptureWorker:
             self.sender.set_level(level)
         aec, far_end = self.aec, self.far_end
         if aec is not None and far_end is not None:
-            far_end.take_into(self._far)  # what the speakers were given, one frame
+            # What the speakers were given, one frame. The far end is rightly ahead by the
+            # microphone frames already waiting behind this one (each takes its far frame in
+            # turn) and by the frames in the playback ring not played yet: no backlog to drop.
+            n = len(self._far)
+            engine = self.engine
+            ahead = engine.capture.available // n + engine.playback.available // self._out_frame
+            far_end.take_into(self._far, ahead)
             frame = aec.process(frame, self._far)
         result = self.processor.process(frame)
         self.input_level = result.level

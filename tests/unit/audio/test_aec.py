@@ -76,6 +76,37 @@ def test_a_backlog_is_dropped_so_the_far_end_is_never_late() -> None:
     assert far.dropped == (MAX_LATE_FRAMES + 3) * N  # ... the newest four kept
 
 
+def test_a_late_capture_side_keeps_its_far_frames_and_a_lost_one_is_realigned() -> None:
+    """The capture worker stalls for five frames (a CPU hog) while the playback worker keeps
+    putting: the microphone frames wait in the capture ring, and each takes its own far frame
+    when the worker catches up, so nothing is dropped and the far end stays two frames behind
+    (dropping moved it 20 ms against its echo right after the linear filter took over). With
+    nothing waiting (the microphone frames were lost), the same backlog is dropped."""
+    for lost in (False, True):
+        far = FarEnd(N)
+        out = np.zeros(N, dtype=np.int16)
+        taken: list[int] = []
+        waiting = 0  # microphone frames captured but not yet taken
+        for step in range(40):
+            far.put(np.full(N, step + 1, dtype=np.int16), 1)
+            waiting += 1
+            if 10 <= step < 15:
+                continue  # the capture worker stalls
+            while waiting:
+                waiting -= 1
+                far.take_into(out, 0 if lost else waiting)
+                taken.append(int(out[0]))
+                if lost:  # the stalled frames never reached the worker: one take for all
+                    waiting = 0
+        if not lost:
+            assert far.dropped == 0
+            assert taken == [0, 0, *range(1, 39)]  # two behind, every frame in order
+        else:
+            assert far.dropped == 4 * N  # 8 queued, 4 kept: the oldest 4 (9-12) dropped
+            assert taken[:10] == [0, 0, *range(1, 9)]
+            assert taken[10:12] == [13, 14]
+
+
 def test_the_far_end_starts_two_frames_behind_and_late_frames_never_move_it() -> None:
     """The jitter room (two frames) is taken at the start, so the far end never moves against
     its echo while AEC3 converges (taken at the first late frames, a move 1.0 s in cost AEC3
