@@ -94,9 +94,10 @@ class FarEnd:
     after its echo, which cannot be cancelled. (Room given back by a dropped backlog, below, is
     taken again by the next late frames.) After :data:`MAX_OWED_FRAMES` takes without any frame
     put, nothing is being played (a pause): nothing is owed. A backlog above
-    :data:`MAX_BACKLOG_FRAMES` beyond the microphone frames still waiting to be taken (the
-    capture side is only late: each of them takes its far frame in order) is dropped at once
-    (the oldest frames), so the far end is never late by more than that either."""
+    :data:`MAX_BACKLOG_FRAMES`, beyond the frames by which the far end is rightly ahead (see
+    :meth:`take_into`), is dropped at once (the oldest frames), so the far end is never late
+    by more than that either. Silence the device played for lack of frames goes in where it
+    was played (:meth:`put_silence`)."""
 
     def __init__(self, frame_samples: int) -> None:
         self.frame_samples = frame_samples
@@ -143,7 +144,10 @@ class FarEnd:
         (the playback worker was late): they go in where the device played them, so the far
         end stays the sequence the speakers really played, sample for sample. Without them
         every underrun would move the echo that much later against the far end for good, and
-        AEC3 would have to find the path again each time."""
+        AEC3 would have to find the path again each time. Only what the ring has room for
+        goes in: more would be a backlog :meth:`take_into` drops anyway, and writing it costs
+        the playback thread for nothing."""
+        samples = min(samples, self._ring.free)
         self.underrun_silence += samples
         zeros = self._mono_zeros
         while samples > 0:
@@ -156,9 +160,9 @@ class FarEnd:
         yet). ``pending``: frames by which the far end is rightly ahead: microphone frames
         already captured behind this one (the capture side is late by that much; each takes
         its far frame in turn) and frames put but not played yet (still in the playback ring):
-        not a backlog to drop.
-        Dropping them moved the far end 20 ms against its echo just as the linear filter had
-        taken over (test_echo_app beside a CPU hog: 0 dB removed after the hand-over)."""
+        not a backlog to drop. Dropping them moved the far end 20 ms against its echo just as
+        the linear filter had taken over (test_echo_app beside a CPU hog: 0 dB removed after
+        the hand-over)."""
         ring = self._ring
         n = len(out)
         puts = self._puts

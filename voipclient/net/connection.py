@@ -381,7 +381,8 @@ class ClientConnection:
         self._host = ""
         self._port = 0
         # Where to connect: the user's server first, then the other nodes of its cluster
-        # (ClusterNodes); each retry after a failure or a lost connection moves to the next.
+        # (ClusterNodes); each retry after a failure or a lost connection moves to the next
+        # one that is not down (_down_until, NODE_DOWN_S).
         self._candidates: list[tuple[str, int]] = []
         self._candidate = 0
         self._down_until: dict[tuple[str, int], float] = {}  # node → passed over until then

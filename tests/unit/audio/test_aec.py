@@ -16,6 +16,7 @@ from voipclient.audio.aec import (
     MAX_BACKLOG_FRAMES,
     MAX_LATE_FRAMES,
     MAX_OWED_FRAMES,
+    RING_FRAMES,
     EchoCanceller,
     FarEnd,
     aec3_latency,
@@ -64,6 +65,15 @@ def test_the_far_end_is_the_played_frame_folded_to_mono() -> None:
     far.put(mono, 1)
     far.take_into(out)
     np.testing.assert_array_equal(out, mono)
+
+
+def test_silence_beyond_the_rings_room_is_not_written() -> None:
+    """A long underrun (the playback worker stalled for seconds) puts only what the ring holds:
+    the rest would be dropped as a backlog anyway, and writing it costs the playback thread."""
+    far = FarEnd(N)
+    room = RING_FRAMES * N - MAX_LATE_FRAMES * N  # the jitter room's silence is in already
+    far.put_silence(10 * RING_FRAMES * N)
+    assert far.underrun_silence == room and far.overrun == 0
 
 
 def test_a_backlog_is_dropped_so_the_far_end_is_never_late() -> None:
