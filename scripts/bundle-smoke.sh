@@ -71,7 +71,8 @@ esac
 echo "bundle-smoke: 3. the bundle's self-test"
 out=$("$bundle/voipclient" --self-test 2>/dev/null) || { echo "$out"; fail "self-test failed"; }
 echo "$out" | cut -c1-140
-[ "$(echo "$out" | grep -c '^ok ')" = 11 ] || fail "expected 11 ok lines"
+[ "$(echo "$out" | grep -c '^ok ')" = 12 ] || fail "expected 12 ok lines"
+echo "$out" | grep -q '^ok   relay-fanout   native' || fail "the bundle's relay has no native fan-out"
 
 echo "bundle-smoke: 4. the audio host's device probe (the bundle's own PortAudio)"
 probe=$("$bundle/voipclient" --audio-host --list-devices) || fail "the audio host's probe failed"

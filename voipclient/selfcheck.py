@@ -251,6 +251,19 @@ def _check_hosting() -> str:
     return f"async-upnp-client {upnp}, aiohttp {aiohttp.__version__}, segno {segno.__version__}"
 
 
+def _check_relay_fanout() -> str:
+    """The relay's native fan-out (``_fanout.c``, built by ``make`` and carried by the bundle)
+    is loaded and passed its MAC self-test, where the platform has ``sendmmsg`` (Linux)."""
+    from voipclient.server import mmsg
+
+    if not mmsg.available():
+        return "one sendto per copy (no sendmmsg on this platform)"
+    loaded, why = mmsg.native_available()
+    if not loaded:
+        raise RuntimeError(f"the native fan-out is not used: {why}")
+    return f"native fan-out {mmsg.NATIVE_LIBRARY.name} into sendmmsg batches, MACs checked"
+
+
 def qt_version() -> str:
     from PySide6.QtCore import qVersion
 
@@ -275,6 +288,7 @@ CHECKS: tuple[Check, ...] = (
     ("tls", _check_tls),
     ("keyring", _check_keyring),
     ("hosting", _check_hosting),
+    ("relay-fanout", _check_relay_fanout),
     ("qt-window", _check_qt_window),
 )
 

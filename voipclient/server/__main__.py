@@ -113,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--udp-send",
-        choices=("sendmmsg", "sendto"),
-        help="how the relay sends voice copies: sendmmsg batches (default where the platform "
-        "has it: Linux) or one sendto per copy (for comparisons)",
+        choices=("native", "sendmmsg", "sendto"),
+        help="how the relay sends voice copies: sendmmsg batches filled by the native fan-out "
+        "(the default; Linux, where it is built), sendmmsg batches filled by Python, or one "
+        "sendto per copy (the last two for comparisons)",
     )
     p.add_argument(
         "--announce",
@@ -312,7 +313,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     elif args.node_id is not None:
         raise ConfigError("--node-id needs --cluster")
     if args.udp_send is not None:
-        settings = replace(settings, batch_send=args.udp_send == "sendmmsg")
+        settings = replace(settings, udp_send=args.udp_send)
     if args.announce:
         settings = replace(settings, announce=True)
     if args.channel:

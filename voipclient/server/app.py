@@ -83,8 +83,14 @@ from voipclient.server.control import (
     ServerCore,
     TokenBucket,
 )
-from voipclient.server.mmsg import SendMmsg, drain, make_batch_sender, sockaddr
-from voipclient.server.mmsg import available as mmsg_available
+from voipclient.server.mmsg import (
+    SendMmsg,
+    drain,
+    make_batch_sender,
+    native_available,
+    send_mode,
+    sockaddr,
+)
 from voipclient.server.relay import Addr, RelayCore, RelayDrop
 from voipclient.server.store import Store, StoredChannel
 from voipclient.server.tls import TlsIdentity, make_server_context
@@ -662,12 +668,14 @@ class RelayServer:
             next_channel_id=next_channel_id,
         )
         udp_sock = self._udp_sock
-        self._batch = make_batch_sender(udp_sock) if s.batch_send and shards == 1 else None
+        batch = s.udp_send != "sendto" and shards == 1
+        self._batch = make_batch_sender(udp_sock, native=s.udp_send == "native") if batch else None
         family = udp_sock.family
         self._relay = RelayCore(
             self._core,
             limits=s.limits.relay_limits(),
             pack_address=None if self._batch is None else lambda a: sockaddr(a, family),
+            key_state=None if self._batch is None else self._batch.key_state,
             is_remote=self._core.is_remote if self._cluster is not None else None,
         )
         log.info(
@@ -687,7 +695,7 @@ class RelayServer:
             self._pool = WorkerPool(
                 udp_socks,
                 s.limits.relay_limits(),
-                batch_send=s.batch_send,
+                udp_send=s.udp_send,
                 log_level=s.log_level,
                 on_tunnel=self._tunnel_to_connections,
                 on_received=self._worker_received,
@@ -713,15 +721,15 @@ class RelayServer:
                     lambda: _UdpFallback(self), sock=udp_sock
                 )
                 self._udp_transport = transport
-        batched = self._batch is not None and self._reader_added
-        if self._pool is not None:
-            batched = s.batch_send and mmsg_available()
+        send = send_mode(s.udp_send) if self._pool is not None or self._reader_added else "sendto"
         log_udp.info(
             "udp relay bound port=%d workers=%d send=%s",
             self.port,
             1 if self._pool is None else self._pool.size,
-            "sendmmsg" if batched else "sendto",
+            send,
         )
+        if s.udp_send == "native" and send != "native":
+            log_udp.warning("the native fan-out is not used: %s", native_available()[1])
         if self._cluster is not None:
             self._core.set_cluster_nodes(self._cluster.addresses())
             await self._cluster.start(self)

@@ -223,9 +223,11 @@ class Settings:
     data_dir: Path | None = None
     stats_interval: float = DEFAULT_STATS_INTERVAL
     log_level: str = "info"
-    #: Send the relay's copies with ``sendmmsg`` batches where the platform has it (Linux);
-    #: False: one ``sendto`` per copy (``--udp-send sendto``, for comparisons).
-    batch_send: bool = True
+    #: How the relay sends its copies (``--udp-send``): "native" (``sendmmsg`` batches whose
+    #: MACs and iovecs are written by the native fan-out, ``_fanout.c``; "sendmmsg" where it is
+    #: not built), "sendmmsg" (batches written by Python), "sendto" (one call per copy; also
+    #: where the platform has no ``sendmmsg``). The last two are for comparisons.
+    udp_send: str = "native"
     #: UDP forwarding processes (``--workers``): 1 forwards in this process; more start that
     #: many workers behind one port (Linux; ``voipclient.server.workers``).
     workers: int = 1

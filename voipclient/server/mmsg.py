@@ -31,21 +31,30 @@ from __future__ import annotations
 import array
 import ctypes
 import errno
+import random
 import socket
 import struct
 import sys
 from collections.abc import Callable
-from typing import Final, Protocol
+from pathlib import Path
+from typing import Final, NamedTuple, Protocol
 
+from voipclient.crypto.hop import HopMac
 from voipclient.server.relay import HmacContext, WireEntry, WirePlan, wire_plan
 
 __all__ = [
     "HmacContext",
+    "NativeSendMmsg",
+    "SendMmsg",
     "WireEntry",
     "WirePlan",
     "available",
     "drain",
     "make_batch_sender",
+    "native_available",
+    "native_library",
+    "native_self_test",
+    "send_mode",
     "sockaddr",
     "wire_plan",
 ]
@@ -126,10 +135,15 @@ _get_errno: Final = ctypes.get_errno
 class SendMmsg:
     """The batch sender for one UDP socket (see the module docstring for the layout).
 
+    ``key_state`` is None: its plans carry each listener's keyed HMAC ``copy`` (``WirePlan.fresh``);
+    :class:`NativeSendMmsg` sets it.
+
     Counters: ``sent`` copies the kernel took, ``dropped`` copies dropped because the socket
     buffer was full (EAGAIN/ENOBUFS: like a ``BlockingIOError`` from ``sendto``), ``errors``
     copies the kernel refused one by one (EHOSTUNREACH, EMSGSIZE, ...), ``calls`` system calls.
     """
+
+    key_state: Callable[[bytes], bytes] | None = None
 
     def __init__(
         self,
@@ -185,7 +199,7 @@ class SendMmsg:
     def add(self, data: bytes, body_len: int, plan: WirePlan) -> int:
         """Queue ``data[:body_len] ‖ MAC`` for every listener of ``plan`` (flushing first when
         the batch is full). Returns the copies queued."""
-        fresh, names = plan
+        fresh, names = plan.fresh, plan.names
         m = len(fresh)
         if len(names) != m * self._namelen:
             raise ValueError("the plan's names are not sockaddrs of this socket's family")
@@ -220,7 +234,7 @@ class SendMmsg:
         return m
 
     def _add_in_parts(self, data: bytes, body_len: int, plan: WirePlan) -> int:
-        fresh, names = plan
+        fresh, names = plan.fresh, plan.names
         step, nl = self._max, self._namelen
         copies = 0
         for a in range(0, len(fresh), step):
@@ -320,8 +334,244 @@ def available() -> bool:
     return _sendmmsg is not None
 
 
-def make_batch_sender(sock: socket.socket) -> SendMmsg | None:
-    """A :class:`SendMmsg` for ``sock`` where the platform has sendmmsg, else None."""
+# -- the native fan-out ---------------------------------------------------------------------------
+
+#: Where ``make`` builds the native fan-out (``_fanout.c``): next to this module, in the source
+#: tree and in the bundle.
+NATIVE_LIBRARY: Final = Path(__file__).with_name("_fanout.so")
+
+
+class _Native(NamedTuple):
+    add: Callable[[ctypes.c_void_p, bytes, int, int, bytes, int], int]
+    key_state: Callable[[bytes], bytes]
+    state_size: int  # bytes of one listener's key state
+    update: int  # SHA256_Update's address
+    final: int  # SHA256_Final's address
+
+
+def _libcrypto() -> ctypes.CDLL:
+    """The libcrypto this Python links for hashlib: a handle on ``_hashlib`` finds its
+    symbols among its dependencies (dlsym searches them), so no other OpenSSL is loaded."""
+    import _hashlib
+
+    return ctypes.CDLL(_hashlib.__file__)
+
+
+def _load_native() -> tuple[_Native | None, str]:
+    """The native fan-out and ``""``, or None and why not (logged by the server at start)."""
+    if _sendmmsg is None:
+        return None, "no sendmmsg on this platform"
+    if not NATIVE_LIBRARY.exists():
+        return None, f"{NATIVE_LIBRARY.name} is not built (make builds it with the C compiler)"
+    try:
+        lib = ctypes.PyDLL(str(NATIVE_LIBRARY))  # keeps the GIL: a short call, no blocking
+        crypto = _libcrypto()
+        init, update, final = crypto.SHA256_Init, crypto.SHA256_Update, crypto.SHA256_Final
+    except (OSError, AttributeError, ImportError) as e:
+        return None, f"cannot load it: {e}"
+    lib.vc_key_state_size.restype = ctypes.c_size_t
+    lib.vc_batch_size.restype = ctypes.c_size_t
+    size = lib.vc_key_state_size()
+    if lib.vc_batch_size() != 8 * len(_BATCH_FIELDS) or size != 224:
+        return None, "it was built for another layout"
+    add = lib.vc_add
+    add.restype = ctypes.c_long  # no argtypes: see vc_add (the batch goes as a c_void_p)
+    init.argtypes = [ctypes.c_void_p]
+    update.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    init.restype = update.restype = ctypes.c_int
+    half = size // 2
+
+    def key_state(key: bytes) -> bytes:
+        """HMAC-SHA256's keyed inner and outer SHA-256 states for ``key`` (<= 64 bytes)."""
+        if len(key) > 64:
+            raise ValueError("an HMAC key above one block is hashed first: not used here")
+        # A scratch context larger than OpenSSL's 112 bytes, as in vc_add: a libcrypto with a
+        # larger one would not write past it, and the self-test would refuse the library.
+        scratch = ctypes.create_string_buffer(_SCRATCH)
+        parts = []
+        for pad in (0x36, 0x5C):
+            block = bytes(b ^ pad for b in key.ljust(64, b"\0"))
+            ctypes.memset(scratch, 0, _SCRATCH)
+            if init(scratch) != 1 or update(scratch, block, 64) != 1:
+                raise OSError("SHA256_Init/Update failed")
+            parts.append(scratch.raw[:half])
+        return b"".join(parts)
+
+    addr = ctypes.cast(update, ctypes.c_void_p).value or 0
+    fin = ctypes.cast(final, ctypes.c_void_p).value or 0
+    native = _Native(add, key_state, size, addr, fin)
+    if not native_self_test(native):
+        return None, "its MACs differ from the cryptography package's (another OpenSSL layout?)"
+    return native, ""
+
+
+#: Bytes of the scratch SHA-256 contexts (vc_add's VC_SCRATCH): more than OpenSSL's 112.
+_SCRATCH: Final = 256
+
+_BATCH_FIELDS: Final = (
+    "n",
+    "cur",
+    "max",
+    "body_end",
+    "base",
+    "o_iov",
+    "o_mac",
+    "o_name",
+    "namelen",
+    "update",
+    "final",
+)
+
+
+def native_self_test(native: _Native) -> bool:
+    """The native fan-out's copies carry the same MACs as ``cryptography``'s HMAC: checked
+    once per process before the relay uses it (keys and bodies of several lengths)."""
+    rng = random.Random(0x5EED)
+    keys = [rng.randbytes(32) for _ in range(3)]
+    names = b"".join(sockaddr(("127.0.0.1", 1000 + i)) for i in range(3))
+    plan = b"".join(native.key_state(k) for k in keys) + names
+    batch = NativeSendMmsg(-1, socket.AF_INET, native=native, send=lambda fd, p, n, f: n)
+    for n in (36, 100, 1190):
+        data = rng.randbytes(n + MAC_LEN)
+        if batch.add_native(data, n, plan) != 3:
+            return False
+        for s, key in enumerate(keys):
+            if batch.queued_mac(s) != HopMac(key).mac(data[:n]):
+                return False
+        batch.flush()
+    return True
+
+
+class NativeSendMmsg(SendMmsg):
+    """:class:`SendMmsg` whose per-datagram work is one call into ``_fanout.c``: the body is
+    copied into the batch, and every copy's s2c MAC, name and iovecs are written there, out of
+    the interpreter. Its plans carry each listener's key state (:meth:`key_state`) and names
+    in one ``bytes`` (``WirePlan.native``)."""
+
+    def __init__(
+        self,
+        fd: int,
+        family: int = socket.AF_INET,
+        *,
+        native: _Native | None = None,
+        max_messages: int = MAX_MESSAGES,
+        body_area: int = BODY_AREA,
+        send: Callable[[int, int, int, int], int] | None = None,
+    ) -> None:
+        super().__init__(fd, family, max_messages=max_messages, body_area=body_area, send=send)
+        lib = native or _native
+        if lib is None:
+            raise OSError(errno.ENOSYS, f"the native fan-out is not available: {_native_why}")
+        self._lib = lib
+        self._add = lib.add
+        self.key_state = lib.key_state
+        self._st = st = array.array("Q", bytes(8 * len(_BATCH_FIELDS)))
+        self._st_ptr = ctypes.c_void_p(st.buffer_info()[0])
+        fields = dict.fromkeys(_BATCH_FIELDS, 0)
+        fields.update(
+            cur=self._o_body,
+            max=self._max,
+            body_end=self._body_end,
+            base=self._base,
+            o_iov=self._o_iov,
+            o_mac=self._o_mac,
+            o_name=self._o_name,
+            namelen=self._namelen,
+            update=lib.update,
+            final=lib.final,
+        )
+        st[:] = array.array("Q", fields.values())
+
+    @staticmethod
+    def key_state_of(key: bytes) -> bytes:
+        """:meth:`key_state` of the loaded library (for tests and plans built elsewhere)."""
+        if _native is None:
+            raise OSError(errno.ENOSYS, f"the native fan-out is not available: {_native_why}")
+        return _native.key_state(key)
+
+    def add(self, data: bytes, body_len: int, plan: WirePlan) -> int:
+        """As :meth:`SendMmsg.add`, for a plan built with this sender's :meth:`key_state`."""
+        packed = plan.native
+        r = self._add(self._st_ptr, data, len(data), body_len, packed, len(packed))
+        if r > 0:
+            return r
+        if not packed and plan.fresh:  # would silently send nothing
+            raise ValueError("the plan has no key states: not one of this sender's")
+        return r if r == 0 else self._full(data, body_len, packed, r)
+
+    def add_native(self, data: bytes, body_len: int, packed: bytes) -> int:
+        """Queue ``data[:body_len] ‖ MAC`` for the listeners of ``packed`` (their key states,
+        then their names): what :meth:`add` does with a plan's ``native``."""
+        r = self._add(self._st_ptr, data, len(data), body_len, packed, len(packed))
+        return r if r >= 0 else self._full(data, body_len, packed, r)
+
+    def _full(self, data: bytes, body_len: int, packed: bytes, r: int) -> int:
+        """``vc_add`` refused: the batch is full (flush, then again; in parts above
+        ``max_messages`` listeners), or the lengths are wrong (ValueError)."""
+        size, nl = self._lib.state_size, self._namelen
+        if r == -2 or body_len > self._body_end - self._o_body:
+            raise ValueError("the body or the plan does not fit this sender")
+        self.flush()
+        m = len(packed) // (size + nl)
+        copies = 0
+        for a in range(0, m, self._max):
+            k = min(self._max, m - a)
+            names = m * size + a * nl
+            part = (
+                packed
+                if k == m
+                else packed[a * size : (a + k) * size] + packed[names : names + k * nl]
+            )
+            r = self._add(self._st_ptr, data, len(data), body_len, part, len(part))
+            if r == -1:  # the previous part filled the batch
+                self.flush()
+                r = self._add(self._st_ptr, data, len(data), body_len, part, len(part))
+            if r < 0:  # pragma: no cover - an empty batch takes max_messages copies
+                raise RuntimeError("the native fan-out refused an empty batch")
+            copies += r
+        return copies
+
+    def queued_mac(self, s: int) -> bytes:
+        """The 10 MAC bytes queued in message slot ``s`` (for tests)."""
+        o = self._o_mac + 32 * s
+        return bytes(self._mv[o : o + MAC_LEN])
+
+    def flush(self) -> None:
+        st = self._st
+        self._n = st[0]
+        super().flush()
+        st[0] = 0
+        st[1] = self._o_body
+
+
+_native, _native_why = _load_native() if _sendmmsg is not None else (None, "no sendmmsg here")
+
+
+def native_library() -> _Native | None:
+    """The loaded native fan-out (None where it is not)."""
+    return _native
+
+
+def native_available() -> tuple[bool, str]:
+    """Whether the native fan-out is loaded, and why not when it is not."""
+    return _native is not None, _native_why
+
+
+def send_mode(requested: str) -> str:
+    """What the relay's copies go out with when ``requested`` ("native", "sendmmsg" or
+    "sendto"; see ``ServerSettings.udp_send``): the nearest this platform and build have."""
+    if requested == "sendto" or _sendmmsg is None:
+        return "sendto"
+    if requested == "native" and _native is None:
+        return "sendmmsg"
+    return requested
+
+
+def make_batch_sender(sock: socket.socket, *, native: bool = True) -> SendMmsg | None:
+    """A batch sender for ``sock`` where the platform has sendmmsg, else None: the native fan-out
+    (:class:`NativeSendMmsg`) where it is built and ``native``, else :class:`SendMmsg`."""
     if _sendmmsg is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
+    if native and _native is not None:
+        return NativeSendMmsg(sock.fileno(), sock.family)
     return SendMmsg(sock.fileno(), sock.family)

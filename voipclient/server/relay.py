@@ -91,23 +91,32 @@ class HmacContext(Protocol):
 
 
 #: One listener of a channel's fan-out for a batch sender: (listener id, packed sockaddr, its
-#: keyed s2c HMAC ``copy``) (see :mod:`voipclient.server.mmsg`).
-WireEntry = tuple[int, bytes, Callable[[], HmacContext]]
+#: keyed s2c HMAC ``copy``, its s2c key state for the native sender or b"") (see
+#: :mod:`voipclient.server.mmsg`).
+WireEntry = tuple[int, bytes, Callable[[], HmacContext], bytes]
 
 
 class WirePlan(NamedTuple):
     """The copies of one speaker's datagram for a batch sender: every listener of the channel
     but the speaker, in order. Built once per (channel, speaker) and roster version, so that the
-    sender's per-datagram work is a loop over ``fresh`` and one store of ``names``."""
+    sender's per-datagram work is a loop over ``fresh`` and one store of ``names`` (or, for the
+    native sender, one call with ``native``)."""
 
     fresh: tuple[Callable[[], HmacContext], ...]  # each listener's keyed s2c HMAC ``copy``
     names: bytes  # their packed sockaddrs back to back (all of one length: the socket's family)
+    native: bytes = b""  # with key states: each listener's, back to back, then ``names``
+
+    def __repr__(self) -> str:  # the key states are as secret as the keys
+        return f"WirePlan(<{len(self.fresh)} listeners, keys hidden>)"
 
 
 def wire_plan(entries: Sequence[WireEntry], skip: int) -> WirePlan:
     """The plan for ``entries`` without listener ``skip`` (the speaker)."""
     kept = [e for e in entries if e[0] != skip]
-    return WirePlan(tuple(e[2] for e in kept), b"".join(e[1] for e in kept))
+    names = b"".join(e[1] for e in kept)
+    states = [e[3] for e in kept]
+    native = b"".join(states) + names if kept and all(states) else b""
+    return WirePlan(tuple(e[2] for e in kept), names, native)
 
 
 #: ``sink(data, body_len, plan)`` -> copies queued (see :mod:`~.mmsg`).
@@ -220,6 +229,7 @@ class _Session:
         "challenge_at",
         "fresh_s2c",
         "hop_window",
+        "key_state",
         "out_seq",
         "packed",
         "received",
@@ -233,8 +243,15 @@ class _Session:
         "windows",
     )
 
-    def __init__(self, sender_id: int, hop_secret: bytes, limits: RelayLimits) -> None:
+    def __init__(
+        self,
+        sender_id: int,
+        hop_secret: bytes,
+        limits: RelayLimits,
+        key_state: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         k_c2s, k_s2c = derive_hop_keys(hop_secret)
+        self.key_state = key_state(k_s2c) if key_state is not None else b""
         self.sender_id = sender_id
         self.c2s = HopMac(k_c2s)
         self.s2c = HopMac(k_s2c)
@@ -290,6 +307,9 @@ class RelayCore:
         limits: per-session limits.
         pack_address: the adapter's address packer (``mmsg.sockaddr`` for its socket), so
             that a ``sink`` can be passed to :meth:`datagram_received`; None: no sink.
+        key_state: the sink's keying of a listener from its raw s2c key (the native sender's
+            HMAC states, ``NativeSendMmsg.key_state``): kept per session and joined into each
+            plan's ``native``; None: plans carry only the keyed HMAC copies.
         report_validated: keep the addresses validated here for :meth:`take_validated` (a UDP
             worker tells the others).
         is_remote: on a cluster node, tells the listeners that are users of other nodes: a
@@ -311,6 +331,7 @@ class RelayCore:
         rng: Callable[[int], bytes] = os.urandom,
         limits: RelayLimits = RelayLimits(),
         pack_address: Callable[[Addr], bytes] | None = None,
+        key_state: Callable[[bytes], bytes] | None = None,
         report_validated: bool = False,
         is_remote: Callable[[int], bool] | None = None,
     ) -> None:
@@ -318,6 +339,7 @@ class RelayCore:
         self._roster = roster
         self._report_validated = report_validated
         self._pack = pack_address
+        self._key_state = key_state
         self._rng = rng
         self._limits = limits
         self._rate = float(limits.packets_per_s)
@@ -352,7 +374,7 @@ class RelayCore:
             raise LocalProtocolError(f"relay session {sender_id} exists", field="sender_id")
         if not 0 < sender_id < SEQ_LIMIT:
             raise LocalProtocolError(f"sender_id {sender_id} is not a u32 id", field="sender_id")
-        self._sessions[sender_id] = _Session(sender_id, hop_secret, self._limits)
+        self._sessions[sender_id] = _Session(sender_id, hop_secret, self._limits, self._key_state)
         self._fanout.clear()
 
     def remove_session(self, sender_id: int) -> None:
@@ -695,7 +717,7 @@ class RelayCore:
             elif sess is not None and sess.addr is not None:
                 udp.append((lid, sess.addr, sess.append_s2c))
                 if self._pack is not None:
-                    wire.append((lid, sess.packed, sess.fresh_s2c))
+                    wire.append((lid, sess.packed, sess.fresh_s2c, sess.key_state))
             elif sess is None and is_remote is not None and is_remote(lid):
                 remote = True
             else:

@@ -22,7 +22,7 @@ The local channel (one ``socketpair`` per worker; length-prefixed ``marshal`` fr
 tuples; the peer is our own child, started from our own code):
 
     control -> worker                          worker -> control
-    ("init", index, n, limits, batch)          ("ready",)
+    ("init", index, n, limits, send)           ("ready",)
     ("session", sid, hop_secret, tunnel, addr) ("addr", sid, host, port)  validated here
     ("end", sid)                               ("tunnel", [(listener, datagram)])
     ("tunnel_mode", sid, flag)                 ("received", [(sid, count)])
@@ -295,7 +295,7 @@ class WorkerPool:
         socks: list[socket.socket],
         limits: RelayLimits,
         *,
-        batch_send: bool,
+        udp_send: str,
         log_level: str,
         on_tunnel: Callable[[list[tuple[int, bytes]]], None],
         on_received: Callable[[list[tuple[int, int]]], None],
@@ -304,7 +304,7 @@ class WorkerPool:
     ) -> None:
         self._workers = [_Worker(i, s) for i, s in enumerate(socks)]
         self._limits = limits
-        self._batch = batch_send
+        self._udp_send = udp_send
         self._log_level = log_level
         self._on_tunnel = on_tunnel
         self._on_received = on_received
@@ -375,7 +375,7 @@ class WorkerPool:
                     lim.binds_per_s,
                     lim.bind_burst,
                 ),
-                self._batch,
+                self._udp_send,
             )
         )
         for sid, (secret, tunnel, addr) in self._sessions.items():
@@ -561,13 +561,17 @@ class _WorkerServer:
         kind = msg[0]
         relay = self.relay
         if kind == "init":
-            _, index, n, lim, batch_send = msg
-            self.batch = make_batch_sender(self.udp) if batch_send else None
+            _, index, n, lim, udp_send = msg
+            batch = None
+            if udp_send != "sendto":
+                batch = make_batch_sender(self.udp, native=udp_send == "native")
+            self.batch = batch
             family = self.udp.family
             self.relay = RelayCore(
                 self.roster,
                 limits=RelayLimits(*lim),
-                pack_address=None if self.batch is None else lambda a: sockaddr(a, family),
+                pack_address=None if batch is None else lambda a: sockaddr(a, family),
+                key_state=None if batch is None else batch.key_state,
                 report_validated=True,
                 is_remote=self.roster.is_remote,
             )

@@ -1,4 +1,6 @@
-"""The relay's sendmmsg batch sender on real UDP sockets (loopback).
+"""The relay's sendmmsg batch senders on real UDP sockets (loopback): the one that fills its
+batches in Python (``SendMmsg``) and the native fan-out (``NativeSendMmsg``, ``_fanout.c``),
+every test on both.
 
 Exact bytes (body ‖ the listener's own 10-byte hop MAC), order and source address; IPv6 dual
 stack; a copy the kernel refuses in the middle of a batch; a batch larger than one call; and the
@@ -13,6 +15,7 @@ import errno
 import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -26,6 +29,30 @@ pytestmark = [
         reason="sendmmsg is Linux-only; elsewhere the relay sends each copy with sendto",
     ),
 ]
+
+
+@pytest.fixture(params=["python", "native"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which sender: both are tested the same way."""
+    return str(request.param)
+
+
+def sender(kind: str, fd: int, family: int = socket.AF_INET, **kw: Any) -> mmsg.SendMmsg:
+    cls = mmsg.NativeSendMmsg if kind == "native" else mmsg.SendMmsg
+    return cls(fd, family, **kw)
+
+
+def entry(kind: str, lid: int, packed: bytes, key: bytes) -> mmsg.WireEntry:
+    """One listener as the relay core hands it to the sender (with the native key state)."""
+    state = mmsg.NativeSendMmsg.key_state_of(key) if kind == "native" else b""
+    return (lid, packed, HopMac(key).fresh, state)
+
+
+def test_the_native_fan_out_is_built_and_loaded() -> None:
+    """`make` builds _fanout.c, and it passed its self-test against cryptography's HMAC."""
+    loaded, why = mmsg.native_available()
+    assert loaded, why
+    assert mmsg.send_mode("native") == "native"
 
 
 @pytest.fixture
@@ -55,16 +82,18 @@ def drain(s: socket.socket) -> list[tuple[bytes, tuple]]:
             return got
 
 
-def test_every_copy_carries_its_listeners_mac_in_order(sockets: list[socket.socket]) -> None:
+def test_every_copy_carries_its_listeners_mac_in_order(
+    sockets: list[socket.socket], kind: str
+) -> None:
     tx_sock = udp(sockets)
     listeners = [udp(sockets) for _ in range(9)]
     keys = [os.urandom(32) for _ in listeners]
     entries = [
-        (i + 1, mmsg.sockaddr(r.getsockname()), HopMac(k).fresh)
+        entry(kind, i + 1, mmsg.sockaddr(r.getsockname()), k)
         for i, (r, k) in enumerate(zip(listeners, keys, strict=True))
     ]
-    tx = mmsg.make_batch_sender(tx_sock)
-    assert tx is not None
+    tx = mmsg.make_batch_sender(tx_sock, native=kind == "native")
+    assert tx is not None and isinstance(tx, mmsg.NativeSendMmsg) == (kind == "native")
     datagrams = [os.urandom(n) for n in (46, 130, 1200)]
     queued = [tx.add(d, len(d) - 10, mmsg.wire_plan(entries, 4)) for d in datagrams]
     assert queued == [8, 8, 8]  # listener 4 is the speaker: skipped
@@ -79,7 +108,7 @@ def test_every_copy_carries_its_listeners_mac_in_order(sockets: list[socket.sock
         assert got == want
 
 
-def test_ipv6_dual_stack_mapped_and_native(sockets: list[socket.socket]) -> None:
+def test_ipv6_dual_stack_mapped_and_native(sockets: list[socket.socket], kind: str) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
     tx_sock = udp(sockets, socket.AF_INET6, "::")
@@ -87,10 +116,8 @@ def test_ipv6_dual_stack_mapped_and_native(sockets: list[socket.socket]) -> None
     v6 = udp(sockets, socket.AF_INET6, "::1")
     addrs = [("127.0.0.1", r.getsockname()[1]) for r in v4] + [v6.getsockname()[:2]]
     key = os.urandom(32)
-    entries = [
-        (i, mmsg.sockaddr(a, socket.AF_INET6), HopMac(key).fresh) for i, a in enumerate(addrs)
-    ]
-    tx = mmsg.make_batch_sender(tx_sock)
+    entries = [entry(kind, i, mmsg.sockaddr(a, socket.AF_INET6), key) for i, a in enumerate(addrs)]
+    tx = mmsg.make_batch_sender(tx_sock, native=kind == "native")
     assert tx is not None
     d = os.urandom(130)
     tx.add(d, 120, mmsg.wire_plan(entries, -1))
@@ -99,14 +126,14 @@ def test_ipv6_dual_stack_mapped_and_native(sockets: list[socket.socket]) -> None
     assert [x for r in [*v4, v6] for x, _ in drain(r)] == [want] * 3
 
 
-def test_a_refused_copy_costs_only_itself(sockets: list[socket.socket]) -> None:
+def test_a_refused_copy_costs_only_itself(sockets: list[socket.socket], kind: str) -> None:
     tx_sock = udp(sockets)
     listeners = [udp(sockets) for _ in range(4)]
     packed = [mmsg.sockaddr(r.getsockname()) for r in listeners]
     packed.insert(2, mmsg.sockaddr(("127.0.0.1", 0)))  # port 0: EINVAL for this copy alone
     key = os.urandom(32)
-    entries = [(i, sa, HopMac(key).fresh) for i, sa in enumerate(packed)]
-    tx = mmsg.make_batch_sender(tx_sock)
+    entries = [entry(kind, i, sa, key) for i, sa in enumerate(packed)]
+    tx = mmsg.make_batch_sender(tx_sock, native=kind == "native")
     assert tx is not None
     tx.add(os.urandom(130), 120, mmsg.wire_plan(entries, -1))
     tx.flush()
@@ -114,14 +141,14 @@ def test_a_refused_copy_costs_only_itself(sockets: list[socket.socket]) -> None:
     assert [len(drain(r)) for r in listeners] == [1, 1, 1, 1]
 
 
-def test_a_full_batch_is_sent_before_more_is_queued(sockets: list[socket.socket]) -> None:
+def test_a_full_batch_is_sent_before_more_is_queued(
+    sockets: list[socket.socket], kind: str
+) -> None:
     tx_sock = udp(sockets)
     listeners = [udp(sockets) for _ in range(3)]
     key = os.urandom(32)
-    entries = [
-        (i, mmsg.sockaddr(r.getsockname()), HopMac(key).fresh) for i, r in enumerate(listeners)
-    ]
-    tx = mmsg.SendMmsg(tx_sock.fileno(), max_messages=8, body_area=4 * 130)
+    entries = [entry(kind, i, mmsg.sockaddr(r.getsockname()), key) for i, r in enumerate(listeners)]
+    tx = sender(kind, tx_sock.fileno(), max_messages=8, body_area=4 * 130)
     for _ in range(10):  # 30 copies through a batch of 8 messages / 4 bodies
         tx.add(os.urandom(130), 120, mmsg.wire_plan(entries, -1))
     tx.flush()
@@ -130,15 +157,17 @@ def test_a_full_batch_is_sent_before_more_is_queued(sockets: list[socket.socket]
     assert [len(drain(r)) for r in listeners] == [10, 10, 10]
 
 
-def test_a_channel_larger_than_a_batch_goes_in_parts(sockets: list[socket.socket]) -> None:
+def test_a_channel_larger_than_a_batch_goes_in_parts(
+    sockets: list[socket.socket], kind: str
+) -> None:
     tx_sock = udp(sockets)
     listeners = [udp(sockets) for _ in range(11)]
     keys = [os.urandom(32) for _ in listeners]
     entries = [
-        (i, mmsg.sockaddr(r.getsockname()), HopMac(k).fresh)
+        entry(kind, i, mmsg.sockaddr(r.getsockname()), k)
         for i, (r, k) in enumerate(zip(listeners, keys, strict=True))
     ]
-    tx = mmsg.SendMmsg(tx_sock.fileno(), max_messages=4)
+    tx = sender(kind, tx_sock.fileno(), max_messages=4)
     d = os.urandom(130)
     assert tx.add(d, 120, mmsg.wire_plan(entries, 5)) == 10
     tx.flush()
@@ -148,21 +177,23 @@ def test_a_channel_larger_than_a_batch_goes_in_parts(sockets: list[socket.socket
         assert [x for x, _ in drain(r)] == want
 
 
-def test_a_plan_of_another_family_is_refused(sockets: list[socket.socket]) -> None:
-    tx = mmsg.SendMmsg(udp(sockets).fileno())
+def test_a_plan_of_another_family_is_refused(sockets: list[socket.socket], kind: str) -> None:
+    tx = sender(kind, udp(sockets).fileno())
     v6 = mmsg.sockaddr(("::1", 9), socket.AF_INET6)
-    with pytest.raises(ValueError, match="family"):
-        tx.add(os.urandom(130), 120, mmsg.wire_plan([(1, v6, HopMac(os.urandom(32)).fresh)], 0))
+    with pytest.raises(ValueError, match=r"family|fit"):
+        tx.add(os.urandom(130), 120, mmsg.wire_plan([entry(kind, 1, v6, os.urandom(32))], 0))
     assert tx.add(os.urandom(130), 120, mmsg.wire_plan([], 0)) == 0
     tx.flush()
     assert (tx.sent, tx.calls) == (0, 0)
 
 
-def test_partial_sends_eagain_and_eintr_with_a_fake_sendmmsg(sockets: list[socket.socket]) -> None:
+def test_partial_sends_eagain_and_eintr_with_a_fake_sendmmsg(
+    sockets: list[socket.socket], kind: str
+) -> None:
     tx_sock = udp(sockets)
     listener = udp(sockets)
     entries = [
-        (i, mmsg.sockaddr(listener.getsockname()), HopMac(os.urandom(32)).fresh) for i in range(9)
+        entry(kind, i, mmsg.sockaddr(listener.getsockname()), os.urandom(32)) for i in range(9)
     ]
     calls: list[int] = []
     script: list[tuple[int, int]] = []  # (return value, errno) per call
@@ -173,7 +204,7 @@ def test_partial_sends_eagain_and_eintr_with_a_fake_sendmmsg(sockets: list[socke
         ctypes.set_errno(e)
         return min(r, vlen) if r >= 0 else -1
 
-    tx = mmsg.SendMmsg(tx_sock.fileno(), send=fake_sendmmsg)
+    tx = sender(kind, tx_sock.fileno(), send=fake_sendmmsg)
     script[:] = [(5, 0), (-1, errno.EAGAIN)]  # 5 of 9 went out, then the buffer is full
     tx.add(os.urandom(130), 120, mmsg.wire_plan(entries, -1))
     tx.flush()
@@ -199,3 +230,40 @@ def test_no_sender_where_the_platform_has_none(monkeypatch: pytest.MonkeyPatch) 
             mmsg.SendMmsg(s.fileno())
     finally:
         s.close()
+
+
+def test_the_native_sender_refuses_what_does_not_fit(sockets: list[socket.socket]) -> None:
+    """Lengths are checked in C before anything is read: a plan cut short, a body longer than
+    the datagram; a body larger than the batch's body area."""
+    tx = mmsg.NativeSendMmsg(udp(sockets).fileno(), body_area=200)
+    key = os.urandom(32)
+    plan = mmsg.wire_plan([entry("native", 1, mmsg.sockaddr(("127.0.0.1", 9)), key)], 0)
+    d = os.urandom(130)
+    for packed, body_len, data in ((plan.native[:-1], 120, d), (plan.native, 131, d)):
+        with pytest.raises(ValueError, match="fit"):
+            tx.add_native(data, body_len, packed)
+    with pytest.raises(ValueError, match="fit"):
+        tx.add_native(os.urandom(300), 290, plan.native)
+    python_plan = mmsg.wire_plan([entry("python", 1, mmsg.sockaddr(("127.0.0.1", 9)), key)], 0)
+    with pytest.raises(ValueError, match="key states"):  # it would send nothing
+        tx.add(d, 120, python_plan)
+    assert tx.add_native(d, 120, plan.native) == 1
+    assert tx.queued_mac(0) == HopMac(key).mac(d[:120])
+
+
+def test_a_native_library_whose_macs_differ_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader's self-test compares the native MACs with cryptography's HMAC: a library
+    that computes anything else (here: key states of another key) is refused."""
+    native = mmsg.native_library()
+    assert native is not None
+    assert mmsg.native_self_test(native)
+    wrong = native._replace(key_state=lambda key: native.key_state(bytes(32)))
+    assert not mmsg.native_self_test(wrong)
+
+
+def test_a_plan_never_shows_its_key_states() -> None:
+    """The native key states are as secret as the s2c keys: a plan's repr leaves them out."""
+    key = os.urandom(32)
+    plan = mmsg.wire_plan([entry("native", 1, mmsg.sockaddr(("127.0.0.1", 9)), key)], 0)
+    assert plan.native and repr(plan) == "WirePlan(<1 listeners, keys hidden>)"
+    assert str(plan) == repr(plan)

@@ -211,10 +211,10 @@ password = "{hash_password("open sesame", log2_n=10)}"
 # -- forwarding rules with real sealing ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("udp_send", ["sendmmsg", "sendto"])
+@pytest.mark.parametrize("udp_send", ["native", "sendmmsg", "sendto"])
 def test_membership_and_forwarding_rules(start_server: Starter, udp_send: str) -> None:
-    """Both ways of sending the copies (sendmmsg batches where the platform has them, else one
-    sendto per copy) carry the same rules; the log names the one in use."""
+    """Every way of sending the copies (sendmmsg batches filled by the native fan-out or by
+    Python, one sendto per copy) carries the same rules; the log names the one in use."""
     server = start_server("--udp-send", udp_send)
 
     async def scenario() -> None:
