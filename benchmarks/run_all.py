@@ -211,6 +211,10 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "relay_cpu_us_per_copy": "relay: process CPU per forwarded copy at that load",
             "ref_bare_cpu_us_per_copy": "reference: a bare uvloop UDP fan-out loop (no checks)",
             "ratio_relay_to_bare": "relay / bare loop CPU per copy",
+            "heavy_ref_talkers": "the same comparison at a heavy load (the relay ~90 % busy)",
+            "heavy_relay_cpu_us_per_copy": "relay: CPU per copy at the heavy load",
+            "heavy_ref_bare_cpu_us_per_copy": "bare loop: CPU per copy at the heavy load",
+            "heavy_ratio_relay_to_bare": "relay / bare loop at the heavy load",
             "relay_copies_per_cpu_s": "copies one core would forward at 100 % CPU (estimate)",
             "ref_bare_copies_per_cpu_s": "the same for the bare loop",
             "ref_bare_p99_ms": "bare loop: p99 time through it",
@@ -442,27 +446,32 @@ What the figures say:
 - KeyDist cost grows linearly with recipients (one HPKE seal each, ~0.26 ms); it runs on the
   network thread at join/leave, never on the audio path. Push-to-talk never waits for it.
 - Relay (issue 18): with every check on (hop MAC, validated address, speak ACL, replay window,
-  rate limit, one s2c MAC per copy) one core holds 275-300 talkers, 124-135 k copies/s within
-  0.1 % loss and p99 10 ms at 500 clients in 50 channels (this run: 300 failed on p99, 21 ms at
-  82-89 % CPU; the run before held 300, earlier ones 350). The steadier figure is
+  rate limit, one s2c MAC per copy) one core holds 400 talkers, 180 k copies/s within 0.1 % loss
+  and p99 10 ms at 500 clients in 50 channels (450 at the edge: 0 % loss, p99 8-21 ms); it held
+  275-300 before the native fan-out, on a faster machine. The steadier figure is
   `ratio_relay_to_bare`, CPU per copy against a bare uvloop fan-out loop in the same run:
-  1.30-1.43 over the last runs (1.45-1.87 before `sendmmsg` batching); the host's noise is
-  about +-10 % per run (an A/B of the code before and after the last round at 150 talkers:
-  38/36 % against 36/40 % of a core). A perf profile of both processes at
-  the same load shows why it stops there: the kernel's UDP send path (route lookup, skb, the
-  loopback delivery and the listener's wake-up) is the same work in both, ~85 % of the bare
-  loop's time and ~55 % of the relay's; the rest of the relay's is Python, about half of it the
-  per-copy HMAC (`copy`, `update`, `finalize`: 0.43 µs) and the other half the checks and the
-  batch stores. `sendmmsg` saves only the per-call overhead (~0.1-0.3 µs per copy): the kernel
-  still does one UDP send per copy. Level with the bare loop would need the per-copy work out of
-  Python (a compiled helper, which the issue rules out at install time) or a different MAC
-  scheme (a protocol change). Past one core, `--workers` scales instead: two workers on one core
-  cost 1.03-1.09x the single process per copy (`relay_scaling`), so N cores forward ~N times as
-  much.
+  1.50-1.58 on this machine at 150 and 300 talkers (one run gave 1.20 at 300), against 2.07
+  for batches filled in Python in the same conditions (`--udp-send sendmmsg`; 1.30-1.43 on
+  the faster machine) and 1.45-1.87 before `sendmmsg`. The host's speed drifts by up to a
+  third between runs (the relay at 150 talkers: 7.0 and 9.7 µs per copy in two sweeps), which
+  is why only same-run ratios compare. What the native fan-out moved out of the interpreter
+  is the per-copy work: the s2c HMAC (an OpenSSL SHA-256 resumed from each listener's keyed
+  states), the name and the iovecs, 0.25 µs per copy against 2.1 µs in Python. A perf profile
+  of the relay at 150 talkers then shows 54 % in the kernel (the UDP send path, the same work
+  as the bare loop's), 30 % in the interpreter (the checks, once per datagram, and the drain
+  loop), and 12 % in libc, OpenSSL, ctypes and uvloop. The loop wakes for 2-3 datagrams at a
+  time at that load, so its per-wake-up work (the callback, the read that ends a drain with
+  EAGAIN, one `sendmmsg`) weighs on every copy; at 400 talkers the relay costs 5.3 µs per copy.
+  Level with the bare loop would need the per-datagram checks out of Python as well (a native
+  relay core), which we have not built. Past one core, `--workers` scales: two workers on one
+  core cost 1.03-1.09x the single process per copy (1.04 in this run) (`relay_scaling`), so N cores forward ~N
+  times as much.
 - Relay cluster failover (issue 18): the run ends by killing node 2 under its 100 clients; all
   come back in their channels on node 1 (`failover_*`). The times are bounded by the load
   generator, one Python process for all 200 clients (`failover_generator_cpu_s` against
-  `failover_wait_s`), not by node 1 (`failover_node1_cpu_s`).
+  `failover_wait_s`), not by node 1 (`failover_node1_cpu_s`). On this machine (its Python
+  ~2.5x slower than the one of the earlier runs: `login_s` 51 s against 20 s) that is 11.6 s
+  median and 17.5 s for the last (4.1 s and 7.3 s there).
 - Relay benchmark clients: since issue 13 the simulated clients are the client core users run
   (`ClientConnection` with the end-to-end layer, through the same asyncio driver as the bot).
   Forwarding is unchanged by that (the relay sees the same datagrams; the last run held 350
