@@ -464,8 +464,8 @@ What the figures say:
   EAGAIN, one `sendmmsg`) weighs on every copy; at 400 talkers the relay costs 5.3 µs per copy.
   Level with the bare loop would need the per-datagram checks out of Python as well (a native
   relay core), which we have not built. Past one core, `--workers` scales: two workers on one
-  core cost 1.03-1.09x the single process per copy (1.04 in this run) (`relay_scaling`), so N cores forward ~N
-  times as much.
+  core cost 1.03-1.09x the single process per copy (`relay_scaling`; 1.04 in this run), so N
+  cores forward ~N times as much.
 - Relay cluster failover (issue 18): the run ends by killing node 2 under its 100 clients; all
   come back in their channels on node 1 (`failover_*`). The times are bounded by the load
   generator, one Python process for all 200 clients (`failover_generator_cpu_s` against
