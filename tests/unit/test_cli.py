@@ -42,6 +42,7 @@ def test_self_test_prints_one_ok_line_per_check() -> None:
         "tls",
         "keyring",
         "hosting",
+        "relay-fanout",
         "qt-window",
     ]
     assert all(line.startswith("ok ") for line in lines), result.stdout
