@@ -963,6 +963,28 @@ def test_the_sink_path_sends_the_same_copies_and_counts_the_same() -> None:
     assert len(pong) == 1 and pong[0][0] == batched[1].addr
 
 
+def fake_key_state(k_s2c: bytes) -> bytes:
+    """A FAKE native keying: recognisable bytes per key (the real one is in mmsg)."""
+    return b"state:" + k_s2c[:4]
+
+
+def test_a_native_sink_gets_each_listeners_key_state_and_names_in_one_bytes() -> None:
+    """With ``key_state``, each session is keyed once and every plan carries the listeners'
+    states back to back, then their names: what the native fan-out reads in one call."""
+    w = setup_a()
+    w.relay = RelayCore(w.roster, pack_address=fake_pack, key_state=fake_key_state)
+    for c in w.clients.values():
+        w.relay.add_session(c.sender_id, c.hop_secret)
+        w.validate(c)
+    sink = FakeSink()
+    assert w.relay.datagram_received(w[1].voice(A), w[1].addr, T0, sink) == []
+    [plan] = sink.plans
+    states = [fake_key_state(derive_hop_keys(w[i].hop_secret)[1]) for i in (2, 3, 4)]
+    assert plan.native == b"".join(states) + plan.names
+    assert plan.names == b"".join(fake_pack(w[i].addr) for i in (2, 3, 4))
+    assert "state:" not in repr(plan) and "keys hidden" in repr(plan)
+
+
 def test_an_address_the_socket_cannot_send_to_is_not_validated() -> None:
     w = World(2)
     w.relay = RelayCore(w.roster, pack_address=fake_pack)
