@@ -36,6 +36,48 @@ def per_op_us(fn: Callable[[], object], number: int) -> float:
     return statistics.median(runs) / number * 1e6
 
 
+def fanout_figures(datagram: bytes) -> dict[str, float]:
+    """The relay's fan-out of one datagram to 9 listeners into a sendmmsg batch, filled by
+    Python and by the native fan-out (Linux, built by make), per datagram: the body, one s2c
+    MAC, the name and the iovecs per copy. The batch's send is a FAKE (no system call), so
+    this is the filling alone."""
+    from voipclient.server import mmsg
+
+    if not mmsg.available():
+        return {}
+    native = mmsg.native_library()
+    keys = [os.urandom(32) for _ in range(9)]
+    entries = [
+        (i, mmsg.sockaddr(("127.0.0.1", 40000 + i)), HopMac(k).fresh, native.key_state(k))
+        if native is not None
+        else (i, mmsg.sockaddr(("127.0.0.1", 40000 + i)), HopMac(k).fresh, b"")
+        for i, k in enumerate(keys)
+    ]
+    plan = mmsg.wire_plan(entries, -1)
+    body_len = len(datagram) - 10
+
+    def fake_send(fd: int, msgvec: int, vlen: int, flags: int) -> int:
+        return vlen
+
+    senders: list[tuple[str, mmsg.SendMmsg]] = [("python", mmsg.SendMmsg(-1, send=fake_send))]
+    if native is not None:
+        senders.append(("native", mmsg.NativeSendMmsg(-1, send=fake_send)))
+    out: dict[str, float] = {}
+    for name, tx in senders:
+
+        def fill(tx: mmsg.SendMmsg = tx) -> None:
+            for _ in range(50):
+                tx.add(datagram, body_len, plan)
+            tx.flush()
+
+        out[f"relay_fanout_9_{name}_us"] = per_op_us(fill, 200) / 50
+    if native is not None:
+        out["ratio_fanout_native_to_python"] = (
+            out["relay_fanout_9_native_us"] / out["relay_fanout_9_python_us"]
+        )
+    return out
+
+
 def main() -> dict[str, float]:
     figures: dict[str, float] = {}
     key = AESGCM(os.urandom(32))
@@ -82,6 +124,7 @@ def main() -> dict[str, float]:
         return s2c.append(relay_in[:-10])
 
     figures["relay_check_and_remac_us"] = per_op_us(relay_one, 20_000)
+    figures.update(fanout_figures(relay_in))
 
     # Key distribution and text.
     ik = IdentityKey.generate()
