@@ -1,9 +1,10 @@
 """``sendmmsg(2)`` for the relay's fan-out: every copy of a drained batch in one system call.
 
-Linux (LP64: x86_64, aarch64) through ctypes: no compiler at install, nothing to build for the
-bundle. Elsewhere :func:`make_batch_sender` returns None and the adapter sends each copy with
-``sendto`` as before. Why a ~200-line helper and not a library: no maintained package offers it
-(``docs/dependencies.md``).
+Linux (LP64: x86_64, aarch64) through ctypes. Elsewhere :func:`make_batch_sender` returns None
+and the adapter sends each copy with ``sendto`` as before. Why a helper and not a library: no
+maintained package offers it (``docs/dependencies.md``). The batch is filled per datagram by the
+native fan-out (:class:`NativeSendMmsg`, ``_fanout.c``, built by ``make``; its loader and
+self-test are here) or, where it is not built, by Python (:class:`SendMmsg`).
 
 Memory: one ``bytearray`` arena per sender, pinned by a live ``memoryview`` (so it can neither
 move nor be resized), viewed as bytes and as uint64. What is the same for every send is written
@@ -357,6 +358,24 @@ def _libcrypto() -> ctypes.CDLL:
     return ctypes.CDLL(_hashlib.__file__)
 
 
+#: Bytes of the scratch SHA-256 contexts (vc_add's VC_SCRATCH): more than OpenSSL's 112.
+_SCRATCH: Final = 256
+
+_BATCH_FIELDS: Final = (
+    "n",
+    "cur",
+    "max",
+    "body_end",
+    "base",
+    "o_iov",
+    "o_mac",
+    "o_name",
+    "namelen",
+    "update",
+    "final",
+)
+
+
 def _load_native() -> tuple[_Native | None, str]:
     """The native fan-out and ``""``, or None and why not (logged by the server at start)."""
     if _sendmmsg is None:
@@ -405,35 +424,17 @@ def _load_native() -> tuple[_Native | None, str]:
     return native, ""
 
 
-#: Bytes of the scratch SHA-256 contexts (vc_add's VC_SCRATCH): more than OpenSSL's 112.
-_SCRATCH: Final = 256
-
-_BATCH_FIELDS: Final = (
-    "n",
-    "cur",
-    "max",
-    "body_end",
-    "base",
-    "o_iov",
-    "o_mac",
-    "o_name",
-    "namelen",
-    "update",
-    "final",
-)
-
-
 def native_self_test(native: _Native) -> bool:
     """The native fan-out's copies carry the same MACs as ``cryptography``'s HMAC: checked
     once per process before the relay uses it (keys and bodies of several lengths)."""
     rng = random.Random(0x5EED)
     keys = [rng.randbytes(32) for _ in range(3)]
     names = b"".join(sockaddr(("127.0.0.1", 1000 + i)) for i in range(3))
-    plan = b"".join(native.key_state(k) for k in keys) + names
+    plan = WirePlan((), names, b"".join(native.key_state(k) for k in keys) + names)
     batch = NativeSendMmsg(-1, socket.AF_INET, native=native, send=lambda fd, p, n, f: n)
     for n in (36, 100, 1190):
         data = rng.randbytes(n + MAC_LEN)
-        if batch.add_native(data, n, plan) != 3:
+        if batch.add(data, n, plan) != 3:
             return False
         for s, key in enumerate(keys):
             if batch.queued_mac(s) != HopMac(key).mac(data[:n]):
@@ -482,15 +483,9 @@ class NativeSendMmsg(SendMmsg):
         )
         st[:] = array.array("Q", fields.values())
 
-    @staticmethod
-    def key_state_of(key: bytes) -> bytes:
-        """:meth:`key_state` of the loaded library (for tests and plans built elsewhere)."""
-        if _native is None:
-            raise OSError(errno.ENOSYS, f"the native fan-out is not available: {_native_why}")
-        return _native.key_state(key)
-
     def add(self, data: bytes, body_len: int, plan: WirePlan) -> int:
-        """As :meth:`SendMmsg.add`, for a plan built with this sender's :meth:`key_state`."""
+        """As :meth:`SendMmsg.add`, for a plan built with this sender's :meth:`key_state`: one
+        call with ``plan.native`` (the listeners' key states, then their names)."""
         packed = plan.native
         r = self._add(self._st_ptr, data, len(data), body_len, packed, len(packed))
         if r > 0:
@@ -498,12 +493,6 @@ class NativeSendMmsg(SendMmsg):
         if not packed and plan.fresh:  # would silently send nothing
             raise ValueError("the plan has no key states: not one of this sender's")
         return r if r == 0 else self._full(data, body_len, packed, r)
-
-    def add_native(self, data: bytes, body_len: int, packed: bytes) -> int:
-        """Queue ``data[:body_len] ‖ MAC`` for the listeners of ``packed`` (their key states,
-        then their names): what :meth:`add` does with a plan's ``native``."""
-        r = self._add(self._st_ptr, data, len(data), body_len, packed, len(packed))
-        return r if r >= 0 else self._full(data, body_len, packed, r)
 
     def _full(self, data: bytes, body_len: int, packed: bytes, r: int) -> int:
         """``vc_add`` refused: the batch is full (flush, then again; in parts above
