@@ -107,3 +107,520 @@ long vc_add(struct vc_batch *b, const unsigned char *data, int data_len, int bod
     b->cur += nd;
     return (long)m;
 }
+
+/* ---- The relay's voice path (relay.py's RelayCore with native=...) -------------------------
+ *
+ * The checks of PROTOCOL section 3 "Relay, per datagram" for voice, and their state, in C:
+ * length, version, ptype, session, c2s hop MAC, validated address, the speak right (a route
+ * that relay.py installs per (channel, speaker) and roster version), the replay window per
+ * (sender, channel, gen) with the newest VC_KEPT_GENS generations kept, size and the session's
+ * token bucket; then the fan-out above. relay.py stays the owner of everything else: sessions
+ * come and go, addresses are validated and routes are built there, and it handles what C
+ * hands back (hop control, a missing route, a full batch). Python's RelayCore is the
+ * reference: the unit tests run every relay test against both.
+ */
+#include <stdlib.h>
+
+#define VC_KEPT_GENS 2  /* relay.KEPT_GENERATIONS */
+#define VC_WINDOW 128   /* crypto.replay.DEFAULT_WINDOW */
+#define VC_MIN_LEN 46   /* crypto.media.MIN_DATAGRAM_LEN */
+#define VC_MAX_LEN 1200 /* crypto.media.MAX_DATAGRAM_LEN */
+#define VC_HOP_MAC 10
+
+/* relay.RelayDrop, and the counters after them (relay.py reads them by these indexes) */
+enum {
+    D_BAD_LENGTH = 0, D_UNKNOWN_VERSION = 1, D_UNKNOWN_PTYPE = 2, D_UNKNOWN_SESSION = 3,
+    D_BAD_HOP_MAC = 4, D_UNVALIDATED_ADDRESS = 5, D_REPLAY = 7, D_RATE_LIMIT = 8,
+    D_OLD_GENERATION = 10, D_OVERSIZE = 11, D_SENDER_MISMATCH = 14,
+    C_PACKETS_IN = 16, C_BYTES_IN, C_PACKETS_OUT, C_BYTES_OUT, C_FORWARDED, C_COPIES_UDP,
+    VC_NCOUNTERS
+};
+
+/* What vc_voice returns besides a count of copies (>= 0). */
+#define VC_DROPPED (-1) /* dropped and counted */
+#define VC_HOP (-2)     /* MAC-valid hop control: relay.py answers it */
+#define VC_ROUTE (-3)   /* no route for (channel, sender): relay.py installs one, then vc_resume */
+#define VC_FULL (-4)    /* the batch has no room: flush, then vc_resume */
+#define VC_BIG (-5)     /* passed; more copies than a batch holds: relay.py queues them */
+#define VC_SELF (-6)    /* passed; no batch given: relay.py makes the copies */
+#define VC_BAD (-7)     /* lengths that do not fit (a caller's bug); nothing read */
+#define VC_EXTRAS (1L << 24) /* added to a count: the route has listeners off UDP too */
+
+struct vc_gen { uint32_t gen, pad; int64_t top; uint64_t mask[VC_WINDOW / 64]; };
+struct vc_chan { uint32_t channel, ngens; struct vc_gen gens[VC_KEPT_GENS]; };
+
+struct vc_sess {
+    uint32_t id, addrlen; /* addrlen 0: no validated address */
+    unsigned char addr[28];
+    unsigned char c2s[VC_KEY_STATE];
+    double tokens, tokens_last;
+    uint64_t received;
+    uint32_t nchan, capchan;
+    struct vc_chan *chans;
+};
+
+struct vc_route {
+    uint32_t channel, sender, used, extras;
+    unsigned char *plan; /* its own copy: key states, then names */
+    size_t plan_len;
+};
+
+struct vc_relay {
+    struct vc_sess **sess;
+    size_t sess_cap, sess_n;
+    struct vc_route *routes;
+    size_t route_cap, route_n;
+    double rate, burst, now;
+    size_t max_datagram, namelen;
+    sha256_update_fn update;
+    sha256_final_fn final;
+    uint64_t counters[VC_NCOUNTERS];
+};
+
+static size_t vc_hash(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    return (size_t)k;
+}
+
+size_t vc_ncounters(void) { return VC_NCOUNTERS; }
+
+struct vc_relay *vc_relay_new(uint64_t update, uint64_t final, int namelen)
+{
+    struct vc_relay *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->sess_cap = 64;
+    r->route_cap = 64;
+    r->sess = calloc(r->sess_cap, sizeof *r->sess);
+    r->routes = calloc(r->route_cap, sizeof *r->routes);
+    if (!r->sess || !r->routes) {
+        free(r->sess);
+        free(r->routes);
+        free(r);
+        return NULL;
+    }
+    r->update = (sha256_update_fn)(uintptr_t)update;
+    r->final = (sha256_final_fn)(uintptr_t)final;
+    r->namelen = (size_t)namelen;
+    r->rate = 1.0;
+    r->burst = 1.0;
+    r->max_datagram = VC_MAX_LEN;
+    return r;
+}
+
+uint64_t *vc_counters(struct vc_relay *r) { return r->counters; }
+
+/* The limits (relay.RelayLimits) and the clock: doubles travel as integer micro-units, so
+ * that the caller needs no ctypes conversions. */
+void vc_set_limits(struct vc_relay *r, long rate_milli, long burst, long max_datagram)
+{
+    r->rate = (double)rate_milli / 1000.0;
+    r->burst = (double)burst;
+    r->max_datagram = (size_t)max_datagram;
+}
+
+void vc_set_now(struct vc_relay *r, long long now_us) { r->now = (double)now_us / 1e6; }
+
+static struct vc_sess **vc_sess_slot(struct vc_relay *r, uint32_t id)
+{
+    size_t mask = r->sess_cap - 1, i = vc_hash(id) & mask;
+    while (r->sess[i] && r->sess[i]->id != id)
+        i = (i + 1) & mask;
+    return &r->sess[i];
+}
+
+static struct vc_sess *vc_sess_get(struct vc_relay *r, uint32_t id)
+{
+    return *vc_sess_slot(r, id);
+}
+
+static int vc_sess_grow(struct vc_relay *r)
+{
+    size_t old_cap = r->sess_cap;
+    struct vc_sess **old = r->sess;
+    r->sess = calloc(old_cap * 2, sizeof *r->sess);
+    if (!r->sess) {
+        r->sess = old;
+        return -1;
+    }
+    r->sess_cap = old_cap * 2;
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i])
+            *vc_sess_slot(r, old[i]->id) = old[i];
+    free(old);
+    return 0;
+}
+
+/* A session logged in: its K_c2s as HMAC states (vc_key_state_size bytes), its token bucket
+ * full. Returns 0, or -1 (no memory, a bad length or a taken id). */
+long vc_sess_add(struct vc_relay *r, long id, const unsigned char *c2s, int c2s_len)
+{
+    if (id <= 0 || id > 0xffffffffL || (size_t)c2s_len != VC_KEY_STATE)
+        return -1;
+    if (2 * (r->sess_n + 1) > r->sess_cap && vc_sess_grow(r))
+        return -1;
+    struct vc_sess **slot = vc_sess_slot(r, (uint32_t)id);
+    if (*slot)
+        return -1;
+    struct vc_sess *s = calloc(1, sizeof *s);
+    if (!s)
+        return -1;
+    s->id = (uint32_t)id;
+    memcpy(s->c2s, c2s, VC_KEY_STATE);
+    s->tokens = r->burst;
+    s->tokens_last = -1e300; /* never */
+    *slot = s;
+    r->sess_n++;
+    return 0;
+}
+
+/* A session ended (unknown ids are ignored). Linear probing with backward-shift deletion. */
+void vc_sess_del(struct vc_relay *r, long id)
+{
+    if (id <= 0 || id > 0xffffffffL)
+        return;
+    struct vc_sess **slot = vc_sess_slot(r, (uint32_t)id);
+    if (!*slot)
+        return;
+    free((*slot)->chans);
+    free(*slot);
+    *slot = NULL;
+    r->sess_n--;
+    size_t mask = r->sess_cap - 1, hole = (size_t)(slot - r->sess), i = hole;
+    for (;;) {
+        i = (i + 1) & mask;
+        struct vc_sess *s = r->sess[i];
+        if (!s)
+            return;
+        size_t home = vc_hash(s->id) & mask;
+        /* s may move into the hole when its home is not in (hole, i] (cyclically) */
+        if ((i > hole && (home <= hole || home > i)) || (i < hole && home <= hole && home > i)) {
+            r->sess[hole] = s;
+            r->sess[i] = NULL;
+            hole = i;
+        }
+    }
+}
+
+/* The session's validated address (a sockaddr of namelen bytes), or none (addr_len 0). */
+long vc_sess_addr(struct vc_relay *r, long id, const unsigned char *addr, int addr_len)
+{
+    struct vc_sess *s = id > 0 && id <= 0xffffffffL ? vc_sess_get(r, (uint32_t)id) : NULL;
+    if (!s || addr_len < 0 || (size_t)addr_len > sizeof s->addr)
+        return -1;
+    memcpy(s->addr, addr, (size_t)addr_len);
+    s->addrlen = (uint32_t)addr_len;
+    return 0;
+}
+
+/* Hop-MAC-valid UDP datagrams from the session so far (-1: unknown). */
+long long vc_sess_received(struct vc_relay *r, long id)
+{
+    struct vc_sess *s = id > 0 && id <= 0xffffffffL ? vc_sess_get(r, (uint32_t)id) : NULL;
+    return s ? (long long)s->received : -1;
+}
+
+static int vc_take_token_of(struct vc_relay *r, struct vc_sess *s)
+{
+    if (r->now > s->tokens_last) {
+        double tokens = s->tokens + (r->now - s->tokens_last) * r->rate;
+        s->tokens = tokens < r->burst ? tokens : r->burst;
+        s->tokens_last = r->now;
+    }
+    if (s->tokens < 1.0)
+        return 0;
+    s->tokens -= 1.0;
+    return 1;
+}
+
+/* One packet from the session's token bucket at the current time (a PING): 1, or 0 when the
+ * bucket is empty, -1 for an unknown session. */
+long vc_take_token(struct vc_relay *r, long id)
+{
+    struct vc_sess *s = id > 0 && id <= 0xffffffffL ? vc_sess_get(r, (uint32_t)id) : NULL;
+    return s ? vc_take_token_of(r, s) : -1;
+}
+
+/* Forget every route (the roster, an address or a listener's transport changed). */
+void vc_routes_clear(struct vc_relay *r)
+{
+    for (size_t i = 0; i < r->route_cap; i++)
+        if (r->routes[i].used)
+            free(r->routes[i].plan);
+    memset(r->routes, 0, r->route_cap * sizeof *r->routes);
+    r->route_n = 0;
+}
+
+static struct vc_route *vc_route_slot(struct vc_route *t, size_t cap, uint32_t ch, uint32_t sid)
+{
+    size_t mask = cap - 1, i = vc_hash(((uint64_t)ch << 32) | sid) & mask;
+    while (t[i].used && (t[i].channel != ch || t[i].sender != sid))
+        i = (i + 1) & mask;
+    return &t[i];
+}
+
+/* The copies of sender's voice in channel (key states, then names, as vc_add takes them),
+ * and whether the channel has listeners off UDP (tunnel, unreachable, other nodes). Returns 0
+ * or -1 (no memory, bad lengths). */
+long vc_route_set(struct vc_relay *r, long channel, long sender, const unsigned char *plan,
+                  int plan_len, int extras)
+{
+    size_t entry = VC_KEY_STATE + r->namelen;
+    if (plan_len < 0 || (size_t)plan_len % entry || channel < 0 || channel > 0xffffffffL ||
+        sender <= 0 || sender > 0xffffffffL)
+        return -1;
+    if (2 * (r->route_n + 1) > r->route_cap) {
+        size_t cap = r->route_cap * 2;
+        struct vc_route *t = calloc(cap, sizeof *t);
+        if (!t)
+            return -1;
+        for (size_t i = 0; i < r->route_cap; i++)
+            if (r->routes[i].used)
+                *vc_route_slot(t, cap, r->routes[i].channel, r->routes[i].sender) = r->routes[i];
+        free(r->routes);
+        r->routes = t;
+        r->route_cap = cap;
+    }
+    unsigned char *copy = malloc(plan_len ? (size_t)plan_len : 1);
+    if (!copy)
+        return -1;
+    memcpy(copy, plan, (size_t)plan_len);
+    struct vc_route *rt = vc_route_slot(r->routes, r->route_cap, (uint32_t)channel, (uint32_t)sender);
+    if (rt->used)
+        free(rt->plan);
+    else
+        r->route_n++;
+    rt->channel = (uint32_t)channel;
+    rt->sender = (uint32_t)sender;
+    rt->used = 1;
+    rt->extras = extras != 0;
+    rt->plan = copy;
+    rt->plan_len = (size_t)plan_len;
+    return 0;
+}
+
+void vc_relay_free(struct vc_relay *r)
+{
+    if (!r)
+        return;
+    vc_routes_clear(r);
+    for (size_t i = 0; i < r->sess_cap; i++)
+        if (r->sess[i]) {
+            free(r->sess[i]->chans);
+            free(r->sess[i]);
+        }
+    free(r->sess);
+    free(r->routes);
+    free(r);
+}
+
+static uint32_t vc_be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* HMAC-SHA256 from the keyed states, its first 10 bytes compared in constant time. */
+static int vc_mac_ok(struct vc_relay *r, const unsigned char *key, const unsigned char *data,
+                     size_t n)
+{
+    union {
+        sha256_state s;
+        unsigned char pad[VC_SCRATCH];
+    } ctx;
+    unsigned char inner[32], mac[32];
+    memcpy(&ctx.s, key, sizeof ctx.s);
+    r->update(&ctx.s, data, n);
+    r->final(inner, &ctx.s);
+    memcpy(&ctx.s, key + sizeof ctx.s, sizeof ctx.s);
+    r->update(&ctx.s, inner, sizeof inner);
+    r->final(mac, &ctx.s);
+    unsigned char diff = 0;
+    for (size_t i = 0; i < VC_HOP_MAC; i++)
+        diff |= mac[i] ^ data[n + i];
+    return diff == 0;
+}
+
+/* The window of (session, channel, gen), made when new (NULL: an old generation, or no
+ * memory, in *why). The newest VC_KEPT_GENS generations are kept, as relay.py keeps them. */
+static struct vc_gen *vc_window(struct vc_sess *s, uint32_t channel, uint32_t gen, int *why)
+{
+    struct vc_chan *c = NULL;
+    for (uint32_t i = 0; i < s->nchan; i++)
+        if (s->chans[i].channel == channel) {
+            c = &s->chans[i];
+            break;
+        }
+    if (!c) {
+        if (s->nchan == s->capchan) {
+            uint32_t cap = s->capchan ? 2 * s->capchan : 4;
+            struct vc_chan *t = realloc(s->chans, cap * sizeof *t);
+            if (!t) {
+                *why = D_RATE_LIMIT; /* no memory: refuse the packet, as a full bucket would */
+                return NULL;
+            }
+            s->chans = t;
+            s->capchan = cap;
+        }
+        c = &s->chans[s->nchan++];
+        memset(c, 0, sizeof *c);
+        c->channel = channel;
+    }
+    uint32_t oldest = 0;
+    for (uint32_t i = 0; i < c->ngens; i++) {
+        if (c->gens[i].gen == gen)
+            return &c->gens[i];
+        if (c->gens[i].gen < c->gens[oldest].gen)
+            oldest = i;
+    }
+    struct vc_gen *g;
+    if (c->ngens < VC_KEPT_GENS) {
+        g = &c->gens[c->ngens++];
+    } else {
+        if (gen < c->gens[oldest].gen) {
+            *why = D_OLD_GENERATION; /* its window is gone: a replay cannot be ruled out */
+            return NULL;
+        }
+        g = &c->gens[oldest]; /* the newest VC_KEPT_GENS stay */
+    }
+    memset(g, 0, sizeof *g);
+    g->gen = gen;
+    g->top = -1;
+    return g;
+}
+
+/* crypto.replay.ReplayWindow.check then update, for a 128-counter window. */
+static int vc_replay_accept(struct vc_gen *g, uint32_t ctr_)
+{
+    int64_t ctr = ctr_, delta = g->top - ctr;
+    if (delta < 0) {
+        int64_t shift = -delta;
+        if (shift >= VC_WINDOW) {
+            g->mask[0] = 1;
+            g->mask[1] = 0;
+        } else if (shift >= 64) {
+            g->mask[1] = g->mask[0] << (shift - 64);
+            g->mask[0] = 1;
+        } else {
+            g->mask[1] = (g->mask[1] << shift) | (shift ? g->mask[0] >> (64 - shift) : 0);
+            g->mask[0] = (g->mask[0] << shift) | 1;
+        }
+        g->top = ctr;
+        return 1;
+    }
+    if (delta >= VC_WINDOW)
+        return 0;
+    uint64_t bit = 1ULL << (delta & 63);
+    uint64_t *w = &g->mask[delta >> 6];
+    if (*w & bit)
+        return 0;
+    *w |= bit;
+    return 1;
+}
+
+#define VC_DROP(why)                                                                           \
+    do {                                                                                       \
+        r->counters[why]++;                                                                    \
+        return VC_DROPPED;                                                                     \
+    } while (0)
+
+/* Steps from the route on: speak right, replay window, size, rate, fan-out. */
+static long vc_back(struct vc_relay *r, struct vc_batch *b, struct vc_sess *s,
+                    const unsigned char *data, size_t n)
+{
+    uint32_t channel = vc_be32(data + 4), sender = vc_be32(data + 8);
+    struct vc_route *rt = vc_route_slot(r->routes, r->route_cap, channel, sender);
+    if (!rt->used)
+        return VC_ROUTE;
+    size_t entry = VC_KEY_STATE + r->namelen, m = rt->plan_len / entry;
+    int big = b && m > b->max;
+    if (b && !big && (b->n + m > b->max || b->cur + n > b->body_end))
+        return VC_FULL;
+    int why = 0;
+    struct vc_gen *g = vc_window(s, channel, vc_be32(data + 12), &why);
+    if (!g)
+        VC_DROP(why);
+    if (!vc_replay_accept(g, vc_be32(data + 16)))
+        VC_DROP(D_REPLAY);
+    if (n > r->max_datagram)
+        VC_DROP(D_OVERSIZE);
+    if (!vc_take_token_of(r, s))
+        VC_DROP(D_RATE_LIMIT);
+    r->counters[C_FORWARDED]++;
+    if (!b)
+        return VC_SELF;
+    if (big)
+        return VC_BIG;
+    long copies = m ? vc_add(b, data, (int)n, (int)(n - VC_HOP_MAC), rt->plan, (int)rt->plan_len) : 0;
+    r->counters[C_COPIES_UDP] += (uint64_t)copies;
+    r->counters[C_PACKETS_OUT] += (uint64_t)copies;
+    r->counters[C_BYTES_OUT] += (uint64_t)copies * n;
+    return rt->extras ? copies + VC_EXTRAS : copies;
+}
+
+/* One datagram: from a UDP address (addr of addr_len bytes; named 0), or from the TLS
+ * connection of session `named` (addr ignored: the tunnel has no address to check and carries
+ * no hop control). The copies go into batch b, or with b NULL the checks alone run (VC_SELF). */
+static long vc_datagram(struct vc_relay *r, struct vc_batch *b, const unsigned char *data,
+                        int len, const unsigned char *addr, int addr_len, uint32_t named)
+{
+    if (len < 0 || addr_len < 0)
+        return VC_BAD;
+    size_t n = (size_t)len;
+    r->counters[C_PACKETS_IN]++;
+    r->counters[C_BYTES_IN] += n;
+    if (n < VC_MIN_LEN || n > VC_MAX_LEN)
+        VC_DROP(D_BAD_LENGTH);
+    if (data[0] != 0x01)
+        VC_DROP(D_UNKNOWN_VERSION);
+    unsigned ptype = data[1];
+    int voice = ptype == 0x01 || ptype == 0x02;
+    if (!voice && (named || (ptype != 0x10 && ptype != 0x12 && ptype != 0x14)))
+        VC_DROP(D_UNKNOWN_PTYPE);
+    uint32_t sender = vc_be32(data + 8);
+    if (named && sender != named)
+        VC_DROP(D_SENDER_MISMATCH);
+    struct vc_sess *s = vc_sess_get(r, sender);
+    if (!s)
+        VC_DROP(D_UNKNOWN_SESSION);
+    if (!vc_mac_ok(r, s->c2s, data, n - VC_HOP_MAC))
+        VC_DROP(D_BAD_HOP_MAC);
+    if (named)
+        return vc_back(r, b, s, data, n);
+    s->received++;
+    if (!voice)
+        return VC_HOP;
+    if ((size_t)addr_len != s->addrlen || !s->addrlen || memcmp(addr, s->addr, s->addrlen))
+        VC_DROP(D_UNVALIDATED_ADDRESS);
+    return vc_back(r, b, s, data, n);
+}
+
+/* A datagram from a UDP address (addr_len bytes of sockaddr). C ints only: ctypes passes
+ * Python ints and bytes that way without conversion functions (see vc_add). */
+long vc_voice(struct vc_relay *r, struct vc_batch *b, const unsigned char *data, int len,
+              const unsigned char *addr, int addr_len)
+{
+    return vc_datagram(r, b, data, len, addr, addr_len, 0);
+}
+
+/* A datagram from the TLS connection of session `named`. */
+long vc_tunnel(struct vc_relay *r, struct vc_batch *b, const unsigned char *data, int len,
+               uint32_t named)
+{
+    return named ? vc_datagram(r, b, data, len, NULL, 0, named) : VC_BAD;
+}
+
+/* After VC_ROUTE (a route installed) or VC_FULL (the batch flushed): the same datagram
+ * again from the route on, its earlier steps not repeated. VC_ROUTE again when relay.py
+ * installed no route (the sender may not speak there). */
+long vc_resume(struct vc_relay *r, struct vc_batch *b, const unsigned char *data, int len)
+{
+    if (len < VC_MIN_LEN || len > VC_MAX_LEN)
+        return VC_BAD;
+    struct vc_sess *s = vc_sess_get(r, vc_be32(data + 8));
+    if (!s)
+        return VC_BAD;
+    return vc_back(r, b, s, data, (size_t)len);
+}

@@ -87,6 +87,7 @@ from voipclient.server.mmsg import (
     SendMmsg,
     drain,
     make_batch_sender,
+    make_native_voice,
     native_available,
     send_mode,
     sockaddr,
@@ -677,6 +678,7 @@ class RelayServer:
             pack_address=None if self._batch is None else lambda a: sockaddr(a, family),
             key_state=None if self._batch is None else self._batch.key_state,
             is_remote=self._core.is_remote if self._cluster is not None else None,
+            native=make_native_voice(self._batch, family),
         )
         log.info(
             "cores ready channels=%d admin_channels=%d name_bindings=%d bans=%d admins=%d "

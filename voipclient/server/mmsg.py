@@ -46,12 +46,14 @@ from voipclient.server.relay import HmacContext, WireEntry, WirePlan, wire_plan
 __all__ = [
     "HmacContext",
     "NativeSendMmsg",
+    "NativeVoice",
     "SendMmsg",
     "WireEntry",
     "WirePlan",
     "available",
     "drain",
     "make_batch_sender",
+    "make_native_voice",
     "native_available",
     "native_library",
     "native_self_test",
@@ -343,6 +345,7 @@ NATIVE_LIBRARY: Final = Path(__file__).with_name("_fanout.so")
 
 
 class _Native(NamedTuple):
+    lib: ctypes.PyDLL
     add: Callable[[ctypes.c_void_p, bytes, int, int, bytes, int], int]
     key_state: Callable[[bytes], bytes]
     state_size: int  # bytes of one listener's key state
@@ -418,7 +421,7 @@ def _load_native() -> tuple[_Native | None, str]:
 
     addr = ctypes.cast(update, ctypes.c_void_p).value or 0
     fin = ctypes.cast(final, ctypes.c_void_p).value or 0
-    native = _Native(add, key_state, size, addr, fin)
+    native = _Native(lib, add, key_state, size, addr, fin)
     if not native_self_test(native):
         return None, "its MACs differ from the cryptography package's (another OpenSSL layout?)"
     return native, ""
@@ -533,6 +536,119 @@ class NativeSendMmsg(SendMmsg):
         st[1] = self._o_body
 
 
+class NativeVoice:
+    """The relay's voice checks and their state (sessions' c2s keys, validated addresses, token
+    buckets, replay windows, routes) in ``_fanout.c`` (``vc_voice``), for
+    :class:`~voipclient.server.relay.RelayCore` with ``native=``: one call per datagram runs
+    every check and queues the copies into ``batch``. See ``relay.NativeVoicePath``."""
+
+    handle: object
+    batch_ptr: object
+    voice: Callable[[object, object, bytes, int, bytes, int], int]
+    tunnel: Callable[[object, object, bytes, int, int], int]
+    resume: Callable[[object, object, bytes, int], int]
+    key_state: Callable[[bytes], bytes]
+
+    def __init__(
+        self,
+        batch: NativeSendMmsg | None,
+        family: int = socket.AF_INET,
+        *,
+        native: _Native | None = None,
+    ) -> None:
+        lib = native or _native
+        if lib is None:
+            raise OSError(errno.ENOSYS, f"the native fan-out is not available: {_native_why}")
+        c = lib.lib
+        c.vc_relay_new.restype = ctypes.c_void_p
+        c.vc_relay_new.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int]
+        c.vc_counters.restype = ctypes.c_void_p
+        c.vc_counters.argtypes = [ctypes.c_void_p]
+        c.vc_ncounters.restype = ctypes.c_size_t
+        # The per-datagram calls (vc_voice, vc_resume) take C ints and pointers and have no
+        # argtypes (see vc_add); the rest are declared.
+        vp, lng, i, cp = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_char_p
+        for name, args in (
+            ("vc_voice", None),
+            ("vc_resume", None),
+            ("vc_tunnel", [vp, vp, cp, i, ctypes.c_uint32]),
+            ("vc_sess_add", [vp, lng, cp, i]),
+            ("vc_sess_addr", [vp, lng, cp, i]),
+            ("vc_route_set", [vp, lng, lng, cp, i, i]),
+            ("vc_take_token", [vp, lng]),
+            ("vc_sess_received", [vp, lng]),
+            ("vc_sess_del", [vp, lng]),
+            ("vc_routes_clear", [vp]),
+            ("vc_set_limits", [vp, lng, lng, lng]),
+            ("vc_set_now", [vp, ctypes.c_longlong]),
+            ("vc_relay_free", [vp]),
+        ):
+            fn = getattr(c, name)
+            fn.restype = ctypes.c_longlong if name == "vc_sess_received" else ctypes.c_long
+            if args is not None:
+                fn.argtypes = args
+        namelen = 16 if family == socket.AF_INET else 28
+        handle = c.vc_relay_new(lib.update, lib.final, namelen)
+        if not handle:
+            raise MemoryError("vc_relay_new")
+        self._c = c
+        self.handle = ctypes.c_void_p(handle)
+        self._free = c.vc_relay_free
+        self.voice = c.vc_voice  # (handle, batch, data, len, addr, addr_len) -> code
+        self.tunnel = c.vc_tunnel  # (handle, batch, data, len, sender_id) -> code
+        self.resume = c.vc_resume  # (handle, batch, data, len) -> code
+        self.batch = batch
+        self.batch_ptr = batch._st_ptr if batch is not None else None
+        self.key_state = lib.key_state
+        n = c.vc_ncounters()
+        self._counters = (ctypes.c_uint64 * n).from_address(c.vc_counters(self.handle))
+
+    def close(self) -> None:
+        if self.handle:
+            self._free(self.handle)
+            self.handle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def set_limits(self, packets_per_s: float, burst: int, max_datagram: int) -> None:
+        self._c.vc_set_limits(self.handle, round(packets_per_s * 1000), burst, max_datagram)
+
+    def set_now(self, now: float) -> None:
+        self._c.vc_set_now(self.handle, round(now * 1e6))
+
+    def add_session(self, sender_id: int, k_c2s: bytes) -> None:
+        state = self.key_state(k_c2s)
+        if self._c.vc_sess_add(self.handle, sender_id, state, len(state)):
+            raise ValueError(f"the native relay refused session {sender_id}")
+
+    def remove_session(self, sender_id: int) -> None:
+        self._c.vc_sess_del(self.handle, sender_id)
+
+    def set_address(self, sender_id: int, packed: bytes) -> None:
+        self._c.vc_sess_addr(self.handle, sender_id, packed, len(packed))
+
+    def received(self, sender_id: int) -> int:
+        return max(0, int(self._c.vc_sess_received(self.handle, sender_id)))
+
+    def take_token(self, sender_id: int) -> bool:
+        return bool(self._c.vc_take_token(self.handle, sender_id) == 1)
+
+    def routes_clear(self) -> None:
+        self._c.vc_routes_clear(self.handle)
+
+    def set_route(self, channel_id: int, sender_id: int, plan: bytes, extras: bool) -> None:
+        if self._c.vc_route_set(self.handle, channel_id, sender_id, plan, len(plan), int(extras)):
+            raise MemoryError("vc_route_set")
+
+    def counters(self) -> list[int]:
+        return list(self._counters)
+
+    def flush(self) -> None:
+        if self.batch is not None:
+            self.batch.flush()
+
+
 _native, _native_why = _load_native() if _sendmmsg is not None else (None, "no sendmmsg here")
 
 
@@ -554,6 +670,14 @@ def send_mode(requested: str) -> str:
     if requested == "native" and _native is None:
         return "sendmmsg"
     return requested
+
+
+def make_native_voice(batch: SendMmsg | None, family: int) -> NativeVoice | None:
+    """The native voice path over ``batch`` when that is a :class:`NativeSendMmsg`, else None
+    (the relay core then runs its checks in Python)."""
+    if isinstance(batch, NativeSendMmsg):
+        return NativeVoice(batch, family, native=batch._lib)
+    return None
 
 
 def make_batch_sender(sock: socket.socket, *, native: bool = True) -> SendMmsg | None:

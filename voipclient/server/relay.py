@@ -119,6 +119,51 @@ def wire_plan(entries: Sequence[WireEntry], skip: int) -> WirePlan:
     return WirePlan(tuple(e[2] for e in kept), names, native)
 
 
+class NativeVoicePath(Protocol):
+    """The relay's voice checks and their state out of the interpreter (``mmsg.NativeVoice``,
+    ``_fanout.c``'s ``vc_voice``): with it, :class:`RelayCore` keeps sessions' c2s keys,
+    validated addresses, token buckets and replay windows there, and installs one route per
+    (channel, speaker) and roster version. ``voice`` and ``resume`` are the raw calls, taking
+    ``handle`` and ``batch_ptr`` first (the per-datagram path makes no Python call in between)."""
+
+    handle: object
+    batch_ptr: object
+    voice: Callable[[object, object, bytes, int, bytes, int], int]
+    tunnel: Callable[[object, object, bytes, int, int], int]
+    resume: Callable[[object, object, bytes, int], int]
+    key_state: Callable[[bytes], bytes]
+
+    def set_limits(self, packets_per_s: float, burst: int, max_datagram: int) -> None: ...
+    def set_now(self, now: float) -> None: ...
+    def add_session(self, sender_id: int, k_c2s: bytes) -> None: ...
+    def remove_session(self, sender_id: int) -> None: ...
+    def set_address(self, sender_id: int, packed: bytes) -> None: ...
+    def received(self, sender_id: int) -> int: ...
+    def take_token(self, sender_id: int) -> bool: ...
+    def routes_clear(self) -> None: ...
+    def set_route(self, channel_id: int, sender_id: int, plan: bytes, extras: bool) -> None: ...
+    def counters(self) -> list[int]: ...
+    def flush(self) -> None: ...
+
+
+#: What ``NativeVoicePath.voice`` returns besides a count of copies (``_fanout.c``'s VC_*).
+_VC_DROPPED: Final = -1
+_VC_HOP: Final = -2
+_VC_ROUTE: Final = -3
+_VC_FULL: Final = -4
+_VC_BIG: Final = -5
+_VC_SELF: Final = -6
+_VC_EXTRAS: Final = 1 << 24
+#: Its counters after the drop reasons (``vc_counters``), in this order.
+_VC_COUNTERS: Final = (
+    "packets_in",
+    "bytes_in",
+    "packets_out",
+    "bytes_out",
+    "forwarded",
+    "copies_udp",
+)
+
 #: ``sink(data, body_len, plan)`` -> copies queued (see :mod:`~.mmsg`).
 FanOutSink = Callable[[bytes, int, WirePlan], int]
 
@@ -312,6 +357,9 @@ class RelayCore:
             plan's ``native``; None: plans carry only the keyed HMAC copies.
         report_validated: keep the addresses validated here for :meth:`take_validated` (a UDP
             worker tells the others).
+        native: the voice checks and their state in C (``mmsg.NativeVoice``); its batch takes
+            the copies when :meth:`datagram_received` gets a ``sink`` (that batch's ``add``).
+            Hop control, routes and everything else stay here.
         is_remote: on a cluster node, tells the listeners that are users of other nodes: a
             datagram for a channel with any goes once into :meth:`take_remote` (its body, the
             hop MAC removed), and other nodes' datagrams come in through
@@ -334,8 +382,17 @@ class RelayCore:
         key_state: Callable[[bytes], bytes] | None = None,
         report_validated: bool = False,
         is_remote: Callable[[int], bool] | None = None,
+        native: NativeVoicePath | None = None,
     ) -> None:
         self._is_remote = is_remote
+        self._native = native
+        self._native_now = float("nan")
+        self._packed: dict[Addr, bytes] = {}  # the native path's addresses, packed
+        if native is not None:
+            if pack_address is None:
+                raise LocalProtocolError("the native voice path needs pack_address")
+            key_state = key_state or native.key_state
+            native.set_limits(limits.packets_per_s, limits.burst, limits.max_datagram)
         self._roster = roster
         self._report_validated = report_validated
         self._pack = pack_address
@@ -375,12 +432,16 @@ class RelayCore:
         if not 0 < sender_id < SEQ_LIMIT:
             raise LocalProtocolError(f"sender_id {sender_id} is not a u32 id", field="sender_id")
         self._sessions[sender_id] = _Session(sender_id, hop_secret, self._limits, self._key_state)
-        self._fanout.clear()
+        if self._native is not None:
+            self._native.add_session(sender_id, derive_hop_keys(hop_secret)[0])
+        self._clear_fanout()
 
     def remove_session(self, sender_id: int) -> None:
         """A session ended; unknown ids are ignored (the adapter may race with itself)."""
         if self._sessions.pop(sender_id, None) is not None:
-            self._fanout.clear()
+            if self._native is not None:
+                self._native.remove_session(sender_id)
+            self._clear_fanout()
 
     def set_address(self, sender_id: int, addr: Addr | None) -> None:
         """A validated address learned elsewhere: another UDP worker validated it (its owner,
@@ -394,7 +455,9 @@ class RelayCore:
             except (OSError, ValueError):
                 return
         sess.addr = addr
-        self._fanout.clear()
+        if self._native is not None:
+            self._native.set_address(sender_id, sess.packed if addr is not None else b"")
+        self._clear_fanout()
 
     def take_validated(self) -> list[tuple[int, Addr]]:
         """``(sender_id, address)`` validated here (BIND_CONFIRM) since the last call."""
@@ -407,7 +470,7 @@ class RelayCore:
         sess = self._sessions.get(sender_id)
         if sess is not None and sess.tunnel != tunnel:
             sess.tunnel = tunnel
-            self._fanout.clear()
+            self._clear_fanout()
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -422,12 +485,17 @@ class RelayCore:
     def received(self, sender_id: int) -> int:
         """Hop-MAC-valid UDP datagrams received from a session so far (0 if unknown)."""
         sess = self._sessions.get(sender_id)
-        return 0 if sess is None else sess.received
+        if sess is None:
+            return 0
+        return sess.received if self._native is None else self._native.received(sender_id)
 
     def take_received(self) -> list[tuple[int, int]]:
         """``(sender_id, count)`` received since the last call, for ``note_udp_received``."""
         out = []
+        native = self._native
         for sid, sess in self._sessions.items():
+            if native is not None:
+                sess.received = native.received(sid)
             delta = sess.received - sess.reported
             if delta:
                 sess.reported = sess.received
@@ -448,7 +516,21 @@ class RelayCore:
 
     def drops(self) -> dict[RelayDrop, int]:
         """A snapshot of the drop counters, every reason present."""
-        return {reason: self._drops[reason] for reason in RelayDrop}
+        drops = self._drops_now()
+        return {reason: drops[reason] for reason in RelayDrop}
+
+    def _drops_now(self) -> list[int]:
+        if self._native is None:
+            return self._drops
+        c = self._native.counters()
+        return [a + b for a, b in zip(self._drops, c, strict=False)]
+
+    def _count(self, name: str) -> int:
+        """A counter, with the native voice path's share."""
+        own: int = getattr(self, "_" + name)
+        if self._native is None:
+            return own
+        return own + self._native.counters()[len(RelayDrop) + _VC_COUNTERS.index(name)]
 
     def stats(self) -> dict[str, int]:
         """A snapshot of the counters (for the adapter's JSON stats line).
@@ -463,16 +545,16 @@ class RelayCore:
         rebuilds of a channel's fan-out list.
         """
         return {
-            "packets_in": self._packets_in,
-            "bytes_in": self._bytes_in,
-            "packets_out": self._packets_out,
-            "bytes_out": self._bytes_out,
-            "forwarded": self._forwarded,
-            "copies_udp": self._copies_udp,
+            "packets_in": self._count("packets_in"),
+            "bytes_in": self._count("bytes_in"),
+            "packets_out": self._count("packets_out"),
+            "bytes_out": self._count("bytes_out"),
+            "forwarded": self._count("forwarded"),
+            "copies_udp": self._count("copies_udp"),
             "copies_tunnel": self._copies_tunnel,
             "unreachable": self._unreachable,
             "hop_replies": self._hop_replies,
-            "dropped": sum(self._drops),
+            "dropped": sum(self._drops_now()),
             "sessions": len(self._sessions),
             "validated": sum(1 for s in self._sessions.values() if s.addr is not None),
             "fanout_builds": self._fanout_builds,
@@ -482,23 +564,23 @@ class RelayCore:
 
     @property
     def packets_in(self) -> int:
-        return self._packets_in
+        return self._count("packets_in")
 
     @property
     def packets_out(self) -> int:
-        return self._packets_out
+        return self._count("packets_out")
 
     @property
     def bytes_in(self) -> int:
-        return self._bytes_in
+        return self._count("bytes_in")
 
     @property
     def bytes_out(self) -> int:
-        return self._bytes_out
+        return self._count("bytes_out")
 
     @property
     def forwarded(self) -> int:
-        return self._forwarded
+        return self._count("forwarded")
 
     # -- per datagram -----------------------------------------------------------------------------
 
@@ -509,6 +591,8 @@ class RelayCore:
 
         With a ``sink`` (needs ``pack_address``), a forwarded datagram's UDP copies go to the
         sink instead and only hop-control replies are returned."""
+        if self._native is not None:
+            return self._native_received(data, addr, now, sink, 0)
         n = len(data)
         self._packets_in += 1
         self._bytes_in += n
@@ -545,6 +629,8 @@ class RelayCore:
         The length/version/ptype checks are repeated inline rather than shared through a helper
         on purpose: this is per-packet code and a call plus tuple return costs more than the
         checks themselves (both paths are tested check by check)."""
+        if self._native is not None:
+            return self._native_received(data, None, now, None, sender_id)
         n = len(data)
         self._packets_in += 1
         self._bytes_in += n
@@ -571,6 +657,160 @@ class RelayCore:
             return []
         return self._forward(sess, data, n, channel_id, sender_id, gen, ctr, now)
 
+    # -- the native voice path -------------------------------------------------------------------
+
+    def _clear_fanout(self) -> None:
+        """Forget every channel's routing (and the native path's routes with it)."""
+        self._fanout.clear()
+        if self._native is not None:
+            self._native.routes_clear()
+
+    def _native_received(
+        self, data: bytes, addr: Addr | None, now: float, sink: FanOutSink | None, named: int
+    ) -> list[tuple[Addr, bytes]]:
+        """:meth:`datagram_received` (``named`` 0) or :meth:`tunnel_received` (``named`` the
+        TLS session's sender id) with the checks in C: one call, then this only for what it
+        hands back."""
+        nv = self._native
+        assert nv is not None
+        version = self._roster.roster_version
+        if version != self._fanout_version:
+            self._clear_fanout()
+            self._fanout_version = version
+        if now != self._native_now:
+            nv.set_now(now)
+            self._native_now = now
+        packed = b""
+        if addr is not None:
+            got = self._packed.get(addr)
+            if got is None:
+                got = self._pack_seen(addr)
+            packed = got
+        batch = nv.batch_ptr if sink is not None else None
+        if named:
+            r = nv.tunnel(nv.handle, batch, data, len(data), named)
+        else:
+            r = nv.voice(nv.handle, batch, data, len(data), packed, len(packed))
+        if 0 <= r < _VC_EXTRAS:
+            return []
+        return self._native_slow(r, data, addr, now, sink, batch)
+
+    def _pack_seen(self, addr: Addr) -> bytes:
+        """``addr`` packed for the native path's address check (b"": one it cannot send to).
+        The cache is bounded: spoofed sources cannot grow it past 4096 entries."""
+        assert self._pack is not None
+        try:
+            packed = self._pack(addr)
+        except (OSError, ValueError):
+            packed = b""
+        if len(self._packed) >= 4096:
+            self._packed.clear()
+        self._packed[addr] = packed
+        return packed
+
+    def _native_slow(
+        self,
+        r: int,
+        data: bytes,
+        addr: Addr | None,
+        now: float,
+        sink: FanOutSink | None,
+        batch: object,
+    ) -> list[tuple[Addr, bytes]]:
+        """What ``vc_voice`` handed back: hop control, a missing route, a full batch, copies
+        to make here (no batch, or more listeners than a batch holds), listeners off UDP."""
+        nv = self._native
+        assert nv is not None
+        if r == _VC_DROPPED:
+            return []
+        n = len(data)
+        _v, _p, _s, channel_id, sender_id, _g, _c = HEADER_STRUCT.unpack_from(data)
+        for _ in range(3):  # a route, then a flush: each can come back once
+            if r == _VC_DROPPED:
+                return []
+            if r == _VC_HOP:
+                assert addr is not None
+                return self._hop_control(self._sessions[sender_id], data, addr, now)
+            if r == _VC_ROUTE:
+                if not self._native_route(channel_id, sender_id):
+                    self._drops[_NOT_SPEAKER] += 1
+                    return []
+            elif r == _VC_FULL:
+                nv.flush()
+            else:
+                break
+            r = nv.resume(nv.handle, batch, data, n)
+        fan = self._fanout[channel_id]
+        out: list[tuple[Addr, bytes]] = []
+        if r == _VC_SELF and sink is not None:  # a sink that is not the native batch
+            copies = sink(data, n - HOP_MAC_LEN, fan.plans[sender_id])
+            self._copies_udp += copies
+            self._packets_out += copies
+            self._bytes_out += copies * n
+        elif r == _VC_SELF:
+            body = data[: n - HOP_MAC_LEN]
+            for lid, laddr, append in fan.udp:
+                if lid != sender_id:
+                    out.append((laddr, append(body)))
+            self._copies_udp += len(out)
+            self._packets_out += len(out)
+            self._bytes_out += len(out) * n
+        elif r == _VC_BIG:
+            assert sink is not None
+            copies = sink(data, n - HOP_MAC_LEN, fan.plans[sender_id])
+            self._copies_udp += copies
+            self._packets_out += copies
+            self._bytes_out += copies * n
+        elif r < 0:  # pragma: no cover - vc_voice's lengths are this method's own
+            raise RuntimeError(f"the native voice path answered {r}")
+        if fan.tunnel or fan.unreachable or fan.remote:
+            self._extras(fan, data, n, sender_id)
+        return out
+
+    def _native_route(self, channel_id: int, sender_id: int) -> bool:
+        """Install the route of ``sender_id``'s voice in ``channel_id``, if it may speak there."""
+        nv = self._native
+        assert nv is not None
+        fan = self._fanout.get(channel_id)
+        if fan is None:
+            if not self._roster.may_speak(sender_id, channel_id):
+                return False
+            fan = self._build_fanout(channel_id)
+            fan.speak[sender_id] = True
+        else:
+            ok = fan.speak.get(sender_id)
+            if ok is None:
+                ok = fan.speak[sender_id] = self._roster.may_speak(sender_id, channel_id)
+            if not ok:
+                return False
+        plan = fan.plans.get(sender_id)
+        if plan is None:
+            plan = fan.plans[sender_id] = wire_plan(fan.wire, sender_id)
+        nv.set_route(
+            channel_id, sender_id, plan.native, bool(fan.tunnel or fan.unreachable or fan.remote)
+        )
+        return True
+
+    def _extras(self, fan: _FanOut, data: bytes, n: int, sender_id: int) -> None:
+        """A forwarded datagram's copies off UDP: tunnel listeners, unreachable ones, other
+        cluster nodes (the UDP copies are counted by the caller)."""
+        if fan.tunnel:
+            body = data[: n - HOP_MAC_LEN]
+            copies = 0
+            tunnel_out = self._tunnel_out
+            for lid, append in fan.tunnel:
+                if lid != sender_id:
+                    tunnel_out.append((lid, append(body)))
+                    copies += 1
+            self._copies_tunnel += copies
+            self._packets_out += copies
+            self._bytes_out += copies * n
+        if fan.unreachable:
+            self._unreachable += sum(1 for lid in fan.unreachable if lid != sender_id)
+        if fan.remote:
+            self._remote_out.append(data[: n - HOP_MAC_LEN])
+            self._to_remote += 1
+
     # -- internals --------------------------------------------------------------------------------
 
     def _forward(
@@ -591,7 +831,7 @@ class RelayCore:
         #    channel someone may speak in, so invented channel ids can't grow the cache)
         version = self._roster.roster_version
         if version != self._fanout_version:
-            self._fanout.clear()
+            self._clear_fanout()
             self._fanout_version = version
         fan = self._fanout.get(channel_id)
         if fan is None:
@@ -684,7 +924,7 @@ class RelayCore:
         self._from_remote += 1
         version = self._roster.roster_version
         if version != self._fanout_version:
-            self._fanout.clear()
+            self._clear_fanout()
             self._fanout_version = version
         fan = self._fanout.get(channel_id)
         if fan is None:
@@ -780,7 +1020,9 @@ class RelayCore:
                         drops[_BAD_CHALLENGE] += 1
                         return []
                 sess.addr = addr
-                self._fanout.clear()
+                if self._native is not None:
+                    self._native.set_address(sess.sender_id, sess.packed)
+                self._clear_fanout()
                 if self._report_validated:
                     self._validated_out.append((sess.sender_id, addr))
             reply = encode_bind_ok(sess.s2c, sess.sender_id, sess.out_seq)
@@ -788,14 +1030,20 @@ class RelayCore:
             if addr != sess.addr:
                 drops[_UNVALIDATED_ADDRESS] += 1
                 return []
-            if now > sess.tokens_last:
+            if self._native is not None:
+                if not self._native.take_token(sess.sender_id):
+                    drops[_RATE_LIMIT] += 1
+                    return []
+                sess.received = self._native.received(sess.sender_id)
+            elif now > sess.tokens_last:
                 tokens = sess.tokens + (now - sess.tokens_last) * self._rate
                 sess.tokens = min(tokens, self._burst)
                 sess.tokens_last = now
-            if sess.tokens < 1.0:
-                drops[_RATE_LIMIT] += 1
-                return []
-            sess.tokens -= 1.0
+            if self._native is None:
+                if sess.tokens < 1.0:
+                    drops[_RATE_LIMIT] += 1
+                    return []
+                sess.tokens -= 1.0
             reply = encode_pong(
                 sess.s2c, sess.sender_id, sess.out_seq, decode_ping(msg.body), sess.received
             )

@@ -55,7 +55,13 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, Final
 
-from voipclient.server.mmsg import SendMmsg, drain, make_batch_sender, sockaddr
+from voipclient.server.mmsg import (
+    SendMmsg,
+    drain,
+    make_batch_sender,
+    make_native_voice,
+    sockaddr,
+)
 from voipclient.server.relay import Addr, RelayCore, RelayLimits
 
 __all__ = [
@@ -574,6 +580,7 @@ class _WorkerServer:
                 key_state=None if batch is None else batch.key_state,
                 report_validated=True,
                 is_remote=self.roster.is_remote,
+                native=make_native_voice(batch, family),
             )
             log.info("worker %d of %d", index, n)
             return

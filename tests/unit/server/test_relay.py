@@ -37,6 +37,31 @@ from voipclient.server.relay import (
     WirePlan,
 )
 
+
+@pytest.fixture(autouse=True, params=["python", "native"])
+def relay_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs against the Python relay core and against the one whose voice checks
+    run in C (``_fanout.c``'s ``vc_voice``, built by make). A test that hands the core its own
+    FAKE address packing or keying is a test of the Python sink path: it stays Python."""
+    if request.param == "native":
+        from voipclient.server import mmsg
+
+        if not mmsg.available():
+            pytest.skip("the native voice path needs Linux's sendmmsg")
+        assert mmsg.native_available()[0], mmsg.native_available()[1]
+
+        python_core = RelayCore
+
+        def native_core(roster: RelayRoster, **kw: object) -> RelayCore:
+            if "pack_address" in kw or "key_state" in kw:
+                return python_core(roster, **kw)  # type: ignore[arg-type]
+            native = mmsg.NativeVoice(None)
+            return python_core(roster, pack_address=mmsg.sockaddr, native=native, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setitem(globals(), "RelayCore", native_core)
+    return str(request.param)
+
+
 A, B, C = 10, 20, 30  # channel ids
 T0 = 1000.0  # s, the fake clock's start
 
