@@ -1,5 +1,6 @@
-/* The relay's per-copy fan-out, out of the interpreter (voipclient/server/fanout.py loads it
- * with ctypes; `make` builds it with the C compiler the install already needs).
+/* The relay's per-copy fan-out and its voice checks, out of the interpreter
+ * (voipclient/server/mmsg.py loads it with ctypes; `make` builds it with the C compiler the
+ * install already needs). The fan-out comes first, the voice path (vc_voice) after it.
  *
  * One call per forwarded datagram queues every copy into the sendmmsg batch that
  * voipclient/server/mmsg.py lays out (the arena: message headers, iovecs, MAC slots, names,

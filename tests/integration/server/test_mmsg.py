@@ -19,8 +19,12 @@ from typing import Any
 
 import pytest
 
+from tests.unit.server.test_relay import Client, FakeRoster
 from voipclient.crypto.hop import HopMac
+from voipclient.crypto.replay import ReplayWindow
+from voipclient.net import hopctl
 from voipclient.server import mmsg
+from voipclient.server.relay import RelayCore, RelayDrop, RelayLimits
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -268,3 +272,133 @@ def test_a_plan_never_shows_its_key_states() -> None:
     plan = mmsg.wire_plan([entry("native", 1, mmsg.sockaddr(("127.0.0.1", 9)), key)], 0)
     assert plan.native and repr(plan) == "WirePlan(<1 listeners, keys hidden>)"
     assert str(plan) == repr(plan)
+
+
+def test_the_native_voice_path_fills_flushes_and_splits_real_batches(
+    sockets: list[socket.socket],
+) -> None:
+    """RelayCore with its voice checks in C (``vc_voice``) on real sockets: a batch that fills
+    in the middle of a drain is flushed and the datagram resumed (not checked twice: its
+    counter would be a replay), and a channel larger than a batch goes out in parts. Every
+    listener gets every copy under its own s2c MAC and can open it."""
+    relay_sock = udp(sockets)
+    socks = [udp(sockets) for _ in range(8)]
+    batch = mmsg.NativeSendMmsg(relay_sock.fileno(), max_messages=4)
+    roster = FakeRoster()
+    core = RelayCore(
+        roster, pack_address=mmsg.sockaddr, native=mmsg.make_native_voice(batch, socket.AF_INET)
+    )
+    clients = [Client(i + 1, s.getsockname()) for i, s in enumerate(socks)]
+    for c in clients:
+        core.add_session(c.sender_id, c.hop_secret)
+        [(_, challenge)] = core.datagram_received(c.bind(), c.addr, 1.0)
+        msg = hopctl.open_hop_control(challenge, c.s2c, ReplayWindow(), ptypes=hopctl.S2C_PTYPES)
+        assert msg is not None
+        assert len(core.datagram_received(c.confirm(msg.body), c.addr, 1.0)) == 1
+    small, big = 10, 20
+    for c in clients[:3]:
+        roster.join(c.sender_id, small)
+    for c in clients:
+        roster.join(c.sender_id, big)
+    for speaker in clients:
+        for listener in clients:
+            listener.learn(speaker, small)
+            listener.learn(speaker, big)
+    # Three datagrams of 2 copies into a batch of 4: the third finds it full.
+    for k in range(3):
+        assert (
+            core.datagram_received(clients[k].voice(small), clients[k].addr, 2.0, batch.add) == []
+        )
+    batch.flush()
+    # One datagram of 7 copies: more than a batch holds.
+    assert core.datagram_received(clients[0].voice(big), clients[0].addr, 2.0, batch.add) == []
+    batch.flush()
+    assert (batch.sent, batch.errors, batch.dropped) == (13, 0, 0)
+    for i, (c, s) in enumerate(zip(clients, socks, strict=True)):
+        got = [data for data, _ in drain(s)]
+        want = (2 if i < 3 else 0) + (0 if i == 0 else 1)
+        assert len(got) == want
+        for data in got:
+            assert c.s2c.verify(data) and c.open(data) is not None
+    stats = core.stats()
+    assert (stats["forwarded"], stats["copies_udp"], stats["dropped"]) == (4, 13, 0)
+
+
+def test_the_native_and_python_relay_cores_agree_on_a_hostile_stream() -> None:
+    """A differential check of the two implementations of the relay's checks: one stream of
+    3,000 datagrams (fresh voice, replays, forged MACs, unvalidated sources, channels the
+    sender is not in, three generations, bursts past the rate limit, BIND/CONFIRM/PING, the
+    roster changing) into the Python core and the native one (no batch: it hands the copies
+    back) gives the same replies and copies, and the same counters, after every datagram."""
+    import random
+
+    rng = random.Random(1234)
+    roster = FakeRoster()
+    limits = RelayLimits(packets_per_s=5, burst=4)
+    python = RelayCore(roster, limits=limits, rng=random.Random(1).randbytes)
+    native = RelayCore(
+        roster,
+        limits=limits,
+        rng=random.Random(1).randbytes,
+        pack_address=mmsg.sockaddr,
+        native=mmsg.NativeVoice(None),
+    )
+    clients = [Client(i, (f"192.0.2.{i}", 5000 + i)) for i in range(1, 6)]
+    for c in clients:
+        python.add_session(c.sender_id, c.hop_secret)
+        native.add_session(c.sender_id, c.hop_secret)
+    for c in clients[:4]:
+        roster.join(c.sender_id, 7)
+    for c in clients[1:]:
+        roster.join(c.sender_id, 8)
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+    now = 100.0
+    for step in range(3000):
+        c = rng.choice(clients)
+        pick = rng.random()
+        addr = c.addr
+        if pick < 0.08:
+            data = c.bind()
+        elif pick < 0.12:
+            data = c.ping(step)
+        elif pick < 0.2 and sent:
+            data, addr = rng.choice(sent)  # a replay (of anything, from where it came)
+        elif pick < 0.25:
+            data = c.voice(7)
+            data = data[:-1] + bytes([data[-1] ^ 1])  # a forged MAC
+        elif pick < 0.3:
+            data = c.voice(rng.choice((7, 8)))
+            addr = ("192.0.2.99", 6000)  # not its validated address
+        elif pick < 0.35:
+            data = c.voice(rng.choice((7, 8)), gen=rng.choice((1, 2, 3)))
+        elif pick < 0.38:
+            data = c.voice(9)  # a channel nobody is in
+        else:
+            data = c.voice(rng.choice((7, 8)))
+        if pick > 0.995:
+            roster.join(rng.choice(clients).sender_id, rng.choice((7, 8)))
+        want = python.datagram_received(data, addr, now)
+        assert native.datagram_received(data, addr, now) == want, step
+        if want and want[0][1][1] == hopctl.PTYPE_CHALLENGE:
+            msg = hopctl.open_hop_control(
+                want[0][1], c.s2c, ReplayWindow(), ptypes=hopctl.S2C_PTYPES
+            )
+            assert msg is not None
+            confirm = c.confirm(msg.body)
+            want = python.datagram_received(confirm, addr, now)
+            assert native.datagram_received(confirm, addr, now) == want, step
+        assert native.stats() == python.stats(), step
+        assert native.drops() == python.drops(), step
+        sent.append((data, addr))
+        now += rng.choice((0.0, 0.001, 0.02, 0.2))
+    drops = python.drops()
+    assert python.stats()["forwarded"] > 300
+    for reason in (
+        RelayDrop.REPLAY,
+        RelayDrop.BAD_HOP_MAC,
+        RelayDrop.UNVALIDATED_ADDRESS,
+        RelayDrop.NOT_SPEAKER,
+        RelayDrop.RATE_LIMIT,
+        RelayDrop.OLD_GENERATION,
+    ):
+        assert drops[reason] > 0, reason
