@@ -14,6 +14,7 @@
  * The C here depends on libc's headers only. Everything it is given is checked by the caller;
  * what it checks itself is that the batch has room.
  */
+#define _GNU_SOURCE /* recvmmsg */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -120,7 +121,9 @@ long vc_add(struct vc_batch *b, const unsigned char *data, int data_len, int bod
  * hands back (hop control, a missing route, a full batch). Python's RelayCore is the
  * reference: the unit tests run every relay test against both.
  */
+#include <errno.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #define VC_KEPT_GENS 2  /* relay.KEPT_GENERATIONS */
 #define VC_WINDOW 128   /* crypto.replay.DEFAULT_WINDOW */
@@ -176,7 +179,16 @@ struct vc_relay {
     sha256_update_fn update;
     sha256_final_fn final;
     uint64_t counters[VC_NCOUNTERS];
+    /* vc_drain's receive arena: VC_RX messages, each VC_RX_SIZE bytes and a sockaddr */
+    struct mmsghdr *rx;
+    struct iovec *rx_iov;
+    unsigned char *rx_buf, *rx_names;
+    int rx_n, rx_i, rx_budget;
 };
+
+#define VC_RX 64
+#define VC_RX_SIZE 1536 /* > VC_MAX_LEN: a longer datagram is cut (MSG_TRUNC) and dropped */
+#define VC_RX_NAME 32   /* >= sizeof(struct sockaddr_in6) */
 
 static size_t vc_hash(uint64_t k)
 {
@@ -197,9 +209,17 @@ struct vc_relay *vc_relay_new(uint64_t update, uint64_t final, int namelen)
     r->route_cap = 64;
     r->sess = calloc(r->sess_cap, sizeof *r->sess);
     r->routes = calloc(r->route_cap, sizeof *r->routes);
-    if (!r->sess || !r->routes) {
+    r->rx = calloc(VC_RX, sizeof *r->rx);
+    r->rx_iov = calloc(VC_RX, sizeof *r->rx_iov);
+    r->rx_buf = malloc((size_t)VC_RX * VC_RX_SIZE);
+    r->rx_names = calloc(VC_RX, VC_RX_NAME);
+    if (!r->sess || !r->routes || !r->rx || !r->rx_iov || !r->rx_buf || !r->rx_names) {
         free(r->sess);
         free(r->routes);
+        free(r->rx);
+        free(r->rx_iov);
+        free(r->rx_buf);
+        free(r->rx_names);
         free(r);
         return NULL;
     }
@@ -415,6 +435,10 @@ void vc_relay_free(struct vc_relay *r)
         }
     free(r->sess);
     free(r->routes);
+    free(r->rx);
+    free(r->rx_iov);
+    free(r->rx_buf);
+    free(r->rx_names);
     free(r);
 }
 
@@ -624,4 +648,75 @@ long vc_resume(struct vc_relay *r, struct vc_batch *b, const unsigned char *data
     if (!s)
         return VC_BAD;
     return vc_back(r, b, s, data, (size_t)len);
+}
+
+/* ---- vc_drain: the UDP socket read in C -----------------------------------------------------
+ *
+ * One wake-up of the relay's UDP socket: recvmmsg reads up to VC_RX datagrams at a time (up
+ * to the wake-up's budget), each goes through the checks above and its copies into
+ * the batch, all without returning to Python. It stops at the first datagram C does not finish
+ * (hop control, a missing route, a full batch, copies for Python to make) and returns its code:
+ * relay.py handles that datagram (vc_rx_data/size/name give it), calls vc_rx_next, then
+ * vc_drain again with budget -1, so every datagram is handled in the order it came. */
+#define VC_DONE (-8)       /* nothing more to read now (or the budget is spent) */
+#define VC_RECV_ERROR (-9) /* recvmmsg failed with something else than EAGAIN/EINTR */
+
+const unsigned char *vc_rx_data(struct vc_relay *r) { return r->rx_buf + (size_t)r->rx_i * VC_RX_SIZE; }
+long vc_rx_size(struct vc_relay *r) { return (long)r->rx[r->rx_i].msg_len; }
+const unsigned char *vc_rx_name(struct vc_relay *r) { return r->rx_names + (size_t)r->rx_i * VC_RX_NAME; }
+long vc_rx_namelen(struct vc_relay *r) { return (long)r->rx[r->rx_i].msg_hdr.msg_namelen; }
+void vc_rx_next(struct vc_relay *r)
+{
+    if (r->rx_i < r->rx_n)
+        r->rx_i++;
+}
+
+long vc_drain(struct vc_relay *r, struct vc_batch *b, int fd, int budget)
+{
+    if (budget >= 0) /* a new wake-up: at most budget datagrams (-1: go on with this one) */
+        r->rx_budget = budget;
+    for (;;) {
+        if (r->rx_i >= r->rx_n) {
+            int want = r->rx_budget < VC_RX ? r->rx_budget : VC_RX;
+            if (want <= 0)
+                return VC_DONE;
+            for (int i = 0; i < want; i++) {
+                r->rx_iov[i].iov_base = r->rx_buf + (size_t)i * VC_RX_SIZE;
+                r->rx_iov[i].iov_len = VC_RX_SIZE;
+                r->rx[i].msg_hdr = (struct msghdr){
+                    .msg_name = r->rx_names + (size_t)i * VC_RX_NAME,
+                    .msg_namelen = VC_RX_NAME,
+                    .msg_iov = &r->rx_iov[i],
+                    .msg_iovlen = 1,
+                };
+            }
+            int n = recvmmsg(fd, r->rx, (unsigned)want, MSG_DONTWAIT, NULL);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return VC_DONE;
+                r->rx_budget--; /* as Python's drain: an error costs one of the budget */
+                return VC_RECV_ERROR;
+            }
+            if (n == 0)
+                return VC_DONE;
+            r->rx_n = n;
+            r->rx_i = 0;
+            r->rx_budget -= n;
+        }
+        struct mmsghdr *m = &r->rx[r->rx_i];
+        unsigned char *name = r->rx_names + (size_t)r->rx_i * VC_RX_NAME;
+        size_t namelen = m->msg_hdr.msg_namelen;
+        if (namelen == 28) /* sockaddr_in6: the address is (host, port), as relay.py packs it */
+            memset(name + 4, 0, 4), memset(name + 24, 0, 4);
+        int len = (m->msg_hdr.msg_flags & MSG_TRUNC) ? VC_MAX_LEN + 1 : (int)m->msg_len;
+        long code = vc_datagram(r, b, r->rx_buf + (size_t)r->rx_i * VC_RX_SIZE, len, name,
+                                (int)(namelen <= VC_RX_NAME ? namelen : 0), 0);
+        if ((code >= 0 && code < VC_EXTRAS) || code == VC_DROPPED) {
+            r->rx_i++;
+            continue;
+        }
+        return code; /* a cut datagram never gets here: it fails the length check */
+    }
 }

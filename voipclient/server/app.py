@@ -84,8 +84,10 @@ from voipclient.server.control import (
     TokenBucket,
 )
 from voipclient.server.mmsg import (
+    NativeVoice,
     SendMmsg,
     drain,
+    drain_native,
     make_batch_sender,
     make_native_voice,
     native_available,
@@ -552,6 +554,7 @@ class RelayServer:
         self._tcp_server: asyncio.AbstractServer | None = None
         self._udp_transport: asyncio.DatagramTransport | None = None
         self._batch: SendMmsg | None = None  # sendmmsg batches (Linux), else per-copy sendto
+        self._native_voice: NativeVoice | None = None  # the voice checks in C, over _batch
         self._pool: WorkerPool | None = None  # UDP forwarding in worker processes (--workers)
         self._routing_version = -1  # the roster version the workers were last sent
         self._cluster: ClusterLink | None = None  # --cluster: the other nodes over NATS
@@ -672,13 +675,14 @@ class RelayServer:
         batch = s.udp_send != "sendto" and shards == 1
         self._batch = make_batch_sender(udp_sock, native=s.udp_send == "native") if batch else None
         family = udp_sock.family
+        self._native_voice = make_native_voice(self._batch, family)
         self._relay = RelayCore(
             self._core,
             limits=s.limits.relay_limits(),
             pack_address=None if self._batch is None else lambda a: sockaddr(a, family),
             key_state=None if self._batch is None else self._batch.key_state,
             is_remote=self._core.is_remote if self._cluster is not None else None,
-            native=make_native_voice(self._batch, family),
+            native=self._native_voice,
         )
         log.info(
             "cores ready channels=%d admin_channels=%d name_bindings=%d bans=%d admins=%d "
@@ -1499,15 +1503,18 @@ class RelayServer:
         assert relay is not None and loop is not None
         if sock is None:
             return
-        drain(
-            sock,
-            relay.datagram_received,
-            loop.time(),
-            self._batch,
-            self.counters,
-            UDP_BATCH,
-            UDP_RECV_SIZE,
-        )
+        if self._native_voice is not None:
+            drain_native(sock, relay, self._native_voice, loop.time(), self.counters, UDP_BATCH)
+        else:
+            drain(
+                sock,
+                relay.datagram_received,
+                loop.time(),
+                self._batch,
+                self.counters,
+                UDP_BATCH,
+                UDP_RECV_SIZE,
+            )
         self._deliver_tunnel()
 
     def _send_udp(self, datagrams: list[tuple[Addr, bytes]]) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "WirePlan",
     "available",
     "drain",
+    "drain_native",
     "make_batch_sender",
     "make_native_voice",
     "native_available",
@@ -582,9 +583,21 @@ class NativeVoice:
             ("vc_set_limits", [vp, lng, lng, lng]),
             ("vc_set_now", [vp, ctypes.c_longlong]),
             ("vc_relay_free", [vp]),
+            ("vc_drain", None),
+            ("vc_rx_data", [vp]),
+            ("vc_rx_size", [vp]),
+            ("vc_rx_name", [vp]),
+            ("vc_rx_namelen", [vp]),
+            ("vc_rx_next", [vp]),
         ):
             fn = getattr(c, name)
-            fn.restype = ctypes.c_longlong if name == "vc_sess_received" else ctypes.c_long
+            fn.restype = (
+                ctypes.c_longlong
+                if name == "vc_sess_received"
+                else ctypes.c_void_p
+                if name in ("vc_rx_data", "vc_rx_name")
+                else ctypes.c_long
+            )
             if args is not None:
                 fn.argtypes = args
         namelen = 16 if family == socket.AF_INET else 28
@@ -596,6 +609,8 @@ class NativeVoice:
         self._free = c.vc_relay_free
         self.voice = c.vc_voice  # (handle, batch, data, len, addr, addr_len) -> code
         self.tunnel = c.vc_tunnel  # (handle, batch, data, len, sender_id) -> code
+        self.drain = c.vc_drain  # (handle, batch, fd, budget or -1) -> code (VC_DONE: all read)
+        self.family = family
         self.resume = c.vc_resume  # (handle, batch, data, len) -> code
         self.batch = batch
         self.batch_ptr = batch._st_ptr if batch is not None else None
@@ -647,6 +662,85 @@ class NativeVoice:
     def flush(self) -> None:
         if self.batch is not None:
             self.batch.flush()
+
+    def current(self) -> tuple[bytes, tuple[str, int] | None]:
+        """The datagram ``vc_drain`` stopped at and its source (None: not an IP address),
+        then the next one becomes current."""
+        c, h = self._c, self.handle
+        data = ctypes.string_at(c.vc_rx_data(h), c.vc_rx_size(h))
+        name = ctypes.string_at(c.vc_rx_name(h), c.vc_rx_namelen(h))
+        c.vc_rx_next(h)
+        return data, _address(name)
+
+
+def _address(name: bytes) -> tuple[str, int] | None:
+    """``(host, port)`` of a raw sockaddr_in / sockaddr_in6, as ``recvfrom`` gives it."""
+    family = int.from_bytes(name[:2], sys.byteorder) if len(name) >= 2 else -1
+    if family == socket.AF_INET and len(name) >= 16:
+        return socket.inet_ntop(family, name[4:8]), int.from_bytes(name[2:4], "big")
+    if family == socket.AF_INET6 and len(name) >= 24:
+        return socket.inet_ntop(family, name[8:24]), int.from_bytes(name[2:4], "big")
+    return None
+
+
+#: ``vc_drain``'s own codes (besides vc_voice's, which relay.py handles).
+_VC_DONE: Final = -8
+_VC_RECV_ERROR: Final = -9
+
+
+class NativeRelay(Protocol):
+    """What :func:`drain_native` needs of the relay core (``RelayCore`` with ``native=``)."""
+
+    def native_begin(self, now: float) -> None: ...
+    def native_deferred(
+        self,
+        code: int,
+        data: bytes,
+        addr: tuple[str, int],
+        now: float,
+        sink: Callable[[bytes, int, WirePlan], int] | None,
+    ) -> list[tuple[tuple[str, int], bytes]]: ...
+
+
+def drain_native(
+    sock: socket.socket,
+    relay: NativeRelay,
+    native: NativeVoice,
+    now: float,
+    counters: UdpCounters,
+    limit: int,
+) -> None:
+    """:func:`drain` with the socket read in C as well (``vc_drain``: recvmmsg, every check,
+    the copies into the batch): Python sees only the datagrams C hands back (hop control, a
+    route to install, a full batch), in the order they came; then one flush. ``native`` is
+    the path ``relay`` was made with."""
+    relay.native_begin(now)
+    vc_drain, handle, batch, fd = native.drain, native.handle, native.batch_ptr, sock.fileno()
+    assert native.batch is not None
+    sink = native.batch.add
+    sendto = sock.sendto
+    budget = limit  # the first call starts the wake-up's budget; -1 goes on with it
+    try:
+        while True:
+            code = vc_drain(handle, batch, fd, budget)
+            budget = -1
+            if code == _VC_DONE:
+                break
+            if code == _VC_RECV_ERROR:
+                counters.udp_recv_errors += 1
+                continue
+            data, addr = native.current()
+            if addr is None:  # pragma: no cover - an IP socket's datagrams come from IP hosts
+                continue
+            for dst, out in relay.native_deferred(code, data, addr, now, sink):
+                try:
+                    sendto(out, dst)
+                except (BlockingIOError, InterruptedError):
+                    counters.udp_send_dropped += 1
+                except OSError:
+                    counters.udp_send_errors += 1
+    finally:
+        native.flush()
 
 
 _native, _native_why = _load_native() if _sendmmsg is not None else (None, "no sendmmsg here")

@@ -695,6 +695,35 @@ class RelayCore:
             return []
         return self._native_slow(r, data, addr, now, sink, batch)
 
+    @property
+    def native(self) -> NativeVoicePath | None:
+        """The native voice path this core runs its voice checks in, if any."""
+        return self._native
+
+    def native_begin(self, now: float) -> None:
+        """Before the native path reads a batch of datagrams itself (``mmsg.drain_native``):
+        the routes follow the roster, and the clock is ``now``."""
+        nv = self._native
+        if nv is None:
+            raise LocalProtocolError("this relay core has no native voice path")
+        version = self._roster.roster_version
+        if version != self._fanout_version:
+            self._clear_fanout()
+            self._fanout_version = version
+        if now != self._native_now:
+            nv.set_now(now)
+            self._native_now = now
+
+    def native_deferred(
+        self, code: int, data: bytes, addr: Addr, now: float, sink: FanOutSink | None
+    ) -> list[tuple[Addr, bytes]]:
+        """A datagram the native path read and handed back with ``code`` (hop control, a
+        route to install, a full batch, copies to make here): finish it as
+        :meth:`datagram_received` would. Returns the datagrams to send at once."""
+        nv = self._native
+        assert nv is not None
+        return self._native_slow(code, data, addr, now, sink, nv.batch_ptr if sink else None)
+
     def _pack_seen(self, addr: Addr) -> bytes:
         """``addr`` packed for the native path's address check (b"": one it cannot send to).
         The cache is bounded: spoofed sources cannot grow it past 4096 entries."""

@@ -56,8 +56,10 @@ from collections.abc import Callable, Collection
 from typing import Any, Final
 
 from voipclient.server.mmsg import (
+    NativeVoice,
     SendMmsg,
     drain,
+    drain_native,
     make_batch_sender,
     make_native_voice,
     sockaddr,
@@ -558,6 +560,7 @@ class _WorkerServer:
         self.roster = RosterMirror()
         self.relay: RelayCore | None = None
         self.batch: SendMmsg | None = None
+        self.native: NativeVoice | None = None  # the voice checks in C, over batch
         self.up = False
         self.channel: _Channel | None = None
         self.stopped: asyncio.Future[None] = loop.create_future()
@@ -573,6 +576,7 @@ class _WorkerServer:
                 batch = make_batch_sender(self.udp, native=udp_send == "native")
             self.batch = batch
             family = self.udp.family
+            self.native = native = make_native_voice(batch, family)
             self.relay = RelayCore(
                 self.roster,
                 limits=RelayLimits(*lim),
@@ -580,7 +584,7 @@ class _WorkerServer:
                 key_state=None if batch is None else batch.key_state,
                 report_validated=True,
                 is_remote=self.roster.is_remote,
-                native=make_native_voice(batch, family),
+                native=native,
             )
             log.info("worker %d of %d", index, n)
             return
@@ -614,15 +618,18 @@ class _WorkerServer:
     def readable(self) -> None:
         relay = self.relay
         assert relay is not None
-        drain(
-            self.udp,
-            relay.datagram_received,
-            self.loop.time(),
-            self.batch,
-            self.counters,
-            _UDP_BATCH,
-            _UDP_RECV_SIZE,
-        )
+        if self.native is not None:
+            drain_native(self.udp, relay, self.native, self.loop.time(), self.counters, _UDP_BATCH)
+        else:
+            drain(
+                self.udp,
+                relay.datagram_received,
+                self.loop.time(),
+                self.batch,
+                self.counters,
+                _UDP_BATCH,
+                _UDP_RECV_SIZE,
+            )
         channel = self.channel
         assert channel is not None
         tunnel = relay.take_tunnel()

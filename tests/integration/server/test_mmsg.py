@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.unit.server.test_relay import Client, FakeRoster
-from voipclient.crypto.hop import HopMac
+from voipclient.crypto.hop import HOP_MAC_LEN, HopMac
 from voipclient.crypto.replay import ReplayWindow
 from voipclient.net import hopctl
 from voipclient.server import mmsg
@@ -402,3 +402,70 @@ def test_the_native_and_python_relay_cores_agree_on_a_hostile_stream() -> None:
         RelayDrop.OLD_GENERATION,
     ):
         assert drops[reason] > 0, reason
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_drain_native_reads_checks_and_forwards_in_c(
+    sockets: list[socket.socket], family: int
+) -> None:
+    """``drain_native`` on real sockets (IPv4, and an IPv6 dual-stack relay socket whose
+    clients are IPv4-mapped): the BIND / CHALLENGE / CONFIRM handshake goes through Python in
+    the order it came, voice is checked and forwarded in C, a copy reaches every other member
+    under its own s2c MAC, and voice from an unvalidated source, a forged MAC, a replay and a
+    datagram longer than any voice are dropped and counted."""
+    host = "::" if family == socket.AF_INET6 else "127.0.0.1"
+    relay_sock = udp(sockets, family, host)
+    port = relay_sock.getsockname()[1]
+    batch = mmsg.NativeSendMmsg(relay_sock.fileno(), family)
+    native = mmsg.make_native_voice(batch, family)
+    assert native is not None
+    roster = FakeRoster()
+    core = RelayCore(roster, pack_address=lambda a: mmsg.sockaddr(a, family), native=native)
+    counters = type(
+        "Counters", (), {"udp_recv_errors": 0, "udp_send_dropped": 0, "udp_send_errors": 0}
+    )()
+    socks = [udp(sockets) for _ in range(3)]
+    clients = [Client(i + 1, s.getsockname()) for i, s in enumerate(socks)]
+
+    def pump() -> None:
+        mmsg.drain_native(relay_sock, core, native, 5.0, counters, 256)
+
+    for c, s in zip(clients, socks, strict=True):
+        core.add_session(c.sender_id, c.hop_secret)
+        roster.join(c.sender_id, 7)
+        s.sendto(c.bind(), ("127.0.0.1", port))
+        pump()
+        [(challenge, _)] = drain(s)
+        msg = hopctl.open_hop_control(challenge, c.s2c, ReplayWindow(), ptypes=hopctl.S2C_PTYPES)
+        assert msg is not None
+        s.sendto(c.confirm(msg.body), ("127.0.0.1", port))
+        pump()
+        [(ok, _)] = drain(s)
+        assert hopctl.open_hop_control(ok, c.s2c, ReplayWindow(), ptypes=hopctl.S2C_PTYPES)
+    for speaker in clients:
+        for listener in clients:
+            listener.learn(speaker, 7)
+    voice = [clients[0].voice(7) for _ in range(5)]
+    for data in voice:
+        socks[0].sendto(data, ("127.0.0.1", port))
+    stranger = udp(sockets)
+    stranger.sendto(clients[0].voice(7), ("127.0.0.1", port))  # not 1's validated address
+    socks[0].sendto(voice[0][:-1] + bytes([voice[0][-1] ^ 1]), ("127.0.0.1", port))  # forged
+    socks[0].sendto(voice[1], ("127.0.0.1", port))  # a replay
+    socks[0].sendto(bytes(1400), ("127.0.0.1", port))  # longer than any voice
+    pump()
+    for c, s in zip(clients[1:], socks[1:], strict=True):
+        got = [data for data, _ in drain(s)]
+        assert got == [c.s2c.append(d[:-HOP_MAC_LEN]) for d in voice]
+        assert all(c.open(d) is not None for d in got)
+    assert drain(socks[0]) == []
+    drops = core.drops()
+    assert (
+        drops[RelayDrop.UNVALIDATED_ADDRESS],
+        drops[RelayDrop.BAD_HOP_MAC],
+        drops[RelayDrop.REPLAY],
+        drops[RelayDrop.BAD_LENGTH],
+    ) == (1, 1, 1, 1)
+    stats = core.stats()
+    assert (stats["forwarded"], stats["copies_udp"], stats["packets_in"]) == (5, 10, 15)
+    assert (counters.udp_recv_errors, batch.errors, batch.dropped) == (0, 0, 0)
