@@ -1249,6 +1249,18 @@ def sanity_totals(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: Seconds over which the relay's CPU is measured with every session up and nobody talking.
+IDLE_S = 6.0
+
+
+async def idle_cpu_pct(server: Server, seconds: float) -> float:
+    """The server's CPU % (of one core) over ``seconds`` with its sessions up and no voice:
+    keepalives, UDP pings, timers, the stats line."""
+    s0, t0 = server.cpu_ticks(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    return 100.0 * (server.cpu_ticks() - s0) / CLK_TCK / (time.perf_counter() - t0)
+
+
 async def wait_quiet(server: Server, gen_cpu: int | None) -> float | None:
     """Wait (at most QUIET_WAIT_S) until the server is idle again (a failed step may have left a
     queue) and other processes leave our two cores alone. Returns the foreign CPU % last seen."""
@@ -1319,6 +1331,8 @@ async def bench(
         if bare is not None:
             register_bare(clients, bare)
         await asyncio.sleep(0.2)
+        idle_pct = await idle_cpu_pct(server, IDLE_S)
+        say(f"the relay with {len(clients)} sessions and no talker: {idle_pct:.1f} % of a core")
         steps: list[dict[str, Any]] = []  # the chosen run of each load
         runs: list[dict[str, Any]] = []  # every run
         best: dict[str, Any] | None = None
@@ -1350,11 +1364,17 @@ async def bench(
             # (a floor of 0.01 us: a tiny load may take less than one clock tick of CPU)
             r_us = max(0.01, statistics.fmean(relay_us))
             b_us = max(0.01, statistics.fmean(bare_us))
+            # What the sessions cost with nobody talking (keepalives, UDP pings, timers), per
+            # copy at this load: work the bare loop, which has no sessions, never does.
+            idle_us = idle_pct / 100 / max(1, int(relay_run["forwarded_pps"])) * 1e6
             figures = {
                 "ref_talkers": talkers,
                 "relay_cpu_us_per_copy": round(r_us, 2),
                 "ref_bare_cpu_us_per_copy": round(b_us, 2),
                 "ratio_relay_to_bare": round(r_us / b_us, 2),
+                "relay_idle_cpu_pct": round(idle_pct, 1),
+                "relay_idle_us_per_copy": round(idle_us, 2),
+                "ratio_relay_forwarding_to_bare": round(max(0.0, r_us - idle_us) / b_us, 2),
                 "relay_copies_per_cpu_s": round(1e6 / r_us),
                 "ref_bare_copies_per_cpu_s": round(1e6 / b_us),
                 "ref_bare_p99_ms": max(f["p99_ms"] for f in bare_runs),
@@ -1363,8 +1383,9 @@ async def bench(
             reference.update({prefix + k: v for k, v in figures.items()})
             say(
                 f"  CPU per forwarded copy at {talkers} talkers: relay {r_us:.2f} us, bare loop "
-                f"{b_us:.2f} us (x{r_us / b_us:.2f}); one core at 100 % would forward about "
-                f"{1e6 / r_us:,.0f} copies/s (bare loop {1e6 / b_us:,.0f})"
+                f"{b_us:.2f} us (x{r_us / b_us:.2f}; the relay's idle sessions {idle_us:.2f} us "
+                f"of it, x{max(0.0, r_us - idle_us) / b_us:.2f} without); one core at 100 % "
+                f"would forward about {1e6 / r_us:,.0f} copies/s (bare loop {1e6 / b_us:,.0f})"
             )
 
         async def load_step(talkers: int) -> dict[str, Any]:

@@ -215,6 +215,15 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "relay_cpu_us_per_copy": "relay: process CPU per forwarded copy at that load",
             "ref_bare_cpu_us_per_copy": "reference: a bare uvloop UDP fan-out loop (no checks)",
             "ratio_relay_to_bare": "relay / bare loop CPU per copy",
+            "relay_idle_cpu_pct": "relay: CPU % of a core with every session up and nobody "
+            "talking (keepalives, UDP pings, timers), measured before the steps",
+            "relay_idle_us_per_copy": "that idle cost per copy at the reference load",
+            "ratio_relay_forwarding_to_bare": "relay minus its idle sessions / bare loop (which "
+            "has no sessions)",
+            "heavy_relay_idle_cpu_pct": "(the same idle measurement)",
+            "heavy_relay_idle_us_per_copy": "the idle cost per copy at the heavy load",
+            "heavy_ratio_relay_forwarding_to_bare": "relay minus its idle sessions / bare loop "
+            "at the heavy load",
             "heavy_ref_talkers": "the same comparison at a heavy load (the relay ~90 % busy)",
             "heavy_relay_cpu_us_per_copy": "relay: CPU per copy at the heavy load",
             "heavy_ref_bare_cpu_us_per_copy": "bare loop: CPU per copy at the heavy load",
@@ -451,27 +460,30 @@ What the figures say:
   runs on the network thread at join/leave, never on the audio path. Push-to-talk never waits
   for it.
 - Relay (issue 18): with every check on (hop MAC, validated address, speak ACL, replay window,
-  rate limit, one s2c MAC per copy) one core holds 400 talkers, 180 k copies/s within 0.1 % loss
-  and p99 10 ms at 500 clients in 50 channels (450 at the edge: 0 % loss, p99 8-21 ms); it held
-  275-300 before the native fan-out, on a faster machine. The steadier figure is
-  `ratio_relay_to_bare`, CPU per copy against a bare uvloop fan-out loop in the same run:
-  1.50-1.58 on this machine at 150 and 300 talkers (one run gave 1.20 at 300), against 2.07
-  for batches filled in Python in the same conditions (`--udp-send sendmmsg`; 1.30-1.43 on
-  the faster machine) and 1.45-1.87 before `sendmmsg`. The host's speed drifts by up to a
-  third between runs (the relay at 150 talkers: 7.0 and 9.7 µs per copy in two sweeps), which
-  is why only same-run ratios compare. What the native fan-out moved out of the interpreter
-  is the per-copy work: the s2c HMAC (an OpenSSL SHA-256 resumed from each listener's keyed
-  states), the name and the iovecs: 3.0 µs for 9 copies against 17.8 µs in Python
-  (`relay_fanout_9_*` in the pure-core table, no system call). A perf profile
-  of the relay at 150 talkers then shows 54 % in the kernel (the UDP send path, the same work
-  as the bare loop's), 30 % in the interpreter (the checks, once per datagram, and the drain
-  loop), and 12 % in libc, OpenSSL, ctypes and uvloop. The loop wakes for 2-3 datagrams at a
-  time at that load, so its per-wake-up work (the callback, the read that ends a drain with
-  EAGAIN, one `sendmmsg`) weighs on every copy; at 400 talkers the relay costs 5.3 µs per copy.
-  Level with the bare loop would need the per-datagram checks out of Python as well (a native
-  relay core), which we have not built. Past one core, `--workers` scales: two workers on one
-  core cost 1.03-1.09x the single process per copy (`relay_scaling`; 1.04 in this run), so N
-  cores forward ~N times as much.
+  rate limit, one s2c MAC per copy) one core holds all 500 talkers of the layout, 225 k
+  copies/s within 0.1 % loss and p99 10 ms at 500 clients in 50 channels (4.2 µs of CPU per
+  copy at 95 %); it held 400 with the checks in Python and 275-300 before the native fan-out.
+  Since this run the voice path is native end to end: `vc_drain` (`_fanout.c`) reads the
+  socket with `recvmmsg`, runs every check with its state and writes each copy and its MAC
+  into the `sendmmsg` batch; Python sees only hop control, routes to install and full
+  batches. The steadier figure is `ratio_relay_to_bare`, CPU per copy against a bare uvloop
+  fan-out loop in the same run: 0.95 at 150 talkers and 1.13 at 300 in this run (1.04 and
+  1.24 in the sweep before it; 1.07-1.08 in single runs at 300), against 1.50-1.58 with the
+  checks in Python and 2.07 with the batches filled in Python. Part of what is left is work the
+  bare loop has no equivalent of: 500 live sessions cost 2.3 % of a core with nobody talking
+  (keepalives, UDP pings every 3 s, timers; `relay_idle_cpu_pct`), 0.17-0.35 µs of every copy
+  (`ratio_relay_forwarding_to_bare` leaves it out), and one s2c HMAC per copy. The rest is per
+  wake-up: the relay now answers in 0.1-0.2 ms at p50 where the bare loop takes 0.37, so it
+  wakes for fewer datagrams at a time and pays its wake-up (the callback, `recvmmsg`, one
+  `sendmmsg`) over fewer copies; a perf profile at 300 talkers puts 64 % of its CPU in the
+  kernel's `sendmmsg` path and 15 % in the interpreter. The host's speed drifts by up to a
+  third between runs, which is why only same-run ratios compare. Past one core: two workers
+  sharing the server's one core cost 1.30x the single process per copy in this run
+  (`relay_scaling`; 1.03-1.09 while the per-datagram work was still in Python): each worker
+  wakes for half the datagrams and the two switch on the one core, so the per-wake-up cost
+  weighs twice. On their own cores a worker's cost per copy is the single process's at its
+  share of the load (4.2-5.0 µs across this sweep), so N cores forward close to N times as
+  much; this 2-core machine cannot show it.
 - Relay cluster failover (issue 18): the run ends by killing node 2 under its 100 clients; all
   come back in their channels on node 1 (`failover_*`). The times are bounded by the load
   generator, one Python process for all 200 clients (`failover_generator_cpu_s` against

@@ -261,7 +261,53 @@ def _check_relay_fanout() -> str:
     loaded, why = mmsg.native_available()
     if not loaded:
         raise RuntimeError(f"the native fan-out is not used: {why}")
-    return f"native fan-out {mmsg.NATIVE_LIBRARY.name} into sendmmsg batches, MACs checked"
+    _check_native_voice()
+    return (
+        f"native voice checks and fan-out {mmsg.NATIVE_LIBRARY.name} into sendmmsg batches, "
+        "MACs checked, a replay and a forgery refused"
+    )
+
+
+class _TwoInOneChannel:
+    """A roster for :func:`_check_native_voice`: sessions 1 and 2, both in channel 7."""
+
+    roster_version = 1
+
+    def may_speak(self, sender_id: int, channel_id: int) -> bool:
+        return channel_id == 7 and sender_id in (1, 2)
+
+    def listeners(self, channel_id: int, exclude: int | None = None) -> list[int]:
+        return [s for s in (1, 2) if s != exclude] if channel_id == 7 else []
+
+
+def _check_native_voice() -> None:
+    """The relay's voice checks in C (``vc_voice``): a sealed datagram from session 1 reaches
+    session 2 under 2's own s2c MAC; its replay and a forged MAC are dropped."""
+    from voipclient.server import mmsg
+    from voipclient.server.relay import RelayCore, RelayDrop
+
+    relay = RelayCore(_TwoInOneChannel(), pack_address=mmsg.sockaddr, native=mmsg.NativeVoice(None))
+    secrets = {1: bytes(range(32)), 2: bytes(range(1, 33))}
+    addrs = {1: ("127.0.0.1", 40001), 2: ("127.0.0.1", 40002)}
+    for sid, secret in secrets.items():
+        relay.add_session(sid, secret)
+        relay.set_address(sid, addrs[sid])
+    k_c2s, _ = hop.derive_hop_keys(secrets[1])
+    _, k_s2c = hop.derive_hop_keys(secrets[2])
+    sender = SenderKey(7, 1)
+    sender.new_generation(1, bytes(64))
+    datagram = hop.HopMac(k_c2s).append(sender.seal(PTYPE_VOICE, b"\0\0\0\1opus"))
+    out = relay.datagram_received(datagram, addrs[1], 1.0)
+    if len(out) != 1 or out[0][0] != addrs[2] or not hop.HopMac(k_s2c).verify(out[0][1]):
+        raise RuntimeError("the native voice path did not forward a valid datagram")
+    forged = datagram[:-1] + bytes([datagram[-1] ^ 1])
+    if relay.datagram_received(datagram, addrs[1], 1.0) or relay.datagram_received(
+        forged, addrs[1], 1.0
+    ):
+        raise RuntimeError("the native voice path forwarded a replay or a forgery")
+    drops = relay.drops()
+    if (drops[RelayDrop.REPLAY], drops[RelayDrop.BAD_HOP_MAC]) != (1, 1):
+        raise RuntimeError(f"the native voice path counted {drops}")
 
 
 def qt_version() -> str:
