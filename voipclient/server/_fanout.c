@@ -200,6 +200,18 @@ static size_t vc_hash(uint64_t k)
 
 size_t vc_ncounters(void) { return VC_NCOUNTERS; }
 
+/* Free the relay's tables and arena (any of them may be NULL), then the relay. */
+static void vc_relay_release(struct vc_relay *r)
+{
+    free(r->sess);
+    free(r->routes);
+    free(r->rx);
+    free(r->rx_iov);
+    free(r->rx_buf);
+    free(r->rx_names);
+    free(r);
+}
+
 struct vc_relay *vc_relay_new(uint64_t update, uint64_t final, int namelen)
 {
     struct vc_relay *r = calloc(1, sizeof *r);
@@ -214,13 +226,7 @@ struct vc_relay *vc_relay_new(uint64_t update, uint64_t final, int namelen)
     r->rx_buf = malloc((size_t)VC_RX * VC_RX_SIZE);
     r->rx_names = calloc(VC_RX, VC_RX_NAME);
     if (!r->sess || !r->routes || !r->rx || !r->rx_iov || !r->rx_buf || !r->rx_names) {
-        free(r->sess);
-        free(r->routes);
-        free(r->rx);
-        free(r->rx_iov);
-        free(r->rx_buf);
-        free(r->rx_names);
-        free(r);
+        vc_relay_release(r);
         return NULL;
     }
     r->update = (sha256_update_fn)(uintptr_t)update;
@@ -433,13 +439,7 @@ void vc_relay_free(struct vc_relay *r)
             free(r->sess[i]->chans);
             free(r->sess[i]);
         }
-    free(r->sess);
-    free(r->routes);
-    free(r->rx);
-    free(r->rx_iov);
-    free(r->rx_buf);
-    free(r->rx_names);
-    free(r);
+    vc_relay_release(r);
 }
 
 static uint32_t vc_be32(const unsigned char *p)

@@ -92,6 +92,7 @@ from voipclient.server.mmsg import (
     make_native_voice,
     native_available,
     send_mode,
+    send_now,
     sockaddr,
 )
 from voipclient.server.relay import Addr, RelayCore, RelayDrop
@@ -1524,16 +1525,8 @@ class RelayServer:
             for dst, out in datagrams:
                 self._udp_transport.sendto(out, dst)
             return
-        sock = self._udp_sock
-        if sock is None:
-            return
-        for dst, out in datagrams:
-            try:
-                sock.sendto(out, dst)
-            except (BlockingIOError, InterruptedError):
-                self.counters.udp_send_dropped += 1
-            except OSError:
-                self.counters.udp_send_errors += 1
+        if self._udp_sock is not None:
+            send_now(self._udp_sock, datagrams, self.counters)
 
     def _deliver_tunnel(self) -> None:
         """Voice that UDP speakers sent to tunnel-mode listeners: write just those connections."""

@@ -59,6 +59,7 @@ __all__ = [
     "native_library",
     "native_self_test",
     "send_mode",
+    "send_now",
     "sockaddr",
     "wire_plan",
 ]
@@ -308,7 +309,6 @@ def drain(
     put in ``batch`` with one ``sendmmsg`` flush at the end. Voice that cannot be sent now is
     dropped and counted, never queued. The one drain loop of the server and of its workers."""
     recvfrom = sock.recvfrom
-    sendto = sock.sendto
     sink = batch.add if batch is not None else None
     try:
         for _ in range(limit):
@@ -321,16 +321,27 @@ def drain(
                 continue
             if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
                 addr = (addr[0], addr[1])
-            for dst, out in received(data, addr, now, sink):
-                try:
-                    sendto(out, dst)
-                except (BlockingIOError, InterruptedError):
-                    counters.udp_send_dropped += 1
-                except OSError:
-                    counters.udp_send_errors += 1
+            replies = received(data, addr, now, sink)
+            if replies:
+                send_now(sock, replies, counters)
     finally:
         if batch is not None:
             batch.flush()
+
+
+def send_now(
+    sock: socket.socket, datagrams: list[tuple[tuple[str, int], bytes]], counters: UdpCounters
+) -> None:
+    """Send each datagram with its own ``sendto`` (hop-control replies, copies made without a
+    batch); one that cannot go now is dropped and counted, never queued."""
+    sendto = sock.sendto
+    for dst, out in datagrams:
+        try:
+            sendto(out, dst)
+        except (BlockingIOError, InterruptedError):
+            counters.udp_send_dropped += 1
+        except OSError:
+            counters.udp_send_errors += 1
 
 
 def available() -> bool:
@@ -646,6 +657,9 @@ class NativeVoice:
     def received(self, sender_id: int) -> int:
         return max(0, int(self._c.vc_sess_received(self.handle, sender_id)))
 
+    def has_session(self, sender_id: int) -> bool:
+        return int(self._c.vc_sess_received(self.handle, sender_id)) >= 0
+
     def take_token(self, sender_id: int) -> bool:
         return bool(self._c.vc_take_token(self.handle, sender_id) == 1)
 
@@ -718,7 +732,6 @@ def drain_native(
     vc_drain, handle, batch, fd = native.drain, native.handle, native.batch_ptr, sock.fileno()
     assert native.batch is not None
     sink = native.batch.add
-    sendto = sock.sendto
     budget = limit  # the first call starts the wake-up's budget; -1 goes on with it
     try:
         while True:
@@ -732,13 +745,9 @@ def drain_native(
             data, addr = native.current()
             if addr is None:  # pragma: no cover - an IP socket's datagrams come from IP hosts
                 continue
-            for dst, out in relay.native_deferred(code, data, addr, now, sink):
-                try:
-                    sendto(out, dst)
-                except (BlockingIOError, InterruptedError):
-                    counters.udp_send_dropped += 1
-                except OSError:
-                    counters.udp_send_errors += 1
+            replies = relay.native_deferred(code, data, addr, now, sink)
+            if replies:
+                send_now(sock, replies, counters)
     finally:
         native.flush()
 

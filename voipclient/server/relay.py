@@ -673,13 +673,7 @@ class RelayCore:
         hands back."""
         nv = self._native
         assert nv is not None
-        version = self._roster.roster_version
-        if version != self._fanout_version:
-            self._clear_fanout()
-            self._fanout_version = version
-        if now != self._native_now:
-            nv.set_now(now)
-            self._native_now = now
+        self.native_begin(now)
         packed = b""
         if addr is not None:
             got = self._packed.get(addr)

@@ -469,3 +469,32 @@ def test_drain_native_reads_checks_and_forwards_in_c(
     stats = core.stats()
     assert (stats["forwarded"], stats["copies_udp"], stats["packets_in"]) == (5, 10, 15)
     assert (counters.udp_recv_errors, batch.errors, batch.dropped) == (0, 0, 0)
+
+
+def test_the_native_session_table_survives_growth_and_removals() -> None:
+    """The C session table (open addressing, backward-shift deletion): 3,000 sessions added,
+    every third removed, all added again and removed again in another order; every lookup
+    still finds exactly the sessions that are there."""
+    import random
+
+    nv = mmsg.NativeVoice(None)
+    nv.set_now(1.0)  # every bucket holds one token (the default limits)
+    rng = random.Random(5)
+    ids = rng.sample(range(1, 2**32), 3000)
+    key = bytes(32)
+    for sid in ids:
+        nv.add_session(sid, key)
+    gone = set(ids[::3])
+    for sid in ids[::3]:
+        nv.remove_session(sid)
+    assert [nv.has_session(sid) for sid in ids] == [sid not in gone for sid in ids]
+    for sid in sorted(gone):
+        nv.add_session(sid, key)
+    again = rng.sample(ids, 1500)
+    for sid in again:
+        nv.remove_session(sid)
+    left = set(ids) - set(again)
+    assert [nv.has_session(sid) for sid in ids] == [sid in left for sid in ids]
+    assert [nv.take_token(sid) for sid in ids] == [sid in left for sid in ids]
+    with pytest.raises(ValueError):
+        nv.add_session(next(iter(left)), key)  # a taken id
