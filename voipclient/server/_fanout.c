@@ -8,11 +8,14 @@
  * MAC, HMAC-SHA256(K_s2c, body) (PROTOCOL section 3), into the copy's MAC slot and stores the
  * listener's sockaddr and the body's iovec. The SHA-256 is OpenSSL's, the libcrypto Python
  * itself links (function pointers handed over from Python), resumed from each listener's
- * keyed inner and outer states, which are computed once per session. No allocation, no lock,
- * no system call: the flush (one sendmmsg) stays in Python.
+ * keyed inner and outer states, which are computed once per session. vc_add makes no
+ * allocation, takes no lock and makes no system call: the flush (one sendmmsg) stays in
+ * Python. The voice path allocates only when a session first speaks in a channel (its replay
+ * windows) and when relay.py installs a session or a route; vc_drain's one system call is
+ * recvmmsg.
  *
- * The C here depends on libc's headers only. Everything it is given is checked by the caller;
- * what it checks itself is that the batch has room.
+ * The C here depends on libc's headers only. It checks every length it is given before it
+ * reads or writes.
  */
 #define _GNU_SOURCE /* recvmmsg */
 #include <stddef.h>
