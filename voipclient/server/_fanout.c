@@ -9,10 +9,11 @@
  * listener's sockaddr and the body's iovec. The SHA-256 is OpenSSL's, the libcrypto Python
  * itself links (function pointers handed over from Python), resumed from each listener's
  * keyed inner and outer states, which are computed once per session. vc_add makes no
- * allocation, takes no lock and makes no system call: the flush (one sendmmsg) stays in
- * Python. The voice path allocates only when a session first speaks in a channel (its replay
- * windows) and when relay.py installs a session or a route; vc_drain's one system call is
- * recvmmsg.
+ * allocation, takes no lock and makes no system call. vc_flush sends the batch (sendmmsg,
+ * through the pointer mmsg.py hands over: libc's, or a test's fake). The voice path allocates
+ * only when a session first speaks in a channel (its replay windows) and when relay.py installs
+ * a session or a route; vc_drain's system calls are recvmmsg and, at the end of a wake-up, the
+ * flush.
  *
  * The C here depends on libc's headers only. It checks every length it is given before it
  * reads or writes.
@@ -43,8 +44,9 @@ typedef int (*sha256_final_fn)(unsigned char *, sha256_state *);
  * (K xor opad). */
 #define VC_KEY_STATE (2 * sizeof(sha256_state))
 
-/* The batch's bookkeeping, at the start of its arena as uint64 words (mmsg.py reads and resets
- * n and cur; the rest is written once). Offsets are from base, in bytes, except o_iov. */
+/* The batch's bookkeeping, as uint64 words (mmsg.py's NativeSendMmsg._st; vc_flush resets n and
+ * cur and counts; the rest is written once). Offsets are from base, in bytes, except o_iov; the
+ * message headers (struct mmsghdr) are at base. */
 struct vc_batch {
     uint64_t n;        /* messages queued */
     uint64_t cur;      /* offset of the next body */
@@ -57,6 +59,9 @@ struct vc_batch {
     uint64_t namelen;  /* 16 (sockaddr_in) or 28 (sockaddr_in6) */
     uint64_t update;   /* SHA256_Update */
     uint64_t final;    /* SHA256_Final */
+    uint64_t o_body;   /* the body area's start */
+    uint64_t send;     /* sendmmsg (libc's, or a test's fake that sets errno as libc does) */
+    uint64_t sent, dropped, errors, calls; /* vc_flush's counts, as SendMmsg.flush keeps them */
 };
 
 size_t vc_key_state_size(void) { return VC_KEY_STATE; }
@@ -128,6 +133,41 @@ long vc_add(struct vc_batch *b, const unsigned char *data, int data_len, int bod
 #include <stdlib.h>
 #include <sys/socket.h>
 
+typedef int (*vc_sendmmsg_fn)(int, struct mmsghdr *, unsigned int, int);
+
+/* Send every queued copy with sendmmsg, as SendMmsg.flush does in Python. sendmmsg returns how
+ * many messages went out; when message k fails after others went out it returns k and the
+ * error is lost, so the loop calls again from k and then gets k's error. EAGAIN/ENOBUFS drop
+ * the rest of the batch (voice is never queued); EINTR retries; any other error skips that one
+ * message. Returns the messages sent. */
+long vc_flush(struct vc_batch *b, int fd)
+{
+    uint64_t total = b->n, done = 0;
+    b->n = 0;
+    b->cur = b->o_body;
+    vc_sendmmsg_fn send = (vc_sendmmsg_fn)(uintptr_t)b->send;
+    struct mmsghdr *h = (struct mmsghdr *)(uintptr_t)b->base;
+    while (done < total) {
+        b->calls++;
+        int n = send(fd, h + done, (unsigned)(total - done), MSG_DONTWAIT);
+        if (n > 0) {
+            done += (uint64_t)n;
+            b->sent += (uint64_t)n;
+            continue;
+        }
+        int e = errno;
+        if (n < 0 && e == EINTR)
+            continue;
+        if (n == 0 || e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS) {
+            b->dropped += total - done;
+            break;
+        }
+        b->errors++;
+        done++;
+    }
+    return (long)b->sent;
+}
+
 #define VC_KEPT_GENS 2  /* relay.KEPT_GENERATIONS */
 #define VC_WINDOW 128   /* crypto.replay.DEFAULT_WINDOW */
 #define VC_MIN_LEN 46   /* crypto.media.MIN_DATAGRAM_LEN */
@@ -186,7 +226,7 @@ struct vc_relay {
     struct mmsghdr *rx;
     struct iovec *rx_iov;
     unsigned char *rx_buf, *rx_names;
-    int rx_n, rx_i, rx_budget;
+    int rx_n, rx_i, rx_budget, rx_short;
 };
 
 #define VC_RX 64
@@ -660,7 +700,13 @@ long vc_resume(struct vc_relay *r, struct vc_batch *b, const unsigned char *data
  * the batch, all without returning to Python. It stops at the first datagram C does not finish
  * (hop control, a missing route, a full batch, copies for Python to make) and returns its code:
  * relay.py handles that datagram (vc_rx_data/size/name give it), calls vc_rx_next, then
- * vc_drain again with budget -1, so every datagram is handled in the order it came. */
+ * vc_drain again with budget -1, so every datagram is handled in the order it came.
+ *
+ * A wake-up is one call in the common case: `now` (the loop's clock, seconds; read when budget
+ * >= 0) comes with it, and when nothing more is to be read the batch is flushed here (vc_flush).
+ * A recvmmsg that returned fewer datagrams than it asked for emptied the socket: the wake-up
+ * ends there, without a second call to learn EAGAIN (the loop's poll is level-triggered, so a
+ * datagram that came since wakes it again). */
 #define VC_DONE (-8)       /* nothing more to read now (or the budget is spent) */
 #define VC_RECV_ERROR (-9) /* recvmmsg failed with something else than EAGAIN/EINTR */
 
@@ -674,15 +720,25 @@ void vc_rx_next(struct vc_relay *r)
         r->rx_i++;
 }
 
-long vc_drain(struct vc_relay *r, struct vc_batch *b, int fd, int budget)
+static long vc_drained(struct vc_batch *b, int fd)
 {
-    if (budget >= 0) /* a new wake-up: at most budget datagrams (-1: go on with this one) */
+    if (b && b->n)
+        vc_flush(b, fd);
+    return VC_DONE;
+}
+
+long vc_drain(struct vc_relay *r, struct vc_batch *b, int fd, int budget, double now)
+{
+    if (budget >= 0) { /* a new wake-up: at most budget datagrams (-1: go on with this one) */
         r->rx_budget = budget;
+        r->rx_short = 0;
+        r->now = now;
+    }
     for (;;) {
         if (r->rx_i >= r->rx_n) {
             int want = r->rx_budget < VC_RX ? r->rx_budget : VC_RX;
-            if (want <= 0)
-                return VC_DONE;
+            if (want <= 0 || r->rx_short)
+                return vc_drained(b, fd);
             for (int i = 0; i < want; i++) {
                 r->rx_iov[i].iov_base = r->rx_buf + (size_t)i * VC_RX_SIZE;
                 r->rx_iov[i].iov_len = VC_RX_SIZE;
@@ -698,12 +754,13 @@ long vc_drain(struct vc_relay *r, struct vc_batch *b, int fd, int budget)
                 if (errno == EINTR)
                     continue;
                 if (errno == EAGAIN || errno == EWOULDBLOCK)
-                    return VC_DONE;
+                    return vc_drained(b, fd);
                 r->rx_budget--; /* as Python's drain: an error costs one of the budget */
                 return VC_RECV_ERROR;
             }
             if (n == 0)
-                return VC_DONE;
+                return vc_drained(b, fd);
+            r->rx_short = n < want;
             r->rx_n = n;
             r->rx_i = 0;
             r->rx_budget -= n;

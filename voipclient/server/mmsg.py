@@ -113,27 +113,28 @@ _IOV: Final = ctypes.sizeof(_Iovec)
 _HDR: Final = ctypes.sizeof(_Mmsghdr)
 
 
-def _load_sendmmsg() -> Callable[[int, int, int, int], int] | None:
-    """libc's sendmmsg with its argument types, or None where this layout is not Linux LP64's."""
+def _load_sendmmsg() -> tuple[Callable[[int, int, int, int], int] | None, int]:
+    """libc's sendmmsg with its argument types and its address (for C: ``vc_flush``), or None
+    and 0 where this layout is not Linux LP64's."""
     if not sys.platform.startswith("linux") or struct.calcsize("P") != 8:
-        return None
+        return None, 0
     layout = (_IOV, ctypes.sizeof(_Msghdr), _HDR, _Msghdr.msg_namelen.offset)
     offsets = (_Msghdr.msg_iov.offset, _Msghdr.msg_iovlen.offset, _Mmsghdr.msg_len.offset)
     if layout != (16, 56, 64, 8) or offsets != (16, 24, 56):  # pragma: no cover - other ABI
-        return None
+        return None, 0
     try:
         # PyDLL keeps the GIL: a non-blocking call is shorter than releasing it (627 vs 702 ns).
         libc = ctypes.PyDLL(None, use_errno=True)
         fn = libc.sendmmsg
     except (OSError, AttributeError):  # pragma: no cover - a libc without sendmmsg
-        return None
+        return None, 0
     fn.restype = ctypes.c_int
     # Mandatory: without argtypes a Python int goes as a C int and a pointer is cut to 32 bits.
     fn.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int]
-    return fn
+    return fn, ctypes.cast(fn, ctypes.c_void_p).value or 0
 
 
-_sendmmsg: Final = _load_sendmmsg()
+_sendmmsg, _SENDMMSG_AT = _load_sendmmsg()
 _get_errno: Final = ctypes.get_errno
 
 
@@ -388,6 +389,17 @@ _BATCH_FIELDS: Final = (
     "namelen",
     "update",
     "final",
+    "o_body",
+    "send",
+    "sent",
+    "dropped",
+    "errors",
+    "calls",
+)
+#: A ``sendmmsg`` C can call: libc's, or a test's fake in Python (its ``ctypes.set_errno`` is
+#: the errno C sees).
+_SENDMMSG_FN: Final = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, use_errno=True
 )
 
 
@@ -410,6 +422,7 @@ def _load_native() -> tuple[_Native | None, str]:
         return None, "it was built for another layout"
     add = lib.vc_add
     add.restype = ctypes.c_long  # no argtypes: see vc_add (the batch goes as a c_void_p)
+    lib.vc_flush.restype = ctypes.c_long  # no argtypes: a c_void_p and a C int
     init.argtypes = [ctypes.c_void_p]
     update.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
     init.restype = update.restype = ctypes.c_int
@@ -458,6 +471,19 @@ def native_self_test(native: _Native) -> bool:
     return True
 
 
+def _st_counter(name: str) -> property:
+    """A :class:`NativeSendMmsg` counter, kept in its C bookkeeping (``vc_flush`` counts)."""
+    i = _BATCH_FIELDS.index(name)
+
+    def get(self: NativeSendMmsg) -> int:
+        return self._st[i]
+
+    def put(self: NativeSendMmsg, value: int) -> None:
+        self._st[i] = value
+
+    return property(get, put)
+
+
 class NativeSendMmsg(SendMmsg):
     """:class:`SendMmsg` whose per-datagram work is one call into ``_fanout.c``: the body is
     copied into the batch, and every copy's s2c MAC, name and iovecs are written there, out of
@@ -474,15 +500,23 @@ class NativeSendMmsg(SendMmsg):
         body_area: int = BODY_AREA,
         send: Callable[[int, int, int, int], int] | None = None,
     ) -> None:
+        # The counters live in the C bookkeeping (vc_flush counts): made before SendMmsg
+        # zeroes them through the properties below.
+        self._st = st = array.array("Q", bytes(8 * len(_BATCH_FIELDS)))
         super().__init__(fd, family, max_messages=max_messages, body_area=body_area, send=send)
         lib = native or _native
         if lib is None:
             raise OSError(errno.ENOSYS, f"the native fan-out is not available: {_native_why}")
         self._lib = lib
         self._add = lib.add
+        self._vc_flush = lib.lib.vc_flush
         self.key_state = lib.key_state
-        self._st = st = array.array("Q", bytes(8 * len(_BATCH_FIELDS)))
         self._st_ptr = ctypes.c_void_p(st.buffer_info()[0])
+        if send is None or send is _sendmmsg:
+            send_at = _SENDMMSG_AT
+        else:  # a test's fake, called from C
+            self._send_fn = _SENDMMSG_FN(send)
+            send_at = ctypes.cast(self._send_fn, ctypes.c_void_p).value or 0
         fields = dict.fromkeys(_BATCH_FIELDS, 0)
         fields.update(
             cur=self._o_body,
@@ -495,8 +529,15 @@ class NativeSendMmsg(SendMmsg):
             namelen=self._namelen,
             update=lib.update,
             final=lib.final,
+            o_body=self._o_body,
+            send=send_at,
         )
         st[:] = array.array("Q", fields.values())
+
+    sent = _st_counter("sent")
+    dropped = _st_counter("dropped")
+    errors = _st_counter("errors")
+    calls = _st_counter("calls")
 
     def add(self, data: bytes, body_len: int, plan: WirePlan) -> int:
         """As :meth:`SendMmsg.add`, for a plan built with this sender's :meth:`key_state`: one
@@ -541,11 +582,8 @@ class NativeSendMmsg(SendMmsg):
         return bytes(self._mv[o : o + MAC_LEN])
 
     def flush(self) -> None:
-        st = self._st
-        self._n = st[0]
-        super().flush()
-        st[0] = 0
-        st[1] = self._o_body
+        """As :meth:`SendMmsg.flush`, in C (``vc_flush``)."""
+        self._vc_flush(self._st_ptr, self.fd)
 
 
 class NativeVoice:
@@ -620,7 +658,8 @@ class NativeVoice:
         self._free = c.vc_relay_free
         self.voice = c.vc_voice  # (handle, batch, data, len, addr, addr_len) -> code
         self.tunnel = c.vc_tunnel  # (handle, batch, data, len, sender_id) -> code
-        self.drain = c.vc_drain  # (handle, batch, fd, budget or -1) -> code (VC_DONE: all read)
+        # (handle, batch, fd, budget or -1, c_double(now)) -> code (VC_DONE: all read, flushed)
+        self.drain = c.vc_drain
         self.family = family
         self.resume = c.vc_resume  # (handle, batch, data, len) -> code
         self.batch = batch
@@ -705,7 +744,7 @@ _VC_RECV_ERROR: Final = -9
 class NativeRelay(Protocol):
     """What :func:`drain_native` needs of the relay core (``RelayCore`` with ``native=``)."""
 
-    def native_begin(self, now: float) -> None: ...
+    def native_begin(self, now: float, *, clock: bool = True) -> None: ...
     def native_deferred(
         self,
         code: int,
@@ -714,6 +753,9 @@ class NativeRelay(Protocol):
         now: float,
         sink: Callable[[bytes, int, WirePlan], int] | None,
     ) -> list[tuple[tuple[str, int], bytes]]: ...
+
+
+_NO_CLOCK: Final = ctypes.c_double(0.0)  # vc_drain reads the clock only at a wake-up's start
 
 
 def drain_native(
@@ -728,28 +770,29 @@ def drain_native(
     the copies into the batch): Python sees only the datagrams C hands back (hop control, a
     route to install, a full batch), in the order they came; then one flush. ``native`` is
     the path ``relay`` was made with."""
-    relay.native_begin(now)
+    relay.native_begin(now, clock=False)
     vc_drain, handle, batch, fd = native.drain, native.handle, native.batch_ptr, sock.fileno()
+    # The first call starts the wake-up (its budget and clock); -1 goes on with it. The last
+    # one, VC_DONE, has flushed the batch.
+    code = vc_drain(handle, batch, fd, limit, ctypes.c_double(now))
+    if code == _VC_DONE:
+        return
     assert native.batch is not None
     sink = native.batch.add
-    budget = limit  # the first call starts the wake-up's budget; -1 goes on with it
     try:
-        while True:
-            code = vc_drain(handle, batch, fd, budget)
-            budget = -1
-            if code == _VC_DONE:
-                break
+        while code != _VC_DONE:
             if code == _VC_RECV_ERROR:
                 counters.udp_recv_errors += 1
-                continue
-            data, addr = native.current()
-            if addr is None:  # pragma: no cover - an IP socket's datagrams come from IP hosts
-                continue
-            replies = relay.native_deferred(code, data, addr, now, sink)
-            if replies:
-                send_now(sock, replies, counters)
-    finally:
+            else:
+                data, addr = native.current()
+                if addr is not None:  # always, from an IP socket
+                    replies = relay.native_deferred(code, data, addr, now, sink)
+                    if replies:
+                        send_now(sock, replies, counters)
+            code = vc_drain(handle, batch, fd, -1, _NO_CLOCK)
+    except BaseException:
         native.flush()
+        raise
 
 
 _native, _native_why = _load_native() if _sendmmsg is not None else (None, "no sendmmsg here")

@@ -712,15 +712,17 @@ class RelayCore:
             return []
         return self._native_slow(r, data, addr, now, sink, batch)
 
-    def native_begin(self, now: float) -> None:
-        """Before the native path reads a batch of datagrams itself (``mmsg.drain_native``):
-        the routes follow the roster, and the clock is ``now``."""
+    def native_begin(self, now: float, *, clock: bool = True) -> None:
+        """Before the native path checks datagrams: the routes follow the roster, and the
+        clock is ``now`` (``clock=False``: the caller hands ``now`` to C itself, as
+        ``mmsg.drain_native`` does with its one ``vc_drain`` call)."""
         nv = self._native
         if nv is None:
             raise LocalProtocolError("this relay core has no native voice path")
         self._follow_roster()
         if now != self._native_now:
-            nv.set_now(now)
+            if clock:
+                nv.set_now(now)
             self._native_now = now
 
     def native_deferred(

@@ -404,6 +404,63 @@ def test_the_native_and_python_relay_cores_agree_on_a_hostile_stream() -> None:
         assert drops[reason] > 0, reason
 
 
+class NativeRelayRig:
+    """A native relay core on a real UDP socket (``family``; IPv6: dual stack) whose
+    ``members`` clients, each on its own socket, went through BIND / CHALLENGE / CONFIRM
+    through ``drain_native`` (one wake-up, :meth:`pump`, per step) and joined channel 7."""
+
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        family: int,
+        members: int,
+        limits: RelayLimits | None = None,
+        *,
+        budget: int = 256,
+    ) -> None:
+        host = "::" if family == socket.AF_INET6 else "127.0.0.1"
+        self.relay_sock = udp(sockets, family, host)
+        self.to = ("127.0.0.1", self.relay_sock.getsockname()[1])
+        self.batch = mmsg.NativeSendMmsg(self.relay_sock.fileno(), family)
+        native = mmsg.make_native_voice(self.batch, family)
+        assert native is not None
+        self.native = native
+        self.roster = roster = FakeRoster()
+        self.core = RelayCore(
+            roster,
+            limits=limits or RelayLimits(),
+            pack_address=lambda a: mmsg.sockaddr(a, family),
+            native=native,
+        )
+        self.counters = type(
+            "Counters", (), {"udp_recv_errors": 0, "udp_send_dropped": 0, "udp_send_errors": 0}
+        )()
+        self.budget = budget
+        self.socks = [udp(sockets) for _ in range(members)]
+        self.clients = [Client(i + 1, s.getsockname()) for i, s in enumerate(self.socks)]
+        for c, s in zip(self.clients, self.socks, strict=True):
+            self.core.add_session(c.sender_id, c.hop_secret)
+            roster.join(c.sender_id, 7)
+            s.sendto(c.bind(), self.to)
+            self.pump()
+            [(challenge, _)] = drain(s)
+            msg = hopctl.open_hop_control(
+                challenge, c.s2c, ReplayWindow(), ptypes=hopctl.S2C_PTYPES
+            )
+            assert msg is not None
+            s.sendto(c.confirm(msg.body), self.to)
+            self.pump()
+            [(ok, _)] = drain(s)
+            assert hopctl.open_hop_control(ok, c.s2c, ReplayWindow(), ptypes=hopctl.S2C_PTYPES)
+        for speaker in self.clients:
+            for listener in self.clients:
+                listener.learn(speaker, 7)
+
+    def pump(self, now: float = 5.0) -> None:
+        """One wake-up of the relay's socket."""
+        mmsg.drain_native(self.relay_sock, self.core, self.native, now, self.counters, self.budget)
+
+
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
 def test_drain_native_reads_checks_and_forwards_in_c(
     sockets: list[socket.socket], family: int
@@ -413,38 +470,9 @@ def test_drain_native_reads_checks_and_forwards_in_c(
     the order it came, voice is checked and forwarded in C, a copy reaches every other member
     under its own s2c MAC, and voice from an unvalidated source, a forged MAC, a replay and a
     datagram longer than any voice are dropped and counted."""
-    host = "::" if family == socket.AF_INET6 else "127.0.0.1"
-    relay_sock = udp(sockets, family, host)
-    port = relay_sock.getsockname()[1]
-    batch = mmsg.NativeSendMmsg(relay_sock.fileno(), family)
-    native = mmsg.make_native_voice(batch, family)
-    assert native is not None
-    roster = FakeRoster()
-    core = RelayCore(roster, pack_address=lambda a: mmsg.sockaddr(a, family), native=native)
-    counters = type(
-        "Counters", (), {"udp_recv_errors": 0, "udp_send_dropped": 0, "udp_send_errors": 0}
-    )()
-    socks = [udp(sockets) for _ in range(3)]
-    clients = [Client(i + 1, s.getsockname()) for i, s in enumerate(socks)]
-
-    def pump() -> None:
-        mmsg.drain_native(relay_sock, core, native, 5.0, counters, 256)
-
-    for c, s in zip(clients, socks, strict=True):
-        core.add_session(c.sender_id, c.hop_secret)
-        roster.join(c.sender_id, 7)
-        s.sendto(c.bind(), ("127.0.0.1", port))
-        pump()
-        [(challenge, _)] = drain(s)
-        msg = hopctl.open_hop_control(challenge, c.s2c, ReplayWindow(), ptypes=hopctl.S2C_PTYPES)
-        assert msg is not None
-        s.sendto(c.confirm(msg.body), ("127.0.0.1", port))
-        pump()
-        [(ok, _)] = drain(s)
-        assert hopctl.open_hop_control(ok, c.s2c, ReplayWindow(), ptypes=hopctl.S2C_PTYPES)
-    for speaker in clients:
-        for listener in clients:
-            listener.learn(speaker, 7)
+    rig = NativeRelayRig(sockets, family, 3)
+    core, clients, socks = rig.core, rig.clients, rig.socks
+    port, counters, batch, pump = rig.to[1], rig.counters, rig.batch, rig.pump
     voice = [clients[0].voice(7) for _ in range(5)]
     for data in voice:
         socks[0].sendto(data, ("127.0.0.1", port))
@@ -469,6 +497,39 @@ def test_drain_native_reads_checks_and_forwards_in_c(
     stats = core.stats()
     assert (stats["forwarded"], stats["copies_udp"], stats["packets_in"]) == (5, 10, 15)
     assert (counters.udp_recv_errors, batch.errors, batch.dropped) == (0, 0, 0)
+
+
+def test_a_native_wake_up_reads_to_its_budget_flushes_once_and_keeps_the_rest(
+    sockets: list[socket.socket],
+) -> None:
+    """One wake-up reads up to its budget in recvmmsg calls of 64 (100 = 64 + 36, the short
+    read ends it), and sends all its copies with one sendmmsg made in C; what is left past the
+    budget is read at the next wake-up, and a wake-up with nothing to read sends nothing."""
+    rig = NativeRelayRig(sockets, socket.AF_INET, 3, RelayLimits(1000.0, 1000), budget=100)
+    voice = [rig.clients[0].voice(7) for _ in range(130)]
+    for data in voice:
+        rig.socks[0].sendto(data, rig.to)
+    calls = rig.batch.calls
+    rig.pump()
+    assert rig.core.stats()["forwarded"] == 100 and rig.batch.calls == calls + 1
+    rig.pump()
+    assert rig.core.stats()["forwarded"] == 130 and rig.batch.calls == calls + 2
+    rig.pump()
+    assert rig.batch.calls == calls + 2 and rig.batch.sent == 2 * 130  # replies: sendto
+    for c, s in zip(rig.clients[1:], rig.socks[1:], strict=True):
+        assert [d for d, _ in drain(s)] == [c.s2c.append(d[:-HOP_MAC_LEN]) for d in voice]
+
+
+def test_a_native_wake_up_runs_on_the_clock_it_is_given(sockets: list[socket.socket]) -> None:
+    """The loop's clock reaches C with the wake-up's one call: the token bucket (64/s, 10
+    deep) refills by what that clock says passed between wake-ups (times exact in binary)."""
+    rig = NativeRelayRig(sockets, socket.AF_INET, 2, RelayLimits(64.0, 10))
+    for now, want in ((6.0, 10), (6.0625, 14), (6.0625, 14), (6.125, 18)):
+        for _ in range(20):
+            rig.socks[0].sendto(rig.clients[0].voice(7), rig.to)
+        rig.pump(now)
+        assert rig.core.stats()["forwarded"] == want, now
+    assert rig.core.drops()[RelayDrop.RATE_LIMIT] == 4 * 20 - 18
 
 
 def test_the_native_session_table_survives_growth_and_removals() -> None:
