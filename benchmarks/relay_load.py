@@ -1147,6 +1147,14 @@ def run_step(
         "relay_in": delta("packets_in"),
         "relay_forwarded": delta("forwarded"),
         "relay_copies": delta("copies_udp"),
+        # Copies per sendmmsg: the native path flushes once per wake-up, so this is how many
+        # copies a wake-up of the relay's socket carried (a relay that answers sooner wakes for
+        # fewer datagrams, and pays each wake-up over fewer copies).
+        "copies_per_send_call": (
+            round(delta("copies_udp") / delta("udp_send_calls"), 1)
+            if delta("udp_send_calls")
+            else None
+        ),
         "relay_drops": relay_drops,
         "server_send_dropped": delta("udp_send_dropped") + delta("udp_send_errors"),
         "server_socket_drops": server_socket_drops,
@@ -1188,7 +1196,8 @@ def describe(f: dict[str, Any]) -> str:
         f"{f['generator_cpu_pct']:.0f} % (core {f['generator_core']['busy']:.0f} %)  "
         f"rss {f['server_rss_mb']:.0f} MB  drops srv/lis {f['server_socket_drops']}/"
         f"{f['listener_socket_drops']}  others {f['foreign_cpu_pct']} %  "
-        f"{'PASS' if f['passed'] else 'FAIL'}"
+        + (f"copies/send {f['copies_per_send_call']}  " if f["copies_per_send_call"] else "")
+        + f"{'PASS' if f['passed'] else 'FAIL'}"
     )
 
 
@@ -1206,6 +1215,7 @@ STEP_KEYS = (
     "control_cpu_pct",
     "generator_cpu_pct",
     "foreign_cpu_pct",
+    "copies_per_send_call",
     "runs",
     "passed_runs",
     "passed",
