@@ -126,6 +126,7 @@ SWEEP_LAYOUT = (500, 50)  # clients, channels
 SWEEP_TALKERS = (50, 100, 150, 200, 250, 300, 400, 500)
 SWEEP_SECONDS = 5.0
 REF_TALKERS = 150  # the load at which the sweep also measures the bare reference loop
+COMPARE_PAIRS = 3  # relay/bare run pairs behind each CPU-per-copy comparison
 #: ... and a heavy load, where the relay is ~90 % busy: the ratio falls with the load (a busy
 #: loop carries more datagrams per wake-up, so its per-wake-up work weighs less per copy)
 HEAVY_REF_TALKERS = 300
@@ -1360,17 +1361,21 @@ async def bench(
             return figures
 
         async def compare(relay_run: dict[str, Any], prefix: str = "") -> None:
-            """The bare loop at the same load, alternating with the relay (relay, bare, relay,
-            bare: the host's speed drifts): CPU per forwarded copy, mean of two runs each.
-            The figures' keys start with ``prefix`` (the sweep's heavy reference: "heavy_")."""
+            """The bare loop at the same load, alternating with the relay (relay, bare, three
+            times: the host's speed drifts, and one run of either can cost a sixth more CPU
+            than the next at the same load): CPU per forwarded copy, mean of three runs each,
+            and the spread of the three pairs' ratios. The figures' keys start with ``prefix``
+            (the sweep's heavy reference: "heavy_")."""
             if bare is None:
                 return
             talkers = relay_run["talkers"]
             relay_us = [cpu_us_per_copy(relay_run)]
             bare_runs = [await run_once(talkers, bare)]
-            relay_us.append(cpu_us_per_copy(await run_once(talkers)))
-            bare_runs.append(await run_once(talkers, bare))
+            for _ in range(COMPARE_PAIRS - 1):
+                relay_us.append(cpu_us_per_copy(await run_once(talkers)))
+                bare_runs.append(await run_once(talkers, bare))
             bare_us = [cpu_us_per_copy(f) for f in bare_runs]
+            pairs = [r / max(0.01, b) for r, b in zip(relay_us, bare_us, strict=True)]
             # (a floor of 0.01 us: a tiny load may take less than one clock tick of CPU)
             r_us = max(0.01, statistics.fmean(relay_us))
             b_us = max(0.01, statistics.fmean(bare_us))
@@ -1382,6 +1387,8 @@ async def bench(
                 "relay_cpu_us_per_copy": round(r_us, 2),
                 "ref_bare_cpu_us_per_copy": round(b_us, 2),
                 "ratio_relay_to_bare": round(r_us / b_us, 2),
+                "ratio_pairs_min": round(min(pairs), 2),
+                "ratio_pairs_max": round(max(pairs), 2),
                 "relay_idle_cpu_pct": round(idle_pct, 1),
                 "relay_idle_us_per_copy": round(idle_us, 2),
                 "ratio_relay_forwarding_to_bare": round(max(0.0, r_us - idle_us) / b_us, 2),
@@ -1393,7 +1400,8 @@ async def bench(
             reference.update({prefix + k: v for k, v in figures.items()})
             say(
                 f"  CPU per forwarded copy at {talkers} talkers: relay {r_us:.2f} us, bare loop "
-                f"{b_us:.2f} us (x{r_us / b_us:.2f}; the relay's idle sessions {idle_us:.2f} us "
+                f"{b_us:.2f} us (x{r_us / b_us:.2f}, pairs x{min(pairs):.2f}-{max(pairs):.2f}; "
+                f"the relay's idle sessions {idle_us:.2f} us "
                 f"of it, x{max(0.0, r_us - idle_us) / b_us:.2f} without); one core at 100 % "
                 f"would forward about {1e6 / r_us:,.0f} copies/s (bare loop {1e6 / b_us:,.0f})"
             )

@@ -214,7 +214,11 @@ DESCRIPTIONS: dict[str, tuple[str, str, dict[str, str]]] = {
             "ref_talkers": "load of the same-run reference (relay and bare loop alternated)",
             "relay_cpu_us_per_copy": "relay: process CPU per forwarded copy at that load",
             "ref_bare_cpu_us_per_copy": "reference: a bare uvloop UDP fan-out loop (no checks)",
-            "ratio_relay_to_bare": "relay / bare loop CPU per copy",
+            "ratio_relay_to_bare": "relay / bare loop CPU per copy (means of three runs each)",
+            "ratio_pairs_min": "the lowest of the three relay/bare run pairs' ratios",
+            "ratio_pairs_max": "the highest of them (the spread is the host's noise)",
+            "heavy_ratio_pairs_min": "the same at the heavy load",
+            "heavy_ratio_pairs_max": "the same at the heavy load",
             "relay_idle_cpu_pct": "relay: CPU % of a core with every session up and nobody "
             "talking (keepalives, UDP pings, timers), measured before the steps",
             "relay_idle_us_per_copy": "that idle cost per copy at the reference load",
