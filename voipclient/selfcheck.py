@@ -263,8 +263,8 @@ def _check_relay_fanout() -> str:
         raise RuntimeError(f"the native fan-out is not used: {why}")
     _check_native_voice()
     return (
-        f"native voice checks and fan-out {mmsg.NATIVE_LIBRARY.name} into sendmmsg batches, "
-        "MACs checked, a replay and a forgery refused"
+        f"native voice path {mmsg.NATIVE_LIBRARY.name} on loopback (recvmmsg, every check, "
+        "sendmmsg): MACs checked, a replay and a forgery refused"
     )
 
 
@@ -281,33 +281,62 @@ class _TwoInOneChannel:
 
 
 def _check_native_voice() -> None:
-    """The relay's voice checks in C (``vc_voice``): a sealed datagram from session 1 reaches
-    session 2 under 2's own s2c MAC; its replay and a forged MAC are dropped."""
+    """The relay's voice path in C on real loopback sockets, as the server runs it
+    (``mmsg.drain_native``: ``recvmmsg``, ``vc_voice``'s checks, ``sendmmsg`` from C): a sealed
+    datagram from session 1 reaches session 2 under 2's own s2c MAC; its replay and a forged
+    MAC are dropped."""
+    import socket
+
     from voipclient.server import mmsg
     from voipclient.server.relay import RelayCore, RelayDrop
 
-    relay = RelayCore(_TwoInOneChannel(), pack_address=mmsg.sockaddr, native=mmsg.NativeVoice(None))
-    secrets = {1: bytes(range(32)), 2: bytes(range(1, 33))}
-    addrs = {1: ("127.0.0.1", 40001), 2: ("127.0.0.1", 40002)}
-    for sid, secret in secrets.items():
-        relay.add_session(sid, secret)
-        relay.set_address(sid, addrs[sid])
-    k_c2s, _ = hop.derive_hop_keys(secrets[1])
-    _, k_s2c = hop.derive_hop_keys(secrets[2])
-    sender = SenderKey(7, 1)
-    sender.new_generation(1, bytes(64))
-    datagram = hop.HopMac(k_c2s).append(sender.seal(PTYPE_VOICE, b"\0\0\0\1opus"))
-    out = relay.datagram_received(datagram, addrs[1], 1.0)
-    if len(out) != 1 or out[0][0] != addrs[2] or not hop.HopMac(k_s2c).verify(out[0][1]):
-        raise RuntimeError("the native voice path did not forward a valid datagram")
-    forged = datagram[:-1] + bytes([datagram[-1] ^ 1])
-    if relay.datagram_received(datagram, addrs[1], 1.0) or relay.datagram_received(
-        forged, addrs[1], 1.0
-    ):
-        raise RuntimeError("the native voice path forwarded a replay or a forgery")
-    drops = relay.drops()
-    if (drops[RelayDrop.REPLAY], drops[RelayDrop.BAD_HOP_MAC]) != (1, 1):
-        raise RuntimeError(f"the native voice path counted {drops}")
+    class Counters:
+        udp_recv_errors = udp_send_dropped = udp_send_errors = 0
+
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(2.0)
+        relay_sock, one, two = socks
+        relay_sock.setblocking(False)
+        batch = mmsg.NativeSendMmsg(relay_sock.fileno())
+        native = mmsg.make_native_voice(batch, socket.AF_INET)
+        assert native is not None
+        relay = RelayCore(_TwoInOneChannel(), pack_address=mmsg.sockaddr, native=native)
+        secrets = {1: bytes(range(32)), 2: bytes(range(1, 33))}
+        for sid, secret, s in ((1, secrets[1], one), (2, secrets[2], two)):
+            relay.add_session(sid, secret)
+            relay.set_address(sid, s.getsockname())
+        k_c2s, _ = hop.derive_hop_keys(secrets[1])
+        _, k_s2c = hop.derive_hop_keys(secrets[2])
+        sender = SenderKey(7, 1)
+        sender.new_generation(1, bytes(64))
+        datagram = hop.HopMac(k_c2s).append(sender.seal(PTYPE_VOICE, b"\0\0\0\1opus"))
+        to = relay_sock.getsockname()
+
+        def wake_up() -> None:  # loopback: what was sent is already queued at relay_sock
+            mmsg.drain_native(relay_sock, relay, native, 1.0, Counters(), 64)
+
+        one.sendto(datagram, to)
+        wake_up()
+        got = two.recv(2048)
+        if (
+            not hop.HopMac(k_s2c).verify(got)
+            or got[: -hop.HOP_MAC_LEN] != datagram[: -hop.HOP_MAC_LEN]
+        ):
+            raise RuntimeError("the native voice path did not forward a valid datagram")
+        one.sendto(datagram, to)
+        one.sendto(datagram[:-1] + bytes([datagram[-1] ^ 1]), to)
+        wake_up()
+        drops = relay.drops()
+        if (drops[RelayDrop.REPLAY], drops[RelayDrop.BAD_HOP_MAC]) != (1, 1):
+            raise RuntimeError(f"the native voice path counted {drops}")
+        if relay.stats()["forwarded"] != 1 or batch.sent != 1:
+            raise RuntimeError("the native voice path forwarded a replay or a forgery")
+    finally:
+        for s in socks:
+            s.close()
 
 
 def qt_version() -> str:
