@@ -466,28 +466,28 @@ What the figures say:
 - Relay (issue 18): with every check on (hop MAC, validated address, speak ACL, replay window,
   rate limit, one s2c MAC per copy) one core holds all 500 talkers of the layout, 225 k
   copies/s within 0.1 % loss and p99 10 ms at 500 clients in 50 channels (4.2 µs of CPU per
-  copy at 95 %); it held 400 with the checks in Python and 275-300 before the native fan-out.
-  Since this run the voice path is native end to end: `vc_drain` (`_fanout.c`) reads the
-  socket with `recvmmsg`, runs every check with its state and writes each copy and its MAC
-  into the `sendmmsg` batch; Python sees only hop control, routes to install and full
-  batches. The steadier figure is `ratio_relay_to_bare`, CPU per copy against a bare uvloop
-  fan-out loop in the same run: 0.95 at 150 talkers and 1.13 at 300 in this run (1.04 and
-  1.24 in the sweep before it; 1.07-1.08 in single runs at 300), against 1.50-1.58 with the
-  checks in Python and 2.07 with the batches filled in Python. Part of what is left is work the
-  bare loop has no equivalent of: 500 live sessions cost 2.3 % of a core with nobody talking
-  (keepalives, UDP pings every 3 s, timers; `relay_idle_cpu_pct`), 0.17-0.35 µs of every copy
-  (`ratio_relay_forwarding_to_bare` leaves it out), and one s2c HMAC per copy. The rest is per
-  wake-up: the relay now answers in 0.1-0.2 ms at p50 where the bare loop takes 0.37, so it
-  wakes for fewer datagrams at a time and pays its wake-up (the callback, `recvmmsg`, one
-  `sendmmsg`) over fewer copies; a perf profile at 300 talkers puts 64 % of its CPU in the
-  kernel's `sendmmsg` path and 15 % in the interpreter. The host's speed drifts by up to a
-  third between runs, which is why only same-run ratios compare. Past one core: two workers
-  sharing the server's one core cost 1.30x the single process per copy in this run
-  (`relay_scaling`; 1.03-1.09 while the per-datagram work was still in Python): each worker
-  wakes for half the datagrams and the two switch on the one core, so the per-wake-up cost
-  weighs twice. On their own cores a worker's cost per copy is the single process's at its
-  share of the load (4.2-5.0 µs across this sweep), so N cores forward close to N times as
-  much; this 2-core machine cannot show it.
+  copy at 92-95 %); it held 400 with the checks in Python and 275-300 before the native
+  fan-out. The voice path is native end to end, one C call per wake-up of the socket:
+  `vc_drain` (`_fanout.c`) reads it with `recvmmsg`, runs every check with its state, writes
+  each copy and its MAC into the batch and sends it with one `sendmmsg`; Python sees only hop
+  control, routes to install and full batches. The steadier figure is `ratio_relay_to_bare`,
+  CPU per copy against a bare uvloop fan-out loop in the same run, each side the mean of three
+  alternating runs (`ratio_pairs_min`/`max`: the spread of the pairs, which is the host's
+  noise): 1.00 at 150 talkers and 0.92 at 300 in this run (0.95 and 0.94 in the sweep before
+  it), against 1.50-1.58 with the checks in Python and 2.07 with the batches filled in Python.
+  That includes work the bare loop has no equivalent of: 500 live sessions cost 2.2-2.7 % of a
+  core with nobody talking (keepalives, UDP pings every 3 s, timers; `relay_idle_cpu_pct`),
+  0.16-0.37 µs of every copy (`ratio_relay_forwarding_to_bare` leaves it out), and one s2c
+  HMAC per copy. The relay answers sooner than the bare loop (p50 0.2-0.3 ms against 0.37), so
+  a wake-up carries only 2-4 datagrams (`copies_per_send_call` in the steps); most of its CPU
+  is the kernel's UDP send path, which the bare loop pays per copy too. The host's speed
+  drifts by up to a third between runs, which is why only same-run ratios compare. Past one
+  core: two workers sharing the server's one core cost 1.17x the single process per copy
+  (`relay_scaling`; 1.30 before a wake-up was one C call, 1.03-1.09 while the per-datagram
+  work was still in Python): each worker wakes for half the datagrams and the two switch on
+  the one core. A worker costs 4.9 µs per copy at its half of the load, so two on their own
+  cores would forward ~1.7x one process, N cores close to N times as much; this 2-core
+  machine cannot show it.
 - Relay cluster failover (issue 18): the run ends by killing node 2 under its 100 clients; all
   come back in their channels on node 1 (`failover_*`). The times are bounded by the load
   generator, one Python process for all 200 clients (`failover_generator_cpu_s` against
