@@ -767,9 +767,9 @@ def drain_native(
     limit: int,
 ) -> None:
     """:func:`drain` with the socket read in C as well (``vc_drain``: recvmmsg, every check,
-    the copies into the batch): Python sees only the datagrams C hands back (hop control, a
-    route to install, a full batch), in the order they came; then one flush. ``native`` is
-    the path ``relay`` was made with."""
+    the copies into the batch, then one ``sendmmsg``): one C call per wake-up unless C hands
+    datagrams back (hop control, a route to install, a full batch), which Python handles in
+    the order they came. ``native`` is the path ``relay`` was made with."""
     relay.native_begin(now, clock=False)
     vc_drain, handle, batch, fd = native.drain, native.handle, native.batch_ptr, sock.fileno()
     # The first call starts the wake-up (its budget and clock); -1 goes on with it. The last
