@@ -473,14 +473,18 @@ What the figures say:
   control, routes to install and full batches. The steadier figure is `ratio_relay_to_bare`,
   CPU per copy against a bare uvloop fan-out loop in the same run, each side the mean of three
   alternating runs (`ratio_pairs_min`/`max`: the spread of the pairs, which is the host's
-  noise): 1.00 at 150 talkers and 0.92 at 300 in this run (0.95 and 0.94 in the sweep before
-  it), against 1.50-1.58 with the checks in Python and 2.07 with the batches filled in Python.
+  noise): 1.02 at 150 talkers and 0.95 at 300 in this run, 1.00 and 0.92 in the sweep before
+  it, 0.95 and 0.94 in the one before that: ahead at 300 in every sweep, level at 150 (mean
+  0.99), against 1.50-1.58 with the checks in Python and 2.07 with the batches filled in Python.
   That includes work the bare loop has no equivalent of: 500 live sessions cost 2.2-2.7 % of a
   core with nobody talking (keepalives, UDP pings every 3 s, timers; `relay_idle_cpu_pct`),
   0.16-0.37 µs of every copy (`ratio_relay_forwarding_to_bare` leaves it out), and one s2c
   HMAC per copy. The relay answers sooner than the bare loop (p50 0.2-0.3 ms against 0.37), so
-  a wake-up carries only 2-4 datagrams (`copies_per_send_call` in the steps); most of its CPU
-  is the kernel's UDP send path, which the bare loop pays per copy too. The host's speed
+  a wake-up carries only 2-4 datagrams (`copies_per_send_call` in the steps), and wake-ups are
+  now what its cost depends on most: at 400 talkers it woke for 13.8 copies at a time and
+  cost 5.1 µs per copy, at 500 for 34-42 and 4.2 µs (a rough fit of the two: ~20 µs per
+  wake-up, ~3.7 µs per copy). Most of its CPU is the kernel's UDP send path, which the bare
+  loop pays per copy too. The host's speed
   drifts by up to a third between runs, which is why only same-run ratios compare. Past one
   core: two workers sharing the server's one core cost 1.17x the single process per copy
   (`relay_scaling`; 1.30 before a wake-up was one C call, 1.03-1.09 while the per-datagram
