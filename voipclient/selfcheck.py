@@ -290,9 +290,6 @@ def _check_native_voice() -> None:
     from voipclient.server import mmsg
     from voipclient.server.relay import RelayCore, RelayDrop
 
-    class Counters:
-        udp_recv_errors = udp_send_dropped = udp_send_errors = 0
-
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
     try:
         for s in socks:
@@ -316,7 +313,7 @@ def _check_native_voice() -> None:
         to = relay_sock.getsockname()
 
         def wake_up() -> None:  # loopback: what was sent is already queued at relay_sock
-            mmsg.drain_native(relay_sock, relay, native, 1.0, Counters(), 64)
+            mmsg.drain_native(relay_sock, relay, native, 1.0, mmsg.UdpTally(), 64)
 
         one.sendto(datagram, to)
         wake_up()

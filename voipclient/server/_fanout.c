@@ -139,10 +139,10 @@ typedef int (*vc_sendmmsg_fn)(int, struct mmsghdr *, unsigned int, int);
  * many messages went out; when message k fails after others went out it returns k and the
  * error is lost, so the loop calls again from k and then gets k's error. EAGAIN/ENOBUFS drop
  * the rest of the batch (voice is never queued); EINTR retries; any other error skips that one
- * message. Returns the messages sent. */
+ * message. Returns the messages this call sent. */
 long vc_flush(struct vc_batch *b, int fd)
 {
-    uint64_t total = b->n, done = 0;
+    uint64_t total = b->n, done = 0, before = b->sent;
     b->n = 0;
     b->cur = b->o_body;
     vc_sendmmsg_fn send = (vc_sendmmsg_fn)(uintptr_t)b->send;
@@ -165,7 +165,7 @@ long vc_flush(struct vc_batch *b, int fd)
         b->errors++;
         done++;
     }
-    return (long)b->sent;
+    return (long)(b->sent - before);
 }
 
 #define VC_KEPT_GENS 2  /* relay.KEPT_GENERATIONS */

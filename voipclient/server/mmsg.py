@@ -48,6 +48,7 @@ __all__ = [
     "NativeSendMmsg",
     "NativeVoice",
     "SendMmsg",
+    "UdpTally",
     "WireEntry",
     "WirePlan",
     "available",
@@ -286,6 +287,17 @@ class UdpCounters(Protocol):
     udp_recv_errors: int
     udp_send_dropped: int
     udp_send_errors: int
+
+
+class UdpTally:
+    """Just those counters (a :class:`UdpCounters`): a UDP worker's, the self-test's."""
+
+    __slots__ = ("udp_recv_errors", "udp_send_dropped", "udp_send_errors")
+
+    def __init__(self) -> None:
+        self.udp_recv_errors = 0
+        self.udp_send_dropped = 0
+        self.udp_send_errors = 0
 
 
 #: What the relay core does with one datagram: ``received(data, addr, now, sink)`` returns the
@@ -658,9 +670,12 @@ class NativeVoice:
         self._free = c.vc_relay_free
         self.voice = c.vc_voice  # (handle, batch, data, len, addr, addr_len) -> code
         self.tunnel = c.vc_tunnel  # (handle, batch, data, len, sender_id) -> code
-        # (handle, batch, fd, budget or -1, c_double(now)) -> code (VC_DONE: all read, flushed)
+        # (handle, batch, fd, budget or -1, clock) -> code (VC_DONE: all read, flushed)
         self.drain = c.vc_drain
         self.family = family
+        # The clock vc_drain takes at a wake-up's start: one object, its value set each time
+        # (no allocation per wake-up).
+        self.clock = ctypes.c_double(0.0)
         self.resume = c.vc_resume  # (handle, batch, data, len) -> code
         self.batch = batch
         self.batch_ptr = batch._st_ptr if batch is not None else None
@@ -755,9 +770,6 @@ class NativeRelay(Protocol):
     ) -> list[tuple[tuple[str, int], bytes]]: ...
 
 
-_NO_CLOCK: Final = ctypes.c_double(0.0)  # vc_drain reads the clock only at a wake-up's start
-
-
 def drain_native(
     sock: socket.socket,
     relay: NativeRelay,
@@ -772,9 +784,11 @@ def drain_native(
     the order they came. ``native`` is the path ``relay`` was made with."""
     relay.native_begin(now, clock=False)
     vc_drain, handle, batch, fd = native.drain, native.handle, native.batch_ptr, sock.fileno()
+    clock = native.clock
+    clock.value = now
     # The first call starts the wake-up (its budget and clock); -1 goes on with it. The last
     # one, VC_DONE, has flushed the batch.
-    code = vc_drain(handle, batch, fd, limit, ctypes.c_double(now))
+    code = vc_drain(handle, batch, fd, limit, clock)
     if code == _VC_DONE:
         return
     assert native.batch is not None
@@ -789,7 +803,7 @@ def drain_native(
                     replies = relay.native_deferred(code, data, addr, now, sink)
                     if replies:
                         send_now(sock, replies, counters)
-            code = vc_drain(handle, batch, fd, -1, _NO_CLOCK)
+            code = vc_drain(handle, batch, fd, -1, clock)
     except BaseException:
         native.flush()
         raise

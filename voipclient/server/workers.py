@@ -58,6 +58,7 @@ from typing import Any, Final
 from voipclient.server.mmsg import (
     NativeVoice,
     SendMmsg,
+    UdpTally,
     drain,
     drain_native,
     make_batch_sender,
@@ -542,15 +543,6 @@ class WorkerPool:
 # -- worker side ---------------------------------------------------------------------------------
 
 
-class _UdpCounters:
-    __slots__ = ("udp_recv_errors", "udp_send_dropped", "udp_send_errors")
-
-    def __init__(self) -> None:
-        self.udp_recv_errors = 0
-        self.udp_send_dropped = 0
-        self.udp_send_errors = 0
-
-
 class _WorkerServer:
     """One worker: its RelayCore on its socket, fed by the control process."""
 
@@ -564,7 +556,7 @@ class _WorkerServer:
         self.up = False
         self.channel: _Channel | None = None
         self.stopped: asyncio.Future[None] = loop.create_future()
-        self.counters = _UdpCounters()
+        self.counters = UdpTally()
 
     def message(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]

@@ -432,9 +432,7 @@ class NativeRelayRig:
             pack_address=lambda a: mmsg.sockaddr(a, family),
             native=native,
         )
-        self.counters = type(
-            "Counters", (), {"udp_recv_errors": 0, "udp_send_dropped": 0, "udp_send_errors": 0}
-        )()
+        self.counters = mmsg.UdpTally()
         self.budget = budget
         self.socks = [udp(sockets) for _ in range(members)]
         self.clients = [Client(i + 1, s.getsockname()) for i, s in enumerate(self.socks)]
